@@ -1,0 +1,3 @@
+"""labeler: distributed auto-labeling on Ray."""
+
+__version__ = "0.1.0"

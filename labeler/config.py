@@ -1,0 +1,217 @@
+"""Job specs: YAML in, validated pydantic objects out.
+
+Every model forbids unknown fields, so a typo is rejected with its path (`tasks.0.thresold`)
+before Ray starts. `load_job_spec` merges CLI overrides into the YAML before validation, so
+a flag is checked exactly like the same field in a file.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from labeler import registry
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+class SpecError(ValueError):
+    """A job spec that cannot run; the message names the field and what is valid."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """Where a model comes from. `source` is a hub id, a local folder or an s3:// prefix."""
+
+    family: str
+    source: str
+    revision: str | None = None
+    # "auto": bfloat16 on CUDA, float32 on CPU.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, family: str) -> str:
+        if family not in registry.FAMILIES:
+            raise ValueError(
+                f"unknown model family {family!r}; valid families: {', '.join(registry.FAMILIES)}"
+            )
+        return family
+
+
+class ResourceSpec(_Strict):
+    """How one task's actor pool is sized."""
+
+    batch_size: int = Field(8, ge=1, description="images per forward pass")
+    concurrency: int = Field(1, ge=1, description="actors in the pool")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractions share a GPU")
+    num_cpus: float = Field(1.0, gt=0, description="CPU cores per actor (torch threads on CPU)")
+
+
+class TaskSpec(_Strict):
+    """One labeling task over every input."""
+
+    task: str
+    model: ModelSpec
+    name: str | None = Field(None, description="output name; defaults to the task")
+    labels: list[str] = Field(default_factory=list, description="class names for detect")
+    threshold: float = Field(0.1, ge=0.0, le=1.0, description="minimum box score")
+    # "processor": transformers' image processor, exact (what the reference tests check).
+    # "fast": batched uint8 resize, pad and normalize in torch; see docs/preprocessing.md.
+    preprocess: Literal["processor", "fast"] = "processor"
+    resources: ResourceSpec = ResourceSpec()
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        if task not in registry.TASKS:
+            raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(registry.TASKS)}")
+        return task
+
+    @field_validator("labels")
+    @classmethod
+    def _clean_labels(cls, labels: list[str]) -> list[str]:
+        cleaned = [label.strip() for label in labels]
+        if any(not label for label in cleaned):
+            raise ValueError("labels must not be empty strings")
+        if len(set(cleaned)) != len(cleaned):
+            raise ValueError("labels must be unique")
+        return cleaned
+
+    @model_validator(mode="after")
+    def _pair_and_requirements(self) -> "TaskSpec":
+        registry.adapter_path(self.task, self.model.family)  # raises with the valid pairs
+        if self.task == "detect" and not self.labels:
+            raise ValueError("task 'detect' needs at least one label (labels: [cat, dog])")
+        return self
+
+    @property
+    def output_name(self) -> str:
+        return self.name or self.task
+
+
+class InputSpec(_Strict):
+    """What to label: a folder (searched recursively) or a glob of image files."""
+
+    path: str
+    media: Literal["image"] = "image"
+    # Decompression-bomb guard: images with more pixels are refused with an error row.
+    max_pixels: int = Field(100_000_000, ge=1)
+    # JPEGs are decoded at the largest power-of-two reduction (Pillow's draft mode) whose
+    # long side stays >= this many pixels; null decodes at full size. 1008 is the largest
+    # model input (OWLv2 L/14), so the model sees no less detail than it can use.
+    decode_min_side: int | None = Field(1008, ge=1)
+    files_per_shard: int = Field(256, ge=1, description="inputs per output Parquet file")
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, path: str) -> str:
+        if path.startswith("s3://"):
+            return path
+        if glob.has_magic(path):
+            if not glob.glob(path, recursive=True):
+                raise ValueError(f"input glob {path!r} matches no file")
+            return path
+        if not os.path.exists(path):
+            raise ValueError(f"input path {path!r} does not exist")
+        return path
+
+
+class OutputSpec(_Strict):
+    path: str
+    overwrite: bool = Field(False, description="delete earlier results under path first")
+
+
+class RaySpec(_Strict):
+    address: str | None = Field(None, description="None starts a local Ray; 'auto' joins a cluster")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (default: all)")
+
+
+class JobSpec(_Strict):
+    input: InputSpec
+    tasks: list[TaskSpec] = Field(min_length=1)
+    output: OutputSpec
+    ray: RaySpec = RaySpec()
+
+    @model_validator(mode="after")
+    def _one_task(self) -> "JobSpec":
+        names = [t.output_name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}")
+        if len(self.tasks) > 1:
+            raise ValueError("one task per job for now; run one job per task")
+        return self
+
+
+# CLI flag -> where it lands in the spec. Task-level flags apply to every task of the spec
+# (and create the single task when there is no spec file).
+TASK_FLAGS = {"task": ("task",), "family": ("model", "family"), "model": ("model", "source"),
+              "revision": ("model", "revision"), "labels": ("labels",), "threshold": ("threshold",),
+              "preprocess": ("preprocess",), "batch_size": ("resources", "batch_size"),
+              "concurrency": ("resources", "concurrency"), "num_gpus": ("resources", "num_gpus")}
+JOB_FLAGS = {"input": ("input", "path"), "output": ("output", "path"),
+             "overwrite": ("output", "overwrite"), "max_pixels": ("input", "max_pixels"),
+             "ray_address": ("ray", "address")}
+
+
+def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def merge_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
+    """Apply non-None CLI overrides (keys of TASK_FLAGS / JOB_FLAGS) to a raw spec dict."""
+    raw = dict(raw)
+    for flag, value in overrides.items():
+        if value is None:
+            continue
+        if flag in JOB_FLAGS:
+            _set(raw, JOB_FLAGS[flag], value)
+        elif flag in TASK_FLAGS:
+            tasks = raw.setdefault("tasks", [{}])
+            if not isinstance(tasks, list) or not tasks:
+                tasks = raw["tasks"] = [{}]
+            for task in tasks:
+                if isinstance(task, dict):
+                    _set(task, TASK_FLAGS[flag], value)
+        else:
+            raise KeyError(f"unknown override {flag!r}")
+    return raw
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem: `field.path: message`."""
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "spec"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {msg}")
+    return "invalid job spec:\n  " + "\n  ".join(lines)
+
+
+def load_job_spec(path: str | Path | None = None, **overrides: Any) -> JobSpec:
+    """Read an optional YAML spec, apply CLI overrides, validate. Raises SpecError."""
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise SpecError(f"spec file {str(path)!r} does not exist") from None
+        except yaml.YAMLError as err:
+            raise SpecError(f"spec file {str(path)!r} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise SpecError(f"spec file {str(path)!r} must hold a mapping at the top level")
+    raw = merge_overrides(raw, overrides)
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err)) from None

@@ -1,0 +1,1 @@
+"""Pipeline builders: a validated JobSpec -> one Ray Data pipeline."""

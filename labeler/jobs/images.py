@@ -1,0 +1,154 @@
+"""Image labeling job: plan inputs -> decode (CPU tasks) -> model actors -> Parquet.
+
+    from_items(rows)                       {id, uri, shard}, one per pending input
+      .map_batches(decode_batch)           CPU tasks: read + decode, error rows for bad input
+      .map_batches(Predictor, ...)         actor pool per task: num_gpus, batch size, pool size
+      .iter_batches() on the driver        ShardedParquetSink commits one file per shard
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+from labeler.config import JobSpec, SpecError
+from labeler.sinks.parquet import ShardedParquetSink
+from labeler.sources.files import plan_inputs
+
+log = logging.getLogger(__name__)
+
+# Rows per decode task: enough to amortise task overhead (~ms), small enough that the model
+# actor is fed before the whole input is decoded.
+DECODE_BATCH = 16
+# A batch of 16 images decoded at up to ~2000x1500 (decode_min_side reduces larger JPEGs) is
+# ~150 MB; 256 MiB leaves room for the encoded bytes.
+DECODE_TASK_MEMORY = 256 * 1024**2
+
+
+@dataclass
+class JobSummary:
+    """What a finished job reports; also written to <output>/_SUCCESS."""
+
+    output: str
+    inputs: int
+    rows: int = 0
+    errors: int = 0
+    skipped_inputs: int = 0  # already committed by an earlier run of the same job
+    ray_start_s: float = 0.0
+    first_result_s: float = 0.0  # after Ray start: model load + the first batch
+    wall_s: float = 0.0
+    steady_images_per_s: float = 0.0  # rows after the first batch / time after it
+    error_reasons: dict[str, int] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        return [
+            f"rows: {self.rows} ({self.inputs} inputs, {self.skipped_inputs} already done), "
+            f"errors: {self.errors}",
+            f"throughput: {self.steady_images_per_s:.1f} images/s steady "
+            f"(ray start {self.ray_start_s:.1f}s, model load + first batch {self.first_result_s:.1f}s, "
+            f"wall {self.wall_s:.1f}s)",
+            *(f"  error x{n}: {reason}" for reason, n in sorted(self.error_reasons.items())[:10]),
+            f"output: {self.output}",
+        ]
+
+
+def job_fingerprint(spec: JobSpec, uris: list[str]) -> str:
+    """Hash of the inputs and everything that shapes the rows (not resources or output)."""
+    shaping = {
+        "input": spec.input.model_dump(exclude={"path"}),
+        "tasks": [t.model_dump(exclude={"resources"}) for t in spec.tasks],
+        "uris": uris,
+    }
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+
+
+def init_ray(spec: JobSpec) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=spec.ray.address, num_cpus=spec.ray.num_cpus,
+             logging_level=logging.WARNING, configure_logging=True, log_to_driver=True)
+
+
+def run_image_job(spec: JobSpec, progress: bool = True) -> JobSummary:
+    """Run a validated image job to completion; returns its summary."""
+    started = time.perf_counter()
+    items = plan_inputs(spec.input.path, spec.input.files_per_shard)
+    if not items:
+        raise SpecError(f"input.path: no image files found under {spec.input.path!r}")
+    expected: dict[int, int] = {}
+    for item in items:
+        expected[item.shard] = expected.get(item.shard, 0) + 1
+    task_names = [t.output_name for t in spec.tasks]
+    sink = ShardedParquetSink(spec.output.path, expected, task_names,
+                              job_fingerprint(spec, [i.uri for i in items]), spec.output.overwrite)
+    pending = sink.pending_shards()
+    todo = [asdict(i) for i in items if i.shard in pending]
+    summary = JobSummary(output=str(sink.root), inputs=len(items),
+                         skipped_inputs=len(items) - len(todo))
+    if todo:
+        _execute(spec, todo, sink, summary, progress)
+    summary.wall_s = time.perf_counter() - started
+    sink.finish(asdict(summary))
+    return summary
+
+
+def _execute(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink, summary: JobSummary,
+             progress: bool) -> None:
+    import ray
+    from tqdm import tqdm
+
+    from labeler.actors.predictor import Predictor
+    from labeler.jobs.stages import decode_batch
+
+    t0 = time.perf_counter()
+    init_ray(spec)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # ours counts rows written, which is what users watch
+    ctx.execution_options.preserve_order = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    summary.ray_start_s = time.perf_counter() - t0
+
+    ds = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / DECODE_BATCH)))
+    ds = ds.map_batches(decode_batch, batch_size=DECODE_BATCH,
+                        fn_kwargs={"max_pixels": spec.input.max_pixels,
+                                   "decode_min_side": spec.input.decode_min_side},
+                        num_cpus=1,
+                        # What a task holds: a batch of decoded images. Declaring it also makes
+                        # these remote args differ from the actor stage's, which keeps Ray Data
+                        # from fusing decode into the model actor, where it would run serially
+                        # with the model (on CPU-only runs) instead of in parallel CPU tasks.
+                        memory=DECODE_TASK_MEMORY)
+    task = spec.tasks[0]
+    res = task.resources
+    ds = ds.map_batches(Predictor, fn_constructor_kwargs={"task": task},
+                        batch_size=res.batch_size,
+                        compute=ray.data.ActorPoolStrategy(size=res.concurrency),
+                        num_gpus=res.num_gpus, num_cpus=res.num_cpus, batch_format="numpy")
+
+    total = len(todo) * len(spec.tasks)
+    bar = tqdm(total=total, unit="img", disable=not progress, desc="labeling")
+    t_start = time.perf_counter()
+    t_first = None
+    rows_at_first = 0
+    for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        sink.add(table)
+        n = table.num_rows
+        summary.rows += n
+        errors = [e for e in table.column("error").to_pylist() if e is not None]
+        summary.errors += len(errors)
+        for reason in errors:
+            summary.error_reasons[reason] = summary.error_reasons.get(reason, 0) + 1
+        if t_first is None:
+            t_first, rows_at_first = time.perf_counter(), summary.rows
+            summary.first_result_s = t_first - t_start
+        bar.update(n)
+    bar.close()
+    steady_s = time.perf_counter() - (t_first or t_start)
+    steady_rows = summary.rows - rows_at_first
+    summary.steady_images_per_s = steady_rows / steady_s if steady_rows and steady_s > 0 else 0.0

@@ -1,0 +1,1 @@
+"""Decoding of media bytes into RGB arrays."""

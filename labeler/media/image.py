@@ -1,0 +1,98 @@
+"""Image bytes -> RGB uint8 array, as the image is meant to be seen.
+
+Rules: EXIF orientation applied; every mode (P, LA, CMYK, I;16, ...) converted to RGB;
+the first frame of animations; the pixel count checked from the header, before any pixel
+is decoded, so a decompression bomb costs nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Our own limit (InputSpec.max_pixels) replaces Pillow's global one, which would warn or
+# raise with a less useful message and cannot differ between jobs in one process.
+Image.MAX_IMAGE_PIXELS = None
+
+# EXIF orientations 5-8 swap width and height.
+_TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
+
+
+class MediaError(ValueError):
+    """Bytes that cannot become an image; the message is the reason stored in the error row."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """pixels: (h, w, 3) uint8 RGB, possibly reduced on load; width/height: the full
+    oriented size in pixels, which every box refers to."""
+
+    pixels: np.ndarray
+    width: int
+    height: int
+
+
+def _draft_request(width: int, height: int, min_side: int) -> tuple[int, int]:
+    """The size to ask Pillow's draft for so that the long side stays >= min_side."""
+    scale = min(1.0, min_side / max(width, height))
+    return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
+
+
+def decode_image(data: bytes, max_pixels: int, decode_min_side: int | None = None) -> DecodedImage:
+    """Decode encoded image bytes.
+
+    max_pixels: images with more pixels than this raise MediaError.
+    decode_min_side: if set, JPEGs are decoded at a reduced scale whose long side is still
+        >= this many pixels (the stored width/height stay the full size).
+    """
+    if not data:
+        raise MediaError("empty file (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise MediaError("not a recognised image format") from None
+    except Exception as err:  # noqa: BLE001 - Pillow raises many types for bad headers
+        raise MediaError(f"unreadable image header: {err}") from None
+
+    raw_w, raw_h = img.size
+    if raw_w * raw_h > max_pixels:
+        raise MediaError(
+            f"image has {raw_w}x{raw_h} = {raw_w * raw_h} pixels, over the limit of {max_pixels}"
+        )
+    orientation = img.getexif().get(0x0112, 1)
+    width, height = (raw_h, raw_w) if orientation in _TRANSPOSED_ORIENTATIONS else (raw_w, raw_h)
+
+    try:
+        if decode_min_side and img.format == "JPEG":
+            img.draft("RGB", _draft_request(raw_w, raw_h, decode_min_side))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        img = _to_rgb(img)
+        pixels = np.asarray(img)
+    except MediaError:
+        raise
+    except Exception as err:  # noqa: BLE001 - truncated data surfaces as OSError, SyntaxError...
+        raise MediaError(f"corrupt image data: {err}") from None
+    return DecodedImage(pixels=pixels, width=width, height=height)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB. Transparent pixels become white, not black garbage."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale to 8 bits rather than clipping everything to white.
+        arr = np.asarray(img, dtype=np.float64)
+        peak = arr.max() if arr.size and arr.max() > 0 else 1.0
+        return Image.fromarray((arr / peak * 255.0).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")

@@ -1,0 +1,43 @@
+"""The (task, family) -> adapter registry, imported lazily.
+
+Keys are checked when a job spec is validated, so an unknown pair fails before Ray starts;
+the adapter module (and torch, transformers) is imported only on the worker that runs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+TASKS = ("detect", "ground", "detect-by-example", "caption", "ocr", "regions", "ask")
+FAMILIES = ("owlv2", "florence2", "blip2", "qwen2_vl", "ovis2")
+
+# (task, family) -> "module:Class". Adding a family is one module and one line here.
+ADAPTERS: dict[tuple[str, str], str] = {
+    ("detect", "owlv2"): "labeler.models.owlv2:Owlv2Detector",
+}
+
+
+def supported_pairs() -> list[str]:
+    """Every registered pair as 'task/family', sorted, for error messages."""
+    return sorted(f"{task}/{family}" for task, family in ADAPTERS)
+
+
+def adapter_path(task: str, family: str) -> str:
+    """The 'module:Class' of an adapter; ValueError naming the valid choices otherwise."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; valid families: {', '.join(FAMILIES)}")
+    try:
+        return ADAPTERS[(task, family)]
+    except KeyError:
+        raise ValueError(
+            f"task {task!r} is not available for family {family!r}; "
+            f"supported task/family pairs: {', '.join(supported_pairs())}"
+        ) from None
+
+
+def load_adapter_class(task: str, family: str) -> type:
+    """Import and return the adapter class for (task, family)."""
+    module_name, class_name = adapter_path(task, family).split(":")
+    return getattr(importlib.import_module(module_name), class_name)

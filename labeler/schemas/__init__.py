@@ -1,0 +1,12 @@
+"""The annotation record: one definition for Parquet rows and HTTP responses."""
+
+from labeler.schemas.record import (
+    RECORD_SCHEMA,
+    SCHEMA_VERSION,
+    Detection,
+    Record,
+    Timings,
+    arrow_schema,
+)
+
+__all__ = ["RECORD_SCHEMA", "SCHEMA_VERSION", "Detection", "Record", "Timings", "arrow_schema"]

@@ -1,0 +1,90 @@
+"""Schema v1 of the annotation record.
+
+The pydantic models below are the single definition: `RECORD_SCHEMA` (Arrow, for Parquet)
+is derived from them, and the online API returns the same models as JSON. docs/schema.md
+documents every field. Boxes are xyxy float pixels in the original, EXIF-oriented image.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Annotated, Union
+
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+SCHEMA_VERSION = "1"
+
+# Scores and coordinates need no more than float32: pixels are < 2^24 and scores are probabilities.
+Float32 = Annotated[float, pa.float32()]
+Int32 = Annotated[int, pa.int32()]
+
+
+class Detection(BaseModel):
+    """One box: label, score in [0, 1], corners (x0, y0) top-left and (x1, y1) bottom-right."""
+
+    label: str
+    score: Float32
+    x0: Float32
+    y0: Float32
+    x1: Float32
+    y1: Float32
+
+
+class Timings(BaseModel):
+    """Milliseconds spent on this row per stage (a batch's time divided by its rows)."""
+
+    decode_ms: Float32 | None = None
+    preprocess_ms: Float32 | None = None
+    predict_ms: Float32 | None = None
+    postprocess_ms: Float32 | None = None
+
+
+class Record(BaseModel):
+    """One output row: one input, one task."""
+
+    id: str = Field(description="stable input id: the path relative to the input root")
+    uri: str = Field(description="where the input was read from")
+    width: Int32 | None = Field(None, description="image width as its EXIF orientation shows it")
+    height: Int32 | None = Field(None, description="image height, likewise")
+    task: str
+    task_name: str = Field(description="the task's output name (several tasks may share a kind)")
+    model: str = Field(description="model source: hub id, folder or s3:// prefix")
+    model_family: str
+    model_revision: str | None = None
+    parameters: str = Field(description="JSON of the parameters that produced the row")
+    detections: list[Detection] | None = None
+    error: str | None = Field(None, description="null unless the row failed; then the reason")
+    timings: Timings | None = None
+
+
+_SCALARS = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+
+
+def _arrow_type(annotation) -> tuple[pa.DataType, bool]:
+    """(Arrow type, nullable) of a pydantic field annotation."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        (inner,) = args
+        return _arrow_type(inner)[0], True
+    if origin is Annotated:
+        _, arrow, *_ = typing.get_args(annotation)
+        return arrow, False
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return pa.list_(pa.field("item", *_arrow_type(item))), False
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return pa.struct(list(arrow_schema(annotation))), False
+    return _SCALARS[annotation], False
+
+
+def arrow_schema(model: type[BaseModel]) -> pa.Schema:
+    """Derive an Arrow schema from a pydantic model, field by field."""
+    hints = typing.get_type_hints(model, include_extras=True)
+    fields = [pa.field(name, *_arrow_type(hints[name])) for name in model.model_fields]
+    return pa.schema(fields, metadata={"labeler.schema_version": SCHEMA_VERSION})
+
+
+RECORD_SCHEMA = arrow_schema(Record)

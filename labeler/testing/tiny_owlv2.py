@@ -1,0 +1,83 @@
+"""Tiny OWLv2 checkpoint: real `Owlv2Config` classes, tiny width and depth, seeded weights.
+
+`image_size` is an option because two uses need different sizes: tests use a small input
+(fast), the benchmark uses the real 960x960 input so that preprocessing costs what it costs
+for the real model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    CLIPTokenizer,
+    Owlv2Config,
+    Owlv2ForObjectDetection,
+    Owlv2ImageProcessor,
+    Owlv2Processor,
+)
+
+from labeler.testing.tokenizer import train_byte_level_bpe, write_vocab_and_merges
+from labeler.testing.weights import perturb_weights
+
+# The processor pads every query to this many tokens, so the text model's position table
+# must be exactly this long (as in the real checkpoints, which use 16).
+MAX_QUERY_TOKENS = 16
+PATCH_SIZE = 16  # the B/16 patch size, so patch counts match the real base model
+
+
+def build(out_dir: Path, seed: int = 0, image_size: int = 96, **_: object) -> Path:
+    """Build a tiny OWLv2 detector into `out_dir`; returns `out_dir`.
+
+    image_size: the square model input in pixels (a multiple of 16); 960 for the real base model.
+    """
+    if image_size % PATCH_SIZE:
+        raise ValueError(f"image_size must be a multiple of {PATCH_SIZE}, got {image_size}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # "!" is id 0 and the pad token, as in the real OWLv2 tokenizer: the model treats a query
+    # whose first id is 0 as padding, so BOS must not be id 0.
+    vocab, merges = train_byte_level_bpe(
+        ["!", "<|startoftext|>", "<|endoftext|>"], vocab_size=400, end_of_word_suffix="</w>"
+    )
+    vocab_file, merges_file = write_vocab_and_merges(out_dir / "_tokenizer_src", vocab, merges)
+    tokenizer = CLIPTokenizer(
+        vocab=str(vocab_file), merges=str(merges_file), pad_token="!",
+        model_max_length=MAX_QUERY_TOKENS,
+    )
+    processor = Owlv2Processor(
+        image_processor=Owlv2ImageProcessor(size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer,
+    )
+
+    config = Owlv2Config(
+        text_config=dict(
+            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=2, max_position_embeddings=MAX_QUERY_TOKENS,
+            bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+            image_size=image_size, patch_size=PATCH_SIZE,
+        ),
+        projection_dim=32,
+    )
+    torch.manual_seed(seed)
+    model = Owlv2ForObjectDetection(config).eval()
+    perturb_weights(model, seed)
+    # Random box-head outputs are large enough to saturate the sigmoid (every box collapses to
+    # a line on the image border). Shrinking the last layer leaves boxes near their grid-cell
+    # prior (about one patch, centred on it) with input-dependent offsets, as trained ones are.
+    with torch.no_grad():
+        model.box_head.dense2.weight.mul_(0.05)
+        model.box_head.dense2.bias.mul_(0.05)
+
+    model.save_pretrained(out_dir, safe_serialization=True)
+    processor.save_pretrained(out_dir)
+    for f in (vocab_file, merges_file):
+        f.unlink()
+    (out_dir / "_tokenizer_src").rmdir()
+    return out_dir
