@@ -36,7 +36,8 @@ def train_byte_level_bpe(
     token is id 0: OWLv2 masks every query whose first id is 0). CLIP-style tokenizers
     (OWLv2's) mark word ends with `end_of_word_suffix="</w>"`.
     """
-    tok = Tokenizer(models.BPE(end_of_word_suffix=end_of_word_suffix))
+    suffix = end_of_word_suffix or ""  # tokenizers wants a string, "" meaning none
+    tok = Tokenizer(models.BPE(end_of_word_suffix=suffix))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -44,7 +45,7 @@ def train_byte_level_bpe(
         special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
-        end_of_word_suffix=end_of_word_suffix,
+        end_of_word_suffix=suffix,
     )
     tok.train_from_iterator(corpus or CORPUS, trainer=trainer)
     model = json.loads(tok.to_str())["model"]
