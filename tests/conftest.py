@@ -1,0 +1,30 @@
+"""Shared fixtures: offline mode, tiny checkpoints built once per session, a local Ray."""
+
+from __future__ import annotations
+
+import os
+
+# Set before transformers / huggingface_hub are imported anywhere: no test may download.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local test cluster needs no token
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_owlv2(tmp_path_factory) -> str:
+    """A tiny OWLv2 checkpoint folder (96 px input), built once per session."""
+    from labeler.testing import build_tiny_model
+
+    return str(build_tiny_model("owlv2", tmp_path_factory.mktemp("models") / "owlv2"))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray of 2 CPUs for the whole session (starting one costs ~5 s)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,104 @@
+"""A whole image job on a real local Ray, read back with pyarrow."""
+
+import json
+import subprocess
+import sys
+
+import pyarrow.dataset as pads
+import pytest
+
+from labeler.config import load_job_spec
+from labeler.jobs.images import run_image_job
+from labeler.testing.samples import make_sample_images
+
+LABELS = ["a photo of a cat", "a dog"]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    make_sample_images(folder, count=10, bad=True)
+    return folder
+
+
+def _spec(folder, out, model, **kw):
+    return load_job_spec(None, input=str(folder), output=str(out), task="detect",
+                         family="owlv2", model=model, labels=LABELS, threshold=0.3,
+                         batch_size=4, **kw)
+
+
+def test_job_writes_one_row_per_input_with_error_rows(ray_local, image_folder, tiny_owlv2,
+                                                      tmp_path):
+    spec = _spec(image_folder, tmp_path / "out", tiny_owlv2).model_copy(
+        update={"input": _spec(image_folder, tmp_path / "out", tiny_owlv2).input.model_copy(
+            update={"files_per_shard": 4})})
+    summary = run_image_job(spec, progress=False)
+    assert (summary.rows, summary.errors) == (13, 3)
+
+    table = pads.dataset(tmp_path / "out", format="parquet").to_table()
+    assert table.num_rows == 13
+    rows = {r["id"]: r for r in table.to_pylist()}
+    assert set(rows) == {p.name for p in image_folder.iterdir()}
+    assert rows["bad_empty.png"]["error"] == "empty file (0 bytes)"
+    assert rows["bad_not_an_image.png"]["error"] == "not a recognised image format"
+    assert rows["bad_truncated.jpg"]["error"].startswith("corrupt image data")
+    for bad in ("bad_empty.png", "bad_not_an_image.png", "bad_truncated.jpg"):
+        assert rows[bad]["detections"] is None and rows[bad]["width"] is None
+
+    good = [r for r in rows.values() if r["error"] is None]
+    assert len(good) == 10 and all(r["detections"] for r in good)
+    assert (rows["sample_000.jpg"]["width"], rows["sample_000.jpg"]["height"]) == (480, 640)
+    assert (rows["sample_001.png"]["width"], rows["sample_001.png"]["height"]) == (480, 640)
+    for r in good:
+        assert r["task"] == "detect" and r["model_family"] == "owlv2"
+        assert json.loads(r["parameters"])["labels"] == LABELS
+        assert r["timings"]["predict_ms"] > 0
+        for d in r["detections"]:
+            assert d["label"] in LABELS and 0.3 < d["score"] <= 1
+            assert 0 <= d["x0"] <= d["x1"] <= r["width"] and 0 <= d["y0"] <= d["y1"] <= r["height"]
+
+    # 13 inputs, 4 per shard: files named by shard, nothing else readable.
+    names = sorted(p.name for p in (tmp_path / "out" / "detect").iterdir())
+    assert names == [f"part-{i:05d}.parquet" for i in range(4)]
+
+    # Same job again: everything is committed, nothing is recomputed.
+    again = run_image_job(spec, progress=False)
+    assert (again.rows, again.skipped_inputs) == (0, 13)
+    assert pads.dataset(tmp_path / "out", format="parquet").count_rows() == 13
+
+
+def test_job_matches_the_adapter_called_directly(ray_local, image_folder, tiny_owlv2, tmp_path):
+    """The batch path through Ray gives the same detections as the adapter in-process."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps
+
+    from labeler.models.base import ImageInput
+    from labeler.models.owlv2 import Owlv2Detector
+
+    spec = _spec(image_folder, tmp_path / "out", tiny_owlv2)
+    run_image_job(spec, progress=False)
+    rows = {r["id"]: r for r in pads.dataset(tmp_path / "out", format="parquet").to_table().to_pylist()}
+    adapter = Owlv2Detector(spec.tasks[0])
+    adapter.setup(torch.device("cpu"))
+    for name in ("sample_001.png", "sample_003.bmp"):
+        img = np.asarray(ImageOps.exif_transpose(Image.open(image_folder / name)).convert("RGB"))
+        (direct,) = adapter([ImageInput(img, img.shape[1], img.shape[0])])
+        got = rows[name]["detections"]
+        assert [d["label"] for d in got] == [d["label"] for d in direct["detections"]]
+        for a, b in zip(got, direct["detections"]):
+            assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+            assert a["x0"] == pytest.approx(b["x0"], abs=1e-3)
+
+
+def test_cli_rejects_a_bad_spec_before_starting_ray(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "labeler.cli", "run", "--input", str(tmp_path / "missing"),
+         "--output", str(tmp_path / "out"), "--task", "detect", "--family", "owlv3",
+         "--model", "x", "--labels", "cat"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "input.path: input path" in result.stderr and "does not exist" in result.stderr
+    assert "tasks.0.model.family: unknown model family 'owlv3'" in result.stderr
+    assert "valid families: owlv2, florence2, blip2, qwen2_vl, ovis2" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,80 @@
+"""Job spec validation: bad specs fail before any work, naming the field and the choices."""
+
+import pytest
+
+from labeler.config import SpecError, load_job_spec
+
+
+def _flags(tmp_path, **kw):
+    base = dict(input=str(tmp_path), output=str(tmp_path / "out"), task="detect",
+                family="owlv2", model="google/owlv2-base-patch16-ensemble", labels=["cat"])
+    base.update(kw)
+    return base
+
+
+def test_flags_alone_make_a_valid_spec(tmp_path):
+    spec = load_job_spec(None, **_flags(tmp_path, threshold=0.25, batch_size=4))
+    (task,) = spec.tasks
+    assert (task.task, task.model.family, task.labels) == ("detect", "owlv2", ["cat"])
+    assert task.threshold == 0.25 and task.resources.batch_size == 4
+    assert spec.input.path == str(tmp_path)
+
+
+def test_flags_override_the_yaml(tmp_path):
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(f"""
+input: {{path: {tmp_path}}}
+output: {{path: {tmp_path}/out}}
+tasks:
+  - task: detect
+    model: {{family: owlv2, source: some/model}}
+    labels: [cat, dog]
+    threshold: 0.2
+    resources: {{batch_size: 16, concurrency: 2}}
+""")
+    spec = load_job_spec(spec_file, threshold=0.5, labels=["bird"])
+    (task,) = spec.tasks
+    assert task.threshold == 0.5 and task.labels == ["bird"]
+    assert task.resources.batch_size == 16 and task.resources.concurrency == 2
+    assert task.model.source == "some/model"
+
+
+@pytest.mark.parametrize("overrides, field, says", [
+    (dict(task="detct"), "tasks.0.task", "valid tasks: detect, ground"),
+    (dict(family="owl"), "tasks.0.model.family", "valid families: owlv2, florence2"),
+    (dict(task="caption"), "tasks.0", "supported task/family pairs: detect/owlv2"),
+    (dict(labels=[]), "tasks.0", "needs at least one label"),
+    (dict(labels=["cat", "cat"]), "tasks.0.labels", "unique"),
+    (dict(threshold=1.5), "tasks.0.threshold", "less than or equal to 1"),
+    (dict(batch_size=0), "tasks.0.resources.batch_size", "greater than or equal to 1"),
+    (dict(input="/no/such/folder"), "input.path", "does not exist"),
+])
+def test_bad_fields_are_named(tmp_path, overrides, field, says):
+    with pytest.raises(SpecError) as err:
+        load_job_spec(None, **_flags(tmp_path, **overrides))
+    message = str(err.value)
+    assert f"{field}: " in message and says in message, message
+
+
+def test_unknown_yaml_field_is_rejected_with_its_path(tmp_path):
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(f"""
+input: {{path: {tmp_path}}}
+output: {{path: {tmp_path}/out}}
+tasks:
+  - task: detect
+    model: {{family: owlv2, source: m}}
+    labels: [cat]
+    thresold: 0.3
+""")
+    with pytest.raises(SpecError, match=r"tasks\.0\.thresold: Extra inputs are not permitted"):
+        load_job_spec(spec_file)
+
+
+def test_missing_and_malformed_spec_files(tmp_path):
+    with pytest.raises(SpecError, match="does not exist"):
+        load_job_spec(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks: [unclosed")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_job_spec(bad)

@@ -1,0 +1,83 @@
+"""Decoding: orientation, modes, limits and readable errors for bad bytes."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from labeler.media.image import MediaError, decode_image
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_exif_orientation_is_applied_and_size_is_the_oriented_one():
+    # Left half red, right half blue, stored 40x20; orientation 6 shows it rotated 90° CW.
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = (255, 0, 0)
+    pixels[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = decode_image(_encode(Image.fromarray(pixels), "PNG", exif=exif), 10**6)
+    assert (out.width, out.height) == (20, 40)
+    assert out.pixels.shape == (40, 20, 3)
+    assert tuple(out.pixels[2, 10]) == (255, 0, 0)  # the left half is now on top
+    assert tuple(out.pixels[37, 10]) == (0, 0, 255)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "1"])
+def test_every_mode_becomes_rgb(mode):
+    img = Image.new("RGB", (16, 8), (10, 200, 30)).convert(mode)
+    fmt = "TIFF" if mode in ("CMYK", "I;16") else "PNG"
+    out = decode_image(_encode(img, fmt), 10**6)
+    assert out.pixels.shape == (8, 16, 3) and out.pixels.dtype == np.uint8
+
+
+def test_transparent_pixels_become_white():
+    img = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    out = decode_image(_encode(img, "PNG"), 10**6)
+    assert (out.pixels == 255).all()
+
+
+def test_gif_gives_its_first_frame():
+    frames = [Image.new("RGB", (8, 8), c) for c in [(255, 0, 0), (0, 255, 0)]]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    out = decode_image(buf.getvalue(), 10**6)
+    assert out.pixels[0, 0, 0] > 200 and out.pixels[0, 0, 1] < 50
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    data = _encode(Image.new("RGB", (300, 200)), "PNG")
+    with pytest.raises(MediaError, match="300x200 = 60000 pixels, over the limit of 59999"):
+        decode_image(data, max_pixels=59_999)
+    assert decode_image(data, max_pixels=60_000).width == 300
+
+
+@pytest.mark.parametrize("data, says", [
+    (b"", "empty file"),
+    (b"hello, not an image", "not a recognised image format"),
+])
+def test_bad_bytes_give_reasons(data, says):
+    with pytest.raises(MediaError, match=says):
+        decode_image(data, 10**6)
+
+
+def test_truncated_jpeg_is_an_error_not_a_partial_image():
+    rng = np.random.default_rng(0)
+    data = _encode(Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)), "JPEG")
+    with pytest.raises(MediaError, match="corrupt image data"):
+        decode_image(data[: len(data) // 2], 10**6)
+
+
+def test_reduce_on_load_keeps_the_long_side_and_reports_full_size():
+    data = _encode(Image.new("RGB", (4000, 3000), (90, 90, 90)), "JPEG")
+    out = decode_image(data, 10**8, decode_min_side=960)
+    assert (out.width, out.height) == (4000, 3000)
+    assert out.pixels.shape == (750, 1000, 3)  # 1/4 scale: the largest with long side >= 960
+    full = decode_image(data, 10**8, decode_min_side=None)
+    assert full.pixels.shape == (3000, 4000, 3)
