@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="label generated images with a tiny OWLv2, offline")
     demo.add_argument("--output", default="demo-output")
     demo.add_argument("--workdir", default=".cache/demo")
-    demo.add_argument("--count", type=int, default=24)
+    demo.add_argument("--count", type=int, default=48, help="good sample images")
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=cmd_demo)
     return parser
