@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 # Rows per decode task: enough to amortise task overhead (~ms), small enough that the model
 # actor is fed before the whole input is decoded.
 DECODE_BATCH = 16
-# A batch of 16 images decoded at up to ~2000x1500 (decode_min_side reduces larger JPEGs) is
-# ~150 MB; 256 MiB leaves room for the encoded bytes.
-DECODE_TASK_MEMORY = 256 * 1024**2
+# Peak memory of one decode task, so Ray does not start more than fit. Measured by Ray Data:
+# ~955 MiB for 16 OWLv2 inputs at 960 px as float32 (12 MB each, plus the decoded images
+# and Arrow's copies of the output batch).
+DECODE_TASK_MEMORY = 1024 * 1024**2
 MIN_BATCHES_FOR_RATE = 5
 
 
@@ -120,16 +121,16 @@ def _execute(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink, summary:
     summary.ray_start_s = time.perf_counter() - t0
 
     ds = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / DECODE_BATCH)))
+    task = spec.tasks[0]
     ds = ds.map_batches(decode_batch, batch_size=DECODE_BATCH,
                         fn_kwargs={"max_pixels": spec.input.max_pixels,
-                                   "decode_min_side": spec.input.decode_min_side},
+                                   "decode_min_side": spec.input.decode_min_side, "task": task},
                         num_cpus=1,
                         # What a task holds: a batch of decoded images. Declaring it also makes
                         # these remote args differ from the actor stage's, which keeps Ray Data
                         # from fusing decode into the model actor, where it would run serially
                         # with the model (on CPU-only runs) instead of in parallel CPU tasks.
                         memory=DECODE_TASK_MEMORY)
-    task = spec.tasks[0]
     res = task.resources
     ds = ds.map_batches(Predictor, fn_constructor_kwargs={"task": task},
                         batch_size=res.batch_size,

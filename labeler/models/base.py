@@ -1,9 +1,14 @@
 """The adapter contract that batch actors and (later) Serve deployments both drive.
 
     setup(device)              load weights on the worker, never at import time
-    preprocess(images)         batch of decoded images -> model inputs on the device
+    cpu_transform(pixels)      optional per-image work for the CPU stage (decode tasks)
+    preprocess(images)         batch of (transformed) images -> model inputs on the device
     predict(inputs)            one batched forward or generate, no per-row Python loop
     postprocess(raw, images)   exactly one result dict per input image
+
+cpu_transform runs in the job's decode tasks (after `setup_cpu_stage`, which loads no
+weights), so per-image CPU work scales out over CPU workers instead of holding up the model
+actor; `model_inputs` chains it with preprocess for callers that run everything in one place.
 
 An adapter is built from a TaskSpec (small, picklable) and holds no weights until setup().
 """
@@ -23,8 +28,8 @@ from labeler.config import TaskSpec
 
 @dataclass(frozen=True)
 class ImageInput:
-    """pixels: (h, w, 3) uint8 RGB as decoded (maybe reduced on load);
-    width/height: the full oriented size that output boxes refer to."""
+    """pixels: (h, w, 3) uint8 RGB as decoded (maybe reduced on load), or what the adapter's
+    cpu_transform made of it; width/height: the full oriented size that boxes refer to."""
 
     pixels: np.ndarray
     width: int
@@ -54,8 +59,30 @@ class Adapter(ABC):
     @abstractmethod
     def setup(self, device: torch.device) -> None: ...
 
+    @property
+    def model_on_cpu(self) -> bool:
+        """Whether the model actors of this task run on CPU (no GPU requested)."""
+        return self.spec.resources.num_gpus == 0
+
+    def setup_cpu_stage(self) -> None:
+        """Load what cpu_transform needs (processor configs, never weights)."""
+
+    def cpu_transform(self, pixels: np.ndarray) -> np.ndarray | None:
+        """Per-image CPU work done before batching; None keeps the decoded pixels."""
+        return None
+
+    def model_inputs(self, images: list[ImageInput]) -> Any:
+        """cpu_transform (when it applies) then preprocess: decoded images -> model inputs."""
+        transformed = []
+        for im in images:
+            pixels = self.cpu_transform(im.pixels)
+            transformed.append(im if pixels is None else ImageInput(pixels, im.width, im.height))
+        return self.preprocess(transformed)
+
     @abstractmethod
-    def preprocess(self, images: list[ImageInput]) -> Any: ...
+    def preprocess(self, images: list[ImageInput], stacked: np.ndarray | None = None) -> Any:
+        """stacked: the images' pixels as one (B, ...) array, when the caller already has
+        them so (Ray Data hands equal-shaped rows over as one array): no copy needed."""
 
     @abstractmethod
     def predict(self, inputs: Any) -> Any: ...
@@ -74,4 +101,4 @@ class Adapter(ABC):
     def __call__(self, images: list[ImageInput]) -> list[dict]:
         """preprocess -> predict -> postprocess, for callers that need no timings."""
         with torch.inference_mode():
-            return self.postprocess(self.predict(self.preprocess(images)), images)
+            return self.postprocess(self.predict(self.model_inputs(images)), images)

@@ -27,19 +27,29 @@ from labeler.storage import resolve_model_source
 class Owlv2Detector(Adapter):
     """task=detect, family=owlv2. Output per image: {"detections": [{label, score, x0..y1}]}."""
 
-    def setup(self, device: torch.device) -> None:
-        from transformers import Owlv2ForObjectDetection, Owlv2Processor
+    def setup_cpu_stage(self) -> None:
+        from transformers import Owlv2Processor
 
+        kwargs = {"revision": self.spec.model.revision} if self.spec.model.revision else {}
+        self.processor = Owlv2Processor.from_pretrained(
+            resolve_model_source(self.spec.model.source), **kwargs)
+        image_processor = self.processor.image_processor
+        self.input_size = int(image_processor.size["height"])
+        # Normalisation in uint8 units: (v / 255 - mean) / std == (v - 255 mean) / (255 std).
+        self.mean255 = torch.tensor(image_processor.image_mean) * 255.0
+        self.std255 = torch.tensor(image_processor.image_std) * 255.0
+
+    def setup(self, device: torch.device) -> None:
+        from transformers import Owlv2ForObjectDetection
+
+        self.setup_cpu_stage()
         source = resolve_model_source(self.spec.model.source)
         kwargs = {"revision": self.spec.model.revision} if self.spec.model.revision else {}
         self.device = device
         self.dtype = resolve_dtype(self.spec.model.dtype, device)
-        self.processor = Owlv2Processor.from_pretrained(source, **kwargs)
         self.model = Owlv2ForObjectDetection.from_pretrained(source, dtype=self.dtype, **kwargs)
         self.model.to(device).eval()
         self.revision = getattr(self.model.config, "_commit_hash", None) or self.revision
-        image_size = self.processor.image_processor.size
-        self.input_size = int(image_size["height"])
         self.labels = list(self.spec.labels)
         self.query_embeds, self.query_mask = self._encode_queries(self.labels)
 
@@ -55,19 +65,40 @@ class Owlv2Detector(Adapter):
         embeds = pooled / torch.linalg.norm(pooled, ord=2, dim=-1, keepdim=True)
         return embeds, text["input_ids"][:, 0] > 0
 
-    def preprocess(self, images: list[ImageInput]) -> torch.Tensor:
-        """-> pixel_values (B, 3, S, S) on the device, S the model input size."""
+    def cpu_transform(self, pixels: np.ndarray) -> np.ndarray | None:
+        """Decoded (h, w, 3) uint8 -> (3, S, S) model input, when the CPU stage should make it.
+
+        fast: resize + pad here; normalised here too for CPU actors, left uint8 (4x less to
+        move) for GPU actors, which normalise on the device. processor: run here for CPU
+        actors (it parallelises over decode tasks); GPU actors run it on the device (None).
+        """
         if self.spec.preprocess == "fast":
-            pixels = fast_pixel_values(
-                [im.pixels for im in images], self.input_size,
-                self.processor.image_processor.image_mean,
-                self.processor.image_processor.image_std, self.device,
-            )
+            canvas = padded_canvas(pixels, self.input_size)
+            return self._normalize(torch.from_numpy(canvas)).numpy() if self.model_on_cpu else canvas
+        if self.model_on_cpu:
+            return self.processor.image_processor(
+                images=[_as_chw_tensor(pixels)], return_tensors="pt")["pixel_values"][0].numpy()
+        return None
+
+    def _normalize(self, canvas: torch.Tensor) -> torch.Tensor:
+        """uint8 (..., 3, S, S) -> float32 normalised, on the canvas's device."""
+        mean = self.mean255.to(canvas.device).view(3, 1, 1)
+        std = self.std255.to(canvas.device).view(3, 1, 1)
+        return canvas.float().sub_(mean).div_(std)
+
+    def preprocess(self, images: list[ImageInput], stacked: np.ndarray | None = None) -> torch.Tensor:
+        """Images as cpu_transform left them -> pixel_values (B, 3, S, S) on the device."""
+        if self.spec.preprocess == "fast" or self.model_on_cpu:
+            if stacked is None:
+                stacked = np.stack([im.pixels for im in images])
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                batch = torch.from_numpy(stacked).to(self.device)
+            pixels = self._normalize(batch) if batch.dtype == torch.uint8 else batch
         else:
             tensors = [_as_chw_tensor(im.pixels) for im in images]
             pixels = self.processor.image_processor(
-                images=tensors, return_tensors="pt", device=self.device
-            )["pixel_values"]
+                images=tensors, return_tensors="pt", device=self.device)["pixel_values"]
         return pixels.to(self.device, self.dtype)
 
     @torch.inference_mode()
@@ -122,34 +153,19 @@ def _as_chw_tensor(pixels: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
-def fast_pixel_values(
-    images: list[np.ndarray], size: int, mean: list[float], std: list[float],
-    device: torch.device,
-) -> torch.Tensor:
-    """OWLv2 inputs by batched torch ops: uint8 antialiased resize of each image so its long
-    side is `size`, pad bottom/right with 0.0 (in [0, 1] units, as the processor pads), and
-    normalise. -> (B, 3, size, size) float32.
+def padded_canvas(pixels: np.ndarray, size: int) -> np.ndarray:
+    """The 'fast' OWLv2 geometry: (h, w, 3) uint8 -> (3, size, size) uint8, the image resized
+    (bilinear, antialiased, in uint8) so its long side is `size`, at the top left, and the
+    rest 0 (the processor pads with 0.0 before normalising, i.e. black).
 
     It differs from the processor (pad, gaussian blur, bilinear resize) in its resampling
-    filter and at the image/padding edge; docs/preprocessing.md gives the measured deviation.
+    filter and on the image/padding seam; docs/preprocessing.md gives the measured deviation.
     """
-    # Normalisation folded into uint8 units: (v / 255 - mean) / std == (v - 255 mean) / (255 std).
-    mean255 = (torch.tensor(mean, device=device) * 255.0).view(3, 1, 1)
-    std255 = (torch.tensor(std, device=device) * 255.0).view(3, 1, 1)
-    pad_value = (-mean255 / std255)  # 0.0 in [0, 1] units, normalised, per channel
-    out = torch.empty(len(images), 3, size, size, device=device)
-    for i, img in enumerate(images):
-        h, w = img.shape[:2]
-        scale = size / max(h, w)
-        new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-        chw = _as_chw_tensor(img)[None].to(device)
-        if device.type != "cpu":  # uint8 antialiased interpolation is a CPU kernel only
-            chw = chw.float()
-        resized = F.interpolate(chw, size=(new_h, new_w), mode="bilinear", antialias=True,
-                                align_corners=False)[0]
-        # Write the image and fill only the padding: the canvas is ~11 MB per image at 960 px,
-        # and touching it once instead of twice is most of this function's cost on a CPU.
-        out[i, :, :new_h, :new_w].copy_(resized).sub_(mean255).div_(std255)
-        out[i, :, new_h:, :].copy_(pad_value.expand(3, size - new_h, size))
-        out[i, :, :new_h, new_w:].copy_(pad_value.expand(3, new_h, size - new_w))
-    return out
+    h, w = pixels.shape[:2]
+    scale = size / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = F.interpolate(_as_chw_tensor(pixels)[None], size=(new_h, new_w), mode="bilinear",
+                            antialias=True, align_corners=False)[0]
+    canvas = np.zeros((3, size, size), dtype=np.uint8)
+    canvas[:, :new_h, :new_w] = resized.numpy()
+    return canvas

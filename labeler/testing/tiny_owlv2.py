@@ -28,13 +28,14 @@ PATCH_SIZE = 16  # the B/16 patch size, so patch counts match the real base mode
 
 
 def build(out_dir: Path, seed: int = 0, image_size: int = 96, vision_heads: int = 2,
-          **_: object) -> Path:
+          vision_width: int = 32, **_: object) -> Path:
     """Build a tiny OWLv2 detector into `out_dir`; returns `out_dir`.
 
     image_size: the square model input in pixels (a multiple of 16); 960 for the real base model.
     vision_heads: attention heads of the vision tower. At 960 px its eager attention is a
         3601x3601 matrix per head, most of the tiny model's CPU time; benchmarks that measure
         the pipeline around the model use 1.
+    vision_width: hidden size of the vision tower (attention cost grows with it).
     """
     if image_size % PATCH_SIZE:
         raise ValueError(f"image_size must be a multiple of {PATCH_SIZE}, got {image_size}")
@@ -64,7 +65,7 @@ def build(out_dir: Path, seed: int = 0, image_size: int = 96, vision_heads: int 
             pad_token_id=0,
         ),
         vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            hidden_size=vision_width, intermediate_size=2 * vision_width, num_hidden_layers=1,
             num_attention_heads=vision_heads, image_size=image_size, patch_size=PATCH_SIZE,
         ),
         projection_dim=32,

@@ -106,7 +106,7 @@ def test_fast_preprocessing_stays_close_to_the_processor(tiny_owlv2, detector, i
     fast = Owlv2Detector(_spec(tiny_owlv2, preprocess="fast"))
     fast.setup(torch.device("cpu"))
     inputs = [ImageInput(im, im.shape[1], im.shape[0]) for im in images]
-    exact_px, fast_px = detector.preprocess(inputs), fast.preprocess(inputs)
+    exact_px, fast_px = detector.model_inputs(inputs), fast.model_inputs(inputs)
     assert exact_px.shape == fast_px.shape
     diff = (exact_px - fast_px).abs()
     # Units are normalised pixels (1.0 ~ 0.27 of the [0, 1] range). Measured: mean 0.0005-0.0015
@@ -116,3 +116,20 @@ def test_fast_preprocessing_stays_close_to_the_processor(tiny_owlv2, detector, i
     for a, b in zip(fast_out, exact_out):
         top_a, top_b = a["detections"][0], b["detections"][0]
         assert top_a["score"] == pytest.approx(top_b["score"], abs=0.05)
+
+
+@pytest.mark.parametrize("preprocess", ["processor", "fast"])
+def test_gpu_actor_split_gives_the_cpu_actor_numbers(tiny_owlv2, images, preprocess):
+    """With num_gpus > 0 the CPU stage hands over raw or uint8 images and the actor finishes
+    preprocessing on its device; run on the CPU here, both splits must agree."""
+    results = []
+    for num_gpus in (0, 1):
+        adapter = Owlv2Detector(_spec(tiny_owlv2, preprocess=preprocess,
+                                      resources={"num_gpus": num_gpus}))
+        adapter.setup(torch.device("cpu"))
+        results.append(adapter([ImageInput(im, im.shape[1], im.shape[0]) for im in images]))
+    for on_cpu, on_gpu in zip(*results):
+        assert [d["label"] for d in on_cpu["detections"]] == [d["label"] for d in on_gpu["detections"]]
+        for a, b in zip(on_cpu["detections"], on_gpu["detections"]):
+            assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+            assert a["x1"] == pytest.approx(b["x1"], abs=1e-3)
