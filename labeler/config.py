@@ -56,6 +56,17 @@ class ResourceSpec(_Strict):
     num_cpus: float = Field(1.0, gt=0, description="CPU cores per actor (torch threads on CPU)")
 
 
+class GenerationSpec(_Strict):
+    """Decoding options of generative models (Florence-2, BLIP-2, Qwen2-VL, Ovis2)."""
+
+    max_new_tokens: int = Field(128, ge=1, le=8192)
+    num_beams: int = Field(1, ge=1, le=16)
+    do_sample: bool = Field(False, description="sample instead of greedy / beam search")
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(None, description="seed for sampling; fixed seed, same text")
+
+
 class TaskSpec(_Strict):
     """One labeling task over every input."""
 
@@ -64,6 +75,13 @@ class TaskSpec(_Strict):
     name: str | None = Field(None, description="output name; defaults to the task")
     labels: list[str] = Field(default_factory=list, description="class names for detect")
     threshold: float = Field(0.1, ge=0.0, le=1.0, description="minimum box score")
+    prompt: str | None = Field(
+        None, description="instruction, question or phrases; Florence-2: may start with a task "
+                          "token such as <MORE_DETAILED_CAPTION>. Default: the adapter's")
+    query_image: str | None = Field(None, description="example image for detect-by-example")
+    nms_threshold: float = Field(0.3, ge=0.0, le=1.0,
+                                 description="IoU above which detect-by-example drops a box")
+    generation: GenerationSpec = GenerationSpec()
     # "processor": transformers' image processor, exact (what the reference tests check).
     # "fast": batched uint8 resize, pad and normalize in torch; see docs/preprocessing.md.
     preprocess: Literal["processor", "fast"] = "processor"
@@ -89,8 +107,8 @@ class TaskSpec(_Strict):
     @model_validator(mode="after")
     def _pair_and_requirements(self) -> "TaskSpec":
         registry.adapter_path(self.task, self.model.family)  # raises with the valid pairs
-        if self.task == "detect" and not self.labels:
-            raise ValueError("task 'detect' needs at least one label (labels: [cat, dog])")
+        # Each adapter states what it needs (labels, a prompt of a given form, ...).
+        registry.load_adapter_class(self.task, self.model.family).check_spec(self)
         return self
 
     @property
@@ -155,6 +173,9 @@ class JobSpec(_Strict):
 # (and create the single task when there is no spec file).
 TASK_FLAGS = {"task": ("task",), "family": ("model", "family"), "model": ("model", "source"),
               "revision": ("model", "revision"), "labels": ("labels",), "threshold": ("threshold",),
+              "prompt": ("prompt",), "query_image": ("query_image",),
+              "max_new_tokens": ("generation", "max_new_tokens"),
+              "num_beams": ("generation", "num_beams"), "seed": ("generation", "seed"),
               "preprocess": ("preprocess",), "batch_size": ("resources", "batch_size"),
               "concurrency": ("resources", "concurrency"), "num_gpus": ("resources", "num_gpus")}
 JOB_FLAGS = {"input": ("input", "path"), "output": ("output", "path"),

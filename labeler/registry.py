@@ -14,6 +14,7 @@ FAMILIES = ("owlv2", "florence2", "blip2", "qwen2_vl", "ovis2")
 # (task, family) -> "module:Class". Adding a family is one module and one line here.
 ADAPTERS: dict[tuple[str, str], str] = {
     ("detect", "owlv2"): "labeler.models.owlv2:Owlv2Detector",
+    # further entries: one line per (task, family), kept sorted by family
 }
 
 

@@ -21,6 +21,34 @@ def tiny_owlv2(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """tiny_model(family) -> checkpoint folder, built on first use, once per session."""
+    from labeler.testing import build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    built: dict[str, str] = {}
+
+    def get(family: str) -> str:
+        if family not in built:
+            built[family] = str(build_tiny_model(family, root / family))
+        return built[family]
+
+    return get
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu run only where CUDA is."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """A local Ray of 2 CPUs for the whole session (starting one costs ~5 s)."""
     import ray

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -29,11 +29,14 @@ from labeler.config import TaskSpec
 @dataclass(frozen=True)
 class ImageInput:
     """pixels: (h, w, 3) uint8 RGB as decoded (maybe reduced on load), or what the adapter's
-    cpu_transform made of it; width/height: the full oriented size that boxes refer to."""
+    cpu_transform made of it; width/height: the full oriented size that boxes refer to;
+    prompt: this row's own prompt or queries (an input column, an HTTP request), which
+    replaces the spec's."""
 
     pixels: np.ndarray
     width: int
     height: int
+    prompt: str | None = None
 
 
 def pick_device() -> torch.device:
@@ -50,6 +53,15 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 class Adapter(ABC):
     """Base of every (task, family) adapter."""
+
+    #: The prompt used when neither the row nor the spec gives one. None: the task takes no
+    #: free prompt (OWLv2 takes labels) or requires one (see check_spec).
+    default_prompt: ClassVar[str | None] = None
+
+    @classmethod
+    def check_spec(cls, spec: TaskSpec) -> None:
+        """Raise ValueError saying what is wrong with `spec` for this adapter. Called while
+        the job spec is validated, before Ray starts; must not load weights."""
 
     def __init__(self, spec: TaskSpec):
         self.spec = spec
@@ -89,6 +101,10 @@ class Adapter(ABC):
 
     @abstractmethod
     def postprocess(self, raw: Any, images: list[ImageInput]) -> list[dict]: ...
+
+    def prompt_for(self, image: ImageInput) -> str | None:
+        """The row's prompt, else the spec's, else the adapter's default."""
+        return image.prompt or self.spec.prompt or self.default_prompt
 
     def parameters(self) -> dict:
         """The parameters that shape this adapter's output, stored with every row."""

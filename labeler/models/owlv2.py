@@ -27,6 +27,13 @@ from labeler.storage import resolve_model_source
 class Owlv2Detector(Adapter):
     """task=detect, family=owlv2. Output per image: {"detections": [{label, score, x0..y1}]}."""
 
+    @classmethod
+    def check_spec(cls, spec) -> None:
+        if not spec.labels:
+            raise ValueError("task 'detect' needs at least one label (labels: [cat, dog])")
+        if spec.prompt:
+            raise ValueError("OWLv2 detect takes class names in labels, not a prompt")
+
     def setup_cpu_stage(self) -> None:
         from transformers import Owlv2Processor
 

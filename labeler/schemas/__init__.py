@@ -4,9 +4,10 @@ from labeler.schemas.record import (
     RECORD_SCHEMA,
     SCHEMA_VERSION,
     Detection,
+    OcrRegion,
     Record,
     Timings,
     arrow_schema,
 )
 
-__all__ = ["RECORD_SCHEMA", "SCHEMA_VERSION", "Detection", "Record", "Timings", "arrow_schema"]
+__all__ = ["RECORD_SCHEMA", "SCHEMA_VERSION", "Detection", "OcrRegion", "Record", "Timings", "arrow_schema"]

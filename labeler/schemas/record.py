@@ -22,7 +22,11 @@ Int32 = Annotated[int, pa.int32()]
 
 
 class Detection(BaseModel):
-    """One box: label, score in [0, 1], corners (x0, y0) top-left and (x1, y1) bottom-right."""
+    """One box: label, score in [0, 1], corners (x0, y0) top-left and (x1, y1) bottom-right.
+
+    Region captions are detections whose label is the caption; region proposals have label "".
+    polygon: optional outline as [x0, y0, x1, y1, ...] pixels, for models that give one.
+    """
 
     label: str
     score: Float32
@@ -30,6 +34,21 @@ class Detection(BaseModel):
     y0: Float32
     x1: Float32
     y1: Float32
+    polygon: list[Float32] | None = None
+
+
+class OcrRegion(BaseModel):
+    """One line of text and its quadrilateral, corners clockwise from the top-left, pixels."""
+
+    text: str
+    x0: Float32
+    y0: Float32
+    x1: Float32
+    y1: Float32
+    x2: Float32
+    y2: Float32
+    x3: Float32
+    y3: Float32
 
 
 class Timings(BaseModel):
@@ -54,7 +73,12 @@ class Record(BaseModel):
     model_family: str
     model_revision: str | None = None
     parameters: str = Field(description="JSON of the parameters that produced the row")
+    prompt: str | None = Field(None, description="the prompt or queries the model was given")
     detections: list[Detection] | None = None
+    text: str | None = Field(None, description="caption, answer or OCR text")
+    ocr_regions: list[OcrRegion] | None = None
+    warnings: list[str] | None = Field(
+        None, description="what could not be parsed from the model's output, row still kept")
     error: str | None = Field(None, description="null unless the row failed; then the reason")
     timings: Timings | None = None
 

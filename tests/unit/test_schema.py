@@ -13,7 +13,7 @@ def test_contract_columns_and_types():
     assert s.field("error").type == pa.string() and s.field("error").nullable
     det = s.field("detections").type
     assert isinstance(det, pa.ListType)
-    assert [f.name for f in det.value_type] == ["label", "score", "x0", "y0", "x1", "y1"]
+    assert [f.name for f in det.value_type] == ["label", "score", "x0", "y0", "x1", "y1", "polygon"]
     assert det.value_type.field("score").type == pa.float32()
     assert s.metadata[b"labeler.schema_version"] == b"1"
 

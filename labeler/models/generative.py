@@ -1,0 +1,65 @@
+"""Shared machinery of the generative families (Florence-2, BLIP-2, Qwen2-VL, Ovis2).
+
+A family module subclasses GenerativeAdapter, names its transformers model class, and
+writes `preprocess` (processor call for a batch of images and prompts), `predict` (usually
+`self.generate(inputs)`) and `postprocess` (decode + parse into record fields).
+
+Batching rules: decoder-only models (BLIP-2's OPT, Qwen2-VL, Ovis2) pad prompts on the left
+so that every row's last prompt token sits at the end and generation continues from it;
+Florence-2 is encoder-decoder and pads on the right. Greedy by default.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from labeler.models.base import Adapter, resolve_dtype
+from labeler.storage import resolve_model_source
+
+
+class GenerativeAdapter(Adapter):
+    """Base of adapters whose model generates text."""
+
+    #: transformers class that loads the checkpoint, e.g. "Florence2ForConditionalGeneration".
+    model_class_name: ClassVar[str]
+    #: tokenizer padding side for batched prompts; None leaves the checkpoint's setting.
+    padding_side: ClassVar[str | None] = "left"
+
+    def setup(self, device: torch.device) -> None:
+        import transformers
+
+        source = resolve_model_source(self.spec.model.source)
+        kwargs = {"revision": self.spec.model.revision} if self.spec.model.revision else {}
+        self.device = device
+        self.dtype = resolve_dtype(self.spec.model.dtype, device)
+        self.processor = transformers.AutoProcessor.from_pretrained(source, **kwargs)
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        if tokenizer is not None and self.padding_side:
+            tokenizer.padding_side = self.padding_side
+        model_class = getattr(transformers, self.model_class_name)
+        self.model = model_class.from_pretrained(source, dtype=self.dtype, **kwargs)
+        self.model.to(device).eval()
+        self.revision = getattr(self.model.config, "_commit_hash", None) or self.revision
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `model.generate` from the spec's generation options."""
+        g = self.spec.generation
+        kwargs: dict[str, Any] = {"max_new_tokens": g.max_new_tokens, "num_beams": g.num_beams,
+                                  "do_sample": g.do_sample}
+        if g.do_sample:
+            kwargs.update(temperature=g.temperature, top_p=g.top_p)
+        return kwargs
+
+    @torch.inference_mode()
+    def generate(self, inputs: dict[str, Any], **extra: Any) -> Any:
+        """model.generate on a prepared batch. With sampling and a seed, the generator is
+        seeded per batch: the same batch gives the same text."""
+        g = self.spec.generation
+        if g.do_sample and g.seed is not None:
+            torch.manual_seed(g.seed)
+        return self.model.generate(**inputs, **self.generation_kwargs(), **extra)
+
+    def parameters(self) -> dict:
+        return {"prompt": self.spec.prompt, "generation": self.spec.generation.model_dump()}
