@@ -26,6 +26,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", help="model revision (hub branch, tag or commit)")
     p.add_argument("--labels", type=_labels, help='comma-separated class names: "cat,dog"')
     p.add_argument("--threshold", type=float, help="minimum box score (default 0.1)")
+    p.add_argument("--prompt", help="instruction, question or phrases (Florence-2: may start "
+                                    "with a task token such as <MORE_DETAILED_CAPTION>)")
+    p.add_argument("--query-image", help="example image for detect-by-example")
+    p.add_argument("--max-new-tokens", type=int, help="generation length limit")
+    p.add_argument("--num-beams", type=int, help="beam search width (1: greedy)")
+    p.add_argument("--seed", type=int, help="seed for sampling")
     p.add_argument("--preprocess", choices=["processor", "fast"],
                    help="processor: transformers' (exact); fast: batched torch ops")
     p.add_argument("--batch-size", type=int, help="images per forward pass")
@@ -41,7 +47,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 def _spec_from_args(args: argparse.Namespace):
     overrides = {k: getattr(args, k) for k in (
         "input", "output", "task", "family", "model", "revision", "labels", "threshold",
-        "preprocess", "batch_size", "concurrency", "num_gpus", "max_pixels", "ray_address",
+        "prompt", "query_image", "max_new_tokens", "num_beams", "seed", "preprocess", "batch_size", "concurrency", "num_gpus", "max_pixels", "ray_address",
         "overwrite")}
     return load_job_spec(args.spec, **overrides)
 

@@ -72,7 +72,8 @@ class TaskSpec(_Strict):
 
     task: str
     model: ModelSpec
-    name: str | None = Field(None, description="output name; defaults to the task")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
+                             description="output name (a folder name); defaults to the task")
     labels: list[str] = Field(default_factory=list, description="class names for detect")
     threshold: float = Field(0.1, ge=0.0, le=1.0, description="minimum box score")
     prompt: str | None = Field(
@@ -160,12 +161,10 @@ class JobSpec(_Strict):
     ray: RaySpec = RaySpec()
 
     @model_validator(mode="after")
-    def _one_task(self) -> "JobSpec":
+    def _unique_task_names(self) -> "JobSpec":
         names = [t.output_name for t in self.tasks]
         if len(set(names)) != len(names):
-            raise ValueError(f"task names must be unique, got {names}")
-        if len(self.tasks) > 1:
-            raise ValueError("one task per job for now; run one job per task")
+            raise ValueError(f"task names must be unique (set `name:` on repeated tasks), got {names}")
         return self
 
 

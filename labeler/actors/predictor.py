@@ -8,6 +8,7 @@ its neighbours down with it.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -38,23 +39,46 @@ def build_adapter(task: TaskSpec, device: torch.device | None = None) -> Adapter
 
 
 class Predictor:
-    """map_batches callable: numpy batch from `decode_batch` -> pyarrow table of records."""
+    """map_batches callable: numpy batch from `decode_batch` -> this task's records.
 
-    def __init__(self, task: TaskSpec):
+    input_column: where this task's images are (see jobs.stages.input_column).
+    passthrough: for jobs of several tasks. False: return a pyarrow table of records (the
+        last stage of a one-task job). True: return the input batch, less `drop_columns`,
+        plus a column `record__<task name>` holding each row's record as JSON, for the next
+        task's actors; `explode_records` turns those columns into rows at the end.
+    """
+
+    def __init__(self, task: TaskSpec, input_column: str = "image", passthrough: bool = False,
+                 drop_columns: tuple[str, ...] = ()):
         self.task = task
+        self.input_column = input_column
+        self.passthrough = passthrough
+        self.drop_columns = set(drop_columns)
         self.adapter = build_adapter(task)
         self.parameters = self.adapter.parameters_json()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table | dict[str, np.ndarray]:
+        records = self.records(batch)
+        if not self.passthrough:
+            return pa.Table.from_pylist(records, schema=OUTPUT_SCHEMA)
+        out = {k: v for k, v in batch.items() if k not in self.drop_columns}
+        out[f"record__{self.task.output_name}"] = np.array(
+            [json.dumps(r) for r in records], dtype=object)
+        return out
+
+    def records(self, batch: dict[str, np.ndarray]) -> list[dict]:
+        """One record dict (OUTPUT_SCHEMA fields) per row of the batch."""
         n = len(batch["id"])
         errors: list[str | None] = [str(e) or None for e in batch["error"]]
         good = [i for i in range(n) if errors[i] is None]
+        prompts = batch.get("prompt")
         results: dict[int, dict] = {}
         timings = {"preprocess_ms": None, "predict_ms": None, "postprocess_ms": None}
         if good:
-            images = [ImageInput(batch["image"][i], int(batch["width"][i]), int(batch["height"][i]))
+            column = batch[self.input_column]
+            images = [ImageInput(column[i], int(batch["width"][i]), int(batch["height"][i]),
+                                 prompt=(str(prompts[i]) or None) if prompts is not None else None)
                       for i in good]
-            column = batch["image"]
             # Equal-shaped rows arrive as one (n, ...) array: hand it over without a copy.
             stacked = column if column.dtype != object and len(good) == n else None
             try:
@@ -67,10 +91,7 @@ class Predictor:
                         results[i] = self._run([image])[0][0]
                     except Exception as err:  # noqa: BLE001 - becomes this row's error
                         errors[i] = f"model failed: {type(err).__name__}: {err}"
-        return pa.Table.from_pylist(
-            [self._record(batch, i, results.get(i), errors[i], timings) for i in range(n)],
-            schema=OUTPUT_SCHEMA,
-        )
+        return [self._record(batch, i, results.get(i), errors[i], timings) for i in range(n)]
 
     def _run(self, images: list[ImageInput], stacked: np.ndarray | None = None
              ) -> tuple[list[dict], dict[str, float]]:
@@ -105,3 +126,10 @@ class Predictor:
             "timings": {"decode_ms": float(batch["decode_ms"][i]), **(timings if ok else {})},
             "shard": int(batch["shard"][i]),
         }
+
+
+def explode_records(batch: dict[str, np.ndarray], task_names: list[str]) -> pa.Table:
+    """Last stage of a several-task job: the `record__<task>` JSON columns -> one row per
+    input and task, as a pyarrow table of OUTPUT_SCHEMA."""
+    rows = [json.loads(text) for name in task_names for text in batch[f"record__{name}"]]
+    return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)

@@ -12,10 +12,11 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from labeler.config import JobSpec, SpecError
+from labeler.config import JobSpec, SpecError, TaskSpec
 from labeler.sinks.parquet import ShardedParquetSink
 from labeler.sources.files import plan_inputs
 
@@ -62,6 +63,53 @@ class JobSummary:
         ]
 
 
+def _model_stages(ds, tasks: list[TaskSpec]):
+    """One actor pool per task over the decoded rows. A one-task job's actors emit record
+    tables; with several tasks each pool passes the rows on with its records as JSON, and a
+    last CPU stage turns them into one row per input and task. Image columns are dropped
+    by the last pool that reads them, so later stages move only records."""
+    import ray
+
+    from labeler.actors.predictor import Predictor, explode_records
+    from labeler.jobs.stages import input_column
+
+    columns = [input_column(t) for t in tasks]
+    for k, task in enumerate(tasks):
+        res = task.resources
+        later = set(columns[k + 1:])
+        drop = tuple(c for c in set(columns[: k + 1]) if c not in later)
+        ds = ds.map_batches(
+            Predictor,
+            fn_constructor_kwargs={"task": task, "input_column": columns[k],
+                                   "passthrough": len(tasks) > 1, "drop_columns": drop},
+            batch_size=res.batch_size, compute=ray.data.ActorPoolStrategy(size=res.concurrency),
+            num_gpus=res.num_gpus, num_cpus=res.num_cpus, batch_format="numpy")
+    if len(tasks) > 1:
+        ds = ds.map_batches(explode_records, fn_kwargs={"task_names": [t.output_name for t in tasks]},
+                            batch_format="numpy", num_cpus=0.5)
+    return ds
+
+
+def check_local_capacity(spec: JobSpec, cpus: float) -> None:
+    """A local Ray cannot grow: if the actors' CPUs leave none for decoding, the job would
+    wait forever. Fail at once instead, saying what to change."""
+    needed = sum(t.resources.num_cpus * t.resources.concurrency for t in spec.tasks)
+    if needed + 1 > cpus:
+        raise SpecError(
+            f"tasks.*.resources: the model actors reserve {needed:g} CPUs and decoding needs 1, "
+            f"but this Ray has {cpus:g}; lower num_cpus or concurrency (fractions such as 0.5 "
+            f"share a core)")
+
+
+def _local_cpus(spec: JobSpec) -> float:
+    """CPUs of the local Ray this job runs on (already started, or about to be)."""
+    import ray
+
+    if ray.is_initialized():
+        return ray.cluster_resources().get("CPU", 0)
+    return spec.ray.num_cpus or os.cpu_count() or 1
+
+
 def job_fingerprint(spec: JobSpec, uris: list[str]) -> str:
     """Hash of the inputs and everything that shapes the rows (not resources or output)."""
     shaping = {
@@ -91,6 +139,8 @@ def run_image_job(spec: JobSpec, progress: bool = True) -> JobSummary:
     for item in items:
         expected[item.shard] = expected.get(item.shard, 0) + 1
     task_names = [t.output_name for t in spec.tasks]
+    if spec.ray.address is None:
+        check_local_capacity(spec, _local_cpus(spec))
     sink = ShardedParquetSink(spec.output.path, expected, task_names,
                               job_fingerprint(spec, [i.uri for i in items]), spec.output.overwrite)
     pending = sink.pending_shards()
@@ -109,7 +159,6 @@ def _execute(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink, summary:
     import ray
     from tqdm import tqdm
 
-    from labeler.actors.predictor import Predictor
     from labeler.jobs.stages import decode_batch
 
     t0 = time.perf_counter()
@@ -121,22 +170,17 @@ def _execute(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink, summary:
     summary.ray_start_s = time.perf_counter() - t0
 
     ds = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / DECODE_BATCH)))
-    task = spec.tasks[0]
     ds = ds.map_batches(decode_batch, batch_size=DECODE_BATCH,
                         fn_kwargs={"max_pixels": spec.input.max_pixels,
-                                   "decode_min_side": spec.input.decode_min_side, "task": task},
+                                   "decode_min_side": spec.input.decode_min_side,
+                                   "tasks": list(spec.tasks)},
                         num_cpus=1,
                         # What a task holds: a batch of decoded images. Declaring it also makes
                         # these remote args differ from the actor stage's, which keeps Ray Data
                         # from fusing decode into the model actor, where it would run serially
                         # with the model (on CPU-only runs) instead of in parallel CPU tasks.
                         memory=DECODE_TASK_MEMORY)
-    res = task.resources
-    ds = ds.map_batches(Predictor, fn_constructor_kwargs={"task": task},
-                        batch_size=res.batch_size,
-                        compute=ray.data.ActorPoolStrategy(size=res.concurrency),
-                        num_gpus=res.num_gpus, num_cpus=res.num_cpus, batch_format="numpy")
-
+    ds = _model_stages(ds, list(spec.tasks))
     total = len(todo) * len(spec.tasks)
     bar = tqdm(total=total, unit="img", disable=not progress, desc="labeling")
     t_start = time.perf_counter()

@@ -29,38 +29,68 @@ def _cpu_stage_adapter(task_json: str) -> Adapter:
     return adapter
 
 
-def decode_batch(batch: dict[str, np.ndarray], max_pixels: int,
-                 decode_min_side: int | None, task: TaskSpec | None = None) -> dict[str, np.ndarray]:
-    """{id, uri, shard} -> the same plus image, width, height (original, oriented; 0 on
-    error), error ("" or the reason) and decode_ms.
+def transforms_in_cpu_stage(task: TaskSpec) -> bool:
+    """Whether the task's adapter does per-image work in this stage (overrides cpu_transform)."""
+    cls = load_adapter_class(task.task, task.model.family)
+    return cls.cpu_transform is not Adapter.cpu_transform
 
-    image: (h, w, 3) uint8 as decoded, or what `task`'s adapter.cpu_transform makes of it.
+
+def input_column(task: TaskSpec) -> str:
+    """The column a task's model actor reads its images from."""
+    return f"pixels__{task.output_name}" if transforms_in_cpu_stage(task) else "image"
+
+
+def decode_batch(batch: dict[str, np.ndarray], max_pixels: int, decode_min_side: int | None,
+                 tasks: list[TaskSpec] = ()) -> dict[str, np.ndarray]:
+    """{id, uri, shard, ...} -> the same plus width, height (original, oriented; 0 on error),
+    error ("" or the reason), decode_ms, and the images each task reads (`input_column`):
+    `image`, (h, w, 3) uint8 as decoded, if some task takes decoded images, and
+    `pixels__<task>` with what that task's cpu_transform made of each image.
 
     error is "" rather than None for good rows: a column of only None becomes Arrow's null
     type between stages and comes back as floats.
     """
     n = len(batch["uri"])
-    adapter = _cpu_stage_adapter(task.model_dump_json()) if task is not None else None
-    images, widths, heights, errors, times = [], np.zeros(n, np.int32), np.zeros(n, np.int32), [], []
+    transformers = {t.output_name: _cpu_stage_adapter(t.model_dump_json())
+                    for t in tasks if transforms_in_cpu_stage(t)}
+    keep_raw = not tasks or len(transformers) < len(tasks)
+    columns: dict[str, list] = {name: [] for name in transformers}
+    raw, widths, heights = [], np.zeros(n, np.int32), np.zeros(n, np.int32)
+    errors, times = [], []
     for i, uri in enumerate(batch["uri"]):
         start = time.perf_counter()
         try:
             decoded = decode_image(read_bytes(str(uri)), max_pixels, decode_min_side)
-            transformed = adapter.cpu_transform(decoded.pixels) if adapter else None
-            images.append(decoded.pixels if transformed is None else transformed)
-            widths[i], heights[i] = decoded.width, decoded.height
-            errors.append("")
+            prepared = {}
+            for name, adapter in transformers.items():
+                transformed = adapter.cpu_transform(decoded.pixels)
+                prepared[name] = decoded.pixels if transformed is None else transformed
         except MediaError as err:
-            images.append(EMPTY_IMAGE)
-            errors.append(str(err))
+            reason = str(err)
         except OSError as err:  # missing or unreadable file: the reason, without a traceback
-            images.append(EMPTY_IMAGE)
-            errors.append(f"cannot read input: {err.strerror or err}")
+            reason = f"cannot read input: {err.strerror or err}"
+        except Exception as err:  # noqa: BLE001 - a transform that fails on this image
+            reason = f"preprocessing failed: {type(err).__name__}: {err}"
+        else:
+            reason = ""
+            widths[i], heights[i] = decoded.width, decoded.height
+        for name in transformers:
+            columns[name].append(prepared[name] if not reason else EMPTY_IMAGE)
+        raw.append(decoded.pixels if not reason else EMPTY_IMAGE)
+        errors.append(reason)
         times.append((time.perf_counter() - start) * 1000.0)
-    image_column = np.empty(n, dtype=object)
-    image_column[:] = images
-    return {
-        "id": batch["id"], "uri": batch["uri"], "shard": batch["shard"],
-        "image": image_column, "width": widths, "height": heights,
-        "error": np.array(errors, dtype=object).astype(str), "decode_ms": np.array(times, np.float32),
-    }
+    out = {key: value for key, value in batch.items()}
+    out.update(width=widths, height=heights, error=np.array(errors, dtype=object).astype(str),
+               decode_ms=np.array(times, np.float32))
+    if keep_raw:
+        out["image"] = _object_column(raw)
+    for name, images in columns.items():
+        out[f"pixels__{name}"] = _object_column(images)
+    return out
+
+
+def _object_column(arrays: list[np.ndarray]) -> np.ndarray:
+    """A list of arrays as one numpy object column (Ray Data stores it as a tensor column)."""
+    column = np.empty(len(arrays), dtype=object)
+    column[:] = arrays
+    return column

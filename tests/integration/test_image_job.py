@@ -102,3 +102,56 @@ def test_cli_rejects_a_bad_spec_before_starting_ray(tmp_path):
     assert "tasks.0.model.family: unknown model family 'owlv3'" in result.stderr
     assert "valid families: owlv2, florence2, blip2, qwen2_vl, ovis2" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_several_tasks_share_one_read(ray_local, image_folder, tiny_owlv2, tmp_path):
+    """Two tasks in one job: one row per input and task, each task in its own folder,
+    decode errors repeated for each task."""
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(f"""
+input: {{path: {image_folder}}}
+output: {{path: {tmp_path / "out"}}}
+tasks:
+  - name: animals
+    task: detect
+    model: {{family: owlv2, source: {tiny_owlv2}}}
+    labels: [a photo of a cat, a dog]
+    threshold: 0.3
+    resources: {{batch_size: 4, num_cpus: 0.5}}
+  - name: vehicles
+    task: detect
+    model: {{family: owlv2, source: {tiny_owlv2}}}
+    labels: [car, bus]
+    threshold: 0.5
+    preprocess: fast
+    resources: {{batch_size: 3, num_cpus: 0.5}}
+""")
+    summary = run_image_job(load_job_spec(spec_file), progress=False)
+    assert (summary.rows, summary.errors) == (26, 6)
+    table = pads.dataset(tmp_path / "out", format="parquet").to_table()
+    by_task = {}
+    for row in table.to_pylist():
+        by_task.setdefault(row["task_name"], {})[row["id"]] = row
+    assert set(by_task) == {"animals", "vehicles"}
+    assert all(len(rows) == 13 for rows in by_task.values())
+    assert {d["label"] for r in by_task["vehicles"].values() for d in (r["detections"] or [])} <= {"car", "bus"}
+    assert by_task["vehicles"]["bad_empty.png"]["error"] == "empty file (0 bytes)"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith("_")) == [
+        "animals", "vehicles"]
+
+    # The one-task job with the same parameters gives the same rows as the shared read.
+    alone = _spec(image_folder, tmp_path / "alone", tiny_owlv2)
+    run_image_job(alone, progress=False)
+    single = {r["id"]: r for r in pads.dataset(tmp_path / "alone", format="parquet").to_table().to_pylist()}
+    for name, row in by_task["animals"].items():
+        assert row["detections"] == single[name]["detections"]
+
+
+def test_actors_that_leave_no_cpu_for_decoding_are_refused(ray_local, image_folder, tiny_owlv2,
+                                                           tmp_path):
+    from labeler.config import SpecError
+
+    spec = _spec(image_folder, tmp_path / "out", tiny_owlv2, concurrency=2)
+    with pytest.raises(SpecError, match="reserve 2 CPUs and decoding needs 1, but this Ray has 2"):
+        run_image_job(spec, progress=False)
+    assert not (tmp_path / "out").exists()  # refused before any output was made
