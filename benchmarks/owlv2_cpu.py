@@ -80,12 +80,17 @@ def naive_loop(model_dir: str, paths: list[Path]) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def e2e(model_dir: str, folder: Path, out: Path, preprocess: str, batch_size: int):
+def e2e(model_dir: str, folder: Path, out: Path, preprocess: str, batch_size: int,
+        concurrency: int = 1, actor_cpus: float = 1.0):
     from labeler.jobs.images import run_image_job
 
     spec = load_job_spec(None, input=str(folder), output=str(out), task="detect",
                          family="owlv2", model=model_dir, labels=LABELS, threshold=THRESHOLD,
-                         preprocess=preprocess, batch_size=batch_size, overwrite=True)
+                         preprocess=preprocess, batch_size=batch_size, concurrency=concurrency,
+                         overwrite=True)
+    task = spec.tasks[0]
+    resources = task.resources.model_copy(update={"num_cpus": actor_cpus})
+    spec = spec.model_copy(update={"tasks": [task.model_copy(update={"resources": resources})]})
     return run_image_job(spec, progress=False)
 
 
@@ -159,9 +164,11 @@ def throughput_figures(args, model_dir: str, tmp: Path) -> None:
     naive = naive_loop(model_dir, paths[: args.naive_images])
     print(f"naive: {naive:.2f} images/s (documentation loop, {args.naive_images} images)")
     for mode in args.modes.split(","):
-        summary = e2e(model_dir, tmp / "jpeg720", tmp / f"out_{mode}", mode, args.batch_size)
+        summary = e2e(model_dir, tmp / "jpeg720", tmp / f"out_{mode}", mode, args.batch_size,
+                      args.concurrency, args.actor_cpus)
         only, boxes = model_only(model_dir, paths[: min(len(paths), 96)], mode, args.batch_size)
-        print(f"e2e preprocess={mode}: {summary.steady_images_per_s:.2f} images/s steady over "
+        print(f"e2e preprocess={mode} actors={args.concurrency}x{args.actor_cpus:g} CPU: "
+              f"{summary.steady_images_per_s:.2f} images/s steady over "
               f"{summary.rows} images = {summary.steady_images_per_s / naive:.1f}x naive "
               f"(ray start {summary.ray_start_s:.1f}s, load + first batch "
               f"{summary.first_result_s:.1f}s, wall {summary.wall_s:.1f}s)")
@@ -174,6 +181,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--naive-images", type=int, default=50, help="the naive loop is slow")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=1, help="model actors")
+    parser.add_argument("--actor-cpus", type=float, default=1.0,
+                        help="CPUs each actor reserves (0.5: two actors share a core)")
     parser.add_argument("--vision-width", type=int, default=32,
                         help="the tiny network's vision width (its attention cost)")
     parser.add_argument("--modes", default="fast,processor")

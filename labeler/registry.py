@@ -15,6 +15,8 @@ FAMILIES = ("owlv2", "florence2", "blip2", "qwen2_vl", "ovis2")
 ADAPTERS: dict[tuple[str, str], str] = {
     ("detect", "owlv2"): "labeler.models.owlv2:Owlv2Detector",
     # further entries: one line per (task, family), kept sorted by family
+    ("ground", "owlv2"): "labeler.models.owlv2:Owlv2Grounder",
+    ("detect-by-example", "owlv2"): "labeler.models.owlv2:Owlv2ExampleDetector",
 }
 
 

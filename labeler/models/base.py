@@ -15,6 +15,7 @@ An adapter is built from a TaskSpec (small, picklable) and holds no weights unti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ class Adapter(ABC):
         transformed = []
         for im in images:
             pixels = self.cpu_transform(im.pixels)
-            transformed.append(im if pixels is None else ImageInput(pixels, im.width, im.height))
+            transformed.append(im if pixels is None else dataclasses.replace(im, pixels=pixels))
         return self.preprocess(transformed)
 
     @abstractmethod

@@ -1,38 +1,55 @@
-"""OWLv2 open-vocabulary detection with a fixed vocabulary of class names.
+"""OWLv2: open-vocabulary detection (fixed labels), grounding of per-row text queries, and
+detection by example (a query image).
 
-Reference usage (transformers docs): processor(text=[labels], images=image) -> model(**inputs)
--> processor.post_process_grounded_object_detection(outputs, threshold, target_sizes). Two
-things differ here, for speed, with the same numbers:
-- the text queries are encoded once in setup(), not once per batch; predict() runs only the
-  vision tower and the heads;
+Reference usage (transformers docs), one image at a time:
+- detect / ground: processor(text=[queries], images=image) -> model(**inputs)
+  -> processor.post_process_grounded_object_detection(outputs, threshold, target_sizes);
+- detect-by-example: processor(images=image, query_images=query_image) ->
+  model.image_guided_detection(**inputs) ->
+  processor.post_process_image_guided_detection(outputs, threshold, nms_threshold, target_sizes).
+What differs here, for speed, with the same numbers:
+- text queries and the query image are encoded once (setup, or a cache), not once per image;
+  predict() runs the vision tower on the batch and the heads against those embeddings;
 - post-processing uses the *padded square* size max(h, w) as the target size: OWLv2 pads
   every image to a square (bottom and right) before resizing, so its normalised boxes are
   relative to that square. Passing (h, w) as the documentation's example does would stretch
   every box of a non-square image.
-Boxes are then clipped to the image.
+Boxes are then clipped to the image and sorted by score, best first.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections import OrderedDict
+from pathlib import PurePosixPath
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.ops import batched_nms
 
+from labeler.config import InputSpec
+from labeler.media.image import decode_image
 from labeler.models.base import Adapter, ImageInput, resolve_dtype
-from labeler.storage import resolve_model_source
+from labeler.storage import is_s3, read_bytes, resolve_model_source
+
+# Text queries are kept per actor, keyed by query string, in an LRU of this many entries:
+# a fixed vocabulary (LVIS has 1,203 classes) fits whole, and free-text rows that bring new
+# phrases all the time hold at most 4096 x D floats, 12 MiB at the L/14 width D = 768 in
+# float32, little beside the weights (0.6 GB for B/16).
+TEXT_CACHE_SIZE = 4096
+
+# post_process_image_guided_detection draws (and returns) only boxes whose "alpha",
+# (score - 0.1 best) / (0.9 best) with best = the image's top score + 1e-6, is positive: a
+# box scoring under a tenth of the image's best box is dropped whatever the threshold.
+EXAMPLE_RELATIVE_FLOOR = 0.1
+EXAMPLE_BEST_EPS = 1e-6
 
 
-class Owlv2Detector(Adapter):
-    """task=detect, family=owlv2. Output per image: {"detections": [{label, score, x0..y1}]}."""
-
-    @classmethod
-    def check_spec(cls, spec) -> None:
-        if not spec.labels:
-            raise ValueError("task 'detect' needs at least one label (labels: [cat, dog])")
-        if spec.prompt:
-            raise ValueError("OWLv2 detect takes class names in labels, not a prompt")
+class _Owlv2Adapter(Adapter):
+    """Loading, image preprocessing (both modes, CPU stage or device) and box geometry,
+    shared by the OWLv2 tasks. Subclasses add their queries, predict and postprocess."""
 
     def setup_cpu_stage(self) -> None:
         from transformers import Owlv2Processor
@@ -57,20 +74,15 @@ class Owlv2Detector(Adapter):
         self.model = Owlv2ForObjectDetection.from_pretrained(source, dtype=self.dtype, **kwargs)
         self.model.to(device).eval()
         self.revision = getattr(self.model.config, "_commit_hash", None) or self.revision
-        self.labels = list(self.spec.labels)
-        self.query_embeds, self.query_mask = self._encode_queries(self.labels)
 
-    @torch.inference_mode()
-    def _encode_queries(self, labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text queries -> (embeddings (Q, D), valid mask (Q,)), as the model's forward makes
-        them: projected pooled text output, L2-normalised; a query whose first token is id 0
-        is padding."""
-        text = self.processor(text=[labels], return_tensors="pt").to(self.device)
+    def _text_features(self, text) -> torch.Tensor:
+        """Tokenised queries (input_ids, attention_mask: (N, T)) -> embeddings (N, D), as the
+        model's forward makes them: projected pooled text output, L2-normalised."""
+        text = text.to(self.device)
         pooled = self.model.owlv2.get_text_features(
             input_ids=text["input_ids"], attention_mask=text["attention_mask"]
         ).pooler_output
-        embeds = pooled / torch.linalg.norm(pooled, ord=2, dim=-1, keepdim=True)
-        return embeds, text["input_ids"][:, 0] > 0
+        return pooled / torch.linalg.norm(pooled, ord=2, dim=-1, keepdim=True)
 
     def cpu_transform(self, pixels: np.ndarray) -> np.ndarray | None:
         """Decoded (h, w, 3) uint8 -> (3, S, S) model input, when the CPU stage should make it.
@@ -83,9 +95,13 @@ class Owlv2Detector(Adapter):
             canvas = padded_canvas(pixels, self.input_size)
             return self._normalize(torch.from_numpy(canvas)).numpy() if self.model_on_cpu else canvas
         if self.model_on_cpu:
-            return self.processor.image_processor(
-                images=[_as_chw_tensor(pixels)], return_tensors="pt")["pixel_values"][0].numpy()
+            return self._processor_pixels(pixels)[0].numpy()
         return None
+
+    def _processor_pixels(self, pixels: np.ndarray) -> torch.Tensor:
+        """One (h, w, 3) uint8 image through the checkpoint's image processor -> (1, 3, S, S)."""
+        return self.processor.image_processor(
+            images=[_as_chw_tensor(pixels)], return_tensors="pt")["pixel_values"]
 
     def _normalize(self, canvas: torch.Tensor) -> torch.Tensor:
         """uint8 (..., 3, S, S) -> float32 normalised, on the canvas's device."""
@@ -93,7 +109,7 @@ class Owlv2Detector(Adapter):
         std = self.std255.to(canvas.device).view(3, 1, 1)
         return canvas.float().sub_(mean).div_(std)
 
-    def preprocess(self, images: list[ImageInput], stacked: np.ndarray | None = None) -> torch.Tensor:
+    def _pixel_values(self, images: list[ImageInput], stacked: np.ndarray | None) -> torch.Tensor:
         """Images as cpu_transform left them -> pixel_values (B, 3, S, S) on the device."""
         if self.spec.preprocess == "fast" or self.model_on_cpu:
             if stacked is None:
@@ -108,14 +124,51 @@ class Owlv2Detector(Adapter):
                 images=tensors, return_tensors="pt", device=self.device)["pixel_values"]
         return pixels.to(self.device, self.dtype)
 
+    def _image_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pixel_values (B, 3, S, S) -> patch features (B, P, D) and the same as a feature map
+        (B, g, g, D), P = g * g patches: the vision tower, as the model's forward runs it."""
+        feature_map, _ = self.model.image_embedder(pixel_values=pixel_values)
+        batch, grid_h, grid_w, dim = feature_map.shape
+        return feature_map.reshape(batch, grid_h * grid_w, dim), feature_map
+
+
+class Owlv2Detector(_Owlv2Adapter):
+    """task=detect, family=owlv2. Output per image: {"detections": [{label, score, x0..y1}]}.
+
+    The labels are the text queries, encoded once in setup(). score: sigmoid of the best
+    label's logit; a box is kept when score > threshold, labelled with that best label.
+    """
+
+    @classmethod
+    def check_spec(cls, spec) -> None:
+        if not spec.labels:
+            raise ValueError("task 'detect' needs at least one label (labels: [cat, dog])")
+        if spec.prompt:
+            raise ValueError("OWLv2 detect takes class names in labels, not a prompt")
+
+    def setup(self, device: torch.device) -> None:
+        super().setup(device)
+        self.labels = list(self.spec.labels)
+        self.query_embeds, self.query_mask = self._encode_queries(self.labels)
+
+    @torch.inference_mode()
+    def _encode_queries(self, labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text queries -> (embeddings (Q, D), valid mask (Q,)); a query whose first token is
+        id 0 is padding."""
+        text = self.processor(text=[labels], return_tensors="pt")
+        return self._text_features(text), text["input_ids"][:, 0].to(self.device) > 0
+
+    def preprocess(self, images: list[ImageInput], stacked: np.ndarray | None = None) -> torch.Tensor:
+        """Images as cpu_transform left them -> pixel_values (B, 3, S, S) on the device."""
+        return self._pixel_values(images, stacked)
+
     @torch.inference_mode()
     def predict(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         """-> logits (B, P, Q), boxes (B, P, 4) cxcywh in [0, 1] of the padded square,
         objectness logits (B, P); P = patches, Q = labels."""
         model = self.model
-        feature_map, _ = model.image_embedder(pixel_values=pixel_values)
-        batch, grid_h, grid_w, dim = feature_map.shape
-        image_feats = feature_map.reshape(batch, grid_h * grid_w, dim)
+        image_feats, feature_map = self._image_features(pixel_values)
+        batch = image_feats.shape[0]
         queries = self.query_embeds.to(image_feats.dtype)[None].expand(batch, -1, -1)
         mask = self.query_mask[None].expand(batch, -1)
         logits, _ = model.class_predictor(image_feats, queries, mask)
@@ -127,29 +180,268 @@ class Owlv2Detector(Adapter):
         """Best label per box, threshold, boxes to original pixels (clipped), sorted by score."""
         best = raw["logits"].float().max(dim=-1)
         scores, label_ids = torch.sigmoid(best.values), best.indices  # (B, P)
-        boxes = raw["boxes"].float()
-        cx, cy, w, h = boxes.unbind(-1)
-        corners = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
-        sizes = torch.tensor([[im.width, im.height] for im in images], dtype=torch.float32,
-                             device=corners.device)  # (B, 2)
-        square = sizes.max(dim=1).values  # (B,) side of the padded square, original pixels
-        corners = corners * square[:, None, None]
-        limits = sizes.repeat(1, 2)[:, None, :]  # (B, 1, 4): w, h, w, h
-        corners = torch.minimum(corners.clamp(min=0), limits)
+        corners = pixel_corners(raw["boxes"], images)
+        ranked = ranked_detections(scores, scores > self.spec.threshold, corners, label_ids,
+                                   self.labels)
+        return [{"detections": dets} for dets in ranked]
 
-        keep = scores > self.spec.threshold
+
+def split_queries(text: str) -> list[str]:
+    """A prompt of comma-separated phrases -> the query list: each phrase stripped, empty
+    phrases dropped ("a, ,b" -> ["a", "b"]), repeats dropped (first kept), order kept."""
+    phrases = (phrase.strip() for phrase in text.split(","))
+    return list(dict.fromkeys(phrase for phrase in phrases if phrase))
+
+
+class Owlv2Grounder(_Owlv2Adapter):
+    """task=ground, family=owlv2: each row's own text queries.
+
+    Queries of a row: its prompt (the row's, else the spec's), split on commas by
+    split_queries ("a red car, a person" -> ["a red car", "a person"]); when neither the row
+    nor the spec has a prompt, the spec's labels. A spec gives one or the other, not both
+    (check_spec); there is no built-in default (default_prompt None): nothing sensible to
+    look for in every image.
+
+    A batch encodes the distinct queries of all its rows with one text-tower call (only those
+    not already in the actor's LRU cache) and scores every image against its own queries
+    only: the others are masked as the model masks padding queries, so each row gets what
+    the documented one-image usage gives. Queries are tokenised as the processor does, but
+    truncated to the text tower's length (16 tokens in the released checkpoints) where the
+    documented usage would raise; such a row gets a warning.
+
+    Output per image: {"detections": [{label: the query, score, x0..y1}], "prompt": the
+    queries joined by ", ", "warnings"?}; score: sigmoid of the best query's logit, a box is
+    kept when score > threshold. A row whose prompt holds no phrase (", ,") gets no detection
+    and a warning.
+    """
+
+    @classmethod
+    def check_spec(cls, spec) -> None:
+        if spec.prompt is not None and spec.labels:
+            raise ValueError("task 'ground' takes its queries from prompt ('a red car, a "
+                             "person') or from labels, not both")
+        if spec.prompt is not None and not split_queries(spec.prompt):
+            raise ValueError(f"task 'ground': prompt {spec.prompt!r} holds no query phrase; "
+                             "give phrases separated by commas: 'a red car, a person'")
+        if spec.prompt is None and not spec.labels:
+            raise ValueError("task 'ground' needs default queries: prompt: 'a red car, a "
+                             "person' or labels: [a red car, a person] (rows may bring their "
+                             "own in a prompt column)")
+
+    def setup(self, device: torch.device) -> None:
+        super().setup(device)
+        self.text_length = int(self.processor.tokenizer.model_max_length)  # tokens per query
+        # query -> (embedding (D,), whether its tokens were truncated); least recent first.
+        self.text_cache: OrderedDict[str, tuple[torch.Tensor, bool]] = OrderedDict()
+
+    def parameters(self) -> dict:
+        return {**super().parameters(), "prompt": self.spec.prompt}
+
+    def queries_for(self, image: ImageInput) -> list[str]:
+        """This row's queries (see the class docstring)."""
+        prompt = self.prompt_for(image)
+        return split_queries(prompt) if prompt is not None else list(self.spec.labels)
+
+    def preprocess(self, images: list[ImageInput], stacked: np.ndarray | None = None) -> dict:
+        """-> {"pixel_values": (B, 3, S, S) on the device, "queries": one list per row}."""
+        return {"pixel_values": self._pixel_values(images, stacked),
+                "queries": [self.queries_for(im) for im in images]}
+
+    @torch.inference_mode()
+    def _query_embeddings(self, queries: list[str]) -> tuple[torch.Tensor, list[bool]]:
+        """Distinct queries -> (embeddings (U, D), truncated flags), from the cache; the
+        queries it lacks are encoded in one text-tower call and added to it."""
+        cache = self.text_cache
+        missing = [q for q in queries if q not in cache]
+        if missing:
+            text = self.processor(text=[missing], truncation=True, return_tensors="pt")
+            untruncated = self.processor.tokenizer(missing, verbose=False)["input_ids"]
+            lengths = [len(ids) for ids in untruncated]
+            for query, embed, length in zip(missing, self._text_features(text), lengths):
+                cache[query] = (embed, length > self.text_length)
+        for query in queries:
+            cache.move_to_end(query)
+        embeds = torch.stack([cache[q][0] for q in queries])
+        truncated = [cache[q][1] for q in queries]
+        while len(cache) > TEXT_CACHE_SIZE:  # after the lookups: a batch may hold more
+            cache.popitem(last=False)
+        return embeds, truncated
+
+    @torch.inference_mode()
+    def predict(self, inputs: dict) -> dict:
+        """-> logits (B, P, U) with every row's foreign queries at the dtype's minimum,
+        boxes (B, P, 4) cxcywh in [0, 1] of the padded square, the union of the batch's
+        queries (U,), their truncated flags, and each row's queries."""
+        model, rows = self.model, inputs["queries"]
+        image_feats, feature_map = self._image_features(inputs["pixel_values"])
+        batch, patches, _ = image_feats.shape
+        union = list(dict.fromkeys(q for queries in rows for q in queries))
+        boxes = model.box_predictor(image_feats, feature_map)
+        if not union:
+            logits = image_feats.new_zeros((batch, patches, 0))
+            return {"logits": logits, "boxes": boxes, "union": [], "truncated": [], "rows": rows}
+        embeds, truncated = self._query_embeddings(union)
+        column = {q: i for i, q in enumerate(union)}
+        mask = torch.zeros((batch, len(union)), dtype=torch.bool)
+        for b, queries in enumerate(rows):
+            mask[b, [column[q] for q in queries]] = True
+        logits, _ = model.class_predictor(
+            image_feats, embeds.to(image_feats.dtype)[None].expand(batch, -1, -1),
+            mask.to(image_feats.device))
+        return {"logits": logits, "boxes": boxes, "union": union, "truncated": truncated,
+                "rows": rows}
+
+    def postprocess(self, raw: dict, images: list[ImageInput]) -> list[dict]:
+        """Best own query per box, threshold, boxes to original pixels (clipped), sorted."""
+        logits = raw["logits"].float()
+        if logits.shape[-1]:
+            best = logits.max(dim=-1)
+            scores, label_ids = torch.sigmoid(best.values), best.indices  # (B, P)
+        else:  # no row of the batch has a query
+            scores = torch.zeros(logits.shape[:2], device=logits.device)
+            label_ids = torch.zeros(logits.shape[:2], dtype=torch.long, device=logits.device)
+        corners = pixel_corners(raw["boxes"], images)
+        ranked = ranked_detections(scores, scores > self.spec.threshold, corners, label_ids,
+                                   raw["union"])
+        truncated = {q for q, flag in zip(raw["union"], raw["truncated"]) if flag}
         results = []
-        for b in range(len(images)):
-            kept_scores = scores[b][keep[b]]
-            order = torch.argsort(kept_scores, descending=True)
-            s = kept_scores[order].cpu().tolist()
-            ids = label_ids[b][keep[b]][order].cpu().tolist()
-            xyxy = corners[b][keep[b]][order].cpu().tolist()
-            results.append({"detections": [
-                {"label": self.labels[i], "score": sc, "x0": x0, "y0": y0, "x1": x1, "y1": y1}
-                for sc, i, (x0, y0, x1, y1) in zip(s, ids, xyxy)
-            ]})
+        for image, queries, dets in zip(images, raw["rows"], ranked):
+            result = {"detections": dets, "prompt": ", ".join(queries)}
+            notes = [f"query {q!r} is longer than the text model's {self.text_length} tokens; "
+                     "it was truncated" for q in queries if q in truncated]
+            if not queries:
+                notes.append(f"prompt {self.prompt_for(image)!r} holds no query phrase "
+                             "(phrases are separated by commas); nothing was looked for")
+            if notes:
+                result["warnings"] = notes
+            results.append(result)
         return results
+
+
+class Owlv2ExampleDetector(_Owlv2Adapter):
+    """task=detect-by-example, family=owlv2: find objects like the one in spec.query_image.
+
+    setup() embeds the query image once, as image_guided_detection does: the class embedding
+    of its box with the highest objectness. The query image is read with
+    labeler.storage.read_bytes (a path or an s3:// URI), decoded at full size, and always
+    preprocessed by the checkpoint's image processor (exact; one image, once), whatever
+    spec.preprocess says for the target images.
+
+    Output per image: {"detections": [{label, score, x0..y1}]}; label: the query image's file
+    stem ("s3://bucket/queries/red_mug.jpg" -> "red_mug"). score: sigmoid of the box's logit,
+    the value the documented post-processing thresholds (it returns instead a display alpha,
+    (score - 0.1 best) / (0.9 best), which puts every image's top box at 1.0 whatever its
+    confidence). Boxes kept, as that post-processing keeps them: score >= spec.threshold,
+    score > 0.1 x (the image's best score + 1e-6), and not suppressed by greedy NMS over the
+    image's boxes at IoU > spec.nms_threshold (IoU in the padded square, before clipping).
+    Rows' prompts are ignored.
+    """
+
+    @classmethod
+    def check_spec(cls, spec) -> None:
+        if not spec.query_image:
+            raise ValueError("task 'detect-by-example' needs query_image: a path or s3:// URI "
+                             "of an image showing the object to find")
+        if not is_s3(spec.query_image) and not os.path.isfile(spec.query_image):
+            raise ValueError(f"query_image {spec.query_image!r} is not a file")
+        if spec.prompt:
+            raise ValueError("task 'detect-by-example' takes a query_image, not a prompt")
+        if spec.labels:
+            raise ValueError("task 'detect-by-example' takes no labels: its one class is the "
+                             "query image, labelled with its file stem")
+
+    def setup(self, device: torch.device) -> None:
+        super().setup(device)
+        self.label = PurePosixPath(self.spec.query_image).stem
+        # The job's default decompression-bomb limit; full-size decode, as the reference reads it.
+        limit = InputSpec.model_fields["max_pixels"].default
+        query = decode_image(read_bytes(self.spec.query_image), limit).pixels
+        self.query_embeds = self._embed_query(self._processor_pixels(query))
+
+    @torch.inference_mode()
+    def _embed_query(self, query_pixel_values: torch.Tensor) -> torch.Tensor:
+        """query pixel_values (1, 3, S, S) -> class embedding (1, 1, D) of its most object-like
+        box (model.embed_image_query)."""
+        feats, feature_map = self._image_features(query_pixel_values.to(self.device, self.dtype))
+        query_embeds, _, _ = self.model.embed_image_query(feats, feature_map)
+        return query_embeds
+
+    def parameters(self) -> dict:
+        return {"threshold": self.spec.threshold, "nms_threshold": self.spec.nms_threshold,
+                "query_image": self.spec.query_image, "preprocess": self.spec.preprocess}
+
+    def preprocess(self, images: list[ImageInput],
+                   stacked: np.ndarray | None = None) -> torch.Tensor:
+        """Images as cpu_transform left them -> pixel_values (B, 3, S, S) on the device."""
+        return self._pixel_values(images, stacked)
+
+    @torch.inference_mode()
+    def predict(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """-> logits (B, P, 1) against the query embedding, boxes (B, P, 4) cxcywh in [0, 1]
+        of the padded square."""
+        model = self.model
+        image_feats, feature_map = self._image_features(pixel_values)
+        queries = self.query_embeds.to(image_feats.dtype).expand(image_feats.shape[0], -1, -1)
+        logits, _ = model.class_predictor(image_feats, queries)
+        return {"logits": logits, "boxes": model.box_predictor(image_feats, feature_map)}
+
+    def postprocess(self, raw: dict[str, torch.Tensor], images: list[ImageInput]) -> list[dict]:
+        """Floor, threshold and NMS (see the class docstring), boxes to original pixels
+        (clipped), sorted by score."""
+        scores = torch.sigmoid(raw["logits"].float().max(dim=-1).values)  # (B, P)
+        unit = box_corners(raw["boxes"].float())  # (B, P, 4) in the padded square, unit side
+        best = scores.max(dim=1, keepdim=True).values
+        floor = (best + EXAMPLE_BEST_EPS) * EXAMPLE_RELATIVE_FLOOR
+        candidates = (scores >= self.spec.threshold) & (scores > floor)
+        # Dropping boxes under the threshold and the floor first changes nothing: greedy NMS
+        # lets a box suppress only lower-scored ones. One call for the batch; batched_nms
+        # keeps the images apart.
+        rows, cols = candidates.nonzero(as_tuple=True)
+        kept = batched_nms(unit[rows, cols], scores[rows, cols], rows, self.spec.nms_threshold)
+        keep = torch.zeros_like(candidates)
+        keep[rows[kept], cols[kept]] = True
+        corners = pixel_corners(raw["boxes"], images)
+        label_ids = torch.zeros_like(scores, dtype=torch.long)  # one class: the example
+        ranked = ranked_detections(scores, keep, corners, label_ids, [self.label])
+        return [{"detections": dets} for dets in ranked]
+
+
+def box_corners(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) cx, cy, w, h -> (..., 4) x0, y0, x1, y1, same units."""
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+
+
+def pixel_corners(boxes: torch.Tensor, images: list[ImageInput]) -> torch.Tensor:
+    """boxes (B, P, 4) cxcywh in [0, 1] of each image's padded square -> (B, P, 4) xyxy float
+    pixels of the original image (width/height), clipped to it."""
+    corners = box_corners(boxes.float())
+    sizes = torch.tensor([[im.width, im.height] for im in images], dtype=torch.float32,
+                         device=corners.device)  # (B, 2)
+    square = sizes.max(dim=1).values  # (B,) side of the padded square, original pixels
+    corners = corners * square[:, None, None]
+    limits = sizes.repeat(1, 2)[:, None, :]  # (B, 1, 4): w, h, w, h
+    return torch.minimum(corners.clamp(min=0), limits)
+
+
+def ranked_detections(scores: torch.Tensor, keep: torch.Tensor, corners: torch.Tensor,
+                      label_ids: torch.Tensor, names: list[str]) -> list[list[dict]]:
+    """Per image, the kept boxes as detection dicts, best score first.
+
+    scores, keep, label_ids: (B, P); corners: (B, P, 4) xyxy pixels; names[label_id] = label.
+    """
+    results = []
+    for b in range(scores.shape[0]):
+        kept_scores = scores[b][keep[b]]
+        order = torch.argsort(kept_scores, descending=True)
+        s = kept_scores[order].cpu().tolist()
+        ids = label_ids[b][keep[b]][order].cpu().tolist()
+        xyxy = corners[b][keep[b]][order].cpu().tolist()
+        results.append([
+            {"label": names[i], "score": sc, "x0": x0, "y0": y0, "x1": x1, "y1": y1}
+            for sc, i, (x0, y0, x1, y1) in zip(s, ids, xyxy)
+        ])
+    return results
 
 
 def _as_chw_tensor(pixels: np.ndarray) -> torch.Tensor:
