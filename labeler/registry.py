@@ -15,6 +15,11 @@ FAMILIES = ("owlv2", "florence2", "blip2", "qwen2_vl", "ovis2")
 ADAPTERS: dict[tuple[str, str], str] = {
     ("detect", "owlv2"): "labeler.models.owlv2:Owlv2Detector",
     # further entries: one line per (task, family), kept sorted by family
+    ("caption", "blip2"): "labeler.models.blip2:Blip2Caption",
+    ("ask", "blip2"): "labeler.models.blip2:Blip2Ask",
+    ("caption", "ovis2"): "labeler.models.ovis2:Ovis2Caption",
+    ("ocr", "ovis2"): "labeler.models.ovis2:Ovis2Ocr",
+    ("ask", "ovis2"): "labeler.models.ovis2:Ovis2Ask",
     ("ground", "owlv2"): "labeler.models.owlv2:Owlv2Grounder",
     ("detect-by-example", "owlv2"): "labeler.models.owlv2:Owlv2ExampleDetector",
 }

@@ -27,6 +27,14 @@ class GenerativeAdapter(Adapter):
     #: tokenizer padding side for batched prompts; None leaves the checkpoint's setting.
     padding_side: ClassVar[str | None] = "left"
 
+    @classmethod
+    def check_spec(cls, spec) -> None:
+        """Generative tasks take a prompt; fields for detectors would be silently ignored."""
+        if spec.labels:
+            raise ValueError(f"task {spec.task!r} of {spec.model.family} takes a prompt, not labels")
+        if spec.query_image:
+            raise ValueError(f"task {spec.task!r} of {spec.model.family} takes no query_image")
+
     def setup(self, device: torch.device) -> None:
         import transformers
 

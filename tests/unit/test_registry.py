@@ -20,5 +20,5 @@ def test_every_family_has_a_tiny_checkpoint_recipe():
 
 
 def test_unknown_pair_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="supported task/family pairs: detect/owlv2"):
+    with pytest.raises(ValueError, match="supported task/family pairs: .*detect/owlv2"):
         registry.adapter_path("caption", "owlv2")
