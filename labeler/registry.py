@@ -22,6 +22,10 @@ ADAPTERS: dict[tuple[str, str], str] = {
     ("ask", "ovis2"): "labeler.models.ovis2:Ovis2Ask",
     ("ground", "owlv2"): "labeler.models.owlv2:Owlv2Grounder",
     ("detect-by-example", "owlv2"): "labeler.models.owlv2:Owlv2ExampleDetector",
+    ("caption", "qwen2_vl"): "labeler.models.qwen2_vl:Qwen2VLCaption",
+    ("ocr", "qwen2_vl"): "labeler.models.qwen2_vl:Qwen2VLOcr",
+    ("ask", "qwen2_vl"): "labeler.models.qwen2_vl:Qwen2VLAsk",
+    ("ground", "qwen2_vl"): "labeler.models.qwen2_vl:Qwen2VLGrounder",
 }
 
 
