@@ -155,3 +155,48 @@ def test_actors_that_leave_no_cpu_for_decoding_are_refused(ray_local, image_fold
     with pytest.raises(SpecError, match="reserve 2 CPUs and decoding needs 1, but this Ray has 2"):
         run_image_job(spec, progress=False)
     assert not (tmp_path / "out").exists()  # refused before any output was made
+
+
+def test_a_captioner_and_a_detector_share_one_read(ray_local, image_folder, tiny_owlv2,
+                                                   tiny_model, tmp_path):
+    """A generative task reads the decoded images, OWLv2 its own preprocessed column; the
+    caption rows equal the adapter run in-process on the same images."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps
+
+    from labeler.models.base import ImageInput
+    from labeler.registry import load_adapter_class
+
+    blip2 = tiny_model("blip2")
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(f"""
+input: {{path: {image_folder}}}
+output: {{path: {tmp_path / "out"}}}
+tasks:
+  - task: caption
+    model: {{family: blip2, source: {blip2}}}
+    generation: {{max_new_tokens: 8}}
+    resources: {{batch_size: 4, num_cpus: 0.5}}
+  - task: detect
+    model: {{family: owlv2, source: {tiny_owlv2}}}
+    labels: [a dog]
+    threshold: 0.3
+    resources: {{batch_size: 4, num_cpus: 0.5}}
+""")
+    spec = load_job_spec(spec_file)
+    run_image_job(spec, progress=False)
+    rows = pads.dataset(tmp_path / "out", format="parquet").to_table().to_pylist()
+    captions = {r["id"]: r for r in rows if r["task"] == "caption"}
+    assert len(captions) == 13 and sum(r["task"] == "detect" for r in rows) == 13
+    assert captions["bad_empty.png"]["error"] == "empty file (0 bytes)"
+
+    adapter = load_adapter_class("caption", "blip2")(spec.tasks[0])
+    adapter.setup(torch.device("cpu"))
+    names = ["sample_002.webp", "sample_004.gif", "sample_005.tiff"]
+    images = [np.asarray(ImageOps.exif_transpose(Image.open(image_folder / n)).convert("RGB"))
+              for n in names]
+    direct = adapter([ImageInput(im, im.shape[1], im.shape[0]) for im in images])
+    for name, out in zip(names, direct):
+        assert captions[name]["text"] == out["text"]
+        assert captions[name]["text"]  # the tiny model says something
