@@ -1,7 +1,8 @@
 """The (task, family) -> adapter registry, imported lazily.
 
-Keys are checked when a job spec is validated, so an unknown pair fails before Ray starts;
-the adapter module (and torch, transformers) is imported only on the worker that runs it.
+Keys are checked when a job spec is validated, so an unknown pair fails before Ray starts.
+Adapter modules are imported on first use (validation calls the class's check_spec);
+weights load only in setup(), on the worker that runs the adapter.
 """
 
 from __future__ import annotations
@@ -13,19 +14,27 @@ FAMILIES = ("owlv2", "florence2", "blip2", "qwen2_vl", "ovis2")
 
 # (task, family) -> "module:Class". Adding a family is one module and one line here.
 ADAPTERS: dict[tuple[str, str], str] = {
-    ("detect", "owlv2"): "labeler.models.owlv2:Owlv2Detector",
-    # further entries: one line per (task, family), kept sorted by family
     ("caption", "blip2"): "labeler.models.blip2:Blip2Caption",
     ("ask", "blip2"): "labeler.models.blip2:Blip2Ask",
+
+    ("detect", "florence2"): "labeler.models.florence2:Florence2Detector",
+    ("ground", "florence2"): "labeler.models.florence2:Florence2Grounder",
+    ("caption", "florence2"): "labeler.models.florence2:Florence2Captioner",
+    ("ocr", "florence2"): "labeler.models.florence2:Florence2Ocr",
+    ("regions", "florence2"): "labeler.models.florence2:Florence2Regions",
+
     ("caption", "ovis2"): "labeler.models.ovis2:Ovis2Caption",
     ("ocr", "ovis2"): "labeler.models.ovis2:Ovis2Ocr",
     ("ask", "ovis2"): "labeler.models.ovis2:Ovis2Ask",
+
+    ("detect", "owlv2"): "labeler.models.owlv2:Owlv2Detector",
     ("ground", "owlv2"): "labeler.models.owlv2:Owlv2Grounder",
     ("detect-by-example", "owlv2"): "labeler.models.owlv2:Owlv2ExampleDetector",
+
+    ("ground", "qwen2_vl"): "labeler.models.qwen2_vl:Qwen2VLGrounder",
     ("caption", "qwen2_vl"): "labeler.models.qwen2_vl:Qwen2VLCaption",
     ("ocr", "qwen2_vl"): "labeler.models.qwen2_vl:Qwen2VLOcr",
     ("ask", "qwen2_vl"): "labeler.models.qwen2_vl:Qwen2VLAsk",
-    ("ground", "qwen2_vl"): "labeler.models.qwen2_vl:Qwen2VLGrounder",
 }
 
 

@@ -42,7 +42,7 @@ tasks:
 @pytest.mark.parametrize("overrides, field, says", [
     (dict(task="detct"), "tasks.0.task", "valid tasks: detect, ground"),
     (dict(family="owl"), "tasks.0.model.family", "valid families: owlv2, florence2"),
-    (dict(task="caption"), "tasks.0", "supported task/family pairs: detect/owlv2"),
+    (dict(task="regions"), "tasks.0", "task 'regions' is not available for family 'owlv2'"),
     (dict(labels=[]), "tasks.0", "needs at least one label"),
     (dict(labels=["cat", "cat"]), "tasks.0.labels", "unique"),
     (dict(threshold=1.5), "tasks.0.threshold", "less than or equal to 1"),

@@ -1,0 +1,337 @@
+"""Florence-2 adapters vs the documented single-image usage on the same tiny checkpoint.
+
+Documented usage: processor(text=task_token + text, images=image) -> model.generate(
+input_ids, pixel_values) -> processor.batch_decode(ids, skip_special_tokens=False) ->
+processor.post_process_generation(text, task=task_token, image_size=image.size).
+Every task token of every task runs in one batch of differently sized images whose rows
+carry different prompts (so prompts of different lengths share a padded batch).
+"""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoProcessor, Florence2ForConditionalGeneration
+
+from labeler import registry
+from labeler.config import TaskSpec
+from labeler.models.base import ImageInput
+from labeler.models.florence2 import (
+    TASK_TOKENS,
+    Florence2Captioner,
+    Florence2Detector,
+    Florence2Grounder,
+    Florence2Ocr,
+    Florence2Regions,
+    chosen_token_logprobs,
+    decode_with_spans,
+    resolve_task_prompt,
+)
+from labeler.models.florence2_parsing import (
+    ParseConfig,
+    TokenSpan,
+    dequantize,
+    parse_boxes_or_polygons,
+    parse_grounding,
+    parse_labelled_boxes,
+    parse_ocr_regions,
+    parse_region_proposals,
+)
+from labeler.testing.samples import synthetic_image
+
+# Enough for a few boxes per answer (label + 4 location tokens each); the tiny model never
+# ends an answer by itself, so every token is generated: fewer keeps the tests fast.
+MAX_NEW_TOKENS = 20
+# Wide, tall, odd and square sizes: box scaling differs for each; none is the model's 64x64.
+SIZES = [(100, 80), (47, 120), (200, 60), (64, 64)]
+# task -> the row prompts of its batch (None: the spec's / default prompt). Together they
+# cover every task token, the defaults and the token implied by a text alone.
+ROWS = {
+    "detect": [None, "<OPEN_VOCABULARY_DETECTION>car", "a red car on the road", "<OD>"],
+    "ground": ["<CAPTION_TO_PHRASE_GROUNDING>a red car", "a dog",
+               "a man riding a horse next to a small red car", "car"],
+    "caption": [None, "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>", "<CAPTION>"],
+    "ocr": [None, "<OCR_WITH_REGION>", "<OCR>", "<OCR_WITH_REGION>"],
+    "regions": [None, "<REGION_PROPOSAL>", "<DENSE_REGION_CAPTION>", "<REGION_PROPOSAL>"],
+}
+ADAPTERS = {"detect": Florence2Detector, "ground": Florence2Grounder,
+            "caption": Florence2Captioner, "ocr": Florence2Ocr, "regions": Florence2Regions}
+QUAD = ("x0", "y0", "x1", "y1", "x2", "y2", "x3", "y3")
+
+
+def spec(model_dir, task, **kw) -> TaskSpec:
+    """A spec with short answers; threshold 0 keeps every box, as the documented usage."""
+    kw.setdefault("generation", {"max_new_tokens": MAX_NEW_TOKENS})
+    kw.setdefault("threshold", 0.0)
+    return TaskSpec(task=task, model={"family": "florence2", "source": model_dir}, **kw)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Token-by-token generation of a tiny model is all small ops: on a busy machine two
+    threads wait on each other at every op (measured: 60 s for this file against 6 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model):
+    return tiny_model("florence2")
+
+
+@pytest.fixture(scope="module")
+def documented(model_dir):
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = Florence2ForConditionalGeneration.from_pretrained(model_dir).eval()
+    return processor, model
+
+
+@pytest.fixture(scope="module")
+def images():
+    return [np.asarray(synthetic_image(w, h, seed=i)) for i, (w, h) in enumerate(SIZES)]
+
+
+def rows(images, prompts) -> list[ImageInput]:
+    return [ImageInput(im, im.shape[1], im.shape[0], prompt=p) for im, p in zip(images, prompts)]
+
+
+def reference(documented, prompt: str, image: np.ndarray, num_beams: int = 1) -> dict:
+    """The documented usage for one image and one full prompt (task token + text)."""
+    processor, model = documented
+    token = prompt[:prompt.index(">") + 1]
+    pil = Image.fromarray(image)
+    inputs = processor(text=prompt, images=pil, return_tensors="pt")
+    with torch.no_grad():
+        ids = model.generate(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
+                             max_new_tokens=MAX_NEW_TOKENS, num_beams=num_beams, do_sample=False)
+    text = processor.batch_decode(ids, skip_special_tokens=False)[0]
+    return processor.post_process_generation(text, task=token, image_size=pil.size)[token]
+
+
+def expected_detections(answer: dict) -> list[tuple[str, list[float]]]:
+    """(label, box) of the documented answer, corners ordered (the record's convention)."""
+    labels = answer["labels"] if "labels" in answer else answer["bboxes_labels"]
+    assert not answer.get("polygons"), "the tiny model wrote polygons: extend this test"
+    return [(label, [min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])])
+            for label, b in zip(labels, answer["bboxes"])]
+
+
+def assert_same_as_documented(documented, out: dict, prompt: str, image: np.ndarray,
+                              num_beams: int = 1) -> int:
+    """Compare one adapter row with the documented usage; returns the number of boxes."""
+    want = reference(documented, prompt, image, num_beams)
+    assert out["prompt"] == prompt
+    if isinstance(want, str):  # captions and <OCR>: exact text
+        assert out["text"] == want
+        return 0
+    if "quad_boxes" in want:  # <OCR_WITH_REGION>
+        regions = out["ocr_regions"]
+        assert [r["text"] for r in regions] == want["labels"]
+        assert out["text"] == "\n".join(want["labels"])
+        for region, quad in zip(regions, want["quad_boxes"]):
+            assert [region[k] for k in QUAD] == pytest.approx(quad, abs=1e-4)
+        return 0
+    got = [(d["label"], [d["x0"], d["y0"], d["x1"], d["y1"]]) for d in out["detections"]]
+    expected = expected_detections(want)
+    assert [g[0] for g in got] == [e[0] for e in expected]
+    for (_, box), (_, want_box) in zip(got, expected):
+        assert box == pytest.approx(want_box, abs=1e-4)
+    h, w = image.shape[:2]
+    for d in out["detections"]:
+        assert 0 <= d["x0"] <= d["x1"] <= w and 0 <= d["y0"] <= d["y1"] <= h
+        assert 0 < d["score"] <= 1
+    return len(got)
+
+
+@pytest.mark.parametrize("task", list(ROWS))
+def test_batched_rows_equal_the_documented_usage(documented, model_dir, images, task):
+    adapter = ADAPTERS[task](spec(model_dir, task, prompt="car" if task == "ground" else None))
+    adapter.setup(torch.device("cpu"))
+    prompts = ROWS[task]
+    outputs = adapter(rows(images, prompts))
+    assert len(outputs) == len(images)
+    boxes = 0
+    for out, prompt, image in zip(outputs, prompts, images):
+        full = "".join(resolve_task_prompt(task, prompt or adapter.spec.prompt))
+        boxes += assert_same_as_documented(documented, out, full, image)
+    if task in ("detect", "ground", "regions"):
+        assert boxes >= 3, "the tiny model should write some boxes"
+        scores = [d["score"] for out in outputs for d in out["detections"]]
+        assert len(set(scores)) == len(scores), "every box has its own confidence"
+
+
+def test_beam_search_batch_equals_the_documented_usage(documented, model_dir, images):
+    adapter = Florence2Regions(spec(model_dir, "regions", generation={
+        "max_new_tokens": MAX_NEW_TOKENS, "num_beams": 2}))
+    adapter.setup(torch.device("cpu"))
+    prompts = ["<DENSE_REGION_CAPTION>", "<REGION_PROPOSAL>", "<DENSE_REGION_CAPTION>"]
+    outputs = adapter(rows(images, prompts))
+    for out, prompt, image in zip(outputs, prompts, images):
+        assert_same_as_documented(documented, out, prompt, image, num_beams=2)
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_token_logprobs_equal_transition_scores(documented, images, num_beams):
+    processor, model = documented  # the tokenizer pads on the right, as the adapter does
+    assert processor.tokenizer.padding_side == "right"
+    inputs = processor(text=["<OD>", "<CAPTION_TO_PHRASE_GROUNDING>a red car"],
+                       images=[Image.fromarray(im) for im in images[:2]], padding=True,
+                       return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=8, num_beams=num_beams, do_sample=False,
+                             output_logits=True, return_dict_in_generate=True)
+    beams = getattr(out, "beam_indices", None)
+    ours = chosen_token_logprobs(out.sequences, out.logits, beams)
+    theirs = model.compute_transition_scores(out.sequences, out.logits, beams,
+                                             normalize_logits=True)
+    assert ours.shape == out.sequences.shape
+    assert torch.allclose(ours[:, -theirs.shape[1]:], theirs, atol=1e-6)
+    assert (ours[:, 0] == 0).all()  # the decoder start token was given, not chosen
+
+
+def test_decoding_with_spans_gives_the_documented_text(documented):
+    processor, _ = documented
+    tokenizer = processor.tokenizer
+    added = frozenset(tokenizer.added_tokens_decoder)
+    # "é" is two bytes, i.e. two byte-level tokens here: neither alone is a character.
+    ids = tokenizer("</s><s>café<loc_1><loc_2> two cars<loc_999></s>",
+                    add_special_tokens=False)["input_ids"]
+    text, spans = decode_with_spans(tokenizer, ids, added)
+    assert text == tokenizer.decode(ids, skip_special_tokens=False)
+    assert len(spans) == len(ids)
+    assert [text[s:e] for s, e in spans if text[s:e].startswith("<loc_")] == [
+        "<loc_1>", "<loc_2>", "<loc_999>"]
+    e_acute = text.index("é")
+    byte_tokens = [k for k, (s, e) in enumerate(spans) if s <= e_acute < e]
+    assert len(byte_tokens) == 2, "both bytes of é wrote it"
+    assert "".join(text[s:e] for s, e in spans[:byte_tokens[0]]) == "</s><s>caf"
+
+
+# Canned answers, well-formed and not: our parsers give the documented boxes and texts.
+CANNED = {
+    "<OD>": "</s><s>car<loc_100><loc_200><loc_500><loc_800>person<loc_0><loc_0><loc_999>"
+            "<loc_999><loc_10><loc_10><loc_20><loc_30>dog<loc_5><loc_6></s>",
+    "<DENSE_REGION_CAPTION>": "<s>a café sign<loc_1><loc_2><loc_3><loc_4>x<loc_7><loc_",
+    "<REGION_PROPOSAL>": "</s><s><loc_1><loc_2><loc_3><loc_4>junk<loc_9><loc_8><loc_7><loc_6>"
+                         "<loc_5></s>",
+    "<CAPTION_TO_PHRASE_GROUNDING>": "<s>a red car<loc_1><loc_2><loc_3><loc_4><loc_5><loc_6>"
+                                     "<loc_7><loc_8> and a dog<loc_9><loc_9><loc_99><loc_99></s>",
+    "<OPEN_VOCABULARY_DETECTION>": "<s>car<poly><loc_100><loc_100><loc_500><loc_100><loc_500>"
+                                   "<loc_500><sep><loc_1><loc_2><loc_3><loc_4><loc_5><loc_6>"
+                                   "</poly>bus<loc_7><loc_8><loc_9><loc_10><loc_11><loc_12></s>",
+    "<OCR_WITH_REGION>": "</s><s>HELLO<loc_10><loc_10><loc_500><loc_10><loc_500><loc_100>"
+                         "<loc_10><loc_100>b<loc_1>c<loc_1><loc_2><loc_3><loc_4><loc_5><loc_6>"
+                         "<loc_7><loc_8>tail<loc_3></s>",
+}
+PARSERS = {"<OD>": parse_labelled_boxes, "<DENSE_REGION_CAPTION>": parse_labelled_boxes,
+           "<REGION_PROPOSAL>": parse_region_proposals,
+           "<CAPTION_TO_PHRASE_GROUNDING>": parse_grounding,
+           "<OPEN_VOCABULARY_DETECTION>": parse_boxes_or_polygons,
+           "<OCR_WITH_REGION>": parse_ocr_regions}
+
+
+@pytest.mark.parametrize("token", list(CANNED))
+def test_parsers_give_the_documented_post_processing_on_canned_answers(documented, token):
+    processor, _ = documented
+    text, size = CANNED[token], (123, 77)
+    want = processor.post_process_generation(text, task=token, image_size=size)[token]
+    one_token = [TokenSpan(0, len(text), -0.5)]  # scores are not compared here
+    parsed = PARSERS[token](text, size, one_token, ParseConfig())
+    if token == "<OCR_WITH_REGION>":
+        assert [r["text"] for r in parsed.ocr_regions] == want["labels"]
+        assert [[r[k] for k in QUAD] for r in parsed.ocr_regions] == want["quad_boxes"]
+    elif want.get("polygons"):
+        polygons = [(label, p) for label, ps in zip(want["polygons_labels"], want["polygons"])
+                    for p in ps if len(p) >= 6]
+        assert [(d["label"], d["polygon"]) for d in parsed.detections] == polygons
+    else:
+        got = [(d["label"], [d["x0"], d["y0"], d["x1"], d["y1"]]) for d in parsed.detections]
+        assert got == expected_detections(want)
+
+
+def test_dequantize_equals_the_processor_for_every_bin(documented):
+    processor, _ = documented
+    bins = torch.arange(1000)
+    for size in (1, 7, 64, 100, 333, 768, 1000, 1920, 4032):
+        want = processor.post_processor.dequantize(torch.stack([bins, bins], -1), (size, size))
+        assert dequantize(bins.tolist(), size) == want[:, 0].tolist()
+
+
+def test_default_prompts_and_labels():
+    assert Florence2Detector.default_prompt == "<OD>"
+    assert Florence2Captioner.default_prompt == "<CAPTION>"
+    assert Florence2Ocr.default_prompt == "<OCR>"
+    assert Florence2Regions.default_prompt == "<DENSE_REGION_CAPTION>"
+    assert Florence2Grounder.default_prompt is None
+    assert resolve_task_prompt("detect", None) == ("<OD>", "")
+    assert resolve_task_prompt("detect", None, ["car", "dog"]) == (
+        "<OPEN_VOCABULARY_DETECTION>", "car <and> dog")
+    assert resolve_task_prompt("detect", "<OPEN_VOCABULARY_DETECTION>", ["cat"]) == (
+        "<OPEN_VOCABULARY_DETECTION>", "cat")
+    assert resolve_task_prompt("detect", "a red car") == (
+        "<OPEN_VOCABULARY_DETECTION>", "a red car")
+    assert resolve_task_prompt("ground", " a red car ") == (
+        "<CAPTION_TO_PHRASE_GROUNDING>", "a red car")
+    assert resolve_task_prompt("caption", "<MORE_DETAILED_CAPTION>") == (
+        "<MORE_DETAILED_CAPTION>", "")
+    for task, table in TASK_TOKENS.items():
+        assert table.default in table.parsers
+
+
+def test_labels_become_one_open_vocabulary_query(model_dir, images):
+    adapter = Florence2Detector(spec(model_dir, "detect", labels=["car", "dog"],
+                                     generation={"max_new_tokens": 4}))
+    adapter.setup(torch.device("cpu"))
+    inputs = adapter.preprocess(rows(images[:2], [None, "<OD>"]))
+    assert inputs["prompts"] == [("<OPEN_VOCABULARY_DETECTION>", "car <and> dog"), ("<OD>", "")]
+    out = adapter.postprocess(adapter.predict(inputs), rows(images[:2], [None, "<OD>"]))
+    assert [o["prompt"] for o in out] == ["<OPEN_VOCABULARY_DETECTION>car <and> dog", "<OD>"]
+    assert "max_new_tokens=4" in out[0]["warnings"][-1]
+
+
+@pytest.mark.parametrize("task, kw, message", [
+    ("caption", {"prompt": "<OD>"}, "<OD> is not a Florence-2 caption task token; valid: "
+                                    "<CAPTION>, <DETAILED_CAPTION>, <MORE_DETAILED_CAPTION>"),
+    ("detect", {"prompt": "<OCR>"}, "valid: <OD>, <OPEN_VOCABULARY_DETECTION>"),
+    ("ocr", {"prompt": "<OCR_WITH_REGION> please"}, "takes no text after it"),
+    ("regions", {"prompt": "describe the regions"}, "takes a task token as its prompt"),
+    ("ground", {}, "needs a phrase to ground"),
+    ("ground", {"prompt": "<CAPTION_TO_PHRASE_GROUNDING>  "}, "needs a phrase to ground"),
+    ("detect", {"prompt": "<OPEN_VOCABULARY_DETECTION>"}, "needs what to detect"),
+    ("detect", {"prompt": "<OD>", "labels": ["car"]}, "takes no labels"),
+    ("detect", {"prompt": "a bus", "labels": ["car"]}, "from labels, not both"),
+    ("caption", {"labels": ["car"]}, "takes no labels"),
+    ("detect", {"query_image": "cat.jpg"}, "takes no query_image"),
+])
+def test_check_spec_refuses(task, kw, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TaskSpec(task=task, model={"family": "florence2", "source": "unused"}, **kw)
+
+
+def test_threshold_drops_low_scoring_boxes(model_dir, images):
+    adapter = Florence2Detector(spec(model_dir, "detect"))
+    adapter.setup(torch.device("cpu"))
+    batch = rows(images, [None] * len(images))
+    raw = adapter.predict(adapter.preprocess(batch))
+    every = [d["score"] for out in adapter.postprocess(raw, batch) for d in out["detections"]]
+    cut = sorted(every)[len(every) // 2]
+    adapter.spec = adapter.spec.model_copy(update={"threshold": cut})
+    kept = [d["score"] for out in adapter.postprocess(raw, batch) for d in out["detections"]]
+    assert kept == [s for s in every if s >= cut] and 0 < len(kept) < len(every)
+
+
+def test_a_bad_row_prompt_raises_before_any_model_work(model_dir, images):
+    """The actor then retries the batch row by row: only this row becomes an error row."""
+    adapter = Florence2Captioner(spec(model_dir, "caption"))  # no setup: nothing loaded
+    with pytest.raises(ValueError, match="<OD> is not a Florence-2 caption task token"):
+        adapter.preprocess(rows(images, [None, "<OD>"]))
+    assert adapter.prompt_for(rows(images, ["  "])[0]) == "<CAPTION>"  # blank: the default
+
+
+def test_registry_resolves_every_task():
+    for task, cls in ADAPTERS.items():
+        assert registry.load_adapter_class(task, "florence2") is cls
