@@ -16,9 +16,12 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
+import pyarrow as pa
+
 from labeler.config import JobSpec, SpecError, TaskSpec
 from labeler.sinks.parquet import ShardedParquetSink
-from labeler.sources.files import plan_inputs
+from labeler.sources import InputItem, plan_source
+from labeler.storage import storage_env
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +86,20 @@ def _model_stages(ds, tasks: list[TaskSpec]):
             fn_constructor_kwargs={"task": task, "input_column": columns[k],
                                    "passthrough": len(tasks) > 1, "drop_columns": drop},
             batch_size=res.batch_size, compute=ray.data.ActorPoolStrategy(size=res.concurrency),
-            num_gpus=res.num_gpus, num_cpus=res.num_cpus, batch_format="numpy")
+            num_gpus=res.num_gpus, num_cpus=res.num_cpus, batch_format="numpy",
+            **worker_env())
     if len(tasks) > 1:
         ds = ds.map_batches(explode_records, fn_kwargs={"task_names": [t.output_name for t in tasks]},
                             batch_format="numpy", num_cpus=0.5)
     return ds
+
+
+def worker_env() -> dict:
+    """Remote args that give decode tasks and model actors the driver's storage settings
+    (S3 endpoint, region, keys, model cache: see labeler.storage), so `s3://` inputs and
+    models resolve the same way on every node; none when the driver has none."""
+    env = storage_env()
+    return {"runtime_env": {"env_vars": env}} if env else {}
 
 
 def check_local_capacity(spec: JobSpec, cpus: float) -> None:
@@ -130,9 +142,14 @@ def init_ray(spec: JobSpec) -> None:
 
 
 def run_image_job(spec: JobSpec, progress: bool = True) -> JobSummary:
-    """Run a validated image job to completion; returns its summary."""
+    """Run a validated image job to completion; returns its summary.
+
+    Everything that can fail without labeling anything is checked first, in order: the
+    input listing (StorageError naming the URI and cause), the local capacity, then the
+    output (StorageError, OutputConflict), before Ray starts."""
     started = time.perf_counter()
-    items = plan_inputs(spec.input.path, spec.input.files_per_shard)
+    plan = plan_source(spec.input.path, spec.input.files_per_shard)
+    items = plan.items
     if not items:
         raise SpecError(f"input.path: no image files found under {spec.input.path!r}")
     expected: dict[int, int] = {}
@@ -141,17 +158,26 @@ def run_image_job(spec: JobSpec, progress: bool = True) -> JobSummary:
     task_names = [t.output_name for t in spec.tasks]
     if spec.ray.address is None:
         check_local_capacity(spec, _local_cpus(spec))
+    metadata = plan.metadata
+    if metadata is not None:
+        metadata = metadata.append_column("shard", pa.array([i.shard for i in items], pa.int64()))
     sink = ShardedParquetSink(spec.output.path, expected, task_names,
-                              job_fingerprint(spec, [i.uri for i in items]), spec.output.overwrite)
+                              job_fingerprint(spec, _identities(items)), spec.output.overwrite,
+                              metadata=metadata)
     pending = sink.pending_shards()
-    todo = [asdict(i) for i in items if i.shard in pending]
-    summary = JobSummary(output=str(sink.root), inputs=len(items),
+    todo = [i.row(plan.has_prompts) for i in items if i.shard in pending]
+    summary = JobSummary(output=sink.uri, inputs=len(items),
                          skipped_inputs=len(items) - len(todo))
     if todo:
         _execute(spec, todo, sink, summary, progress)
     summary.wall_s = time.perf_counter() - started
     sink.finish(asdict(summary))
     return summary
+
+
+def _identities(items: list[InputItem]) -> list:
+    """What identifies each input for the fingerprint: id, uri and its own prompt."""
+    return [[i.id, i.uri, i.prompt] for i in items]
 
 
 def _execute(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink, summary: JobSummary,
@@ -179,7 +205,7 @@ def _execute(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink, summary:
                         # these remote args differ from the actor stage's, which keeps Ray Data
                         # from fusing decode into the model actor, where it would run serially
                         # with the model (on CPU-only runs) instead of in parallel CPU tasks.
-                        memory=DECODE_TASK_MEMORY)
+                        memory=DECODE_TASK_MEMORY, **worker_env())
     ds = _model_stages(ds, list(spec.tasks))
     total = len(todo) * len(spec.tasks)
     bar = tqdm(total=total, unit="img", disable=not progress, desc="labeling")

@@ -1,4 +1,5 @@
-"""Parquet sink with deterministic file names, write-then-commit, and resume.
+"""Parquet sink with deterministic file names, write-then-commit, and resume; on a local
+folder or under an s3:// prefix.
 
 Layout under the output root:
 
@@ -6,10 +7,12 @@ Layout under the output root:
     _job.json                         what the output holds: inputs, tasks, spec fingerprint
     _SUCCESS                          written last, with the job summary
 
-A shard file is written under a dot-name and renamed into place only when every row of the
-shard has arrived, so a crashed run never leaves a partial file that reads as results (files
-starting with '.' or '_' are ignored by pyarrow's dataset discovery). On a rerun with the
-same spec, committed shards are skipped: only the missing inputs are labeled.
+A shard file appears only when every row of the shard has arrived, whole, so a crashed run
+never leaves a partial file that reads as results. Locally it is written under a dot-name
+and renamed into place (files starting with '.' or '_' are ignored by pyarrow's dataset
+discovery); on S3 an object becomes visible only when its upload completes, so it is written
+under its final name directly (an interrupted multipart upload stays invisible). On a rerun
+with the same spec, committed shards are skipped: only the missing inputs are labeled.
 
 Ray Data's own `write_parquet` names files by block and write task, not by input shard, and
 has no commit per group of inputs; so the driver, which sees every (small) record anyway for
@@ -19,66 +22,119 @@ the progress bar, writes the files.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from labeler.schemas import RECORD_SCHEMA
+from labeler.storage import filesystem_for, is_s3, storage_error
+
+# Carried input columns named like a record field get this prefix in the output.
+CARRIED_PREFIX = "input_"
 
 
 class OutputConflict(RuntimeError):
     """The output folder holds the results of a different job."""
 
 
+def shard_name(task_name: str, shard: int) -> str:
+    """A shard file's path relative to the output root."""
+    return f"{task_name}/part-{shard:05d}.parquet"
+
+
 def shard_file(root: Path, task_name: str, shard: int) -> Path:
-    return root / task_name / f"part-{shard:05d}.parquet"
+    return Path(root) / shard_name(task_name, shard)
 
 
 class ShardedParquetSink:
     """Collects record tables (with a `shard` column) and commits one file per task and shard.
 
-    expected: {shard: number of inputs in it}; task_names: the job's task output names.
-    fingerprint: identifies the job (inputs and spec); a rerun must match it to resume.
+    root: a local folder or an s3:// prefix. expected: {shard: number of inputs in it};
+    task_names: the job's task output names. fingerprint: identifies the job (inputs and
+    spec); a rerun must match it to resume. metadata: columns carried from the inputs to
+    every output row, with `id` and `shard` columns (one row per input), or None.
+    Problems reaching the output (no such bucket, refused credentials) raise StorageError.
     """
 
     def __init__(self, root: str | Path, expected: dict[int, int], task_names: list[str],
-                 fingerprint: str, overwrite: bool = False):
-        self.root = Path(root)
+                 fingerprint: str, overwrite: bool = False, metadata: pa.Table | None = None):
+        self.uri = str(root)
+        self.fs, self.path = filesystem_for(self.uri)
+        self.path = self.path.rstrip("/")
+        self.s3 = is_s3(self.uri)
         self.expected = expected
         self.task_names = task_names
-        if overwrite and self.root.exists():
-            shutil.rmtree(self.root)
-        self._check_or_write_manifest(fingerprint)
-        (self.root / "_SUCCESS").unlink(missing_ok=True)
+        self._metadata = _split_by_shard(metadata)
+        try:
+            if overwrite:
+                self._delete_all()
+            self._existing = self._list()
+            self._check_or_write_manifest(fingerprint)
+            if f"{self.path}/_SUCCESS" in self._existing:
+                self.fs.delete_file(f"{self.path}/_SUCCESS")
+        except OSError as err:
+            raise storage_error(self.uri, "write the output to", err) from None
         self._buffers: dict[tuple[str, int], list[pa.Table]] = defaultdict(list)
         self._counts: dict[tuple[str, int], int] = defaultdict(int)
-        self.files_written: list[Path] = []
+        self.files_written: list[str] = []
+
+    def _list(self) -> set[str]:
+        """Paths of every file under the output root now."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True,
+                                                        allow_not_found=True))
+        return {i.path for i in infos if i.type == pafs.FileType.File}
+
+    def _delete_all(self) -> None:
+        if not self.s3:
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            self.fs.delete_dir_contents(self.path, missing_dir_ok=True)
 
     def _check_or_write_manifest(self, fingerprint: str) -> None:
-        manifest = self.root / "_job.json"
-        if manifest.exists():
-            previous = json.loads(manifest.read_text()).get("fingerprint")
+        manifest = f"{self.path}/_job.json"
+        if manifest in self._existing:
+            with self.fs.open_input_stream(manifest) as f:
+                previous = json.loads(f.read()).get("fingerprint")
             if previous != fingerprint:
                 raise OutputConflict(
-                    f"output {str(self.root)!r} holds results of a different job (other inputs "
+                    f"output {self.uri!r} holds results of a different job (other inputs "
                     f"or task parameters); pass --overwrite to replace them or choose another output"
                 )
             return
-        if self.root.exists() and any(self.root.iterdir()):
+        if self._existing:
             raise OutputConflict(
-                f"output {str(self.root)!r} is not empty and was not written by labeler; "
+                f"output {self.uri!r} is not empty and was not written by labeler; "
                 f"pass --overwrite to replace its contents or choose another output"
             )
-        self.root.mkdir(parents=True, exist_ok=True)
-        manifest.write_text(json.dumps({"fingerprint": fingerprint, "tasks": self.task_names,
-                                        "shards": len(self.expected)}, indent=2))
+        self._put(manifest, json.dumps({"fingerprint": fingerprint, "tasks": self.task_names,
+                                        "shards": len(self.expected)}, indent=2).encode())
+
+    def _put(self, path: str, data: bytes) -> None:
+        """Write a small file whole: staged and renamed locally, one PUT on S3."""
+        self._write(path, lambda target: self._stream_write(target, data))
+
+    def _stream_write(self, target: str, data: bytes) -> None:
+        with self.fs.open_output_stream(target) as f:
+            f.write(data)
+
+    def _write(self, path: str, write) -> None:
+        """write(target) fills `target`; `path` appears only complete."""
+        if self.s3:
+            write(path)  # an S3 object becomes visible only once its upload completes
+            return
+        folder, _, name = path.rpartition("/")
+        self.fs.create_dir(folder, recursive=True)
+        staging = f"{folder}/.{name}.tmp"
+        write(staging)
+        self.fs.move(staging, path)  # rename: atomic, readers see the whole file or none
 
     def committed(self, task_name: str, shard: int) -> bool:
-        return shard_file(self.root, task_name, shard).exists()
+        return f"{self.path}/{shard_name(task_name, shard)}" in self._existing
 
     def pending_shards(self) -> set[int]:
         """Shards that some task has not committed yet."""
@@ -101,16 +157,48 @@ class ShardedParquetSink:
     def _commit(self, task_name: str, shard: int) -> None:
         rows = pa.concat_tables(self._buffers.pop((task_name, shard)))
         rows = rows.drop_columns(["shard"]).sort_by("id").cast(RECORD_SCHEMA)
-        final = shard_file(self.root, task_name, shard)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        staging = final.with_name(f".{final.name}.tmp")
-        pq.write_table(rows, staging, compression="zstd")
-        os.replace(staging, final)  # atomic: readers see the whole file or none
-        self.files_written.append(final)
+        rows = _with_carried_columns(rows, self._metadata.get(shard))
+        path = f"{self.path}/{shard_name(task_name, shard)}"
+        try:
+            self._write(path, lambda target: pq.write_table(rows, target, filesystem=self.fs,
+                                                            compression="zstd"))
+        except OSError as err:
+            raise storage_error(self.uri, "write a shard to", err) from None
+        self._existing.add(path)
+        self.files_written.append(path)
 
     def finish(self, summary: dict) -> None:
         """Check that every shard was committed, then mark the output complete."""
         incomplete = {k: v for k, v in self._counts.items() if k in self._buffers}
         if incomplete or self.pending_shards():
             raise RuntimeError(f"job ended with uncommitted shards: {sorted(incomplete) or sorted(self.pending_shards())}")
-        (self.root / "_SUCCESS").write_text(json.dumps(summary, indent=2))
+        self._put(f"{self.path}/_SUCCESS", json.dumps(summary, indent=2).encode())
+
+
+def _split_by_shard(metadata: pa.Table | None) -> dict[int, pa.Table]:
+    """{shard: its rows of `metadata`, without the shard column}; rows of a shard are
+    contiguous (inputs are planned in shard order)."""
+    if metadata is None or metadata.num_rows == 0:
+        return {}
+    shards = metadata.column("shard").to_pylist()
+    table = metadata.drop_columns(["shard"])
+    out, start = {}, 0
+    for i in range(1, len(shards) + 1):
+        if i == len(shards) or shards[i] != shards[start]:
+            out[shards[start]] = table.slice(start, i - start)
+            start = i
+    return out
+
+
+def _with_carried_columns(rows: pa.Table, metadata: pa.Table | None) -> pa.Table:
+    """`rows` plus the inputs' carried columns, matched by id (prefixed on a name clash)."""
+    if metadata is None:
+        return rows
+    index = pc.index_in(rows.column("id"), value_set=metadata.column("id"))
+    matched = metadata.take(index)
+    for name in metadata.column_names:
+        if name == "id":
+            continue
+        out_name = CARRIED_PREFIX + name if name in RECORD_SCHEMA.names else name
+        rows = rows.append_column(out_name, matched.column(name))
+    return rows

@@ -1,4 +1,4 @@
-"""Image files from a local folder (recursive), a glob, or an s3:// prefix.
+"""Files from a local folder (recursive), a glob, or an s3:// prefix.
 
 The listing is sorted, so ids, shard numbers and output file names are the same on every
 run over the same inputs: that is what makes output names deterministic and jobs resumable.
@@ -8,31 +8,25 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
 from labeler.config import IMAGE_EXTENSIONS
-from labeler.storage import filesystem_for, is_s3
+from labeler.sources.items import InputItem, assign_shards
+from labeler.storage import filesystem_for, is_s3, storage_error
 
-
-@dataclass(frozen=True)
-class InputItem:
-    """id: stable, the path relative to the input root; uri: where to read it; shard: the
-    output file it lands in."""
-
-    id: str
-    uri: str
-    shard: int
+__all__ = ["InputItem", "list_files", "list_image_uris", "plan_inputs", "select_images"]
 
 
 def _has_image_extension(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def list_image_uris(path: str) -> tuple[str, list[str]]:
-    """(root, sorted URIs of the image files under `path`). Folders and prefixes are
-    searched recursively for known image extensions; a glob keeps every file it matches."""
+def list_files(path: str) -> tuple[str, list[str]]:
+    """(root, sorted URIs of every file under `path`): a folder or prefix searched
+    recursively, a glob, or a single file. An s3:// location that cannot be listed (no such
+    bucket, credentials refused, endpoint not answering) raises StorageError; a prefix with
+    no objects is an empty listing."""
     if not is_s3(path) and glob.has_magic(path):
         root = os.path.abspath(path.split("*")[0].split("?")[0].split("[")[0])
         root = root if os.path.isdir(root) else os.path.dirname(root)
@@ -42,16 +36,53 @@ def list_image_uris(path: str) -> tuple[str, list[str]]:
         return os.path.dirname(os.path.abspath(path)), [os.path.abspath(path)]
     fs, root = filesystem_for(path)
     root = root.rstrip("/")
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     scheme = "s3://" if is_s3(path) else ""
-    uris = sorted(scheme + i.path for i in infos
-                  if i.type == pafs.FileType.File and _has_image_extension(i.path))
-    return scheme + root, uris
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    except FileNotFoundError:
+        infos = []
+    except OSError as err:
+        raise storage_error(path, "list", err) from None
+    files = [scheme + i.path for i in infos if i.type == pafs.FileType.File]
+    if is_s3(path) and not files:
+        # A single object named by the URI itself.
+        try:
+            if fs.get_file_info(root).type == pafs.FileType.File:
+                files = [scheme + root]
+                root = root.rpartition("/")[0]
+        except OSError as err:
+            raise storage_error(path, "read", err) from None
+    return scheme + root, sorted(files)
+
+
+def list_image_uris(path: str) -> tuple[str, list[str]]:
+    """(root, sorted URIs of the image files under `path`). Folders and prefixes are
+    searched recursively for known image extensions; a glob keeps every file it matches."""
+    root, uris = list_files(path)
+    return root, select_images(path, uris)
+
+
+def select_images(path: str, uris: list[str]) -> list[str]:
+    """The image files of a listing of `path`: those with an image extension, or every
+    file when `path` is a glob or names the one file itself."""
+    if (glob.has_magic(path) and not is_s3(path)) or _names_one_file(path, uris):
+        return uris
+    return [u for u in uris if _has_image_extension(u)]
+
+
+def _names_one_file(path: str, uris: list[str]) -> bool:
+    """Whether `path` is itself the one file listed (kept whatever its extension)."""
+    named = path if is_s3(path) else os.path.abspath(path)
+    return uris == [named]
+
+
+def relative_id(root: str, uri: str) -> str:
+    """The stable id of a file: its path relative to the input root."""
+    return uri.removeprefix(root.rstrip("/") + "/")
 
 
 def plan_inputs(path: str, files_per_shard: int) -> list[InputItem]:
-    """Every input with its id and shard number, in listing order."""
+    """Every image file with its id and shard number, in listing order."""
     root, uris = list_image_uris(path)
-    prefix = root.rstrip("/") + "/"
-    return [InputItem(id=uri.removeprefix(prefix), uri=uri, shard=i // files_per_shard)
-            for i, uri in enumerate(uris)]
+    return assign_shards([(relative_id(root, u), u, None, {}) for u in uris],
+                         files_per_shard).items

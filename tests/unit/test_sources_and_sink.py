@@ -60,3 +60,89 @@ def test_a_foreign_non_empty_folder_is_not_overwritten(tmp_path):
     with pytest.raises(OutputConflict, match="not written by labeler"):
         ShardedParquetSink(tmp_path / "out", {0: 1}, ["detect"], "fp")
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
+
+
+def _tar(path, members):
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_webdataset_members_are_byte_ranges_with_their_metadata(tmp_path):
+    import json
+
+    from labeler.sources import plan_source
+    from labeler.storage import read_bytes
+
+    _tar(tmp_path / "00000.tar", {"k1.jpg": b"JPEG-1", "k1.json": json.dumps({"a": 1, "prompt": "p"}).encode(),
+                                  "k1.txt": b" cap one \n", "k2.png": b"PNG-2", "k3.json": b"{}"})
+    (tmp_path / "loose.jpg").write_bytes(b"loose")
+    plan = plan_source(str(tmp_path), files_per_shard=2)
+    assert [i.id for i in plan.items] == ["00000.tar/k1", "00000.tar/k2", "loose.jpg"]
+    assert [read_bytes(i.uri) for i in plan.items] == [b"JPEG-1", b"PNG-2", b"loose"]
+    assert [i.prompt for i in plan.items] == ["p", None, None]
+    assert [i.shard for i in plan.items] == [0, 0, 1]
+    assert plan.metadata.to_pylist() == [{"id": "00000.tar/k1", "a": 1, "caption": "cap one"},
+                                         {"id": "00000.tar/k2", "a": None, "caption": None},
+                                         {"id": "loose.jpg", "a": None, "caption": None}]
+
+
+def test_a_byte_range_past_the_end_reads_as_truncated(tmp_path):
+    from labeler.storage import byte_range_uri, read_bytes
+
+    (tmp_path / "f").write_bytes(b"0123456789")
+    assert read_bytes(byte_range_uri(str(tmp_path / "f"), 2, 3)) == b"234"
+    with pytest.raises(OSError, match="truncated"):
+        read_bytes(byte_range_uri(str(tmp_path / "f"), 8, 5))
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_manifests_give_ids_prompts_and_carried_columns(tmp_path, kind):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from labeler.sources import plan_source
+    from labeler.storage import read_bytes
+
+    rows = [{"path": "a.jpg", "key": "x", "prompt": "cats", "score": 0.5},
+            {"path": str(tmp_path / "b.jpg"), "key": "y", "prompt": None, "score": 0.7},
+            {"path": None, "key": "z", "prompt": None, "score": None}]
+    if kind == "jsonl":
+        (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
+    plan = plan_source(str(tmp_path / f"m.{kind}"), files_per_shard=10)
+    assert [(i.id, i.prompt) for i in plan.items] == [("x", "cats"), ("y", None), ("z", None)]
+    assert plan.items[0].uri == str(tmp_path / "a.jpg")  # relative to the manifest
+    assert plan.metadata.column("score").to_pylist() == [0.5, 0.7, None]
+    with pytest.raises(FileNotFoundError, match="row 2 of the manifest has no path"):
+        read_bytes(plan.items[2].uri)
+
+
+def test_manifest_without_uri_column_or_with_duplicate_ids_is_refused(tmp_path):
+    from labeler.config import SpecError
+    from labeler.sources import plan_source
+    from labeler.storage import StorageError
+
+    (tmp_path / "m.jsonl").write_text('{"name": "a.jpg"}\n')
+    with pytest.raises(StorageError, match="no URI column"):
+        plan_source(str(tmp_path / "m.jsonl"), 4)
+    (tmp_path / "m.jsonl").write_text('{"uri": "a.jpg", "id": 1}\n{"uri": "b.jpg", "id": 1}\n')
+    with pytest.raises(SpecError, match="input id '1' appears twice"):
+        plan_source(str(tmp_path / "m.jsonl"), 4)
+
+
+def test_carried_columns_are_written_beside_the_records(tmp_path):
+    meta = pa.table({"id": ["a", "b", "c"], "source": ["s1", "s2", "s3"], "uri": ["u1", "u2", "u3"],
+                     "shard": [0, 0, 1]})
+    sink = ShardedParquetSink(tmp_path / "out", {0: 2, 1: 1}, ["detect"], "fp", metadata=meta)
+    sink.add(pa.concat_tables([_rows(["b", "a"], 0), _rows(["c"], 1)]))
+    table = pads.dataset(tmp_path / "out", format="parquet").to_table()
+    got = {r["id"]: (r["source"], r["input_uri"], r["uri"]) for r in table.to_pylist()}
+    assert got == {"a": ("s1", "u1", "/in/a"), "b": ("s2", "u2", "/in/b"), "c": ("s3", "u3", "/in/c")}

@@ -1,0 +1,78 @@
+"""What every source plans on the driver: one InputItem per input, plus the columns that
+are carried through to the output."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """id: stable across runs (the path relative to the input root, a tar member's
+    `shard.tar/key`, or a manifest's id column); uri: where to read the bytes (a file, an
+    object, or a byte range of one, see labeler.storage); shard: the output file it lands
+    in; prompt: this row's prompt (replaces the task's), from a `prompt` field of the input;
+    metadata: the input's other fields, written beside its record."""
+
+    id: str
+    uri: str
+    shard: int
+    prompt: str | None = None
+    metadata: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def row(self, with_prompt: bool) -> dict:
+        """The row handed to the Ray pipeline. `prompt` is "" when absent: a column holding
+        only None would turn into Arrow's null type between stages."""
+        row = {"id": self.id, "uri": self.uri, "shard": self.shard}
+        if with_prompt:
+            row["prompt"] = self.prompt or ""
+        return row
+
+
+@dataclass
+class InputPlan:
+    """Every input in order; `metadata` has one row per item (same order) and an `id`
+    column, or is None when no input has other fields."""
+
+    items: list[InputItem]
+    metadata: pa.Table | None = None
+
+    @property
+    def has_prompts(self) -> bool:
+        return any(i.prompt for i in self.items)
+
+
+def assign_shards(entries: list[tuple[str, str, str | None, dict]],
+                  files_per_shard: int) -> InputPlan:
+    """(id, uri, prompt, metadata) in listing order -> an InputPlan; ids must be unique."""
+    seen: set[str] = set()
+    for id_, *_ in entries:
+        if id_ in seen:
+            raise ValueError(f"input id {id_!r} appears twice; ids must be unique")
+        seen.add(id_)
+    items = [InputItem(id=id_, uri=uri, shard=i // files_per_shard, prompt=prompt,
+                       metadata=meta)
+             for i, (id_, uri, prompt, meta) in enumerate(entries)]
+    return InputPlan(items, metadata_table(items))
+
+
+def metadata_table(items: list[InputItem]) -> pa.Table | None:
+    """The items' metadata as a table with an `id` column; None if no item has any.
+    A field whose values Arrow cannot put in one column (mixed types) is kept as JSON text."""
+    names: dict[str, None] = {}
+    for item in items:
+        names.update(dict.fromkeys(item.metadata))
+    if not names:
+        return None
+    columns = {"id": pa.array([i.id for i in items], pa.string())}
+    for name in names:
+        values = [i.metadata.get(name) for i in items]
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+            columns[name] = pa.array([None if v is None else json.dumps(v) for v in values],
+                                     pa.string())
+    return pa.table(columns)
