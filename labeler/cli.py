@@ -1,4 +1,4 @@
-"""`labeler` command line: run, demo, tiny-models."""
+"""`labeler` command line: run, serve, demo, tiny-models."""
 
 from __future__ import annotations
 
@@ -96,6 +96,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The online API on Ray Serve: a config file for several models, or flags for one."""
+    from labeler.serve.config import load_serve_spec
+    from labeler.serve.server import serve_forever
+
+    overrides = {k: getattr(args, k) for k in (
+        "host", "port", "task", "family", "model", "revision", "labels", "threshold", "prompt",
+        "preprocess", "num_gpus", "max_batch_size", "batch_wait_timeout_s", "num_replicas")}
+    spec = load_serve_spec(args.config, **overrides)  # SpecError before any Ray work
+    return serve_forever(spec)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labeler", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--count", type=int, default=48, help="good sample images")
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=cmd_demo)
+
+    srv = sub.add_parser("serve", help="serve models over HTTP (Ray Serve); config and/or flags")
+    srv.add_argument("config", nargs="?", help="serve config YAML; flags override its fields")
+    srv.add_argument("--host", help="address to listen on (127.0.0.1 when no API token is set)")
+    srv.add_argument("--port", type=int, help="port (default 8000)")
+    for flag in ("--task", "--family", "--model", "--revision", "--prompt"):
+        srv.add_argument(flag, help=f"as for `labeler run` ({flag[2:]} of every served model)")
+    srv.add_argument("--labels", type=_labels, help='comma-separated class names: "cat,dog"')
+    srv.add_argument("--threshold", type=float, help="default minimum box score")
+    srv.add_argument("--preprocess", choices=["processor", "fast"])
+    srv.add_argument("--num-gpus", type=float, help="GPUs per replica; fractions share a GPU")
+    srv.add_argument("--max-batch-size", type=int, help="requests per forward pass")
+    srv.add_argument("--batch-wait-timeout-s", type=float, help="wait this long for a batch to fill")
+    srv.add_argument("--num-replicas", type=int, help="replicas per model")
+    srv.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -15,6 +15,7 @@ An adapter is built from a TaskSpec (small, picklable) and holds no weights unti
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from abc import ABC, abstractmethod
@@ -102,6 +103,14 @@ class Adapter(ABC):
 
     @abstractmethod
     def postprocess(self, raw: Any, images: list[ImageInput]) -> list[dict]: ...
+
+    def with_spec(self, spec: TaskSpec) -> "Adapter":
+        """An adapter for other parameters (labels, threshold, prompt) of the same model,
+        sharing this one's loaded weights and processor. Adapters that turn parameters into
+        tensors at setup override this to rebuild them."""
+        variant = copy.copy(self)
+        variant.spec = spec
+        return variant
 
     def prompt_for(self, image: ImageInput) -> str | None:
         """The row's prompt, else the spec's, else the adapter's default."""

@@ -152,6 +152,13 @@ class Owlv2Detector(_Owlv2Adapter):
         self.query_embeds, self.query_mask = self._encode_queries(self.labels)
 
     @torch.inference_mode()
+    def with_spec(self, spec) -> "Owlv2Detector":
+        variant = super().with_spec(spec)
+        if list(spec.labels) != self.labels:  # new vocabulary: its queries, same text tower
+            variant.labels = list(spec.labels)
+            variant.query_embeds, variant.query_mask = self._encode_queries(variant.labels)
+        return variant
+
     def _encode_queries(self, labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Text queries -> (embeddings (Q, D), valid mask (Q,)); a query whose first token is
         id 0 is padding."""

@@ -1,0 +1,382 @@
+"""The Ray Serve application: a FastAPI ingress in front of one deployment per model.
+
+    POST /v1/detect /v1/ground /v1/caption /v1/ocr /v1/ask   one image, one task -> record
+    POST /v1/annotate                                        one image, several tasks -> records
+    GET  /v1/models  /healthz  /readyz  /docs
+    POST /predict /setup, GET /health                        Label Studio ML backend
+    ?format=cvat on the task endpoints                       CVAT detector shapes
+
+The ingress authenticates, parses and validates the request (parameters through the same
+TaskSpec checks as a job), fetches and decodes the image (the same decode_image call and
+limits as a job), and hands the pixels to the model deployment (labeler.serve.model), which
+batches requests. Errors are JSON `{"error": "..."}` with a 4xx status for the caller's
+mistakes, 503 / 504 for load, never a hang.
+"""
+
+# No `from __future__ import annotations`: Serve's class-based FastAPI routes need the
+# annotations (Request) as objects to tell the request apart from query parameters.
+import asyncio
+import json
+import logging
+import time
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from labeler import registry
+from labeler.config import format_validation_error
+from labeler.media.image import MediaError, decode_image
+from labeler.schemas import Record
+from labeler.serve.auth import is_authorized
+from labeler.serve.config import ServedModel, ServeSpec
+from labeler.serve.errors import ApiError
+from labeler.serve.fetch import fetch_uri
+from labeler.serve.formats import cvat_shapes, label_studio_prediction, parse_label_config
+from labeler.serve.inputs import (AnnotateRequest, ImageRequest, Params, decode_base64,
+                                  image_bytes_or_uri, parse_request)
+from labeler.serve.limits import RETRY_AFTER_S, call_with_limits, read_body
+from labeler.serve.model import Item, ModelServer
+from labeler.serve.variants import variant_spec
+
+log = logging.getLogger(__name__)
+
+# Seconds /readyz waits for each model deployment to answer before calling it not ready.
+READY_TIMEOUT_S = 5.0
+# Label Studio projects whose labeling config /setup remembers (ingress memory only).
+MAX_PROJECTS = 256
+
+api = FastAPI(
+    title="labeler online API",
+    description="Pre-labels one image at a time with the batch job's models; answers with the "
+                "same record as a Parquet row. Send `Authorization: Bearer <token>` when the "
+                "server has tokens.",
+    version="1",
+)
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_: Request, err: ApiError) -> JSONResponse:
+    return _error(err.status, err.message, err.headers)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+    return _error(err.status_code, str(err.detail), getattr(err, "headers", None))
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
+    where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+    return _error(422, f"invalid request: {where}")
+
+
+def _body_doc(model) -> dict:
+    """OpenAPI requestBody for endpoints that parse their body themselves (JSON or form)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    form = {"type": "object", "properties": {
+        "image": {"type": "string", "format": "binary"},
+        **{k: {"type": "string"} for k in model.model_fields if k != "image"}}}
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": schema}, "multipart/form-data": {"schema": form}}}}
+
+
+_RECORD_DOC = {200: {"model": Record, "description": "the record, as a Parquet row of a batch "
+                                                      "job; a list of shapes with ?format=cvat"}}
+
+
+def model_version(served: ServedModel, revision: str | None = None) -> str:
+    version = f"{served.model.family}:{served.model.source}"
+    return f"{version}@{revision}" if revision else version
+
+
+@serve.ingress(api)
+class Ingress:
+    """spec_json: the ServeSpec as JSON; tokens: the API tokens (empty: open, loopback);
+    handles: served model name -> its deployment."""
+
+    def __init__(self, spec_json: str, tokens: list[str], handles: dict[str, DeploymentHandle]):
+        self.spec = ServeSpec.model_validate_json(spec_json)
+        self.tokens = tokens
+        self.handles = handles
+        self.label_configs: dict[str, str] = {}
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _authorize(self, request: Request) -> None:
+        if not is_authorized(request.headers.get("authorization"), self.tokens):
+            raise ApiError(401, "missing or invalid API token: send Authorization: Bearer <token>",
+                           {"WWW-Authenticate": "Bearer"})
+
+    def _served_for(self, task: str | None, name: str | None) -> ServedModel:
+        """The served model by name, else the first one doing `task`; 404 / 422 otherwise."""
+        served_list = ", ".join(f"{m.served_name} ({m.task})" for m in self.spec.models)
+        if name is not None:
+            served = self.spec.model(name)
+            if served is None:
+                raise ApiError(404, f"unknown model {name!r}; served models: {served_list}")
+            if task is not None and served.task != task:
+                raise ApiError(422, f"model {name!r} does task {served.task!r}, not {task!r}")
+            return served
+        if task is None:
+            raise ApiError(422, "name a `model` or a `task`")
+        if task not in registry.TASKS:
+            raise ApiError(404, f"unknown task {task!r}; valid tasks: {', '.join(registry.TASKS)}")
+        served = next((m for m in self.spec.models if m.task == task), None)
+        if served is None:
+            raise ApiError(404, f"no served model does task {task!r}; served models: {served_list}")
+        return served
+
+    def _item_params(self, served: ServedModel, params: Params) -> dict:
+        """Per-request parameters checked as a job spec would be (422 naming the field)."""
+        try:
+            variant_spec(served, params.labels, params.threshold, params.prompt)
+        except ValidationError as err:
+            raise ApiError(422, format_validation_error(err).replace(
+                "invalid job spec", f"invalid parameters for model {served.served_name!r}")) from None
+        return {"labels": tuple(label.strip() for label in params.labels) if params.labels else None,
+                "threshold": params.threshold, "prompt": params.prompt}
+
+    async def _image(self, data: bytes | None, uri: str | None) -> tuple[object, float]:
+        """(DecodedImage, decode ms) from bytes or a uri, under the server's limits."""
+        limits = self.spec.limits
+        if data is None:
+            data = await asyncio.to_thread(fetch_uri, uri, self.spec.uri, limits.max_body_bytes)
+        start = time.perf_counter()
+        try:
+            decoded = await asyncio.to_thread(decode_image, data, limits.max_pixels,
+                                              limits.decode_min_side)
+        except MediaError as err:
+            raise ApiError(422, f"image cannot be used: {err}") from None
+        return decoded, (time.perf_counter() - start) * 1000.0
+
+    async def _run(self, served: ServedModel, decoded, decode_ms: float, item_id: str,
+                   uri: str, params: dict) -> dict:
+        item = Item(id=item_id, uri=uri, pixels=decoded.pixels, width=decoded.width,
+                    height=decoded.height, decode_ms=decode_ms, **params)
+        response = self.handles[served.served_name].annotate.remote(item)
+        record = await call_with_limits(response, served.serving.request_timeout_s,
+                                        served.served_name)
+        return Record.model_validate(record).model_dump(mode="json")
+
+    async def _one(self, request: Request, task: str | None, fmt: str):
+        self._authorize(request)
+        if fmt not in ("record", "cvat"):
+            raise ApiError(422, f"unknown format {fmt!r}; valid: record, cvat")
+        req, upload, filename = await parse_request(request, ImageRequest,
+                                                    self.spec.limits.max_body_bytes)
+        served = self._served_for(task, req.model)
+        params = self._item_params(served, req)
+        data, uri = image_bytes_or_uri(req, upload)
+        decoded, decode_ms = await self._image(data, uri)
+        source = uri or (f"upload:{filename}" if upload is not None else "base64")
+        record = await self._run(served, decoded, decode_ms, req.id or uuid.uuid4().hex,
+                                 source, params)
+        if record["error"]:
+            return JSONResponse(record, status_code=500)
+        return cvat_shapes(record) if fmt == "cvat" else record
+
+    # -- task endpoints -------------------------------------------------------------------
+
+    @api.post("/v1/detect", responses=_RECORD_DOC, openapi_extra=_body_doc(ImageRequest))
+    async def detect(self, request: Request, format: str = "record"):
+        """Boxes for class names (`labels`) with scores over `threshold`."""
+        return await self._one(request, "detect", format)
+
+    @api.post("/v1/ground", responses=_RECORD_DOC, openapi_extra=_body_doc(ImageRequest))
+    async def ground(self, request: Request, format: str = "record"):
+        """Boxes for the phrases of `prompt`."""
+        return await self._one(request, "ground", format)
+
+    @api.post("/v1/caption", responses=_RECORD_DOC, openapi_extra=_body_doc(ImageRequest))
+    async def caption(self, request: Request, format: str = "record"):
+        """A caption in `text`; `prompt` replaces the model's default instruction."""
+        return await self._one(request, "caption", format)
+
+    @api.post("/v1/ocr", responses=_RECORD_DOC, openapi_extra=_body_doc(ImageRequest))
+    async def ocr(self, request: Request, format: str = "record"):
+        """Text in `text`, and `ocr_regions` (quadrilaterals) for models that give them."""
+        return await self._one(request, "ocr", format)
+
+    @api.post("/v1/ask", responses=_RECORD_DOC, openapi_extra=_body_doc(ImageRequest))
+    async def ask(self, request: Request, format: str = "record"):
+        """The answer to the question in `prompt`, in `text`."""
+        return await self._one(request, "ask", format)
+
+    @api.post("/v1/annotate", openapi_extra=_body_doc(AnnotateRequest))
+    async def annotate(self, request: Request):
+        """One image, several tasks: {"records": [one record per entry of `tasks`]}."""
+        self._authorize(request)
+        req, upload, filename = await parse_request(request, AnnotateRequest,
+                                                    self.spec.limits.max_body_bytes)
+        plan = []
+        for i, entry in enumerate(req.tasks):
+            try:
+                served = self._served_for(entry.task, entry.model)
+                plan.append((served, self._item_params(served, entry)))
+            except ApiError as err:
+                raise ApiError(err.status, f"tasks.{i}: {err.message}") from None
+        data, uri = image_bytes_or_uri(req, upload)
+        decoded, decode_ms = await self._image(data, uri)
+        source = uri or (f"upload:{filename}" if upload is not None else "base64")
+        item_id = req.id or uuid.uuid4().hex
+        records = await asyncio.gather(*(self._run(served, decoded, decode_ms, item_id, source,
+                                                   params) for served, params in plan))
+        status = 500 if any(r["error"] for r in records) else 200
+        return JSONResponse({"records": records}, status_code=status)
+
+    @api.post("/v1/{task}", include_in_schema=False)
+    async def unknown_task(self, task: str, request: Request):
+        self._authorize(request)
+        raise ApiError(404, f"unknown task {task!r}; endpoints: "
+                            f"{', '.join('/v1/' + t for t in ('detect', 'ground', 'caption', 'ocr', 'ask', 'annotate'))}")
+
+    # -- service --------------------------------------------------------------------------
+
+    @api.get("/v1/models")
+    async def models(self, request: Request):
+        """What is served: name, task, model, default parameters and batching."""
+        self._authorize(request)
+        return {"models": [{
+            "name": m.served_name, "task": m.task, "family": m.model.family,
+            "source": m.model.source, "revision": m.model.revision, "labels": m.labels,
+            "labels_per_request": m.labels_per_request,
+            "threshold": m.threshold, "prompt": m.prompt,
+            "serving": m.serving.model_dump(), "endpoint": f"/v1/{m.task}",
+        } for m in self.spec.models]}
+
+    @api.get("/healthz")
+    async def healthz(self):
+        """The ingress is up (says nothing about the models: see /readyz)."""
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self):
+        """200 once every model deployment has loaded its model and answers; else 503."""
+        names = list(self.handles)
+        results = await asyncio.gather(*(asyncio.wait_for(self._ready(self.handles[n]), READY_TIMEOUT_S)
+                                         for n in names), return_exceptions=True)
+        status = {n: (r if not isinstance(r, BaseException) else f"not ready: {type(r).__name__}")
+                  for n, r in zip(names, results)}
+        if any(isinstance(r, BaseException) for r in results):
+            return JSONResponse({"ready": False, "models": status}, status_code=503,
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
+        return {"ready": True, "models": status}
+
+    @staticmethod
+    async def _ready(handle: DeploymentHandle) -> dict:
+        return await handle.ready.remote()
+
+    # -- Label Studio ML backend ----------------------------------------------------------
+
+    @api.get("/health")
+    async def ls_health(self):
+        """Label Studio's health probe."""
+        return {"status": "UP", "model_class": "labeler"}
+
+    @api.post("/setup")
+    async def ls_setup(self, request: Request):
+        """Label Studio connects a project: remember its labeling config."""
+        self._authorize(request)
+        body = await self._json_object(request)
+        schema = body.get("schema") or body.get("label_config")
+        if isinstance(schema, str):
+            try:
+                parse_label_config(schema)
+            except ValueError as err:
+                raise ApiError(422, str(err)) from None
+            if len(self.label_configs) >= MAX_PROJECTS:
+                self.label_configs.pop(next(iter(self.label_configs)))
+            self.label_configs[str(body.get("project", ""))] = schema
+        served = self.spec.models[0]
+        return {"model_version": model_version(served, served.model.revision)}
+
+    @api.post("/predict")
+    async def ls_predict(self, request: Request, model: str | None = None):
+        """Label Studio asks for predictions: {"tasks": [...], "label_config": "<View>..."}.
+        Boxes go to the config's RectangleLabels (its labels become the queries), OCR to
+        its Polygon + TextArea."""
+        self._authorize(request)
+        body = await self._json_object(request)
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not tasks:
+            raise ApiError(422, "tasks: a non-empty list of Label Studio tasks is required")
+        xml = body.get("label_config") or self.label_configs.get(str(body.get("project", "")))
+        if not isinstance(xml, str):
+            raise ApiError(422, "label_config: missing (send it, or call /setup for the project)")
+        try:
+            config = parse_label_config(xml)
+        except ValueError as err:
+            raise ApiError(422, str(err)) from None
+        wanted = "detect" if config.rectangle else "ocr" if (config.polygon or config.textarea) else None
+        if model is None and wanted is None:
+            raise ApiError(422, "label_config has no RectangleLabels, Polygon or TextArea to fill")
+        served = self._served_for(wanted if model is None else None, model)
+        labels = config.labels if served.task == "detect" and config.labels else None
+        params = self._item_params(served, Params(labels=labels))
+        predictions = await asyncio.gather(*(self._ls_task(served, params, config, i, task)
+                                             for i, task in enumerate(tasks)))
+        return {"results": predictions}
+
+    async def _ls_task(self, served: ServedModel, params: dict, config, i: int, task) -> dict:
+        data = task.get("data") if isinstance(task, dict) else None
+        url = data.get(config.image_key) if isinstance(data, dict) else None
+        if not isinstance(url, str):
+            raise ApiError(422, f"tasks.{i}.data.{config.image_key}: missing image URL")
+        if url.startswith("data:"):
+            decoded, decode_ms = await self._image(decode_base64(url), None)
+        elif url.startswith("/"):
+            raise ApiError(422, f"tasks.{i}: {url!r} is a file inside Label Studio; use cloud "
+                                f"storage (s3://) or https URLs the server is allowed to fetch")
+        else:
+            decoded, decode_ms = await self._image(None, url)
+        record = await self._run(served, decoded, decode_ms, str(task.get("id", i)),
+                                 url[:200], params)  # 200 chars: data: URLs can be megabytes
+        version = model_version(served, record["model_revision"])
+        return label_studio_prediction(record, config, version)
+
+    async def _json_object(self, request: Request) -> dict:
+        body = await read_body(request, self.spec.limits.max_body_bytes)
+        try:
+            parsed = json.loads(body or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ApiError(400, f"malformed JSON body: {err}") from None
+        if not isinstance(parsed, dict):
+            raise ApiError(422, "the JSON body must be an object")
+        return parsed
+
+
+def build_app(spec: ServeSpec, tokens: list[str]):
+    """The Serve application: one ModelServer deployment per served model, and the ingress."""
+    handles = {}
+    for served in spec.models:
+        serving, res = served.serving, served.resources
+        if serving.batch_limit_warning:
+            log.warning("model %s: %s", served.served_name, serving.batch_limit_warning)
+        options = {
+            "name": f"model-{served.served_name}",
+            "max_ongoing_requests": serving.ongoing_limit,
+            "max_queued_requests": serving.max_queued_requests,
+            "ray_actor_options": {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus},
+        }
+        if serving.autoscaling is not None:
+            options["autoscaling_config"] = serving.autoscaling.model_dump()
+        else:
+            options["num_replicas"] = serving.num_replicas
+        handles[served.served_name] = serve.deployment(ModelServer).options(**options).bind(
+            served.model_dump_json())
+    ingress = serve.deployment(Ingress).options(
+        name="ingress", ray_actor_options={"num_cpus": spec.ingress_num_cpus},
+        # The ingress only parses, decodes and waits: many requests at once cost it little,
+        # and the models' own queues are the limit that answers 503.
+        max_ongoing_requests=1000)
+    return ingress.bind(spec.model_dump_json(), tokens, handles)

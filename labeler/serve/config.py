@@ -1,0 +1,208 @@
+"""The online API's spec: YAML in, validated pydantic out, like a job spec.
+
+A served model is a job's TaskSpec (the very same fields and checks, so a model that runs
+in a batch job runs here with the same parameters) plus a `serving` block: dynamic batching,
+replicas or autoscaling, queue length and timeout. GPU and CPU shares come from the task's
+`resources` (num_gpus, num_cpus), as in a job.
+
+    host: 0.0.0.0          # forced to 127.0.0.1 when no API token is configured
+    port: 8000
+    api_tokens: []         # plus LABELER_API_TOKENS (comma-separated) from the environment
+    models:
+      - name: detector     # default: the task
+        task: detect
+        model: {family: owlv2, source: google/owlv2-base-patch16-ensemble}
+        labels: [cat, dog]
+        resources: {num_gpus: 0.5, num_cpus: 1}
+        serving: {max_batch_size: 16, batch_wait_timeout_s: 0.01, num_replicas: 2}
+    limits: {max_body_bytes: 20971520, max_pixels: 50000000}
+    uri: {allowed_hosts: [images.example.com], allowed_s3_buckets: [my-bucket]}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from labeler import registry
+from labeler.config import SpecError, TaskSpec, format_validation_error, merge_overrides
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AutoscalingSpec(_Strict):
+    """Ray Serve autoscaling: replicas follow the requests in flight per replica."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    # Requests in flight per replica that the autoscaler aims at; with dynamic batching a
+    # replica is busy but not overloaded at about one full batch.
+    target_ongoing_requests: float = Field(16.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AutoscalingSpec":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class ServingSpec(_Strict):
+    """How one model deployment batches, scales and sheds load."""
+
+    max_batch_size: int = Field(16, ge=1, description="requests per forward pass")
+    # 10 ms: at most that much latency added to a lone request, while under load a batch
+    # of a fast model fills well before it.
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)
+    num_replicas: int = Field(1, ge=1, description="fixed replicas; ignored with autoscaling")
+    autoscaling: AutoscalingSpec | None = None
+    max_ongoing_requests: int | None = Field(
+        None, ge=1, description="requests a replica holds at once; default 2 x max_batch_size "
+                                "(one batch running, the next one filling)")
+    max_queued_requests: int = Field(
+        256, ge=1, description="requests waiting for a replica; beyond: 503 with Retry-After")
+    request_timeout_s: float = Field(30.0, gt=0, description="beyond: 504")
+
+    @property
+    def ongoing_limit(self) -> int:
+        return self.max_ongoing_requests or 2 * self.max_batch_size
+
+    @property
+    def batch_limit_warning(self) -> str | None:
+        """A replica never holds more than max_ongoing_requests, so a smaller value caps
+        the batch below max_batch_size (useful only to shed load early)."""
+        if self.ongoing_limit < self.max_batch_size:
+            return (f"max_ongoing_requests ({self.ongoing_limit}) is below max_batch_size "
+                    f"({self.max_batch_size}): batches will hold at most {self.ongoing_limit}")
+        return None
+
+
+# Stands in for the labels of a served model that takes them only from requests: its base
+# adapter needs some to load; each request brings its own (the ingress refuses one without).
+PLACEHOLDER_LABEL = "object"
+
+
+class ServedModel(TaskSpec):
+    """A job task (model, labels, threshold, prompt, generation, resources) plus serving.
+
+    Unlike a job's task, a detector may be served without labels; every request must then
+    give its own (`labels_per_request`)."""
+
+    serving: ServingSpec = ServingSpec()
+
+    @model_validator(mode="after")
+    def _pair_and_requirements(self) -> "ServedModel":
+        # Replaces TaskSpec's check of the same name: the same checks, on the spec with a
+        # placeholder label when none is configured.
+        registry.adapter_path(self.task, self.model.family)
+        cls = registry.load_adapter_class(self.task, self.model.family)
+        cls.check_spec(self if self.labels or not self.labels_per_request else
+                       self.model_copy(update={"labels": [PLACEHOLDER_LABEL]}))
+        return self
+
+    @property
+    def served_name(self) -> str:
+        return self.output_name
+
+    @property
+    def labels_per_request(self) -> bool:
+        """No labels configured, and the adapter needs some: requests must bring them."""
+        if self.labels:
+            return False
+        try:
+            registry.load_adapter_class(self.task, self.model.family).check_spec(self)
+        except ValueError:
+            return True
+        return False
+
+    def task_spec(self) -> TaskSpec:
+        """The TaskSpec a batch job would run (everything but `serving`); with labels only
+        from requests, the placeholder label stands in so the model can load."""
+        data = self.model_dump(exclude={"serving"})
+        if self.labels_per_request:
+            data["labels"] = [PLACEHOLDER_LABEL]
+        return TaskSpec.model_validate(data)
+
+
+class LimitsSpec(_Strict):
+    # 20 MiB: a 24-megapixel JPEG at high quality, base64-encoded (x4/3), fits.
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    # 50 megapixels: larger than any camera image people label, far below a decompression bomb.
+    max_pixels: int = Field(50_000_000, ge=1)
+    # As in a job (InputSpec.decode_min_side), so both decode an image to the same pixels.
+    decode_min_side: int | None = Field(1008, ge=1)
+
+
+class UriSpec(_Strict):
+    """Where `uri` inputs may come from. Empty lists: no URI input is accepted."""
+
+    allowed_hosts: list[str] = Field(default_factory=list, description="https hosts, exact names")
+    allowed_s3_buckets: list[str] = Field(default_factory=list)
+    fetch_timeout_s: float = Field(10.0, gt=0)
+
+
+class ServeSpec(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_tokens: list[str] = Field(default_factory=list)
+    models: list[ServedModel] = Field(min_length=1)
+    limits: LimitsSpec = LimitsSpec()
+    uri: UriSpec = UriSpec()
+    # The ingress decodes images and fans requests out; it needs little CPU of its own.
+    ingress_num_cpus: float = Field(0.25, ge=0)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "ServeSpec":
+        names = [m.served_name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique (set `name:` on repeated tasks), got {names}")
+        return self
+
+    def model(self, name: str) -> ServedModel | None:
+        return next((m for m in self.models if m.served_name == name), None)
+
+
+# Serve-level flags; task flags (--task, --family, --model, --labels, ...) go through
+# labeler.config.merge_overrides exactly as for `labeler run`, onto `models` instead of `tasks`.
+SERVE_FLAGS = ("host", "port")
+SERVING_FLAGS = ("max_batch_size", "batch_wait_timeout_s", "num_replicas")
+
+
+def load_serve_spec(path: str | Path | None = None, **overrides: Any) -> ServeSpec:
+    """Read an optional YAML spec, apply CLI overrides (None: not given), validate.
+    Raises SpecError naming each bad field."""
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise SpecError(f"serve config {str(path)!r} does not exist") from None
+        except yaml.YAMLError as err:
+            raise SpecError(f"serve config {str(path)!r} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise SpecError(f"serve config {str(path)!r} must hold a mapping at the top level")
+    raw = dict(raw)
+    for key in SERVE_FLAGS:
+        if overrides.get(key) is not None:
+            raw[key] = overrides[key]
+    serving = {k: overrides[k] for k in SERVING_FLAGS if overrides.get(k) is not None}
+    task_overrides = {k: v for k, v in overrides.items()
+                      if k not in SERVE_FLAGS and k not in SERVING_FLAGS}
+    # merge_overrides writes task flags under "tasks"; a serve config calls them "models".
+    if "models" in raw:
+        raw["tasks"] = raw.pop("models")
+    raw = merge_overrides(raw, task_overrides)
+    if "tasks" in raw:
+        raw["models"] = raw.pop("tasks")
+    if serving:
+        for model in raw.get("models") or []:
+            if isinstance(model, dict):
+                model["serving"] = {**(model.get("serving") or {}), **serving}
+    try:
+        return ServeSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err).replace("invalid job spec", "invalid serve config")) from None

@@ -1,0 +1,132 @@
+"""Image bytes from a `uri` input, without letting the server be used to read its own
+machine or network (SSRF).
+
+Rules, in order:
+- only `https://` and `s3://`; never `file://`, `http://` or anything else (403);
+- https hosts must be listed in `uri.allowed_hosts`, s3 buckets in `uri.allowed_s3_buckets`
+  (403); the s3 endpoint is the operator's (AWS_ENDPOINT_URL), never the caller's;
+- every address the host resolves to must be a public one: loopback, private, link-local
+  (cloud metadata at 169.254.169.254), shared, reserved, multicast and unspecified
+  addresses are refused (403), IPv4-mapped IPv6 included;
+- the connection goes to the address that was checked, with the host name kept for TLS
+  (SNI and certificate), so a second DNS answer cannot swap in an internal address;
+- redirects are not followed (422); the body is cut off past `max_bytes` (413).
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import socket
+import ssl
+from urllib.parse import urlsplit
+
+import pyarrow.fs as pafs
+
+from labeler.serve.config import UriSpec
+from labeler.serve.errors import ApiError
+from labeler.storage import filesystem_for
+
+
+def check_address(address: str) -> None:
+    """403 unless `address` (an IP literal) is a public unicast address."""
+    ip = ipaddress.ip_address(address.split("%")[0])  # drop an IPv6 zone id
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if not ip.is_global or ip.is_multicast:
+        raise ApiError(403, f"uri refused: {address} is not a public address "
+                            f"(loopback, private, link-local and reserved addresses are never fetched)")
+
+
+def resolve_public(host: str, port: int) -> str:
+    """The first address of `host`, after checking that every address it has is public."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise ApiError(422, f"uri host {host!r} does not resolve: {err.strerror}") from None
+    addresses = [info[4][0] for info in infos]
+    for address in addresses:
+        check_address(address)
+    return addresses[0]
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to a fixed, already checked address; TLS still verifies `host`'s certificate."""
+
+    def __init__(self, host: str, address: str, port: int, timeout: float):
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def check_uri(uri: str, policy: UriSpec) -> tuple[str, str, int]:
+    """(scheme, host or bucket, port) of an acceptable uri; ApiError otherwise. Does not
+    resolve names (fetch does, just before connecting)."""
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError as err:
+        raise ApiError(422, f"malformed uri: {err}") from None
+    scheme = parts.scheme.lower()
+    if scheme == "s3":
+        if not parts.netloc or not parts.path.strip("/"):
+            raise ApiError(422, "malformed uri: expected s3://bucket/key")
+        if parts.netloc not in policy.allowed_s3_buckets:
+            raise ApiError(403, f"uri refused: bucket {parts.netloc!r} is not in the server's "
+                                f"allowed_s3_buckets")
+        return scheme, parts.netloc, 0
+    if scheme != "https":
+        raise ApiError(403, f"uri refused: scheme {scheme + '://' if scheme else '(none)'} is "
+                            f"not accepted; only https:// and s3:// URIs are fetched")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise ApiError(422, "malformed uri: no host")
+    if host not in policy.allowed_hosts:
+        raise ApiError(403, f"uri refused: host {host!r} is not in the server's allowed_hosts")
+    return scheme, host, port or 443
+
+
+def fetch_uri(uri: str, policy: UriSpec, max_bytes: int) -> bytes:
+    """The bytes at an https:// or s3:// uri, under the rules above."""
+    scheme, host, port = check_uri(uri, policy)
+    if scheme == "s3":
+        return _fetch_s3(uri, max_bytes)
+    address = resolve_public(host, port)
+    parts = urlsplit(uri)
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    conn = _PinnedHTTPSConnection(host, address, port, policy.fetch_timeout_s)
+    try:
+        conn.request("GET", target, headers={"Host": parts.netloc, "Accept": "image/*"})
+        response = conn.getresponse()
+        if 300 <= response.status < 400:
+            raise ApiError(422, f"uri answered a redirect (HTTP {response.status}); "
+                                f"redirects are not followed, give the final URI")
+        if response.status != 200:
+            raise ApiError(422, f"uri answered HTTP {response.status} {response.reason}")
+        data = response.read(max_bytes + 1)
+    except (OSError, http.client.HTTPException) as err:
+        raise ApiError(422, f"cannot fetch uri: {type(err).__name__}: {err}") from None
+    finally:
+        conn.close()
+    if len(data) > max_bytes:
+        raise ApiError(413, f"image at uri is larger than {max_bytes} bytes")
+    return data
+
+
+def _fetch_s3(uri: str, max_bytes: int) -> bytes:
+    fs, path = filesystem_for(uri)
+    try:
+        info = fs.get_file_info(path)
+        if info.type != pafs.FileType.File:
+            raise ApiError(422, f"no object at {uri}")
+        if info.size is not None and info.size > max_bytes:
+            raise ApiError(413, f"object at uri has {info.size} bytes, over the limit of {max_bytes}")
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except OSError as err:
+        raise ApiError(422, f"cannot fetch uri: {err}") from None

@@ -1,0 +1,105 @@
+"""Records -> the formats annotation tools read (pure functions, no model, no server).
+
+Label Studio ML backend: a prediction per task, `rectanglelabels` in percent of the image
+(x, y, width, height of the top-left corner and size), OCR regions as a `polygon` (percent
+points) plus a `textarea` with the same region id, as Label Studio's OCR template expects.
+CVAT (nuclio detector functions): a list of shapes with pixel `points`, `label`, and
+`confidence` as a string, the way CVAT's own detector functions answer.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+# Label Studio's tags for the outputs we can fill: boxes with labels, polygons, text.
+_RECTANGLE_TAGS = {"rectanglelabels", "rectangle"}
+_POLYGON_TAGS = {"polygon", "polygonlabels"}
+
+
+@dataclass
+class LabelConfig:
+    """What a Label Studio labeling config asks for: the control tags' names (from_name),
+    the image tag's name (to_name) and data key, and the box labels offered."""
+
+    image_name: str = "image"
+    image_key: str = "image"
+    rectangle: str | None = None
+    rectangle_type: str = "rectanglelabels"
+    labels: list[str] = field(default_factory=list)
+    polygon: str | None = None
+    polygon_type: str = "polygon"
+    textarea: str | None = None
+
+
+def parse_label_config(xml: str) -> LabelConfig:
+    """Label Studio's <View> XML -> LabelConfig. ValueError for XML that does not parse."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as err:
+        raise ValueError(f"label_config is not valid XML: {err}") from None
+    config = LabelConfig()
+    image = next((el for el in root.iter() if el.tag.lower() == "image"), None)
+    if image is not None:
+        config.image_name = image.get("name", config.image_name)
+        config.image_key = image.get("value", "$" + config.image_key).lstrip("$")
+    for el in root.iter():
+        tag = el.tag.lower()
+        if tag in _RECTANGLE_TAGS and config.rectangle is None:
+            config.rectangle, config.rectangle_type = el.get("name"), tag
+            config.labels = [lab.get("value") for lab in el if lab.get("value")]
+        elif tag in _POLYGON_TAGS and config.polygon is None:
+            config.polygon, config.polygon_type = el.get("name"), tag
+        elif tag == "textarea" and config.textarea is None:
+            config.textarea = el.get("name")
+    return config
+
+
+def _pct(value: float, size: int) -> float:
+    return 100.0 * value / size if size else 0.0
+
+
+def label_studio_prediction(record: dict, config: LabelConfig, model_version: str) -> dict:
+    """One record -> one Label Studio prediction {model_version, score, result}."""
+    w, h = record.get("width") or 0, record.get("height") or 0
+    common = {"to_name": config.image_name, "original_width": w, "original_height": h,
+              "image_rotation": 0}
+    results, scores = [], []
+    if config.rectangle:
+        for i, d in enumerate(record.get("detections") or []):
+            value = {"x": _pct(d["x0"], w), "y": _pct(d["y0"], h),
+                     "width": _pct(d["x1"] - d["x0"], w), "height": _pct(d["y1"] - d["y0"], h),
+                     "rotation": 0}
+            if config.rectangle_type == "rectanglelabels":
+                value["rectanglelabels"] = [d["label"]]
+            results.append({"id": f"det{i}", "from_name": config.rectangle,
+                            "type": config.rectangle_type, "value": value, "score": d["score"],
+                            **common})
+            scores.append(d["score"])
+    for i, r in enumerate(record.get("ocr_regions") or []):
+        points = [[_pct(r[f"x{k}"], w), _pct(r[f"y{k}"], h)] for k in range(4)]
+        if config.polygon:
+            results.append({"id": f"ocr{i}", "from_name": config.polygon,
+                            "type": config.polygon_type,
+                            "value": {"points": points, "closed": True}, **common})
+        if config.textarea:
+            results.append({"id": f"ocr{i}", "from_name": config.textarea, "type": "textarea",
+                            "value": {"points": points, "text": [r["text"]]}, **common})
+    prediction = {"model_version": model_version, "result": results}
+    if scores:
+        prediction["score"] = sum(scores) / len(scores)
+    return prediction
+
+
+def cvat_shapes(record: dict) -> list[dict]:
+    """One record -> CVAT detector shapes: rectangles (points x0, y0, x1, y1 in pixels) with
+    label and confidence; OCR regions as polygons labelled "text" with the text as attribute
+    (OCR gives no score, so confidence is left out rather than invented)."""
+    shapes = [{"type": "rectangle", "label": d["label"], "confidence": str(d["score"]),
+               "points": [d["x0"], d["y0"], d["x1"], d["y1"]]}
+              for d in record.get("detections") or []]
+    shapes += [{"type": "polygon", "label": "text",
+                "points": [r[f"{axis}{k}"] for k in range(4) for axis in ("x", "y")],
+                "attributes": [{"name": "text", "value": r["text"]}]}
+               for r in record.get("ocr_regions") or []]
+    return shapes

@@ -1,0 +1,140 @@
+"""HTTP request bodies -> validated requests and image bytes.
+
+Every endpoint takes either a JSON body or a multipart form (the image as file field
+`image`, parameters as form fields; `labels` as repeated fields, a JSON list, or
+comma-separated). Exactly one image source: an upload, base64 in `image` (a `data:` URL
+too), or `uri`. Everything wrong with a body is an ApiError naming the problem.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from labeler.config import format_validation_error
+from labeler.serve.errors import ApiError
+from labeler.serve.limits import read_body
+
+
+class Params(BaseModel):
+    """Per-request parameters, as in a job spec; None keeps the served model's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="a served model's name (GET /v1/models)")
+    labels: list[str] | None = Field(None, description="class names / queries (detect)")
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="minimum box score")
+    prompt: str | None = Field(None, description="instruction, question or phrases")
+
+
+class ImageRequest(Params):
+    """One image for one task."""
+
+    image: str | None = Field(None, description="the image file's bytes, base64 (or a data: URL)")
+    uri: str | None = Field(None, description="https:// or s3:// URI, within the server's allow lists")
+    id: str | None = Field(None, description="your id for the image, echoed in the record")
+
+
+class TaskParams(Params):
+    task: str | None = Field(None, description="task; default: the named model's task")
+
+
+class AnnotateRequest(ImageRequest):
+    """One image for several tasks (each entry picks a model and its parameters)."""
+
+    tasks: list[TaskParams] = Field(min_length=1)
+
+
+def _form_labels(values: list) -> list[str] | None:
+    texts = [v for v in values if isinstance(v, str)]
+    if not texts:
+        return None
+    if len(texts) == 1:
+        text = texts[0].strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ApiError(422, f"labels: not a valid JSON list: {err}") from None
+        return [label.strip() for label in text.split(",") if label.strip()]
+    return texts
+
+
+async def parse_request(request: Request, model: type[BaseModel], max_bytes: int
+                        ) -> tuple[BaseModel, bytes | None, str | None]:
+    """-> (validated request, uploaded file bytes or None, uploaded file name or None)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await read_body(request, max_bytes)
+    upload, filename = None, None
+    if content_type == "multipart/form-data":
+        try:
+            form = await request.form()
+        except Exception as err:  # noqa: BLE001 - python-multipart raises several types
+            raise ApiError(400, f"malformed multipart body: {err}") from None
+        fields: dict = {}
+        for key in form:
+            values = form.getlist(key)
+            if key == "image" and isinstance(values[0], UploadFile):
+                upload, filename = await values[0].read(), values[0].filename
+            elif key == "labels":
+                fields["labels"] = _form_labels(values)
+            elif key == "tasks":
+                try:
+                    fields["tasks"] = json.loads(values[0])
+                except json.JSONDecodeError as err:
+                    raise ApiError(422, f"tasks: not valid JSON: {err}") from None
+            else:
+                fields[key] = values[0]
+    elif content_type in ("application/json", ""):
+        if not body.strip():
+            raise ApiError(422, "empty body: send JSON with `image` (base64) or `uri`, "
+                                "or a multipart form with the file in field `image`")
+        try:
+            fields = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ApiError(400, f"malformed JSON body: {err}") from None
+        if not isinstance(fields, dict):
+            raise ApiError(422, "the JSON body must be an object")
+    else:
+        raise ApiError(415, f"unsupported content type {content_type!r}; send application/json "
+                            f"or multipart/form-data")
+    try:
+        parsed = model.model_validate(fields)
+    except ValidationError as err:
+        raise ApiError(422, format_validation_error(err).replace("invalid job spec", "invalid request")) from None
+    return parsed, upload, filename
+
+
+def image_bytes_or_uri(req: ImageRequest, upload: bytes | None) -> tuple[bytes | None, str | None]:
+    """(bytes, None) for an upload or base64, (None, uri) for a uri; 422 unless exactly one."""
+    given = [name for name, value in (("multipart file `image`", upload),
+                                      ("base64 `image`", req.image), ("`uri`", req.uri))
+             if value is not None]
+    if not given:
+        raise ApiError(422, "missing image: send a multipart file field `image`, "
+                            "JSON `image` (base64) or `uri`")
+    if len(given) > 1:
+        raise ApiError(422, f"give exactly one image source, got {' and '.join(given)}")
+    if upload is not None:
+        return upload, None
+    if req.uri is not None:
+        return None, req.uri
+    return decode_base64(req.image), None
+
+
+def decode_base64(text: str) -> bytes:
+    """Base64 (standard or URL-safe alphabet, a data: URL prefix allowed) -> bytes; 422."""
+    if text.startswith("data:"):
+        header, _, text = text.partition(",")
+        if not header.endswith(";base64"):
+            raise ApiError(422, "image: a data: URL must be base64-encoded (data:...;base64,...)")
+    text = "".join(text.split())
+    try:
+        return base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ApiError(422, f"image is not valid base64: {err}") from None

@@ -1,0 +1,56 @@
+"""Request limits: body size (413), time per request (504), queue length (503 + Retry-After).
+
+Image pixel count (422) is checked by labeler.media.image.decode_image from the header,
+before any pixel is decoded. The queue length is Ray Serve's own `max_queued_requests`:
+past it a handle call raises BackPressureError at once, which becomes a 503 telling the
+caller when to retry instead of letting requests pile up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ray.serve.exceptions import BackPressureError
+from starlette.requests import Request
+
+from labeler.serve.errors import ApiError
+
+# Seconds a caller is asked to wait after a 503: a full queue of a fast model drains within
+# about a second; a longer wait would leave the replicas idle.
+RETRY_AFTER_S = 1
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `max_bytes`:
+    from Content-Length before reading, or while streaming a body sent without one."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise ApiError(413, f"request body of {declared} bytes is over the limit of {max_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, f"request body is over the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    # Starlette's request.form() and .json() read this cached body instead of the stream,
+    # which is spent; this is where Request.body() itself caches it.
+    request._body = body
+    return body
+
+
+async def call_with_limits(response, timeout_s: float, model: str):
+    """Await a DeploymentResponse; 504 past `timeout_s` (the request is cancelled, so it
+    does not hold a batch slot), 503 with Retry-After when the model's queue is full."""
+
+    async def result():
+        return await response
+
+    try:
+        return await asyncio.wait_for(result(), timeout_s)
+    except asyncio.TimeoutError:
+        response.cancel()
+        raise ApiError(504, f"model {model!r} did not answer within {timeout_s:g} s") from None
+    except BackPressureError:
+        raise ApiError(503, f"model {model!r} has a full queue; retry in {RETRY_AFTER_S} s",
+                       {"Retry-After": str(RETRY_AFTER_S)}) from None

@@ -1,0 +1,138 @@
+"""The model deployment: one per served model, wrapping the batch path's adapter.
+
+Each replica builds the adapter exactly as a batch job's actor does
+(`labeler.actors.predictor.build_adapter`: registry class, TaskSpec, setup(device)), then
+answers `annotate(item)` calls, which `@serve.batch` gathers into batches of up to
+`max_batch_size` (waiting at most `batch_wait_timeout_s` for a batch to fill). A batch is
+split by (labels, threshold) and each group is one adapter call: model_inputs (cpu_transform
+then preprocess), predict, postprocess, as in a job. A group that fails is retried image by
+image, so one bad image cannot fail the requests batched with it.
+
+The model runs in a worker thread, so the replica's event loop keeps taking requests (and
+the next batch keeps filling) while a batch is on the device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from ray import serve
+
+from labeler.actors.predictor import build_adapter
+from labeler.models.base import Adapter, ImageInput
+from labeler.serve.config import ServedModel
+from labeler.serve.variants import AdapterVariants
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One request for one model. pixels: (h, w, 3) uint8 RGB as decoded; width/height:
+    the full oriented size; labels/threshold: None keeps the served spec's; prompt: this
+    request's prompt or queries, None keeps the spec's."""
+
+    id: str
+    uri: str
+    pixels: np.ndarray
+    width: int
+    height: int
+    decode_ms: float
+    prompt: str | None = None
+    labels: tuple[str, ...] | None = None
+    threshold: float | None = None
+
+
+class ModelServer:
+    """Serve deployment body. served_json: a ServedModel as JSON (picklable, validated again
+    here so the replica runs exactly what the config said)."""
+
+    def __init__(self, served_json: str):
+        served = ServedModel.model_validate_json(served_json)
+        self.served = served
+        self.task = served.task_spec()
+        self.base = build_adapter(self.task)
+        self.variants = AdapterVariants(self.base)
+        self.annotate_batch.set_max_batch_size(served.serving.max_batch_size)
+        self.annotate_batch.set_batch_wait_timeout_s(served.serving.batch_wait_timeout_s)
+
+    async def ready(self) -> dict:
+        """Answered once __init__ (model load) is done: what this replica serves."""
+        return {"name": self.served.served_name, "revision": self.base.revision,
+                "device": str(self.base.device)}
+
+    async def annotate(self, item: Item) -> dict:
+        """One item -> its record (labeler.schemas.Record fields)."""
+        return await self.annotate_batch(item)
+
+    @serve.batch
+    async def annotate_batch(self, items: list[Item]) -> list[dict]:
+        return await asyncio.to_thread(self.run_batch, items)
+
+    def run_batch(self, items: list[Item]) -> list[dict]:
+        """Items in arrival order -> records in the same order, one adapter call per
+        parameter group."""
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, item in enumerate(items):
+            groups[(item.labels, item.threshold)].append(i)
+        records: list[dict | None] = [None] * len(items)
+        for (labels, threshold), indices in groups.items():
+            adapter = self.variants.adapter(labels, threshold)
+            group = [items[i] for i in indices]
+            for i, record in zip(indices, self._run_group(adapter, group)):
+                records[i] = record
+        return records
+
+    def _run_group(self, adapter: Adapter, items: list[Item]) -> list[dict]:
+        images = [ImageInput(it.pixels, it.width, it.height, prompt=it.prompt) for it in items]
+        try:
+            outputs, timings = _timed_call(adapter, images)
+            return [self._record(adapter, it, out, None, timings) for it, out in zip(items, outputs)]
+        except Exception:  # noqa: BLE001 - isolate the failing image(s) below
+            log.warning("batch of %d failed; retrying image by image", len(items), exc_info=True)
+        records = []
+        for item, image in zip(items, images):
+            try:
+                (out,), timings = _timed_call(adapter, [image])
+                records.append(self._record(adapter, item, out, None, timings))
+            except Exception as err:  # noqa: BLE001 - becomes this request's error
+                records.append(self._record(adapter, item, {}, f"model failed: "
+                                            f"{type(err).__name__}: {err}", {}))
+        return records
+
+    def _record(self, adapter: Adapter, item: Item, result: dict, error: str | None,
+                timings: dict) -> dict:
+        """The record a batch job would write for this image (same fields, same values)."""
+        spec = adapter.spec
+        return {
+            "id": item.id, "uri": item.uri, "width": item.width, "height": item.height,
+            "task": spec.task, "task_name": spec.output_name,
+            "model": spec.model.source, "model_family": spec.model.family,
+            "model_revision": adapter.revision, "parameters": adapter.parameters_json(),
+            **result, "error": error,
+            "timings": {"decode_ms": item.decode_ms, **timings},
+        }
+
+
+def _timed_call(adapter: Adapter, images: list[ImageInput]) -> tuple[list[dict], dict]:
+    """model_inputs -> predict -> postprocess, with per-image stage times in ms."""
+    clock = time.perf_counter
+    with torch.inference_mode():
+        t0 = clock()
+        inputs = adapter.model_inputs(images)
+        t1 = clock()
+        raw = adapter.predict(inputs)
+        if adapter.device is not None and adapter.device.type == "cuda":
+            torch.cuda.synchronize(adapter.device)  # so predict_ms is the GPU time
+        t2 = clock()
+        outputs = adapter.postprocess(raw, images)
+        t3 = clock()
+    per_image = 1000.0 / len(images)
+    return outputs, {"preprocess_ms": (t1 - t0) * per_image, "predict_ms": (t2 - t1) * per_image,
+                     "postprocess_ms": (t3 - t2) * per_image}

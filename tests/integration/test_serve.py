@@ -1,0 +1,370 @@
+"""The online API over real HTTP: Serve on the session's local Ray, tiny OWLv2, 127.0.0.1.
+
+One application for the module: `detector` (the model under test, dynamic batching) and
+`limited` (same checkpoint; a tiny queue, a long batch wait and a short timeout, to see 503
+and 504). A batch job over the same images runs first, so responses can be compared with its
+Parquet rows.
+"""
+
+import base64
+import io
+import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+import requests
+import torch
+from PIL import Image
+
+from labeler.config import TaskSpec, load_job_spec
+from labeler.models.base import ImageInput
+from labeler.models.owlv2 import Owlv2Detector
+from labeler.serve.config import ServeSpec
+from labeler.testing.samples import jpeg_bytes, synthetic_image
+
+TOKEN = "test-token-7f3a"
+LABELS = ["a photo of a cat", "a dog", "car"]
+OTHER_LABELS = ["bus", "a red ball"]
+THRESHOLD = 0.2
+MAX_BODY = 256 * 1024  # small, so that a 413 needs no big payload
+MAX_PIXELS = 600_000  # above every test image, below the one sent to see a 422
+# (name, width, height, format): wide, tall, square; one JPEG carries an EXIF rotation.
+IMAGES = [("wide.jpg", 200, 100, "JPEG"), ("tall.png", 90, 160, "PNG"),
+          ("square.webp", 120, 120, "WEBP"), ("rotated.jpg", 160, 120, "JPEG")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory) -> dict[str, bytes]:
+    folder = tmp_path_factory.mktemp("serve_images")
+    files = {}
+    for i, (name, w, h, fmt) in enumerate(IMAGES):
+        img = synthetic_image(w, h, seed=100 + i)
+        buf = io.BytesIO()
+        if name == "rotated.jpg":
+            exif = Image.Exif()
+            exif[0x0112] = 6  # shown rotated 90 degrees: 120x160
+            img.save(buf, fmt, exif=exif)
+        else:
+            img.save(buf, fmt)
+        (folder / name).write_bytes(buf.getvalue())
+        files[name] = buf.getvalue()
+    files["_folder"] = str(folder).encode()
+    return files
+
+
+@pytest.fixture(scope="module")
+def batch_rows(ray_local, image_files, tiny_owlv2, tmp_path_factory) -> dict[str, dict]:
+    """The batch job's rows for the test images (run before Serve takes its CPUs)."""
+    from labeler.jobs.images import run_image_job
+
+    out = tmp_path_factory.mktemp("serve_job") / "out"
+    spec = load_job_spec(None, input=image_files["_folder"].decode(), output=str(out),
+                         task="detect", family="owlv2", model=tiny_owlv2, labels=LABELS,
+                         threshold=THRESHOLD, batch_size=4)
+    task = spec.tasks[0]
+    spec = spec.model_copy(update={"tasks": [task.model_copy(update={
+        "resources": task.resources.model_copy(update={"num_cpus": 0.5})})]})
+    run_image_job(spec, progress=False)
+    table = pads.dataset(out, format="parquet").to_table()
+    return {r["id"]: r for r in table.to_pylist()}
+
+
+@pytest.fixture(scope="module")
+def url(ray_local, batch_rows, tiny_owlv2):
+    from ray import serve
+
+    from labeler.serve.server import start
+
+    model = {"family": "owlv2", "source": tiny_owlv2}
+    spec = ServeSpec.model_validate({
+        "host": "127.0.0.1", "port": _free_port(), "api_tokens": [TOKEN],
+        "models": [
+            {"name": "detector", "task": "detect", "model": model, "labels": LABELS,
+             "threshold": THRESHOLD, "resources": {"num_cpus": 0.5},
+             # 20 ms: concurrent test requests land in shared batches.
+             "serving": {"max_batch_size": 8, "batch_wait_timeout_s": 0.02}},
+            {"name": "limited", "task": "detect", "model": model, "labels": LABELS,
+             "resources": {"num_cpus": 0.5},
+             # Batches that wait 3 s to fill, 2 requests per replica, 1 queued, 0.5 s
+             # timeout: of 8 concurrent requests 2 wait in the replica and 1 in the queue
+             # (504 after 0.5 s), the other 5 are refused at once (503).
+             "serving": {"max_batch_size": 8, "batch_wait_timeout_s": 3.0,
+                         "max_ongoing_requests": 2, "max_queued_requests": 1,
+                         "request_timeout_s": 0.5}}],
+        "limits": {"max_body_bytes": MAX_BODY, "max_pixels": MAX_PIXELS},
+        "uri": {"allowed_hosts": ["localhost", "127.0.0.1", "169.254.169.254", "10.1.2.3",
+                                  "::ffff:127.0.0.1"],
+                "allowed_s3_buckets": ["images"]},
+        "ingress_num_cpus": 0.25,
+    })
+    base, notices = start(spec)
+    assert notices == []  # a token is configured
+    yield base
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def http():
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {TOKEN}"
+    yield session
+    session.close()
+
+
+def _detect(http, url, data: bytes, name="x.jpg", timeout=30, **fields):
+    form = {k: (",".join(v) if isinstance(v, list) else str(v)) for k, v in fields.items()}
+    return http.post(f"{url}/v1/detect", files={"image": (name, data)}, data=form, timeout=timeout)
+
+
+def _same_detections(got: list[dict], want: list[dict]) -> None:
+    assert [d["label"] for d in got] == [d["label"] for d in want]
+    for a, b in zip(got, want):
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+        for key in ("x0", "y0", "x1", "y1"):
+            assert a[key] == pytest.approx(b[key], abs=1e-3)
+
+
+def test_response_equals_the_batch_job_row(url, http, image_files, batch_rows):
+    for name, *_ in IMAGES:
+        row = batch_rows[name]
+        assert row["error"] is None and row["detections"]
+        for response in (
+            _detect(http, url, image_files[name], name, labels=LABELS, threshold=THRESHOLD),
+            http.post(f"{url}/v1/detect", timeout=30, json={
+                "image": base64.b64encode(image_files[name]).decode(), "id": name}),
+        ):
+            assert response.status_code == 200, response.text
+            record = response.json()
+            assert record["task_name"] == "detector"  # the served model's name
+            for key in ("width", "height", "task", "model", "model_family",
+                        "model_revision", "parameters", "prompt", "error", "text", "ocr_regions"):
+                assert record[key] == row[key], key
+            _same_detections(record["detections"], row["detections"])
+    assert (batch_rows["rotated.jpg"]["width"], batch_rows["rotated.jpg"]["height"]) == (120, 160)
+    assert response.json()["id"] == name and response.json()["uri"] == "base64"
+
+
+def test_request_labels_equal_an_adapter_built_with_them(url, http, image_files, tiny_owlv2):
+    """Per-request labels re-encode the queries: same as a detector set up with them."""
+    adapter = Owlv2Detector(TaskSpec(task="detect", model={"family": "owlv2", "source": tiny_owlv2},
+                                     labels=OTHER_LABELS, threshold=0.05))
+    adapter.setup(torch.device("cpu"))
+    for name, *_ in IMAGES[:2]:
+        pixels = np.asarray(Image.open(io.BytesIO(image_files[name])).convert("RGB"))
+        (want,) = adapter([ImageInput(pixels, pixels.shape[1], pixels.shape[0])])
+        response = _detect(http, url, image_files[name], name, labels=OTHER_LABELS, threshold=0.05)
+        assert response.status_code == 200, response.text
+        record = response.json()
+        assert json.loads(record["parameters"]) == {"labels": OTHER_LABELS, "threshold": 0.05,
+                                                    "preprocess": "processor"}
+        assert want["detections"]
+        _same_detections(record["detections"], want["detections"])
+
+
+def test_concurrent_mixed_requests_each_get_their_own_result(url, http):
+    """32 requests at once over 8 images and two label sets: batched together, grouped by
+    labels, and every caller gets exactly what it gets alone."""
+    images = [jpeg_bytes(synthetic_image(60 + 13 * i, 90 - 5 * i, seed=200 + i)) for i in range(8)]
+    jobs = [(i, labels) for labels in (LABELS, OTHER_LABELS) for i in range(8)] * 2
+    alone = {(i, tuple(labels)): _detect(http, url, images[i], labels=labels, threshold=0.05).json()
+             for i, labels in jobs[:16]}
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(
+            lambda job: _detect(http, url, images[job[0]], labels=job[1], threshold=0.05), jobs))
+    for (i, labels), response in zip(jobs, together):
+        assert response.status_code == 200, response.text
+        want = alone[(i, tuple(labels))]
+        assert (response.json()["width"], response.json()["height"]) == (want["width"], want["height"])
+        assert {d["label"] for d in response.json()["detections"]} <= set(labels)
+        _same_detections(response.json()["detections"], want["detections"])
+
+
+def test_cvat_format_and_annotate_several_tasks(url, http, image_files):
+    data = image_files["wide.jpg"]
+    record = _detect(http, url, data).json()
+    shapes = http.post(f"{url}/v1/detect?format=cvat", files={"image": ("w.jpg", data)}, timeout=30)
+    assert shapes.status_code == 200
+    assert shapes.json() == [{"type": "rectangle", "label": d["label"], "confidence": str(d["score"]),
+                              "points": [d["x0"], d["y0"], d["x1"], d["y1"]]}
+                             for d in record["detections"]]
+
+    both = http.post(f"{url}/v1/annotate", timeout=30, json={
+        "image": base64.b64encode(data).decode(), "id": "img-1",
+        "tasks": [{"task": "detect"}, {"model": "detector", "labels": ["car"], "threshold": 0.5}]})
+    assert both.status_code == 200, both.text
+    first, second = both.json()["records"]
+    assert first["id"] == second["id"] == "img-1"
+    _same_detections(first["detections"], record["detections"])
+    assert json.loads(second["parameters"])["labels"] == ["car"]
+    assert all(d["label"] == "car" and d["score"] > 0.5 for d in second["detections"])
+
+
+def test_service_endpoints(url, http):
+    assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
+    ready = requests.get(f"{url}/readyz", timeout=10)
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert set(ready.json()["models"]) == {"detector", "limited"}
+    models = http.get(f"{url}/v1/models", timeout=10).json()["models"]
+    assert [(m["name"], m["task"], m["labels"]) for m in models] == [
+        ("detector", "detect", LABELS), ("limited", "detect", LABELS)]
+    assert models[0]["serving"]["max_batch_size"] == 8
+    docs = requests.get(f"{url}/docs", timeout=10)
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    paths = requests.get(f"{url}/openapi.json", timeout=10).json()["paths"]
+    for path in ("/v1/detect", "/v1/ground", "/v1/caption", "/v1/ocr", "/v1/ask", "/v1/annotate",
+                 "/v1/models", "/healthz", "/readyz", "/predict", "/setup", "/health"):
+        assert path in paths, path
+    assert "multipart/form-data" in paths["/v1/detect"]["post"]["requestBody"]["content"]
+
+
+def test_label_studio_backend(url, http, image_files):
+    assert http.get(f"{url}/health", timeout=10).json()["status"] == "UP"
+    config = ('<View><Image name="img" value="$photo"/><RectangleLabels name="box" toName="img">'
+              '<Label value="car"/><Label value="bus"/></RectangleLabels></View>')
+    setup = http.post(f"{url}/setup", json={"project": "7", "schema": config}, timeout=10)
+    assert setup.status_code == 200 and setup.json()["model_version"].startswith("owlv2:")
+    data_url = "data:image/jpeg;base64," + base64.b64encode(image_files["wide.jpg"]).decode()
+    answer = http.post(f"{url}/predict", timeout=30, json={
+        "project": "7", "tasks": [{"id": 11, "data": {"photo": data_url}}]})
+    assert answer.status_code == 200, answer.text
+    (prediction,) = answer.json()["results"]
+    record = _detect(http, url, image_files["wide.jpg"], labels=["car", "bus"]).json()
+    assert len(prediction["result"]) == len(record["detections"]) > 0
+    for res, d in zip(prediction["result"], record["detections"]):
+        assert (res["from_name"], res["to_name"], res["type"]) == ("box", "img", "rectanglelabels")
+        assert res["value"]["rectanglelabels"] == [d["label"]]
+        assert res["value"]["x"] == pytest.approx(d["x0"] / 200 * 100, abs=1e-4)
+        assert res["value"]["height"] == pytest.approx((d["y1"] - d["y0"]) / 100 * 100, abs=1e-4)
+        assert res["score"] == pytest.approx(d["score"], abs=1e-6)
+    relative = http.post(f"{url}/predict", timeout=10, json={
+        "label_config": config, "tasks": [{"data": {"photo": "/data/upload/1/a.jpg"}}]})
+    assert relative.status_code == 422 and "cloud storage" in relative.json()["error"]
+
+
+def test_auth(url, image_files):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Token {TOKEN}"}):
+        response = requests.get(f"{url}/v1/models", headers=headers, timeout=10)
+        assert response.status_code == 401 and "API token" in response.json()["error"]
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+    denied = requests.post(f"{url}/v1/detect", files={"image": ("a.jpg", image_files["wide.jpg"])},
+                           timeout=10)
+    assert denied.status_code == 401
+    basic = base64.b64encode(f"labelstudio:{TOKEN}".encode()).decode()
+    assert requests.get(f"{url}/v1/models", headers={"Authorization": f"Basic {basic}"},
+                        timeout=10).status_code == 200
+    assert requests.get(f"{url}/healthz", timeout=10).status_code == 200  # probes stay open
+
+
+def _png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (30, 60, 90)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case, status, message", [
+    ("malformed json", 400, "malformed JSON body"),
+    ("json array", 422, "must be an object"),
+    ("empty body", 422, "empty body"),
+    ("missing image", 422, "missing image"),
+    ("two sources", 422, "exactly one image source"),
+    ("bad base64", 422, "not valid base64"),
+    ("not an image", 422, "not a recognised image format"),
+    ("truncated jpeg", 422, "corrupt image data"),
+    ("too many pixels", 422, "over the limit of 600000"),
+    ("threshold out of range", 422, "threshold: Input should be less than or equal to 1"),
+    ("threshold not a number", 422, "threshold: Input should be a valid number"),
+    ("empty label", 422, "labels must not be empty strings"),
+    ("prompt on detect", 422, "takes class names in labels, not a prompt"),
+    ("unknown field", 422, "thresold: Extra inputs are not permitted"),
+    ("unknown model", 404, "unknown model 'owlv9'; served models: detector (detect)"),
+    ("task not served", 404, "no served model does task 'caption'"),
+    ("unknown task", 404, "unknown task 'segment'"),
+    ("wrong task for model", 422, "model 'detector' does task 'detect', not 'ocr'"),
+    ("unsupported content type", 415, "unsupported content type 'text/plain'"),
+    ("unknown format", 422, "unknown format 'xml'"),
+    ("annotate without tasks", 422, "tasks: Field required"),
+    ("body too large", 413, f"over the limit of {MAX_BODY}"),
+    ("body too large, chunked", 413, f"over the limit of {MAX_BODY} bytes"),
+])
+def test_bad_input_gets_a_clear_4xx(url, http, image_files, case, status, message):
+    good = base64.b64encode(image_files["wide.jpg"]).decode()
+    jpeg = image_files["wide.jpg"]
+    send = {
+        "malformed json": lambda: http.post(f"{url}/v1/detect", data=b'{"image": ',
+                                            headers={"Content-Type": "application/json"}),
+        "json array": lambda: http.post(f"{url}/v1/detect", json=[good]),
+        "empty body": lambda: http.post(f"{url}/v1/detect"),
+        "missing image": lambda: http.post(f"{url}/v1/detect", json={"labels": ["cat"]}),
+        "two sources": lambda: http.post(f"{url}/v1/detect", json={"image": good, "uri": "s3://images/a"}),
+        "bad base64": lambda: http.post(f"{url}/v1/detect", json={"image": "not*base64!"}),
+        "not an image": lambda: _detect(http, url, b"hello, I am text"),
+        "truncated jpeg": lambda: _detect(http, url, jpeg[: len(jpeg) // 3]),
+        "too many pixels": lambda: _detect(http, url, _png(1000, 700), "big.png"),
+        "threshold out of range": lambda: http.post(f"{url}/v1/detect", json={"image": good, "threshold": 1.5}),
+        "threshold not a number": lambda: _detect(http, url, jpeg, threshold="high"),
+        "empty label": lambda: http.post(f"{url}/v1/detect", json={"image": good, "labels": ["cat", " "]}),
+        "prompt on detect": lambda: http.post(f"{url}/v1/detect", json={"image": good, "prompt": "find cats"}),
+        "unknown field": lambda: http.post(f"{url}/v1/detect", json={"image": good, "thresold": 0.3}),
+        "unknown model": lambda: http.post(f"{url}/v1/detect", json={"image": good, "model": "owlv9"}),
+        "task not served": lambda: http.post(f"{url}/v1/caption", json={"image": good}),
+        "unknown task": lambda: http.post(f"{url}/v1/segment", json={"image": good}),
+        "wrong task for model": lambda: http.post(f"{url}/v1/ocr", json={"image": good, "model": "detector"}),
+        "unsupported content type": lambda: http.post(f"{url}/v1/detect", data=b"x",
+                                                      headers={"Content-Type": "text/plain"}),
+        "unknown format": lambda: http.post(f"{url}/v1/detect?format=xml", json={"image": good}),
+        "annotate without tasks": lambda: http.post(f"{url}/v1/annotate", json={"image": good}),
+        "body too large": lambda: _detect(http, url, b"\xff" * (MAX_BODY + 1)),
+        "body too large, chunked": lambda: http.post(
+            f"{url}/v1/detect", headers={"Content-Type": "application/json"},
+            data=(b"x" * 65536 for _ in range(MAX_BODY // 65536 + 2))),
+    }[case]
+    response = send()
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+    assert _detect(http, url, jpeg).status_code == 200  # and the server keeps serving
+
+
+@pytest.mark.parametrize("uri, status, message", [
+    ("file:///etc/passwd", 403, "scheme file:// is not accepted"),
+    ("http://localhost/a.jpg", 403, "scheme http:// is not accepted"),
+    ("ftp://example.com/a.jpg", 403, "only https:// and s3:// URIs are fetched"),
+    ("https://example.com/a.jpg", 403, "host 'example.com' is not in the server's allowed_hosts"),
+    ("https://localhost/a.jpg", 403, "is not a public address"),
+    ("https://127.0.0.1:8443/a.jpg", 403, "127.0.0.1 is not a public address"),
+    ("https://169.254.169.254/latest/meta-data/", 403, "169.254.169.254 is not a public address"),
+    ("https://10.1.2.3/a.jpg", 403, "10.1.2.3 is not a public address"),
+    ("https://[::ffff:127.0.0.1]/a.jpg", 403, "is not a public address"),
+    ("s3://private-bucket/a.jpg", 403, "bucket 'private-bucket' is not in the server's allowed_s3_buckets"),
+    ("s3://images", 422, "expected s3://bucket/key"),
+    ("https://localhost:99999/a.jpg", 422, "malformed uri"),
+])
+def test_uri_inputs_cannot_reach_the_server_or_its_network(url, http, uri, status, message):
+    response = http.post(f"{url}/v1/detect", json={"uri": uri}, timeout=10)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_full_queue_gets_503_and_slow_requests_504(url, http, image_files):
+    """`limited`: batches that wait 3 s to fill, 2 slots, 1 queued, a 0.5 s timeout."""
+    body = {"image": base64.b64encode(image_files["wide.jpg"]).decode(), "model": "limited"}
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: http.post(f"{url}/v1/detect", json=body, timeout=20),
+                                  range(8)))
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) == {503, 504}, statuses
+    assert statuses.count(504) >= 2  # the replica's 2 slots held, then timed out
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["Retry-After"] == "1" and "full queue" in r.json()["error"]
+        else:
+            assert "did not answer within 0.5 s" in r.json()["error"]
+    assert _detect(http, url, image_files["wide.jpg"]).status_code == 200

@@ -1,0 +1,225 @@
+"""The online API's pure parts: config, tokens, URI rules, request bodies, tool formats."""
+
+import base64
+
+import pytest
+
+from labeler.config import SpecError
+from labeler.serve.auth import bind_host, configured_tokens, is_authorized, presented_token
+from labeler.serve.config import ServingSpec, UriSpec, load_serve_spec
+from labeler.serve.errors import ApiError
+from labeler.serve.fetch import check_address, check_uri
+from labeler.serve.formats import cvat_shapes, label_studio_prediction, parse_label_config
+from labeler.serve.inputs import ImageRequest, decode_base64, image_bytes_or_uri
+
+
+# -- config ----------------------------------------------------------------------------------
+
+def test_flags_make_a_one_model_config(tmp_path):
+    spec = load_serve_spec(None, task="detect", family="owlv2", model=str(tmp_path),
+                           labels=["cat", "dog"], host="0.0.0.0", port=9000, max_batch_size=4,
+                           batch_wait_timeout_s=0.05, num_gpus=0.5)
+    (model,) = spec.models
+    assert (spec.host, spec.port, model.served_name) == ("0.0.0.0", 9000, "detect")
+    assert (model.serving.max_batch_size, model.serving.batch_wait_timeout_s) == (4, 0.05)
+    assert model.serving.ongoing_limit == 8  # 2 x batch: one running, one filling
+    assert model.resources.num_gpus == 0.5
+    task = model.task_spec()
+    assert type(task).__name__ == "TaskSpec" and task.labels == ["cat", "dog"]
+
+
+def test_config_file_with_flags_overriding(tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text(f"""
+port: 8100
+models:
+  - name: animals
+    task: detect
+    model: {{family: owlv2, source: {tmp_path}}}
+    labels: [cat]
+    serving: {{max_batch_size: 32, autoscaling: {{min_replicas: 1, max_replicas: 4}}}}
+  - name: vehicles
+    task: detect
+    model: {{family: owlv2, source: {tmp_path}}}
+    labels: [car]
+""")
+    spec = load_serve_spec(path, threshold=0.4, port=8200)
+    assert spec.port == 8200 and [m.threshold for m in spec.models] == [0.4, 0.4]
+    assert spec.models[0].serving.autoscaling.max_replicas == 4
+    assert spec.model("vehicles").labels == ["car"] and spec.model("nope") is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"task": "detect", "family": "owlv2", "model": "m", "labels": ["a", "a"]}, "models.0.labels: labels must be unique"),
+    ({"task": "caption", "family": "owlv9", "model": "m"}, "models.0.model.family: unknown model family 'owlv9'"),
+    ({"task": "detect", "family": "owlv2", "model": "m", "labels": ["a"], "port": 0}, "port: Input should be greater"),
+    ({}, "models: Field required"),
+])
+def test_bad_configs_name_the_field(overrides, message):
+    with pytest.raises(SpecError, match="invalid serve config") as err:
+        load_serve_spec(None, **overrides)
+    assert message in str(err.value)
+
+
+def test_serving_limits():
+    assert ServingSpec(max_batch_size=8, max_ongoing_requests=4).batch_limit_warning == (
+        "max_ongoing_requests (4) is below max_batch_size (8): batches will hold at most 4")
+    assert ServingSpec(max_batch_size=8).batch_limit_warning is None
+    with pytest.raises(ValueError, match="min_replicas must not exceed max_replicas"):
+        ServingSpec(autoscaling={"min_replicas": 3, "max_replicas": 2})
+
+
+# -- tokens ----------------------------------------------------------------------------------
+
+def test_tokens_come_from_config_and_environment():
+    env = {"LABELER_API_TOKENS": " a1 , ,b2,a1"}
+    assert configured_tokens(["c3", "a1"], env) == ["c3", "a1", "b2"]
+    assert configured_tokens([], {}) == []
+
+
+def test_without_tokens_the_server_binds_to_loopback():
+    assert bind_host("0.0.0.0", ["t"]) == ("0.0.0.0", None)
+    host, notice = bind_host("0.0.0.0", [])
+    assert host == "127.0.0.1" and "refusing to listen on 0.0.0.0" in notice
+    host, notice = bind_host("127.0.0.1", [])
+    assert host == "127.0.0.1" and "listens on 127.0.0.1 only" in notice
+
+
+def test_authorization_headers():
+    basic = "Basic " + base64.b64encode(b"anyone:s3cret").decode()
+    assert presented_token("Bearer s3cret") == presented_token(basic) == "s3cret"
+    assert presented_token("Basic !!!") is None and presented_token("Token s3cret") is None
+    assert is_authorized("Bearer s3cret", ["other", "s3cret"])
+    assert not is_authorized("Bearer s3cre", ["s3cret"]) and not is_authorized(None, ["s3cret"])
+    assert is_authorized(None, [])  # no tokens configured: open (and loopback only)
+
+
+# -- URI rules -------------------------------------------------------------------------------
+
+POLICY = UriSpec(allowed_hosts=["img.example.org"], allowed_s3_buckets=["pics"])
+
+
+@pytest.mark.parametrize("uri, status, message", [
+    ("file:///etc/passwd", 403, "scheme file://"),
+    ("gopher://img.example.org/", 403, "only https:// and s3://"),
+    ("/etc/passwd", 403, "scheme (none)"),
+    ("https://evil.example.org/a.jpg", 403, "host 'evil.example.org' is not in"),
+    ("https://IMG.example.org.evil.com/a.jpg", 403, "is not in the server's allowed_hosts"),
+    ("s3://secrets/key", 403, "bucket 'secrets'"),
+    ("s3://pics/", 422, "expected s3://bucket/key"),
+    ("https:///a.jpg", 422, "no host"),
+])
+def test_uri_refusals(uri, status, message):
+    with pytest.raises(ApiError) as err:
+        check_uri(uri, POLICY)
+    assert err.value.status == status and message in err.value.message
+
+
+def test_allowed_uris():
+    assert check_uri("https://IMG.example.org/a.jpg?x=1", POLICY) == ("https", "img.example.org", 443)
+    assert check_uri("s3://pics/a/b.jpg", POLICY) == ("s3", "pics", 0)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.8.9.10", "10.0.0.5", "172.16.3.4",
+                                     "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
+                                     "::1", "fe80::1%eth0", "fc00::1", "::ffff:10.0.0.1",
+                                     "224.0.0.1", "255.255.255.255"])
+def test_non_public_addresses_are_refused(address):
+    with pytest.raises(ApiError, match="is not a public address"):
+        check_address(address)
+
+
+def test_public_addresses_pass():
+    for address in ("8.8.8.8", "2606:4700::1111"):
+        check_address(address)
+
+
+# -- request bodies --------------------------------------------------------------------------
+
+def test_image_sources():
+    raw = b"\x89PNG..."
+    text = base64.b64encode(raw).decode()
+    assert decode_base64(text) == raw
+    assert decode_base64("data:image/png;base64," + text) == raw
+    assert decode_base64(base64.urlsafe_b64encode(b"\xfb\xff").decode()) == b"\xfb\xff"
+    with pytest.raises(ApiError, match="must be base64-encoded"):
+        decode_base64("data:image/png,rawbytes")
+    assert image_bytes_or_uri(ImageRequest(image=text), None) == (raw, None)
+    assert image_bytes_or_uri(ImageRequest(uri="s3://pics/a"), None) == (None, "s3://pics/a")
+    assert image_bytes_or_uri(ImageRequest(), raw) == (raw, None)
+    with pytest.raises(ApiError, match="got multipart file `image` and `uri`"):
+        image_bytes_or_uri(ImageRequest(uri="s3://pics/a"), raw)
+
+
+# -- Label Studio and CVAT -------------------------------------------------------------------
+
+RECORD = {"width": 200, "height": 100,
+          "detections": [{"label": "cat", "score": 0.75, "x0": 20.0, "y0": 10.0, "x1": 120.0, "y1": 60.0}],
+          "ocr_regions": [{"text": "EXIT", "x0": 10.0, "y0": 20.0, "x1": 50.0, "y1": 20.0,
+                           "x2": 50.0, "y2": 40.0, "x3": 10.0, "y3": 40.0}]}
+
+
+def test_label_studio_rectangles_in_percent():
+    config = parse_label_config('<View><Image name="im" value="$img"/><RectangleLabels name="lab" '
+                                'toName="im"><Label value="cat"/><Label value="dog"/></RectangleLabels></View>')
+    assert (config.image_name, config.image_key, config.rectangle, config.labels) == (
+        "im", "img", "lab", ["cat", "dog"])
+    prediction = label_studio_prediction(RECORD, config, "owlv2:m")
+    assert prediction["model_version"] == "owlv2:m" and prediction["score"] == 0.75
+    (box,) = prediction["result"]
+    assert box["value"] == {"x": 10.0, "y": 10.0, "width": 50.0, "height": 50.0, "rotation": 0,
+                            "rectanglelabels": ["cat"]}
+    assert (box["from_name"], box["to_name"], box["original_width"]) == ("lab", "im", 200)
+
+
+def test_label_studio_ocr_as_polygon_plus_textarea():
+    config = parse_label_config('<View><Image name="image" value="$ocr"/><Polygon name="poly" '
+                                'toName="image"/><TextArea name="transcription" toName="image" '
+                                'perRegion="true"/></View>')
+    polygon, text = label_studio_prediction(RECORD, config, "v")["result"]
+    assert polygon["id"] == text["id"]  # one region: outline and its text
+    assert polygon["type"] == "polygon" and polygon["value"]["points"] == [
+        [5.0, 20.0], [25.0, 20.0], [25.0, 40.0], [5.0, 40.0]]
+    assert text["type"] == "textarea" and text["value"]["text"] == ["EXIT"]
+
+
+def test_label_config_errors():
+    with pytest.raises(ValueError, match="label_config is not valid XML"):
+        parse_label_config("<View><Image")
+
+
+def test_cvat_shapes():
+    rect, poly = cvat_shapes(RECORD)
+    assert rect == {"type": "rectangle", "label": "cat", "confidence": "0.75",
+                    "points": [20.0, 10.0, 120.0, 60.0]}
+    assert poly["type"] == "polygon" and poly["points"] == [10.0, 20.0, 50.0, 20.0, 50.0, 40.0, 10.0, 40.0]
+    assert poly["attributes"] == [{"name": "text", "value": "EXIT"}] and "confidence" not in poly
+
+
+def test_a_detector_may_be_served_without_labels(tmp_path):
+    """The acceptance command gives no --labels: each request brings them."""
+    (model,) = load_serve_spec(None, task="detect", family="owlv2", model=str(tmp_path)).models
+    assert model.labels == [] and model.labels_per_request
+    assert model.task_spec().labels == ["object"]  # what the replica loads with
+    (labelled,) = load_serve_spec(None, task="detect", family="owlv2", model=str(tmp_path),
+                                  labels=["cat"]).models
+    assert not labelled.labels_per_request and labelled.task_spec().labels == ["cat"]
+    with pytest.raises(SpecError, match="takes class names in labels, not a prompt"):
+        load_serve_spec(None, task="detect", family="owlv2", model=str(tmp_path), prompt="cats")
+
+
+def test_deployment_options_come_from_the_config(tmp_path):
+    from labeler.serve.app import build_app
+
+    path = tmp_path / "serve.yaml"
+    path.write_text("models: [{serving: {autoscaling: {min_replicas: 1, max_replicas: 3}}}]")
+    spec = load_serve_spec(path, task="detect", family="owlv2", model=str(tmp_path), labels=["a"],
+                           num_gpus=0.25, max_batch_size=12)
+    app = build_app(spec, ["t"])
+    # The ingress's bound arguments hold the model deployments (Serve's own objects).
+    (model_app,) = app._bound_deployment.init_args[2].values()
+    deployment = model_app._bound_deployment
+    assert deployment.ray_actor_options == {"num_cpus": 1.0, "num_gpus": 0.25}
+    assert deployment._deployment_config.max_ongoing_requests == 24
+    assert deployment._deployment_config.max_queued_requests == 256
+    assert deployment._deployment_config.autoscaling_config.max_replicas == 3
