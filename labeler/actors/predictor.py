@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -82,34 +81,16 @@ class Predictor:
             # Equal-shaped rows arrive as one (n, ...) array: hand it over without a copy.
             stacked = column if column.dtype != object and len(good) == n else None
             try:
-                outputs, timings = self._run(images, stacked)
+                outputs, timings = self.adapter.run_timed(images, stacked)
                 results = dict(zip(good, outputs))
             except Exception:  # noqa: BLE001 - isolate the failing row(s) below
                 log.warning("batch of %d failed; retrying row by row", len(good), exc_info=True)
                 for i, image in zip(good, images):
                     try:
-                        results[i] = self._run([image])[0][0]
+                        results[i] = self.adapter.run_timed([image])[0][0]
                     except Exception as err:  # noqa: BLE001 - becomes this row's error
                         errors[i] = f"model failed: {type(err).__name__}: {err}"
         return [self._record(batch, i, results.get(i), errors[i], timings) for i in range(n)]
-
-    def _run(self, images: list[ImageInput], stacked: np.ndarray | None = None
-             ) -> tuple[list[dict], dict[str, float]]:
-        """preprocess -> predict -> postprocess with per-row stage times in ms."""
-        adapter, clock = self.adapter, time.perf_counter
-        with torch.inference_mode():
-            t0 = clock()
-            inputs = adapter.preprocess(images, stacked)
-            t1 = clock()
-            raw = adapter.predict(inputs)
-            if adapter.device is not None and adapter.device.type == "cuda":
-                torch.cuda.synchronize(adapter.device)  # so predict_ms is the GPU time
-            t2 = clock()
-            outputs = adapter.postprocess(raw, images)
-            t3 = clock()
-        per_row = 1000.0 / len(images)
-        return outputs, {"preprocess_ms": (t1 - t0) * per_row, "predict_ms": (t2 - t1) * per_row,
-                         "postprocess_ms": (t3 - t2) * per_row}
 
     def _record(self, batch, i: int, result: dict | None, error: str | None,
                 timings: dict[str, float | None]) -> dict:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -123,6 +124,28 @@ class Adapter(ABC):
 
     def parameters_json(self) -> str:
         return json.dumps(self.parameters(), sort_keys=True)
+
+    def run_timed(self, images: list[ImageInput], stacked: np.ndarray | None = None,
+                  transformed: bool = True) -> tuple[list[dict], dict[str, float]]:
+        """preprocess -> predict -> postprocess, with per-image stage times in ms.
+
+        transformed: the images already went through cpu_transform (a job's decode stage
+        did it); False applies it here (the online API, which has no decode stage)."""
+        clock = time.perf_counter
+        with torch.inference_mode():
+            t0 = clock()
+            inputs = self.preprocess(images, stacked) if transformed else self.model_inputs(images)
+            t1 = clock()
+            raw = self.predict(inputs)
+            if self.device is not None and self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # so predict_ms is the GPU time
+            t2 = clock()
+            outputs = self.postprocess(raw, images)
+            t3 = clock()
+        per_image = 1000.0 / len(images)
+        return outputs, {"preprocess_ms": (t1 - t0) * per_image,
+                         "predict_ms": (t2 - t1) * per_image,
+                         "postprocess_ms": (t3 - t2) * per_image}
 
     def __call__(self, images: list[ImageInput]) -> list[dict]:
         """preprocess -> predict -> postprocess, for callers that need no timings."""

@@ -69,5 +69,12 @@ class GenerativeAdapter(Adapter):
             torch.manual_seed(g.seed)
         return self.model.generate(**inputs, **self.generation_kwargs(), **extra)
 
+    @torch.inference_mode()
+    def predict(self, inputs: Any) -> torch.Tensor:
+        """One batched generate -> the new token ids (B, T): the prompt, left padded to a
+        common length, is cut off; rows that stopped early are padded with the pad id."""
+        generated = self.generate(inputs)
+        return generated[:, inputs["input_ids"].shape[1]:]
+
     def parameters(self) -> dict:
         return {"prompt": self.spec.prompt, "generation": self.spec.generation.model_dump()}

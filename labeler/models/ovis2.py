@@ -53,13 +53,6 @@ class _Ovis2Generator(GenerativeAdapter):
                 return_tensors="pt", input_data_format="channels_last")
         return inputs.to(self.device, self.dtype)
 
-    @torch.inference_mode()
-    def predict(self, inputs: Any) -> torch.Tensor:
-        """One batched generate -> the new token ids (B, T), prompt ids cut off; rows that
-        stopped early are padded with the pad id."""
-        generated = self.generate(inputs)
-        return generated[:, inputs["input_ids"].shape[1]:]
-
     def postprocess(self, raw: torch.Tensor, images: list[ImageInput]) -> list[dict]:
         """-> per image {"text": the decoded answer, stripped; "prompt": the prompt used}."""
         texts = self.processor.batch_decode(raw.cpu(), skip_special_tokens=True)

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from ray import serve
 
 from labeler.actors.predictor import build_adapter
@@ -92,14 +90,14 @@ class ModelServer:
     def _run_group(self, adapter: Adapter, items: list[Item]) -> list[dict]:
         images = [ImageInput(it.pixels, it.width, it.height, prompt=it.prompt) for it in items]
         try:
-            outputs, timings = _timed_call(adapter, images)
+            outputs, timings = adapter.run_timed(images, transformed=False)
             return [self._record(adapter, it, out, None, timings) for it, out in zip(items, outputs)]
         except Exception:  # noqa: BLE001 - isolate the failing image(s) below
             log.warning("batch of %d failed; retrying image by image", len(items), exc_info=True)
         records = []
         for item, image in zip(items, images):
             try:
-                (out,), timings = _timed_call(adapter, [image])
+                (out,), timings = adapter.run_timed([image], transformed=False)
                 records.append(self._record(adapter, item, out, None, timings))
             except Exception as err:  # noqa: BLE001 - becomes this request's error
                 records.append(self._record(adapter, item, {}, f"model failed: "
@@ -118,21 +116,3 @@ class ModelServer:
             **result, "error": error,
             "timings": {"decode_ms": item.decode_ms, **timings},
         }
-
-
-def _timed_call(adapter: Adapter, images: list[ImageInput]) -> tuple[list[dict], dict]:
-    """model_inputs -> predict -> postprocess, with per-image stage times in ms."""
-    clock = time.perf_counter
-    with torch.inference_mode():
-        t0 = clock()
-        inputs = adapter.model_inputs(images)
-        t1 = clock()
-        raw = adapter.predict(inputs)
-        if adapter.device is not None and adapter.device.type == "cuda":
-            torch.cuda.synchronize(adapter.device)  # so predict_ms is the GPU time
-        t2 = clock()
-        outputs = adapter.postprocess(raw, images)
-        t3 = clock()
-    per_image = 1000.0 / len(images)
-    return outputs, {"preprocess_ms": (t1 - t0) * per_image, "predict_ms": (t2 - t1) * per_image,
-                     "postprocess_ms": (t3 - t2) * per_image}
