@@ -30,17 +30,13 @@ import pyarrow.fs as pafs
 
 from labeler.config import SpecError
 
-
-
-def default_cache() -> Path:
-    """LABELER_CACHE, else ~/.cache/labeler (read at each call: workers get it from the job)."""
-    return Path(os.environ.get("LABELER_CACHE") or Path.home() / ".cache" / "labeler")
-
 # The variables that shape storage access (S3, the model cache); the driver hands the ones it
 # has to its Ray workers.
-STORAGE_ENV_VARS = ("LABELER_CACHE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-               "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-               "AWS_EC2_METADATA_DISABLED", "LABELER_S3_ANONYMOUS")
+STORAGE_ENV_VARS = (
+    "LABELER_CACHE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
+    "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+    "AWS_PROFILE", "AWS_EC2_METADATA_DISABLED", "LABELER_S3_ANONYMOUS",
+)
 # Values never shown in a message (the ids too: they name an account).
 SECRET_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 # Attempts per request, backoff between them: 5 spans ~5 s, enough for a throttling burst or
@@ -50,6 +46,11 @@ S3_MAX_ATTEMPTS = 5
 S3_CONNECT_TIMEOUT_S = 5.0
 _RANGE = re.compile(r"^(?P<base>.+)#offset=(?P<offset>\d+)&size=(?P<size>\d+)$")
 _MISSING = re.compile(r"^(?P<base>.+)#row=(?P<row>\d+)&missing=(?P<column>\w+)$")
+
+
+def default_cache() -> Path:
+    """LABELER_CACHE, else ~/.cache/labeler (read at each call: workers get it from the job)."""
+    return Path(os.environ.get("LABELER_CACHE") or Path.home() / ".cache" / "labeler")
 
 
 class StorageError(SpecError):
