@@ -1,0 +1,263 @@
+"""labeler.media.video on videos these tests encode with PyAV.
+
+Frame i of every test video is a solid grey of level (i % 32) * 8 (read back from the bottom-right
+corner) with a white 16x16 marker at the top-left (it shows where the rotation put it).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from labeler.media import video
+from labeler.media.image import MediaError
+from labeler.media.video import Sampling, VideoDecodeError, probe, sample_frames, sample_video
+
+WIDTH, HEIGHT = 64, 48  # multiples of 16: whole macroblocks, no padding at the borders
+LEVEL_STEP = 8  # grey level per frame index: 8 levels apart survive lossy coding
+LEVELS = 32  # 32 * 8 = 256 levels: frame indices are told apart modulo 32
+KEYINT = 10  # frames per GOP
+X264_GOP = {"x264-params": f"keyint={KEYINT}:min-keyint={KEYINT}:scenecut=0"}
+VFR_PTS_MS = [0, 100, 150, 400, 450, 1200, 1210, 1220, 2000, 2500]
+VFR_GOP = {"x264-params": "keyint=4:min-keyint=4:scenecut=0"}  # key frames 0, 4, 8
+
+
+def _encode(
+    path, codec, count=30, rate=10, options=None, pts_ms=None, rotation=None, muxer_options=None
+):
+    """Write `count` frames; pts_ms: explicit frame times in milliseconds (variable rate)."""
+    container = av.open(str(path), "w", options=muxer_options or {})
+    stream = container.add_stream(codec, rate=rate, options=options or {})
+    stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+    if pts_ms is not None:
+        stream.codec_context.time_base = Fraction(1, 1000)
+    if rotation is not None:
+        stream.set_display_rotation(rotation)
+    for i in range(count):
+        pixels = np.full((HEIGHT, WIDTH, 3), (i % LEVELS) * LEVEL_STEP, np.uint8)
+        pixels[:16, :16] = 255
+        frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+        if pts_ms is not None:
+            frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode())
+    container.close()
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("videos")
+    vp9 = {"g": str(KEYINT), "keyint_min": str(KEYINT), "deadline": "realtime", "cpu-used": "8"}
+    return {
+        # faststart: the index goes first, so a truncated copy still opens.
+        "h264": _encode(
+            d / "h264.mp4", "libx264", options=X264_GOP, muxer_options={"movflags": "faststart"}
+        ),
+        # mpeg4's default rate control drifts solid greys by up to 5 levels; cap the quantiser.
+        "mpeg4": _encode(d / "mpeg4.mp4", "mpeg4", options={"qmin": "1", "qmax": "4"}),
+        "vp9": _encode(d / "vp9.webm", "libvpx-vp9", options=vp9),
+        "long": _encode(d / "long.mp4", "libx264", count=80, options=X264_GOP),
+        "vfr_mkv": _encode(d / "vfr.mkv", "libx264", count=10, options=VFR_GOP, pts_ms=VFR_PTS_MS),
+        "vfr_mp4": _encode(d / "vfr.mp4", "libx264", count=10, options=VFR_GOP, pts_ms=VFR_PTS_MS),
+        "rotated": _encode(d / "rotated.mp4", "libx264", count=5, rotation=90),
+    }
+
+
+def _level_index(pixels: np.ndarray) -> int:
+    """The frame index modulo LEVELS that the frame's grey level encodes."""
+    return round(float(pixels[-16:, -16:].mean()) / LEVEL_STEP) % LEVELS
+
+
+def _take(source, mode="all", **options):
+    frames = list(sample_frames(source, mode, **options))
+    for f in frames:  # content check: the pixels are those of the frame the index names
+        assert f.pixels.dtype == np.uint8 and f.pixels.shape[2] == 3
+        assert _level_index(f.pixels) == f.index % LEVELS
+    return [f.index for f in frames], [f.timestamp_s for f in frames]
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "frame_count"),
+    [("h264", "h264", 30), ("mpeg4", "mpeg4", 30), ("vp9", "vp9", None)],
+)
+def test_probe_and_every_frame(videos, name, codec, frame_count):
+    info = probe(videos[name])
+    assert (info.width, info.height, info.codec, info.rotation) == (WIDTH, HEIGHT, codec, 0)
+    assert info.duration_s == pytest.approx(3.0) and info.fps == pytest.approx(10.0)
+    assert info.frame_count == frame_count
+    indices, times = _take(videos[name])
+    assert indices == list(range(30))
+    assert times == [i / 10 for i in range(30)]
+
+
+@pytest.mark.parametrize("name", ["h264", "mpeg4", "vp9"])
+def test_fps_sampling_exact(videos, name):
+    assert _take(videos[name], "fps", fps=1) == ([0, 10, 20], [0.0, 1.0, 2.0])
+    # 2.5 fps: targets every 0.4 s land exactly on frames 4k (exact arithmetic, no drift).
+    assert _take(videos[name], "fps", fps=2.5)[0] == list(range(0, 30, 4))
+    # Targets 0.55, 1.55, 2.55 s -> the first frames at or after them.
+    assert _take(videos[name], "fps", fps=1, start_s=0.55) == ([6, 16, 26], [0.6, 1.6, 2.6])
+
+
+def test_every_n_uniform_max_and_range(videos):
+    src = videos["h264"]
+    assert _take(src, "every_n_frames", every_n_frames=7)[0] == [0, 7, 14, 21, 28]
+    assert _take(src, "every_n_frames", every_n_frames=7, max_frames=2)[0] == [0, 7]
+    # The middle frame of each of 4 equal parts of 30 frames.
+    assert _take(src, "uniform", num_frames=4)[0] == [3, 11, 18, 26]
+    assert _take(src, "uniform", num_frames=50)[0] == list(range(30))
+    # Range: start inclusive, end exclusive; indices stay those of the whole video.
+    in_range = list(range(5, 15))
+    assert _take(src, start_s=0.5, end_s=1.5) == (in_range, [i / 10 for i in in_range])
+    assert _take(src, "uniform", num_frames=2, start_s=1.0, end_s=2.0)[0] == [12, 17]
+    assert _take(src, max_frames=3, start_s=2.95)[0] == []
+
+
+@pytest.mark.parametrize("name", ["h264", "vp9"])
+def test_keyframes_only(videos, name):
+    assert _take(videos[name], "keyframes") == ([0, 10, 20], [0.0, 1.0, 2.0])
+    assert _take(videos[name], "keyframes", start_s=0.5, max_frames=1)[0] == [10]
+
+
+@pytest.mark.parametrize("name", ["vfr_mkv", "vfr_mp4"])
+def test_variable_frame_rate(videos, name):
+    indices, times = _take(videos[name])
+    assert indices == list(range(10))
+    assert times == [ms / 1000 for ms in VFR_PTS_MS]
+    assert _take(videos[name], "fps", fps=1)[0] == [0, 5, 8]
+    # Targets every 0.25 s; the 0.45 -> 1.2 s gap holds several, which yield frame 5 once.
+    assert _take(videos[name], "fps", fps=4)[0] == [0, 3, 5, 8, 9]
+    assert _take(videos[name], "keyframes")[0] == [0, 4, 8]
+
+
+def test_rotation_is_applied(videos):
+    info = probe(videos["rotated"])
+    assert (info.width, info.height, info.rotation) == (HEIGHT, WIDTH, 90)
+    frames = list(sample_frames(videos["rotated"]))
+    assert [f.index for f in frames] == list(range(5))
+    for f in frames:
+        assert f.pixels.shape == (WIDTH, HEIGHT, 3)
+        # Turned 90 degrees counter-clockwise: the top-left marker is now at the bottom-left.
+        assert f.pixels[-16:, :16].mean() > 240 and f.pixels[:16, :16].mean() < 240
+        assert _level_index(f.pixels) == f.index  # bottom-right: the old bottom-left, grey
+
+
+class _SeekCounter:
+    """Wraps the module's container opener to count seeks."""
+
+    def __init__(self, monkeypatch):
+        self.seeks = []
+        real_open = video._open
+
+        def counting_open(source):
+            container = real_open(source)
+            real_seek = container.seek
+
+            def seek(offset, **kw):
+                self.seeks.append(offset)
+                return real_seek(offset, **kw)
+
+            return _Proxy(container, seek=seek)
+
+        monkeypatch.setattr(video, "_open", counting_open)
+
+
+class _Proxy:
+    def __init__(self, inner, **overrides):
+        self._inner, self._overrides = inner, overrides
+
+    def __getattr__(self, name):
+        return self._overrides.get(name) or getattr(self._inner, name)
+
+
+def test_seeks_over_large_gaps_with_same_frames(videos, monkeypatch):
+    src = videos["long"]  # 8 s at 10 fps, a key frame every second
+    straight = list(sample_video(src, Sampling("fps", fps=0.25), seek_min_gap_s=math.inf))
+    counter = _SeekCounter(monkeypatch)
+    seeking = list(sample_video(src, Sampling("fps", fps=0.25)))
+    assert [f.index for f in seeking] == [f.index for f in straight] == [0, 40]
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(seeking, straight))
+    assert counter.seeks == [40 * 1024]  # mp4 time base 1/10240: frame 40 is 4 s
+    counter.seeks.clear()
+    # Gaps of 1 s with a 0.5 s threshold: a seek to each wanted key frame after the first.
+    keyframes = Sampling("keyframes", start_s=2.0, max_frames=3)
+    picked = list(sample_video(src, keyframes, seek_min_gap_s=0.5))
+    assert [(f.index, _level_index(f.pixels)) for f in picked] == [(20, 20), (30, 30), (40, 8)]
+    assert len(counter.seeks) == 3
+    counter.seeks.clear()
+    assert [f.index for f in sample_frames(src, "fps", fps=1)] == list(range(0, 80, 10))
+    assert counter.seeks == []  # 1 s gaps: decoding through is cheaper than seeking
+
+
+def _cut_at_keyframe(path, keyframe_number) -> bytes:
+    """The file's bytes up to 3 bytes into the packet of its keyframe_number-th key frame."""
+    with av.open(path) as container:
+        positions = [p.pos for p in container.demux(container.streams.video[0]) if p.is_keyframe]
+    with open(path, "rb") as fh:
+        return fh.read()[: positions[keyframe_number] + 3]
+
+
+@pytest.mark.parametrize("name", ["h264", "vp9"])
+def test_truncated_video_yields_decoded_frames_then_error(videos, name):
+    data = _cut_at_keyframe(videos[name], 2)  # frames 0-19 intact, frame 20 cut short
+    got = []
+    stopped = r"decoding stopped after the frame at 1\.900 s"
+    with pytest.raises(VideoDecodeError, match=stopped) as err:
+        for frame in sample_frames(data):
+            got.append((frame.index, _level_index(frame.pixels)))
+    assert got == [(i, i) for i in range(20)]
+    assert err.value.stopped_at_s == pytest.approx(1.9)
+    # A range that ends before the damage is complete: no error.
+    assert _take(data, "fps", fps=2, end_s=1.5)[0] == [0, 5, 10]
+
+
+def test_bad_inputs_raise_media_error(videos, tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    for source in (b"", str(empty)):
+        with pytest.raises(MediaError, match="empty file"):
+            probe(source)
+    with pytest.raises(MediaError, match="not a recognised video container"):
+        list(sample_frames(b"this is plain text, not a video " * 20))
+    with open(videos["mpeg4"], "rb") as fh:  # index (moov) at the end: a cut file cannot open
+        cut = fh.read()[:-200]
+    with pytest.raises(MediaError, match="not a recognised video container"):
+        probe(cut)
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        silence = np.zeros((1, 800), np.int16)  # 0.1 s of mono samples
+        samples = av.AudioFrame.from_ndarray(silence, format="s16", layout="mono")
+        samples.sample_rate = 8000
+        container.mux(stream.encode(samples))
+        container.mux(stream.encode())
+    with pytest.raises(MediaError, match=r"no video stream \(streams: audio\)"):
+        list(sample_frames(buf.getvalue()))
+
+
+def test_file_like_source(videos):
+    with open(videos["vp9"], "rb") as fh:
+        assert probe(fh).codec == "vp9"
+        assert [f.index for f in sample_frames(fh, "keyframes")] == [0, 10, 20]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"mode": "fps"}, "needs fps"),
+        ({"mode": "uniform"}, "needs num_frames"),
+        ({"mode": "all", "fps": 1.0}, "only used by sampling mode 'fps'"),
+        ({"mode": "every_n_frames", "every_n_frames": 0}, "must be > 0"),
+        ({"mode": "all", "start_s": 2.0, "end_s": 1.0}, "must be after start_s"),
+        ({"mode": "bogus"}, "unknown sampling mode"),
+    ],
+)
+def test_sampling_validation(options, message):
+    with pytest.raises(ValueError, match=message):
+        Sampling(**options)
