@@ -151,7 +151,6 @@ class Owlv2Detector(_Owlv2Adapter):
         self.labels = list(self.spec.labels)
         self.query_embeds, self.query_mask = self._encode_queries(self.labels)
 
-    @torch.inference_mode()
     def with_spec(self, spec) -> "Owlv2Detector":
         variant = super().with_spec(spec)
         if list(spec.labels) != self.labels:  # new vocabulary: its queries, same text tower
@@ -159,6 +158,7 @@ class Owlv2Detector(_Owlv2Adapter):
             variant.query_embeds, variant.query_mask = self._encode_queries(variant.labels)
         return variant
 
+    @torch.inference_mode()
     def _encode_queries(self, labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Text queries -> (embeddings (Q, D), valid mask (Q,)); a query whose first token is
         id 0 is padding."""

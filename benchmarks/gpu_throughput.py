@@ -1,0 +1,455 @@
+"""GPU throughput at full size (issue 8): OWLv2, Florence-2 and Qwen2-VL through the adapters.
+
+What runs. Each case builds a FULL-SIZE architecture from its transformers config class with
+random weights (nothing is downloaded), saves it with `save_pretrained` into a temporary
+folder beside the processor of the family's tiny checkpoint (`labeler.testing`), and drives
+the project's own adapter on that folder exactly as a GPU actor does:
+`load_adapter_class(task, family)(TaskSpec(..., resources={"num_gpus": 1}))`, `setup(device)`,
+then per batch `run_timed` = `model_inputs` (OWLv2 preprocessing runs on the device) ->
+`predict` -> `postprocess`, in bf16 on CUDA (dtype "auto"). Batch sizes are swept; a batch
+that does not fit in GPU memory ends that case's sweep.
+
+    owlv2-b16-960-q{3,300}   OWLv2 B/16, 960x960 input, 3 or 300 text queries (detect)
+    owlv2-l14-1008-q{3,300}  OWLv2 L/14, 1008x1008 input, 3 or 300 text queries (detect)
+    florence2-base/-large    Florence-2 `<CAPTION>`, exactly 30 new tokens
+    qwen2-vl-2b              Qwen2-VL-2B sized, 448x448 images, caption, exactly 60 new tokens
+
+What differs from the real checkpoints, and why the compute is the same:
+- weights are random: every matmul, attention and generate step has the same shapes; only
+  the values (hence the text and the boxes) differ;
+- the tokenizer is the tiny checkpoint's (a few hundred to ~1,400 ids) while the config keeps
+  the real vocabulary (49,408 / 51,289 / 151,936), so the embedding tables and the LM heads,
+  a large share of each decoding step, are real-sized. Ids the tokenizer lacks decode to
+  nothing (tokenizers skip unknown ids), so the decoded text is shorter; that changes only
+  the string work of postprocess, not the model's compute;
+- generation is forced to the fixed length the issue asks for: `min_new_tokens =
+  max_new_tokens` (set on the model's generation_config after setup; the end token is masked
+  until then), and the benchmark checks that every row got exactly that many tokens;
+- OWLv2 keeps the boxes whose score passes a threshold; random weights score almost every
+  box alike, so the threshold is set per case (on the batch-1 image) to keep about
+  `OWL_BOXES_PER_IMAGE` boxes, as a trained model at its usual threshold keeps tens. The mean
+  kept per image is printed (dets/img);
+- the inputs are synthetic images (`labeler.testing.samples`), 640x480 for OWLv2 and
+  Florence-2 (a typical photo), 448x448 for Qwen2-VL (the issue's size; its dynamic
+  resolution keeps it: 16x16 cells of 28 px = 256 image tokens).
+
+Figures printed per batch size: images/s end to end (preprocess on the device, predict,
+postprocess), achieved TFLOP/s = FLOPs per image x images/s, peak GPU memory
+(torch.cuda.max_memory_allocated, weights included), the per-image stage times of
+`run_timed`, the batch size. FLOPs per image are COUNTED, not derived: torch.utils.flop_counter
+.FlopCounterMode over one `adapter.predict` at batch 1 (matmuls, convolutions and fused
+attention, 2 FLOPs per multiply-add); for the generative cases that is the whole generate
+(prefill plus every decoding step). Each case ends with a `RESULT` line (best batch).
+
+`--small` runs the same code at tiny size on CPU in seconds (for CI): the tiny checkpoints'
+own configs (generative vocabularies widened by `SMALL_EXTRA_VOCAB` ids so the
+"ids beyond the tokenizer" path runs too), their processors unchanged, batch sizes 1 and 2.
+Without CUDA the benchmark always runs `--small`.
+
+    PYTHONPATH=. python3 benchmarks/gpu_throughput.py                  # all cases, full size
+    PYTHONPATH=. python3 benchmarks/gpu_throughput.py --cases owlv2-b16 --batch-sizes 32 64
+    .venv/bin/python benchmarks/gpu_throughput.py --small               # CPU, tiny, seconds
+
+It imports neither Ray nor anything Ray needs (the GPU machine has no Ray).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be downloaded
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from labeler.config import TaskSpec  # noqa: E402
+from labeler.models.base import ImageInput  # noqa: E402
+from labeler.registry import load_adapter_class  # noqa: E402
+from labeler.testing import build_tiny_model  # noqa: E402
+from labeler.testing.samples import synthetic_image  # noqa: E402
+
+FULL_BATCH_SIZES = (1, 8, 32, 64, 128)
+SMALL_BATCH_SIZES = (1, 2)
+# A trained OWLv2 at its usual threshold (0.1) keeps tens of boxes on a busy photo.
+OWL_BOXES_PER_IMAGE = 25
+# Extra vocabulary ids of the --small generative models, beyond their tokenizers: enough that
+# random weights emit some, so decoding ids the tokenizer lacks is exercised in CI.
+SMALL_EXTRA_VOCAB = 4096
+# Distinct synthetic images per case, repeated to fill a batch: preprocessing costs the same
+# for every image of a size, and making 128 distinct ones would only slow the start.
+DISTINCT_IMAGES = 8
+PHOTO_SIZE = (640, 480)  # width, height of the OWLv2 and Florence-2 inputs (a typical photo)
+QWEN_SIZE = (448, 448)  # the issue's Qwen2-VL input; a multiple of 28 px, kept as is
+
+# --- full-size architectures (the released checkpoints' config.json values) ---------------
+
+OWL_B16 = dict(  # google/owlv2-base-patch16-ensemble, input 960
+    text=dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
+              num_attention_heads=8),
+    vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                num_attention_heads=12, patch_size=16, image_size=960),
+    projection_dim=512)
+OWL_L14 = dict(  # google/owlv2-large-patch14-ensemble, input 1008
+    text=dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+              num_attention_heads=12),
+    vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                num_attention_heads=16, patch_size=14, image_size=1008),
+    projection_dim=768)
+FLORENCE_IMAGE = 768  # both Florence-2 sizes take 768x768
+FLORENCE_BASE = dict(  # microsoft/Florence-2-base: DaViT + BART-base
+    vision=dict(embed_dim=[128, 256, 512, 1024], num_heads=[4, 8, 16, 32],
+                num_groups=[4, 8, 16, 32], depths=[1, 1, 9, 1], projection_dim=768),
+    text=dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+              decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072))
+FLORENCE_LARGE = dict(  # microsoft/Florence-2-large: wider DaViT + BART-large
+    vision=dict(embed_dim=[256, 512, 1024, 2048], num_heads=[8, 16, 32, 64],
+                num_groups=[8, 16, 32, 64], depths=[1, 1, 9, 1], projection_dim=1024),
+    text=dict(d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
+              decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096))
+FLORENCE_VOCAB = 51289  # the released tokenizer: BART's 50,265 + 1,024 Florence tokens
+# The released DaViT's stem and three downsamplings; the tiny model uses the first two.
+FLORENCE_STRIDES = [4, 2, 2, 2]
+QWEN_2B = dict(  # Qwen/Qwen2-VL-2B-Instruct
+    text=dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+              num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
+              # head_dim 128: its 64 rotary frequencies split over (t, h, w) as released.
+              rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                               "mrope_section": [16, 24, 24]}),
+    vision=dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=1536,
+                patch_size=14, spatial_merge_size=2, temporal_patch_size=2))
+# The released Qwen2-VL processor's pixel bounds (56x56 .. 28*28*16384).
+QWEN_MIN_PIXELS, QWEN_MAX_PIXELS = 3136, 12845056
+
+
+@dataclass(frozen=True)
+class Build:
+    """One model folder: a config (full or small) from the tiny checkpoint `tiny` (its token
+    ids, its processor), the transformers class that builds it, and `full_processor`, which
+    sets the processor's geometry for the full-size model."""
+
+    family: str
+    model_class: str
+    full_config: Callable[[object], object]  # tiny config -> full-size config
+    full_processor: Callable[[object, object], None]  # (processor, full config) -> None
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measured configuration of a Build."""
+
+    name: str
+    build: str
+    task: str
+    image_size: tuple[int, int]
+    labels: tuple[str, ...] = ()
+    new_tokens: int | None = None  # exact generated length (generative cases)
+
+
+def _owl_config(sizes: dict) -> Callable[[object], object]:
+    def make(tiny):
+        from transformers import Owlv2Config
+
+        t = tiny.text_config
+        text = dict(sizes["text"], max_position_embeddings=t.max_position_embeddings,
+                    bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id,
+                    pad_token_id=t.pad_token_id)
+        return Owlv2Config(text_config=text, vision_config=sizes["vision"],
+                           projection_dim=sizes["projection_dim"])
+    return make
+
+
+def _owl_processor(processor, config) -> None:
+    side = config.vision_config.image_size
+    processor.image_processor.size = {"height": side, "width": side}
+
+
+def _florence_config(sizes: dict) -> Callable[[object], object]:
+    def make(tiny):
+        from transformers import Florence2Config
+
+        t = tiny.text_config
+        text = dict(sizes["text"], model_type="bart", vocab_size=FLORENCE_VOCAB,
+                    max_position_embeddings=t.max_position_embeddings,
+                    bos_token_id=t.bos_token_id, pad_token_id=t.pad_token_id,
+                    eos_token_id=t.eos_token_id, decoder_start_token_id=t.decoder_start_token_id)
+        return Florence2Config(vision_config=sizes["vision"], text_config=text,
+                               image_token_id=tiny.image_token_id)
+    return make
+
+
+def _florence_processor(processor, config) -> None:
+    ip = processor.image_processor
+    ip.size = ip.crop_size = {"height": FLORENCE_IMAGE, "width": FLORENCE_IMAGE}
+    # One <image> placeholder per cell of the last DaViT stage plus one pooled token.
+    grid = FLORENCE_IMAGE // int(np.prod(config.vision_config.patch_stride))
+    ip.image_seq_length = grid * grid + 1
+
+
+def _qwen_config(tiny):
+    from transformers import Qwen2VLConfig
+
+    t = tiny.text_config
+    text = dict(QWEN_2B["text"], bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id,
+                pad_token_id=t.pad_token_id)
+    return Qwen2VLConfig(
+        text_config=text, vision_config=QWEN_2B["vision"], tie_word_embeddings=True,
+        image_token_id=tiny.image_token_id, video_token_id=tiny.video_token_id,
+        vision_start_token_id=tiny.vision_start_token_id,
+        vision_end_token_id=tiny.vision_end_token_id)
+
+
+def _qwen_processor(processor, config) -> None:
+    processor.image_processor.size = {"shortest_edge": QWEN_MIN_PIXELS,
+                                      "longest_edge": QWEN_MAX_PIXELS}
+
+
+BUILDS = {
+    "owlv2-b16": Build("owlv2", "Owlv2ForObjectDetection", _owl_config(OWL_B16), _owl_processor),
+    "owlv2-l14": Build("owlv2", "Owlv2ForObjectDetection", _owl_config(OWL_L14), _owl_processor),
+    "florence2-base": Build("florence2", "Florence2ForConditionalGeneration",
+                            _florence_config(FLORENCE_BASE), _florence_processor),
+    "florence2-large": Build("florence2", "Florence2ForConditionalGeneration",
+                             _florence_config(FLORENCE_LARGE), _florence_processor),
+    "qwen2-vl-2b": Build("qwen2_vl", "Qwen2VLForConditionalGeneration", _qwen_config,
+                         _qwen_processor),
+}
+
+# 300 distinct queries of three words: 15 attributes x 20 objects. The text tower runs once,
+# in setup, on queries padded to 16 tokens; per image only their count matters (the class
+# head is patches x queries). Short enough that the tiny tokenizer's pieces fit in 16 tokens.
+_ATTRIBUTES = ("red green blue black white yellow orange pink brown grey purple small large "
+               "old new").split()
+_OBJECTS = ("cat dog car person bicycle bus truck boat bird horse sheep cow bottle chair table "
+            "cup phone book clock tree").split()
+MANY_QUERIES = tuple(f"a {a} {o}" for a in _ATTRIBUTES for o in _OBJECTS)
+FEW_QUERIES = ("a photo of a cat", "a photo of a dog", "a car")
+
+CASES = (
+    Case("owlv2-b16-960-q3", "owlv2-b16", "detect", PHOTO_SIZE, labels=FEW_QUERIES),
+    Case("owlv2-b16-960-q300", "owlv2-b16", "detect", PHOTO_SIZE, labels=MANY_QUERIES),
+    Case("owlv2-l14-1008-q3", "owlv2-l14", "detect", PHOTO_SIZE, labels=FEW_QUERIES),
+    Case("owlv2-l14-1008-q300", "owlv2-l14", "detect", PHOTO_SIZE, labels=MANY_QUERIES),
+    Case("florence2-base-caption", "florence2-base", "caption", PHOTO_SIZE, new_tokens=30),
+    Case("florence2-large-caption", "florence2-large", "caption", PHOTO_SIZE, new_tokens=30),
+    Case("qwen2-vl-2b-caption", "qwen2-vl-2b", "caption", QWEN_SIZE, new_tokens=60),
+)
+
+
+def build_model_folder(build: Build, tiny_dir: Path, out_dir: Path, device: torch.device,
+                       dtype: torch.dtype, small: bool) -> Path:
+    """Random-weight model of `build` (full size, or the tiny config with SMALL_EXTRA_VOCAB
+    more ids when `small`) plus the tiny processor, saved into `out_dir` for setup()."""
+    import transformers
+    from transformers import AutoConfig, AutoProcessor, GenerationConfig
+
+    tiny = AutoConfig.from_pretrained(tiny_dir)
+    processor = AutoProcessor.from_pretrained(tiny_dir)
+    model_class = getattr(transformers, build.model_class)
+    if small:
+        config = tiny
+        if build.family != "owlv2":  # OWLv2 generates nothing: its vocabulary is a lookup
+            config.text_config.vocab_size += SMALL_EXTRA_VOCAB
+    else:
+        config = build.full_config(tiny)
+        build.full_processor(processor, config)
+    with torch.device(device):  # random init where it runs: seconds for 2B parameters on a GPU
+        model = model_class(config).to(dtype).eval()
+    if build.family != "owlv2":
+        model.generation_config = GenerationConfig.from_pretrained(tiny_dir)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    del model
+    return out_dir
+
+
+def make_spec(case: Case, build: Build, folder: Path, threshold: float = 0.1) -> TaskSpec:
+    """The TaskSpec a GPU actor of this case would get (num_gpus=1: device preprocessing)."""
+    spec = {"task": case.task, "model": {"family": build.family, "source": str(folder),
+                                         "dtype": "auto"},
+            "labels": list(case.labels), "threshold": threshold,
+            "resources": {"num_gpus": 1}}
+    if case.new_tokens:
+        spec["generation"] = {"max_new_tokens": case.new_tokens}
+    return TaskSpec(**spec)
+
+
+def sample_images(size: tuple[int, int], count: int) -> list[ImageInput]:
+    """`count` ImageInputs of `size` (w, h), cycling DISTINCT_IMAGES synthetic scenes."""
+    w, h = size
+    pool = [np.asarray(synthetic_image(w, h, seed)) for seed in range(DISTINCT_IMAGES)]
+    return [ImageInput(pixels=pool[i % len(pool)], width=w, height=h) for i in range(count)]
+
+
+def generated_lengths(case: Case, raw) -> set[int]:
+    """The number of new tokens of each row of a generative predict() output."""
+    if isinstance(raw, dict):  # Florence-2: sequences start with the decoder start token
+        return {raw["sequences"].shape[1] - 1}
+    return {raw.shape[1]}
+
+
+def count_flops(adapter, images: list[ImageInput]):
+    """(FLOPs of one adapter.predict on `images`, its output), by FlopCounterMode."""
+    with torch.inference_mode():
+        inputs = adapter.model_inputs(images)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            raw = adapter.predict(inputs)
+    return counter.get_total_flops(), raw
+
+
+def owl_threshold(raw: dict) -> float:
+    """A threshold between the OWL_BOXES_PER_IMAGE-th and the next best score of the first
+    image of a predict() output."""
+    scores = torch.sigmoid(raw["logits"][0].float().max(dim=-1).values)
+    top = scores.topk(min(OWL_BOXES_PER_IMAGE + 1, scores.numel())).values
+    return float((top[-2] + top[-1]) / 2) if top.numel() > 1 else 0.0
+
+
+def sweep(case: Case, adapter, batch_sizes, device: torch.device, flops: float,
+          min_seconds: float, min_iters: int) -> list[dict]:
+    """Images/s, TFLOP/s, peak memory and stage times per batch size; printed as it goes."""
+    rows = []
+    for batch in batch_sizes:
+        images = sample_images(case.image_size, batch)
+        try:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            outputs, _ = adapter.run_timed(images, transformed=False)  # warm-up
+            stage = {"preprocess_ms": 0.0, "predict_ms": 0.0, "postprocess_ms": 0.0}
+            iters, start = 0, time.perf_counter()
+            while iters < min_iters or time.perf_counter() - start < min_seconds:
+                outputs, times = adapter.run_timed(images, transformed=False)
+                stage = {k: stage[k] + v for k, v in times.items()}
+                iters += 1
+            elapsed = time.perf_counter() - start
+        except torch.OutOfMemoryError:
+            print(f"case={case.name} batch={batch} out of GPU memory: sweep ends", flush=True)
+            break
+        assert len(outputs) == batch, "postprocess must return one result per image"
+        row = {"batch": batch, "images_per_s": batch * iters / elapsed,
+               "peak_gib": (torch.cuda.max_memory_allocated(device) / 2**30
+                            if device.type == "cuda" else float("nan")),
+               **{k: v / iters for k, v in stage.items()}}
+        row["tflops"] = flops * row["images_per_s"] / 1e12
+        extra = ""
+        if case.task == "detect":
+            extra = f" dets/img={np.mean([len(o['detections']) for o in outputs]):.1f}"
+        print(f"case={case.name} batch={batch} images/s={row['images_per_s']:.2f} "
+              f"TFLOP/s={row['tflops']:.4g} peak_mem_GiB={row['peak_gib']:.2f} "
+              f"ms/img pre={row['preprocess_ms']:.2f} predict={row['predict_ms']:.2f} "
+              f"post={row['postprocess_ms']:.2f} iters={iters}{extra}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def run_case(case: Case, folder: Path, device: torch.device, batch_sizes, min_seconds: float,
+             min_iters: int) -> dict | None:
+    """Set up the case's adapter on `folder`, count its FLOPs, sweep; the best row or None."""
+    build = BUILDS[case.build]
+    spec = make_spec(case, build, folder)
+    adapter = load_adapter_class(case.task, build.family)(spec)
+    adapter.setup(device)
+    if case.new_tokens:  # exactly new_tokens: the end token is masked until then
+        adapter.model.generation_config.min_new_tokens = case.new_tokens
+    flops, raw = count_flops(adapter, sample_images(case.image_size, 1))
+    if case.task == "detect":
+        adapter = adapter.with_spec(make_spec(case, build, folder, owl_threshold(raw)))
+        print(f"case={case.name} threshold={adapter.spec.threshold:.6f} "
+              f"(keeps ~{OWL_BOXES_PER_IMAGE} boxes of the batch-1 image)")
+    if case.new_tokens and generated_lengths(case, raw) != {case.new_tokens}:
+        raise RuntimeError(f"{case.name}: generated {generated_lengths(case, raw)} tokens, "
+                           f"not {case.new_tokens}")
+    print(f"case={case.name} GFLOP/img={flops / 1e9:.4g} (FlopCounterMode, predict at batch 1)",
+          flush=True)
+    rows = sweep(case, adapter, batch_sizes, device, flops, min_seconds, min_iters)
+    del adapter
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if not rows:
+        return None
+    return max(rows, key=lambda r: r["images_per_s"])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", action="store_true",
+                        help="tiny models on CPU (the default without CUDA)")
+    parser.add_argument("--cases", nargs="*", default=None,
+                        help="run the cases whose name starts with one of these")
+    parser.add_argument("--batch-sizes", nargs="*", type=int, default=None)
+    parser.add_argument("--min-seconds", type=float, default=None,
+                        help="timed seconds per batch size at least (default 3; small 0)")
+    parser.add_argument("--min-iters", type=int, default=None,
+                        help="timed batches per batch size at least (default 3; small 1)")
+    parser.add_argument("--workdir", default=None, help="where model folders are written "
+                        "(default: a temporary folder, removed at the end)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cuda = torch.cuda.is_available()
+    small = args.small or not cuda
+    device = torch.device("cpu") if small else torch.device("cuda")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # what "auto" resolves
+    batch_sizes = args.batch_sizes or (SMALL_BATCH_SIZES if small else FULL_BATCH_SIZES)
+    min_seconds = args.min_seconds if args.min_seconds is not None else (0.0 if small else 3.0)
+    min_iters = args.min_iters if args.min_iters is not None else (1 if small else 3)
+    cases = [c for c in CASES if not args.cases or any(c.name.startswith(p) for p in args.cases)]
+    if not cases:
+        raise SystemExit(f"no case matches {args.cases}; cases: {[c.name for c in CASES]}")
+
+    import transformers
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    given = sys.argv[1:] if argv is None else argv
+    print(f"command: {shlex.join([Path(sys.executable).name, 'benchmarks/gpu_throughput.py', *given])}")
+    print(f"device: {name}; mode: {'small (tiny models)' if small else 'full size'}; "
+          f"dtype: {dtype}; torch {torch.__version__}; transformers {transformers.__version__}")
+    print("FLOPs: torch.utils.flop_counter.FlopCounterMode over adapter.predict on one image "
+          "(generative: the whole generate); TFLOP/s = FLOPs/img x images/s", flush=True)
+
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="gpu_throughput_"))
+    results = {}
+    try:
+        tiny_dirs: dict[str, Path] = {}
+        for build_name in dict.fromkeys(c.build for c in cases):
+            build = BUILDS[build_name]
+            if build.family not in tiny_dirs:
+                tiny_dirs[build.family] = build_tiny_model(build.family, root / f"tiny-{build.family}")
+            t0 = time.perf_counter()
+            folder = build_model_folder(build, tiny_dirs[build.family], root / build_name,
+                                        device, dtype, small)
+            print(f"built {build_name} in {time.perf_counter() - t0:.1f} s", flush=True)
+            for case in (c for c in cases if c.build == build_name):
+                results[case.name] = run_case(case, folder, device, batch_sizes, min_seconds,
+                                              min_iters)
+            shutil.rmtree(folder)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    for case_name, best in results.items():
+        if best is None:
+            print(f"RESULT case={case_name} no batch size fit")
+        else:
+            print(f"RESULT case={case_name} images/s={best['images_per_s']:.2f} "
+                  f"TFLOP/s={best['tflops']:.4g} batch={best['batch']} "
+                  f"peak_mem_GiB={best['peak_gib']:.2f} device={name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

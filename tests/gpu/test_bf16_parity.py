@@ -1,0 +1,78 @@
+"""OWLv2 detect in bf16 on CUDA (dtype "auto", device preprocessing) against float32 on CPU.
+
+The GPU benchmark's figures count only if the bf16 model computes what the float32 model
+does, within bf16 rounding (8 significant bits, errors compounding over the layers). The
+reference is the same tiny checkpoint in float32 on CPU, through the same adapter calls
+(model_inputs -> predict -> postprocess) with the same GPU-actor spec (num_gpus=1).
+
+Tolerance: each raw output within 5% of its own largest magnitude plus 5% of the element
+(rtol); scores (probabilities) within 0.1. Measured with bf16 on CPU, the tiny model's
+worst errors were 1.5% of the largest logit and objectness value and 0.018 of the padded
+square's side for boxes, 0.043 for scores: about 3x inside these bounds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from labeler.config import TaskSpec
+from labeler.models.base import ImageInput
+from labeler.registry import load_adapter_class
+from labeler.testing.samples import synthetic_image
+
+pytestmark = pytest.mark.gpu
+
+LABELS = ["a photo of a cat", "a photo of a dog", "a car"]
+SIZES = [(640, 480), (480, 640), (301, 457)]  # wide, tall, odd: the padded square differs
+RELATIVE_TOLERANCE = 0.05  # of each output's largest magnitude, and of each element
+SCORE_TOLERANCE = 0.1  # absolute, on sigmoid scores in [0, 1]
+
+
+def _adapter(folder: str, dtype: str, device: str):
+    spec = TaskSpec(task="detect", model={"family": "owlv2", "source": folder, "dtype": dtype},
+                    labels=LABELS, threshold=0.0, resources={"num_gpus": 1})
+    adapter = load_adapter_class("detect", "owlv2")(spec)
+    with torch.no_grad():
+        adapter.setup(torch.device(device))
+    return adapter
+
+
+def _images() -> list[ImageInput]:
+    return [ImageInput(pixels=np.asarray(synthetic_image(w, h, seed)), width=w, height=h)
+            for seed, (w, h) in enumerate(SIZES)]
+
+
+def test_owlv2_bf16_cuda_matches_float32(tiny_model):
+    folder = tiny_model("owlv2")
+    images = _images()
+    reference = _adapter(folder, "float32", "cpu")
+    bf16 = _adapter(folder, "auto", "cuda")
+    assert bf16.dtype == torch.bfloat16  # "auto" on CUDA
+
+    with torch.inference_mode():
+        ref_raw = reference.predict(reference.model_inputs(images))
+        inputs = bf16.model_inputs(images)
+        assert inputs.device.type == "cuda" and inputs.dtype == torch.bfloat16
+        raw = bf16.predict(inputs)
+        ref_out = reference.postprocess(ref_raw, images)
+        out = bf16.postprocess(raw, images)
+
+    for key in ("logits", "boxes", "objectness"):
+        expected = ref_raw[key].float()
+        actual = raw[key].float().cpu()
+        assert actual.shape == expected.shape, key
+        torch.testing.assert_close(
+            actual, expected, rtol=RELATIVE_TOLERANCE,
+            atol=RELATIVE_TOLERANCE * float(expected.abs().max()), msg=lambda m: f"{key}: {m}")
+    scores = torch.sigmoid(raw["logits"].float().max(dim=-1).values).cpu()
+    ref_scores = torch.sigmoid(ref_raw["logits"].float().max(dim=-1).values)
+    assert float((scores - ref_scores).abs().max()) <= SCORE_TOLERANCE
+
+    # threshold 0: every patch's box is kept, so both give one box per patch per image.
+    assert [len(o["detections"]) for o in out] == [len(o["detections"]) for o in ref_out]
+    for image, result in zip(images, out):
+        for det in result["detections"]:
+            assert 0 <= det["x0"] <= det["x1"] <= image.width
+            assert 0 <= det["y0"] <= det["y1"] <= image.height
