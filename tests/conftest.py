@@ -12,6 +12,18 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local test cluster needs
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def offline():
+    """huggingface_hub reads HF_HUB_OFFLINE once, at import: pin both the variable and the
+    value it was read into, whatever ran before in this process."""
+    import huggingface_hub.constants
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_owlv2(tmp_path_factory) -> str:
     """A tiny OWLv2 checkpoint folder (96 px input), built once per session."""

@@ -31,6 +31,18 @@ def synthetic_image(width: int, height: int, seed: int) -> Image.Image:
     return img
 
 
+def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Uniform RGB noise: as different from `gradient_image` as an image can be."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def gradient_image(width: int, height: int) -> Image.Image:
+    """A smooth left-to-right grey ramp."""
+    row = np.linspace(0, 255, width, dtype=np.uint8)
+    return Image.fromarray(np.stack([np.tile(row, (height, 1))] * 3, axis=-1))
+
+
 def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=quality)

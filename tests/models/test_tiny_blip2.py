@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import huggingface_hub.constants
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -18,30 +16,11 @@ from transformers import (
 )
 
 from labeler.testing import build_tiny_model
+from labeler.testing.samples import gradient_image, noise_image
 
 MAX_NEW_TOKENS = 12
 WIDTH, HEIGHT = 100, 80  # not the model's 64x64, so the processor has to resize
 QUESTION = "Question: how many cats are there? Answer:"  # the documented VQA prompt
-
-
-def noise_image() -> Image.Image:
-    rng = np.random.default_rng(0)
-    return Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8))
-
-
-def gradient_image() -> Image.Image:
-    row = np.linspace(0, 255, WIDTH, dtype=np.uint8)
-    return Image.fromarray(np.stack([np.tile(row, (HEIGHT, 1))] * 3, axis=-1))
-
-
-@pytest.fixture(scope="module")
-def offline():
-    # huggingface_hub reads HF_HUB_OFFLINE once, at import: set both the variable and the
-    # value it was read into, for this module only.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +68,7 @@ def test_processor_prepends_one_image_token_per_query(loaded):
     assert tokenizer.tokenize("<image>") == ["<image>"]
     assert tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
 
-    inputs = processor(images=noise_image(), text=QUESTION, return_tensors="pt")
+    inputs = processor(images=noise_image(WIDTH, HEIGHT), text=QUESTION, return_tensors="pt")
     image_ids = [model.config.image_token_id] * model.config.num_query_tokens
     # Image tokens first, then OPT's BOS (</s>), then the question.
     assert inputs["input_ids"][0, : len(image_ids) + 1].tolist() == image_ids + [
@@ -101,7 +80,7 @@ def test_processor_prepends_one_image_token_per_query(loaded):
 
 def test_captioning_usage(loaded):
     _, model = loaded
-    _, ids, text = generate(*loaded, noise_image())
+    _, ids, text = generate(*loaded, noise_image(WIDTH, HEIGHT))
     # Without a prompt the model starts from the image tokens and BOS.
     start = [model.config.image_token_id] * model.config.num_query_tokens
     start.append(model.config.text_config.bos_token_id)
@@ -110,7 +89,7 @@ def test_captioning_usage(loaded):
 
 
 def test_question_answering_usage(loaded):
-    prompt_ids, ids, text = generate(*loaded, noise_image(), QUESTION)
+    prompt_ids, ids, text = generate(*loaded, noise_image(WIDTH, HEIGHT), QUESTION)
     assert ids[: len(prompt_ids)] == prompt_ids and len(ids) > len(prompt_ids)
     assert text.startswith(QUESTION)
 
@@ -120,13 +99,13 @@ def test_same_seed_gives_the_same_checkpoint(loaded, checkpoint, tmp_path_factor
     first, second = (load_file(folder / "model.safetensors") for folder in (checkpoint, rebuilt))
     assert first.keys() == second.keys()
     assert all(torch.equal(first[name], second[name]) for name in first)
-    assert generate(*load(rebuilt), noise_image(), QUESTION) == generate(
-        *loaded, noise_image(), QUESTION
+    assert generate(*load(rebuilt), noise_image(WIDTH, HEIGHT), QUESTION) == generate(
+        *loaded, noise_image(WIDTH, HEIGHT), QUESTION
     )
 
 
 @pytest.mark.parametrize("prompt", [None, QUESTION])
 def test_different_images_give_different_text(loaded, prompt):
-    _, noise_ids, _ = generate(*loaded, noise_image(), prompt)
-    _, gradient_ids, _ = generate(*loaded, gradient_image(), prompt)
+    _, noise_ids, _ = generate(*loaded, noise_image(WIDTH, HEIGHT), prompt)
+    _, gradient_ids, _ = generate(*loaded, gradient_image(WIDTH, HEIGHT), prompt)
     assert noise_ids != gradient_ids

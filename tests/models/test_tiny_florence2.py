@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import huggingface_hub.constants
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -13,29 +11,10 @@ from safetensors.torch import load_file
 from transformers import AutoProcessor, Florence2ForConditionalGeneration, Florence2Processor
 
 from labeler.testing import build_tiny_model
+from labeler.testing.samples import gradient_image, noise_image
 
 MAX_NEW_TOKENS = 12
 WIDTH, HEIGHT = 100, 80  # not the model's 64x64, so resizing and box scaling are exercised
-
-
-def noise_image() -> Image.Image:
-    rng = np.random.default_rng(0)
-    return Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8))
-
-
-def gradient_image() -> Image.Image:
-    row = np.linspace(0, 255, WIDTH, dtype=np.uint8)
-    return Image.fromarray(np.stack([np.tile(row, (HEIGHT, 1))] * 3, axis=-1))
-
-
-@pytest.fixture(scope="module")
-def offline():
-    # huggingface_hub reads HF_HUB_OFFLINE once, at import: set both the variable and the
-    # value it was read into, for this module only.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +55,7 @@ def test_processor_matches_the_vision_tower(loaded):
     processor, model = loaded
     assert isinstance(processor, Florence2Processor)
     assert model.config.vision_config.projection_dim == model.config.text_config.d_model
-    inputs = processor(text="<CAPTION>", images=noise_image(), return_tensors="pt")
+    inputs = processor(text="<CAPTION>", images=noise_image(WIDTH, HEIGHT), return_tensors="pt")
     with torch.no_grad():
         features = model.get_image_features(inputs["pixel_values"]).pooler_output
     assert features.shape[1] == processor.num_image_tokens
@@ -97,7 +76,7 @@ def test_location_tokens_parse_into_boxes(loaded):
 
 def test_caption_usage(loaded):
     processor, _ = loaded
-    ids, text, parsed = generate(*loaded, "<CAPTION>", noise_image())
+    ids, text, parsed = generate(*loaded, "<CAPTION>", noise_image(WIDTH, HEIGHT))
     # Decoding starts from </s> and is forced to <s> next, as with the released weights.
     tokenizer = processor.tokenizer
     assert ids[:2] == [tokenizer.eos_token_id, tokenizer.bos_token_id]
@@ -107,7 +86,7 @@ def test_caption_usage(loaded):
 
 
 def test_object_detection_usage(loaded):
-    _, _, parsed = generate(*loaded, "<OD>", noise_image())
+    _, _, parsed = generate(*loaded, "<OD>", noise_image(WIDTH, HEIGHT))
     boxes, labels = parsed["<OD>"]["bboxes"], parsed["<OD>"]["labels"]
     assert len(boxes) == len(labels)
     for x0, y0, x1, y1 in boxes:
@@ -120,12 +99,12 @@ def test_same_seed_gives_the_same_checkpoint(loaded, checkpoint, tmp_path_factor
     first, second = (load_file(folder / "model.safetensors") for folder in (checkpoint, rebuilt))
     assert first.keys() == second.keys()
     assert all(torch.equal(first[name], second[name]) for name in first)
-    assert generate(*load(rebuilt), "<CAPTION>", noise_image()) == generate(
-        *loaded, "<CAPTION>", noise_image()
+    assert generate(*load(rebuilt), "<CAPTION>", noise_image(WIDTH, HEIGHT)) == generate(
+        *loaded, "<CAPTION>", noise_image(WIDTH, HEIGHT)
     )
 
 
 def test_different_images_give_different_text(loaded):
-    noise_ids, _, _ = generate(*loaded, "<CAPTION>", noise_image())
-    gradient_ids, _, _ = generate(*loaded, "<CAPTION>", gradient_image())
+    noise_ids, _, _ = generate(*loaded, "<CAPTION>", noise_image(WIDTH, HEIGHT))
+    gradient_ids, _, _ = generate(*loaded, "<CAPTION>", gradient_image(WIDTH, HEIGHT))
     assert noise_ids != gradient_ids

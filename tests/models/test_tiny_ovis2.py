@@ -4,39 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import huggingface_hub.constants
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 from transformers import AutoProcessor, Ovis2ForConditionalGeneration, Ovis2Processor
 
 from labeler.testing import build_tiny_model
+from labeler.testing.samples import gradient_image, noise_image
 
 MAX_NEW_TOKENS = 8
 # Wider than tall: cut into 2 tiles of 112x112 plus a thumbnail, so the grid layout is used.
 HEIGHT, WIDTH = 96, 128
 TILES = 3
-
-
-def noise_image(seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8))
-
-
-def gradient_image() -> Image.Image:
-    row = np.linspace(0, 255, WIDTH, dtype=np.uint8)
-    return Image.fromarray(np.stack([np.tile(row, (HEIGHT, 1))] * 3, axis=-1))
-
-
-@pytest.fixture(scope="module")
-def offline():
-    # huggingface_hub reads HF_HUB_OFFLINE once, at import: set both the variable and the
-    # value it was read into, for this module only.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +68,7 @@ def test_image_tokens_match_what_the_vision_tower_emits(loaded):
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     assert text.endswith("<|im_start|>assistant\n")
-    inputs = processor(text=[text], images=[noise_image()], return_tensors="pt")
+    inputs = processor(text=[text], images=[noise_image(WIDTH, HEIGHT)], return_tensors="pt")
     assert inputs.pixel_values.shape[0] == TILES
     with torch.no_grad():
         features = model.get_image_features(pixel_values=inputs.pixel_values).pooler_output
@@ -99,13 +78,13 @@ def test_image_tokens_match_what_the_vision_tower_emits(loaded):
 
 
 def test_image_generation_is_deterministic(loaded, checkpoint, tmp_path_factory):
-    ids, text = generate(*loaded, noise_image())
+    ids, text = generate(*loaded, noise_image(WIDTH, HEIGHT))
     assert len(ids) > 0 and isinstance(text, str)
     rebuilt = build_tiny_model("ovis2", tmp_path_factory.mktemp("ovis2_again"))
-    assert generate(*load(rebuilt), noise_image()) == (ids, text)
+    assert generate(*load(rebuilt), noise_image(WIDTH, HEIGHT)) == (ids, text)
 
 
 def test_different_images_give_different_text(loaded):
-    noise_ids, _ = generate(*loaded, noise_image())
-    gradient_ids, _ = generate(*loaded, gradient_image())
+    noise_ids, _ = generate(*loaded, noise_image(WIDTH, HEIGHT))
+    gradient_ids, _ = generate(*loaded, gradient_image(WIDTH, HEIGHT))
     assert noise_ids != gradient_ids

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from transformers import (
     AutoProcessor,
     Qwen2VLForConditionalGeneration,
@@ -17,20 +15,11 @@ from transformers import (
 )
 
 from labeler.testing import build_tiny_model
+from labeler.testing.samples import gradient_image, noise_image
 
 MAX_NEW_TOKENS = 8
 HEIGHT, WIDTH = 96, 128  # resized to 84x140 pixels: 3x5 cells of 28x28, 15 tokens
 FRAMES = 4  # two temporal patches of 2 frames
-
-
-def noise_image(seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8))
-
-
-def gradient_image() -> Image.Image:
-    row = np.linspace(0, 255, WIDTH, dtype=np.uint8)
-    return Image.fromarray(np.stack([np.tile(row, (HEIGHT, 1))] * 3, axis=-1))
 
 
 def noise_video() -> np.ndarray:
@@ -40,17 +29,7 @@ def noise_video() -> np.ndarray:
 
 
 def gradient_video() -> np.ndarray:
-    return np.stack([np.asarray(gradient_image())] * FRAMES)
-
-
-@pytest.fixture(scope="module")
-def offline():
-    # huggingface_hub reads HF_HUB_OFFLINE once, at import: set both the variable and the
-    # value it was read into, for this module only.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        yield
+    return np.stack([np.asarray(gradient_image(WIDTH, HEIGHT))] * FRAMES)
 
 
 @pytest.fixture(scope="module")
@@ -105,21 +84,21 @@ def test_image_prompt_has_one_token_per_28px_cell(loaded):
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     assert text.endswith("<|im_start|>assistant\n")
-    inputs = processor(text=[text], images=[noise_image()], return_tensors="pt")
+    inputs = processor(text=[text], images=[noise_image(WIDTH, HEIGHT)], return_tensors="pt")
     assert inputs.image_grid_thw.tolist() == [[1, 6, 10]]  # 14px patches of 84x140
     assert (inputs.input_ids == model.config.image_token_id).sum() == 15
 
 
 def test_image_generation_is_deterministic(loaded, checkpoint, tmp_path_factory):
-    ids, text = generate(*loaded, "image", noise_image())
+    ids, text = generate(*loaded, "image", noise_image(WIDTH, HEIGHT))
     assert len(ids) > 0 and isinstance(text, str)
     rebuilt = build_tiny_model("qwen2_vl", tmp_path_factory.mktemp("qwen2_vl_again"))
-    assert generate(*load(rebuilt), "image", noise_image()) == (ids, text)
+    assert generate(*load(rebuilt), "image", noise_image(WIDTH, HEIGHT)) == (ids, text)
 
 
 def test_different_images_give_different_text(loaded):
-    noise_ids, _ = generate(*loaded, "image", noise_image())
-    gradient_ids, _ = generate(*loaded, "image", gradient_image())
+    noise_ids, _ = generate(*loaded, "image", noise_image(WIDTH, HEIGHT))
+    gradient_ids, _ = generate(*loaded, "image", gradient_image(WIDTH, HEIGHT))
     assert noise_ids != gradient_ids
 
 
