@@ -8,7 +8,6 @@ Salesforce/blip2-opt-* checkpoints.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from transformers import (
     GPT2Tokenizer,
 )
 
-from labeler.testing.tokenizer import train_byte_level_bpe, write_vocab_and_merges
+from labeler.testing.tokenizer import bpe_tokenizer, train_byte_level_bpe
 from labeler.testing.weights import perturb_weights
 
 IMAGE_SIZE = 64  # square model input in pixels; the real checkpoints use 224
@@ -46,13 +45,11 @@ def build(out_dir: Path, seed: int = 0, **_: object) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     vocab, merges = train_byte_level_bpe(OPT_SPECIAL_TOKENS)
-    with tempfile.TemporaryDirectory() as src:
-        vocab_file, merges_file = write_vocab_and_merges(Path(src), vocab, merges)
-        # As OPT's tokenizer: </s> is BOS, EOS and UNK, and prompts start with it.
-        tokenizer = GPT2Tokenizer(
-            vocab=str(vocab_file), merges=str(merges_file), bos_token="</s>",
-            eos_token="</s>", unk_token="</s>", pad_token="<pad>", add_bos_token=True,
-        )
+    # As OPT's tokenizer: </s> is BOS, EOS and UNK, and prompts start with it.
+    tokenizer = bpe_tokenizer(
+        GPT2Tokenizer, vocab, merges, bos_token="</s>", eos_token="</s>", unk_token="</s>",
+        pad_token="<pad>", add_bos_token=True,
+    )
     # The processor adds the <image> token to the tokenizer itself; the model's vocabulary
     # and image_token_index are read off the tokenizer afterwards.
     processor = Blip2Processor(

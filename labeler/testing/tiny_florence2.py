@@ -9,7 +9,6 @@ boxes exactly as with the released weights.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ from transformers import (
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from labeler.testing.tokenizer import train_byte_level_bpe, write_vocab_and_merges
+from labeler.testing.tokenizer import bpe_tokenizer, train_byte_level_bpe
 from labeler.testing.weights import perturb_weights
 
 IMAGE_SIZE = 64  # square model input in pixels; the real checkpoints use 768
@@ -65,13 +64,11 @@ def build(out_dir: Path, seed: int = 0, **_: object) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     vocab, merges = train_byte_level_bpe(BART_SPECIAL_TOKENS)
-    with tempfile.TemporaryDirectory() as src:
-        vocab_file, merges_file = write_vocab_and_merges(Path(src), vocab, merges)
-        tokenizer = BartTokenizer(
-            vocab=str(vocab_file), merges=str(merges_file), model_max_length=MAX_POSITIONS,
-            extra_special_tokens=FLORENCE_TOKENS,
-            model_specific_special_tokens={"image_token": "<image>"},
-        )
+    tokenizer = bpe_tokenizer(
+        BartTokenizer, vocab, merges, model_max_length=MAX_POSITIONS,
+        extra_special_tokens=FLORENCE_TOKENS,
+        model_specific_special_tokens={"image_token": "<image>"},
+    )
 
     bos, pad, eos = tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id
     config = Florence2Config(

@@ -8,7 +8,6 @@ most 80 visual tokens and generation runs fast on a CPU.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from transformers import (
     Qwen2Tokenizer,
 )
 
-from labeler.testing.tokenizer import train_byte_level_bpe, write_vocab_and_merges
+from labeler.testing.tokenizer import bpe_tokenizer, train_byte_level_bpe
 from labeler.testing.weights import perturb_weights
 
 # The visual indicators in the order Ovis2 indexes them: the model embeds indicator i (of
@@ -63,10 +62,8 @@ def build(out_dir: Path, seed: int = 0, **_: object) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     vocab, merges = train_byte_level_bpe(SPECIAL_TOKENS)
-    tokenizer_src = out_dir / "_tokenizer_src"
-    vocab_file, merges_file = write_vocab_and_merges(tokenizer_src, vocab, merges)
-    tokenizer = Qwen2Tokenizer(
-        vocab=str(vocab_file), merges=str(merges_file),
+    tokenizer = bpe_tokenizer(
+        Qwen2Tokenizer, vocab, merges,
         extra_special_tokens=SPECIAL_TOKENS[1:],  # <|endoftext|> is already unk/eos/pad
     )
 
@@ -111,7 +108,6 @@ def build(out_dir: Path, seed: int = 0, **_: object) -> Path:
 
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    shutil.rmtree(tokenizer_src)
     return out_dir
 
 

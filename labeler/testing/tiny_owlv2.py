@@ -18,7 +18,7 @@ from transformers import (
     Owlv2Processor,
 )
 
-from labeler.testing.tokenizer import train_byte_level_bpe, write_vocab_and_merges
+from labeler.testing.tokenizer import bpe_tokenizer, train_byte_level_bpe
 from labeler.testing.weights import perturb_weights
 
 # The processor pads every query to this many tokens, so the text model's position table
@@ -47,11 +47,8 @@ def build(out_dir: Path, seed: int = 0, image_size: int = 96, vision_heads: int 
     vocab, merges = train_byte_level_bpe(
         ["!", "<|startoftext|>", "<|endoftext|>"], vocab_size=400, end_of_word_suffix="</w>"
     )
-    vocab_file, merges_file = write_vocab_and_merges(out_dir / "_tokenizer_src", vocab, merges)
-    tokenizer = CLIPTokenizer(
-        vocab=str(vocab_file), merges=str(merges_file), pad_token="!",
-        model_max_length=MAX_QUERY_TOKENS,
-    )
+    tokenizer = bpe_tokenizer(CLIPTokenizer, vocab, merges, pad_token="!",
+                              model_max_length=MAX_QUERY_TOKENS)
     processor = Owlv2Processor(
         image_processor=Owlv2ImageProcessor(size={"height": image_size, "width": image_size}),
         tokenizer=tokenizer,
@@ -82,7 +79,4 @@ def build(out_dir: Path, seed: int = 0, image_size: int = 96, vision_heads: int 
 
     model.save_pretrained(out_dir, safe_serialization=True)
     processor.save_pretrained(out_dir)
-    for f in (vocab_file, merges_file):
-        f.unlink()
-    (out_dir / "_tokenizer_src").rmdir()
     return out_dir

@@ -8,7 +8,6 @@ cells of 28x28 pixels, so one image is at most 16 tokens and generation runs fas
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from labeler.testing.tokenizer import train_byte_level_bpe, write_vocab_and_merges
+from labeler.testing.tokenizer import bpe_tokenizer, train_byte_level_bpe
 from labeler.testing.weights import perturb_weights
 
 # In the order of the real tokenizer's added tokens. <|endoftext|> is the pad token, the
@@ -79,10 +78,8 @@ def build(out_dir: Path, seed: int = 0, **_: object) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     vocab, merges = train_byte_level_bpe(SPECIAL_TOKENS)
-    tokenizer_src = out_dir / "_tokenizer_src"
-    vocab_file, merges_file = write_vocab_and_merges(tokenizer_src, vocab, merges)
-    tokenizer = Qwen2Tokenizer(
-        vocab=str(vocab_file), merges=str(merges_file),
+    tokenizer = bpe_tokenizer(
+        Qwen2Tokenizer, vocab, merges,
         extra_special_tokens=SPECIAL_TOKENS[1:],  # <|endoftext|> is already unk/eos/pad
     )
     geometry = dict(
@@ -131,5 +128,4 @@ def build(out_dir: Path, seed: int = 0, **_: object) -> Path:
 
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    shutil.rmtree(tokenizer_src)
     return out_dir

@@ -7,6 +7,7 @@ merges to that family's real tokenizer class, so the processors behave as with r
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -62,3 +63,12 @@ def write_vocab_and_merges(
     vocab_file.write_text(json.dumps(vocab, ensure_ascii=False))
     merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     return vocab_file, merges_file
+
+
+def bpe_tokenizer(tokenizer_class: type, vocab: dict[str, int], merges: list[str], **kwargs):
+    """An instance of a transformers BPE tokenizer class (CLIP, GPT-2, BART, Qwen2, ...)
+    made from a trained vocabulary and merges, passed as the `vocab` / `merges` files those
+    classes read; the files live in a temporary folder only while the tokenizer loads them."""
+    with tempfile.TemporaryDirectory() as folder:
+        vocab_file, merges_file = write_vocab_and_merges(Path(folder), vocab, merges)
+        return tokenizer_class(vocab=str(vocab_file), merges=str(merges_file), **kwargs)
