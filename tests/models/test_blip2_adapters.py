@@ -28,16 +28,6 @@ def _spec(model_dir: str, task: str, **kw) -> TaskSpec:
                     generation=generation, **kw)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny matrices gain nothing from threads, and on a shared 2-core machine a second
-    thread waiting for a busy core made these tests 3x slower (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tiny_model) -> str:
     return tiny_model("blip2")

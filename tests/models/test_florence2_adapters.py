@@ -68,16 +68,6 @@ def spec(model_dir, task, **kw) -> TaskSpec:
     return TaskSpec(task=task, model={"family": "florence2", "source": model_dir}, **kw)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Token-by-token generation of a tiny model is all small ops: on a busy machine two
-    threads wait on each other at every op (measured: 60 s for this file against 6 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tiny_model):
     return tiny_model("florence2")
