@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from labeler import registry
-from labeler.config import SpecError, load_job_spec
+from labeler.config import JOB_FLAGS, TASK_FLAGS, SpecError, load_job_spec
 
 
 def _labels(text: str) -> list[str]:
@@ -38,6 +38,23 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, help="model actors")
     p.add_argument("--num-gpus", type=float, help="GPUs per model actor")
     p.add_argument("--max-pixels", type=int, help="refuse images with more pixels")
+    video = p.add_argument_group("video (--media video)")
+    video.add_argument("--media", choices=["image", "video"], help="what the input holds")
+    video.add_argument("--sample-fps", type=float, help="frames per second (default 1)")
+    video.add_argument("--every-n-frames", type=int, help="every n-th frame")
+    video.add_argument("--keyframes", action="store_true", default=None, help="key frames only")
+    video.add_argument("--frames-per-video", type=int, help="n frames spread uniformly")
+    video.add_argument("--max-frames", type=int, help="at most this many frames per video")
+    video.add_argument("--start-s", type=float, help="sample from this second on")
+    video.add_argument("--end-s", type=float, help="sample up to this second")
+    video.add_argument("--clip-seconds", type=float, help="clip length for video-caption/-ask")
+    video.add_argument("--clip-fps", type=float, help="frames per second inside a clip (1)")
+    pseudo = p.add_argument_group("pseudo-label (OWL-ST)")
+    pseudo.add_argument("--box-threshold", type=float, help="drop boxes under this (0.1)")
+    pseudo.add_argument("--image-threshold", type=float,
+                        help="keep an image when its best box reaches this (0.3)")
+    pseudo.add_argument("--caption-column", help="input column of captions (caption)")
+    pseudo.add_argument("--vocabulary", help="file of curated class names, one per line")
     p.add_argument("--ray-address", help="join this Ray cluster ('auto' inside one)")
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace earlier results in the output folder")
@@ -45,10 +62,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _spec_from_args(args: argparse.Namespace):
-    overrides = {k: getattr(args, k) for k in (
-        "input", "output", "task", "family", "model", "revision", "labels", "threshold",
-        "prompt", "query_image", "max_new_tokens", "num_beams", "seed", "preprocess", "batch_size", "concurrency", "num_gpus", "max_pixels", "ray_address",
-        "overwrite")}
+    overrides = {flag: getattr(args, flag) for flag in (*TASK_FLAGS, *JOB_FLAGS)}
     return load_job_spec(args.spec, **overrides)
 
 

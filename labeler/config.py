@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from labeler import registry
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts")
 
 
 class SpecError(ValueError):
@@ -67,6 +68,47 @@ class GenerationSpec(_Strict):
     seed: int | None = Field(None, description="seed for sampling; fixed seed, same text")
 
 
+class PseudoLabelSpec(_Strict):
+    """OWL-ST pseudo-annotation (task pseudo-label): queries from each image's caption and/or
+    a curated vocabulary; see labeler.pseudo. The box threshold is the task's `threshold`."""
+
+    caption_column: str = Field("caption", description="input column holding each image's "
+                                "caption (manifest alt text, WebDataset .txt, .txt beside it)")
+    caption_from: str | None = Field(None, description="name of a task of this job whose "
+                                     "text output (a caption) is the caption instead")
+    vocabulary: list[str] = Field(default_factory=list, description="curated class names")
+    vocabulary_file: str | None = Field(None, description="file of class names, one per line")
+    # The OWL-ST paper's combined mode: curated queries' scores are multiplied by 0.3 before
+    # thresholding, so caption n-grams win where both describe a box.
+    vocabulary_weight: float = Field(0.3, gt=0.0, le=1.0)
+    use_captions: bool = Field(True, description="build queries from captions (false: "
+                                                 "the vocabulary alone)")
+    templates: list[str] = Field(default_factory=lambda: ["{}"], min_length=1,
+                                 description="prompt templates, each with one {}; a query's "
+                                             "embedding is the mean over them")
+    image_threshold: float = Field(0.3, ge=0.0, le=1.0,
+                                   description="an image is kept when its best box scores this")
+    max_queries: int = Field(300, ge=1, description="caption queries per image (paper: 300)")
+    max_ngram: int = Field(10, ge=1, le=32, description="longest word n-gram (paper: 10)")
+    generic_words_file: str | None = Field(None, description="replaces the shipped list of "
+                                           "generic words (jpg, stock, image, ...)")
+
+    @field_validator("templates")
+    @classmethod
+    def _one_slot(cls, templates: list[str]) -> list[str]:
+        for template in templates:
+            if template.count("{}") != 1:
+                raise ValueError(f"template {template!r} must hold exactly one '{{}}'")
+        return templates
+
+    @field_validator("vocabulary_file", "generic_words_file")
+    @classmethod
+    def _file_exists(cls, path: str | None) -> str | None:
+        if path is not None and not path.startswith("s3://") and not os.path.isfile(path):
+            raise ValueError(f"file {path!r} does not exist")
+        return path
+
+
 class TaskSpec(_Strict):
     """One labeling task over every input."""
 
@@ -83,6 +125,7 @@ class TaskSpec(_Strict):
     nms_threshold: float = Field(0.3, ge=0.0, le=1.0,
                                  description="IoU above which detect-by-example drops a box")
     generation: GenerationSpec = GenerationSpec()
+    pseudo_label: PseudoLabelSpec = PseudoLabelSpec()
     # "processor": transformers' image processor, exact (what the reference tests check).
     # "fast": batched uint8 resize, pad and normalize in torch; see docs/preprocessing.md.
     preprocess: Literal["processor", "fast"] = "processor"
@@ -108,6 +151,8 @@ class TaskSpec(_Strict):
     @model_validator(mode="after")
     def _pair_and_requirements(self) -> "TaskSpec":
         registry.adapter_path(self.task, self.model.family)  # raises with the valid pairs
+        if self.task != "pseudo-label" and self.pseudo_label != PseudoLabelSpec():
+            raise ValueError("pseudo_label options apply only to task 'pseudo-label'")
         # Each adapter states what it needs (labels, a prompt of a given form, ...).
         registry.load_adapter_class(self.task, self.model.family).check_spec(self)
         return self
@@ -116,12 +161,65 @@ class TaskSpec(_Strict):
     def output_name(self) -> str:
         return self.name or self.task
 
+    @property
+    def takes_clips(self) -> bool:
+        return self.task in registry.CLIP_TASKS
+
+
+class SamplingSpec(_Strict):
+    """Which frames of each video per-frame tasks label. At most one of fps, every_n_frames,
+    keyframes, frames_per_video; none given means 1 frame per second."""
+
+    fps: float | None = Field(None, gt=0, le=1000, description="frames per second")
+    every_n_frames: int | None = Field(None, ge=1, description="every n-th frame")
+    keyframes: bool = Field(False, description="key frames only (never decodes the others)")
+    frames_per_video: int | None = Field(None, ge=1, description="n frames spread uniformly")
+    max_frames: int | None = Field(None, ge=1, description="at most this many per video")
+    start_s: float | None = Field(None, ge=0, description="range start, seconds, inclusive")
+    end_s: float | None = Field(None, gt=0, description="range end, seconds, exclusive")
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> "SamplingSpec":
+        modes = [name for name in ("fps", "every_n_frames", "frames_per_video")
+                 if getattr(self, name) is not None] + (["keyframes"] if self.keyframes else [])
+        if len(modes) > 1:
+            raise ValueError(f"give one sampling mode, not {' and '.join(modes)}")
+        if self.start_s is not None and self.end_s is not None and self.end_s <= self.start_s:
+            raise ValueError(f"end_s ({self.end_s}) must be after start_s ({self.start_s})")
+        return self
+
+    def sampling(self):
+        """The labeler.media.video.Sampling these options describe."""
+        from labeler.media.video import Sampling
+
+        common = {"max_frames": self.max_frames, "start_s": self.start_s, "end_s": self.end_s}
+        if self.every_n_frames is not None:
+            return Sampling(mode="every_n_frames", every_n_frames=self.every_n_frames, **common)
+        if self.keyframes:
+            return Sampling(mode="keyframes", **common)
+        if self.frames_per_video is not None:
+            return Sampling(mode="uniform", num_frames=self.frames_per_video, **common)
+        return Sampling(mode="fps", fps=self.fps or 1.0, **common)
+
+
+class ClipSpec(_Strict):
+    """How clip tasks (video-caption, video-ask) cut each video: consecutive windows of
+    `seconds` (the last one may be shorter), frames sampled at `fps` inside each."""
+
+    seconds: float = Field(gt=0, description="clip length in seconds")
+    fps: float = Field(1.0, gt=0, le=30, description="frames per second inside a clip")
+    max_side: int = Field(448, ge=28, description="frames are scaled so their long side is at "
+                                                  "most this many pixels (memory per clip)")
+
 
 class InputSpec(_Strict):
-    """What to label: a folder (searched recursively) or a glob of image files."""
+    """What to label: a folder (searched recursively), a glob, an s3:// prefix or a manifest
+    of image files, or of video files with media: video."""
 
     path: str
-    media: Literal["image"] = "image"
+    media: Literal["image", "video"] = "image"
+    sampling: SamplingSpec = SamplingSpec()
+    clip: ClipSpec | None = Field(None, description="clip options; required by clip tasks")
     # Decompression-bomb guard: images with more pixels are refused with an error row.
     max_pixels: int = Field(100_000_000, ge=1)
     # JPEGs are decoded at the largest power-of-two reduction (Pillow's draft mode) whose
@@ -167,6 +265,38 @@ class JobSpec(_Strict):
             raise ValueError(f"task names must be unique (set `name:` on repeated tasks), got {names}")
         return self
 
+    @model_validator(mode="after")
+    def _media_fits_tasks(self) -> "JobSpec":
+        """Clip tasks need video and clip options; one video job labels either frames or
+        clips (their rows come from different passes over each video)."""
+        clip_tasks = [t.task for t in self.tasks if t.takes_clips]
+        if self.input.media == "image":
+            if clip_tasks:
+                raise ValueError(f"task {clip_tasks[0]!r} labels video clips; set "
+                                 f"input.media: video (--media video)")
+            if self.input.clip is not None or self.input.sampling != SamplingSpec():
+                raise ValueError("input.sampling and input.clip apply to media: video only")
+            return self
+        if clip_tasks and len(clip_tasks) < len(self.tasks):
+            raise ValueError("a video job runs clip tasks (video-caption, video-ask) or "
+                             "per-frame tasks, not both; run two jobs")
+        if clip_tasks and self.input.clip is None:
+            raise ValueError(f"task {clip_tasks[0]!r} needs input.clip.seconds (--clip-seconds)")
+        if not clip_tasks and self.input.clip is not None:
+            raise ValueError("input.clip is set but no task takes clips (video-caption, "
+                             "video-ask)")
+        return self
+
+    @model_validator(mode="after")
+    def _caption_sources(self) -> "JobSpec":
+        names = [t.output_name for t in self.tasks]
+        for k, task in enumerate(self.tasks):
+            source = task.pseudo_label.caption_from
+            if task.task == "pseudo-label" and source is not None and source not in names[:k]:
+                raise ValueError(f"tasks.{k}.pseudo_label.caption_from: {source!r} is not an "
+                                 f"earlier task of this job (earlier tasks: {names[:k] or 'none'})")
+        return self
+
 
 # CLI flag -> where it lands in the spec. Task-level flags apply to every task of the spec
 # (and create the single task when there is no spec file).
@@ -176,10 +306,21 @@ TASK_FLAGS = {"task": ("task",), "family": ("model", "family"), "model": ("model
               "max_new_tokens": ("generation", "max_new_tokens"),
               "num_beams": ("generation", "num_beams"), "seed": ("generation", "seed"),
               "preprocess": ("preprocess",), "batch_size": ("resources", "batch_size"),
-              "concurrency": ("resources", "concurrency"), "num_gpus": ("resources", "num_gpus")}
+              "concurrency": ("resources", "concurrency"), "num_gpus": ("resources", "num_gpus"),
+              "box_threshold": ("threshold",),
+              "image_threshold": ("pseudo_label", "image_threshold"),
+              "caption_column": ("pseudo_label", "caption_column"),
+              "vocabulary": ("pseudo_label", "vocabulary_file")}
 JOB_FLAGS = {"input": ("input", "path"), "output": ("output", "path"),
              "overwrite": ("output", "overwrite"), "max_pixels": ("input", "max_pixels"),
-             "ray_address": ("ray", "address")}
+             "ray_address": ("ray", "address"), "media": ("input", "media"),
+             "sample_fps": ("input", "sampling", "fps"),
+             "every_n_frames": ("input", "sampling", "every_n_frames"),
+             "keyframes": ("input", "sampling", "keyframes"),
+             "frames_per_video": ("input", "sampling", "frames_per_video"),
+             "max_frames": ("input", "sampling", "max_frames"),
+             "start_s": ("input", "sampling", "start_s"), "end_s": ("input", "sampling", "end_s"),
+             "clip_seconds": ("input", "clip", "seconds"), "clip_fps": ("input", "clip", "fps")}
 
 
 def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import importlib
 
-TASKS = ("detect", "ground", "detect-by-example", "caption", "ocr", "regions", "ask")
+TASKS = ("detect", "ground", "detect-by-example", "caption", "ocr", "regions", "ask",
+         "pseudo-label", "video-caption", "video-ask")
+# Tasks that take a clip of video frames, one row per clip; every other task takes one image
+# (or one sampled video frame) per row.
+CLIP_TASKS = ("video-caption", "video-ask")
 FAMILIES = ("owlv2", "florence2", "blip2", "qwen2_vl", "ovis2")
 
 # (task, family) -> "module:Class". Adding a family is one module and one line here.

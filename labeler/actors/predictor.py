@@ -22,8 +22,14 @@ from labeler.schemas import RECORD_SCHEMA
 
 log = logging.getLogger(__name__)
 
-# The sink routes rows to output files by shard; the column is dropped before writing.
-OUTPUT_SCHEMA = RECORD_SCHEMA.append(pa.field("shard", pa.int64(), nullable=False))
+# The sink routes rows to output files by shard and completes an input when its last part
+# arrived (sinks.parquet.ROUTING_COLUMNS); these columns are dropped before writing.
+OUTPUT_SCHEMA = (RECORD_SCHEMA.append(pa.field("shard", pa.int64(), nullable=False))
+                 .append(pa.field("part_index", pa.int64(), nullable=False))
+                 .append(pa.field("last_part", pa.bool_(), nullable=False)))
+# Optional per-row columns of video rows (see jobs.video) and how "absent" is written in them
+# (numpy columns between stages hold no None).
+_VIDEO_COLUMNS = ("frame_index", "timestamp_s", "clip_start_s", "clip_end_s")
 
 
 def build_adapter(task: TaskSpec, device: torch.device | None = None) -> Adapter:
@@ -71,12 +77,14 @@ class Predictor:
         errors: list[str | None] = [str(e) or None for e in batch["error"]]
         good = [i for i in range(n) if errors[i] is None]
         prompts = batch.get("prompt")
+        captions = self.captions(batch)
         results: dict[int, dict] = {}
         timings = {"preprocess_ms": None, "predict_ms": None, "postprocess_ms": None}
         if good:
             column = batch[self.input_column]
             images = [ImageInput(column[i], int(batch["width"][i]), int(batch["height"][i]),
-                                 prompt=(str(prompts[i]) or None) if prompts is not None else None)
+                                 prompt=(str(prompts[i]) or None) if prompts is not None else None,
+                                 caption=captions[i] if captions is not None else None)
                       for i in good]
             # Equal-shaped rows arrive as one (n, ...) array: hand it over without a copy.
             stacked = column if column.dtype != object and len(good) == n else None
@@ -92,6 +100,19 @@ class Predictor:
                         errors[i] = f"model failed: {type(err).__name__}: {err}"
         return [self._record(batch, i, results.get(i), errors[i], timings) for i in range(n)]
 
+    def captions(self, batch: dict[str, np.ndarray]) -> list[str | None] | None:
+        """Each row's caption for pseudo-label: the text of the task named by caption_from
+        (its record in this batch), else the `caption` column ("" = none); None when the
+        task takes no caption."""
+        if self.task.task != "pseudo-label":
+            return None
+        source = self.task.pseudo_label.caption_from
+        if source is not None:
+            return [json.loads(str(r)).get("text") for r in batch[f"record__{source}"]]
+        if "caption" not in batch:
+            return [None] * len(batch["id"])
+        return [str(c) or None for c in batch["caption"]]
+
     def _record(self, batch, i: int, result: dict | None, error: str | None,
                 timings: dict[str, float | None]) -> dict:
         ok = error is None
@@ -105,8 +126,27 @@ class Predictor:
             **(result or {}),
             "error": error,
             "timings": {"decode_ms": float(batch["decode_ms"][i]), **(timings if ok else {})},
+            **_video_fields(batch, i),
             "shard": int(batch["shard"][i]),
+            "part_index": int(batch["part_index"][i]) if "part_index" in batch else 0,
+            "last_part": bool(batch["last_part"][i]) if "last_part" in batch else True,
         }
+
+
+def _video_fields(batch: dict[str, np.ndarray], i: int) -> dict:
+    """A video row's frame / clip position and video metadata, from the decode stage's
+    columns: -1 or NaN means absent (frame_index of a clip row), `video` is JSON or ""."""
+    fields = {}
+    for name in _VIDEO_COLUMNS:
+        if name in batch:
+            value = batch[name][i]
+            if name == "frame_index":
+                fields[name] = int(value) if value >= 0 else None
+            else:
+                fields[name] = float(value) if not np.isnan(value) else None
+    if "video" in batch and str(batch["video"][i]):
+        fields["video"] = json.loads(str(batch["video"][i]))
+    return fields
 
 
 def explode_records(batch: dict[str, np.ndarray], task_names: list[str]) -> pa.Table:

@@ -34,12 +34,14 @@ class ImageInput:
     """pixels: (h, w, 3) uint8 RGB as decoded (maybe reduced on load), or what the adapter's
     cpu_transform made of it; width/height: the full oriented size that boxes refer to;
     prompt: this row's own prompt or queries (an input column, an HTTP request), which
-    replaces the spec's."""
+    replaces the spec's; caption: the row's caption, for tasks that build queries from it
+    (pseudo-label). Clip tasks get pixels (T, h, w, 3): the clip's frames in time order."""
 
     pixels: np.ndarray
     width: int
     height: int
     prompt: str | None = None
+    caption: str | None = None
 
 
 def pick_device() -> torch.device:

@@ -6,8 +6,9 @@ from labeler.schemas.record import (
     Detection,
     OcrRegion,
     Record,
+    VideoMeta,
     Timings,
     arrow_schema,
 )
 
-__all__ = ["RECORD_SCHEMA", "SCHEMA_VERSION", "Detection", "OcrRegion", "Record", "Timings", "arrow_schema"]
+__all__ = ["RECORD_SCHEMA", "SCHEMA_VERSION", "Detection", "OcrRegion", "Record", "Timings", "VideoMeta", "arrow_schema"]

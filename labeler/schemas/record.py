@@ -1,4 +1,5 @@
-"""Schema v1 of the annotation record.
+"""Schema v2 of the annotation record (v1 plus the video, pseudo-label and objectness
+fields, all nullable: a v1 reader's columns are unchanged).
 
 The pydantic models below are the single definition: `RECORD_SCHEMA` (Arrow, for Parquet)
 is derived from them, and the online API returns the same models as JSON. docs/schema.md
@@ -14,7 +15,7 @@ from typing import Annotated, Union
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 # Scores and coordinates need no more than float32: pixels are < 2^24 and scores are probabilities.
 Float32 = Annotated[float, pa.float32()]
@@ -35,6 +36,8 @@ class Detection(BaseModel):
     x1: Float32
     y1: Float32
     polygon: list[Float32] | None = None
+    objectness: Float32 | None = Field(
+        None, description="OWLv2's objectness of the box, sigmoid in [0, 1] (pseudo-label rows)")
 
 
 class OcrRegion(BaseModel):
@@ -60,6 +63,18 @@ class Timings(BaseModel):
     postprocess_ms: Float32 | None = None
 
 
+class VideoMeta(BaseModel):
+    """The video a frame or clip row comes from, as probed: display size in pixels (after
+    rotation), duration in seconds and average frame rate (null when the container does not
+    say), and the codec's name."""
+
+    width: Int32
+    height: Int32
+    duration_s: float | None = None
+    fps: float | None = None
+    codec: str
+
+
 class Record(BaseModel):
     """One output row: one input, one task."""
 
@@ -81,6 +96,18 @@ class Record(BaseModel):
         None, description="what could not be parsed from the model's output, row still kept")
     error: str | None = Field(None, description="null unless the row failed; then the reason")
     timings: Timings | None = None
+    # Video rows (input.media: video): a frame row has frame_index and timestamp_s, a clip
+    # row clip_start_s and clip_end_s; id and uri are the video's.
+    frame_index: int | None = Field(None, description="frame's position among all frames of "
+                                                      "the video, in presentation order")
+    timestamp_s: float | None = Field(None, description="frame time in seconds from the "
+                                                        "stream's start (its pts)")
+    clip_start_s: float | None = Field(None, description="clip start in seconds, inclusive")
+    clip_end_s: float | None = Field(None, description="clip end in seconds, exclusive")
+    video: VideoMeta | None = None
+    # Pseudo-label rows: whether the image passes the image threshold, and if not, why.
+    kept: bool | None = None
+    filter_reason: str | None = Field(None, description="why kept is false")
 
 
 _SCALARS = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}

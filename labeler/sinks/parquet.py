@@ -7,6 +7,11 @@ Layout under the output root:
     _job.json                         what the output holds: inputs, tasks, spec fingerprint
     _SUCCESS                          written last, with the job summary
 
+An input may give several rows (a video: one per sampled frame or clip), a number known only
+once the input has been read; so every row carries its `part_index` among its input's rows
+and whether it is the input's `last_part`. An input is complete when its last part and all
+parts before it have arrived; a shard when all its inputs are.
+
 A shard file appears only when every row of the shard has arrived, whole, so a crashed run
 never leaves a partial file that reads as results. Locally it is written under a dot-name
 and renamed into place (files starting with '.' or '_' are ignored by pyarrow's dataset
@@ -36,6 +41,8 @@ from labeler.storage import filesystem_for, is_s3, storage_error
 
 # Carried input columns named like a record field get this prefix in the output.
 CARRIED_PREFIX = "input_"
+# Columns that route rows to files and order them; dropped before writing.
+ROUTING_COLUMNS = ("shard", "part_index", "last_part")
 
 
 class OutputConflict(RuntimeError):
@@ -52,7 +59,7 @@ def shard_file(root: Path, task_name: str, shard: int) -> Path:
 
 
 class ShardedParquetSink:
-    """Collects record tables (with a `shard` column) and commits one file per task and shard.
+    """Collects record tables (with ROUTING_COLUMNS) and commits one file per task and shard.
 
     root: a local folder or an s3:// prefix. expected: {shard: number of inputs in it};
     task_names: the job's task output names. fingerprint: identifies the job (inputs and
@@ -80,7 +87,9 @@ class ShardedParquetSink:
         except OSError as err:
             raise storage_error(self.uri, "write the output to", err) from None
         self._buffers: dict[tuple[str, int], list[pa.Table]] = defaultdict(list)
-        self._counts: dict[tuple[str, int], int] = defaultdict(int)
+        # (task, input id) -> [rows arrived, rows the input has (None until its last arrives)]
+        self._parts: dict[tuple[str, str], list] = {}
+        self._complete_inputs: dict[tuple[str, int], int] = defaultdict(int)
         self.files_written: list[str] = []
 
     def _list(self) -> set[str]:
@@ -145,18 +154,32 @@ class ShardedParquetSink:
         """Buffer a table of records; commit every (task, shard) that is now complete."""
         tasks = table.column("task_name").to_pylist()
         shards = table.column("shard").to_pylist()
+        ids = table.column("id").to_pylist()
+        parts = table.column("part_index").to_pylist()
+        lasts = table.column("last_part").to_pylist()
         groups: dict[tuple[str, int], list[int]] = defaultdict(list)
         for row, key in enumerate(zip(tasks, shards)):
             groups[key].append(row)
+        touched = set()
+        for task, shard, id_, part, last in zip(tasks, shards, ids, parts, lasts):
+            state = self._parts.setdefault((task, id_), [0, None])
+            state[0] += 1
+            if last:
+                state[1] = part + 1
+            if state[0] == state[1]:
+                del self._parts[(task, id_)]
+                self._complete_inputs[(task, shard)] += 1
+                touched.add((task, shard))
         for key, rows in groups.items():
             self._buffers[key].append(table.take(rows))
-            self._counts[key] += len(rows)
-            if self._counts[key] == self.expected[key[1]]:
+        for key in touched:
+            if self._complete_inputs[key] == self.expected[key[1]]:
                 self._commit(*key)
 
     def _commit(self, task_name: str, shard: int) -> None:
         rows = pa.concat_tables(self._buffers.pop((task_name, shard)))
-        rows = rows.drop_columns(["shard"]).sort_by("id").cast(RECORD_SCHEMA)
+        rows = rows.sort_by([("id", "ascending"), ("part_index", "ascending")])
+        rows = rows.drop_columns(list(ROUTING_COLUMNS)).cast(RECORD_SCHEMA)
         rows = _with_carried_columns(rows, self._metadata.get(shard))
         path = f"{self.path}/{shard_name(task_name, shard)}"
         try:
@@ -169,9 +192,9 @@ class ShardedParquetSink:
 
     def finish(self, summary: dict) -> None:
         """Check that every shard was committed, then mark the output complete."""
-        incomplete = {k: v for k, v in self._counts.items() if k in self._buffers}
-        if incomplete or self.pending_shards():
-            raise RuntimeError(f"job ended with uncommitted shards: {sorted(incomplete) or sorted(self.pending_shards())}")
+        if self._buffers or self.pending_shards():
+            raise RuntimeError(f"job ended with uncommitted shards: "
+                               f"{sorted(self._buffers) or sorted(self.pending_shards())}")
         self._put(f"{self.path}/_SUCCESS", json.dumps(summary, indent=2).encode())
 
 

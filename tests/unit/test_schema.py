@@ -13,9 +13,10 @@ def test_contract_columns_and_types():
     assert s.field("error").type == pa.string() and s.field("error").nullable
     det = s.field("detections").type
     assert isinstance(det, pa.ListType)
-    assert [f.name for f in det.value_type] == ["label", "score", "x0", "y0", "x1", "y1", "polygon"]
+    assert [f.name for f in det.value_type] == ["label", "score", "x0", "y0", "x1", "y1", "polygon",
+                                             "objectness"]
     assert det.value_type.field("score").type == pa.float32()
-    assert s.metadata[b"labeler.schema_version"] == b"1"
+    assert s.metadata[b"labeler.schema_version"] == b"2"
 
 
 def test_schema_and_model_list_the_same_fields():

@@ -1,6 +1,7 @@
 """Input planning and the sharded Parquet sink: names, commit, resume, conflicts."""
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pyarrow.dataset as pads
 import pytest
 
@@ -21,11 +22,27 @@ def test_folder_listing_is_recursive_sorted_and_sharded(tmp_path):
     assert [i.id for i in globbed] == ["sub/c.webp"]
 
 
-def _rows(ids, shard, task="detect"):
+def _rows(ids, shard, task="detect", part=0, last=True):
     return pa.Table.from_pylist([
         {"id": i, "uri": f"/in/{i}", "task": "detect", "task_name": task, "model": "m",
-         "model_family": "owlv2", "parameters": "{}", "shard": shard} for i in ids
+         "model_family": "owlv2", "parameters": "{}", "shard": shard, "part_index": part,
+         "last_part": last} for i in ids
     ], schema=OUTPUT_SCHEMA)
+
+
+def test_an_input_of_several_rows_completes_when_its_last_part_and_all_before_arrived(tmp_path):
+    """Video rows: the row count of an input is known only from its last part, which may
+    arrive before earlier parts (actors finish out of order)."""
+    sink = ShardedParquetSink(tmp_path / "out", {0: 2}, ["detect"], "fp")
+    sink.add(_rows(["v1"], 0, part=2, last=True))  # v1 has 3 rows; 2 still missing
+    sink.add(_rows(["v2"], 0, part=0, last=True))  # v2: one row (an error row, say)
+    sink.add(_rows(["v1"], 0, part=0, last=False))
+    assert sink.pending_shards() == {0}
+    sink.add(_rows(["v1"], 0, part=1, last=False))
+    assert sink.pending_shards() == set()
+    table = pq.read_table(tmp_path / "out/detect/part-00000.parquet")
+    assert table.column("id").to_pylist() == ["v1", "v1", "v1", "v2"]
+    assert not {"shard", "part_index", "last_part"} & set(table.column_names)
 
 
 def test_a_shard_is_committed_only_when_complete(tmp_path):
