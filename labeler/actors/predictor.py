@@ -102,16 +102,17 @@ class Predictor:
 
     def captions(self, batch: dict[str, np.ndarray]) -> list[str | None] | None:
         """Each row's caption for pseudo-label: the text of the task named by caption_from
-        (its record in this batch), else the `caption` column ("" = none); None when the
-        task takes no caption."""
+        (its record in this batch), else the column `caption__<task name>` ("" = none);
+        None when the task takes no caption."""
         if self.task.task != "pseudo-label":
             return None
         source = self.task.pseudo_label.caption_from
         if source is not None:
             return [json.loads(str(r)).get("text") for r in batch[f"record__{source}"]]
-        if "caption" not in batch:
+        column = batch.get(f"caption__{self.task.output_name}")
+        if column is None:
             return [None] * len(batch["id"])
-        return [str(c) or None for c in batch["caption"]]
+        return [str(c) or None for c in column]
 
     def _record(self, batch, i: int, result: dict | None, error: str | None,
                 timings: dict[str, float | None]) -> dict:

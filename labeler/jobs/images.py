@@ -165,7 +165,12 @@ def run_image_job(spec: JobSpec, progress: bool = True) -> JobSummary:
                               job_fingerprint(spec, _identities(items)), spec.output.overwrite,
                               metadata=metadata)
     pending = sink.pending_shards()
+    caption_columns = _caption_columns(spec, plan)
     todo = [i.row(plan.has_prompts) for i in items if i.shard in pending]
+    for row, item in zip(todo, (i for i in items if i.shard in pending)):
+        for column, source in caption_columns.items():
+            caption = item.metadata.get(source)
+            row[column] = "" if caption is None else str(caption)
     summary = JobSummary(output=sink.uri, inputs=len(items),
                          skipped_inputs=len(items) - len(todo))
     if todo:
@@ -173,6 +178,31 @@ def run_image_job(spec: JobSpec, progress: bool = True) -> JobSummary:
     summary.wall_s = time.perf_counter() - started
     sink.finish(asdict(summary))
     return summary
+
+
+def caption_column(task: TaskSpec) -> str:
+    """The pipeline column holding a pseudo-label task's captions ("" = none)."""
+    return f"caption__{task.output_name}"
+
+
+def _caption_columns(spec: JobSpec, plan) -> dict[str, str]:
+    """{pipeline column: input column} for pseudo-label tasks that read captions from the
+    input. An input column that no input has is a spec error: every image would get no
+    queries, which is a typo far more often than an intent."""
+    columns = {}
+    present = set(plan.metadata.column_names) if plan.metadata is not None else set()
+    for k, task in enumerate(spec.tasks):
+        options = task.pseudo_label
+        if task.task != "pseudo-label" or not options.use_captions or options.caption_from:
+            continue
+        if options.caption_column not in present:
+            raise SpecError(
+                f"tasks.{k}.pseudo_label.caption_column: no input has a column "
+                f"{options.caption_column!r} (input columns: {sorted(present - {'id'}) or 'none'}; "
+                f"a folder gives `caption` from a .txt file beside each image, same stem); "
+                f"set use_captions: false to label with the vocabulary alone")
+        columns[caption_column(task)] = options.caption_column
+    return columns
 
 
 def _identities(items: list[InputItem]) -> list:

@@ -3,15 +3,25 @@ the driver before any work starts.
 
 `path` may be a folder, a glob or an s3:// prefix (every image file under it is an input,
 and every `.tar` under it is a WebDataset shard whose image members are inputs), or a
-Parquet / JSONL manifest (or a folder / prefix holding only manifests).
+Parquet / JSONL manifest (or a folder / prefix holding only manifests). In a folder or
+prefix, a `.txt` file beside an image with the same stem (`cat.jpg`, `cat.txt`) is its
+caption: the column `caption`, as a WebDataset `.txt` member is.
 """
 
 from __future__ import annotations
+
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
 
 from labeler.sources.files import list_files, relative_id, select_images
 from labeler.sources.items import InputItem, InputPlan, assign_shards
 from labeler.sources.manifest import is_manifest, manifest_samples
 from labeler.sources.webdataset import is_tar, tar_samples
+from labeler.storage import read_bytes, storage_error
+
+# Sidecar captions are small objects read during planning; on S3 each is one GET, so they are
+# fetched this many at a time (latency-bound, not bandwidth-bound).
+CAPTION_READERS = 16
 
 __all__ = ["InputItem", "InputPlan", "plan_source"]
 
@@ -25,10 +35,12 @@ def plan_source(path: str, files_per_shard: int) -> InputPlan:
         entries = [e for m in manifests for e in manifest_samples(m)]
     else:
         wanted = set(select_images(path, files))
+        captions = sidecar_captions(files, wanted)
         entries = []
         for uri in files:
             if uri in wanted:
-                entries.append((relative_id(root, uri), uri, None, {}))
+                meta = {"caption": captions[uri]} if uri in captions else {}
+                entries.append((relative_id(root, uri), uri, None, meta))
             elif is_tar(uri):
                 entries.extend(tar_samples(uri, relative_id(root, uri)))
     try:
@@ -37,3 +49,23 @@ def plan_source(path: str, files_per_shard: int) -> InputPlan:
         from labeler.config import SpecError
 
         raise SpecError(f"input.path: {err} (in {path})") from None
+
+
+def sidecar_captions(files: list[str], inputs: set[str]) -> dict[str, str]:
+    """{input uri: the text of the `.txt` file with the same stem in the same folder},
+    stripped, for the inputs that have one. An unreadable caption file raises StorageError
+    (before any work starts)."""
+    texts = {posixpath.splitext(f)[0]: f for f in files if f.lower().endswith(".txt")}
+    pairs = {uri: texts[posixpath.splitext(uri)[0]] for uri in inputs
+             if posixpath.splitext(uri)[0] in texts}
+    if not pairs:
+        return {}
+
+    def read(txt: str) -> str:
+        try:
+            return read_bytes(txt).decode("utf-8", errors="replace").strip()
+        except OSError as err:
+            raise storage_error(txt, "read the caption", err) from None
+
+    with ThreadPoolExecutor(CAPTION_READERS) as pool:
+        return dict(zip(pairs, pool.map(read, pairs.values())))

@@ -163,3 +163,18 @@ def test_carried_columns_are_written_beside_the_records(tmp_path):
     table = pads.dataset(tmp_path / "out", format="parquet").to_table()
     got = {r["id"]: (r["source"], r["input_uri"], r["uri"]) for r in table.to_pylist()}
     assert got == {"a": ("s1", "u1", "/in/a"), "b": ("s2", "u2", "/in/b"), "c": ("s3", "u3", "/in/c")}
+
+
+def test_a_text_file_beside_an_image_is_its_caption(tmp_path):
+    from labeler.sources import plan_source
+
+    for name in ("a.jpg", "b.png", "sub/c.jpg"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "a.txt").write_text("  A dog on a beach.\n")
+    (tmp_path / "sub" / "c.txt").write_text("Zwei Katzen, café")
+    (tmp_path / "notes.txt").write_text("no image has this stem")
+    plan = plan_source(str(tmp_path), files_per_shard=10)
+    assert [i.id for i in plan.items] == ["a.jpg", "b.png", "sub/c.jpg"]
+    assert plan.metadata.column("caption").to_pylist() == ["A dog on a beach.", None,
+                                                          "Zwei Katzen, café"]
