@@ -19,6 +19,7 @@ from labeler.config import TaskSpec
 from labeler.models.base import Adapter, ImageInput, pick_device
 from labeler.registry import load_adapter_class
 from labeler.schemas import RECORD_SCHEMA
+from labeler.testing.faults import crash_if_marked
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class Predictor:
         self.parameters = self.adapter.parameters_json()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table | dict[str, np.ndarray]:
+        crash_if_marked(batch["uri"])  # tests only: see labeler.testing.faults
         records = self.records(batch)
         if not self.passthrough:
             return pa.Table.from_pylist(records, schema=OUTPUT_SCHEMA)

@@ -176,6 +176,38 @@ class ShardedParquetSink:
             if self._complete_inputs[key] == self.expected[key[1]]:
                 self._commit(*key)
 
+    def incomplete_inputs(self, task_name: str, shard: int, ids: list[str]) -> dict[str, int]:
+        """Of a pending shard's input ids, those whose rows have not all arrived, with how many
+        of their rows did (0: none; a video may have lost some frames' rows only)."""
+        if self.committed(task_name, shard):
+            return {}
+        done = self._complete_inputs[(task_name, shard)]
+        if done == self.expected[shard]:
+            return {}
+        arrived = {id_: state[0] for (task, id_), state in self._parts.items()
+                   if task == task_name}
+        seen = set()
+        for table in self._buffers.get((task_name, shard), []):
+            seen.update(table.column("id").to_pylist())
+        return {id_: arrived.get(id_, 0) for id_ in ids
+                if id_ in arrived or id_ not in seen}
+
+    def add_lost(self, table: pa.Table) -> None:
+        """Error rows standing for inputs whose rows never (all) arrived, one per input: each
+        completes its input whatever its part counters say, and complete shards commit."""
+        for task, shard, id_ in zip(table.column("task_name").to_pylist(),
+                                    table.column("shard").to_pylist(),
+                                    table.column("id").to_pylist()):
+            self._parts.pop((task, id_), None)
+            self._complete_inputs[(task, shard)] += 1
+            self._buffers[(task, shard)].append(
+                table.filter(pc.and_(pc.equal(table.column("task_name"), task),
+                                     pc.equal(table.column("id"), id_))))
+        for task, shard in {(t, s) for t, s in zip(table.column("task_name").to_pylist(),
+                                                   table.column("shard").to_pylist())}:
+            if self._complete_inputs[(task, shard)] == self.expected[shard]:
+                self._commit(task, shard)
+
     def _commit(self, task_name: str, shard: int) -> None:
         rows = pa.concat_tables(self._buffers.pop((task_name, shard)))
         rows = rows.sort_by([("id", "ascending"), ("part_index", "ascending")])

@@ -178,3 +178,24 @@ def test_a_text_file_beside_an_image_is_its_caption(tmp_path):
     assert [i.id for i in plan.items] == ["a.jpg", "b.png", "sub/c.jpg"]
     assert plan.metadata.column("caption").to_pylist() == ["A dog on a beach.", None,
                                                           "Zwei Katzen, café"]
+
+
+def test_inputs_that_never_arrived_become_the_error_rows_given_for_them(tmp_path):
+    """A batch lost with its actor (crash, out of memory) leaves its inputs missing; the job
+    hands the sink one error row per such input, and the shard commits with every input."""
+    sink = ShardedParquetSink(tmp_path / "out", {0: 4}, ["detect"], "fp")
+    sink.add(_rows(["a"], 0))
+    sink.add(_rows(["v"], 0, part=0, last=False))  # a video whose later rows were lost
+    sink.add(_rows(["d"], 0))
+    assert sink.incomplete_inputs("detect", 0, ["a", "b", "d", "v"]) == {"b": 0, "v": 1}
+    lost = _rows(["b"], 0).set_column(
+        OUTPUT_SCHEMA.get_field_index("error"), "error", pa.array(["lost"])
+    )
+    video_lost = _rows(["v"], 0, part=1).set_column(
+        OUTPUT_SCHEMA.get_field_index("error"), "error", pa.array(["lost"])
+    )
+    sink.add_lost(pa.concat_tables([lost, video_lost]))
+    assert sink.pending_shards() == set()
+    table = pq.read_table(tmp_path / "out/detect/part-00000.parquet")
+    assert table.column("id").to_pylist() == ["a", "b", "d", "v", "v"]
+    assert table.column("error").to_pylist() == [None, "lost", None, None, "lost"]
