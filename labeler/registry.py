@@ -39,6 +39,8 @@ ADAPTERS: dict[tuple[str, str], str] = {
     ("caption", "qwen2_vl"): "labeler.models.qwen2_vl:Qwen2VLCaption",
     ("ocr", "qwen2_vl"): "labeler.models.qwen2_vl:Qwen2VLOcr",
     ("ask", "qwen2_vl"): "labeler.models.qwen2_vl:Qwen2VLAsk",
+    ("video-caption", "qwen2_vl"): "labeler.models.qwen2_vl_video:Qwen2VLVideoCaption",
+    ("video-ask", "qwen2_vl"): "labeler.models.qwen2_vl_video:Qwen2VLVideoAsk",
 }
 
 

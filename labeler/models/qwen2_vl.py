@@ -40,15 +40,18 @@ from labeler.models.generative import GenerativeAdapter
 from labeler.models.qwen2_vl_parsing import GROUNDING_TOKENS, parse_grounding, span_confidence
 
 
-class _Qwen2VLGenerator(GenerativeAdapter):
+class Qwen2VLGenerator(GenerativeAdapter):
     """A prompted Qwen2-VL task whose output is the generated text.
 
-    Output per image: {"text": answer, "prompt": the prompt used}.
+    Output per image: {"text": answer, "prompt": the prompt used}. The clip tasks
+    (qwen2_vl_video) set `media` to "video" and pass clips in `vision_inputs`.
     """
 
     model_class_name = "Qwen2VLForConditionalGeneration"
     padding_side = "left"
     task_name: ClassVar[str]
+    #: the chat content type of the picture in the user turn: "image", or "video" for clips.
+    media: ClassVar[str] = "image"
 
     @classmethod
     def check_spec(cls, spec) -> None:
@@ -63,20 +66,25 @@ class _Qwen2VLGenerator(GenerativeAdapter):
             raise ValueError(f"Qwen2-VL {cls.task_name}: the prompt is empty{hint}")
 
     def chat_text(self, prompt: str) -> str:
-        """One user turn of an image and the prompt, through the checkpoint's chat template,
-        ending with the assistant's turn opened."""
-        messages = [{"role": "user", "content": [{"type": "image"},
+        """One user turn of the picture (an image, or a video for clip tasks) and the prompt,
+        through the checkpoint's chat template, ending with the assistant's turn opened."""
+        messages = [{"role": "user", "content": [{"type": self.media},
                                                  {"type": "text", "text": prompt}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True,
                                                   tokenize=False)
 
+    def vision_inputs(self, images: list[ImageInput]) -> dict[str, Any]:
+        """The processor's keyword arguments for the batch's pictures: images=[(3, h, w)]."""
+        return {"images": [channels_first(im.pixels) for im in images]}
+
     def preprocess(self, images: list[ImageInput], stacked: np.ndarray | None = None) -> Any:
-        """Images and their prompts -> one left-padded batch on the device: input_ids and
-        attention_mask (B, T), pixel_values (sum of patches over the batch, C*2*14*14),
-        image_grid_thw (B, 3). `stacked` is not needed: each image is resized on its own."""
+        """Images (clips) and their prompts -> one left-padded batch on the device: input_ids
+        and attention_mask (B, T), pixel_values (pixel_values_videos): (sum of patches over the
+        batch, C*2*14*14), image_grid_thw (video_grid_thw): (B, 3). `stacked` is not needed:
+        each image or clip is resized on its own."""
         texts = [self.chat_text(self.prompt_for(im)) for im in images]
-        inputs = self.processor(text=texts, images=[_as_chw_tensor(im.pixels) for im in images],
-                                padding=True, return_tensors="pt")
+        inputs = self.processor(text=texts, **self.vision_inputs(images), padding=True,
+                                return_tensors="pt")
         return inputs.to(self.device)
 
     @torch.inference_mode()
@@ -92,21 +100,21 @@ class _Qwen2VLGenerator(GenerativeAdapter):
         return [{"text": text, "prompt": self.prompt_for(im)} for text, im in zip(texts, images)]
 
 
-class Qwen2VLCaption(_Qwen2VLGenerator):
+class Qwen2VLCaption(Qwen2VLGenerator):
     """task=caption, family=qwen2_vl."""
 
     task_name = "caption"
     default_prompt = "Describe this image in one sentence."
 
 
-class Qwen2VLOcr(_Qwen2VLGenerator):
+class Qwen2VLOcr(Qwen2VLGenerator):
     """task=ocr, family=qwen2_vl. Text only (no regions), lines as the model writes them."""
 
     task_name = "ocr"
     default_prompt = "Read all the text in the image and write it out exactly, line by line."
 
 
-class Qwen2VLAsk(_Qwen2VLGenerator):
+class Qwen2VLAsk(Qwen2VLGenerator):
     """task=ask, family=qwen2_vl: a free question or instruction about each image.
 
     The spec must give the prompt (the job's question); a row's own prompt replaces it. The
@@ -125,7 +133,7 @@ class Qwen2VLAsk(_Qwen2VLGenerator):
                              "prompt replaces it")
 
 
-class Qwen2VLGrounder(_Qwen2VLGenerator):
+class Qwen2VLGrounder(Qwen2VLGenerator):
     """task=ground, family=qwen2_vl: the prompt names what to find; boxes from box tokens.
 
     Output per image: {"detections": [{label, score, x0, y0, x1, y1}] in the order the model
@@ -219,11 +227,11 @@ class Qwen2VLGrounder(_Qwen2VLGenerator):
         return {**super().parameters(), "threshold": self.spec.threshold}
 
 
-def _as_chw_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """(h, w, 3) uint8 array -> (3, h, w) uint8 tensor view, without a copy. Channels first
-    leaves the processor nothing to guess (an image 3 or 1 pixels tall would otherwise look
-    channels-first to it)."""
+def channels_first(pixels: np.ndarray) -> torch.Tensor:
+    """(h, w, 3) image or (T, h, w, 3) clip, uint8 -> (3, h, w) or (T, 3, h, w) uint8 tensor
+    view, without a copy. Channels first leaves the processor nothing to guess (an image or
+    frame 3 or 1 pixels tall would otherwise look channels-first to it)."""
     with warnings.catch_warnings():
         # Arrays from Ray's object store are read-only; nothing here writes to them.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(pixels).permute(2, 0, 1)
+        return torch.from_numpy(pixels).movedim(-1, -3)

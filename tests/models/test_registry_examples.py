@@ -7,7 +7,7 @@ import torch
 
 from labeler.config import TaskSpec
 from labeler.models.base import ImageInput
-from labeler.registry import ADAPTERS, load_adapter_class
+from labeler.registry import ADAPTERS, CLIP_TASKS, load_adapter_class
 from labeler.testing.samples import synthetic_image
 
 # (task, family) -> (extra TaskSpec fields, the record field the output must fill)
@@ -29,6 +29,8 @@ EXAMPLES = {
     ("caption", "qwen2_vl"): ({}, "text"),
     ("ocr", "qwen2_vl"): ({}, "text"),
     ("ask", "qwen2_vl"): ({"prompt": "how many shapes are there?"}, "text"),
+    ("video-caption", "qwen2_vl"): ({}, "text"),
+    ("video-ask", "qwen2_vl"): ({"prompt": "what moves?"}, "text"),
 }
 
 
@@ -53,7 +55,10 @@ def test_example_runs_and_fills_its_field(key, tiny_model, query_image):
     adapter = load_adapter_class(task, family)(spec)
     adapter.setup(torch.device("cpu"))
     images = [np.asarray(synthetic_image(w, h, seed=i)) for i, (w, h) in enumerate([(96, 64), (50, 80)])]
-    out = adapter([ImageInput(im, im.shape[1], im.shape[0]) for im in images])
+    if task in CLIP_TASKS:  # a clip per row, (T, h, w, 3): here 2 frames
+        images = [np.stack([im, np.asarray(synthetic_image(im.shape[1], im.shape[0], seed=i + 10))])
+                  for i, im in enumerate(images)]
+    out = adapter([ImageInput(im, im.shape[-2], im.shape[-3]) for im in images])
     assert len(out) == 2
     for result, image in zip(out, images):
         assert output_field in result
