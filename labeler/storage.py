@@ -5,10 +5,22 @@ from AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (MinIO, SeaweedFS, Ceph), the regio
 AWS_REGION or AWS_DEFAULT_REGION, credentials from the AWS SDK chain (AWS_ACCESS_KEY_ID /
 AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, AWS_PROFILE and ~/.aws, instance roles).
 LABELER_S3_ANONYMOUS=1 reads public buckets without signing. Transient errors (throttling,
-5xx, dropped connections) are retried with exponential backoff by the SDK.
+5xx, refused or dropped connections) are retried by the SDK with a fixed exponential backoff
+(see S3_MAX_ATTEMPTS), so a request rides out an outage of up to ~12 s, such as an
+S3-compatible server restarting.
 
-A URI may end in `#offset=O&size=S`: the S bytes at offset O of the file or object, which is
-how one member of a tar shard is addressed without reading the rest of the tar.
+A URI may end in a fragment that addresses part of the file or object (read_bytes reads it):
+
+    #offset=O&size=S                     the S bytes at offset O: one member of a tar shard
+    #row=N&column=C                      the image bytes in column C of row N of a Parquet
+                                         manifest (C binary, or a struct with a `bytes` field)
+    #row=N&offset=O&size=S&column=C      row N of a JSONL manifest, the line at bytes O..O+S,
+                                         its field C holding base64 image bytes
+    #row=N&missing=C                     a manifest row with nothing in column C (an error)
+    #unreadable_from=O&reason=R          a tar whose stream breaks at byte O (an error)
+
+The errors (a missing row value, a broken tar, a truncated range) are OSErrors, which the
+decode stage turns into an error row naming the reason.
 
 Model sources: a hub id goes to `from_pretrained` as is (the hub cache, offline when
 HF_HUB_OFFLINE is set); a local folder likewise; an `s3://bucket/prefix` is copied once per
@@ -17,16 +29,25 @@ node into a local cache and the cached folder is loaded.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import fcntl
 import functools
 import hashlib
+import io
+import json
 import os
 import re
 import shutil
 import tempfile
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from labeler.config import SpecError
 
@@ -39,13 +60,33 @@ STORAGE_ENV_VARS = (
 )
 # Values never shown in a message (the ids too: they name an account).
 SECRET_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-# Attempts per request, backoff between them: 5 spans ~5 s, enough for a throttling burst or
-# an S3-compatible server restarting, short enough that a dead endpoint fails fast.
-S3_MAX_ATTEMPTS = 5
+# Retries per request (the SDK's default strategy counts its `max_attempts` as retries), with
+# its fixed exponential backoff (no jitter: an immediate first retry, then 50 ms doubling):
+# 9 retries wait 0.05 + 0.1 + ... + 6.4 = 12.75 s in all. That rides
+# out a throttling burst or an S3-compatible server restarting (SeaweedFS answers 500 for up
+# to ~5 s after its restart, until its volume server has registered again), and a dead
+# endpoint still fails in ~13 s. The SDK's "standard" strategy waits a random 0..2^n s
+# instead, so whether an outage of a few seconds is ridden out would be a matter of chance.
+S3_MAX_ATTEMPTS = 9
 # Seconds to open a connection; an endpoint that does not answer fails after the attempts.
 S3_CONNECT_TIMEOUT_S = 5.0
+# Parquet row groups whose image column each process keeps: decode tasks get consecutive
+# rows (16 per task), so the next rows are mostly in the group just read, and 2 covers a task
+# whose rows straddle two groups. The memory is that of 2 row groups of the image column
+# (HF datasets writes 100 images per group; write large manifests with small row groups).
+PARQUET_CACHE_GROUPS = 2
 _RANGE = re.compile(r"^(?P<base>.+)#offset=(?P<offset>\d+)&size=(?P<size>\d+)$")
 _MISSING = re.compile(r"^(?P<base>.+)#row=(?P<row>\d+)&missing=(?P<column>\w+)$")
+_CELL = re.compile(r"^(?P<base>.+)#row=(?P<row>\d+)"
+                   r"(?:&offset=(?P<offset>\d+)&size=(?P<size>\d+))?&column=(?P<column>\w+)$")
+_UNREADABLE = re.compile(r"^(?P<base>.+)#unreadable_from=(?P<offset>\d+)&reason=(?P<reason>\w+)$")
+# What an unreadable tar's `reason` code says.
+UNREADABLE_REASONS = {
+    "invalid_header": "a member header is corrupt",
+    "truncated": "the file ends inside a member header",
+    "unexpected_end": "the file ends inside a member",
+    "empty": "the file is empty",
+}
 
 
 def default_cache() -> Path:
@@ -93,7 +134,7 @@ def _s3_filesystem(settings: tuple[tuple[str, str], ...]) -> pafs.S3FileSystem:
     """One S3FileSystem per distinct configuration (building one resolves credentials)."""
     env = dict(settings)
     kwargs: dict = {"connect_timeout": S3_CONNECT_TIMEOUT_S,
-                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS)}
+                    "retry_strategy": pafs.AwsDefaultS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS)}
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     if endpoint:
         scheme, _, host = endpoint.rpartition("://")
@@ -123,28 +164,138 @@ def missing_uri(manifest: str, row: int, column: str) -> str:
     return f"{manifest}#row={row}&missing={column}"
 
 
+def manifest_cell_uri(manifest: str, row: int, column: str,
+                      line: tuple[int, int] | None = None) -> str:
+    """The URI of the image bytes of row `row` (0-based) of a manifest, in `column`: a
+    Parquet binary (or {bytes, path} struct) column, or with `line` = (byte offset, size)
+    of the row's line, a JSONL field holding base64."""
+    where = f"&offset={line[0]}&size={line[1]}" if line is not None else ""
+    return f"{manifest}#row={row}{where}&column={column}"
+
+
+def unreadable_uri(uri: str, offset: int, reason: str) -> str:
+    """The URI standing for the part of a tar from byte `offset` on that cannot be read
+    (`reason`: a key of UNREADABLE_REASONS); reading it fails with that reason."""
+    return f"{uri}#unreadable_from={offset}&reason={reason}"
+
+
 def read_bytes(uri: str) -> bytes:
-    """The content of a local file or an s3:// object, or of a byte range of one.
-    OSError (FileNotFoundError for a missing object) when it cannot be read."""
+    """The content of a local file or an s3:// object, or of the part of one that the URI's
+    fragment addresses (see the module docstring). OSError (FileNotFoundError for a missing
+    file or object) when it cannot be read, with the reason."""
     missing = _MISSING.match(uri)
     if missing:
         raise FileNotFoundError(2, f"row {missing['row']} of the manifest has no "
                                    f"{missing['column']}")
+    broken = _UNREADABLE.match(uri)
+    if broken:
+        reason = UNREADABLE_REASONS.get(broken["reason"], broken["reason"])
+        raise OSError(f"the tar {broken['base']} is unreadable from byte {broken['offset']} on "
+                      f"({reason}): the samples stored after that point are lost")
+    cell = _CELL.match(uri)
+    if cell:
+        return _manifest_cell(cell["base"], int(cell["row"]), cell["column"],
+                              None if cell["offset"] is None else
+                              (int(cell["offset"]), int(cell["size"])))
     found = _RANGE.match(uri)
     if found:
-        base, offset, size = found["base"], int(found["offset"]), int(found["size"])
-        fs, path = filesystem_for(base)
-        with fs.open_input_file(path) as f:
-            data = f.read_at(size, offset)
-        if len(data) != size:
-            raise OSError(f"{base} ends before byte {offset + size} (truncated)")
-        return data
+        return _read_range(found["base"], int(found["offset"]), int(found["size"]))
     if not is_s3(uri):
         with open(uri, "rb") as f:
             return f.read()
     fs, path = filesystem_for(uri)
     with fs.open_input_stream(path) as f:
         return f.read()
+
+
+def _read_range(uri: str, offset: int, size: int) -> bytes:
+    fs, path = filesystem_for(uri)
+    with fs.open_input_file(path) as f:
+        data = f.read_at(size, offset)
+    if len(data) != size:
+        raise OSError(f"{uri} ends before byte {offset + size} (truncated)")
+    return data
+
+
+def _manifest_cell(manifest: str, row: int, column: str,
+                   line: tuple[int, int] | None) -> bytes:
+    """The image bytes of one manifest row (see manifest_cell_uri); OSError naming the row
+    when it has none (null, empty, not base64)."""
+    if line is None:
+        value = _parquet_cell(manifest, row, column)
+    else:
+        value = _jsonl_cell(manifest, row, column, *line)
+    if value is None:
+        raise OSError(f"row {row} of the manifest has no image bytes ({column} is null)")
+    if not value:
+        raise OSError(f"row {row} of the manifest has no image bytes ({column} is empty)")
+    return value
+
+
+def _jsonl_cell(manifest: str, row: int, column: str, offset: int, size: int) -> bytes | None:
+    """The base64 field `column` of the JSONL line at offset..offset+size, decoded; a
+    `data:<type>;base64,` prefix is allowed."""
+    try:
+        fields = json.loads(_read_range(manifest, offset, size))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise OSError(f"row {row} of the manifest is no longer a JSON object at bytes "
+                      f"{offset}..{offset + size} (was the manifest changed after planning?)") from None
+    value = fields.get(column) if isinstance(fields, dict) else None
+    if value is None or value == "":
+        return None if value is None else b""
+    if not isinstance(value, str):
+        raise OSError(f"row {row} of the manifest: {column} holds a {type(value).__name__}, "
+                      f"not base64 text")
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise OSError(f"row {row} of the manifest: {column} is not valid base64 ({err})") from None
+
+
+_parquet_cache: OrderedDict[tuple, pa.Array] = OrderedDict()
+_parquet_lock = threading.Lock()
+
+
+def _parquet_cell(manifest: str, row: int, column: str) -> bytes | None:
+    """Row `row` of the Parquet image column `column`, reading only that column of the row
+    group holding the row, and keeping the last PARQUET_CACHE_GROUPS groups read in this
+    process. The cache key holds the file's size and mtime, so a rewritten manifest is read
+    afresh (one stat / HEAD per row)."""
+    fs, path = filesystem_for(manifest)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(2, f"the manifest {manifest} does not exist")
+    identity = (manifest, column, info.size, info.mtime_ns)
+    with _parquet_lock:
+        for key, values in _parquet_cache.items():
+            if key[0] == identity and key[1] <= row < key[2]:
+                _parquet_cache.move_to_end(key)
+                return values[row - key[1]].as_py()
+    with fs.open_input_file(path) as f:
+        parquet = pq.ParquetFile(f)
+        meta, start = parquet.metadata, 0
+        for group in range(meta.num_row_groups):
+            stop = start + meta.row_group(group).num_rows
+            if row < stop:
+                break
+            start = stop
+        else:
+            raise OSError(f"the manifest has no row {row} (it has {start} rows)")
+        schema = parquet.schema_arrow
+        if column not in schema.names:
+            raise OSError(f"the manifest has no column {column} (was it changed after planning?)")
+        nested = pa.types.is_struct(schema.field(column).type)
+        values = parquet.read_row_group(group, columns=[f"{column}.bytes" if nested else column])
+    values = values.column(0).combine_chunks()
+    if nested:
+        values = pc.struct_field(values, "bytes")  # null where the struct itself is null
+    with _parquet_lock:
+        _parquet_cache[(identity, start, stop)] = values
+        while len(_parquet_cache) > PARQUET_CACHE_GROUPS:
+            _parquet_cache.popitem(last=False)
+    return values[row - start].as_py()
 
 
 def resolve_model_source(source: str, cache_dir: Path | None = None) -> str:
@@ -183,3 +334,68 @@ def resolve_model_source(source: str, cache_dir: Path | None = None) -> str:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return str(target)
+
+
+# Read size of open_input on S3 and byte ranges: each read is one ranged GET (~10-50 ms), so
+# reads are buffered; 2 MiB is ~2 s of 1080p H.264 (~8 Mbit/s) per GET, and all a seek can
+# waste.
+OPEN_INPUT_BUFFER = 2 * 1024**2
+
+
+def open_input(uri: str) -> io.BufferedIOBase:
+    """A seekable binary file object over a local file, an s3:// object, or a byte range of
+    either (`#offset=O&size=S`), for readers that take a file and read only part of it
+    (PyAV seeking through a video). Only the bytes read are fetched. OSError
+    (FileNotFoundError for a missing object) when it cannot be opened; reads past the end of
+    a cut-short byte range return less, as at the end of a file."""
+    if _MISSING.match(uri) or _UNREADABLE.match(uri) or _CELL.match(uri):
+        # A manifest cell is held whole in memory anyway; the others raise their reason.
+        return io.BytesIO(read_bytes(uri))
+    found = _RANGE.match(uri)
+    base = found["base"] if found else uri
+    if not found and not is_s3(base):
+        return open(base, "rb")
+    fs, path = filesystem_for(base)
+    native = fs.open_input_file(path)
+    if found:
+        offset, size = int(found["offset"]), int(found["size"])
+    else:
+        offset, size = 0, native.size()
+    return io.BufferedReader(_ByteWindow(native, offset, size), OPEN_INPUT_BUFFER)
+
+
+class _ByteWindow(io.RawIOBase):
+    """Read-only, seekable view of `size` bytes at `offset` of a pyarrow random-access
+    file; positions are relative to the window. Closing it closes the file."""
+
+    def __init__(self, native, offset: int, size: int):
+        super().__init__()
+        self._native, self._offset, self._size, self._pos = native, offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        origin = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if origin + pos < 0:
+            raise OSError(22, f"negative seek position {origin + pos}")
+        self._pos = origin + pos
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        count = max(0, min(len(buffer), self._size - self._pos))
+        data = self._native.read_at(count, self._offset + self._pos) if count else b""
+        buffer[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._native.close()
+        super().close()

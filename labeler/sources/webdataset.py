@@ -1,14 +1,20 @@
 """WebDataset tar shards, as img2dataset and video2dataset write them.
 
 A sample is the group of members that share a key (the member path up to the first dot of
-its file name): `000123.jpg` beside `000123.json` and `000123.txt`. The image member is the
-input; the JSON object's fields and the text (as `caption`) become columns of the output,
-and a `prompt` field becomes the row's prompt.
+its file name): `000123.jpg` beside `000123.json` and `000123.txt`. The media member (an
+image, or for a video job a video: `extensions`) is the input; the JSON object's fields and
+the text (as `caption`) become columns of the output, and a `prompt` field becomes the row's
+prompt.
 
-Planning reads each tar once, sequentially (tar has no index), and keeps every image
+Planning reads each tar once, sequentially (tar has no index), and keeps every media
 member's byte range; decode tasks then read just those bytes (`storage.byte_range_uri`).
-A member cut short by a truncated tar becomes an error row when it is read; a tar whose
-headers cannot be read at all fails the job before any work starts.
+
+A tar whose stream breaks (a corrupt member header, a file cut short inside a header or a
+metadata member, a file that is no tar at all) keeps the samples before the break, and adds
+one error row for the rest: id `<tar id>/<unreadable from byte N>`, whose uri
+(`storage.unreadable_uri`) fails to read with the reason, so the loss shows in the output and
+the job goes on. A media member cut short by a truncated tar is itself the error row (its
+byte range reads as truncated).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import posixpath
 import tarfile
 
 from labeler.config import IMAGE_EXTENSIONS
-from labeler.storage import byte_range_uri, filesystem_for, storage_error
+from labeler.storage import byte_range_uri, filesystem_for, storage_error, unreadable_uri
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +34,10 @@ TAR_EXTENSIONS = (".tar",)
 READ_BUFFER = 8 * 1024**2
 # Caption and metadata members are read in planning; larger ones are not metadata.
 MAX_METADATA_BYTES = 1024**2
+# Size of a tar header (and of the zero blocks that end an archive).
+TAR_BLOCK = 512
+
+Sample = tuple[str, str, str | None, dict]
 
 
 def is_tar(uri: str) -> bool:
@@ -41,39 +51,83 @@ def sample_key(member: str) -> tuple[str, str]:
     return posixpath.join(folder, stem), ext.lower()
 
 
-def tar_samples(uri: str, tar_id: str) -> list[tuple[str, str, str | None, dict]]:
-    """(id, uri, prompt, metadata) of every image member of one tar, in tar order.
+def unreadable_id(tar_id: str, offset: int) -> str:
+    """The id of the error row standing for a tar's unreadable remainder."""
+    return f"{tar_id}/<unreadable from byte {offset}>"
+
+
+def tar_samples(uri: str, tar_id: str,
+                extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Sample]:
+    """(id, uri, prompt, metadata) of every member of one tar whose extension is one of
+    `extensions` (lower case, with the dot), in tar order, plus one error row for the
+    remainder of a tar whose stream breaks (see the module docstring).
     id: `<tar_id>/<key>`; metadata: the fields of `<key>.json`, plus `caption` from
-    `<key>.txt`; prompt: metadata's `prompt` field (taken out of metadata)."""
+    `<key>.txt`; prompt: metadata's `prompt` field (taken out of metadata). StorageError if
+    the tar cannot be opened or read (a missing object, a storage failure)."""
     fs, path = filesystem_for(uri)
-    images: dict[str, tuple[int, int, str]] = {}
+    media: dict[str, tuple[int, int]] = {}
     meta: dict[str, dict] = {}
+    tar = last = None
     try:
         with fs.open_input_stream(path, buffer_size=READ_BUFFER) as stream:
             with tarfile.open(fileobj=stream, mode="r|") as tar:
-                for member in tar:
-                    if not member.isfile():
+                for last in tar:
+                    if not last.isfile():
                         continue
-                    key, ext = sample_key(member.name)
-                    if ("." + ext.rsplit(".", 1)[-1]) in IMAGE_EXTENSIONS:
-                        images.setdefault(key, (member.offset_data, member.size, ext))
-                    elif ext in ("json", "txt") and member.size <= MAX_METADATA_BYTES:
-                        data = tar.extractfile(member).read()
-                        meta.setdefault(key, {}).update(_metadata(data, ext, uri, member.name))
+                    key, ext = sample_key(last.name)
+                    if ("." + ext.rsplit(".", 1)[-1]) in extensions:
+                        media.setdefault(key, (last.offset_data, last.size))
+                    elif ext in ("json", "txt") and last.size <= MAX_METADATA_BYTES:
+                        data = tar.extractfile(last).read()
+                        meta.setdefault(key, {}).update(_metadata(data, ext, uri, last.name))
+                last = None  # the stream ended without an error
+                end = tar.offset
+        broken = _check_end(fs, path, end)
     except tarfile.ReadError as err:
-        if not images:
-            raise storage_error(uri, "read the tar shard", err) from None
-        # Headers after a corrupt or truncated point are lost; the members before it stay.
-        log.warning("%s: tar stops being readable after %d samples (%s)", uri, len(images), err)
+        broken = _broken_at(err, tar, last, media)
     except OSError as err:
         raise storage_error(uri, "read", err) from None
     samples = []
-    for key, (offset, size, _) in images.items():
+    for key, (offset, size) in media.items():
         fields = dict(meta.get(key, {}))
         prompt = fields.pop("prompt", None)
         samples.append((f"{tar_id}/{key}", byte_range_uri(uri, offset, size),
                         str(prompt) if prompt else None, fields))
+    if broken is not None:
+        offset, reason = broken
+        log.warning("%s: unreadable from byte %d on (%s) after %d samples", uri, offset,
+                    reason, len(samples))
+        samples.append((unreadable_id(tar_id, offset), unreadable_uri(uri, offset, reason),
+                        None, {}))
     return samples
+
+
+def _check_end(fs, path: str, end: int) -> tuple[int, str] | None:
+    """Where a tar whose member list ended quietly at byte `end` breaks, or None if it ends
+    properly. tarfile stops without an error at a header it cannot parse past the first one,
+    so the block there tells: zeros (the end-of-archive marker) or nothing (a file cut at a
+    member boundary) end the archive; anything else is a corrupt header, or a cut one if the
+    file ends inside it."""
+    with fs.open_input_file(path) as f:
+        block = f.read_at(TAR_BLOCK, end)
+    if not block.strip(b"\0"):
+        return None
+    return end, "invalid_header" if len(block) == TAR_BLOCK else "truncated"
+
+
+def _broken_at(err: tarfile.ReadError, tar: tarfile.TarFile | None,
+               last: tarfile.TarInfo | None, media: dict) -> tuple[int, str] | None:
+    """(byte offset, reason code) where the stream broke with `err`; None when the only loss
+    is a media member cut short, which is its own error row. `last`: the member being read
+    when it broke (None: a header)."""
+    if tar is None:  # the first header: empty, or not a tar at all
+        return 0, "empty" if str(err) == "empty file" else "invalid_header"
+    if last is not None and "unexpected end of data" in str(err):
+        key, _ = sample_key(last.name)
+        if media.get(key) == (last.offset_data, last.size):
+            return None
+        return last.offset, "unexpected_end"
+    return tar.offset, "invalid_header"
 
 
 def _metadata(data: bytes, ext: str, uri: str, name: str) -> dict:

@@ -6,6 +6,7 @@ the folder it is given, binds every port on 127.0.0.1 (each picked free) and has
 off. `env()` gives the standard AWS variables that point boto3, pyarrow and the labeler at it.
 
     server = SeaweedS3(Path(tmp)); server.start()   # S3ServerError if it cannot start
+    ...; server.restart()                           # a crash and a restart, same data and ports
     ...; server.stop()
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -129,6 +131,26 @@ class SeaweedS3:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+    def kill(self) -> None:
+        """Kill the process as a crash would (SIGKILL, no clean shutdown); data and ports are
+        kept for a later start()."""
+        if self.process is None:
+            return
+        os.killpg(self.process.pid, signal.SIGKILL)  # its own session (start_new_session)
+        self.process.wait()
+        self.process = None
+
+    def restart(self, down_s: float = 0.0) -> float:
+        """kill(), stay down `down_s` seconds, then start() on the same data and ports.
+        Returns the seconds S3 did not answer. Once S3 answers again, reading an object
+        may still fail with 500 for up to ~5 s, until the volume server has registered with
+        the master again (clients retry it like any 5xx)."""
+        down = time.monotonic()
+        self.kill()
+        time.sleep(down_s)
+        self.start()
+        return time.monotonic() - down
 
     def log_tail(self, chars: int = 3000) -> str:
         """The end of the server's log, for error messages."""

@@ -46,3 +46,65 @@ def test_kuberay_rayjob_runs_the_labeler_cli():
     # Credentials come from a Kubernetes secret, never written in the manifest.
     text = (ROOT / "deploy" / "rayjob.yaml").read_text()
     assert "AWS_SECRET_ACCESS_KEY:" not in text and "secretRef" in text
+
+
+def test_kuberay_rayservice_serves_the_labeler_application(monkeypatch):
+    """The RayService names what KubeRay reads, and its Serve config's application resolves
+    to labeler.serve.builder:build_app, whose args validate (no Serve, no weights)."""
+    import importlib
+
+    from ray.serve import Application
+
+    from labeler.serve.builder import build_app
+
+    text = (ROOT / "deploy" / "rayservice.yaml").read_text()
+    service = yaml.safe_load(text)
+    assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
+    spec = service["spec"]
+    assert isinstance(spec["serveConfigV2"], str)  # KubeRay takes the Serve config as text
+    serve_config = yaml.safe_load(spec["serveConfigV2"])
+    assert serve_config["http_options"]["port"] == 8000  # KubeRay's serve service port
+    (app,) = serve_config["applications"]
+    assert app["name"] and app["route_prefix"] == "/"
+    module, _, name = app["import_path"].partition(":")
+    builder = getattr(importlib.import_module(module), name)
+    assert builder is build_app
+    monkeypatch.setenv("LABELER_API_TOKENS", "from-the-secret")
+    assert isinstance(builder(app["args"]), Application)
+
+    cluster = spec["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["image"] and "rayStartParams" in cluster["headGroupSpec"]
+    assert {"containerPort": 8000, "name": "serve"} in head["ports"]
+    (gpu,) = cluster["workerGroupSpecs"]
+    assert gpu["minReplicas"] <= gpu["replicas"] <= gpu["maxReplicas"]
+    worker = gpu["template"]["spec"]["containers"][0]
+    assert worker["image"] == head["image"] and worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    # Tokens and credentials come from Kubernetes secrets, never written in the manifest.
+    for container in (head, worker):
+        assert {e["secretRef"]["name"] for e in container["envFrom"]} == {"labeler-s3", "labeler-api"}
+    assert "LABELER_API_TOKENS:" not in text and "api_tokens" not in text
+
+
+def test_serve_application_args_are_checked_field_by_field(monkeypatch):
+    import pytest
+
+    from labeler.config import SpecError
+    from labeler.serve.builder import build_app, serve_spec_from_args
+
+    model = {"task": "detect", "model": {"family": "owlv2", "source": "some/owlv2"}}
+    assert serve_spec_from_args({"models": [model]}).models[0].labels_per_request
+    cases = [
+        ({"models": [{**model, "threshold": 2}]}, "models.0.threshold: Input should be less than or equal to 1"),
+        ({"models": [{**model, "task": "dance"}]}, "models.0.task: unknown task 'dance'"),
+        ({"models": [model], "limits": {"max_pixel": 5}}, "limits.max_pixel: Extra inputs are not permitted"),
+        ({"models": [model], "port": 8000}, "port: where Serve listens is set by the Serve config's http_options"),
+        ({}, "models: Field required"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SpecError, match="invalid serve application args") as err:
+            serve_spec_from_args(args)
+        assert message in str(err.value), str(err.value)
+    monkeypatch.delenv("LABELER_API_TOKENS", raising=False)
+    with pytest.raises(SpecError, match="api_tokens: no API token configured"):
+        build_app({"models": [model]})
