@@ -34,6 +34,7 @@ ADAPTERS: dict[tuple[str, str], str] = {
     ("detect", "owlv2"): "labeler.models.owlv2:Owlv2Detector",
     ("ground", "owlv2"): "labeler.models.owlv2:Owlv2Grounder",
     ("detect-by-example", "owlv2"): "labeler.models.owlv2:Owlv2ExampleDetector",
+    ("pseudo-label", "owlv2"): "labeler.models.owlv2_pseudo:Owlv2PseudoLabeler",
 
     ("ground", "qwen2_vl"): "labeler.models.qwen2_vl:Qwen2VLGrounder",
     ("caption", "qwen2_vl"): "labeler.models.qwen2_vl:Qwen2VLCaption",

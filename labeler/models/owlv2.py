@@ -433,10 +433,12 @@ def pixel_corners(boxes: torch.Tensor, images: list[ImageInput]) -> torch.Tensor
 
 
 def ranked_detections(scores: torch.Tensor, keep: torch.Tensor, corners: torch.Tensor,
-                      label_ids: torch.Tensor, names: list[str]) -> list[list[dict]]:
+                      label_ids: torch.Tensor, names: list[str],
+                      objectness: torch.Tensor | None = None) -> list[list[dict]]:
     """Per image, the kept boxes as detection dicts, best score first.
 
-    scores, keep, label_ids: (B, P); corners: (B, P, 4) xyxy pixels; names[label_id] = label.
+    scores, keep, label_ids: (B, P); corners: (B, P, 4) xyxy pixels; names[label_id] = label;
+    objectness: optional (B, P) in [0, 1], added to each dict when given.
     """
     results = []
     for b in range(scores.shape[0]):
@@ -445,10 +447,12 @@ def ranked_detections(scores: torch.Tensor, keep: torch.Tensor, corners: torch.T
         s = kept_scores[order].cpu().tolist()
         ids = label_ids[b][keep[b]][order].cpu().tolist()
         xyxy = corners[b][keep[b]][order].cpu().tolist()
-        results.append([
-            {"label": names[i], "score": sc, "x0": x0, "y0": y0, "x1": x1, "y1": y1}
-            for sc, i, (x0, y0, x1, y1) in zip(s, ids, xyxy)
-        ])
+        dets = [{"label": names[i], "score": sc, "x0": x0, "y0": y0, "x1": x1, "y1": y1}
+                for sc, i, (x0, y0, x1, y1) in zip(s, ids, xyxy)]
+        if objectness is not None:
+            for det, obj in zip(dets, objectness[b][keep[b]][order].cpu().tolist()):
+                det["objectness"] = obj
+        results.append(dets)
     return results
 
 

@@ -25,6 +25,8 @@ EXAMPLES = {
     ("detect", "owlv2"): ({"labels": ["cat", "dog"]}, "detections"),
     ("ground", "owlv2"): ({"prompt": "a red car, a person"}, "detections"),
     ("detect-by-example", "owlv2"): ({"query_image": "QUERY"}, "detections"),
+    ("pseudo-label", "owlv2"): ({"pseudo_label": {"vocabulary": ["cat", "dog"]},
+                                 "threshold": 0.0}, "detections"),
     ("ground", "qwen2_vl"): ({"threshold": 0.0}, "detections"),
     ("caption", "qwen2_vl"): ({}, "text"),
     ("ocr", "qwen2_vl"): ({}, "text"),
