@@ -67,10 +67,10 @@ def _spec_from_args(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from labeler.jobs.images import run_image_job
+    from labeler.jobs.runner import run_job
 
     spec = _spec_from_args(args)  # SpecError before any Ray work
-    summary = run_image_job(spec, progress=not args.no_progress)
+    summary = run_job(spec, progress=not args.no_progress)  # images or videos: input.media
     print("\n".join(summary.lines()))
     return 0
 

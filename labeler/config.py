@@ -226,7 +226,8 @@ class InputSpec(_Strict):
     # long side stays >= this many pixels; null decodes at full size. 1008 is the largest
     # model input (OWLv2 L/14), so the model sees no less detail than it can use.
     decode_min_side: int | None = Field(1008, ge=1)
-    files_per_shard: int = Field(256, ge=1, description="inputs per output Parquet file")
+    files_per_shard: int | None = Field(
+        None, ge=1, description="inputs per output Parquet file (default: 256 images, 4 videos)")
 
     @field_validator("path")
     @classmethod
@@ -240,6 +241,16 @@ class InputSpec(_Strict):
         if not os.path.exists(path):
             raise ValueError(f"input path {path!r} does not exist")
         return path
+
+    @property
+    def effective_files_per_shard(self) -> int:
+        """files_per_shard, else the media's default. A shard's file is written when all its
+        inputs are done, which is also the unit a rerun resumes from: 256 images are a few
+        minutes of labeling, but 256 videos can be hours, all redone after a crash (and their
+        records held by the driver until then), so videos go 4 to a file."""
+        if self.files_per_shard is not None:
+            return self.files_per_shard
+        return 4 if self.media == "video" else 256
 
 
 class OutputSpec(_Strict):

@@ -9,7 +9,8 @@ and to the probed size.
 How sampling works: one demux-only pass over the packets (no decoding, cheap next to decoding)
 lists every frame's pts and which ones are key frames. The sampling mode turns that list into
 the exact set of wanted frames; decoding then walks forward, seeking to the key frame before
-the next wanted frame when the gap is large, and yields the wanted frames as they decode.
+the next wanted frame when that skips enough frames (SEEK_MIN_SKIP_S), and yields the wanted
+frames as they decode. Decoding uses FFmpeg's frame and slice threads (thread_type AUTO).
 
 Bad input: an empty file, an unknown container or a file without a video stream raise
 MediaError. A truncated or corrupt video yields the frames that did decode and then raises
@@ -34,12 +35,14 @@ from labeler.media.image import MediaError
 VideoSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 SamplingMode = Literal["all", "fps", "every_n_frames", "keyframes", "uniform"]
 
-# A seek flushes the decoder (and, with frame threading, its pipeline of in-flight frames) and
-# restarts decoding at the key frame before the target, which costs up to one GOP of decoding.
-# Common encoders put a key frame every 2 s or less (x264 at 30 fps: 250 frames max, but
-# 1-2 s in most streaming presets), so for gaps under 2 s decoding straight through costs about
-# as much as the seek would save.
-SEEK_MIN_GAP_S = 2.0
+# Seek when the seek skips decoding more than this many seconds of frames: those between the
+# last decoded frame and the key frame at or before the next wanted one. A seek costs a
+# decoder flush, which throws away the frames in flight (one per frame thread, plus the few
+# that B-frame reordering holds back): a handful, less than 0.5 s (15 frames at 30 fps).
+# Measured (benchmarks/video_decode.py, 1080p30 H.264, a key frame every 2 s, 1 fps): 3.5
+# CPU-s a minute of video against 4.9 decoding through; a threshold of 2 s, never met there,
+# saved nothing.
+SEEK_MIN_SKIP_S = 0.5
 
 
 class VideoDecodeError(MediaError):
@@ -258,8 +261,8 @@ def _index_packets(container, stream) -> _PacketIndex:
 def _wanted_positions(index: _PacketIndex, stream, sampling: Sampling) -> list[int]:
     """Positions (indices into index.pts, i.e. frame indices) of the frames to yield, sorted."""
     times = [_seconds(p, stream) for p in index.pts]
-    lo = 0 if sampling.start_s is None else bisect_left(times, _exact(sampling.start_s))
-    hi = len(times) if sampling.end_s is None else bisect_left(times, _exact(sampling.end_s))
+    lo = 0 if sampling.start_s is None else bisect_left(times, exact(sampling.start_s))
+    hi = len(times) if sampling.end_s is None else bisect_left(times, exact(sampling.end_s))
     in_range = range(lo, max(lo, hi))
     if sampling.mode == "all":
         wanted = list(in_range)
@@ -276,9 +279,9 @@ def _wanted_positions(index: _PacketIndex, stream, sampling: Sampling) -> list[i
             picks = ((2 * k + 1) * count // (2 * parts) for k in range(parts))
         wanted = [lo + k for k in picks]
     else:  # fps
-        step = 1 / _exact(sampling.fps)
+        step = 1 / exact(sampling.fps)
         if sampling.start_s is not None:
-            origin = _exact(sampling.start_s)
+            origin = exact(sampling.start_s)
         else:
             origin = times[lo] if in_range else Fraction(0)
         wanted, k = [], 0
@@ -294,7 +297,7 @@ def _wanted_positions(index: _PacketIndex, stream, sampling: Sampling) -> list[i
     return wanted
 
 
-def _exact(value: float) -> Fraction:
+def exact(value: float) -> Fraction:
     """A user-given number of seconds or frames per second as the fraction it was meant to be
     (0.1 -> 1/10, not the binary float just above it); a microsecond-level rounding at most."""
     return Fraction(value).limit_denominator(10**6)
@@ -317,9 +320,10 @@ def sample_frames(
 
 
 def sample_video(
-    source: VideoSource, sampling: Sampling, seek_min_gap_s: float = SEEK_MIN_GAP_S
+    source: VideoSource, sampling: Sampling, seek_min_skip_s: float = SEEK_MIN_SKIP_S
 ) -> Iterator[SampledFrame]:
-    """sample_frames with a ready Sampling; seek_min_gap_s: see SEEK_MIN_GAP_S."""
+    """sample_frames with a ready Sampling; seek_min_skip_s: see SEEK_MIN_SKIP_S (inf never
+    seeks)."""
     container = _open(source)
     try:
         index = _index_packets(container, _video_stream(container))
@@ -327,18 +331,19 @@ def sample_video(
         container.close()
     container = _open(source)
     try:
-        yield from _decode_wanted(container, index, sampling, seek_min_gap_s)
+        yield from _decode_wanted(container, index, sampling, seek_min_skip_s)
     finally:
         container.close()
 
 
-def _should_seek(index: _PacketIndex, cursor: int | None, target: int, min_gap: float) -> bool:
-    """Seek when the next wanted frame (pts target) is more than min_gap (pts units) past the
-    decoder's position and its key frame lies after that position, so the seek skips decoding
-    instead of repeating it. cursor: pts of the last decoded frame, None before the first."""
+def _should_seek(index: _PacketIndex, cursor: int | None, target: int, min_skip: float) -> bool:
+    """Seek when the key frame at or before the next wanted frame (pts target) lies more than
+    min_skip (pts units) past the decoder's position: decoding would go through those frames
+    for nothing, while after the seek it starts at that key frame. cursor: pts of the last
+    decoded frame, None before the first."""
     here = index.pts[0] if cursor is None else cursor
     key = _keyframe_at_or_before(index, target)
-    return key is not None and target - here > min_gap and key > here
+    return key is not None and key - here > min_skip
 
 
 def _decoded_frames(container, stream) -> Iterator[av.VideoFrame]:
@@ -369,19 +374,19 @@ class _BadData(Exception):
     """Internal: decoding hit data it could not read; the message is FFmpeg's."""
 
 
-def _decode_wanted(container, index: _PacketIndex, sampling: Sampling, seek_min_gap_s: float):
+def _decode_wanted(container, index: _PacketIndex, sampling: Sampling, seek_min_skip_s: float):
     stream = _video_stream(container)
     if sampling.mode == "keyframes":
         stream.codec_context.skip_frame = "NONKEY"
     wanted = _wanted_positions(index, stream, sampling)
-    min_gap = seek_min_gap_s / float(stream.time_base)  # in pts units; inf never seeks
+    min_skip = seek_min_skip_s / float(stream.time_base)  # in pts units; inf never seeks
     done = 0  # wanted[:done] are yielded or known lost
     lost = 0  # wanted frames the decoder never produced
     cursor: int | None = None  # pts of the last decoded frame
     problem = None
     try:
         while done < len(wanted):
-            if _should_seek(index, cursor, index.pts[wanted[done]], min_gap):
+            if _should_seek(index, cursor, index.pts[wanted[done]], min_skip):
                 key = _keyframe_at_or_before(index, index.pts[wanted[done]])
                 container.seek(key, backward=True, any_frame=False, stream=stream)
             for frame in _decoded_frames(container, stream):
@@ -396,7 +401,7 @@ def _decode_wanted(container, index: _PacketIndex, sampling: Sampling, seek_min_
                     done += 1
                 if done >= len(wanted):
                     break
-                if _should_seek(index, cursor, index.pts[wanted[done]], min_gap):
+                if _should_seek(index, cursor, index.pts[wanted[done]], min_skip):
                     break
             else:  # the data ended with wanted frames left
                 lost, done = lost + len(wanted) - done, len(wanted)
@@ -409,6 +414,9 @@ def _decode_wanted(container, index: _PacketIndex, sampling: Sampling, seek_min_
         problem = f"{lost} sampled frame(s) did not decode"
     if problem is None and index.truncated_reason and range_past_end and not reached_cap:
         problem = index.truncated_reason
+        # Sampling may not have needed the last frames before the damage: the stop is the
+        # last frame the data holds whole, decoded or not.
+        cursor = index.pts[-1] if index.pts else None
     if problem is not None:
         stopped = None if cursor is None else float(_seconds(cursor, stream))
         if stopped is None:

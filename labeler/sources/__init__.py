@@ -5,7 +5,8 @@ the driver before any work starts.
 and every `.tar` under it is a WebDataset shard whose image members are inputs), or a
 Parquet / JSONL manifest (or a folder / prefix holding only manifests). In a folder or
 prefix, a `.txt` file beside an image with the same stem (`cat.jpg`, `cat.txt`) is its
-caption: the column `caption`, as a WebDataset `.txt` member is.
+caption: the column `caption`, as a WebDataset `.txt` member is. With media "video" the
+same holds for video files and video members (config.VIDEO_EXTENSIONS) instead of images.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 
-from labeler.sources.files import list_files, relative_id, select_images
+from labeler.config import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from labeler.sources.files import list_files, relative_id, select_images, select_videos
 from labeler.sources.items import InputItem, InputPlan, assign_shards
 from labeler.sources.manifest import is_manifest, manifest_samples
 from labeler.sources.webdataset import is_tar, tar_samples
@@ -26,15 +28,17 @@ CAPTION_READERS = 16
 __all__ = ["InputItem", "InputPlan", "plan_source"]
 
 
-def plan_source(path: str, files_per_shard: int) -> InputPlan:
+def plan_source(path: str, files_per_shard: int, media: str = "image") -> InputPlan:
     """Every input of `path` with a stable id and its shard number, in a deterministic order
-    (sorted files; tar members and manifest rows in their stored order)."""
+    (sorted files; tar members and manifest rows in their stored order). media: "image" or
+    "video", which files of a listing are inputs (a manifest's rows are, either way)."""
     root, files = list_files(path)
     manifests = [f for f in files if is_manifest(f)]
     if manifests and len(manifests) == len(files):
         entries = [e for m in manifests for e in manifest_samples(m)]
     else:
-        wanted = set(select_images(path, files))
+        video = media == "video"
+        wanted = set((select_videos if video else select_images)(path, files))
         captions = sidecar_captions(files, wanted)
         entries = []
         for uri in files:
@@ -42,7 +46,8 @@ def plan_source(path: str, files_per_shard: int) -> InputPlan:
                 meta = {"caption": captions[uri]} if uri in captions else {}
                 entries.append((relative_id(root, uri), uri, None, meta))
             elif is_tar(uri):
-                entries.extend(tar_samples(uri, relative_id(root, uri)))
+                entries.extend(tar_samples(uri, relative_id(root, uri),
+                                           VIDEO_EXTENSIONS if video else IMAGE_EXTENSIONS))
     try:
         return assign_shards(entries, files_per_shard)
     except ValueError as err:

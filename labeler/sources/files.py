@@ -11,15 +11,13 @@ import os
 
 import pyarrow.fs as pafs
 
-from labeler.config import IMAGE_EXTENSIONS
+from labeler.config import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from labeler.sources.items import InputItem, assign_shards
+from labeler.sources.webdataset import is_tar
 from labeler.storage import filesystem_for, is_s3, storage_error
 
-__all__ = ["InputItem", "list_files", "list_image_uris", "plan_inputs", "select_images"]
-
-
-def _has_image_extension(path: str) -> bool:
-    return path.lower().endswith(IMAGE_EXTENSIONS)
+__all__ = ["InputItem", "list_files", "list_image_uris", "plan_inputs", "select_images",
+           "select_videos"]
 
 
 def list_files(path: str) -> tuple[str, list[str]]:
@@ -64,10 +62,19 @@ def list_image_uris(path: str) -> tuple[str, list[str]]:
 
 def select_images(path: str, uris: list[str]) -> list[str]:
     """The image files of a listing of `path`: those with an image extension, or every
-    file when `path` is a glob or names the one file itself."""
+    file but tars when `path` is a glob or names the one file itself."""
+    return _select(path, uris, IMAGE_EXTENSIONS)
+
+
+def select_videos(path: str, uris: list[str]) -> list[str]:
+    """The video files of a listing of `path`, as select_images picks images."""
+    return _select(path, uris, VIDEO_EXTENSIONS)
+
+
+def _select(path: str, uris: list[str], extensions: tuple[str, ...]) -> list[str]:
     if (glob.has_magic(path) and not is_s3(path)) or _names_one_file(path, uris):
-        return uris
-    return [u for u in uris if _has_image_extension(u)]
+        return [u for u in uris if not is_tar(u)]  # a tar is a WebDataset shard of inputs
+    return [u for u in uris if u.lower().endswith(extensions)]
 
 
 def _names_one_file(path: str, uris: list[str]) -> bool:

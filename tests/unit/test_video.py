@@ -1,84 +1,45 @@
-"""labeler.media.video on videos these tests encode with PyAV.
-
-Frame i of every test video is a solid grey of level (i % 32) * 8 (read back from the bottom-right
-corner) with a white 16x16 marker at the top-left (it shows where the rotation put it).
-"""
+"""labeler.media.video on videos these tests encode with PyAV (labeler.testing.videos: frame i
+is a solid grey that encodes i modulo 32, with a white marker at the top-left)."""
 
 from __future__ import annotations
 
-import io
 import math
-from fractions import Fraction
 
-import av
 import numpy as np
 import pytest
 
 from labeler.media import video
 from labeler.media.image import MediaError
 from labeler.media.video import Sampling, VideoDecodeError, probe, sample_frames, sample_video
+from labeler.testing.videos import (FASTSTART, HEIGHT, LEVELS, MPEG4_QUALITY, VP9_GOP, WIDTH,
+                                    X264_GOP, audio_only_wav, cut_at_keyframe, encode_video,
+                                    level_index)
 
-WIDTH, HEIGHT = 64, 48  # multiples of 16: whole macroblocks, no padding at the borders
-LEVEL_STEP = 8  # grey level per frame index: 8 levels apart survive lossy coding
-LEVELS = 32  # 32 * 8 = 256 levels: frame indices are told apart modulo 32
-KEYINT = 10  # frames per GOP
-X264_GOP = {"x264-params": f"keyint={KEYINT}:min-keyint={KEYINT}:scenecut=0"}
 VFR_PTS_MS = [0, 100, 150, 400, 450, 1200, 1210, 1220, 2000, 2500]
 VFR_GOP = {"x264-params": "keyint=4:min-keyint=4:scenecut=0"}  # key frames 0, 4, 8
-
-
-def _encode(
-    path, codec, count=30, rate=10, options=None, pts_ms=None, rotation=None, muxer_options=None
-):
-    """Write `count` frames; pts_ms: explicit frame times in milliseconds (variable rate)."""
-    container = av.open(str(path), "w", options=muxer_options or {})
-    stream = container.add_stream(codec, rate=rate, options=options or {})
-    stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-    if pts_ms is not None:
-        stream.codec_context.time_base = Fraction(1, 1000)
-    if rotation is not None:
-        stream.set_display_rotation(rotation)
-    for i in range(count):
-        pixels = np.full((HEIGHT, WIDTH, 3), (i % LEVELS) * LEVEL_STEP, np.uint8)
-        pixels[:16, :16] = 255
-        frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
-        if pts_ms is not None:
-            frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
-        container.mux(stream.encode(frame))
-    container.mux(stream.encode())
-    container.close()
-    return str(path)
 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     d = tmp_path_factory.mktemp("videos")
-    vp9 = {"g": str(KEYINT), "keyint_min": str(KEYINT), "deadline": "realtime", "cpu-used": "8"}
     return {
-        # faststart: the index goes first, so a truncated copy still opens.
-        "h264": _encode(
-            d / "h264.mp4", "libx264", options=X264_GOP, muxer_options={"movflags": "faststart"}
-        ),
-        # mpeg4's default rate control drifts solid greys by up to 5 levels; cap the quantiser.
-        "mpeg4": _encode(d / "mpeg4.mp4", "mpeg4", options={"qmin": "1", "qmax": "4"}),
-        "vp9": _encode(d / "vp9.webm", "libvpx-vp9", options=vp9),
-        "long": _encode(d / "long.mp4", "libx264", count=80, options=X264_GOP),
-        "vfr_mkv": _encode(d / "vfr.mkv", "libx264", count=10, options=VFR_GOP, pts_ms=VFR_PTS_MS),
-        "vfr_mp4": _encode(d / "vfr.mp4", "libx264", count=10, options=VFR_GOP, pts_ms=VFR_PTS_MS),
-        "rotated": _encode(d / "rotated.mp4", "libx264", count=5, rotation=90),
+        "h264": encode_video(d / "h264.mp4", "libx264", options=X264_GOP, muxer_options=FASTSTART),
+        "mpeg4": encode_video(d / "mpeg4.mp4", "mpeg4", options=MPEG4_QUALITY),
+        "vp9": encode_video(d / "vp9.webm", "libvpx-vp9", options=VP9_GOP),
+        "long": encode_video(d / "long.mp4", "libx264", count=80, options=X264_GOP),
+        "vfr_mkv": encode_video(d / "vfr.mkv", "libx264", count=10, options=VFR_GOP,
+                                pts_ms=VFR_PTS_MS),
+        "vfr_mp4": encode_video(d / "vfr.mp4", "libx264", count=10, options=VFR_GOP,
+                                pts_ms=VFR_PTS_MS),
+        "rotated": encode_video(d / "rotated.mp4", "libx264", count=5, rotation=90),
     }
-
-
-def _level_index(pixels: np.ndarray) -> int:
-    """The frame index modulo LEVELS that the frame's grey level encodes."""
-    return round(float(pixels[-16:, -16:].mean()) / LEVEL_STEP) % LEVELS
 
 
 def _take(source, mode="all", **options):
     frames = list(sample_frames(source, mode, **options))
     for f in frames:  # content check: the pixels are those of the frame the index names
         assert f.pixels.dtype == np.uint8 and f.pixels.shape[2] == 3
-        assert _level_index(f.pixels) == f.index % LEVELS
+        assert level_index(f.pixels) == f.index % LEVELS
     return [f.index for f in frames], [f.timestamp_s for f in frames]
 
 
@@ -145,7 +106,7 @@ def test_rotation_is_applied(videos):
         assert f.pixels.shape == (WIDTH, HEIGHT, 3)
         # Turned 90 degrees counter-clockwise: the top-left marker is now at the bottom-left.
         assert f.pixels[-16:, :16].mean() > 240 and f.pixels[:16, :16].mean() < 240
-        assert _level_index(f.pixels) == f.index  # bottom-right: the old bottom-left, grey
+        assert level_index(f.pixels) == f.index  # bottom-right: the old bottom-left, grey
 
 
 class _SeekCounter:
@@ -176,43 +137,46 @@ class _Proxy:
         return self._overrides.get(name) or getattr(self._inner, name)
 
 
-def test_seeks_over_large_gaps_with_same_frames(videos, monkeypatch):
+def test_seeks_when_it_skips_frames_with_the_same_frames(videos, monkeypatch):
     src = videos["long"]  # 8 s at 10 fps, a key frame every second
-    straight = list(sample_video(src, Sampling("fps", fps=0.25), seek_min_gap_s=math.inf))
+    straight = list(sample_video(src, Sampling("fps", fps=0.25), seek_min_skip_s=math.inf))
     counter = _SeekCounter(monkeypatch)
     seeking = list(sample_video(src, Sampling("fps", fps=0.25)))
     assert [f.index for f in seeking] == [f.index for f in straight] == [0, 40]
     assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(seeking, straight))
     assert counter.seeks == [40 * 1024]  # mp4 time base 1/10240: frame 40 is 4 s
     counter.seeks.clear()
-    # Gaps of 1 s with a 0.5 s threshold: a seek to each wanted key frame after the first.
+    # Key frames from 2 s: a seek to each (the first skips frames 1-19, the others 1-9 of a GOP).
     keyframes = Sampling("keyframes", start_s=2.0, max_frames=3)
-    picked = list(sample_video(src, keyframes, seek_min_gap_s=0.5))
-    assert [(f.index, _level_index(f.pixels)) for f in picked] == [(20, 20), (30, 30), (40, 8)]
-    assert len(counter.seeks) == 3
+    picked = list(sample_video(src, keyframes))
+    assert [(f.index, level_index(f.pixels)) for f in picked] == [(20, 20), (30, 30), (40, 8)]
+    assert counter.seeks == [20 * 1024, 30 * 1024, 40 * 1024]
     counter.seeks.clear()
+    # 1 fps: each wanted frame is a key frame 0.9 s of frames after the last one decoded.
     assert [f.index for f in sample_frames(src, "fps", fps=1)] == list(range(0, 80, 10))
-    assert counter.seeks == []  # 1 s gaps: decoding through is cheaper than seeking
-
-
-def _cut_at_keyframe(path, keyframe_number) -> bytes:
-    """The file's bytes up to 3 bytes into the packet of its keyframe_number-th key frame."""
-    with av.open(path) as container:
-        positions = [p.pos for p in container.demux(container.streams.video[0]) if p.is_keyframe]
-    with open(path, "rb") as fh:
-        return fh.read()[: positions[keyframe_number] + 3]
+    assert counter.seeks == [k * 10 * 1024 for k in range(1, 8)]
+    counter.seeks.clear()
+    # 4 fps: the key frame before each wanted frame is at most 0.2 s ahead: decode through.
+    assert len(list(sample_frames(src, "fps", fps=4))) == 32
+    assert counter.seeks == []
 
 
 @pytest.mark.parametrize("name", ["h264", "vp9"])
 def test_truncated_video_yields_decoded_frames_then_error(videos, name):
-    data = _cut_at_keyframe(videos[name], 2)  # frames 0-19 intact, frame 20 cut short
+    data = cut_at_keyframe(videos[name], 2)  # frames 0-19 intact, frame 20 cut short
     got = []
     stopped = r"decoding stopped after the frame at 1\.900 s"
     with pytest.raises(VideoDecodeError, match=stopped) as err:
         for frame in sample_frames(data):
-            got.append((frame.index, _level_index(frame.pixels)))
+            got.append((frame.index, level_index(frame.pixels)))
     assert got == [(i, i) for i in range(20)]
     assert err.value.stopped_at_s == pytest.approx(1.9)
+    # Sampling that needs no frame after 1.0 s still reports the last whole frame, 1.9 s.
+    got.clear()
+    with pytest.raises(VideoDecodeError, match=stopped):
+        for frame in sample_frames(data, "fps", fps=1):
+            got.append(frame.index)
+    assert got == [0, 10]
     # A range that ends before the damage is complete: no error.
     assert _take(data, "fps", fps=2, end_s=1.5)[0] == [0, 5, 10]
 
@@ -229,16 +193,8 @@ def test_bad_inputs_raise_media_error(videos, tmp_path):
         cut = fh.read()[:-200]
     with pytest.raises(MediaError, match="not a recognised video container"):
         probe(cut)
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="wav") as container:
-        stream = container.add_stream("pcm_s16le", rate=8000)
-        silence = np.zeros((1, 800), np.int16)  # 0.1 s of mono samples
-        samples = av.AudioFrame.from_ndarray(silence, format="s16", layout="mono")
-        samples.sample_rate = 8000
-        container.mux(stream.encode(samples))
-        container.mux(stream.encode())
     with pytest.raises(MediaError, match=r"no video stream \(streams: audio\)"):
-        list(sample_frames(buf.getvalue()))
+        list(sample_frames(audio_only_wav()))
 
 
 def test_file_like_source(videos):

@@ -1,0 +1,349 @@
+"""A labeling job, either media: plan inputs -> decode (CPU tasks) -> model actors -> Parquet.
+
+    from_items(rows)                       {id, uri, shard}, one per pending input
+      .map_batches(<decode stage>)         CPU tasks: read + decode, error rows for bad input;
+                                           images: labeler.jobs.images, videos: jobs.video
+      .map_batches(Predictor, ...)         actor pool per task: num_gpus, batch size, pool size
+      .iter_batches() on the driver        ShardedParquetSink commits one file per shard
+
+Images and videos differ only in how inputs are listed and in the decode stage: an image is
+one row, a video as many rows as it has sampled frames or clips (numbered parts, see
+labeler.sinks.parquet). The model stages, the sink, the progress bar and the summary are
+the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+
+from labeler.config import JobSpec, SpecError, TaskSpec
+from labeler.pseudo.report import pseudo_label_report, report_lines, write_report
+from labeler.sinks.parquet import ShardedParquetSink
+from labeler.sources import InputItem, plan_source
+from labeler.storage import storage_env
+
+log = logging.getLogger(__name__)
+
+MIN_BATCHES_FOR_RATE = 5
+# Tries of one batch on a model actor whose process dies (out of memory, a segfault in native
+# code): Ray restarts the actor and retries the batch; after the last try the batch is
+# dropped and its inputs become error rows (lost_input_rows), so one poisonous input cannot
+# stall the job forever (Ray Data's default is to retry without end).
+MODEL_BATCH_ATTEMPTS = 3
+
+
+@dataclass
+class JobSummary:
+    """What a finished job reports; also written to <output>/_SUCCESS.
+
+    inputs: images or videos; rows: output rows (one per image, sampled frame or clip, and
+    task); unit: what a row labels, "images", "frames" or "clips"."""
+
+    output: str
+    inputs: int
+    media: str = "image"
+    unit: str = "images"
+    rows: int = 0
+    errors: int = 0
+    skipped_inputs: int = 0  # already committed by an earlier run of the same job
+    ray_start_s: float = 0.0
+    first_result_s: float = 0.0  # after Ray start: model load + the first batch
+    wall_s: float = 0.0
+    steady_images_per_s: float = 0.0  # rows after the first batch / time after it (`unit`/s)
+    error_reasons: dict[str, int] = field(default_factory=dict)
+    reports: dict[str, dict] = field(default_factory=dict)  # per pseudo-label task
+
+    def lines(self) -> list[str]:
+        after_start = max(self.wall_s - self.ray_start_s, 1e-9)
+        steady = (f"{self.steady_images_per_s:.1f} {self.unit}/s steady"
+                  if self.steady_images_per_s
+                  else f"{self.rows / after_start:.1f} {self.unit}/s with model load "
+                       f"(too few batches for a steady rate)")
+        inputs = "videos" if self.media == "video" else "inputs"
+        return [
+            f"rows: {self.rows} ({self.inputs} {inputs}, {self.skipped_inputs} already done), "
+            f"errors: {self.errors}",
+            f"throughput: {steady} "
+            f"(ray start {self.ray_start_s:.1f}s, model load + first batch {self.first_result_s:.1f}s, "
+            f"wall {self.wall_s:.1f}s)",
+            *(f"  error x{n}: {reason}" for reason, n in sorted(self.error_reasons.items())[:10]),
+            *(line for report in self.reports.values() for line in report_lines(report)),
+            f"output: {self.output}",
+        ]
+
+
+def _model_stages(ds, tasks: list[TaskSpec]):
+    """One actor pool per task over the decoded rows. A one-task job's actors emit record
+    tables; with several tasks each pool passes the rows on with its records as JSON, and a
+    last CPU stage turns them into one row per input and task. Image columns are dropped
+    by the last pool that reads them, so later stages move only records."""
+    import ray
+
+    from labeler.actors.predictor import Predictor, explode_records
+    from labeler.jobs.stages import input_column
+
+    columns = [input_column(t) for t in tasks]
+    for k, task in enumerate(tasks):
+        res = task.resources
+        later = set(columns[k + 1:])
+        drop = tuple(c for c in set(columns[: k + 1]) if c not in later)
+        ds = ds.map_batches(
+            Predictor,
+            fn_constructor_kwargs={"task": task, "input_column": columns[k],
+                                   "passthrough": len(tasks) > 1, "drop_columns": drop},
+            batch_size=res.batch_size, compute=ray.data.ActorPoolStrategy(size=res.concurrency),
+            num_gpus=res.num_gpus, num_cpus=res.num_cpus, batch_format="numpy",
+            max_restarts=-1, max_task_retries=MODEL_BATCH_ATTEMPTS - 1, **worker_env())
+    if len(tasks) > 1:
+        ds = ds.map_batches(explode_records, fn_kwargs={"task_names": [t.output_name for t in tasks]},
+                            batch_format="numpy", num_cpus=0.5)
+    return ds
+
+
+def worker_env(extra: dict[str, str] | None = None) -> dict:
+    """Remote args that give decode tasks and model actors the driver's storage settings
+    (S3 endpoint, region, keys, model cache: see labeler.storage), so `s3://` inputs and
+    models resolve the same way on every node, plus the `extra` variables a stage sets for
+    its own workers; none when there are none."""
+    env = {**storage_env(), **(extra or {})}
+    return {"runtime_env": {"env_vars": env}} if env else {}
+
+
+def check_local_capacity(spec: JobSpec, cpus: float) -> None:
+    """A local Ray cannot grow: if the actors' CPUs leave none for decoding, the job would
+    wait forever. Fail at once instead, saying what to change."""
+    needed = sum(t.resources.num_cpus * t.resources.concurrency for t in spec.tasks)
+    if needed + 1 > cpus:
+        raise SpecError(
+            f"tasks.*.resources: the model actors reserve {needed:g} CPUs and decoding needs 1, "
+            f"but this Ray has {cpus:g}; lower num_cpus or concurrency (fractions such as 0.5 "
+            f"share a core)")
+
+
+def _local_cpus(spec: JobSpec) -> float:
+    """CPUs of the local Ray this job runs on (already started, or about to be)."""
+    import ray
+
+    if ray.is_initialized():
+        return ray.cluster_resources().get("CPU", 0)
+    return spec.ray.num_cpus or os.cpu_count() or 1
+
+
+def job_fingerprint(spec: JobSpec, uris: list) -> str:
+    """Hash of the inputs and everything that shapes the rows (not resources or output)."""
+    shaping = {
+        "input": {**spec.input.model_dump(exclude={"path"}),
+                  "files_per_shard": spec.input.effective_files_per_shard},
+        "tasks": [t.model_dump(exclude={"resources"}) for t in spec.tasks],
+        "uris": uris,
+    }
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+
+
+def init_ray(spec: JobSpec) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=spec.ray.address, num_cpus=spec.ray.num_cpus,
+             logging_level=logging.WARNING, configure_logging=True, log_to_driver=True)
+
+
+def run_job(spec: JobSpec, progress: bool = True) -> JobSummary:
+    """Run a validated job (images or videos, input.media) to completion; returns its summary.
+
+    Everything that can fail without labeling anything is checked first, in order: the
+    input listing (StorageError naming the URI and cause; SpecError if it holds no input),
+    the local capacity, then the output (StorageError, OutputConflict), before Ray starts."""
+    started = time.perf_counter()
+    media = spec.input.media
+    plan = plan_source(spec.input.path, spec.input.effective_files_per_shard, media)
+    items = plan.items
+    if not items:
+        raise SpecError(f"input.path: no {media} files found under {spec.input.path!r}")
+    expected: dict[int, int] = {}
+    for item in items:
+        expected[item.shard] = expected.get(item.shard, 0) + 1
+    task_names = [t.output_name for t in spec.tasks]
+    if spec.ray.address is None:
+        check_local_capacity(spec, _local_cpus(spec))
+    metadata = plan.metadata
+    if metadata is not None:
+        metadata = metadata.append_column("shard", pa.array([i.shard for i in items], pa.int64()))
+    sink = ShardedParquetSink(spec.output.path, expected, task_names,
+                              job_fingerprint(spec, _identities(items)), spec.output.overwrite,
+                              metadata=metadata)
+    pending = sink.pending_shards()
+    caption_columns = _caption_columns(spec, plan)
+    todo = [i.row(plan.has_prompts) for i in items if i.shard in pending]
+    for row, item in zip(todo, (i for i in items if i.shard in pending)):
+        for column, source in caption_columns.items():
+            caption = item.metadata.get(source)
+            row[column] = "" if caption is None else str(caption)
+    summary = JobSummary(output=sink.uri, inputs=len(items), media=media, unit=_unit(spec),
+                         skipped_inputs=len(items) - len(todo))
+    if todo:
+        _execute(spec, todo, sink, summary, progress)
+    summary.reports = _pseudo_label_reports(spec, sink)
+    summary.wall_s = time.perf_counter() - started
+    sink.finish(asdict(summary))
+    return summary
+
+
+def _pseudo_label_reports(spec: JobSpec, sink: ShardedParquetSink) -> dict[str, dict]:
+    """The OWL-ST report of each pseudo-label task, over all its rows (this run's and any
+    earlier run's), written beside them as <output>/<task>/_report.json."""
+    import pyarrow.dataset as pads
+
+    reports = {}
+    for task in spec.tasks:
+        if task.task != "pseudo-label":
+            continue
+        folder = f"{sink.path}/{task.output_name}"
+        table = pads.dataset(folder, filesystem=sink.fs, format="parquet").to_table()
+        reports[task.output_name] = report = pseudo_label_report(table)
+        base = sink.uri.rstrip("/")
+        write_report(f"{base}/{task.output_name}/_report.json", report)
+    return reports
+
+
+def lost_input_rows(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink) -> pa.Table:
+    """One error row per (task, input) whose rows did not all arrive (Ray Data dropped its
+    batch after MODEL_BATCH_ATTEMPTS tries), as OUTPUT_SCHEMA rows; empty when none."""
+    from labeler.actors.predictor import OUTPUT_SCHEMA
+    from labeler.registry import load_adapter_class
+
+    by_shard: dict[int, list[dict]] = {}
+    for row in todo:
+        by_shard.setdefault(row["shard"], []).append(row)
+    reason = (f"not labeled: the model worker died {MODEL_BATCH_ATTEMPTS} times on the batch "
+              f"holding this input (out of memory, or a crash in native code)")
+    records = []
+    for task in spec.tasks:
+        parameters = None
+        for shard in sorted(sink.pending_shards()):
+            rows = {r["id"]: r for r in by_shard.get(shard, [])}
+            for id_, arrived in sink.incomplete_inputs(task.output_name, shard,
+                                                       list(rows)).items():
+                if parameters is None:
+                    parameters = load_adapter_class(task.task, task.model.family)(
+                        task).parameters_json()
+                records.append({
+                    "id": id_, "uri": rows[id_]["uri"], "task": task.task,
+                    "task_name": task.output_name, "model": task.model.source,
+                    "model_family": task.model.family, "model_revision": task.model.revision,
+                    "parameters": parameters, "error": reason, "shard": shard,
+                    "part_index": arrived, "last_part": True})
+    return pa.Table.from_pylist(records, schema=OUTPUT_SCHEMA)
+
+
+def _unit(spec: JobSpec) -> str:
+    """What one output row labels."""
+    if spec.input.media == "image":
+        return "images"
+    return "clips" if spec.input.clip is not None else "frames"
+
+
+def _decoded(spec: JobSpec, todo: list[dict]):
+    """The Ray dataset of decoded rows: the media's decode stage over the pending inputs."""
+    if spec.input.media == "video":
+        from labeler.jobs.video import decoded_videos
+
+        return decoded_videos(spec, todo)
+    from labeler.jobs.images import decoded_images
+
+    return decoded_images(spec, todo)
+
+
+def caption_column(task: TaskSpec) -> str:
+    """The pipeline column holding a pseudo-label task's captions ("" = none)."""
+    return f"caption__{task.output_name}"
+
+
+def _caption_columns(spec: JobSpec, plan) -> dict[str, str]:
+    """{pipeline column: input column} for pseudo-label tasks that read captions from the
+    input. An input column that no input has is a spec error: every image would get no
+    queries, which is a typo far more often than an intent."""
+    columns = {}
+    present = set(plan.metadata.column_names) if plan.metadata is not None else set()
+    for k, task in enumerate(spec.tasks):
+        options = task.pseudo_label
+        if task.task != "pseudo-label" or not options.use_captions or options.caption_from:
+            continue
+        if options.caption_column not in present:
+            raise SpecError(
+                f"tasks.{k}.pseudo_label.caption_column: no input has a column "
+                f"{options.caption_column!r} (input columns: {sorted(present - {'id'}) or 'none'}; "
+                f"a folder gives `caption` from a .txt file beside each image, same stem); "
+                f"set use_captions: false to label with the vocabulary alone")
+        columns[caption_column(task)] = options.caption_column
+    return columns
+
+
+def _identities(items: list[InputItem]) -> list:
+    """What identifies each input for the fingerprint: id, uri and its own prompt."""
+    return [[i.id, i.uri, i.prompt] for i in items]
+
+
+def _execute(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink, summary: JobSummary,
+             progress: bool) -> None:
+    import ray
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    init_ray(spec)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # ours counts rows written, which is what users watch
+    ctx.execution_options.preserve_order = False
+    # A batch that failed all its tries is dropped rather than failing the job: its inputs
+    # become error rows at the end (lost_input_rows), so nothing is silently missing.
+    ctx.max_errored_blocks = -1
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    summary.ray_start_s = time.perf_counter() - t0
+
+    ds = _model_stages(_decoded(spec, todo), list(spec.tasks))
+    # An image is one row per task; a video's row count is known only once it is decoded,
+    # so its bar counts rows and shows their rate, without a total.
+    total = len(todo) * len(spec.tasks) if spec.input.media == "image" else None
+    bar = tqdm(total=total, unit=summary.unit.removesuffix("s"), disable=not progress,
+               desc="labeling")
+    t_start = time.perf_counter()
+    t_first = None
+    rows_at_first = 0
+    batches = 0
+    for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        sink.add(table)
+        n = table.num_rows
+        summary.rows += n
+        errors = [e for e in table.column("error").to_pylist() if e is not None]
+        summary.errors += len(errors)
+        for reason in errors:
+            summary.error_reasons[reason] = summary.error_reasons.get(reason, 0) + 1
+        if t_first is None:
+            t_first, rows_at_first = time.perf_counter(), summary.rows
+            summary.first_result_s = t_first - t_start
+        bar.update(n)
+        batches += 1
+    bar.close()
+    lost = lost_input_rows(spec, todo, sink)
+    if lost.num_rows:
+        log.warning("%d inputs were lost with model actors that died %d times on their batch; "
+                    "they are error rows", lost.num_rows, MODEL_BATCH_ATTEMPTS)
+        sink.add_lost(lost)
+        summary.rows += lost.num_rows
+        summary.errors += lost.num_rows
+        for reason in lost.column("error").to_pylist():
+            summary.error_reasons[reason] = summary.error_reasons.get(reason, 0) + 1
+    steady_s = time.perf_counter() - (t_first or t_start)
+    steady_rows = summary.rows - rows_at_first
+    # A rate over a handful of result batches measures Ray's output buffering, not the
+    # pipeline: report it only when enough batches arrived after the first one.
+    if batches > MIN_BATCHES_FOR_RATE and steady_s > 0:
+        summary.steady_images_per_s = steady_rows / steady_s
