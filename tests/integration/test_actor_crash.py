@@ -1,0 +1,42 @@
+"""A model actor that dies on a batch (as a segfault in native code or the OOM killer ends
+it) is restarted and the batch retried a bounded number of times; then the batch's inputs
+become error rows and the job completes with every input exactly once.
+
+What Ray retries is the actor task, which holds one or more decode blocks (DECODE_BATCH
+inputs each), so that is what is lost: the blocks of the poisonous input's task, not the
+others."""
+
+import os
+import subprocess
+import sys
+
+import pyarrow.dataset as pads
+
+from labeler.jobs.images import DECODE_BATCH
+from labeler.jobs.runner import MODEL_BATCH_ATTEMPTS
+from labeler.testing.faults import CRASH_ON_ENV
+from labeler.testing.samples import make_sample_images
+
+
+def test_a_batch_that_kills_its_actor_becomes_error_rows(tiny_owlv2, tmp_path):
+    images = tmp_path / "images"
+    make_sample_images(images, count=2 * DECODE_BATCH + 4, bad=False)  # 3 decode blocks
+    out = tmp_path / "out"
+    # A fresh Ray in a subprocess, so the crash marker reaches its workers' environment.
+    env = {**os.environ, CRASH_ON_ENV: "sample_005"}
+    run = subprocess.run(
+        [sys.executable, "-m", "labeler.cli", "run", "--input", str(images), "--output", str(out),
+         "--task", "detect", "--family", "owlv2", "--model", tiny_owlv2, "--labels", "a cat",
+         "--batch-size", "2", "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    rows = {r["id"]: r for r in pads.dataset(out, format="parquet").to_table().to_pylist()}
+    assert sorted(rows) == sorted(p.name for p in images.iterdir())  # each input once
+    lost = {i for i, r in rows.items() if r["error"] is not None}
+    assert any("sample_005" in i for i in lost) and len(lost) < len(rows)
+    for i in lost:
+        assert f"died {MODEL_BATCH_ATTEMPTS} times" in rows[i]["error"]
+        assert rows[i]["detections"] is None
+    assert all(rows[i]["detections"] is not None for i in set(rows) - lost)
+    assert "errors: " in run.stdout and (out / "_SUCCESS").exists()
