@@ -291,6 +291,9 @@ class JobSpec(_Strict):
         if clip_tasks and len(clip_tasks) < len(self.tasks):
             raise ValueError("a video job runs clip tasks (video-caption, video-ask) or "
                              "per-frame tasks, not both; run two jobs")
+        if clip_tasks and self.input.sampling != SamplingSpec():
+            raise ValueError("input.sampling chooses frames for per-frame tasks; clip tasks "
+                             "sample inside each clip at input.clip.fps (--clip-fps)")
         if clip_tasks and self.input.clip is None:
             raise ValueError(f"task {clip_tasks[0]!r} needs input.clip.seconds (--clip-seconds)")
         if not clip_tasks and self.input.clip is not None:
