@@ -37,7 +37,10 @@ def decoded_images(spec: JobSpec, todo: list[dict]):
     from labeler.jobs.stages import decode_batch
 
     ds = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / DECODE_BATCH)))
-    return ds.map_batches(decode_batch, batch_size=DECODE_BATCH,
+    # One block (<= DECODE_BATCH rows) per task, as planned: a batch size would make Ray Data
+    # bundle blocks until it is reached (two blocks of 12 for 16), and a model task that
+    # keeps dying loses its whole input bundle (see runner.MODEL_BATCH_ATTEMPTS).
+    return ds.map_batches(decode_batch, batch_size=None,
                           fn_kwargs={"max_pixels": spec.input.max_pixels,
                                      "decode_min_side": spec.input.decode_min_side,
                                      "tasks": list(spec.tasks)},
