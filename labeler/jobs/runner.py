@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 
 from labeler.config import JobSpec, SpecError, TaskSpec
+from labeler.pseudo.report import COLUMNS as REPORT_COLUMNS
 from labeler.pseudo.report import pseudo_label_report, report_lines, write_report
 from labeler.sinks.parquet import ShardedParquetSink
 from labeler.sources import InputItem, plan_source
@@ -207,8 +208,9 @@ def _pseudo_label_reports(spec: JobSpec, sink: ShardedParquetSink) -> dict[str, 
         if task.task != "pseudo-label":
             continue
         folder = f"{sink.path}/{task.output_name}"
-        table = pads.dataset(folder, filesystem=sink.fs, format="parquet").to_table()
-        reports[task.output_name] = report = pseudo_label_report(table)
+        batches = pads.dataset(folder, filesystem=sink.fs, format="parquet").to_batches(
+            columns=list(REPORT_COLUMNS))
+        reports[task.output_name] = report = pseudo_label_report(batches)
         base = sink.uri.rstrip("/")
         write_report(f"{base}/{task.output_name}/_report.json", report)
     return reports

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -28,9 +29,11 @@ TOP_LABELS = 20
 COLUMNS = ("detections", "kept", "filter_reason", "error")
 
 
-def pseudo_label_report(table: pa.Table, thresholds: tuple[float, ...] = THRESHOLDS,
-                        top: int = TOP_LABELS) -> dict:
-    """Output rows of one pseudo-label task -> a JSON-able dict:
+def pseudo_label_report(rows: pa.Table | Iterable[pa.RecordBatch],
+                        thresholds: tuple[float, ...] = THRESHOLDS, top: int = TOP_LABELS) -> dict:
+    """Output rows of one pseudo-label task (a table, or record batches holding at least
+    COLUMNS, e.g. a dataset scanner's, so a job's output is never loaded whole) -> a
+    JSON-able dict:
     {"images", "errors", "kept", "not_kept": {kind: n}, "boxes",
      "thresholds": [{"threshold", "images", "boxes"}], "top_labels": [{"label", "boxes"}]}.
     "images" counts every row; the others count rows without error (and their boxes)."""
@@ -40,7 +43,8 @@ def pseudo_label_report(table: pa.Table, thresholds: tuple[float, ...] = THRESHO
     labels: Counter[str] = Counter()
     # Scores are stored as float32: compared in float32, a box stored as 0.7 is >= 0.7.
     cuts = np.asarray(thresholds, dtype=np.float32)
-    for batch in table.select(list(COLUMNS)).to_batches():
+    batches = rows.select(list(COLUMNS)).to_batches() if isinstance(rows, pa.Table) else rows
+    for batch in batches:
         n = batch.num_rows
         images += n
         ok = pc.is_null(batch.column("error")).to_numpy(zero_copy_only=False)
