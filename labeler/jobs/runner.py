@@ -161,8 +161,9 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobSummary:
     """Run a validated job (images or videos, input.media) to completion; returns its summary.
 
     Everything that can fail without labeling anything is checked first, in order: the
-    input listing (StorageError naming the URI and cause; SpecError if it holds no input),
-    the local capacity, then the output (StorageError, OutputConflict), before Ray starts."""
+    input listing (StorageError naming the URI and cause; SpecError if it holds no input or
+    lacks a pseudo-label task's caption column), the local capacity, then the output
+    (StorageError, OutputConflict), before Ray starts."""
     started = time.perf_counter()
     media = spec.input.media
     plan = plan_source(spec.input.path, spec.input.effective_files_per_shard, media)
@@ -173,6 +174,7 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobSummary:
     for item in items:
         expected[item.shard] = expected.get(item.shard, 0) + 1
     task_names = [t.output_name for t in spec.tasks]
+    caption_columns = _caption_columns(spec, plan)
     if spec.ray.address is None:
         check_local_capacity(spec, _local_cpus(spec))
     metadata = plan.metadata
@@ -182,7 +184,6 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobSummary:
                               job_fingerprint(spec, _identities(items)), spec.output.overwrite,
                               metadata=metadata)
     pending = sink.pending_shards()
-    caption_columns = _caption_columns(spec, plan)
     todo = [i.row(plan.has_prompts) for i in items if i.shard in pending]
     for row, item in zip(todo, (i for i in items if i.shard in pending)):
         for column, source in caption_columns.items():
