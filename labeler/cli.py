@@ -58,6 +58,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", help="join this Ray cluster ('auto' inside one)")
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace earlier results in the output folder")
+    p.add_argument("--retry-errors", action="store_true", default=None,
+                   help="rerun: label again the inputs whose rows are errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -256,6 +256,16 @@ class InputSpec(_Strict):
 class OutputSpec(_Strict):
     path: str
     overwrite: bool = Field(False, description="delete earlier results under path first")
+    retry_errors: bool = Field(
+        False, description="on a rerun, label again every input that has an error row in a "
+        "committed shard (a storage outage, a worker that died), rewriting those shards")
+
+    @model_validator(mode="after")
+    def _retry_needs_results(self) -> "OutputSpec":
+        if self.overwrite and self.retry_errors:
+            raise ValueError("retry_errors relabels the error rows of earlier results, which "
+                             "overwrite deletes first; set one of them")
+        return self
 
 
 class RaySpec(_Strict):
@@ -326,7 +336,8 @@ TASK_FLAGS = {"task": ("task",), "family": ("model", "family"), "model": ("model
               "caption_column": ("pseudo_label", "caption_column"),
               "vocabulary": ("pseudo_label", "vocabulary_file")}
 JOB_FLAGS = {"input": ("input", "path"), "output": ("output", "path"),
-             "overwrite": ("output", "overwrite"), "max_pixels": ("input", "max_pixels"),
+             "overwrite": ("output", "overwrite"), "retry_errors": ("output", "retry_errors"),
+             "max_pixels": ("input", "max_pixels"),
              "ray_address": ("ray", "address"), "media": ("input", "media"),
              "sample_fps": ("input", "sampling", "fps"),
              "every_n_frames": ("input", "sampling", "every_n_frames"),

@@ -54,6 +54,7 @@ class JobSummary:
     rows: int = 0
     errors: int = 0
     skipped_inputs: int = 0  # already committed by an earlier run of the same job
+    retried_inputs: int = 0  # had error rows in an earlier run, labeled again (retry_errors)
     ray_start_s: float = 0.0
     first_result_s: float = 0.0  # after Ray start: model load + the first batch
     wall_s: float = 0.0
@@ -68,9 +69,10 @@ class JobSummary:
                   else f"{self.rows / after_start:.1f} {self.unit}/s with model load "
                        f"(too few batches for a steady rate)")
         inputs = "videos" if self.media == "video" else "inputs"
+        retried = f", {self.retried_inputs} retried" if self.retried_inputs else ""
         return [
-            f"rows: {self.rows} ({self.inputs} {inputs}, {self.skipped_inputs} already done), "
-            f"errors: {self.errors}",
+            f"rows: {self.rows} ({self.inputs} {inputs}, {self.skipped_inputs} already done"
+            f"{retried}), errors: {self.errors}",
             f"throughput: {steady} "
             f"(ray start {self.ray_start_s:.1f}s, model load + first batch {self.first_result_s:.1f}s, "
             f"wall {self.wall_s:.1f}s)",
@@ -182,15 +184,19 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobSummary:
         metadata = metadata.append_column("shard", pa.array([i.shard for i in items], pa.int64()))
     sink = ShardedParquetSink(spec.output.path, expected, task_names,
                               job_fingerprint(spec, _identities(items)), spec.output.overwrite,
-                              metadata=metadata)
+                              metadata=metadata, retry_errors=spec.output.retry_errors)
     pending = sink.pending_shards()
-    todo = [i.row(plan.has_prompts) for i in items if i.shard in pending]
-    for row, item in zip(todo, (i for i in items if i.shard in pending)):
+    retrying = sink.retrying  # reopened shards: only their failed inputs run again
+    pending_items = [i for i in items if i.shard in pending
+                     and (i.shard not in retrying or i.id in retrying[i.shard])]
+    todo = [i.row(plan.has_prompts) for i in pending_items]
+    for row, item in zip(todo, pending_items):
         for column, source in caption_columns.items():
             caption = item.metadata.get(source)
             row[column] = "" if caption is None else str(caption)
     summary = JobSummary(output=sink.uri, inputs=len(items), media=media, unit=_unit(spec),
-                         skipped_inputs=len(items) - len(todo))
+                         skipped_inputs=len(items) - len(todo),
+                         retried_inputs=sum(len(ids) for ids in retrying.values()))
     if todo:
         _execute(spec, todo, sink, summary, progress)
     summary.reports = _pseudo_label_reports(spec, sink)

@@ -19,6 +19,11 @@ discovery); on S3 an object becomes visible only when its upload completes, so i
 under its final name directly (an interrupted multipart upload stays invisible). On a rerun
 with the same spec, committed shards are skipped: only the missing inputs are labeled.
 
+With `retry_errors`, a rerun also reopens every shard that all tasks committed and that
+holds an error row: the inputs with an error row (in any task) are labeled again, the rows
+of the shard's other inputs are kept as they are, and the shard file is replaced (written
+then renamed, as any commit) once the retried inputs' rows are in.
+
 Ray Data's own `write_parquet` names files by block and write task, not by input shard, and
 has no commit per group of inputs; so the driver, which sees every (small) record anyway for
 the progress bar, writes the files.
@@ -65,11 +70,14 @@ class ShardedParquetSink:
     task_names: the job's task output names. fingerprint: identifies the job (inputs and
     spec); a rerun must match it to resume. metadata: columns carried from the inputs to
     every output row, with `id` and `shard` columns (one row per input), or None.
+    retry_errors: reopen committed shards that hold error rows (`retrying` says which inputs
+    of them to label again).
     Problems reaching the output (no such bucket, refused credentials) raise StorageError.
     """
 
     def __init__(self, root: str | Path, expected: dict[int, int], task_names: list[str],
-                 fingerprint: str, overwrite: bool = False, metadata: pa.Table | None = None):
+                 fingerprint: str, overwrite: bool = False, metadata: pa.Table | None = None,
+                 retry_errors: bool = False):
         self.uri = str(root)
         self.fs, self.path = filesystem_for(self.uri)
         self.path = self.path.rstrip("/")
@@ -90,7 +98,16 @@ class ShardedParquetSink:
         # (task, input id) -> [rows arrived, rows the input has (None until its last arrives)]
         self._parts: dict[tuple[str, str], list] = {}
         self._complete_inputs: dict[tuple[str, int], int] = defaultdict(int)
+        # Reopened shards: (task, shard) -> the committed rows kept, as written; and
+        # shard -> the ids of its inputs to label again.
+        self._retained: dict[tuple[str, int], pa.Table] = {}
+        self.retrying: dict[int, set[str]] = {}
         self.files_written: list[str] = []
+        if retry_errors:
+            try:
+                self._reopen_shards_with_errors()
+            except OSError as err:
+                raise storage_error(self.uri, "read earlier results from", err) from None
 
     def _list(self) -> set[str]:
         """Paths of every file under the output root now."""
@@ -141,6 +158,30 @@ class ShardedParquetSink:
         staging = f"{folder}/.{name}.tmp"
         write(staging)
         self.fs.move(staging, path)  # rename: atomic, readers see the whole file or none
+
+    def _read_shard(self, task_name: str, shard: int, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(f"{self.path}/{shard_name(task_name, shard)}", columns=columns,
+                             filesystem=self.fs)
+
+    def _reopen_shards_with_errors(self) -> None:
+        """For each shard that every task committed: the ids with an error row in any task.
+        Those shards become pending again, their other inputs' rows retained, complete."""
+        for shard in sorted(set(self.expected) - self.pending_shards()):
+            failed: set[str] = set()
+            for task in self.task_names:
+                rows = self._read_shard(task, shard, ["id", "error"])
+                failed.update(rows.filter(pc.is_valid(rows.column("error")))
+                              .column("id").to_pylist())
+            if not failed:
+                continue
+            self.retrying[shard] = failed
+            for task in self.task_names:
+                rows = self._read_shard(task, shard)
+                kept = rows.filter(pc.invert(pc.is_in(rows.column("id"),
+                                                      value_set=pa.array(sorted(failed)))))
+                self._retained[(task, shard)] = kept
+                self._complete_inputs[(task, shard)] = len(set(kept.column("id").to_pylist()))
+                self._existing.discard(f"{self.path}/{shard_name(task, shard)}")
 
     def committed(self, task_name: str, shard: int) -> bool:
         return f"{self.path}/{shard_name(task_name, shard)}" in self._existing
@@ -213,6 +254,11 @@ class ShardedParquetSink:
         rows = rows.sort_by([("id", "ascending"), ("part_index", "ascending")])
         rows = rows.drop_columns(list(ROUTING_COLUMNS)).cast(RECORD_SCHEMA)
         rows = _with_carried_columns(rows, self._metadata.get(shard))
+        retained = self._retained.pop((task_name, shard), None)
+        if retained is not None:
+            # Both are in file order (by id, then part); a stable sort by id interleaves them
+            # and keeps each input's parts in order.
+            rows = pa.concat_tables([retained, rows.cast(retained.schema)]).sort_by("id")
         path = f"{self.path}/{shard_name(task_name, shard)}"
         try:
             self._write(path, lambda target: pq.write_table(rows, target, filesystem=self.fs,

@@ -200,3 +200,42 @@ tasks:
     for name, out in zip(names, direct):
         assert captions[name]["text"] == out["text"]
         assert captions[name]["text"]  # the tiny model says something
+
+
+def test_retry_errors_relabels_only_the_failed_inputs(ray_local, tiny_owlv2, tmp_path):
+    """A file that was broken in the first run and mended since: a plain rerun keeps its error
+    row, a rerun with retry_errors labels it (and the still-broken ones again), keeps every
+    other row as written and leaves shards without errors untouched."""
+    from labeler.testing.samples import jpeg_bytes, synthetic_image
+
+    folder = tmp_path / "in"
+    make_sample_images(folder, count=4, bad=True)  # 7 inputs: the 3 bad ones sort first
+    out = tmp_path / "out"
+
+    def spec(**kw):
+        base = _spec(folder, out, tiny_owlv2, **kw)
+        return base.model_copy(update={"input": base.input.model_copy(
+            update={"files_per_shard": 4})})
+
+    first = run_image_job(spec(), progress=False)
+    assert (first.rows, first.errors) == (7, 3)
+    before = {r["id"]: r for r in pads.dataset(out, format="parquet").to_table().to_pylist()}
+    clean_shard = out / "detect" / "part-00001.parquet"  # sample_001..003: no error row
+    clean_mtime = clean_shard.stat().st_mtime_ns
+
+    (folder / "bad_truncated.jpg").write_bytes(jpeg_bytes(synthetic_image(320, 240, seed=7)))
+    plain = run_image_job(spec(), progress=False)
+    assert (plain.rows, plain.skipped_inputs, plain.retried_inputs) == (0, 7, 0)
+
+    retried = run_image_job(spec(retry_errors=True), progress=False)
+    assert (retried.rows, retried.errors, retried.retried_inputs) == (3, 2, 3)
+    assert "3 retried" in retried.lines()[0]
+    after = {r["id"]: r for r in pads.dataset(out, format="parquet").to_table().to_pylist()}
+    assert set(after) == set(before)  # still one row per input
+    mended = after["bad_truncated.jpg"]
+    assert mended["error"] is None and (mended["width"], mended["height"]) == (320, 240)
+    assert after["bad_empty.png"]["error"] == "empty file (0 bytes)"
+    for id_ in ("sample_000.jpg", "sample_001.png", "sample_002.webp", "sample_003.bmp"):
+        assert after[id_] == before[id_]  # kept as written, timings included
+    assert clean_shard.stat().st_mtime_ns == clean_mtime
+    assert (out / "_SUCCESS").exists()

@@ -89,6 +89,18 @@ def test_job_reads_images_and_model_from_s3_and_writes_to_s3(ray_local, s3_bucke
     assert (again.rows, again.skipped_inputs) == (0, 8)
     assert _read_output(f"s3://{s3_bucket}/out").num_rows == 8
 
+    # The empty object is replaced by an image: --retry-errors rewrites the shards holding
+    # the three error rows in S3, and labels the mended one.
+    client.put_object(Bucket=s3_bucket, Key="images/bad_empty.png",
+                      Body=jpeg_bytes(synthetic_image(200, 100, seed=3)))
+    retry_spec = spec.model_copy(update={"output": spec.output.model_copy(
+        update={"retry_errors": True})})
+    retried = run_image_job(retry_spec, progress=False)
+    assert (retried.rows, retried.errors, retried.retried_inputs) == (3, 2, 3)
+    rows = {r["id"]: r for r in _read_output(f"s3://{s3_bucket}/out").to_pylist()}
+    assert len(rows) == 8 and rows["bad_empty.png"]["error"] is None
+    assert (rows["bad_empty.png"]["width"], rows["bad_empty.png"]["height"]) == (200, 100)
+
 
 def test_manifest_rows_missing_objects_and_prompts(ray_local, s3_bucket, s3_env, tiny_owlv2,
                                                    tmp_path):

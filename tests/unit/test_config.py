@@ -78,3 +78,23 @@ def test_missing_and_malformed_spec_files(tmp_path):
     bad.write_text("tasks: [unclosed")
     with pytest.raises(SpecError, match="not valid YAML"):
         load_job_spec(bad)
+
+
+def test_the_readme_spec_file_is_a_valid_job_spec(tmp_path, monkeypatch):
+    """The annotated job.yaml in the README is what users copy: it must validate as written
+    (run where its ./images folder exists)."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from labeler.config import JobSpec
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"```yaml\n# job.yaml\n(.*?)```", readme, re.DOTALL)
+    assert block, "README lost its job.yaml example"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "images").mkdir()
+    spec = JobSpec(**yaml.safe_load(block.group(1)))
+    assert spec.output.retry_errors is False and spec.tasks[0].labels == ["cat", "dog",
+                                                                          "traffic light"]

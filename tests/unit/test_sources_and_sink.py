@@ -199,3 +199,76 @@ def test_inputs_that_never_arrived_become_the_error_rows_given_for_them(tmp_path
     table = pq.read_table(tmp_path / "out/detect/part-00000.parquet")
     assert table.column("id").to_pylist() == ["a", "b", "d", "v", "v"]
     assert table.column("error").to_pylist() == [None, "lost", None, None, "lost"]
+
+
+def _with_error(rows: pa.Table, errors: list) -> pa.Table:
+    return rows.set_column(OUTPUT_SCHEMA.get_field_index("error"), "error", pa.array(errors))
+
+
+def test_retry_errors_reopens_shards_with_error_rows_and_keeps_the_other_rows(tmp_path):
+    """Two tasks, three shards: shard 0 has an error in task `b` only, shard 1 none, shard 2
+    a video with an error part. A rerun with retry_errors relabels exactly the inputs with an
+    error row in any task, keeps every other row as written, and replaces only shards 0 and 2."""
+    out = tmp_path / "out"
+    tasks = ["a", "b"]
+    expected = {0: 3, 1: 1, 2: 2}
+    sink = ShardedParquetSink(out, expected, tasks, "fp")
+    for task in tasks:
+        sink.add(_rows(["x", "z"], 0, task=task))
+        sink.add(_rows(["w"], 1, task=task))
+        sink.add(_rows(["p"], 2, task=task))
+        sink.add(_rows(["v"], 2, task=task, part=0, last=False))
+    sink.add(_with_error(_rows(["v"], 2, task="a", part=1), ["stream broke at 3.0 s"]))
+    sink.add(_rows(["v"], 2, task="b", part=1))
+    sink.add(_with_error(_rows(["y"], 0, task="b"), ["timed out"]))
+    assert sink.pending_shards() == {0}  # task a lacks y's row
+    sink.add(_rows(["y"], 0, task="a"))
+    sink.finish({})
+    untouched = (out / "b/part-00001.parquet").stat().st_mtime_ns
+
+    # Without the option nothing is pending; with it, shards 0 and 2 reopen.
+    assert ShardedParquetSink(out, expected, tasks, "fp").pending_shards() == set()
+    again = ShardedParquetSink(out, expected, tasks, "fp", retry_errors=True)
+    assert again.retrying == {0: {"y"}, 2: {"v"}}
+    assert again.pending_shards() == {0, 2}
+    assert not (out / "_SUCCESS").exists()
+    assert again.incomplete_inputs("a", 0, ["y"]) == {"y": 0}
+    for task in tasks:
+        again.add(_rows(["y"], 0, task=task))
+        again.add(_rows(["v"], 2, task=task, part=1, last=False))
+    assert again.pending_shards() == {2}
+    for task in tasks:
+        again.add(_rows(["v"], 2, task=task, part=0, last=False))
+        again.add(_rows(["v"], 2, task=task, part=2))
+    assert again.pending_shards() == set()
+    again.finish({})
+
+    for task in tasks:
+        shard0 = pq.read_table(out / f"{task}/part-00000.parquet")
+        assert shard0.column("id").to_pylist() == ["x", "y", "z"]
+        assert shard0.column("error").to_pylist() == [None, None, None]
+        shard2 = pq.read_table(out / f"{task}/part-00002.parquet")
+        assert shard2.column("id").to_pylist() == ["p", "v", "v", "v"]  # the video's 3 rows
+        assert shard2.column("error").to_pylist() == [None] * 4
+    assert (out / "b/part-00001.parquet").stat().st_mtime_ns == untouched
+    # Nothing left to retry.
+    assert ShardedParquetSink(out, expected, tasks, "fp", retry_errors=True).retrying == {}
+
+
+def test_a_retried_input_that_fails_again_keeps_one_error_row(tmp_path):
+    out = tmp_path / "out"
+    sink = ShardedParquetSink(out, {0: 2}, ["detect"], "fp")
+    sink.add(pa.concat_tables([_rows(["a"], 0), _with_error(_rows(["b"], 0), ["corrupt"])]))
+    again = ShardedParquetSink(out, {0: 2}, ["detect"], "fp", retry_errors=True)
+    again.add(_with_error(_rows(["b"], 0), ["corrupt"]))
+    table = pq.read_table(out / "detect/part-00000.parquet")
+    assert table.column("id").to_pylist() == ["a", "b"]
+    assert table.column("error").to_pylist() == [None, "corrupt"]
+
+
+def test_retry_errors_and_overwrite_together_are_refused():
+    from labeler.config import SpecError, load_job_spec
+
+    with pytest.raises(SpecError, match="output: .*retry_errors"):
+        load_job_spec(None, input="in", output="out", task="detect", family="owlv2",
+                      model="m", labels=["cat"], overwrite=True, retry_errors=True)
