@@ -2,15 +2,19 @@
 
 Each family's recipe trains one of these on a few sentences and hands the vocabulary and
 merges to that family's real tokenizer class, so the processors behave as with real weights.
+The trainer is a small pure-Python BPE with a fixed tie-break, so the same call gives the same
+vocabulary and merges in every process and on every machine (the `tokenizers` BpeTrainer breaks
+ties between equally frequent pairs differently from run to run).
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+from collections import Counter
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import pre_tokenizers
 
 # A few sentences of the kind labeling prompts and captions are made of. The exact text only
 # decides which merges exist; it is fixed so that every build gives the same vocabulary.
@@ -24,6 +28,10 @@ CORPUS = [
     "OCR the text, caption the scene, detect every object", "0 1 2 3 4 5 6 7 8 9 , . ( )",
 ]
 
+# The pre-tokenizer the family tokenizers apply before BPE: split on the GPT-2 regex and map
+# bytes to the 256 printable byte-level symbols, a space becoming the "Ġ" prefix of a word.
+PRE_TOKENIZER = pre_tokenizers.ByteLevel(add_prefix_space=False)
+
 
 def train_byte_level_bpe(
     special_tokens: list[str],
@@ -31,27 +39,75 @@ def train_byte_level_bpe(
     corpus: list[str] | None = None,
     end_of_word_suffix: str | None = None,
 ) -> tuple[dict[str, int], list[str]]:
-    """Train a byte-level BPE; returns (vocab token->id, merges as "a b" strings).
+    """Train a byte-level BPE, deterministically; returns (vocab token->id, merges as "a b").
 
-    special_tokens get the first ids, in the order given (so the caller controls which
-    token is id 0: OWLv2 masks every query whose first id is 0). CLIP-style tokenizers
-    (OWLv2's) mark word ends with `end_of_word_suffix="</w>"`.
+    Ids, in this order:
+    1. `special_tokens`, in the order given (so the caller controls which token is id 0:
+       OWLv2 masks every query whose first id is 0);
+    2. the 256 byte-level symbols (`ByteLevel.alphabet()`) sorted by code point, less any that
+       is already a special token;
+    3. with `end_of_word_suffix` (CLIP style, "</w>"): the suffixed form of every symbol that
+       ends a corpus word ("s</w>"), sorted, as the `tokenizers` BPE model looks up a word's
+       last symbol with the suffix attached;
+    4. one token per merge, in merge order, while the vocabulary is smaller than `vocab_size`
+       (a merge whose result is already a token adds no id). Steps 1-3 are always complete.
+
+    Words are the corpus (default `CORPUS`) split by `PRE_TOKENIZER`, as at encoding time,
+    counted with repetition. Each step merges the adjacent symbol pair with the highest count
+    summed over all words; ties go to the smallest (left, right) pair in Python string order
+    (code points), so no step depends on hash or thread order. Training stops early when no
+    word has two symbols left.
     """
-    suffix = end_of_word_suffix or ""  # tokenizers wants a string, "" meaning none
-    tok = Tokenizer(models.BPE(end_of_word_suffix=suffix))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-        end_of_word_suffix=suffix,
-    )
-    tok.train_from_iterator(corpus or CORPUS, trainer=trainer)
-    model = json.loads(tok.to_str())["model"]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    return dict(model["vocab"]), merges
+    suffix = end_of_word_suffix or ""
+    vocab: dict[str, int] = {}
+    for token in special_tokens:
+        vocab.setdefault(token, len(vocab))
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab.setdefault(symbol, len(vocab))
+    words = _word_counts(corpus or CORPUS, suffix)
+    if suffix:
+        for symbol in sorted({word[-1] for word in words}):
+            vocab.setdefault(symbol, len(vocab))
+
+    merges: list[str] = []
+    while len(vocab) < vocab_size:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for word, count in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(" ".join(best))
+        vocab.setdefault("".join(best), len(vocab))
+        # Merging keeps a word's text, so distinct words stay distinct keys.
+        words = {_merge_pair(word, best): count for word, count in words.items()}
+    return vocab, merges
+
+
+def _word_counts(corpus: list[str], suffix: str) -> dict[tuple[str, ...], int]:
+    """{word as a tuple of byte-level symbols: occurrences in `corpus`}; a word's last symbol
+    carries `suffix` ("" for none)."""
+    counts: Counter[tuple[str, ...]] = Counter()
+    for text in corpus:
+        for word, _ in PRE_TOKENIZER.pre_tokenize_str(text):
+            counts[(*word[:-1], word[-1] + suffix)] += 1
+    return dict(counts)
+
+
+def _merge_pair(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    """`word` with every non-overlapping occurrence of `pair`, left to right, joined into one
+    symbol (the order the BPE model applies a merge in at encoding time)."""
+    merged: list[str] = []
+    i = 0
+    while i < len(word):
+        if word[i:i + 2] == pair:
+            merged.append(word[i] + word[i + 1])
+            i += 2
+        else:
+            merged.append(word[i])
+            i += 1
+    return tuple(merged)
 
 
 def write_vocab_and_merges(
