@@ -30,14 +30,15 @@ def run_image_job(spec: JobSpec, progress: bool = True) -> JobSummary:
     return run_job(spec, progress)
 
 
-def decoded_images(spec: JobSpec, todo: list[dict]):
-    """The Ray dataset of decoded image rows (labeler.jobs.stages.decode_batch)."""
+def decoded_images(spec: JobSpec, todo: list[dict], rows_per_block: int = DECODE_BATCH):
+    """The Ray dataset of decoded image rows (labeler.jobs.stages.decode_batch), in blocks
+    of at most `rows_per_block` inputs."""
     import ray
 
     from labeler.jobs.stages import decode_batch
 
-    ds = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / DECODE_BATCH)))
-    # One block (<= DECODE_BATCH rows) per task, as planned: a batch size would make Ray Data
+    ds = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / rows_per_block)))
+    # One block (<= rows_per_block rows) per task, as planned: a batch size would make Ray Data
     # bundle blocks until it is reached (two blocks of 12 for 16), and a model task that
     # keeps dying loses its whole input bundle (see runner.MODEL_BATCH_ATTEMPTS).
     return ds.map_batches(decode_batch, batch_size=None,

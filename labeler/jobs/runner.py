@@ -38,6 +38,12 @@ MIN_BATCHES_FOR_RATE = 5
 # dropped and its inputs become error rows (lost_input_rows), so one poisonous input cannot
 # stall the job forever (Ray Data's default is to retry without end).
 MODEL_BATCH_ATTEMPTS = 3
+# An image job labels the inputs of such dropped batches again, one input per actor task,
+# so that only the input that kills the worker becomes an error row. Each death there costs
+# a model reload, so this runs only when few inputs were lost (up to 4 decode blocks): many
+# more point at a cause common to all batches (too little memory for the batch size), which
+# this would only repeat input by input.
+ISOLATE_AT_MOST = 64
 
 
 @dataclass
@@ -223,29 +229,45 @@ def _pseudo_label_reports(spec: JobSpec, sink: ShardedParquetSink) -> dict[str, 
     return reports
 
 
-def lost_input_rows(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink) -> pa.Table:
-    """One error row per (task, input) whose rows did not all arrive (Ray Data dropped its
-    batch after MODEL_BATCH_ATTEMPTS tries), as OUTPUT_SCHEMA rows; empty when none."""
+def missing_inputs(spec: JobSpec, todo: list[dict],
+                   sink: ShardedParquetSink) -> dict[tuple[str, str], tuple[int, int]]:
+    """{(task output name, input id): (shard, rows arrived)} for each input of `todo` whose
+    rows did not all arrive (Ray Data dropped its batch after MODEL_BATCH_ATTEMPTS tries)."""
+    by_shard: dict[int, list[str]] = {}
+    for row in todo:
+        by_shard.setdefault(row["shard"], []).append(row["id"])
+    missing = {}
+    for task in spec.tasks:
+        for shard in sorted(sink.pending_shards()):
+            for id_, arrived in sink.incomplete_inputs(task.output_name, shard,
+                                                       by_shard.get(shard, [])).items():
+                missing[(task.output_name, id_)] = (shard, arrived)
+    return missing
+
+
+def lost_input_rows(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink,
+                    alone: bool = False) -> pa.Table:
+    """One error row per (task, input) whose rows did not all arrive, as OUTPUT_SCHEMA rows;
+    empty when none. alone: the input was retried in a batch of its own (its reason says it
+    is the input that kills the worker)."""
     from labeler.actors.predictor import OUTPUT_SCHEMA
     from labeler.registry import load_adapter_class
 
-    by_shard: dict[int, list[dict]] = {}
-    for row in todo:
-        by_shard.setdefault(row["shard"], []).append(row)
-    reason = (f"not labeled: the model worker died {MODEL_BATCH_ATTEMPTS} times on the batch "
-              f"holding this input (out of memory, or a crash in native code)")
+    uris = {row["id"]: row["uri"] for row in todo}
+    where = "on this input alone" if alone else "on the batch holding this input"
+    reason = (f"not labeled: the model worker died {MODEL_BATCH_ATTEMPTS} times {where} "
+              f"(out of memory, or a crash in native code)")
+    missing = missing_inputs(spec, todo, sink)
     records = []
     for task in spec.tasks:
         parameters = None
-        for shard in sorted(sink.pending_shards()):
-            rows = {r["id"]: r for r in by_shard.get(shard, [])}
-            for id_, arrived in sink.incomplete_inputs(task.output_name, shard,
-                                                       list(rows)).items():
+        for (name, id_), (shard, arrived) in missing.items():
+            if name == task.output_name:
                 if parameters is None:
                     parameters = load_adapter_class(task.task, task.model.family)(
                         task).parameters_json()
                 records.append({
-                    "id": id_, "uri": rows[id_]["uri"], "task": task.task,
+                    "id": id_, "uri": uris[id_], "task": task.task,
                     "task_name": task.output_name, "model": task.model.source,
                     "model_family": task.model.family, "model_revision": task.model.revision,
                     "parameters": parameters, "error": reason, "shard": shard,
@@ -260,15 +282,16 @@ def _unit(spec: JobSpec) -> str:
     return "clips" if spec.input.clip is not None else "frames"
 
 
-def _decoded(spec: JobSpec, todo: list[dict]):
-    """The Ray dataset of decoded rows: the media's decode stage over the pending inputs."""
+def _decoded(spec: JobSpec, todo: list[dict], rows_per_block: int | None = None):
+    """The Ray dataset of decoded rows: the media's decode stage over the pending inputs.
+    rows_per_block: images per decode task (None: the stage's default)."""
     if spec.input.media == "video":
         from labeler.jobs.video import decoded_videos
 
         return decoded_videos(spec, todo)
-    from labeler.jobs.images import decoded_images
+    from labeler.jobs.images import DECODE_BATCH, decoded_images
 
-    return decoded_images(spec, todo)
+    return decoded_images(spec, todo, rows_per_block or DECODE_BATCH)
 
 
 def caption_column(task: TaskSpec) -> str:
@@ -329,30 +352,48 @@ def _execute(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink, summary:
     batches = 0
     for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         sink.add(table)
-        n = table.num_rows
-        summary.rows += n
-        errors = [e for e in table.column("error").to_pylist() if e is not None]
-        summary.errors += len(errors)
-        for reason in errors:
-            summary.error_reasons[reason] = summary.error_reasons.get(reason, 0) + 1
+        _count(summary, table)
         if t_first is None:
             t_first, rows_at_first = time.perf_counter(), summary.rows
             summary.first_result_s = t_first - t_start
-        bar.update(n)
+        bar.update(table.num_rows)
         batches += 1
-    bar.close()
-    lost = lost_input_rows(spec, todo, sink)
-    if lost.num_rows:
-        log.warning("%d inputs were lost with model actors that died %d times on their batch; "
-                    "they are error rows", lost.num_rows, MODEL_BATCH_ATTEMPTS)
-        sink.add_lost(lost)
-        summary.rows += lost.num_rows
-        summary.errors += lost.num_rows
-        for reason in lost.column("error").to_pylist():
-            summary.error_reasons[reason] = summary.error_reasons.get(reason, 0) + 1
     steady_s = time.perf_counter() - (t_first or t_start)
     steady_rows = summary.rows - rows_at_first
     # A rate over a handful of result batches measures Ray's output buffering, not the
     # pipeline: report it only when enough batches arrived after the first one.
     if batches > MIN_BATCHES_FOR_RATE and steady_s > 0:
         summary.steady_images_per_s = steady_rows / steady_s
+
+    missing = missing_inputs(spec, todo, sink)
+    isolated = spec.input.media == "image" and 0 < len({i for _, i in missing}) <= ISOLATE_AT_MOST
+    if isolated:
+        ids = {id_ for _, id_ in missing}
+        log.warning("%d inputs were lost with model actors that died %d times on their batch; "
+                    "labeling them again one per batch to find the input that kills the worker",
+                    len(ids), MODEL_BATCH_ATTEMPTS)
+        retry = [row for row in todo if row["id"] in ids]
+        alone = [t.model_copy(update={"resources": t.resources.model_copy(
+            update={"batch_size": 1})}) for t in spec.tasks]
+        for table in _model_stages(_decoded(spec, retry, rows_per_block=1), alone).iter_batches(
+                batch_format="pyarrow", batch_size=None):
+            sink.add(table)
+            _count(summary, table)
+            bar.update(table.num_rows)
+    bar.close()
+    lost = lost_input_rows(spec, todo, sink, alone=isolated)
+    if lost.num_rows:
+        log.warning("%d inputs were lost with model actors that died %d times on them; they "
+                    "are error rows (labeler run --retry-errors labels them again)",
+                    lost.num_rows, MODEL_BATCH_ATTEMPTS)
+        sink.add_lost(lost)
+        _count(summary, lost)
+
+
+def _count(summary: JobSummary, table: pa.Table) -> None:
+    """Add a table of output rows to the summary's row and error counts."""
+    summary.rows += table.num_rows
+    for reason in table.column("error").to_pylist():
+        if reason is not None:
+            summary.errors += 1
+            summary.error_reasons[reason] = summary.error_reasons.get(reason, 0) + 1
