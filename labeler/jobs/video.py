@@ -177,7 +177,7 @@ def video_rows(uri: str, sampling: Sampling, clip: ClipSpec | None, max_pixels: 
     except Exception as err:  # noqa: BLE001 - the reason goes into the video's last row
         reason = failure_reason(err)
     else:
-        reason = "" if count else _nothing_sampled(info, sampling)
+        reason = "" if count else _nothing_sampled(info, sampling, clip)
     finally:
         _close(source)
     if reason:
@@ -195,8 +195,12 @@ def _image_row(transforms: TaskTransforms, pixels: np.ndarray, lap, meta: str,
                 decode_ms=lap(), video=meta, **position)
 
 
-def _nothing_sampled(info: VideoInfo, sampling: Sampling) -> str:
+def _nothing_sampled(info: VideoInfo, sampling: Sampling, clip: ClipSpec | None) -> str:
+    """The error of a video that gave no row: what was asked for, and how long it is."""
     length = "unknown" if info.duration_s is None else f"{info.duration_s:.3f} s"
+    if clip is not None:  # clip jobs sample inside each clip at clip.fps, not by `sampling`
+        return (f"no clip could be made: clips of {clip.seconds:g} s at {clip.fps:g} fps, "
+                f"video duration {length}")
     window = (f"from {sampling.start_s or 0:g} s"
               + ("" if sampling.end_s is None else f" to {sampling.end_s:g} s"))
     return f"sampling selected no frame: {sampling.mode} {window}, video duration {length}"

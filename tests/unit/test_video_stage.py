@@ -178,3 +178,16 @@ def test_the_summary_speaks_of_videos_and_frames():
     first, second, *_ = summary.lines()
     assert first == "rows: 17 (8 videos, 0 already done), errors: 4"
     assert second.startswith("throughput: 12.5 frames/s steady")
+
+
+def test_a_video_without_rows_says_what_was_asked_for():
+    """Frame jobs quote their sampling; clip jobs their clip options (they ignore sampling)."""
+    from labeler.jobs.video import _nothing_sampled
+    from labeler.media.video import VideoInfo
+
+    info = VideoInfo(width=64, height=48, duration_s=0.04, fps=25.0, codec="h264",
+                     frame_count=None, rotation=0)
+    assert _nothing_sampled(info, Sampling("fps", fps=1, start_s=2), None) == (
+        "sampling selected no frame: fps from 2 s, video duration 0.040 s")
+    assert _nothing_sampled(info, Sampling("fps", fps=1), ClipSpec(seconds=2.5, fps=4)) == (
+        "no clip could be made: clips of 2.5 s at 4 fps, video duration 0.040 s")
