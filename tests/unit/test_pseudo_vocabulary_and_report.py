@@ -124,6 +124,7 @@ EXPECTED = {
     # kept images only: row 2's cat is not counted
     "top_labels": [{"label": "dog", "boxes": 3}, {"label": "cat", "boxes": 2},
                    {"label": "a dog", "boxes": 1}, {"label": "tree", "boxes": 1}],
+    "top_labels_max_undercount": 0,  # four labels: counted exactly
 }
 
 
@@ -162,3 +163,44 @@ def test_report_lines_and_json(tmp_path):
     path = tmp_path / "out" / "pseudo-label" / "_report.json"
     write_report(str(path), report)
     assert json.loads(path.read_text()) == EXPECTED
+
+
+def test_label_counts_stay_bounded_and_find_the_frequent_labels():
+    """Caption n-grams make a long tail of distinct labels: the summary keeps at most twice
+    its capacity, finds every label more frequent than its undercount, and each count is
+    at most that far below the truth."""
+    import random
+
+    from labeler.pseudo.report import LabelCounts
+
+    rng = random.Random(0)
+    frequent = {f"label{i}": 400 - 50 * i for i in range(5)}
+    stream = [(label, 1) for label, n in frequent.items() for _ in range(n)]
+    stream += [(f"tail {k}", rng.randint(1, 3)) for k in range(5000)]
+    rng.shuffle(stream)
+    true: dict[str, int] = {}
+    counts = LabelCounts(capacity=50)
+    largest = 0
+    for label, n in stream:
+        true[label] = true.get(label, 0) + n
+        counts.add(label, n)
+        largest = max(largest, len(counts.counts))
+    assert largest <= 2 * 50 + 1
+    total = sum(true.values())
+    assert 0 < counts.undercount <= total / 51
+    top = counts.top(5)
+    assert [label for label, _ in top] == list(frequent)
+    for label, n in top:
+        assert true[label] - counts.undercount <= n <= true[label]
+
+
+def test_report_says_how_far_its_top_labels_may_be_short():
+    rows = [_row(i, [(0.9, "dog"), (0.8, f"thing {i}")], kept=True) for i in range(30)]
+    report = pseudo_label_report(_table(rows), top=1, max_labels=4)
+    assert report["top_labels"][0]["label"] == "dog"
+    assert 0 < report["top_labels_max_undercount"] <= 60 / 5
+    assert 30 - report["top_labels_max_undercount"] <= report["top_labels"][0]["boxes"] <= 30
+    exact = pseudo_label_report(_table(rows), top=1)
+    assert exact["top_labels"] == [{"label": "dog", "boxes": 30}]
+    assert exact["top_labels_max_undercount"] == 0
+    assert "short" in report_lines(report)[-1] and "short" not in report_lines(exact)[-1]
