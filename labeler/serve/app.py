@@ -1,6 +1,7 @@
 """The Ray Serve application: a FastAPI ingress in front of one deployment per model.
 
     POST /v1/detect /v1/ground /v1/caption /v1/ocr /v1/ask   one image, one task -> record
+    POST /v1/pseudo-label                                    OWL-ST boxes from a caption
     POST /v1/annotate                                        one image, several tasks -> records
     GET  /v1/models  /healthz  /readyz  /docs
     POST /predict /setup, GET /health                        Label Studio ML backend
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 
 # Seconds /readyz waits for each model deployment to answer before calling it not ready.
 READY_TIMEOUT_S = 5.0
+# Tasks with an endpoint of their own, /v1/<task>; every served task is reachable through
+# /v1/annotate.
+ENDPOINT_TASKS = ("detect", "ground", "caption", "ocr", "ask", "pseudo-label")
 # Label Studio projects whose labeling config /setup remembers (ingress memory only).
 MAX_PROJECTS = 256
 
@@ -143,8 +147,12 @@ class Ingress:
         except ValidationError as err:
             raise ApiError(422, format_validation_error(err).replace(
                 "invalid job spec", f"invalid parameters for model {served.served_name!r}")) from None
+        if params.caption is not None and served.task != "pseudo-label":
+            raise ApiError(422, f"caption: model {served.served_name!r} does task "
+                                f"{served.task!r}, which takes no caption (pseudo-label does)")
         return {"labels": tuple(label.strip() for label in params.labels) if params.labels else None,
-                "threshold": params.threshold, "prompt": params.prompt}
+                "threshold": params.threshold, "prompt": params.prompt,
+                "caption": params.caption}
 
     async def _image(self, data: bytes | None, uri: str | None) -> tuple[object, float]:
         """(DecodedImage, decode ms) from bytes or a uri, under the server's limits."""
@@ -212,6 +220,13 @@ class Ingress:
         """The answer to the question in `prompt`, in `text`."""
         return await self._one(request, "ask", format)
 
+    @api.post("/v1/pseudo-label", responses=_RECORD_DOC, openapi_extra=_body_doc(ImageRequest))
+    async def pseudo_label(self, request: Request, format: str = "record"):
+        """OWL-ST pseudo-labels: boxes for the phrases of `caption` and the served
+        vocabulary, over `threshold`; `kept` / `filter_reason` say whether the image passes
+        the image threshold."""
+        return await self._one(request, "pseudo-label", format)
+
     @api.post("/v1/annotate", openapi_extra=_body_doc(AnnotateRequest))
     async def annotate(self, request: Request):
         """One image, several tasks: {"records": [one record per entry of `tasks`]}."""
@@ -238,7 +253,7 @@ class Ingress:
     async def unknown_task(self, task: str, request: Request):
         self._authorize(request)
         raise ApiError(404, f"unknown task {task!r}; endpoints: "
-                            f"{', '.join('/v1/' + t for t in ('detect', 'ground', 'caption', 'ocr', 'ask', 'annotate'))}")
+                            f"{', '.join('/v1/' + t for t in ENDPOINT_TASKS + ('annotate',))}")
 
     # -- service --------------------------------------------------------------------------
 
@@ -251,7 +266,7 @@ class Ingress:
             "source": m.model.source, "revision": m.model.revision, "labels": m.labels,
             "labels_per_request": m.labels_per_request,
             "threshold": m.threshold, "prompt": m.prompt,
-            "serving": m.serving.model_dump(), "endpoint": f"/v1/{m.task}",
+            "serving": m.serving.model_dump(), "endpoint": f"/v1/{m.task if m.task in ENDPOINT_TASKS else 'annotate'}",
         } for m in self.spec.models]}
 
     @api.get("/healthz")

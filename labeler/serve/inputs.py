@@ -30,6 +30,8 @@ class Params(BaseModel):
     labels: list[str] | None = Field(None, description="class names / queries (detect)")
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="minimum box score")
     prompt: str | None = Field(None, description="instruction, question or phrases")
+    caption: str | None = Field(None, description="the image's caption, whose phrases become "
+                                "the queries (pseudo-label)")
 
 
 class ImageRequest(Params):

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 class Item:
     """One request for one model. pixels: (h, w, 3) uint8 RGB as decoded; width/height:
     the full oriented size; labels/threshold: None keeps the served spec's; prompt: this
-    request's prompt or queries, None keeps the spec's."""
+    request's prompt or queries, None keeps the spec's; caption: the image's caption
+    (pseudo-label builds its queries from it)."""
 
     id: str
     uri: str
@@ -45,6 +46,7 @@ class Item:
     prompt: str | None = None
     labels: tuple[str, ...] | None = None
     threshold: float | None = None
+    caption: str | None = None
 
 
 class ModelServer:
@@ -88,7 +90,8 @@ class ModelServer:
         return records
 
     def _run_group(self, adapter: Adapter, items: list[Item]) -> list[dict]:
-        images = [ImageInput(it.pixels, it.width, it.height, prompt=it.prompt) for it in items]
+        images = [ImageInput(it.pixels, it.width, it.height, prompt=it.prompt,
+                             caption=it.caption) for it in items]
         try:
             outputs, timings = adapter.run_timed(images, transformed=False)
             return [self._record(adapter, it, out, None, timings) for it, out in zip(items, outputs)]

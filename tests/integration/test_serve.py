@@ -78,8 +78,37 @@ def batch_rows(ray_local, image_files, tiny_owlv2, tmp_path_factory) -> dict[str
     return {r["id"]: r for r in table.to_pylist()}
 
 
+# pseudo-label: each image's caption (a .txt beside it in the batch job, `caption` in the
+# request) and a served vocabulary; "" gives no caption query: the vocabulary alone.
+CAPTIONS = {"wide.jpg": "A brown dog on a red sofa", "tall.png": "two cats, a car",
+            "square.webp": "", "rotated.jpg": "a bus"}
+PSEUDO = {"vocabulary": ["cat", "dog"], "image_threshold": 0.5}
+PSEUDO_THRESHOLD = 0.05
+
+
 @pytest.fixture(scope="module")
-def url(ray_local, batch_rows, tiny_owlv2):
+def pseudo_rows(ray_local, image_files, tiny_owlv2, tmp_path_factory) -> dict[str, dict]:
+    """The batch pseudo-label job's rows, captions from .txt files beside the images."""
+    from labeler.jobs.images import run_image_job
+
+    folder = tmp_path_factory.mktemp("pseudo_images")
+    for name, caption in CAPTIONS.items():
+        (folder / name).write_bytes(image_files[name])
+        (folder / name).with_suffix(".txt").write_text(caption)
+    out = tmp_path_factory.mktemp("pseudo_job") / "out"
+    spec = load_job_spec(None, input=str(folder), output=str(out), task="pseudo-label",
+                         family="owlv2", model=tiny_owlv2, box_threshold=PSEUDO_THRESHOLD)
+    task = spec.tasks[0]
+    spec = spec.model_copy(update={"tasks": [task.model_copy(update={
+        "pseudo_label": task.pseudo_label.model_copy(update=PSEUDO),
+        "resources": task.resources.model_copy(update={"num_cpus": 0.5})})]})
+    run_image_job(spec, progress=False)
+    table = pads.dataset(out, format="parquet").to_table()
+    return {r["id"]: r for r in table.to_pylist()}
+
+
+@pytest.fixture(scope="module")
+def url(ray_local, batch_rows, pseudo_rows, tiny_owlv2):
     from ray import serve
 
     from labeler.serve.server import start
@@ -99,7 +128,10 @@ def url(ray_local, batch_rows, tiny_owlv2):
              # (504 after 0.5 s), the other 5 are refused at once (503).
              "serving": {"max_batch_size": 8, "batch_wait_timeout_s": 3.0,
                          "max_ongoing_requests": 2, "max_queued_requests": 1,
-                         "request_timeout_s": 0.5}}],
+                         "request_timeout_s": 0.5}},
+            {"name": "pseudo", "task": "pseudo-label", "model": model,
+             "threshold": PSEUDO_THRESHOLD, "pseudo_label": PSEUDO,
+             "resources": {"num_cpus": 0.25}}],
         "limits": {"max_body_bytes": MAX_BODY, "max_pixels": MAX_PIXELS},
         "uri": {"allowed_hosts": ["localhost", "127.0.0.1", "169.254.169.254", "10.1.2.3",
                                   "::ffff:127.0.0.1"],
@@ -151,6 +183,37 @@ def test_response_equals_the_batch_job_row(url, http, image_files, batch_rows):
             _same_detections(record["detections"], row["detections"])
     assert (batch_rows["rotated.jpg"]["width"], batch_rows["rotated.jpg"]["height"]) == (120, 160)
     assert response.json()["id"] == name and response.json()["uri"] == "base64"
+
+
+def test_pseudo_label_response_equals_the_batch_job_row(url, http, image_files, pseudo_rows):
+    """The caption sent with the request gives the queries the batch job built from the .txt
+    beside the image: same boxes, labels, objectness and image-level filtering."""
+    for name, caption in CAPTIONS.items():
+        row = pseudo_rows[name]
+        assert row["error"] is None
+        response = http.post(f"{url}/v1/pseudo-label", timeout=30, json={
+            "image": base64.b64encode(image_files[name]).decode(), "caption": caption})
+        assert response.status_code == 200, response.text
+        record = response.json()
+        assert record["task"] == "pseudo-label" and record["task_name"] == "pseudo"
+        for key in ("width", "height", "parameters", "kept", "filter_reason"):
+            assert record[key] == row[key], key
+        _same_detections(record["detections"], row["detections"])
+        for got, want in zip(record["detections"], row["detections"]):
+            assert got["objectness"] == pytest.approx(want["objectness"], abs=1e-5)
+        best = max((d["score"] for d in record["detections"]), default=0.0)
+        assert record["kept"] == (best >= PSEUDO["image_threshold"])
+    labels = {d["label"] for r in pseudo_rows.values() for d in r["detections"]}
+    assert labels & {"brown dog", "red sofa", "cats", "car", "bus"}  # caption queries found
+    assert labels & {"cat", "dog"}  # and the vocabulary
+
+
+def test_caption_and_labels_go_where_they_apply(url, http, image_files):
+    body = {"image": base64.b64encode(image_files["wide.jpg"]).decode()}
+    wrong = http.post(f"{url}/v1/detect", json={**body, "caption": "a dog"}, timeout=30)
+    assert wrong.status_code == 422 and "takes no caption" in wrong.json()["error"]
+    labels = http.post(f"{url}/v1/pseudo-label", json={**body, "labels": ["dog"]}, timeout=30)
+    assert labels.status_code == 422 and "pseudo_label.vocabulary" in labels.json()["error"]
 
 
 def test_request_labels_equal_an_adapter_built_with_them(url, http, image_files, tiny_owlv2):
@@ -212,15 +275,17 @@ def test_service_endpoints(url, http):
     assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
     ready = requests.get(f"{url}/readyz", timeout=10)
     assert ready.status_code == 200 and ready.json()["ready"] is True
-    assert set(ready.json()["models"]) == {"detector", "limited"}
+    assert set(ready.json()["models"]) == {"detector", "limited", "pseudo"}
     models = http.get(f"{url}/v1/models", timeout=10).json()["models"]
-    assert [(m["name"], m["task"], m["labels"]) for m in models] == [
-        ("detector", "detect", LABELS), ("limited", "detect", LABELS)]
+    assert [(m["name"], m["task"], m["labels"], m["endpoint"]) for m in models] == [
+        ("detector", "detect", LABELS, "/v1/detect"), ("limited", "detect", LABELS, "/v1/detect"),
+        ("pseudo", "pseudo-label", [], "/v1/pseudo-label")]
     assert models[0]["serving"]["max_batch_size"] == 8
     docs = requests.get(f"{url}/docs", timeout=10)
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     paths = requests.get(f"{url}/openapi.json", timeout=10).json()["paths"]
-    for path in ("/v1/detect", "/v1/ground", "/v1/caption", "/v1/ocr", "/v1/ask", "/v1/annotate",
+    for path in ("/v1/detect", "/v1/ground", "/v1/caption", "/v1/ocr", "/v1/ask",
+                 "/v1/pseudo-label", "/v1/annotate",
                  "/v1/models", "/healthz", "/readyz", "/predict", "/setup", "/health"):
         assert path in paths, path
     assert "multipart/form-data" in paths["/v1/detect"]["post"]["requestBody"]["content"]
