@@ -33,13 +33,42 @@ What differs from the real checkpoints, and why the compute is the same:
   Florence-2 (a typical photo), 448x448 for Qwen2-VL (the issue's size; its dynamic
   resolution keeps it: 16x16 cells of 28 px = 256 image tokens).
 
-Figures printed per batch size: images/s end to end (preprocess on the device, predict,
+Figures printed per batch size (the sweep; in-memory arrays, `run_timed(...,
+transformed=False)` in a loop): images/s end to end (preprocess on the device, predict,
 postprocess), achieved TFLOP/s = FLOPs per image x images/s, peak GPU memory
 (torch.cuda.max_memory_allocated, weights included), the per-image stage times of
 `run_timed`, the batch size. FLOPs per image are COUNTED, not derived: torch.utils.flop_counter
 .FlopCounterMode over one `adapter.predict` at batch 1 (matmuls, convolutions and fused
 attention, 2 FLOPs per multiply-add); for the generative cases that is the whole generate
-(prefill plus every decoding step). Each case ends with a `RESULT` line (best batch).
+(prefill plus every decoding step). `attn=` names the attention implementation the loaded
+model runs (its config's `_attn_implementation`, and each sub-config's where they differ):
+"sdpa" is torch's fused scaled_dot_product_attention (flash / memory-efficient kernels on
+CUDA), "eager" the unfused matmul-softmax-matmul.
+
+Pipeline (input wait). At the sweep's best batch size each case is run again as the batch
+job feeds a model actor: the inputs are JPEG bytes (the synthetic scenes encoded once,
+quality 90, as files read from storage would be); `--decode-workers` threads (default one
+per core but one, at most 15) do what the job's decode tasks do, `decode_image` with the
+job's default `max_pixels` / `decode_min_side`, then the task's `cpu_transform` through
+`labeler.jobs.stages.TaskTransforms` into the column the actor reads, and put whole batches
+(one array when the rows' shapes agree, as Ray Data hands them over) into a queue of
+`--prefetch` batches; the consumer, the "actor", runs `run_timed(batch, stacked)` (the
+images already transformed) for at least `--min-seconds` and PIPELINE_MIN_BATCHES batches.
+Printed: images/s; `input_wait`, the share of the consumer's wall time spent blocked on the
+queue, i.e. the model idle for want of input (issue 8: at most 10%); `predict_share`, the
+share in predict (the GPU busy; the rest is preprocess and postprocess on the actor);
+`decode_busy`, the share of the workers' time spent decoding (near 100%: decode is the
+bottleneck). The clock starts when the first batch arrives (filling the pipeline happens
+once a job), and restarts when the consumer finds the queue empty while it still eats the
+batches made during the fill, so those do not hide a decode shortfall.
+What it is not: Ray. Threads in one process emulate Ray Data's decode tasks (separate
+processes) and its object store; Pillow releases the GIL while it decodes, but the Python
+around it contends with the actor's Python (generate's loop, postprocess), which separate
+processes would not, so the figure errs on the slow side there. On the other side, the
+synthetic scenes are smooth: ~15 KB per 640x480 JPEG where a photo takes 100-200 KB, and a
+noisy 124 KB one decoded 2.2x slower here (2.2 vs 1.0 ms); read `decode_busy` with that
+margin. Object-store copies, task scheduling and reading from storage are not emulated.
+Each case ends with a `RESULT` line (best batch of the sweep, its input_wait).
 
 `--small` runs the same code at tiny size on CPU in seconds (for CI): the tiny checkpoints'
 own configs (generative vocabularies widened by `SMALL_EXTRA_VOCAB` ids so the
@@ -49,6 +78,7 @@ Without CUDA the benchmark always runs `--small`.
     PYTHONPATH=. python3 benchmarks/gpu_throughput.py                  # all cases, full size
     PYTHONPATH=. python3 benchmarks/gpu_throughput.py --cases owlv2-b16 --batch-sizes 32 64
     .venv/bin/python benchmarks/gpu_throughput.py --small               # CPU, tiny, seconds
+    PYTHONPATH=. python3 benchmarks/gpu_throughput.py --cases qwen2 --decode-workers 4 --prefetch 2
 
 It imports neither Ray nor anything Ray needs (the GPU machine has no Ray).
 """
@@ -57,11 +87,15 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
+import itertools
 import os
+import queue
 import shlex
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,7 +107,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from labeler.config import TaskSpec  # noqa: E402
+from labeler.config import InputSpec, TaskSpec  # noqa: E402
+from labeler.jobs.stages import TaskTransforms, input_column  # noqa: E402
+from labeler.media.image import decode_image  # noqa: E402
 from labeler.models.base import ImageInput  # noqa: E402
 from labeler.registry import load_adapter_class  # noqa: E402
 from labeler.testing import build_tiny_model  # noqa: E402
@@ -91,6 +127,22 @@ SMALL_EXTRA_VOCAB = 4096
 DISTINCT_IMAGES = 8
 PHOTO_SIZE = (640, 480)  # width, height of the OWLv2 and Florence-2 inputs (a typical photo)
 QWEN_SIZE = (448, 448)  # the issue's Qwen2-VL input; a multiple of 28 px, kept as is
+
+# --- the pipeline run (input wait) ---------------------------------------------------------
+JPEG_QUALITY = 90  # a common export quality of cameras and photo sites
+# One core for the actor's own thread, the others decode; 15 = a 16-core GPU machine's rest.
+DEFAULT_DECODE_WORKERS = max(1, min((os.cpu_count() or 2) - 1, 15))
+# Batches ready ahead of the actor. Ray Data 2.60 submits 2 tasks (each a batch) per actor
+# (max_concurrency x its factor 2) and keeps finished decode blocks queued before the pool
+# besides: "a few"; 4 stands for both.
+DEFAULT_PREFETCH = 4
+# Batches timed in the pipeline run at least: two waits between batches, not one.
+PIPELINE_MIN_BATCHES = 3
+# How often a blocked queue call looks at the stop flag and at the workers' failures (s).
+POLL_S = 0.05
+# The job's decode defaults: the decompression-bomb guard, and the reduced JPEG decode.
+MAX_PIXELS = InputSpec.model_fields["max_pixels"].default
+DECODE_MIN_SIDE = InputSpec.model_fields["decode_min_side"].default
 
 # --- full-size architectures (the released checkpoints' config.json values) ---------------
 
@@ -354,13 +406,196 @@ def sweep(case: Case, adapter, batch_sizes, device: torch.device, flops: float,
     return rows
 
 
+def attention_implementations(config, path: str = "model") -> dict[str, str | None]:
+    """{config path: `_attn_implementation`} of a model config and its sub-configs, nested
+    (e.g. {"model": "sdpa", "model.text_config": "sdpa", "model.vision_config": "sdpa"})."""
+    found = {path: getattr(config, "_attn_implementation", None)}
+    for key in getattr(config, "sub_configs", None) or {}:
+        sub = getattr(config, key, None)
+        if sub is not None:
+            found.update(attention_implementations(sub, f"{path}.{key}"))
+    return found
+
+
+def describe_attention(config) -> str:
+    """The one implementation all configs use ("sdpa"), else each config's
+    ("model=sdpa,model.text_config=eager,...")."""
+    found = attention_implementations(config)
+    if len(set(found.values())) == 1:
+        return str(next(iter(found.values())))
+    return ",".join(f"{path}={impl}" for path, impl in found.items())
+
+
+def encode_jpegs(size: tuple[int, int]) -> list[bytes]:
+    """DISTINCT_IMAGES synthetic scenes of `size` (w, h) as JPEG bytes (JPEG_QUALITY)."""
+    encoded = []
+    for seed in range(DISTINCT_IMAGES):
+        buffer = io.BytesIO()
+        synthetic_image(*size, seed).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
+@dataclass(frozen=True)
+class FedBatch:
+    """One batch as the actor gets it: its ImageInputs, and their pixels as one (B, ...)
+    array when every row has the same shape (None otherwise)."""
+
+    images: list[ImageInput]
+    stacked: np.ndarray | None
+
+
+class DecodeFeed:
+    """`workers` threads that decode JPEG bytes into whole batches of `batch` ImageInputs,
+    as the job's decode stage makes rows (labeler.jobs.stages.decode_batch) and the actor
+    reads them (labeler.actors.predictor), into a queue of at most `prefetch` batches.
+
+    A context manager: leaving it stops and joins the workers, however it is left. `get`
+    raises a worker's exception in the caller's thread.
+    """
+
+    def __init__(self, spec: TaskSpec, jpegs: list[bytes], batch: int, workers: int,
+                 prefetch: int):
+        self.transforms = TaskTransforms([spec])  # the task's cpu_transform, as in decode tasks
+        self.column = input_column(spec)  # the column the actor reads
+        self.jpegs, self.batch, self.workers = jpegs, batch, workers
+        self.queue: queue.Queue[FedBatch] = queue.Queue(maxsize=prefetch)
+        self.stop = threading.Event()
+        self.failures: list[BaseException] = []
+        self.decode_s = [0.0] * workers  # per worker: seconds in decode + cpu_transform
+        self.decoded = [0] * workers  # per worker: images decoded
+        self.threads = [threading.Thread(target=self._work, args=(i,), name=f"decode-{i}",
+                                         daemon=True) for i in range(workers)]
+        self.started = 0.0
+
+    def __enter__(self) -> "DecodeFeed":
+        self.started = time.perf_counter()
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop.set()
+        for thread in self.threads:  # each sees the flag within POLL_S or one image's decode
+            thread.join()
+
+    def _work(self, index: int) -> None:
+        """Worker `index` makes batches index, index + workers, ... until stopped."""
+        clock = time.perf_counter
+        try:
+            for number in itertools.count(index, self.workers):
+                images = []
+                for k in range(number * self.batch, (number + 1) * self.batch):
+                    if self.stop.is_set():
+                        return
+                    start = clock()
+                    decoded = decode_image(self.jpegs[k % len(self.jpegs)], MAX_PIXELS,
+                                           DECODE_MIN_SIDE)
+                    pixels = self.transforms.apply(decoded.pixels)[self.column]
+                    self.decode_s[index] += clock() - start
+                    self.decoded[index] += 1
+                    images.append(ImageInput(pixels, decoded.width, decoded.height))
+                shapes = {im.pixels.shape for im in images}
+                stacked = np.stack([im.pixels for im in images]) if len(shapes) == 1 else None
+                fed = FedBatch(images, stacked)
+                while not self.stop.is_set():
+                    try:
+                        self.queue.put(fed, timeout=POLL_S)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer by get()
+            self.failures.append(err)
+
+    def empty(self) -> bool:
+        """Whether no batch is ready now (the consumer would wait)."""
+        return self.queue.empty()
+
+    def get(self) -> FedBatch:
+        """The next batch, waiting for it; RuntimeError (from the worker's exception) when
+        a worker failed."""
+        while True:
+            if self.failures:
+                raise RuntimeError("a decode worker failed") from self.failures[0]
+            try:
+                return self.queue.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+
+    def busy_share(self) -> float:
+        """Share of the workers' time since the start spent decoding (0-1)."""
+        return sum(self.decode_s) / (self.workers * (time.perf_counter() - self.started))
+
+    def ms_per_image(self) -> float:
+        """Mean decode + cpu_transform time of one image on one worker, ms."""
+        return 1000.0 * sum(self.decode_s) / max(1, sum(self.decoded))
+
+
+def feed_model(adapter, feed: DecodeFeed, min_seconds: float, min_batches: int) -> dict:
+    """The consumer: run `adapter` as a model actor on batches from `feed` (already through
+    cpu_transform) for at least `min_seconds` and `min_batches` batches.
+
+    The clock starts when the first batch arrives. While the consumer still eats the batches
+    the workers made during that fill (the first prefetch + workers), finding the queue
+    empty restarts the clock and the counts from that moment, so a pre-filled queue does
+    not hide a decode shortfall. -> images_per_s, input_wait (share of the consumer's wall
+    time blocked on the queue, 0-1), predict_share (0-1), batches, first_batch_s.
+    """
+    clock = time.perf_counter
+    stock = feed.queue.maxsize + feed.workers
+    asked = clock()
+    fed = feed.get()
+    start = clock()
+    first_batch_s = start - asked
+    taken, images, batches, waited, predict_s = 1, 0, 0, 0.0, 0.0
+    while True:
+        outputs, times = adapter.run_timed(fed.images, fed.stacked)
+        if len(outputs) != len(fed.images):
+            raise RuntimeError("postprocess must return one result per image")
+        images += len(fed.images)
+        batches += 1
+        predict_s += times["predict_ms"] * len(fed.images) / 1000.0
+        if batches >= min_batches and clock() - start >= min_seconds:
+            break
+        asked = clock()
+        if taken < stock and feed.empty():
+            start, images, batches, waited, predict_s = asked, 0, 0, 0.0, 0.0
+        fed = feed.get()
+        taken += 1
+        waited += clock() - asked
+    wall = clock() - start
+    return {"images_per_s": images / wall, "input_wait": waited / wall,
+            "predict_share": predict_s / wall, "batches": batches,
+            "first_batch_s": first_batch_s}
+
+
+def run_pipeline(case: Case, adapter, batch: int, workers: int, prefetch: int,
+                 min_seconds: float) -> dict:
+    """The case's adapter fed as by the batch job (see DecodeFeed, feed_model); printed."""
+    jpegs = encode_jpegs(case.image_size)
+    with DecodeFeed(adapter.spec, jpegs, batch, workers, prefetch) as feed:
+        result = feed_model(adapter, feed, min_seconds, PIPELINE_MIN_BATCHES)
+        result.update(decode_busy=feed.busy_share(), decode_ms=feed.ms_per_image())
+    print(f"case={case.name} pipeline batch={batch} images/s={result['images_per_s']:.2f} "
+          f"input_wait={100 * result['input_wait']:.1f}% "
+          f"predict_share={100 * result['predict_share']:.1f}% decode_workers={workers} "
+          f"prefetch={prefetch} decode_busy={100 * result['decode_busy']:.1f}% "
+          f"decode_ms/img={result['decode_ms']:.2f} "
+          f"jpeg_KB/img={np.mean([len(j) for j in jpegs]) / 1024:.1f} "
+          f"batches={result['batches']} first_batch_s={result['first_batch_s']:.2f}",
+          flush=True)
+    return result
+
+
 def run_case(case: Case, folder: Path, device: torch.device, batch_sizes, min_seconds: float,
-             min_iters: int) -> dict | None:
-    """Set up the case's adapter on `folder`, count its FLOPs, sweep; the best row or None."""
+             min_iters: int, workers: int, prefetch: int) -> dict | None:
+    """Set up the case's adapter on `folder`, count its FLOPs, sweep, run the pipeline at
+    the best batch size; the best row (with its pipeline figures) or None."""
     build = BUILDS[case.build]
     spec = make_spec(case, build, folder)
     adapter = load_adapter_class(case.task, build.family)(spec)
     adapter.setup(device)
+    print(f"case={case.name} attn={describe_attention(adapter.model.config)}", flush=True)
     if case.new_tokens:  # exactly new_tokens: the end token is masked until then
         adapter.model.generation_config.min_new_tokens = case.new_tokens
     flops, raw = count_flops(adapter, sample_images(case.image_size, 1))
@@ -374,13 +609,17 @@ def run_case(case: Case, folder: Path, device: torch.device, batch_sizes, min_se
     print(f"case={case.name} GFLOP/img={flops / 1e9:.4g} (FlopCounterMode, predict at batch 1)",
           flush=True)
     rows = sweep(case, adapter, batch_sizes, device, flops, min_seconds, min_iters)
+    best = max(rows, key=lambda r: r["images_per_s"]) if rows else None
+    if best is not None:
+        if device.type == "cuda":  # what a sweep that ran out of memory left cached
+            torch.cuda.empty_cache()
+        best["pipeline"] = run_pipeline(case, adapter, best["batch"], workers, prefetch,
+                                        min_seconds)
     del adapter
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    if not rows:
-        return None
-    return max(rows, key=lambda r: r["images_per_s"])
+    return best
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -394,6 +633,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="timed seconds per batch size at least (default 3; small 0)")
     parser.add_argument("--min-iters", type=int, default=None,
                         help="timed batches per batch size at least (default 3; small 1)")
+    parser.add_argument("--decode-workers", type=int, default=DEFAULT_DECODE_WORKERS,
+                        help="decode threads of the pipeline run (default: one per core but "
+                             f"one, at most 15; here {DEFAULT_DECODE_WORKERS})")
+    parser.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH,
+                        help="batches the pipeline may hold ready for the model (default 4)")
     parser.add_argument("--workdir", default=None, help="where model folders are written "
                         "(default: a temporary folder, removed at the end)")
     return parser.parse_args(argv)
@@ -409,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
     min_seconds = args.min_seconds if args.min_seconds is not None else (0.0 if small else 3.0)
     min_iters = args.min_iters if args.min_iters is not None else (1 if small else 3)
     cases = [c for c in CASES if not args.cases or any(c.name.startswith(p) for p in args.cases)]
+    if args.decode_workers < 1 or args.prefetch < 1:
+        raise SystemExit("--decode-workers and --prefetch must be at least 1")
     if not cases:
         raise SystemExit(f"no case matches {args.cases}; cases: {[c.name for c in CASES]}")
 
@@ -436,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"built {build_name} in {time.perf_counter() - t0:.1f} s", flush=True)
             for case in (c for c in cases if c.build == build_name):
                 results[case.name] = run_case(case, folder, device, batch_sizes, min_seconds,
-                                              min_iters)
+                                              min_iters, args.decode_workers, args.prefetch)
             shutil.rmtree(folder)
     finally:
         if args.workdir is None:
@@ -447,7 +693,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"RESULT case={case_name} images/s={best['images_per_s']:.2f} "
                   f"TFLOP/s={best['tflops']:.4g} batch={best['batch']} "
-                  f"peak_mem_GiB={best['peak_gib']:.2f} device={name}")
+                  f"peak_mem_GiB={best['peak_gib']:.2f} "
+                  f"input_wait={100 * best['pipeline']['input_wait']:.1f}% device={name}")
     return 0
 
 

@@ -9,26 +9,54 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+try:
+    from benchmarks import gpu_throughput
+finally:
+    sys.path.remove(str(ROOT))
 
 
-def test_small_mode_prints_a_figure_for_every_case(capsys):
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import gpu_throughput
-    finally:
-        sys.path.remove(str(ROOT))
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models gain nothing from threads; beside the pipeline's decode thread on a shared
+    2-core machine, two torch threads made generate several times slower (measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
+
+def test_small_mode_prints_a_figure_for_every_case(capsys, one_torch_thread):
     assert gpu_throughput.main(["--small"]) == 0
     out = capsys.readouterr().out
     assert "device: cpu" in out and "command: " in out
     for case in gpu_throughput.CASES:
         result = re.search(rf"^RESULT case={re.escape(case.name)} images/s=([0-9.]+) "
-                           rf"TFLOP/s=(\S+) batch=(\d+)", out, re.MULTILINE)
+                           rf"TFLOP/s=(\S+) batch=(\d+) .*input_wait=([0-9.]+)%", out,
+                           re.MULTILINE)
         assert result, f"no RESULT line for {case.name}:\n{out}"
         assert float(result.group(1)) > 0 and float(result.group(2)) > 0
+        # The pipeline ran at the sweep's best batch size: JPEG bytes -> decode threads -> model.
+        pipeline = re.search(rf"^case={re.escape(case.name)} pipeline batch=(\d+) "
+                             r"images/s=([0-9.]+) input_wait=([0-9.]+)% "
+                             r"predict_share=([0-9.]+)% decode_workers=(\d+)", out, re.MULTILINE)
+        assert pipeline, f"no pipeline line for {case.name}"
+        assert pipeline.group(1) == result.group(3)
+        assert float(pipeline.group(2)) > 0
+        wait, predict = float(pipeline.group(3)), float(pipeline.group(4))
+        # Disjoint shares of the consumer's wall time (0.1: the printed rounding).
+        assert 0 <= wait <= 100 and 0 <= predict <= 100 and wait + predict <= 100.1
+        assert pipeline.group(3) == result.group(4)
+        assert int(pipeline.group(5)) == gpu_throughput.DEFAULT_DECODE_WORKERS >= 1
+        assert re.search(rf"^case={re.escape(case.name)} attn=sdpa$", out, re.MULTILINE)
         for batch in gpu_throughput.SMALL_BATCH_SIZES:  # every batch size of the sweep ran
             assert re.search(rf"^case={re.escape(case.name)} batch={batch} images/s=[0-9.]+ ",
                              out, re.MULTILINE), f"{case.name} batch {batch} missing"
@@ -38,6 +66,60 @@ def test_small_mode_prints_a_figure_for_every_case(capsys):
     dets = [float(d) for d in re.findall(r"dets/img=([0-9.]+)", out)]
     assert dets and all(0 < d < 100 for d in dets)
     assert "out of GPU memory" not in out
+
+
+def _feed(jpegs: list[bytes], batch: int = 3, workers: int = 2, prefetch: int = 2):
+    """A DecodeFeed for a task without a cpu_transform (no weights or processor needed)."""
+    from labeler.config import TaskSpec
+
+    spec = TaskSpec(task="caption", model={"family": "qwen2_vl", "source": "unused/checkpoint"})
+    return gpu_throughput.DecodeFeed(spec, jpegs, batch, workers, prefetch)
+
+
+def test_feed_makes_decoded_batches_and_stops_when_the_consumer_raises():
+    jpegs = gpu_throughput.encode_jpegs((64, 48))
+    with pytest.raises(ValueError, match="consumer failed"):
+        with _feed(jpegs) as feed:
+            fed = feed.get()
+            assert [(im.width, im.height) for im in fed.images] == [(64, 48)] * 3
+            assert fed.stacked.shape == (3, 48, 64, 3) and fed.stacked.dtype == np.uint8
+            raise ValueError("consumer failed")
+    assert not any(thread.is_alive() for thread in feed.threads)
+
+
+def test_a_failing_decode_worker_raises_in_the_consumer():
+    with pytest.raises(RuntimeError, match="decode worker failed") as failed:
+        with _feed([b"not an image"]) as feed:
+            feed.get()
+    assert "not a recognised image format" in str(failed.value.__cause__)
+    assert not any(thread.is_alive() for thread in feed.threads)
+
+
+class _FixedCostModel:
+    """The adapter contract's run_timed with a fixed time per batch and nothing else, so
+    that the consumer's share of waiting is known in advance."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def run_timed(self, images, stacked=None):
+        time.sleep(self.seconds)
+        return [{}] * len(images), {"preprocess_ms": 0.0, "predict_ms": 1000 * self.seconds,
+                                    "postprocess_ms": 0.0}
+
+
+def test_input_wait_is_the_share_spent_waiting_for_decode():
+    # A model that costs nothing waits for every batch: decode sets the pace.
+    photos = gpu_throughput.encode_jpegs(gpu_throughput.PHOTO_SIZE)
+    with _feed(photos, batch=4, workers=1) as feed:
+        starved = gpu_throughput.feed_model(_FixedCostModel(0.0), feed, 0.2, 3)
+    assert starved["input_wait"] > 0.9 and starved["predict_share"] == 0.0
+    # A model slower than decode finds a batch ready every time: it never waits.
+    thumbs = gpu_throughput.encode_jpegs((32, 24))
+    with _feed(thumbs, batch=2, workers=1) as feed:
+        fed = gpu_throughput.feed_model(_FixedCostModel(0.03), feed, 0.2, 3)
+    assert fed["input_wait"] < 0.1 and fed["predict_share"] > 0.5  # sleep overshoots
+    assert fed["batches"] >= 3 and 0 < fed["images_per_s"] <= 2 / 0.03
 
 
 def test_benchmark_and_adapters_import_without_ray():
