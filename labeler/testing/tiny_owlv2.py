@@ -25,6 +25,9 @@ from labeler.testing.weights import perturb_weights
 # must be exactly this long (as in the real checkpoints, which use 16).
 MAX_QUERY_TOKENS = 16
 PATCH_SIZE = 16  # the B/16 patch size, so patch counts match the real base model
+# 3 special tokens ("!" is also a byte symbol: 2 new ids) + 256 byte-level symbols + their 256
+# "</w>" forms = 514 ids before any merge; 640 leaves room for 126 merges (the corpus has 167).
+VOCAB_SIZE = 640
 
 
 def build(out_dir: Path, seed: int = 0, image_size: int = 96, vision_heads: int = 2,
@@ -45,7 +48,8 @@ def build(out_dir: Path, seed: int = 0, image_size: int = 96, vision_heads: int 
     # "!" is id 0 and the pad token, as in the real OWLv2 tokenizer: the model treats a query
     # whose first id is 0 as padding, so BOS must not be id 0.
     vocab, merges = train_byte_level_bpe(
-        ["!", "<|startoftext|>", "<|endoftext|>"], vocab_size=400, end_of_word_suffix="</w>"
+        ["!", "<|startoftext|>", "<|endoftext|>"], vocab_size=VOCAB_SIZE,
+        end_of_word_suffix="</w>",
     )
     tokenizer = bpe_tokenizer(CLIPTokenizer, vocab, merges, pad_token="!",
                               model_max_length=MAX_QUERY_TOKENS)

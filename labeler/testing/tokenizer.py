@@ -2,6 +2,10 @@
 
 Each family's recipe trains one of these on a few sentences and hands the vocabulary and
 merges to that family's real tokenizer class, so the processors behave as with real weights.
+Two styles, as the real tokenizers split text before BPE: GPT-2 style (a space becomes the
+"Ġ" prefix of the next word) and CLIP style (lowercased, CLIP's own word regex, no space
+marker, the last symbol of a word suffixed "</w>").
+
 The trainer is a small pure-Python BPE with a fixed tie-break, so the same call gives the same
 vocabulary and merges in every process and on every machine (the `tokenizers` BpeTrainer breaks
 ties between equally frequent pairs differently from run to run).
@@ -14,7 +18,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from tokenizers import pre_tokenizers
+from tokenizers import Regex, normalizers, pre_tokenizers
 
 # A few sentences of the kind labeling prompts and captions are made of. The exact text only
 # decides which merges exist; it is fixed so that every build gives the same vocabulary.
@@ -32,6 +36,21 @@ CORPUS = [
 # bytes to the 256 printable byte-level symbols, a space becoming the "Ġ" prefix of a word.
 PRE_TOKENIZER = pre_tokenizers.ByteLevel(add_prefix_space=False)
 
+# CLIP's normalizer and pre-tokenizer, exactly as transformers' CLIPTokenizer (5.x) sets them:
+# NFC, runs of whitespace to one space, lowercase; keep only the matches of CLIP's word regex
+# (whitespace is dropped, so no "Ġ" marker), then map bytes to the byte-level symbols.
+CLIP_NORMALIZER = normalizers.Sequence(
+    [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+)
+CLIP_PRE_TOKENIZER = pre_tokenizers.Sequence([
+    pre_tokenizers.Split(
+        Regex(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]"""
+              r"""|[^\s\p{L}\p{N}]+"""),
+        behavior="removed", invert=True,
+    ),
+    pre_tokenizers.ByteLevel(add_prefix_space=False),
+])
+
 
 def train_byte_level_bpe(
     special_tokens: list[str],
@@ -46,13 +65,14 @@ def train_byte_level_bpe(
        OWLv2 masks every query whose first id is 0);
     2. the 256 byte-level symbols (`ByteLevel.alphabet()`) sorted by code point, less any that
        is already a special token;
-    3. with `end_of_word_suffix` (CLIP style, "</w>"): the suffixed form of every symbol that
-       ends a corpus word ("s</w>"), sorted, as the `tokenizers` BPE model looks up a word's
-       last symbol with the suffix attached;
+    3. with `end_of_word_suffix` (CLIP style, "</w>"): the suffixed form of all 256 byte-level
+       symbols ("s</w>"), sorted the same way; the released CLIP vocabulary has them all too.
+       The `tokenizers` BPE model looks up a word's last symbol with the suffix attached, so
+       any word, in the corpus or not, then encodes without the unknown token;
     4. one token per merge, in merge order, while the vocabulary is smaller than `vocab_size`
        (a merge whose result is already a token adds no id). Steps 1-3 are always complete.
 
-    Words are the corpus (default `CORPUS`) split by `PRE_TOKENIZER`, as at encoding time,
+    Words are the corpus (default `CORPUS`) split by `split_words`, as at encoding time,
     counted with repetition. Each step merges the adjacent symbol pair with the highest count
     summed over all words; ties go to the smallest (left, right) pair in Python string order
     (code points), so no step depends on hash or thread order. Training stops early when no
@@ -62,12 +82,13 @@ def train_byte_level_bpe(
     vocab: dict[str, int] = {}
     for token in special_tokens:
         vocab.setdefault(token, len(vocab))
-    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    for symbol in alphabet:
         vocab.setdefault(symbol, len(vocab))
-    words = _word_counts(corpus or CORPUS, suffix)
     if suffix:
-        for symbol in sorted({word[-1] for word in words}):
-            vocab.setdefault(symbol, len(vocab))
+        for symbol in alphabet:
+            vocab.setdefault(symbol + suffix, len(vocab))
+    words = _word_counts(corpus or CORPUS, suffix)
 
     merges: list[str] = []
     while len(vocab) < vocab_size:
@@ -85,12 +106,24 @@ def train_byte_level_bpe(
     return vocab, merges
 
 
+def split_words(text: str, end_of_word_suffix: str | None = None) -> list[str]:
+    """The words, as strings of byte-level symbols, that the tokenizer runs BPE on for `text`.
+
+    Without `end_of_word_suffix`, GPT-2 style: `PRE_TOKENIZER` alone ("a cat" -> "a", "Ġcat").
+    With it, CLIP style: `CLIP_NORMALIZER` then `CLIP_PRE_TOKENIZER` ("A cat!" -> "a", "cat",
+    "!"). The suffix itself is not attached here."""
+    if end_of_word_suffix:
+        text = CLIP_NORMALIZER.normalize_str(text)
+        return [word for word, _ in CLIP_PRE_TOKENIZER.pre_tokenize_str(text)]
+    return [word for word, _ in PRE_TOKENIZER.pre_tokenize_str(text)]
+
+
 def _word_counts(corpus: list[str], suffix: str) -> dict[tuple[str, ...], int]:
     """{word as a tuple of byte-level symbols: occurrences in `corpus`}; a word's last symbol
-    carries `suffix` ("" for none)."""
+    carries `suffix` ("" for none, GPT-2 style; see `split_words`)."""
     counts: Counter[tuple[str, ...]] = Counter()
     for text in corpus:
-        for word, _ in PRE_TOKENIZER.pre_tokenize_str(text):
+        for word in split_words(text, suffix):
             counts[(*word[:-1], word[-1] + suffix)] += 1
     return dict(counts)
 

@@ -3,21 +3,25 @@
 Two builds of every family, one in this process and one in a subprocess with another hash
 seed, must give byte-identical folders (tokenizer files and weights alike); the trainer must
 follow its documented id layout and tie-break; the tokenizers it yields must round-trip and
-compress the corpus.
+compress the corpus. The CLIP-style (OWLv2) tokenizer must split words as CLIPTokenizer does,
+map any word to known tokens, and use every merge it has.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import string
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from tokenizers import pre_tokenizers
+from tokenizers import Tokenizer, pre_tokenizers
 
 from labeler.testing import FAMILIES
-from labeler.testing.tokenizer import CORPUS, train_byte_level_bpe
+from labeler.testing.tiny_owlv2 import VOCAB_SIZE as OWLV2_VOCAB_SIZE
+from labeler.testing.tokenizer import CORPUS, split_words, train_byte_level_bpe
 
 ALPHABET = sorted(pre_tokenizers.ByteLevel.alphabet())
 CLIP_SPECIALS = ["!", "<|startoftext|>", "<|endoftext|>"]  # as the OWLv2 recipe passes them
@@ -37,11 +41,12 @@ def subprocess_builds(tmp_path_factory) -> Path:
 
 
 def test_training_twice_gives_the_same_vocab_and_merges():
-    for specials, suffix in ((CLIP_SPECIALS, "</w>"), (["<s>", "<pad>", "</s>", "<unk>"], None)):
-        first = train_byte_level_bpe(specials, end_of_word_suffix=suffix)
-        assert train_byte_level_bpe(specials, end_of_word_suffix=suffix) == first
+    for specials, suffix, size in ((CLIP_SPECIALS, "</w>", OWLV2_VOCAB_SIZE),
+                                   (["<s>", "<pad>", "</s>", "<unk>"], None, 400)):
+        first = train_byte_level_bpe(specials, vocab_size=size, end_of_word_suffix=suffix)
+        assert train_byte_level_bpe(specials, vocab_size=size, end_of_word_suffix=suffix) == first
         vocab, merges = first
-        assert len(vocab) == 400 and len(merges) > 100  # the corpus has room for 400 tokens
+        assert len(vocab) == size and len(merges) > 100  # the corpus has room for both sizes
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -61,6 +66,9 @@ def test_special_tokens_take_the_first_ids_in_the_given_order():
     # sorted, with no gap.
     rest = [symbol for symbol in ALPHABET if symbol != "!"]
     assert [vocab[symbol] for symbol in rest] == list(range(3, 3 + len(rest)))
+    # Then all 256 symbols with the suffix, "!</w>" included, sorted the same way.
+    suffixed = [symbol + "</w>" for symbol in ALPHABET]
+    assert [vocab[token] for token in suffixed] == list(range(258, 258 + 256))
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     vocab, _ = train_byte_level_bpe(specials)
@@ -89,11 +97,23 @@ def test_highest_count_first_then_the_smallest_pair():
 
 def test_end_of_word_suffix_marks_each_word_last_symbol():
     vocab, merges = train_byte_level_bpe(
-        ["<s>"], vocab_size=1000, corpus=["ab ab cd"], end_of_word_suffix="</w>"
+        ["<s>"], vocab_size=1000, corpus=["AB ab\tcd"], end_of_word_suffix="</w>"
     )
-    # The suffixed word-final symbols follow the alphabet, sorted, then the merges' tokens.
-    assert list(vocab)[257:] == ["b</w>", "d</w>", "ab</w>", "cd</w>", "Ġab</w>", "Ġcd</w>"]
-    assert merges == ["a b</w>", "c d</w>", "Ġ ab</w>", "Ġ cd</w>"]
+    # All suffixed symbols follow the alphabet, then the merges' tokens. CLIP style words are
+    # lowercased and carry no space marker: "ab" occurs twice, and no merge has a "Ġ".
+    assert list(vocab)[257:257 + 256] == [symbol + "</w>" for symbol in ALPHABET]
+    assert list(vocab)[257 + 256:] == ["ab</w>", "cd</w>"]
+    assert merges == ["a b</w>", "c d</w>"]
+
+
+def test_clip_style_words_are_the_words_clip_tokenizer_runs_bpe_on():
+    from transformers import CLIPTokenizer
+
+    backend = CLIPTokenizer().backend_tokenizer
+    texts = [*CORPUS, "It's  A\tBOX-2x... naïve café, 日本 ?!", "they'll've we'd I'M 42nd"]
+    for text in texts:
+        words = backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text))
+        assert split_words(text, "</w>") == [word for word, _ in words], text
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -115,5 +135,52 @@ def test_built_tokenizers_round_trip_and_compress_the_corpus(family, tiny_model)
         tokens += len(ids)
         text_bytes += len(text.encode())
     # Merges learned on this very corpus: at least a third fewer tokens than bytes
-    # (measured: 180-187 tokens for 512 bytes in the GPT-2 style families, 248 in CLIP's).
+    # (measured: 180-187 tokens for 512 bytes in the GPT-2 style families, 164 in CLIP's).
     assert tokens < 2 * text_bytes / 3, (tokens, text_bytes)
+
+
+@pytest.fixture(scope="module")
+def owlv2_tokenizers(tiny_model) -> dict:
+    """{name: the tiny OWLv2 checkpoint's tokenizer as AutoTokenizer and the processor load it}."""
+    from transformers import AutoTokenizer, Owlv2Processor
+
+    folder = tiny_model("owlv2")
+    return {"auto": AutoTokenizer.from_pretrained(folder),
+            "processor": Owlv2Processor.from_pretrained(folder).tokenizer}
+
+
+@pytest.mark.parametrize("loader", ["auto", "processor"])
+def test_owlv2_words_ending_in_any_character_have_no_unknown_token(owlv2_tokenizers, loader):
+    tokenizer = owlv2_tokenizers[loader]
+    unk = tokenizer.unk_token_id  # "<|endoftext|>", also EOS: it must only end a query
+    assert tokenizer.tokenize("a box") == ["a</w>", "b", "o", "x</w>"]
+    endings = string.ascii_letters + string.digits + string.punctuation + "éü日"
+    for char in endings:
+        for text in (f"a bo{char}", char):  # after other symbols, and as a whole word
+            tokens = tokenizer.tokenize(text)
+            # "!" is the pad token, special as in the real OWLv2 tokenizer: it is matched
+            # before BPE and keeps its own token.
+            last = "!" if char == "!" else "</w>"
+            assert "<|endoftext|>" not in tokens and tokens[-1].endswith(last), (text, tokens)
+            ids = tokenizer(text).input_ids
+            assert ids[0] == tokenizer.bos_token_id and ids[-1] == unk, (text, ids)
+            assert unk not in ids[1:-1], (text, ids)
+    for text in CORPUS:
+        ids = tokenizer(text).input_ids
+        assert unk not in ids[1:-1], text
+
+
+def test_owlv2_tokenizer_uses_every_merge_on_the_corpus(tiny_model):
+    """Encoding with the first k+1 merges gives fewer corpus tokens than with the first k, for
+    every k: BPE applies merge k only after all earlier ones, so each one is reached at
+    encoding time (a merge with "Ġ" never would be: CLIP words have no space marker)."""
+    saved = json.loads((Path(tiny_model("owlv2")) / "tokenizer.json").read_text())
+    merges = saved["model"]["merges"]
+    assert len(merges) > 100 and not any("Ġ" in "".join(merge) for merge in merges)
+    counts = []
+    for k in range(len(merges) + 1):
+        saved["model"]["merges"] = merges[:k]
+        tokenizer = Tokenizer.from_str(json.dumps(saved))
+        encodings = tokenizer.encode_batch(CORPUS, add_special_tokens=False)
+        counts.append(sum(len(encoding.ids) for encoding in encodings))
+    assert all(later < earlier for earlier, later in zip(counts, counts[1:])), counts
