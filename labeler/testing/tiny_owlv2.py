@@ -25,9 +25,14 @@ from labeler.testing.weights import perturb_weights
 # must be exactly this long (as in the real checkpoints, which use 16).
 MAX_QUERY_TOKENS = 16
 PATCH_SIZE = 16  # the B/16 patch size, so patch counts match the real base model
-# 3 special tokens ("!" is also a byte symbol: 2 new ids) + 256 byte-level symbols + their 256
-# "</w>" forms = 514 ids before any merge; 640 leaves room for 126 merges (the corpus has 167).
+# 256 byte-level symbols ("!" first) + their 256 "</w>" forms + BOS and EOS = 514 ids without
+# merges; 640 leaves room for 126 merges (the corpus has 167).
 VOCAB_SIZE = 640
+# Laid out as the released CLIP vocabulary: "!" is id 0 and the pad token (the model treats a
+# query whose first id is 0 as padding, so BOS must not be id 0); BOS and EOS are the last two
+# ids (vocab_size - 2, vocab_size - 1), because the text model pools each query at
+# `input_ids.argmax(-1)`, which must be its EOS as with the real weights.
+PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = "!", "<|startoftext|>", "<|endoftext|>"
 
 
 def build(out_dir: Path, seed: int = 0, image_size: int = 96, vision_heads: int = 2,
@@ -45,13 +50,12 @@ def build(out_dir: Path, seed: int = 0, image_size: int = 96, vision_heads: int 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    # "!" is id 0 and the pad token, as in the real OWLv2 tokenizer: the model treats a query
-    # whose first id is 0 as padding, so BOS must not be id 0.
     vocab, merges = train_byte_level_bpe(
-        ["!", "<|startoftext|>", "<|endoftext|>"], vocab_size=VOCAB_SIZE,
-        end_of_word_suffix="</w>",
+        [PAD_TOKEN], vocab_size=VOCAB_SIZE, end_of_word_suffix="</w>",
+        trailing_special_tokens=[BOS_TOKEN, EOS_TOKEN],
     )
-    tokenizer = bpe_tokenizer(CLIPTokenizer, vocab, merges, pad_token="!",
+    tokenizer = bpe_tokenizer(CLIPTokenizer, vocab, merges, bos_token=BOS_TOKEN,
+                              eos_token=EOS_TOKEN, unk_token=EOS_TOKEN, pad_token=PAD_TOKEN,
                               model_max_length=MAX_QUERY_TOKENS)
     processor = Owlv2Processor(
         image_processor=Owlv2ImageProcessor(size={"height": image_size, "width": image_size}),
@@ -62,8 +66,8 @@ def build(out_dir: Path, seed: int = 0, image_size: int = 96, vision_heads: int 
         text_config=dict(
             vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
             num_attention_heads=2, max_position_embeddings=MAX_QUERY_TOKENS,
-            bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-            pad_token_id=0,
+            bos_token_id=vocab[BOS_TOKEN], eos_token_id=vocab[EOS_TOKEN],
+            pad_token_id=vocab[PAD_TOKEN],
         ),
         vision_config=dict(
             hidden_size=vision_width, intermediate_size=2 * vision_width, num_hidden_layers=1,

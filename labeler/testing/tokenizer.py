@@ -57,6 +57,7 @@ def train_byte_level_bpe(
     vocab_size: int = 400,
     corpus: list[str] | None = None,
     end_of_word_suffix: str | None = None,
+    trailing_special_tokens: list[str] | None = None,
 ) -> tuple[dict[str, int], list[str]]:
     """Train a byte-level BPE, deterministically; returns (vocab token->id, merges as "a b").
 
@@ -70,7 +71,12 @@ def train_byte_level_bpe(
        The `tokenizers` BPE model looks up a word's last symbol with the suffix attached, so
        any word, in the corpus or not, then encodes without the unknown token;
     4. one token per merge, in merge order, while the vocabulary is smaller than `vocab_size`
-       (a merge whose result is already a token adds no id). Steps 1-3 are always complete.
+       less the trailing tokens (a merge whose result is already a token adds no id);
+    5. `trailing_special_tokens`, in the order given, as the last ids: CLIP's released
+       vocabulary ends with <|startoftext|>, <|endoftext|> (49406, 49407), and CLIP-style
+       text models pool each query at `input_ids.argmax(-1)`, which is then its EOS.
+    Steps 1-3 and 5 are always complete, so the vocabulary has `vocab_size` ids unless the
+    corpus runs out of pairs first or steps 1-3 and 5 alone already exceed it.
 
     Words are the corpus (default `CORPUS`) split by `split_words`, as at encoding time,
     counted with repetition. Each step merges the adjacent symbol pair with the highest count
@@ -90,8 +96,9 @@ def train_byte_level_bpe(
             vocab.setdefault(symbol + suffix, len(vocab))
     words = _word_counts(corpus or CORPUS, suffix)
 
+    trailing = trailing_special_tokens or []
     merges: list[str] = []
-    while len(vocab) < vocab_size:
+    while len(vocab) < vocab_size - len(trailing):
         pairs: Counter[tuple[str, str]] = Counter()
         for word, count in words.items():
             for pair in zip(word, word[1:]):
@@ -103,6 +110,10 @@ def train_byte_level_bpe(
         vocab.setdefault("".join(best), len(vocab))
         # Merging keeps a word's text, so distinct words stay distinct keys.
         words = {_merge_pair(word, best): count for word, count in words.items()}
+    for token in trailing:
+        if token in vocab:  # an earlier id would break the "last ids" layout
+            raise ValueError(f"trailing special token {token!r} already has id {vocab[token]}")
+        vocab[token] = len(vocab)
     return vocab, merges
 
 
