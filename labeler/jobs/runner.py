@@ -366,9 +366,12 @@ def _execute(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink, summary:
         summary.steady_images_per_s = steady_rows / steady_s
 
     missing = missing_inputs(spec, todo, sink)
-    isolated = spec.input.media == "image" and 0 < len({i for _, i in missing}) <= ISOLATE_AT_MOST
+    # Inputs with no row in any task (a task's rows of an input reach the driver together
+    # with every other task's), so relabeling them cannot give any task a row twice.
+    ids = {id_ for _, id_ in missing
+           if all(missing.get((t.output_name, id_), (0, 1))[1] == 0 for t in spec.tasks)}
+    isolated = spec.input.media == "image" and 0 < len(ids) <= ISOLATE_AT_MOST
     if isolated:
-        ids = {id_ for _, id_ in missing}
         log.warning("%d inputs were lost with model actors that died %d times on their batch; "
                     "labeling them again one per batch to find the input that kills the worker",
                     len(ids), MODEL_BATCH_ATTEMPTS)
