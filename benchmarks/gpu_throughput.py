@@ -110,7 +110,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from labeler.config import InputSpec, TaskSpec  # noqa: E402
 from labeler.jobs.stages import TaskTransforms, input_column  # noqa: E402
 from labeler.media.image import decode_image  # noqa: E402
-from labeler.models.base import ImageInput  # noqa: E402
+from labeler.models.base import ImageInput, attention_implementations  # noqa: E402
 from labeler.registry import load_adapter_class  # noqa: E402
 from labeler.testing import build_tiny_model  # noqa: E402
 from labeler.testing.samples import synthetic_image  # noqa: E402
@@ -404,17 +404,6 @@ def sweep(case: Case, adapter, batch_sizes, device: torch.device, flops: float,
               f"post={row['postprocess_ms']:.2f} iters={iters}{extra}", flush=True)
         rows.append(row)
     return rows
-
-
-def attention_implementations(config, path: str = "model") -> dict[str, str | None]:
-    """{config path: `_attn_implementation`} of a model config and its sub-configs, nested
-    (e.g. {"model": "sdpa", "model.text_config": "sdpa", "model.vision_config": "sdpa"})."""
-    found = {path: getattr(config, "_attn_implementation", None)}
-    for key in getattr(config, "sub_configs", None) or {}:
-        sub = getattr(config, key, None)
-        if sub is not None:
-            found.update(attention_implementations(sub, f"{path}.{key}"))
-    return found
 
 
 def describe_attention(config) -> str:

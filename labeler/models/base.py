@@ -49,6 +49,18 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def attention_implementations(config, path: str = "model") -> dict[str, str | None]:
+    """{config path: `_attn_implementation`} of a transformers model config and its
+    sub-configs, nested (e.g. {"model": "sdpa", "model.text_config": "sdpa"}): "sdpa" is
+    torch's fused scaled_dot_product_attention, "eager" the unfused matmul-softmax-matmul."""
+    found = {path: getattr(config, "_attn_implementation", None)}
+    for key in getattr(config, "sub_configs", None) or {}:
+        sub = getattr(config, key, None)
+        if sub is not None:
+            found.update(attention_implementations(sub, f"{path}.{key}"))
+    return found
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """'auto' is bfloat16 on CUDA (tensor cores) and float32 on CPU (bf16 is slow there)."""
     if name == "auto":

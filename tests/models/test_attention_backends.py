@@ -31,7 +31,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from labeler.config import TaskSpec
-from labeler.models.base import ImageInput
+from labeler.models.base import ImageInput, attention_implementations
 from labeler.registry import load_adapter_class
 from labeler.testing.samples import synthetic_image
 
@@ -62,16 +62,6 @@ class FusedAttentionCalls(TorchFunctionMode):
         if func is torch.nn.functional.scaled_dot_product_attention:
             self.calls += 1
         return func(*args, **(kwargs or {}))
-
-
-def attention_implementations(config, path: str = "model") -> dict[str, str | None]:
-    """{config path: _attn_implementation} of a config and its sub-configs, nested."""
-    found = {path: getattr(config, "_attn_implementation", None)}
-    for key in getattr(config, "sub_configs", None) or {}:
-        sub = getattr(config, key, None)
-        if sub is not None:
-            found.update(attention_implementations(sub, f"{path}.{key}"))
-    return found
 
 
 def _adapter(family: str, folder: str):
