@@ -98,3 +98,13 @@ def test_the_readme_spec_file_is_a_valid_job_spec(tmp_path, monkeypatch):
     spec = JobSpec(**yaml.safe_load(block.group(1)))
     assert spec.output.retry_errors is False and spec.tasks[0].labels == ["cat", "dog",
                                                                           "traffic light"]
+
+
+def test_retry_errors_flag_reaches_the_spec(tmp_path):
+    from labeler.cli import _spec_from_args, build_parser
+
+    args = build_parser().parse_args([
+        "run", "--input", str(tmp_path), "--output", str(tmp_path / "out"), "--task", "detect",
+        "--family", "owlv2", "--model", "m", "--labels", "cat,dog", "--retry-errors"])
+    spec = _spec_from_args(args)
+    assert spec.output.retry_errors is True and spec.output.overwrite is False
