@@ -150,6 +150,11 @@ class Ingress:
         if params.caption is not None and served.task != "pseudo-label":
             raise ApiError(422, f"caption: model {served.served_name!r} does task "
                                 f"{served.task!r}, which takes no caption (pseudo-label does)")
+        if params.caption is not None and not served.pseudo_label.use_captions:
+            # Silently dropping it would answer a different question than was asked.
+            raise ApiError(422, f"caption: model {served.served_name!r} is served with "
+                                "pseudo_label.use_captions: false (vocabulary only), so it "
+                                "takes no caption")
         return {"labels": tuple(label.strip() for label in params.labels) if params.labels else None,
                 "threshold": params.threshold, "prompt": params.prompt,
                 "caption": params.caption}

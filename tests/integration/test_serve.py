@@ -131,6 +131,10 @@ def url(ray_local, batch_rows, pseudo_rows, tiny_owlv2):
                          "request_timeout_s": 0.5}},
             {"name": "pseudo", "task": "pseudo-label", "model": model,
              "threshold": PSEUDO_THRESHOLD, "pseudo_label": PSEUDO,
+             "resources": {"num_cpus": 0.25}},
+            {"name": "pseudo-vocabulary", "task": "pseudo-label", "model": model,
+             "threshold": PSEUDO_THRESHOLD,
+             "pseudo_label": {**PSEUDO, "use_captions": False},
              "resources": {"num_cpus": 0.25}}],
         "limits": {"max_body_bytes": MAX_BODY, "max_pixels": MAX_PIXELS},
         "uri": {"allowed_hosts": ["localhost", "127.0.0.1", "169.254.169.254", "10.1.2.3",
@@ -216,6 +220,19 @@ def test_caption_and_labels_go_where_they_apply(url, http, image_files):
     assert labels.status_code == 422 and "pseudo_label.vocabulary" in labels.json()["error"]
 
 
+def test_vocabulary_only_pseudo_label_refuses_a_caption(url, http, image_files):
+    """A model served with use_captions: false would ignore a caption: 422, not a silent drop."""
+    body = {"image": base64.b64encode(image_files["wide.jpg"]).decode(),
+            "model": "pseudo-vocabulary"}
+    refused = http.post(f"{url}/v1/pseudo-label", json={**body, "caption": "a dog"}, timeout=30)
+    assert refused.status_code == 422
+    assert "use_captions: false" in refused.json()["error"]
+    answered = http.post(f"{url}/v1/pseudo-label", json=body, timeout=30)
+    assert answered.status_code == 200, answered.text
+    labels = {d["label"] for d in answered.json()["detections"]}
+    assert labels and labels <= set(PSEUDO["vocabulary"])
+
+
 def test_request_labels_equal_an_adapter_built_with_them(url, http, image_files, tiny_owlv2):
     """Per-request labels re-encode the queries: same as a detector set up with them."""
     adapter = Owlv2Detector(TaskSpec(task="detect", model={"family": "owlv2", "source": tiny_owlv2},
@@ -275,11 +292,12 @@ def test_service_endpoints(url, http):
     assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
     ready = requests.get(f"{url}/readyz", timeout=10)
     assert ready.status_code == 200 and ready.json()["ready"] is True
-    assert set(ready.json()["models"]) == {"detector", "limited", "pseudo"}
+    assert set(ready.json()["models"]) == {"detector", "limited", "pseudo", "pseudo-vocabulary"}
     models = http.get(f"{url}/v1/models", timeout=10).json()["models"]
     assert [(m["name"], m["task"], m["labels"], m["endpoint"]) for m in models] == [
         ("detector", "detect", LABELS, "/v1/detect"), ("limited", "detect", LABELS, "/v1/detect"),
-        ("pseudo", "pseudo-label", [], "/v1/pseudo-label")]
+        ("pseudo", "pseudo-label", [], "/v1/pseudo-label"),
+        ("pseudo-vocabulary", "pseudo-label", [], "/v1/pseudo-label")]
     assert models[0]["serving"]["max_batch_size"] == 8
     docs = requests.get(f"{url}/docs", timeout=10)
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
