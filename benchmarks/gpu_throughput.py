@@ -73,11 +73,14 @@ Each case ends with a `RESULT` line (best batch of the sweep, its input_wait).
 `--small` runs the same code at tiny size on CPU in seconds (for CI): the tiny checkpoints'
 own configs (generative vocabularies widened by `SMALL_EXTRA_VOCAB` ids so the
 "ids beyond the tokenizer" path runs too), their processors unchanged, batch sizes 1 and 2.
-Without CUDA the benchmark always runs `--small`.
+Without CUDA the benchmark runs `--small` unless `--full-on-cpu` asks for the full-size
+models on CPU (float32, batch 1, minutes per case): it checks the full-size configs, the
+adapters on them and the FLOP counts without a GPU; its speeds say nothing about a GPU.
 
     PYTHONPATH=. python3 benchmarks/gpu_throughput.py                  # all cases, full size
     PYTHONPATH=. python3 benchmarks/gpu_throughput.py --cases owlv2-b16 --batch-sizes 32 64
     .venv/bin/python benchmarks/gpu_throughput.py --small               # CPU, tiny, seconds
+    .venv/bin/python benchmarks/gpu_throughput.py --full-on-cpu --cases owlv2-b16-960-q3
     PYTHONPATH=. python3 benchmarks/gpu_throughput.py --cases qwen2 --decode-workers 4 --prefetch 2
 
 It imports neither Ray nor anything Ray needs (the GPU machine has no Ray).
@@ -105,7 +108,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be downloaded
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count  # noqa: E402
 
 from labeler.config import InputSpec, TaskSpec  # noqa: E402
 from labeler.jobs.stages import TaskTransforms, input_column  # noqa: E402
@@ -117,6 +120,8 @@ from labeler.testing.samples import synthetic_image  # noqa: E402
 
 FULL_BATCH_SIZES = (1, 8, 32, 64, 128)
 SMALL_BATCH_SIZES = (1, 2)
+# --full-on-cpu: one image at a time; a full-size forward pass takes seconds to minutes there.
+CPU_FULL_BATCH_SIZES = (1,)
 # A trained OWLv2 at its usual threshold (0.1) keeps tens of boxes on a busy photo.
 OWL_BOXES_PER_IMAGE = 25
 # Extra vocabulary ids of the --small generative models, beyond their tokenizers: enough that
@@ -297,6 +302,8 @@ CASES = (
     Case("qwen2-vl-2b-caption", "qwen2-vl-2b", "caption", QWEN_SIZE, new_tokens=60),
 )
 
+CASE_NAMES = frozenset(c.name for c in CASES)
+
 
 def build_model_folder(build: Build, tiny_dir: Path, out_dir: Path, device: torch.device,
                        dtype: torch.dtype, small: bool) -> Path:
@@ -350,11 +357,22 @@ def generated_lengths(case: Case, raw) -> set[int]:
     return {raw.shape[1]}
 
 
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of the fused attention SDPA runs on CPU: the same count as the CUDA kernels'."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# FlopCounterMode (torch 2.14) has formulas for the CUDA fused attention kernels but not for
+# the one SDPA dispatches to on CPU (--small, --full-on-cpu), whose FLOPs it would leave out:
+# 42% of OWLv2 B/16@960's 1.1 TFLOP per image.
+CPU_SDPA_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+
+
 def count_flops(adapter, images: list[ImageInput]):
     """(FLOPs of one adapter.predict on `images`, its output), by FlopCounterMode."""
     with torch.inference_mode():
         inputs = adapter.model_inputs(images)
-        counter = FlopCounterMode(display=False)
+        counter = FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS)
         with counter:
             raw = adapter.predict(inputs)
     return counter.get_total_flops(), raw
@@ -615,13 +633,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", action="store_true",
                         help="tiny models on CPU (the default without CUDA)")
+    parser.add_argument("--full-on-cpu", action="store_true",
+                        help="full-size models on CPU in float32, batch 1: checks the "
+                             "full-size path and counts its FLOPs before GPU time is spent "
+                             "(minutes per case; its speeds say nothing about a GPU)")
     parser.add_argument("--cases", nargs="*", default=None,
-                        help="run the cases whose name starts with one of these")
+                        help="run the cases named, or whose name starts with one of these")
     parser.add_argument("--batch-sizes", nargs="*", type=int, default=None)
     parser.add_argument("--min-seconds", type=float, default=None,
-                        help="timed seconds per batch size at least (default 3; small 0)")
+                        help="timed seconds per batch size at least (default 3 on a GPU, else 0)")
     parser.add_argument("--min-iters", type=int, default=None,
-                        help="timed batches per batch size at least (default 3; small 1)")
+                        help="timed batches per batch size at least (default 3 on a GPU, else 1)")
     parser.add_argument("--decode-workers", type=int, default=DEFAULT_DECODE_WORKERS,
                         help="decode threads of the pipeline run (default: one per core but "
                              f"one, at most 15; here {DEFAULT_DECODE_WORKERS})")
@@ -635,13 +657,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cuda = torch.cuda.is_available()
-    small = args.small or not cuda
-    device = torch.device("cpu") if small else torch.device("cuda")
+    if args.small and args.full_on_cpu:
+        raise SystemExit("--small and --full-on-cpu exclude each other")
+    small = args.small or not (cuda or args.full_on_cpu)
+    device = torch.device("cuda") if cuda and not (small or args.full_on_cpu) else torch.device("cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # what "auto" resolves
-    batch_sizes = args.batch_sizes or (SMALL_BATCH_SIZES if small else FULL_BATCH_SIZES)
-    min_seconds = args.min_seconds if args.min_seconds is not None else (0.0 if small else 3.0)
-    min_iters = args.min_iters if args.min_iters is not None else (1 if small else 3)
-    cases = [c for c in CASES if not args.cases or any(c.name.startswith(p) for p in args.cases)]
+    on_gpu = device.type == "cuda"
+    batch_sizes = args.batch_sizes or (
+        FULL_BATCH_SIZES if on_gpu else SMALL_BATCH_SIZES if small else CPU_FULL_BATCH_SIZES)
+    min_seconds = args.min_seconds if args.min_seconds is not None else (3.0 if on_gpu else 0.0)
+    min_iters = args.min_iters if args.min_iters is not None else (3 if on_gpu else 1)
+    cases = [c for c in CASES if not args.cases or any(
+        c.name == p or (c.name.startswith(p) and p not in CASE_NAMES) for p in args.cases)]
     if args.decode_workers < 1 or args.prefetch < 1:
         raise SystemExit("--decode-workers and --prefetch must be at least 1")
     if not cases:

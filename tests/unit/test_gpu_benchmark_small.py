@@ -130,3 +130,31 @@ def test_benchmark_and_adapters_import_without_ray():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)  # a cold import of torch + transformers takes seconds
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_flop_count_is_the_same_for_fused_and_unfused_attention(tiny_owlv2):
+    """TFLOP/s divides by counted FLOPs: the fused attention SDPA runs on CPU must count what
+    the unfused matmuls count (torch's counter alone leaves it out)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import Owlv2ForObjectDetection
+
+    from labeler.config import TaskSpec
+    from labeler.registry import load_adapter_class
+
+    spec = TaskSpec(task="detect", model={"family": "owlv2", "source": tiny_owlv2},
+                    labels=["a cat", "a dog"])
+    fused, eager = (load_adapter_class("detect", "owlv2")(spec) for _ in range(2))
+    for adapter in (fused, eager):
+        adapter.setup(torch.device("cpu"))
+    eager.model = Owlv2ForObjectDetection.from_pretrained(
+        tiny_owlv2, attn_implementation="eager").eval()
+    images = gpu_throughput.sample_images((64, 48), 1)
+    fused_flops, _ = gpu_throughput.count_flops(fused, images)
+    eager_flops, _ = gpu_throughput.count_flops(eager, images)
+    assert fused_flops == eager_flops
+    with torch.inference_mode():
+        inputs = fused.model_inputs(images)
+        plain = FlopCounterMode(display=False)
+        with plain:
+            fused.predict(inputs)
+    assert plain.get_total_flops() < fused_flops  # the attention the mapping adds is really there
