@@ -342,10 +342,12 @@ def resolve_model_source(source: str, cache_dir: Path | None = None) -> str:
 OPEN_INPUT_BUFFER = 2 * 1024**2
 
 
-def open_input(uri: str) -> io.BufferedIOBase:
+def open_input(uri: str, whole_up_to: int = 0) -> io.BufferedIOBase:
     """A seekable binary file object over a local file, an s3:// object, or a byte range of
     either (`#offset=O&size=S`), for readers that take a file and read only part of it
-    (PyAV seeking through a video). Only the bytes read are fetched. OSError
+    (PyAV seeking through a video). Only the bytes read are fetched, except that an S3
+    object or byte range of at most `whole_up_to` bytes is fetched whole, in one request,
+    and served from memory: for readers that would read it more than once. OSError
     (FileNotFoundError for a missing object) when it cannot be opened; reads past the end of
     a cut-short byte range return less, as at the end of a file."""
     if _MISSING.match(uri) or _UNREADABLE.match(uri) or _CELL.match(uri):
@@ -361,6 +363,11 @@ def open_input(uri: str) -> io.BufferedIOBase:
         offset, size = int(found["offset"]), int(found["size"])
     else:
         offset, size = 0, native.size()
+    if size <= whole_up_to:
+        try:
+            return io.BytesIO(native.read_at(size, offset))
+        finally:
+            native.close()
     return io.BufferedReader(_ByteWindow(native, offset, size), OPEN_INPUT_BUFFER)
 
 

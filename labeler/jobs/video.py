@@ -48,11 +48,16 @@ from labeler.media.image import MediaError
 from labeler.media.video import Sampling, VideoDecodeError, VideoInfo, probe, sample_video
 from labeler.storage import is_s3, open_input
 
+# Videos on S3 (or in a tar there) up to this size are fetched whole, in one request, and
+# decoded from memory: sampling reads a video twice (the demux-only index pass, then the
+# decoding), which by ranged reads costs twice the bytes and a request per 2 MiB. 128 MiB is
+# ~2 minutes of 1080p H.264 at 8 Mbit/s; longer videos stream by range as before.
+VIDEO_READ_WHOLE_BYTES = 128 * 1024**2
 # Peak memory of one decode task, so Ray does not start more than fit: the worker's Python,
 # Ray and torch (~0.4 GB), a batch of rows, an output block and its copies (VIDEO_BLOCK_BYTES)
 # and PyAV's decoder. benchmarks/video_decode.py measured 0.9 GB private at 1080p with no
-# transform; 1.5 GiB leaves room for the tasks' transformed columns.
-VIDEO_TASK_MEMORY = 1536 * 1024**2
+# transform; 1.5 GiB leaves room for the tasks' transformed columns; plus a video held whole.
+VIDEO_TASK_MEMORY = 1536 * 1024**2 + VIDEO_READ_WHOLE_BYTES
 # Output blocks of the pipeline: Ray Data gathers a task's rows into blocks of this size (its
 # default, 128 MiB, is 20 1080p frames) and holds a block and its copies in the worker until
 # it is stored. 32 MiB: 1.17 -> 0.9 GB private memory of a 1080p decode task
@@ -144,11 +149,13 @@ def decode_video(batch: dict[str, np.ndarray], sampling: Sampling, clip: ClipSpe
 def video_rows(uri: str, sampling: Sampling, clip: ClipSpec | None, max_pixels: int,
                transforms: TaskTransforms) -> Iterator[_Row]:
     """The rows of one video in time order; at least one. Local files go to PyAV by path,
-    others (s3://, a byte range of a tar) as a file object that reads only what PyAV asks."""
+    others (s3://, a byte range of a tar) as a file object: read whole into memory up to
+    VIDEO_READ_WHOLE_BYTES, beyond that reading by range only what PyAV asks."""
     lap = _Stopwatch()
     source = None
     try:
-        source = uri if not is_s3(uri) and os.path.isfile(uri) else open_input(uri)
+        source = (uri if not is_s3(uri) and os.path.isfile(uri)
+                  else open_input(uri, whole_up_to=VIDEO_READ_WHOLE_BYTES))
         info = probe(source)
         if info.width * info.height > max_pixels:
             raise MediaError(f"video frames have {info.width}x{info.height} = "

@@ -1,6 +1,6 @@
 """Video files -> probed metadata and a stream of sampled RGB frames, with PyAV.
 
-Rules: frames stream out one at a time (a video is never held in memory); frame times come
+Rules: frames stream out one at a time (never all of a video's frames at once); frame times come
 from the stream's own timestamps (pts * time_base, so variable frame rate is exact), counted
 from the stream's start time; a frame's index is its position in presentation order among all
 frames of the stream; the rotation of the container's display matrix is applied to the pixels

@@ -163,19 +163,26 @@ def test_every_n_frames_with_a_range_through_the_cli(ray_local, video_folder, ti
     assert json.loads((out / "_SUCCESS").read_text())["unit"] == "frames"
 
 
-def test_s3_videos_and_tar_members_are_planned_and_read_by_range(s3_bucket, s3_env,
-                                                               video_folder, tmp_path):
+@pytest.mark.parametrize("read_whole_up_to", [0, None], ids=["by-range", "whole"])
+def test_s3_videos_and_tar_members_are_planned_and_read(s3_bucket, s3_env,
+                                                        video_folder, tmp_path,
+                                                        read_whole_up_to, monkeypatch):
     """Videos under s3:// and inside a WebDataset tar (a byte range) are listed as video
-    inputs and decode through open_input, frame for frame as from the local file."""
+    inputs and decode through open_input, frame for frame as from the local file: read by
+    range, or fetched whole (small videos, the default: VIDEO_READ_WHOLE_BYTES)."""
     import io
     import tarfile
 
+    from labeler.jobs import video
     from labeler.jobs.stages import TaskTransforms
     from labeler.jobs.video import video_rows
     from labeler.media.video import Sampling
     from labeler.sources import plan_source
 
+    if read_whole_up_to is not None:
+        monkeypatch.setattr(video, "VIDEO_READ_WHOLE_BYTES", read_whole_up_to)
     local = str(video_folder / "c_vp9.webm")
+    assert os.path.getsize(local) < video.VIDEO_READ_WHOLE_BYTES or read_whole_up_to == 0
     data = open(local, "rb").read()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:

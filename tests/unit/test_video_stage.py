@@ -145,6 +145,21 @@ def test_open_input_reads_a_byte_range_as_a_file(tmp_path):
         open_input(missing_uri(str(tmp_path / "m.jsonl"), 2, "uri"))
 
 
+def test_open_input_fetches_a_small_range_whole(tmp_path):
+    """Up to `whole_up_to` bytes come in one read and are served from memory; larger ones
+    stay ranged reads of what is asked. The bytes are the same either way."""
+    path = tmp_path / "blob"
+    path.write_bytes(bytes(range(256)) * 4)
+    uri = byte_range_uri(str(path), 100, 50)
+    with open_input(uri, whole_up_to=50) as whole, open_input(uri, whole_up_to=49) as ranged:
+        assert isinstance(whole, io.BytesIO) and not isinstance(ranged, io.BytesIO)
+        assert whole.read() == ranged.read() == bytes(range(100, 150))
+        whole.seek(-5, io.SEEK_END)
+        assert whole.read() == bytes(range(145, 150))
+    with open_input(byte_range_uri(str(path), 1000, 100), whole_up_to=100) as cut_short:
+        assert cut_short.read() == bytes(range(232, 256))
+
+
 def test_video_listing_and_shards(tmp_path):
     for name in ["b.MKV", "a.mp4", "a.txt", "c.jpg", "notes.txt", "sub/e.webm", "f.mov"]:
         (tmp_path / name).parent.mkdir(exist_ok=True)
