@@ -1,4 +1,4 @@
-"""`labeler` command line: run, serve, demo, tiny-models."""
+"""`labeler` command line: run, serve, export, demo, tiny-models."""
 
 from __future__ import annotations
 
@@ -124,6 +124,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_forever(spec)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A task of a job's output -> a COCO or YOLO dataset (docs/export.md)."""
+    from labeler.export import ExportOptions, run_export
+
+    summary = run_export(ExportOptions(
+        job=args.job, format=args.format, out=args.out, task=args.task, min_score=args.min_score,
+        include_not_kept=args.include_not_kept, copy_images=args.copy_images,
+        overwrite=args.overwrite))
+    print("\n".join(summary.lines()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labeler", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--batch-wait-timeout-s", type=float, help="wait this long for a batch to fill")
     srv.add_argument("--num-replicas", type=int, help="replicas per model")
     srv.set_defaults(func=cmd_serve)
+
+    exp = sub.add_parser("export", help="a job's boxes as a COCO or YOLO dataset")
+    exp.add_argument("job", help="the job's output folder or s3:// prefix")
+    exp.add_argument("--format", required=True, choices=["coco", "yolo"],
+                     help="coco: annotations.json; yolo: images/, labels/, data.yaml")
+    exp.add_argument("--out", required=True, help="output folder or s3:// prefix (empty)")
+    exp.add_argument("--task", help="the task folder to export (default: the only one with boxes)")
+    exp.add_argument("--min-score", type=float, help="drop boxes scoring under this")
+    exp.add_argument("--include-not-kept", action="store_true",
+                     help="pseudo-label: export images under the image threshold too")
+    exp.add_argument("--copy-images", action="store_true",
+                     help="coco: copy the images to <out>/images (yolo always copies)")
+    exp.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    exp.set_defaults(func=cmd_export)
     return parser
 
 

@@ -1,0 +1,183 @@
+"""The image files of an export: their names under `images/`, their bytes, and the copying.
+
+Names. An image is written to `images/<key><suffix>`, its YOLO label to
+`labels/<key>.txt`, where key is the row id as a relative path (sub-folders kept; empty,
+`.` and `..` parts dropped) without its image suffix. Ultralytics finds an image's label by
+replacing the last `/images/` of its path with `/labels/`, so a folder of the id named
+`images` is written `images_`. An id without one of Ultralytics' image suffixes (a WebDataset
+key `shard.tar/k1`, a manifest key) gets the suffix of the written format. Two ids that
+differ only in their image suffix (`a.jpg`, `a.png`) would share one label file: the second
+is not exported (a failure with its reason). To know, the copy keeps an 8-byte digest of each
+key: about 100 bytes per image in Python, the only state that grows with the images.
+
+Bytes. Boxes, `width` and `height` refer to the image as its EXIF orientation shows it
+(labeler.media.image). Bytes without an orientation other than 1, in a format Ultralytics
+reads (COPIED_FORMATS), are copied unchanged. Otherwise the pixels the model was given
+(decode_image at full size: orientation applied, RGB) are re-encoded: JPEG at quality
+JPEG_QUALITY for a JPEG, the source's format when lossless or losslessly writable, PNG for
+formats Ultralytics does not read (GIF...). Re-encoded files carry no EXIF, so no reader
+rotates them a second time. The written image must have the row's width and height, else the
+source changed since the job and the row is not exported.
+
+Copies (read with labeler.storage.read_bytes: local files, s3:// objects, tar members and
+manifest cells) run on COPY_THREADS threads; results come back in row order, at most
+IN_FLIGHT images held at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from PIL import Image
+
+from labeler.export.rows import Reasons, Row
+from labeler.export.target import Target
+from labeler.media.image import MediaError, decode_image
+from labeler.storage import read_bytes
+
+# The suffixes Ultralytics lists as images (its IMG_FORMATS); any other file is not read.
+IMAGE_SUFFIXES = frozenset({".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff",
+                            ".webp", ".pfm", ".heic"})
+# Pillow formats whose bytes are copied as they are (Ultralytics checks the format it reads
+# against IMG_FORMATS), with the suffix an id without one gets.
+COPIED_FORMATS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp",
+                  "BMP": ".bmp", "TIFF": ".tif"}
+EXIF_ORIENTATION = 0x0112  # the EXIF tag; 1 is "as stored", 2-8 flip and/or rotate
+# Lossy re-encoding of oriented JPEGs: 95 keeps the artefacts of a second encoding below
+# those of the first at common camera qualities (85-95).
+JPEG_QUALITY = 95
+# Parallel copies: S3 requests take tens of ms each, and 8 in flight keep a link busy with
+# photo-sized images; 2 x 8 pending results bound the images in memory.
+COPY_THREADS = 8
+IN_FLIGHT = 2 * COPY_THREADS
+# A sub-folder named like this would end Ultralytics' /images/ -> /labels/ replacement early.
+_RESERVED_FOLDER = "images"
+
+
+class ImageCopyError(Exception):
+    """A row whose image cannot be exported; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class ImageName:
+    """key: the id as a relative path without its image suffix; suffix: that suffix as the
+    id has it ('.JPG'), or None when the id has none (the written format's is added)."""
+
+    key: str
+    suffix: str | None
+
+    @classmethod
+    def of(cls, row_id: str) -> "ImageName":
+        parts = [p for p in row_id.split("/") if p not in ("", ".", "..")]
+        if not parts:
+            raise ImageCopyError(f"the id {row_id!r} gives no file name")
+        folders = [f"{p}_" if p == _RESERVED_FOLDER else p for p in parts[:-1]]
+        suffix = PurePosixPath(parts[-1]).suffix
+        if suffix.lower() not in IMAGE_SUFFIXES:
+            return cls("/".join([*folders, parts[-1]]), None)
+        return cls("/".join([*folders, parts[-1][:-len(suffix)]]), suffix)
+
+    @property
+    def digest(self) -> bytes:
+        return hashlib.blake2b(self.key.encode(), digest_size=8).digest()
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image written by the export: path relative to the output ('images/a/b.jpg') and
+    its name."""
+
+    path: str
+    name: ImageName
+
+
+def image_bytes(data: bytes) -> tuple[bytes, str, tuple[int, int]]:
+    """Encoded image -> (bytes to write, their suffix, (width, height) as shown), see the
+    module docstring; ImageCopyError when the bytes are no image Pillow reads."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, size = img.format, img.size
+            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception as err:  # noqa: BLE001 - Pillow raises many types for bad headers
+        raise ImageCopyError(f"not an image Pillow reads: {err}") from None
+    if fmt in COPIED_FORMATS and orientation not in range(2, 9):
+        return data, COPIED_FORMATS[fmt], size
+    try:
+        decoded = decode_image(data, max_pixels=size[0] * size[1])  # the job checked the limit
+    except MediaError as err:
+        raise ImageCopyError(str(err)) from None
+    out_format = {"JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WEBP", "TIFF": "TIFF",
+                  "BMP": "BMP"}.get(fmt, "PNG")
+    # WebP losslessly: a re-encoding adds no loss to a lossless source.
+    options = {"JPEG": {"quality": JPEG_QUALITY}, "WEBP": {"lossless": True}}.get(out_format, {})
+    buffer = io.BytesIO()
+    Image.fromarray(decoded.pixels).save(buffer, out_format, **options)
+    suffix = COPIED_FORMATS.get(out_format, ".png")
+    return buffer.getvalue(), suffix, (decoded.width, decoded.height)
+
+
+def copy_image(row: Row, name: ImageName, target: Target) -> ImageFile:
+    """Read the row's image, write it to images/<name> of `target`; ImageCopyError with the
+    reason when the image cannot be read or no longer matches the row."""
+    try:
+        data = read_bytes(row.uri)
+    except OSError as err:
+        raise ImageCopyError(f"cannot read {row.uri}: {err}") from None
+    out, suffix, size = image_bytes(data)
+    if size != (row.width, row.height):
+        raise ImageCopyError(f"the image is {size[0]}x{size[1]} now but was labeled at "
+                             f"{row.width}x{row.height}: it changed since the job")
+    path = f"images/{name.key}{name.suffix or suffix}"
+    target.write(path, out)
+    return ImageFile(path, name)
+
+
+def copy_images(rows: Iterable[Row], target: Target, failures: Reasons,
+                after: Callable[[Row, ImageFile], None] | None = None
+                ) -> Iterator[tuple[Row, ImageFile]]:
+    """Copy each row's image (on COPY_THREADS threads, then `after(row, image)` on the same
+    thread); yields (row, image) in row order. Rows whose image cannot be exported are not
+    yielded: their reasons go to `failures`. Errors writing the output propagate."""
+
+    def work(row: Row, name: ImageName) -> ImageFile | ImageCopyError:
+        try:
+            image = copy_image(row, name, target)
+        except ImageCopyError as err:
+            return err
+        if after is not None:
+            after(row, image)
+        return image
+
+    seen: set[bytes] = set()
+    pending: deque[tuple[Row, Future]] = deque()
+    with ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="export-copy") as pool:
+        for row in rows:
+            try:
+                name = ImageName.of(row.id)
+            except ImageCopyError as err:
+                failures.add(str(err))
+                continue
+            if name.digest in seen:
+                failures.add(f"{row.id!r} would share its file name (labels/{name.key}.txt) "
+                             f"with an image exported before it")
+                continue
+            seen.add(name.digest)
+            pending.append((row, pool.submit(work, row, name)))
+            while len(pending) >= IN_FLIGHT or (pending and pending[0][1].done()):
+                yield from _finished(*pending.popleft(), failures)
+        while pending:
+            yield from _finished(*pending.popleft(), failures)
+
+
+def _finished(row: Row, future: Future, failures: Reasons) -> Iterator[tuple[Row, ImageFile]]:
+    result = future.result()
+    if isinstance(result, ImageCopyError):
+        failures.add(str(result))
+    else:
+        yield row, result

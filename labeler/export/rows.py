@@ -1,0 +1,241 @@
+"""One task of a job's output, read for export: its task folders, which of them hold boxes,
+and the rows to export, batch by batch.
+
+A job output is `<root>/<task name>/part-NNNNN.parquet` (labeler.sinks.parquet), on a local
+disk or under an s3:// prefix; a folder's task kind is the `task` column of its rows. Rows are
+read with pyarrow.dataset, one file at a time in name order (so the order, and the ids an
+export gives to images, are the same on every run), READ_BATCH_ROWS rows at a time and only
+the columns an export needs: memory holds one batch, whatever the number of rows.
+
+What is not exported is counted in a Tally: error rows (with their reasons), pseudo-label
+rows marked `kept = false` (unless include_not_kept), boxes scoring under min_score.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from labeler.config import SpecError
+from labeler.pseudo.filtering import reason_kind
+from labeler.storage import filesystem_for, storage_error
+
+# Task kinds whose rows carry boxes (`detections`); every other kind gives text.
+BOX_TASKS = ("detect", "ground", "detect-by-example", "pseudo-label", "regions")
+# The columns an export reads (those a v1 output lacks are left out).
+COLUMNS = ("id", "uri", "width", "height", "parameters", "detections", "error", "kept",
+           "filter_reason", "frame_index", "timestamp_s")
+# Rows per read: 1024 rows of even a few hundred boxes each are a few MB of Python objects.
+READ_BATCH_ROWS = 1024
+# Distinct error reasons counted one by one; further ones are counted together, so reasons
+# that name a path each (`cannot read input: ...`) cannot grow the tally without bound.
+ERROR_REASONS_KEPT = 100
+# The category of boxes with an empty label (Florence-2 `<REGION_PROPOSAL>`: class-agnostic).
+UNNAMED_LABEL = "object"
+
+
+class ExportError(SpecError):
+    """An export that cannot be done as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Box:
+    """One box: its label, score in [0, 1], corners in pixels of the oriented image."""
+
+    label: str
+    score: float
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+@dataclass(frozen=True)
+class Row:
+    """A row to export: one image, or one frame of a video (frame_index, timestamp_s set).
+    width, height: the oriented image's (or frame's) size in pixels, which boxes refer to."""
+
+    id: str
+    uri: str
+    width: int
+    height: int
+    boxes: tuple[Box, ...]
+    frame_index: int | None = None
+    timestamp_s: float | None = None
+
+
+class Reasons:
+    """Counts of reasons, the first `kept` distinct ones each on its own, the rest together."""
+
+    def __init__(self, kept: int = ERROR_REASONS_KEPT):
+        self.kept = kept
+        self.counts: Counter[str] = Counter()
+        self.others = 0
+
+    def add(self, reason: str) -> None:
+        if reason in self.counts or len(self.counts) < self.kept:
+            self.counts[reason] += 1
+        else:
+            self.others += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values()) + self.others
+
+    def top(self, n: int) -> list[tuple[str, int]]:
+        """The n most frequent reasons (ties by text), then the others' count if any."""
+        shown = sorted(self.counts.items(), key=lambda item: (-item[1], item[0]))[:n]
+        hidden = self.total - sum(count for _, count in shown)
+        return shown + ([("other reasons", hidden)] if hidden else [])
+
+
+@dataclass
+class Tally:
+    """What one scan read and left out. task_labels: the `labels` lists of the rows'
+    parameters, merged in order (the task's label order)."""
+
+    rows: int = 0
+    errors: Reasons = field(default_factory=Reasons)
+    not_kept: Counter[str] = field(default_factory=Counter)  # skipped, by reason kind
+    not_kept_exported: int = 0
+    low_score_boxes: int = 0
+    task_labels: list[str] = field(default_factory=list)
+    _parameters_seen: set[str] = field(default_factory=set)
+
+    def add_parameters(self, parameters: str | None) -> None:
+        if parameters is None or parameters in self._parameters_seen:
+            return
+        self._parameters_seen.add(parameters)
+        loaded = json.loads(parameters)
+        labels = loaded.get("labels") if isinstance(loaded, dict) else None
+        for label in labels if isinstance(labels, list) else []:
+            name = label or UNNAMED_LABEL
+            if name not in self.task_labels:
+                self.task_labels.append(name)
+
+
+@dataclass(frozen=True)
+class TaskFolder:
+    """A task's output folder: its name, task kind, and its Parquet files (paths in the
+    job's file system, in name order)."""
+
+    name: str
+    kind: str
+    files: tuple[str, ...]
+
+
+class JobOutput:
+    """A job's output root (local folder or s3:// prefix) and its task folders."""
+
+    def __init__(self, uri: str):
+        self.uri = uri.rstrip("/")
+        self.fs, path = filesystem_for(self.uri)
+        self.path = path.rstrip("/")
+        try:
+            info = self.fs.get_file_info(self.path)
+            if info.type != pafs.FileType.Directory:
+                raise ExportError(f"no job output at {self.uri!r}: expected a folder or s3:// "
+                                  f"prefix holding <task>/part-NNNNN.parquet")
+            entries = self.fs.get_file_info(pafs.FileSelector(self.path))
+            self.finished = self.fs.get_file_info(f"{self.path}/_SUCCESS").type == pafs.FileType.File
+            self.tasks = [folder for entry in sorted(entries, key=lambda e: e.path)
+                          if entry.type == pafs.FileType.Directory
+                          and not entry.base_name.startswith((".", "_"))
+                          and (folder := self._task_folder(entry)) is not None]
+        except OSError as err:
+            raise storage_error(self.uri, "read the job output", err) from None
+        if not self.tasks:
+            raise ExportError(f"no task folders in {self.uri!r}: a job output holds "
+                              f"<task>/part-NNNNN.parquet (pass the job's --output)")
+
+    def _task_folder(self, entry: pafs.FileInfo) -> TaskFolder | None:
+        """The folder's task, from the `task` column of its first row; None when it holds no
+        record files (`*.parquet`; names starting with '.' or '_' are staging or reports)."""
+        files = tuple(sorted(
+            f.path for f in self.fs.get_file_info(pafs.FileSelector(entry.path))
+            if f.type == pafs.FileType.File and f.base_name.endswith(".parquet")
+            and not f.base_name.startswith((".", "_"))))
+        if not files:
+            return None
+        first = pads.dataset(files[0], format="parquet", filesystem=self.fs)
+        if "task" not in first.schema.names:
+            return None
+        kinds = first.head(1, columns=["task"]).column("task").to_pylist()
+        return TaskFolder(entry.base_name, kinds[0], files) if kinds else None
+
+    def pick(self, name: str | None) -> TaskFolder:
+        """The task folder `name`, or with None the only one that holds boxes; ExportError
+        naming the choices otherwise."""
+        described = ", ".join(f"{t.name} ({t.kind})" for t in self.tasks)
+        if name is None:
+            boxed = [t for t in self.tasks if t.kind in BOX_TASKS]
+            if len(boxed) == 1:
+                return boxed[0]
+            if not boxed:
+                raise ExportError(f"no task with boxes in {self.uri!r} (it holds: {described}); "
+                                  f"export takes the boxes of a task of kind "
+                                  f"{', '.join(BOX_TASKS)}")
+            raise ExportError(f"{len(boxed)} tasks with boxes in {self.uri!r}: "
+                              f"{', '.join(t.name for t in boxed)}; choose one with --task")
+        found = [t for t in self.tasks if t.name == name]
+        if not found:
+            raise ExportError(f"no task folder {name!r} in {self.uri!r} (it holds: {described})")
+        if found[0].kind not in BOX_TASKS:
+            raise ExportError(f"task {name!r} is a {found[0].kind} task: its rows carry no boxes "
+                              f"to export (tasks with boxes: {', '.join(BOX_TASKS)})")
+        return found[0]
+
+
+class TaskRows:
+    """The rows of one task folder to export, filtered (see the module docstring).
+
+    min_score: boxes scoring under it are dropped (None: all kept); include_not_kept: export
+    pseudo-label rows with kept = false too."""
+
+    def __init__(self, job: JobOutput, folder: TaskFolder, min_score: float | None = None,
+                 include_not_kept: bool = False):
+        self.job, self.folder = job, folder
+        self.min_score = min_score
+        self.include_not_kept = include_not_kept
+
+    def scan(self, tally: Tally) -> Iterator[Row]:
+        """Every row to export, in file and row order; what is left out goes to `tally`."""
+        try:
+            dataset = pads.dataset(list(self.folder.files), format="parquet",
+                                   filesystem=self.job.fs)
+            columns = [c for c in COLUMNS if c in dataset.schema.names]
+            for fragment in dataset.get_fragments():  # in the order of `files`
+                for batch in fragment.to_batches(schema=dataset.schema, columns=columns,
+                                                 batch_size=READ_BATCH_ROWS):
+                    yield from self._rows(batch.to_pydict(), batch.num_rows, tally)
+        except OSError as err:
+            raise storage_error(self.job.uri, "read the job output", err) from None
+
+    def _rows(self, cols: dict[str, list], n: int, tally: Tally) -> Iterator[Row]:
+        nothing = [None] * n
+        kept, reasons, frames, times = (cols.get(c, nothing) for c in
+                                        ("kept", "filter_reason", "frame_index", "timestamp_s"))
+        for i in range(n):
+            tally.rows += 1
+            tally.add_parameters(cols["parameters"][i])
+            if cols["error"][i] is not None:
+                tally.errors.add(cols["error"][i])
+                continue
+            if kept[i] is False:
+                if not self.include_not_kept:
+                    tally.not_kept[reason_kind(reasons[i] or "no reason given")] += 1
+                    continue
+                tally.not_kept_exported += 1
+            boxes = [Box(d["label"] or UNNAMED_LABEL, d["score"], d["x0"], d["y0"], d["x1"], d["y1"])
+                     for d in cols["detections"][i] or []]
+            if self.min_score is not None:
+                scored = [b for b in boxes if b.score >= self.min_score]
+                tally.low_score_boxes += len(boxes) - len(scored)
+                boxes = scored
+            yield Row(cols["id"][i], cols["uri"][i], cols["width"][i], cols["height"][i],
+                      tuple(boxes), frames[i], times[i])

@@ -1,0 +1,131 @@
+"""`labeler export`: one task of a job's output -> a COCO or YOLO dataset, in two passes.
+
+    pass 1   read the rows: category order (labels of the spec, then those seen, sorted),
+             whether they are video frames (refused where frames would have to be files)
+    pass 2   read them again and write the format, copying images where asked
+
+Nothing is written before pass 1 has accepted the export. Both passes read the same rows in
+the same order (labeler.export.rows), so ids match between them and between runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Literal
+
+from labeler.export.categories import Categories
+from labeler.export.coco import FILE_NAME as COCO_FILE
+from labeler.export.coco import write_coco
+from labeler.export.images import copy_images
+from labeler.export.rows import ExportError, JobOutput, Reasons, Tally, TaskFolder, TaskRows
+from labeler.export.target import Target
+from labeler.export.yolo import DATA_FILE as YOLO_FILE
+from labeler.export.yolo import write_yolo
+
+FORMATS = ("coco", "yolo")
+# Reasons shown per kind of skipped row in the summary.
+TOP_REASONS = 5
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What `labeler export` was asked: see docs/export.md."""
+
+    job: str
+    format: Literal["coco", "yolo"]
+    out: str
+    task: str | None = None
+    min_score: float | None = None
+    include_not_kept: bool = False
+    copy_images: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class ExportSummary:
+    """What an export wrote and left out; `lines()` is what the command prints."""
+
+    options: ExportOptions
+    task: TaskFolder
+    output: str
+    job_finished: bool
+    categories: int = 0
+    images: int = 0
+    boxes: int = 0
+    tally: Tally = field(default_factory=Tally)
+    copy_failures: Reasons = field(default_factory=Reasons)
+
+    def lines(self) -> list[str]:
+        tally, min_score = self.tally, self.options.min_score
+        out = [f"task: {self.task.name} ({self.task.kind}), {tally.rows} rows read"]
+        if not self.job_finished:
+            out.append(f"warning: {self.options.job} has no _SUCCESS: the job did not finish, "
+                       f"only its committed shards were exported")
+        out.append(f"skipped {tally.errors.total} error rows")
+        out += [f"  x{n}: {reason}" for reason, n in tally.errors.top(TOP_REASONS)]
+        if tally.not_kept:
+            out.append(f"skipped {sum(tally.not_kept.values())} not-kept rows "
+                       f"(--include-not-kept exports them): "
+                       + ", ".join(f"{kind} x{n}" for kind, n in sorted(tally.not_kept.items())))
+        if tally.not_kept_exported:
+            out.append(f"exported {tally.not_kept_exported} not-kept rows (--include-not-kept)")
+        if min_score is not None:
+            out.append(f"dropped {tally.low_score_boxes} boxes under --min-score {min_score}")
+        if self.copy_failures.total:
+            out.append(f"skipped {self.copy_failures.total} rows whose image could not be "
+                       f"exported")
+            out += [f"  x{n}: {reason}" for reason, n in self.copy_failures.top(TOP_REASONS)]
+        out += [f"categories: {self.categories}",
+                f"images: {self.images}, boxes: {self.boxes}",
+                f"output: {self.output}"]
+        return out
+
+
+def _check_frames_allowed(folder: TaskFolder, options: ExportOptions) -> None:
+    """Video frame rows: COCO entries only, as frames are no files."""
+    if options.format == "yolo":
+        raise ExportError(f"task {folder.name!r} labels video frames, and a YOLO dataset needs "
+                          f"an image file per label file; export it as COCO (file_name "
+                          f"<video id>#frame=<frame index>)")
+    if options.copy_images:
+        raise ExportError(f"task {folder.name!r} labels video frames, which are no files to "
+                          f"copy; export it without --copy-images")
+
+
+def run_export(options: ExportOptions) -> ExportSummary:
+    """Export one task of the job output `options.job`; ExportError (a SpecError) when the
+    export cannot be done as asked, StorageError when a location cannot be used."""
+    if options.format not in FORMATS:
+        raise ExportError(f"unknown format {options.format!r}; valid formats: {', '.join(FORMATS)}")
+    job = JobOutput(options.job)
+    folder = job.pick(options.task)
+    target = Target(options.out)
+    target.check_empty(options.overwrite, job.uri)
+    rows = TaskRows(job, folder, options.min_score, options.include_not_kept)
+
+    survey, labels = Tally(), set()
+    for row in rows.scan(survey):
+        if row.frame_index is not None:
+            _check_frames_allowed(folder, options)
+        labels.update(box.label for box in row.boxes)
+    categories = Categories(survey.task_labels, labels)
+
+    target.clear()
+    summary = ExportSummary(options, folder, job_finished=job.finished,
+                            categories=len(categories.names),
+                            output=target.location(COCO_FILE if options.format == "coco"
+                                                   else YOLO_FILE))
+    scanned = rows.scan(summary.tally)
+    if options.format == "yolo":
+        summary.images, summary.boxes = write_yolo(scanned, categories, target,
+                                                   summary.copy_failures)
+        return summary
+    entries = (copy_images(scanned, target, summary.copy_failures) if options.copy_images
+               else ((row, None) for row in scanned))
+    info = {"description": f"labeler export of task {folder.name!r} ({folder.kind})",
+            "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "labeler_output": job.uri, "task": folder.name, "task_kind": folder.kind,
+            "min_score": options.min_score, "include_not_kept": options.include_not_kept}
+    summary.images, summary.boxes = write_coco(entries, categories, target, info)
+    return summary

@@ -1,0 +1,109 @@
+"""`labeler export` on the output of a real (tiny OWLv2) detect job: the COCO file read by
+pycocotools, the YOLO layout as Ultralytics looks up labels, and both written to S3."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+import yaml
+from PIL import Image
+
+from labeler.cli import main
+from labeler.config import load_job_spec
+from labeler.jobs.images import run_image_job
+from labeler.testing.samples import make_sample_images
+
+LABELS = ["a photo of a cat", "a dog"]
+
+
+@pytest.fixture(scope="module")
+def owlv2_job(ray_local, tiny_owlv2, tmp_path_factory):
+    """A detect job over 6 sample images (every format, one EXIF-rotated, one GIF) and 3 bad
+    files -> (output folder, {id: row})."""
+    base = tmp_path_factory.mktemp("export_owlv2")
+    make_sample_images(base / "images", count=6, bad=True)
+    spec = load_job_spec(None, input=str(base / "images"), output=str(base / "out"),
+                         task="detect", family="owlv2", model=tiny_owlv2, labels=LABELS,
+                         threshold=0.3, batch_size=4)
+    task = spec.tasks[0]
+    spec = spec.model_copy(update={"tasks": [task.model_copy(update={
+        "resources": task.resources.model_copy(update={"num_cpus": 0.5})})]})
+    run_image_job(spec, progress=False)
+    rows = pads.dataset(base / "out", format="parquet").to_table().to_pylist()
+    return str(base / "out"), {r["id"]: r for r in rows}
+
+
+def _export(capsys, *args) -> str:
+    assert main(["export", *map(str, args)]) == 0
+    return capsys.readouterr().out
+
+
+def test_cli_exports_a_real_job_as_coco_and_yolo(owlv2_job, tmp_path, capsys):
+    from pycocotools.coco import COCO
+
+    job, rows = owlv2_job
+    good = {i: r for i, r in rows.items() if r["error"] is None}
+    boxes = sum(len(r["detections"]) for r in good.values())
+    assert len(good) == 6 and boxes > 0
+    out = _export(capsys, job, "--format", "coco", "--out", tmp_path / "coco")
+    assert "skipped 3 error rows\n" in out and f"images: 6, boxes: {boxes}\n" in out
+
+    coco = COCO(str(tmp_path / "coco" / "annotations.json"))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == LABELS
+    assert len(coco.getImgIds()) == 6 and len(coco.getAnnIds()) == boxes
+    for image in coco.loadImgs(coco.getImgIds()):
+        row = good[image["file_name"]]
+        assert (image["width"], image["height"]) == (row["width"], row["height"])
+        annotations = coco.loadAnns(coco.getAnnIds(imgIds=[image["id"]]))
+        assert len(annotations) == len(row["detections"])
+        for annotation, d in zip(annotations, row["detections"]):
+            assert coco.loadCats(annotation["category_id"])[0]["name"] == d["label"]
+            assert annotation["bbox"] == pytest.approx(
+                [d["x0"], d["y0"], d["x1"] - d["x0"], d["y1"] - d["y0"]], abs=1e-3)
+            assert annotation["score"] == pytest.approx(d["score"], abs=1e-6)
+
+    yolo = tmp_path / "yolo"
+    out = _export(capsys, job, "--format", "yolo", "--out", yolo)
+    assert f"images: 6, boxes: {boxes}\n" in out
+    assert yaml.safe_load((yolo / "data.yaml").read_text())["names"] == dict(enumerate(LABELS))
+    images = sorted(p for p in (yolo / "images").rglob("*") if p.is_file())
+    # Ultralytics' lookup: the last /images/ becomes /labels/, the suffix .txt.
+    for image in images:
+        label = Path(str(image).replace("/images/", "/labels/")).with_suffix(".txt")
+        assert len(label.read_text().splitlines()) == len(good[_row_id(image, yolo)]["detections"])
+    assert [p.name for p in images if p.name.startswith("sample_004")] == ["sample_004.gif.png"]
+    with Image.open(yolo / "images" / "sample_000.jpg") as rotated:  # stored 640x480, EXIF 6
+        assert rotated.size == (480, 640) and rotated.getexif().get(0x0112, 1) == 1
+
+
+def _row_id(image: Path, root: Path) -> str:
+    name = image.relative_to(root / "images").as_posix()
+    return name.removesuffix(".png") if name.endswith(".gif.png") else name
+
+
+def test_export_reads_and_writes_s3(owlv2_job, s3_bucket, s3_env, tmp_path, capsys):
+    job, _ = owlv2_job
+    client = s3_env.client()
+    for path in sorted(p for p in Path(job).rglob("*") if p.is_file()):
+        client.put_object(Bucket=s3_bucket, Key=f"job/{path.relative_to(job).as_posix()}",
+                          Body=path.read_bytes())
+    _export(capsys, f"s3://{s3_bucket}/job", "--format", "yolo", "--out", f"s3://{s3_bucket}/yolo")
+    _export(capsys, job, "--format", "yolo", "--out", tmp_path / "yolo")
+    local = {p.relative_to(tmp_path / "yolo").as_posix(): p.read_bytes()
+             for p in (tmp_path / "yolo").rglob("*") if p.is_file()}
+    listed = client.list_objects_v2(Bucket=s3_bucket, Prefix="yolo/")["Contents"]
+    remote = {o["Key"].removeprefix("yolo/"): client.get_object(Bucket=s3_bucket, Key=o["Key"])
+              ["Body"].read() for o in listed}
+    assert sorted(remote) == sorted(local)
+    assert all(remote[k] == local[k] for k in local if k != "data.yaml")
+    assert "path" not in yaml.safe_load(remote["data.yaml"])  # the folder it is downloaded to
+
+    out = _export(capsys, job, "--format", "coco", "--out", f"s3://{s3_bucket}/coco")
+    assert f"output: s3://{s3_bucket}/coco/annotations.json" in out
+    body = client.get_object(Bucket=s3_bucket, Key="coco/annotations.json")["Body"].read()
+    assert len(json.loads(body)["images"]) == 6
+    code = main(["export", job, "--format", "coco", "--out", f"s3://{s3_bucket}/coco"])
+    assert code == 2 and "is not empty; pass --overwrite" in capsys.readouterr().err

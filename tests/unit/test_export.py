@@ -1,0 +1,321 @@
+"""`labeler export`: a job output written through the project's own sink (known boxes, an
+error row, not-kept pseudo-labels, an EXIF-rotated image, an id in a sub-folder, a tar
+member) -> COCO JSON and a YOLO dataset, checked number by number."""
+
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import yaml
+from PIL import Image
+
+from labeler.actors.predictor import OUTPUT_SCHEMA
+from labeler.cli import main
+from labeler.media.image import decode_image
+from labeler.sinks.parquet import ShardedParquetSink
+from labeler.storage import byte_range_uri
+
+DETECT_LABELS = ["dog", "cat", "owl"]  # owl has no box: its id is kept all the same
+# id -> (stored size, encoded format, EXIF orientation)
+IMAGES = {"a.jpg": ((64, 48), "JPEG", None), "sub/b.png": ((40, 30), "PNG", None),
+          "rot.jpg": ((60, 40), "JPEG", 6), "empty.jpg": ((32, 32), "JPEG", None)}
+TAR_ID, TAR_SIZE = "00000.tar/k1", (20, 16)
+# Boxes as (label, score, x0, y0, x1, y1); the numbers are exact in float32 and 3 decimals.
+DETECT_BOXES = {
+    "a.jpg": [("dog", 0.875, 2.5, 3.25, 30.75, 20.5), ("cat", 0.375, 10, 10, 60, 40),
+              ("", 0.25, 0, 0, 64, 48)],
+    "sub/b.png": [("cat", 0.625, 1, 2, 39, 29)],
+    "rot.jpg": [("dog", 0.75, 5, 10, 35, 50)],  # in the oriented 40x60 image
+    "empty.jpg": [],
+    TAR_ID: [("bird", 0.5, 4, 4, 12.5, 16)],
+}
+# Pseudo-label rows: (kept, filter_reason, boxes).
+PSEUDO = {
+    "a.jpg": (True, None, [("a dog", 0.625, 2, 3, 30, 20), ("grass", 0.125, 0, 30, 64, 48)]),
+    "sub/b.png": (False, "below image threshold: best box 0.213 < 0.3",
+                  [("a cat", 0.2125, 1, 2, 39, 29)]),
+    "rot.jpg": (False, "no box: no query scored over 0.1", []),
+    "empty.jpg": (True, None, [("a sky", 0.5, 0, 0, 32, 16)]),
+    TAR_ID: (True, None, [("a bird", 0.375, 4, 4, 12, 16)]),
+}
+ERROR = "corrupt image data: image file is truncated"
+
+
+def _encode(size, fmt, orientation, seed):
+    rng = np.random.default_rng(seed)
+    # Smooth content (a gradient plus a block), so that a rotation is visible and JPEG is kind.
+    w, h = size
+    pixels = np.zeros((h, w, 3), np.uint8)
+    pixels[..., 0] = np.linspace(0, 255, w, dtype=np.uint8)[None, :]
+    pixels[..., 1] = np.linspace(0, 255, h, dtype=np.uint8)[:, None]
+    pixels[: h // 3, : w // 4] = rng.integers(0, 256, 3)
+    buffer = io.BytesIO()
+    options = {}
+    if orientation:
+        options["exif"] = Image.Exif()
+        options["exif"][0x0112] = orientation
+    Image.fromarray(pixels).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def _shown_size(size, orientation):
+    return size[::-1] if orientation in (5, 6, 7, 8) else size
+
+
+def _record(id_, uri, task, task_name, parameters, size=None, boxes=None, **extra):
+    detections = None if boxes is None else [
+        {"label": label, "score": score, "x0": x0, "y0": y0, "x1": x1, "y1": y1}
+        for label, score, x0, y0, x1, y1 in boxes]
+    return {"id": id_, "uri": uri, "width": size and size[0], "height": size and size[1],
+            "task": task, "task_name": task_name, "model": "tiny", "model_family": "owlv2",
+            "parameters": json.dumps(parameters), "detections": detections,
+            "shard": 0, "part_index": 0, "last_part": True, **extra}
+
+
+def _write_job(root, records, tasks, inputs):
+    sink = ShardedParquetSink(root, {0: inputs}, tasks, "fingerprint")
+    sink.add(pa.Table.from_pylist(records, schema=OUTPUT_SCHEMA))
+    sink.finish({"rows": len(records)})
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """A job output with tasks detect, pseudo-label and caption over the same 6 inputs:
+    {"path": the output, "sources": {id: source bytes}, "sizes": {id: shown size}}."""
+    base = tmp_path_factory.mktemp("export_job")
+    sources, sizes, uris = {}, {}, {}
+    for seed, (id_, (size, fmt, orientation)) in enumerate(IMAGES.items()):
+        path = base / "images" / id_
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_encode(size, fmt, orientation, seed))
+        sources[id_], sizes[id_], uris[id_] = path.read_bytes(), _shown_size(size, orientation), str(path)
+    member = _encode(TAR_SIZE, "PNG", None, seed=9)
+    with tarfile.open(base / "00000.tar", "w") as tar:
+        info = tarfile.TarInfo("k1.png")
+        info.size = len(member)
+        tar.addfile(info, io.BytesIO(member))
+    with tarfile.open(base / "00000.tar") as tar:
+        offset = tar.getmember("k1.png").offset_data
+    sources[TAR_ID], sizes[TAR_ID] = member, TAR_SIZE
+    uris[TAR_ID] = byte_range_uri(str(base / "00000.tar"), offset, len(member))
+    detect = {"labels": DETECT_LABELS, "threshold": 0.1, "preprocess": "processor"}
+    pseudo = {"threshold": 0.1, "image_threshold": 0.3}
+    records = [_record("bad.jpg", str(base / "bad.jpg"), kind, name, params, error=ERROR)
+               for kind, name, params in (("detect", "detect", detect),
+                                          ("pseudo-label", "pseudo-label", pseudo),
+                                          ("caption", "caption", {}))]
+    for id_, boxes in DETECT_BOXES.items():
+        kept, reason, pseudo_boxes = PSEUDO[id_]
+        records += [
+            _record(id_, uris[id_], "detect", "detect", detect, sizes[id_], boxes),
+            _record(id_, uris[id_], "pseudo-label", "pseudo-label", pseudo, sizes[id_],
+                    pseudo_boxes, kept=kept, filter_reason=reason),
+            _record(id_, uris[id_], "caption", "caption", {}, sizes[id_], text="a picture")]
+    path = _write_job(base / "out", records, ["detect", "pseudo-label", "caption"], 6)
+    return {"path": path, "sources": sources, "sizes": sizes}
+
+
+def _export(capsys, *args):
+    """Run `labeler export` -> (exit code, stdout, stderr)."""
+    code = main(["export", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_coco_boxes_categories_and_skipped_error_rows(job, tmp_path, capsys):
+    code, out, _ = _export(capsys, job["path"], "--format", "coco", "--out", tmp_path / "coco",
+                           "--task", "detect")
+    assert code == 0
+    assert f"skipped 1 error rows\n  x1: {ERROR}\n" in out
+    assert "categories: 5\n" in out and "images: 5, boxes: 6\n" in out
+    assert f"output: {tmp_path / 'coco' / 'annotations.json'}" in out
+    coco = json.loads((tmp_path / "coco" / "annotations.json").read_text())
+
+    # Categories: the spec's labels in order (owl with no box too), then the others sorted;
+    # the empty label (a region proposal) is "object".
+    names = ["dog", "cat", "owl", "bird", "object"]
+    assert coco["categories"] == [{"id": i + 1, "name": n, "supercategory": ""}
+                                  for i, n in enumerate(names)]
+    ids = [TAR_ID, "a.jpg", "empty.jpg", "rot.jpg", "sub/b.png"]  # file order; bad.jpg skipped
+    assert [(im["id"], im["file_name"], im["labeler_id"]) for im in coco["images"]] == \
+        [(k + 1, id_, id_) for k, id_ in enumerate(ids)]
+    for image in coco["images"]:
+        assert (image["width"], image["height"]) == job["sizes"][image["labeler_id"]]
+    assert coco["images"][1]["uri"].endswith("images/a.jpg")
+    assert coco["info"]["labeler_output"] == job["path"] and coco["info"]["task"] == "detect"
+
+    expected = [(k + 1, box) for k, id_ in enumerate(ids) for box in DETECT_BOXES[id_]]
+    assert len(coco["annotations"]) == len(expected) == 6
+    for n, (annotation, (image_id, (label, score, x0, y0, x1, y1))) in enumerate(
+            zip(coco["annotations"], expected)):
+        assert annotation["id"] == n + 1 and annotation["image_id"] == image_id
+        assert annotation["category_id"] == names.index(label or "object") + 1
+        assert annotation["bbox"] == [x0, y0, x1 - x0, y1 - y0]
+        assert annotation["area"] == pytest.approx((x1 - x0) * (y1 - y0), abs=1e-3)
+        assert annotation["score"] == score and annotation["iscrowd"] == 0
+
+
+def test_coco_copy_images_keeps_bytes_and_orients_exif_rotated_ones(job, tmp_path, capsys):
+    out = tmp_path / "coco"
+    code, _, _ = _export(capsys, job["path"], "--format", "coco", "--out", out, "--task",
+                         "detect", "--copy-images")
+    assert code == 0
+    coco = json.loads((out / "annotations.json").read_text())
+    files = {im["labeler_id"]: im["file_name"] for im in coco["images"]}
+    assert files == {TAR_ID: "images/00000.tar/k1.png", "a.jpg": "images/a.jpg",
+                     "empty.jpg": "images/empty.jpg", "rot.jpg": "images/rot.jpg",
+                     "sub/b.png": "images/sub/b.png"}
+    for id_ in (TAR_ID, "a.jpg", "sub/b.png", "empty.jpg"):
+        assert (out / files[id_]).read_bytes() == job["sources"][id_]
+    _assert_oriented_copy(out / files["rot.jpg"], job["sources"]["rot.jpg"])
+
+
+def _assert_oriented_copy(path, source):
+    """The copy of an EXIF-rotated image: the oriented pixels, no orientation left."""
+    copied = Image.open(path)
+    assert copied.size == (40, 60) and copied.getexif().get(0x0112, 1) == 1
+    expected = decode_image(source, max_pixels=10**6).pixels.astype(int)
+    assert np.abs(np.asarray(copied.convert("RGB"), dtype=int) - expected).mean() < 3
+
+
+def test_yolo_dataset_labels_images_and_data_yaml(job, tmp_path, capsys):
+    out = tmp_path / "yolo"
+    code, stdout, _ = _export(capsys, job["path"], "--format", "yolo", "--out", out, "--task",
+                              "detect")
+    assert code == 0 and "images: 5, boxes: 6\n" in stdout
+    data = yaml.safe_load((out / "data.yaml").read_text())
+    assert data == {"path": str(out), "train": "images", "val": "images",
+                    "names": {0: "dog", 1: "cat", 2: "owl", 3: "bird", 4: "object"}}
+    names = list(data["names"].values())
+    stems = {TAR_ID: ("00000.tar/k1", ".png"), "a.jpg": ("a", ".jpg"), "empty.jpg": ("empty", ".jpg"),
+             "rot.jpg": ("rot", ".jpg"), "sub/b.png": ("sub/b", ".png")}
+    for id_, (stem, suffix) in stems.items():
+        image = out / "images" / f"{stem}{suffix}"
+        if id_ != "rot.jpg":
+            assert image.read_bytes() == job["sources"][id_]
+        lines = (out / "labels" / f"{stem}.txt").read_text().splitlines()
+        width, height = job["sizes"][id_]
+        assert len(lines) == len(DETECT_BOXES[id_])
+        for line, (label, _, x0, y0, x1, y1) in zip(lines, DETECT_BOXES[id_]):
+            cls, *numbers = line.split(" ")
+            assert int(cls) == names.index(label or "object")
+            assert all(len(n.split(".")[1]) == 6 for n in numbers)
+            expected = [(x0 + x1) / 2 / width, (y0 + y1) / 2 / height,
+                        (x1 - x0) / width, (y1 - y0) / height]
+            assert [float(n) for n in numbers] == pytest.approx(expected, abs=1e-6)
+    assert (out / "labels" / "empty.txt").read_text() == ""  # a background image
+    _assert_oriented_copy(out / "images" / "rot.jpg", job["sources"]["rot.jpg"])
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(
+        ["data.yaml"] + [f"images/{s}{x}" for s, x in stems.values()]
+        + [f"labels/{s}.txt" for s, _ in stems.values()])
+
+
+def test_pseudo_labels_not_kept_rows_and_min_score(job, tmp_path, capsys):
+    code, out, _ = _export(capsys, job["path"], "--format", "coco", "--out", tmp_path / "a",
+                           "--task", "pseudo-label")
+    assert code == 0
+    assert "skipped 2 not-kept rows (--include-not-kept exports them): " \
+           "below image threshold x1, no box x1\n" in out
+    coco = json.loads((tmp_path / "a" / "annotations.json").read_text())
+    assert [im["labeler_id"] for im in coco["images"]] == [TAR_ID, "a.jpg", "empty.jpg"]
+    # No `labels` in a pseudo-label task's parameters: the labels seen, sorted.
+    assert [c["name"] for c in coco["categories"]] == ["a bird", "a dog", "a sky", "grass"]
+    assert len(coco["annotations"]) == 4
+
+    code, out, _ = _export(capsys, job["path"], "--format", "coco", "--out", tmp_path / "b",
+                           "--task", "pseudo-label", "--include-not-kept", "--min-score", 0.3)
+    assert code == 0
+    assert "exported 2 not-kept rows (--include-not-kept)\n" in out
+    assert "dropped 2 boxes under --min-score 0.3\n" in out  # grass 0.125, a cat 0.2125
+    coco = json.loads((tmp_path / "b" / "annotations.json").read_text())
+    assert [im["labeler_id"] for im in coco["images"]] == [TAR_ID, "a.jpg", "empty.jpg",
+                                                           "rot.jpg", "sub/b.png"]
+    assert [c["name"] for c in coco["categories"]] == ["a bird", "a dog", "a sky"]
+    assert sorted(a["score"] for a in coco["annotations"]) == [0.375, 0.5, 0.625]
+
+
+def test_refusals_name_the_problem(job, tmp_path, capsys):
+    code, out, err = _export(capsys, job["path"], "--format", "coco", "--out", tmp_path / "x")
+    assert code == 2 and out == ""
+    assert "2 tasks with boxes in" in err and "detect, pseudo-label; choose one with --task" in err
+    code, _, err = _export(capsys, job["path"], "--format", "yolo", "--out", tmp_path / "x",
+                           "--task", "caption")
+    assert code == 2
+    assert "task 'caption' is a caption task: its rows carry no boxes to export" in err
+    code, _, err = _export(capsys, job["path"], "--format", "coco", "--out", tmp_path / "x",
+                           "--task", "nope")
+    assert code == 2 and "no task folder 'nope'" in err and "caption (caption)" in err
+    assert not (tmp_path / "x").exists()
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep.txt").write_text("mine")
+    code, _, err = _export(capsys, job["path"], "--format", "coco", "--out", tmp_path / "x",
+                           "--task", "detect")
+    assert code == 2 and "is not empty; pass --overwrite" in err
+    assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
+    code, _, _ = _export(capsys, job["path"], "--format", "coco", "--out", tmp_path / "x",
+                         "--task", "detect", "--overwrite")
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["annotations.json"]
+
+    # --overwrite never empties a folder holding the job output itself.
+    code, _, err = _export(capsys, job["path"], "--format", "coco", "--out",
+                           os.path.dirname(job["path"]), "--task",
+                           "detect", "--overwrite")
+    assert code == 2 and "--overwrite would delete it" in err
+
+
+@pytest.fixture(scope="module")
+def video_job(tmp_path_factory):
+    """A frame task: two sampled frames of one video and a truncation error row."""
+    base = tmp_path_factory.mktemp("export_video")
+    params = {"labels": ["car"], "threshold": 0.1}
+    rows = [_record("v.mp4", str(base / "v.mp4"), "detect", "detect", params, (64, 48),
+                    [("car", 0.5, 8, 8, 24, 40)], frame_index=0, timestamp_s=0.0, part_index=0,
+                    last_part=False),
+            _record("v.mp4", str(base / "v.mp4"), "detect", "detect", params, (64, 48), [],
+                    frame_index=25, timestamp_s=1.0, part_index=1, last_part=False),
+            _record("v.mp4", str(base / "v.mp4"), "detect", "detect", params,
+                    error="truncated or corrupt video: decoding stopped after the frame at 1.0 s",
+                    timestamp_s=1.0, part_index=2, last_part=True)]
+    return _write_job(base / "out", rows, ["detect"], 1)
+
+
+def test_video_frames_export_to_coco_only(video_job, tmp_path, capsys):
+    code, out, _ = _export(capsys, video_job, "--format", "coco", "--out", tmp_path / "c")
+    assert code == 0 and "skipped 1 error rows" in out
+    coco = json.loads((tmp_path / "c" / "annotations.json").read_text())
+    assert [(im["id"], im["file_name"], im["frame_index"], im["timestamp_s"], im["video_id"])
+            for im in coco["images"]] == [(1, "v.mp4#frame=0", 0, 0.0, "v.mp4"),
+                                          (2, "v.mp4#frame=25", 25, 1.0, "v.mp4")]
+    assert [(a["image_id"], a["bbox"]) for a in coco["annotations"]] == [(1, [8, 8, 16, 32])]
+    code, _, err = _export(capsys, video_job, "--format", "yolo", "--out", tmp_path / "y")
+    assert code == 2 and "labels video frames, and a YOLO dataset needs an image file" in err
+    code, _, err = _export(capsys, video_job, "--format", "coco", "--out", tmp_path / "y",
+                           "--copy-images")
+    assert code == 2 and "no files to copy; export it without --copy-images" in err
+    assert not (tmp_path / "y").exists()
+
+
+def test_ids_that_would_share_a_label_file_are_reported(tmp_path, capsys):
+    """c.jpg and c.png would both be labeled by labels/c.txt: the second is left out."""
+    params = {"labels": ["x"]}
+    records = []
+    for id_ in ("c.jpg", "c.png", "gone.jpg"):
+        (tmp_path / id_).write_bytes(_encode((8, 8), "PNG" if id_ == "c.png" else "JPEG", None, 0))
+        records.append(_record(id_, str(tmp_path / id_), "detect", "detect", params, (8, 8),
+                               [("x", 0.5, 0, 0, 4, 4)]))
+    (tmp_path / "gone.jpg").unlink()
+    path = _write_job(tmp_path / "out", records, ["detect"], 3)
+    code, out, _ = _export(capsys, path, "--format", "yolo", "--out", tmp_path / "y")
+    assert code == 0 and "images: 1, boxes: 1\n" in out
+    assert "skipped 2 rows whose image could not be exported\n" in out
+    assert "x1: 'c.png' would share its file name (labels/c.txt) with an image exported " \
+           "before it\n" in out
+    assert f"x1: cannot read {tmp_path / 'gone.jpg'}: " in out
+    assert sorted(p.name for p in (tmp_path / "y" / "labels").iterdir()) == ["c.txt"]
