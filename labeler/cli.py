@@ -61,6 +61,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-errors", action="store_true", default=None,
                    help="rerun: label again the inputs whose rows are errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the spec, inputs and output and print what would be labeled; "
+                        "start nothing, write nothing")
 
 
 def _spec_from_args(args: argparse.Namespace):
@@ -72,7 +75,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from labeler.jobs.runner import run_job
 
     spec = _spec_from_args(args)  # SpecError before any Ray work
-    summary = run_job(spec, progress=not args.no_progress)  # images or videos: input.media
+    summary = run_job(spec, progress=not args.no_progress,  # images or videos: input.media
+                      dry_run=args.dry_run)
     print("\n".join(summary.lines()))
     return 0
 

@@ -67,8 +67,16 @@ class JobSummary:
     steady_images_per_s: float = 0.0  # rows after the first batch / time after it (`unit`/s)
     error_reasons: dict[str, int] = field(default_factory=dict)
     reports: dict[str, dict] = field(default_factory=dict)  # per pseudo-label task
+    # A dry run (run_job(dry_run=True)) plans and stops: these describe the plan.
+    dry_run: bool = False
+    shards: int = 0  # output files per task
+    committed_shards: int = 0  # shards every task has committed (resume skips them)
+    overwritten_files: int = 0  # files --overwrite would delete
+    tasks: list[str] = field(default_factory=list)  # one line per task: model and resources
 
     def lines(self) -> list[str]:
+        if self.dry_run:
+            return self.plan_lines()
         after_start = max(self.wall_s - self.ray_start_s, 1e-9)
         steady = (f"{self.steady_images_per_s:.1f} {self.unit}/s steady"
                   if self.steady_images_per_s
@@ -86,6 +94,34 @@ class JobSummary:
             *(line for report in self.reports.values() for line in report_lines(report)),
             f"output: {self.output}",
         ]
+
+    def plan_lines(self) -> list[str]:
+        """What a dry run prints: the inputs, what is left to label, the tasks, the output."""
+        inputs = "videos" if self.media == "video" else "inputs"
+        to_label = self.inputs - self.skipped_inputs
+        retried = (f"; {self.retried_inputs} with error rows, labeled again"
+                   if self.retried_inputs else "")
+        if self.overwritten_files:
+            state = f"--overwrite would delete its {self.overwritten_files} files"
+        elif self.committed_shards:
+            state = f"resuming: {self.committed_shards} of {self.shards} shards committed"
+        else:
+            state = "nothing committed yet"
+        return [
+            "dry run: nothing was labeled or written",
+            f"inputs: {self.inputs} {inputs} in {self.shards} shards",
+            f"to label: {to_label} {inputs} ({self.skipped_inputs} already done{retried})",
+            *(f"task {line}" for line in self.tasks),
+            f"output: {self.output} ({state})",
+        ]
+
+
+def _task_line(task: TaskSpec) -> str:
+    """A task's name, model and resources, as a dry run prints them."""
+    res = task.resources
+    return (f"{task.output_name}: {task.task} with {task.model.family} {task.model.source}, "
+            f"batch {res.batch_size}, {res.concurrency} actor(s) x {res.num_cpus:g} CPU "
+            f"{res.num_gpus:g} GPU")
 
 
 def _model_stages(ds, tasks: list[TaskSpec]):
@@ -165,13 +201,14 @@ def init_ray(spec: JobSpec) -> None:
              logging_level=logging.WARNING, configure_logging=True, log_to_driver=True)
 
 
-def run_job(spec: JobSpec, progress: bool = True) -> JobSummary:
+def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobSummary:
     """Run a validated job (images or videos, input.media) to completion; returns its summary.
 
     Everything that can fail without labeling anything is checked first, in order: the
     input listing (StorageError naming the URI and cause; SpecError if it holds no input or
     lacks a pseudo-label task's caption column), the local capacity, then the output
-    (StorageError, OutputConflict), before Ray starts."""
+    (StorageError, OutputConflict), before Ray starts. dry_run: those checks and the plan
+    (what is left to label, `summary.dry_run`), then return: no Ray, nothing written."""
     started = time.perf_counter()
     media = spec.input.media
     plan = plan_source(spec.input.path, spec.input.effective_files_per_shard, media)
@@ -190,7 +227,8 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobSummary:
         metadata = metadata.append_column("shard", pa.array([i.shard for i in items], pa.int64()))
     sink = ShardedParquetSink(spec.output.path, expected, task_names,
                               job_fingerprint(spec, _identities(items)), spec.output.overwrite,
-                              metadata=metadata, retry_errors=spec.output.retry_errors)
+                              metadata=metadata, retry_errors=spec.output.retry_errors,
+                              dry_run=dry_run)
     pending = sink.pending_shards()
     retrying = sink.retrying  # reopened shards: only their failed inputs run again
     pending_items = [i for i in items if i.shard in pending
@@ -203,6 +241,12 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobSummary:
     summary = JobSummary(output=sink.uri, inputs=len(items), media=media, unit=_unit(spec),
                          skipped_inputs=len(items) - len(todo),
                          retried_inputs=sum(len(ids) for ids in retrying.values()))
+    if dry_run:
+        summary.dry_run, summary.shards = True, len(expected)
+        summary.committed_shards = len(expected) - len(pending)
+        summary.overwritten_files = sink.overwritten_files
+        summary.tasks = [_task_line(t) for t in spec.tasks]
+        return summary
     if todo:
         _execute(spec, todo, sink, summary, progress)
     summary.reports = _pseudo_label_reports(spec, sink)

@@ -71,13 +71,14 @@ class ShardedParquetSink:
     spec); a rerun must match it to resume. metadata: columns carried from the inputs to
     every output row, with `id` and `shard` columns (one row per input), or None.
     retry_errors: reopen committed shards that hold error rows (`retrying` says which inputs
-    of them to label again).
+    of them to label again). dry_run: only read: the same checks and the same pending shards
+    and retries, but nothing deleted or written (with overwrite, the output counts as empty).
     Problems reaching the output (no such bucket, refused credentials) raise StorageError.
     """
 
     def __init__(self, root: str | Path, expected: dict[int, int], task_names: list[str],
                  fingerprint: str, overwrite: bool = False, metadata: pa.Table | None = None,
-                 retry_errors: bool = False):
+                 retry_errors: bool = False, dry_run: bool = False):
         self.uri = str(root)
         self.fs, self.path = filesystem_for(self.uri)
         self.path = self.path.rstrip("/")
@@ -86,11 +87,15 @@ class ShardedParquetSink:
         self.task_names = task_names
         self._metadata = _split_by_shard(metadata)
         try:
-            if overwrite:
+            # Files --overwrite deletes: counted on a dry run, which deletes nothing.
+            self.overwritten_files = 0
+            if overwrite and dry_run:
+                self.overwritten_files = len(self._list())
+            elif overwrite:
                 self._delete_all()
-            self._existing = self._list()
-            self._check_or_write_manifest(fingerprint)
-            if f"{self.path}/_SUCCESS" in self._existing:
+            self._existing = set() if overwrite and dry_run else self._list()
+            self._check_or_write_manifest(fingerprint, write=not dry_run)
+            if f"{self.path}/_SUCCESS" in self._existing and not dry_run:
                 self.fs.delete_file(f"{self.path}/_SUCCESS")
         except OSError as err:
             raise storage_error(self.uri, "write the output to", err) from None
@@ -121,7 +126,7 @@ class ShardedParquetSink:
         else:
             self.fs.delete_dir_contents(self.path, missing_dir_ok=True)
 
-    def _check_or_write_manifest(self, fingerprint: str) -> None:
+    def _check_or_write_manifest(self, fingerprint: str, write: bool = True) -> None:
         manifest = f"{self.path}/_job.json"
         if manifest in self._existing:
             with self.fs.open_input_stream(manifest) as f:
@@ -137,8 +142,9 @@ class ShardedParquetSink:
                 f"output {self.uri!r} is not empty and was not written by labeler; "
                 f"pass --overwrite to replace its contents or choose another output"
             )
-        self._put(manifest, json.dumps({"fingerprint": fingerprint, "tasks": self.task_names,
-                                        "shards": len(self.expected)}, indent=2).encode())
+        if write:
+            self._put(manifest, json.dumps({"fingerprint": fingerprint, "tasks": self.task_names,
+                                            "shards": len(self.expected)}, indent=2).encode())
 
     def _put(self, path: str, data: bytes) -> None:
         """Write a small file whole: staged and renamed locally, one PUT on S3."""

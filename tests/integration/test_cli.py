@@ -40,3 +40,43 @@ def test_run_from_flags_writes_parquet_and_a_summary(tmp_path, tiny_owlv2):
     assert f"output: {tmp_path / 'out'}" in result.stdout
     summary = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
     assert (summary["rows"], summary["errors"]) == (7, 3)
+
+
+def test_dry_run_plans_without_writing(tmp_path, tiny_owlv2, capsys):
+    """--dry-run prints what a run would label (fresh, resumed, retried, overwritten) and
+    leaves the output as it was."""
+    from labeler.cli import main
+    from labeler.testing.samples import make_sample_images
+
+    make_sample_images(tmp_path / "images", count=4, bad=True)
+    out = tmp_path / "out"
+    job = ["run", "--input", str(tmp_path / "images"), "--task", "detect", "--family", "owlv2",
+           "--model", tiny_owlv2, "--labels", "cat,dog", "--output", str(out),
+           "--batch-size", "4", "--no-progress"]
+
+    def dry_run(*extra) -> str:
+        assert main([*job, "--dry-run", *extra]) == 0
+        return capsys.readouterr().out
+
+    fresh = dry_run()
+    assert not out.exists()
+    assert "dry run: nothing was labeled or written" in fresh
+    assert "inputs: 7 inputs in 1 shards" in fresh
+    assert "to label: 7 inputs (0 already done)" in fresh
+    assert (f"task detect: detect with owlv2 {tiny_owlv2}, batch 4, 1 actor(s) x 1 CPU 0 GPU"
+            in fresh)
+    assert f"output: {out} (nothing committed yet)" in fresh
+
+    result = _labeler(*job)
+    assert result.returncode == 0, result.stderr[-2000:]
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+
+    resumed = dry_run()
+    assert "to label: 0 inputs (7 already done)" in resumed
+    assert f"output: {out} (resuming: 1 of 1 shards committed)" in resumed
+    retry = dry_run("--retry-errors")
+    assert "to label: 3 inputs (4 already done; 3 with error rows, labeled again)" in retry
+    overwrite = dry_run("--overwrite")
+    assert "to label: 7 inputs (0 already done)" in overwrite
+    assert f"output: {out} (--overwrite would delete its {len(before) - 1} files)" in overwrite
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing touched
