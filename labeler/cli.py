@@ -12,6 +12,15 @@ from labeler import registry
 from labeler.config import JOB_FLAGS, TASK_FLAGS, SpecError, load_job_spec
 
 
+def _pool_size(text: str) -> int | list[int]:
+    """'4' -> 4; '1-8' -> [1, 8] (validated with the spec)."""
+    low, sep, high = text.partition("-")
+    try:
+        return [int(low), int(high)] if sep else int(low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of actors, or MIN-MAX") from None
+
+
 def _labels(text: str) -> list[str]:
     return [label.strip() for label in text.split(",") if label.strip()]
 
@@ -35,7 +44,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preprocess", choices=["processor", "fast"],
                    help="processor: transformers' (exact); fast: batched torch ops")
     p.add_argument("--batch-size", type=int, help="images per forward pass")
-    p.add_argument("--concurrency", type=int, help="model actors")
+    p.add_argument("--concurrency", type=_pool_size,
+                   help="model actors: N, or MIN-MAX for a pool that grows with the work")
     p.add_argument("--num-gpus", type=float, help="GPUs per model actor")
     p.add_argument("--max-pixels", type=int, help="refuse images with more pixels")
     video = p.add_argument_group("video (--media video)")

@@ -52,9 +52,29 @@ class ResourceSpec(_Strict):
     """How one task's actor pool is sized."""
 
     batch_size: int = Field(8, ge=1, description="images per forward pass")
-    concurrency: int = Field(1, ge=1, description="actors in the pool")
+    concurrency: int | tuple[int, int] = Field(
+        1, description="actors in the pool: a number, or [min, max] for a pool that Ray Data "
+                       "grows while work waits and the cluster has room (autoscaling)")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractions share a GPU")
     num_cpus: float = Field(1.0, gt=0, description="CPU cores per actor (torch threads on CPU)")
+
+    @field_validator("concurrency")
+    @classmethod
+    def _pool_size(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
+        low, high = (value, value) if isinstance(value, int) else value
+        if low < 1 or high < low:
+            shown = value if isinstance(value, int) else list(value)
+            raise ValueError(f"{shown}: a number of actors >= 1, or [min, max] with "
+                             f"1 <= min <= max")
+        return value
+
+    @property
+    def min_actors(self) -> int:
+        return self.concurrency if isinstance(self.concurrency, int) else self.concurrency[0]
+
+    @property
+    def max_actors(self) -> int:
+        return self.concurrency if isinstance(self.concurrency, int) else self.concurrency[1]
 
 
 class GenerationSpec(_Strict):

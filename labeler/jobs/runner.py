@@ -120,8 +120,15 @@ def _task_line(task: TaskSpec) -> str:
     """A task's name, model and resources, as a dry run prints them."""
     res = task.resources
     return (f"{task.output_name}: {task.task} with {task.model.family} {task.model.source}, "
-            f"batch {res.batch_size}, {res.concurrency} actor(s) x {res.num_cpus:g} CPU "
+            f"batch {res.batch_size}, {_actors(res)} actor(s) x {res.num_cpus:g} CPU "
             f"{res.num_gpus:g} GPU")
+
+
+def _actors(res) -> str:
+    """'2', or '1-8' for a pool that grows."""
+    if res.min_actors == res.max_actors:
+        return str(res.min_actors)
+    return f"{res.min_actors}-{res.max_actors}"
 
 
 def _model_stages(ds, tasks: list[TaskSpec]):
@@ -129,8 +136,6 @@ def _model_stages(ds, tasks: list[TaskSpec]):
     tables; with several tasks each pool passes the rows on with its records as JSON, and a
     last CPU stage turns them into one row per input and task. Image columns are dropped
     by the last pool that reads them, so later stages move only records."""
-    import ray
-
     from labeler.actors.predictor import Predictor, explode_records
     from labeler.jobs.stages import input_column
 
@@ -143,13 +148,23 @@ def _model_stages(ds, tasks: list[TaskSpec]):
             Predictor,
             fn_constructor_kwargs={"task": task, "input_column": columns[k],
                                    "passthrough": len(tasks) > 1, "drop_columns": drop},
-            batch_size=res.batch_size, compute=ray.data.ActorPoolStrategy(size=res.concurrency),
+            batch_size=res.batch_size, compute=_actor_pool(res),
             num_gpus=res.num_gpus, num_cpus=res.num_cpus, batch_format="numpy",
             max_restarts=-1, max_task_retries=MODEL_BATCH_ATTEMPTS - 1, **worker_env())
     if len(tasks) > 1:
         ds = ds.map_batches(explode_records, fn_kwargs={"task_names": [t.output_name for t in tasks]},
                             batch_format="numpy", num_cpus=0.5)
     return ds
+
+
+def _actor_pool(res):
+    """A fixed pool of `concurrency` actors, or one that Ray Data sizes between [min, max]
+    (it adds actors while batches wait and the cluster has room, removes idle ones)."""
+    import ray
+
+    if res.min_actors == res.max_actors:
+        return ray.data.ActorPoolStrategy(size=res.min_actors)
+    return ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors)
 
 
 def worker_env(extra: dict[str, str] | None = None) -> dict:
@@ -163,8 +178,9 @@ def worker_env(extra: dict[str, str] | None = None) -> dict:
 
 def check_local_capacity(spec: JobSpec, cpus: float) -> None:
     """A local Ray cannot grow: if the actors' CPUs leave none for decoding, the job would
-    wait forever. Fail at once instead, saying what to change."""
-    needed = sum(t.resources.num_cpus * t.resources.concurrency for t in spec.tasks)
+    wait forever. Fail at once instead, saying what to change. A pool that may grow counts
+    at its largest."""
+    needed = sum(t.resources.num_cpus * t.resources.max_actors for t in spec.tasks)
     if needed + 1 > cpus:
         raise SpecError(
             f"tasks.*.resources: the model actors reserve {needed:g} CPUs and decoding needs 1, "

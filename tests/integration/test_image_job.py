@@ -157,6 +157,23 @@ def test_actors_that_leave_no_cpu_for_decoding_are_refused(ray_local, image_fold
     assert not (tmp_path / "out").exists()  # refused before any output was made
 
 
+def test_a_pool_that_may_grow_labels_every_input(ray_local, image_folder, tiny_owlv2, tmp_path):
+    """concurrency [min, max]: Ray Data's autoscaling actor pool, the same rows."""
+    spec = _spec(image_folder, tmp_path / "out", tiny_owlv2, concurrency=[1, 2])
+    task = spec.tasks[0]
+    spec = spec.model_copy(update={"tasks": [task.model_copy(update={
+        "resources": task.resources.model_copy(update={"num_cpus": 0.5})})]})
+    summary = run_image_job(spec, progress=False)
+    assert (summary.rows, summary.errors) == (13, 3)
+    table = pads.dataset(tmp_path / "out", format="parquet").to_table()
+    assert sorted(table.column("id").to_pylist()) == sorted(p.name for p in image_folder.iterdir())
+    from labeler.config import SpecError
+
+    refused = _spec(image_folder, tmp_path / "out2", tiny_owlv2, concurrency=[1, 2])
+    with pytest.raises(SpecError, match="reserve 2 CPUs"):  # counted at its largest
+        run_image_job(refused, progress=False)
+
+
 def test_a_captioner_and_a_detector_share_one_read(ray_local, image_folder, tiny_owlv2,
                                                    tiny_model, tmp_path):
     """A generative task reads the decoded images, OWLv2 its own preprocessed column; the

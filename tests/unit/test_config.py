@@ -47,6 +47,8 @@ tasks:
     (dict(labels=["cat", "cat"]), "tasks.0.labels", "unique"),
     (dict(threshold=1.5), "tasks.0.threshold", "less than or equal to 1"),
     (dict(batch_size=0), "tasks.0.resources.batch_size", "greater than or equal to 1"),
+    (dict(concurrency=0), "tasks.0.resources.concurrency", "a number of actors >= 1"),
+    (dict(concurrency=[4, 1]), "tasks.0.resources.concurrency", "1 <= min <= max"),
     (dict(input="/no/such/folder"), "input.path", "does not exist"),
 ])
 def test_bad_fields_are_named(tmp_path, overrides, field, says):
@@ -108,3 +110,20 @@ def test_retry_errors_flag_reaches_the_spec(tmp_path):
         "--family", "owlv2", "--model", "m", "--labels", "cat,dog", "--retry-errors"])
     spec = _spec_from_args(args)
     assert spec.output.retry_errors is True and spec.output.overwrite is False
+
+
+def test_concurrency_is_a_number_or_a_growing_range(tmp_path):
+    from labeler.cli import _spec_from_args, build_parser
+
+    def resources(*flags):
+        args = build_parser().parse_args([
+            "run", "--input", str(tmp_path), "--output", str(tmp_path / "out"), "--task",
+            "detect", "--family", "owlv2", "--model", "m", "--labels", "cat", *flags])
+        return _spec_from_args(args).tasks[0].resources
+
+    fixed = resources("--concurrency", "3")
+    assert (fixed.concurrency, fixed.min_actors, fixed.max_actors) == (3, 3, 3)
+    growing = resources("--concurrency", "1-8")
+    assert (growing.concurrency, growing.min_actors, growing.max_actors) == ((1, 8), 1, 8)
+    with pytest.raises(SystemExit):  # argparse: not a number or MIN-MAX
+        resources("--concurrency", "many")
