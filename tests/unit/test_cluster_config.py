@@ -1,5 +1,6 @@
 """cluster.yaml (Ray cluster launcher) and deploy/ (KubeRay) load and name what Ray expects."""
 
+import shlex
 from pathlib import Path
 
 import yaml
@@ -43,6 +44,15 @@ def test_kuberay_rayjob_runs_the_labeler_cli():
         assert "rayStartParams" in group and group["template"]["spec"]["containers"][0]["image"]
     limits = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1"
+    # The entrypoint is a valid job whose model pool grows onto every GPU worker the group
+    # may have, one actor per GPU, starting with the first.
+    from labeler.cli import _spec_from_args, build_parser
+
+    argv = shlex.split(spec["entrypoint"])
+    assert argv[0] == "labeler"
+    (task,) = _spec_from_args(build_parser().parse_args(argv[1:])).tasks
+    assert task.resources.num_gpus == 1 and task.resources.min_actors == 1
+    assert task.resources.max_actors == groups["gpu"]["maxReplicas"]
     # Credentials come from a Kubernetes secret, never written in the manifest.
     text = (ROOT / "deploy" / "rayjob.yaml").read_text()
     assert "AWS_SECRET_ACCESS_KEY:" not in text and "secretRef" in text
