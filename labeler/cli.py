@@ -145,7 +145,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     summary = run_export(ExportOptions(
         job=args.job, format=args.format, out=args.out, task=args.task, min_score=args.min_score,
         include_not_kept=args.include_not_kept, copy_images=args.copy_images,
-        overwrite=args.overwrite))
+        overwrite=args.overwrite, val_fraction=args.val_fraction))
     print("\n".join(summary.lines()))
     return 0
 
@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--copy-images", action="store_true",
                      help="coco: copy the images to <out>/images (yolo always copies)")
     exp.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    exp.add_argument("--val-fraction", type=float, default=0.0,
+                     help="hold out this share of the images as a validation split, chosen "
+                          "by id (the same on every export); default 0: one set")
     exp.set_defaults(func=cmd_export)
     return parser
 

@@ -11,7 +11,9 @@ images: id (from 1, in row order), file_name, width, height (the EXIF-oriented i
 the boxes refer to), labeler_id (the row id), uri (where the job read it); video frame rows
 add frame_index, timestamp_s and video_id (the video's id). file_name: the row id, or
 `<id>#frame=<frame_index>` for a frame; with copied images, their path under the output
-(`images/...`). annotations: id (from 1), image_id, category_id (from 1), bbox [x, y, w, h]
+(`images/...`). With a validation share (`--val-fraction`) each split is a file of its own,
+annotations_train.json and annotations_val.json (images in `images/train`, `images/val`),
+ids counted from 1 in each. annotations: id (from 1), image_id, category_id (from 1), bbox [x, y, w, h]
 in pixels from the row's x0, y0, x1, y1, area = w * h, iscrowd 0, score.
 """
 
@@ -68,13 +70,18 @@ def annotation_entries(first_id: int, image_id: int, row: Row,
     return entries
 
 
+def split_file_name(split: str) -> str:
+    """The COCO file of one split (`--val-fraction`): annotations_train.json, ..._val.json."""
+    return FILE_NAME.replace(".json", f"_{split}.json")
+
+
 def write_coco(entries: Iterable[tuple[Row, ImageFile | None]], categories: Categories,
-               target: Target, info: dict) -> tuple[int, int]:
-    """Write FILE_NAME from (row, copied image or None) pairs -> (images, boxes) written."""
+               target: Target, info: dict, file_name: str = FILE_NAME) -> tuple[int, int]:
+    """Write `file_name` from (row, copied image or None) pairs -> (images, boxes) written."""
     head = _line({"info": info, "categories": [
         {"id": i + 1, "name": name, "supercategory": ""} for i, name in enumerate(categories.names)]})
     images = boxes = 0
-    with tempfile.TemporaryFile() as annotations, target.final(FILE_NAME) as out:
+    with tempfile.TemporaryFile() as annotations, target.final(file_name) as out:
         out.write(head[:-1] + b',\n"images":[')  # the object stays open for the two arrays
         for row, image in entries:
             images += 1

@@ -122,8 +122,8 @@ def image_bytes(data: bytes) -> tuple[bytes, str, tuple[int, int]]:
     return buffer.getvalue(), suffix, (decoded.width, decoded.height)
 
 
-def copy_image(row: Row, name: ImageName, target: Target) -> ImageFile:
-    """Read the row's image, write it to images/<name> of `target`; ImageCopyError with the
+def copy_image(row: Row, name: ImageName, target: Target, folder: str = "images") -> ImageFile:
+    """Read the row's image, write it to <folder>/<name> of `target`; ImageCopyError with the
     reason when the image cannot be read or no longer matches the row."""
     try:
         data = read_bytes(row.uri)
@@ -133,21 +133,23 @@ def copy_image(row: Row, name: ImageName, target: Target) -> ImageFile:
     if size != (row.width, row.height):
         raise ImageCopyError(f"the image is {size[0]}x{size[1]} now but was labeled at "
                              f"{row.width}x{row.height}: it changed since the job")
-    path = f"images/{name.key}{name.suffix or suffix}"
+    path = f"{folder}/{name.key}{name.suffix or suffix}"
     target.write(path, out)
     return ImageFile(path, name)
 
 
 def copy_images(rows: Iterable[Row], target: Target, failures: Reasons,
-                after: Callable[[Row, ImageFile], None] | None = None
+                after: Callable[[Row, ImageFile], None] | None = None,
+                folder_of: Callable[[Row], str] = lambda row: "images",
                 ) -> Iterator[tuple[Row, ImageFile]]:
-    """Copy each row's image (on COPY_THREADS threads, then `after(row, image)` on the same
-    thread); yields (row, image) in row order. Rows whose image cannot be exported are not
-    yielded: their reasons go to `failures`. Errors writing the output propagate."""
+    """Copy each row's image into folder_of(row) (on COPY_THREADS threads, then
+    `after(row, image)` on the same thread); yields (row, image) in row order. Rows whose
+    image cannot be exported are not yielded: their reasons go to `failures`. Errors writing
+    the output propagate."""
 
     def work(row: Row, name: ImageName) -> ImageFile | ImageCopyError:
         try:
-            image = copy_image(row, name, target)
+            image = copy_image(row, name, target, folder_of(row))
         except ImageCopyError as err:
             return err
         if after is not None:

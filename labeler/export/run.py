@@ -16,9 +16,10 @@ from typing import Literal
 
 from labeler.export.categories import Categories
 from labeler.export.coco import FILE_NAME as COCO_FILE
-from labeler.export.coco import write_coco
+from labeler.export.coco import split_file_name, write_coco
 from labeler.export.images import copy_images
 from labeler.export.rows import ExportError, JobOutput, Reasons, Tally, TaskFolder, TaskRows
+from labeler.export.splits import TRAIN, VAL, split_of
 from labeler.export.target import Target
 from labeler.export.yolo import DATA_FILE as YOLO_FILE
 from labeler.export.yolo import write_yolo
@@ -40,6 +41,7 @@ class ExportOptions:
     include_not_kept: bool = False
     copy_images: bool = False
     overwrite: bool = False
+    val_fraction: float = 0.0  # share of images held out for validation, by id (splits.py)
 
 
 @dataclass
@@ -55,6 +57,7 @@ class ExportSummary:
     boxes: int = 0
     tally: Tally = field(default_factory=Tally)
     copy_failures: Reasons = field(default_factory=Reasons)
+    splits: dict[str, tuple[int, int]] = field(default_factory=dict)  # split: (images, boxes)
 
     def lines(self) -> list[str]:
         tally, min_score = self.tally, self.options.min_score
@@ -78,6 +81,7 @@ class ExportSummary:
             out += [f"  x{n}: {reason}" for reason, n in self.copy_failures.top(TOP_REASONS)]
         out += [f"categories: {self.categories}",
                 f"images: {self.images}, boxes: {self.boxes}",
+                *(f"  {name}: {n} images, {b} boxes" for name, (n, b) in self.splits.items()),
                 f"output: {self.output}"]
         return out
 
@@ -98,6 +102,9 @@ def run_export(options: ExportOptions) -> ExportSummary:
     export cannot be done as asked, StorageError when a location cannot be used."""
     if options.format not in FORMATS:
         raise ExportError(f"unknown format {options.format!r}; valid formats: {', '.join(FORMATS)}")
+    if not 0 <= options.val_fraction < 1:
+        raise ExportError(f"--val-fraction {options.val_fraction:g}: a share in [0, 1) of the "
+                          f"images to hold out for validation")
     job = JobOutput(options.job)
     folder = job.pick(options.task)
     target = Target(options.out)
@@ -112,20 +119,44 @@ def run_export(options: ExportOptions) -> ExportSummary:
     categories = Categories(survey.task_labels, labels)
 
     target.clear()
+    split = options.val_fraction > 0
+    main_file = (YOLO_FILE if options.format == "yolo"
+                 else split_file_name(TRAIN) if split else COCO_FILE)
     summary = ExportSummary(options, folder, job_finished=job.finished,
-                            categories=len(categories.names),
-                            output=target.location(COCO_FILE if options.format == "coco"
-                                                   else YOLO_FILE))
-    scanned = rows.scan(summary.tally)
+                            categories=len(categories.names), output=target.location(main_file))
     if options.format == "yolo":
-        summary.images, summary.boxes = write_yolo(scanned, categories, target,
-                                                   summary.copy_failures)
-        return summary
-    entries = (copy_images(scanned, target, summary.copy_failures) if options.copy_images
-               else ((row, None) for row in scanned))
+        counts = write_yolo(rows.scan(summary.tally), categories, target, summary.copy_failures,
+                            options.val_fraction)
+    else:
+        counts = _write_coco_splits(rows, folder, job, categories, target, options, summary)
+    summary.images = sum(n for n, _ in counts.values())
+    summary.boxes = sum(b for _, b in counts.values())
+    summary.splits = counts if split else {}
+    return summary
+
+
+def _write_coco_splits(rows: TaskRows, folder: TaskFolder, job: JobOutput,
+                       categories: Categories, target: Target, options: ExportOptions,
+                       summary: ExportSummary) -> dict[str, tuple[int, int]]:
+    """annotations.json, or one file per split (a scan of the rows each) -> {split: (images,
+    boxes)}; the summary's tally counts the first scan only."""
     info = {"description": f"labeler export of task {folder.name!r} ({folder.kind})",
             "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "labeler_output": job.uri, "task": folder.name, "task_kind": folder.kind,
             "min_score": options.min_score, "include_not_kept": options.include_not_kept}
-    summary.images, summary.boxes = write_coco(entries, categories, target, info)
-    return summary
+    if options.val_fraction == 0:
+        splits = {"all": (COCO_FILE, "images", lambda row: True)}
+    else:
+        splits = {name: (split_file_name(name), f"images/{name}",
+                         lambda row, name=name: split_of(row.id, options.val_fraction) == name)
+                  for name in (TRAIN, VAL)}
+    counts = {}
+    for k, (name, (file_name, images, wanted)) in enumerate(splits.items()):
+        scanned = (row for row in rows.scan(summary.tally if k == 0 else Tally()) if wanted(row))
+        entries = (copy_images(scanned, target, summary.copy_failures,
+                               folder_of=lambda row, images=images: images)
+                   if options.copy_images else ((row, None) for row in scanned))
+        counts[name] = write_coco(entries, categories, target,
+                                  {**info, **({"split": name} if name != "all" else {})},
+                                  file_name)
+    return counts

@@ -4,10 +4,14 @@
     <out>/labels/<id stem>.txt   one line per box: `class cx cy w h`, normalised to [0, 1]
     <out>/data.yaml              path, train: images, val: images, names: {0: ..., 1: ...}
 
+With a validation share (`--val-fraction`, labeler.export.splits) the images and labels go
+one level deeper, `images/train/<id>`, `images/val/<id>` (and `labels/...` alike), and
+data.yaml names `images/train` and `images/val`.
+
 Class ids are the categories' positions, from 0. An image with no box gets an empty label
 file: a background image to Ultralytics. The labels are written row by row beside their
-image, nothing is held for the whole dataset; data.yaml is written last. Ultralytics has
-one split here: train and val both name `images` (split the folder to hold out images).
+image, nothing is held for the whole dataset; data.yaml is written last. Without a
+validation share, train and val both name `images`.
 `path` is the output folder's absolute path; on S3 it is left out, and Ultralytics then
 reads the folder holding data.yaml, wherever it is downloaded to.
 """
@@ -21,6 +25,7 @@ import yaml
 from labeler.export.categories import Categories
 from labeler.export.images import ImageFile, copy_images
 from labeler.export.rows import Reasons, Row
+from labeler.export.splits import TRAIN, VAL, split_of
 from labeler.export.target import Target
 
 DATA_FILE = "data.yaml"
@@ -41,27 +46,36 @@ def label_text(row: Row, categories: Categories) -> str:
     return "".join(lines)
 
 
-def data_yaml(categories: Categories, path: str | None) -> str:
-    """data.yaml: `path` (omitted when None), one split for train and val, the names."""
+def data_yaml(categories: Categories, path: str | None, split: bool = False) -> str:
+    """data.yaml: `path` (omitted when None), the train and val image folders (the same one
+    unless `split`), the names."""
     fields = {"path": path} if path is not None else {}
-    fields.update(train="images", val="images", names=dict(enumerate(categories.names)))
+    train, val = (f"images/{TRAIN}", f"images/{VAL}") if split else ("images", "images")
+    fields.update(train=train, val=val, names=dict(enumerate(categories.names)))
     note = ("# written by `labeler export`; no path: Ultralytics reads the folder holding this "
             "file\n" if path is None else "# written by `labeler export`\n")
     return note + yaml.safe_dump(fields, sort_keys=False, allow_unicode=True)
 
 
 def write_yolo(rows: Iterable[Row], categories: Categories, target: Target,
-               failures: Reasons) -> tuple[int, int]:
-    """Copy each row's image, write its label file, then data.yaml -> (images, boxes).
-    Rows whose image cannot be exported go to `failures`."""
+               failures: Reasons, val_fraction: float = 0.0) -> dict[str, tuple[int, int]]:
+    """Copy each row's image, write its label file, then data.yaml -> {split: (images,
+    boxes)} ({"all": ...} without a validation share). Rows whose image cannot be exported
+    go to `failures`."""
+    split = val_fraction > 0
+
+    def folder_of(row: Row) -> str:
+        return f"images/{split_of(row.id, val_fraction)}" if split else "images"
 
     def write_label(row: Row, image: ImageFile) -> None:
-        target.write(f"labels/{image.name.key}.txt", label_text(row, categories).encode())
+        labels = "labels" + folder_of(row).removeprefix("images")
+        target.write(f"{labels}/{image.name.key}.txt", label_text(row, categories).encode())
 
-    images = boxes = 0
-    for row, _ in copy_images(rows, target, failures, after=write_label):
-        images += 1
-        boxes += len(row.boxes)
+    counts = {TRAIN: [0, 0], VAL: [0, 0]} if split else {"all": [0, 0]}
+    for row, _ in copy_images(rows, target, failures, after=write_label, folder_of=folder_of):
+        count = counts[split_of(row.id, val_fraction) if split else "all"]
+        count[0] += 1
+        count[1] += len(row.boxes)
     with target.final(DATA_FILE) as out:
-        out.write(data_yaml(categories, None if target.s3 else target.path).encode())
-    return images, boxes
+        out.write(data_yaml(categories, None if target.s3 else target.path, split).encode())
+    return {name: (n, b) for name, (n, b) in counts.items()}

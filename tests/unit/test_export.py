@@ -215,6 +215,62 @@ def test_yolo_dataset_labels_images_and_data_yaml(job, tmp_path, capsys):
         + [f"labels/{s}.txt" for s, _ in stems.values()])
 
 
+def test_split_is_a_fixed_function_of_the_id():
+    from labeler.export.splits import split_of
+
+    ids = [f"photos/{k:05d}.jpg" for k in range(10_000)]
+    tenth = {i for i in ids if split_of(i, 0.1) == "val"}
+    fifth = {i for i in ids if split_of(i, 0.2) == "val"}
+    assert 900 <= len(tenth) <= 1100 and 1800 <= len(fifth) <= 2200  # +-1% at 3 sigma
+    assert tenth < fifth  # a larger share only moves train images to val
+    assert all(split_of(i, 0.0) == "train" for i in ids[:100])
+    assert [split_of(i, 0.1) for i in ids[:50]] == [split_of(i, 0.1) for i in ids[:50]]
+
+
+def test_val_fraction_splits_yolo_and_coco_by_id(job, tmp_path, capsys):
+    """--val-fraction: the same images, labels and boxes as one set, each in its split's
+    folder (YOLO) or file (COCO); data.yaml names the two image folders."""
+    from labeler.export.splits import split_of
+
+    splits = {id_: split_of(id_, 0.5) for id_ in DETECT_BOXES}
+    assert set(splits.values()) == {"train", "val"}  # both splits have images here
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    for out, extra in ((whole, []), (parts, ["--val-fraction", "0.5"])):
+        code, stdout, _ = _export(capsys, job["path"], "--format", "yolo", "--out", out,
+                                  "--task", "detect", *extra)
+        assert code == 0 and "images: 5, boxes: 6\n" in stdout
+    n_val = sum(s == "val" for s in splits.values())
+    assert f"  val: {n_val} images, " in stdout and f"  train: {5 - n_val} images, " in stdout
+    data = yaml.safe_load((parts / "data.yaml").read_text())
+    assert (data["train"], data["val"]) == ("images/train", "images/val")
+    id_of_stem = {"00000.tar/k1": TAR_ID, "a": "a.jpg", "empty": "empty.jpg", "rot": "rot.jpg",
+                  "sub/b": "sub/b.png"}
+    for kind in ("images", "labels"):
+        files = [p.relative_to(whole / kind) for p in (whole / kind).rglob("*") if p.is_file()]
+        assert len(files) == len(list(p for p in (parts / kind).rglob("*") if p.is_file())) == 5
+        for name in files:
+            split = splits[id_of_stem[name.with_suffix("").as_posix()]]
+            assert (parts / kind / split / name).read_bytes() == (whole / kind / name).read_bytes()
+
+    code, stdout, _ = _export(capsys, job["path"], "--format", "coco", "--out",
+                              tmp_path / "coco", "--task", "detect", "--val-fraction", "0.5")
+    assert code == 0
+    boxes = {}
+    for split in ("train", "val"):
+        coco = json.loads((tmp_path / "coco" / f"annotations_{split}.json").read_text())
+        assert coco["info"]["split"] == split
+        assert {im["labeler_id"] for im in coco["images"]} == {
+            i for i, s in splits.items() if s == split}
+        by_image = {im["id"]: im["labeler_id"] for im in coco["images"]}
+        for a in coco["annotations"]:
+            boxes.setdefault(by_image[a["image_id"]], []).append(a["bbox"])
+    assert boxes == {id_: [[x0, y0, x1 - x0, y1 - y0] for _, _, x0, y0, x1, y1 in b]
+                     for id_, b in DETECT_BOXES.items() if b}
+    code, _, err = _export(capsys, job["path"], "--format", "coco", "--out", tmp_path / "bad",
+                           "--val-fraction", "1")
+    assert code == 2 and "--val-fraction 1: a share in [0, 1)" in err
+
+
 def test_pseudo_labels_not_kept_rows_and_min_score(job, tmp_path, capsys):
     code, out, _ = _export(capsys, job["path"], "--format", "coco", "--out", tmp_path / "a",
                            "--task", "pseudo-label")
