@@ -145,7 +145,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     summary = run_export(ExportOptions(
         job=args.job, format=args.format, out=args.out, task=args.task, min_score=args.min_score,
         include_not_kept=args.include_not_kept, copy_images=args.copy_images,
-        overwrite=args.overwrite, val_fraction=args.val_fraction))
+        overwrite=args.overwrite, val_fraction=args.val_fraction,
+        image_url_prefix=args.image_url_prefix))
     print("\n".join(summary.lines()))
     return 0
 
@@ -189,8 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("export", help="a job's boxes as a COCO or YOLO dataset")
     exp.add_argument("job", help="the job's output folder or s3:// prefix")
-    exp.add_argument("--format", required=True, choices=["coco", "yolo"],
-                     help="coco: annotations.json; yolo: images/, labels/, data.yaml")
+    exp.add_argument("--format", required=True, choices=["coco", "yolo", "label-studio"],
+                     help="coco: annotations.json; yolo: images/, labels/, data.yaml; "
+                          "label-studio: tasks.json with predictions, label_config.xml")
     exp.add_argument("--out", required=True, help="output folder or s3:// prefix (empty)")
     exp.add_argument("--task", help="the task folder to export (default: the only one with boxes)")
     exp.add_argument("--min-score", type=float, help="drop boxes scoring under this")
@@ -202,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--val-fraction", type=float, default=0.0,
                      help="hold out this share of the images as a validation split, chosen "
                           "by id (the same on every export); default 0: one set")
+    exp.add_argument("--image-url-prefix",
+                     help="label-studio: image URL = this prefix + the row id (default: the "
+                          "row's uri), e.g. /data/local-files/?d=photos/")
     exp.set_defaults(func=cmd_export)
     return parser
 

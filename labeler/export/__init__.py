@@ -1,5 +1,5 @@
-"""Export a job's Parquet output as a detector training set: COCO detection JSON or a YOLO
-(Ultralytics) dataset (`labeler export`, docs/export.md).
+"""Export a job's Parquet output as a detector training set, COCO detection JSON or a YOLO
+(Ultralytics) dataset, or as Label Studio pre-annotations (`labeler export`, docs/export.md).
 
     rows.py        the job's task folders; the rows to export, batch by batch, and the tally
                    of what is left out (error rows, not-kept pseudo-labels, low scores)
@@ -8,6 +8,8 @@
     target.py      the output folder or s3:// prefix
     coco.py        annotations.json, streamed
     yolo.py        images/, labels/, data.yaml
+    label_studio.py  tasks.json with predictions, label_config.xml
+    splits.py      the train / val split of an image, by its id
     run.py         the two passes and the summary
 """
 

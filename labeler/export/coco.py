@@ -41,7 +41,8 @@ COPY_CHUNK = 1024**2
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-def _line(entry: dict) -> bytes:
+def json_line(entry: dict) -> bytes:
+    """One entry as compact UTF-8 JSON (an element of a list written a line at a time)."""
     return _ENCODER.encode(entry).encode()
 
 
@@ -78,16 +79,17 @@ def split_file_name(split: str) -> str:
 def write_coco(entries: Iterable[tuple[Row, ImageFile | None]], categories: Categories,
                target: Target, info: dict, file_name: str = FILE_NAME) -> tuple[int, int]:
     """Write `file_name` from (row, copied image or None) pairs -> (images, boxes) written."""
-    head = _line({"info": info, "categories": [
+    head = json_line({"info": info, "categories": [
         {"id": i + 1, "name": name, "supercategory": ""} for i, name in enumerate(categories.names)]})
     images = boxes = 0
     with tempfile.TemporaryFile() as annotations, target.final(file_name) as out:
         out.write(head[:-1] + b',\n"images":[')  # the object stays open for the two arrays
         for row, image in entries:
             images += 1
-            out.write((b"\n" if images == 1 else b",\n") + _line(image_entry(images, row, image)))
+            out.write((b"\n" if images == 1 else b",\n")
+                      + json_line(image_entry(images, row, image)))
             for entry in annotation_entries(boxes + 1, images, row, categories):
-                annotations.write((b"\n" if entry["id"] == 1 else b",\n") + _line(entry))
+                annotations.write((b"\n" if entry["id"] == 1 else b",\n") + json_line(entry))
             boxes += len(row.boxes)
         out.write(b'\n],\n"annotations":[')
         annotations.seek(0)

@@ -30,6 +30,8 @@ BOX_TASKS = ("detect", "ground", "detect-by-example", "pseudo-label", "regions")
 # The columns an export reads (those a v1 output lacks are left out).
 COLUMNS = ("id", "uri", "width", "height", "parameters", "detections", "error", "kept",
            "filter_reason", "frame_index", "timestamp_s")
+# What names the model of a task (the same in all its rows).
+MODEL_COLUMNS = ("model", "model_family", "model_revision")
 # Rows per read: 1024 rows of even a few hundred boxes each are a few MB of Python objects.
 READ_BATCH_ROWS = 1024
 # Distinct error reasons counted one by one; further ones are counted together, so reasons
@@ -127,6 +129,7 @@ class TaskFolder:
     name: str
     kind: str
     files: tuple[str, ...]
+    model: dict = field(default_factory=dict)  # model, model_family, model_revision of a row
 
 
 class JobOutput:
@@ -165,8 +168,12 @@ class JobOutput:
         first = pads.dataset(files[0], format="parquet", filesystem=self.fs)
         if "task" not in first.schema.names:
             return None
-        kinds = first.head(1, columns=["task"]).column("task").to_pylist()
-        return TaskFolder(entry.base_name, kinds[0], files) if kinds else None
+        columns = [c for c in ("task", *MODEL_COLUMNS) if c in first.schema.names]
+        rows = first.head(1, columns=columns).to_pylist()
+        if not rows:
+            return None
+        model = {c: rows[0].get(c) for c in MODEL_COLUMNS}
+        return TaskFolder(entry.base_name, rows[0]["task"], files, model)
 
     def pick(self, name: str | None) -> TaskFolder:
         """The task folder `name`, or with None the only one that holds boxes; ExportError

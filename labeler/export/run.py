@@ -18,13 +18,15 @@ from labeler.export.categories import Categories
 from labeler.export.coco import FILE_NAME as COCO_FILE
 from labeler.export.coco import split_file_name, write_coco
 from labeler.export.images import copy_images
+from labeler.export.label_studio import TASKS_FILE as LABEL_STUDIO_FILE
+from labeler.export.label_studio import write_label_studio
 from labeler.export.rows import ExportError, JobOutput, Reasons, Tally, TaskFolder, TaskRows
 from labeler.export.splits import TRAIN, VAL, split_of
 from labeler.export.target import Target
 from labeler.export.yolo import DATA_FILE as YOLO_FILE
 from labeler.export.yolo import write_yolo
 
-FORMATS = ("coco", "yolo")
+FORMATS = ("coco", "yolo", "label-studio")
 # Reasons shown per kind of skipped row in the summary.
 TOP_REASONS = 5
 
@@ -34,7 +36,7 @@ class ExportOptions:
     """What `labeler export` was asked: see docs/export.md."""
 
     job: str
-    format: Literal["coco", "yolo"]
+    format: Literal["coco", "yolo", "label-studio"]
     out: str
     task: str | None = None
     min_score: float | None = None
@@ -42,6 +44,7 @@ class ExportOptions:
     copy_images: bool = False
     overwrite: bool = False
     val_fraction: float = 0.0  # share of images held out for validation, by id (splits.py)
+    image_url_prefix: str | None = None  # label-studio: image URL = prefix + id (else uri)
 
 
 @dataclass
@@ -86,8 +89,26 @@ class ExportSummary:
         return out
 
 
+def _check_options(options: ExportOptions) -> None:
+    """Options that the format does not take, and values out of range: ExportError."""
+    if options.format not in FORMATS:
+        raise ExportError(f"unknown format {options.format!r}; valid formats: {', '.join(FORMATS)}")
+    if not 0 <= options.val_fraction < 1:
+        raise ExportError(f"--val-fraction {options.val_fraction:g}: a share in [0, 1) of the "
+                          f"images to hold out for validation")
+    if options.format == "label-studio" and (options.copy_images or options.val_fraction):
+        raise ExportError("--copy-images and --val-fraction do not apply to label-studio: its "
+                          "tasks point at the images (--image-url-prefix) and a project "
+                          "reviews them all")
+    if options.image_url_prefix is not None and options.format != "label-studio":
+        raise ExportError("--image-url-prefix applies to --format label-studio only")
+
+
 def _check_frames_allowed(folder: TaskFolder, options: ExportOptions) -> None:
     """Video frame rows: COCO entries only, as frames are no files."""
+    if options.format == "label-studio":
+        raise ExportError(f"task {folder.name!r} labels video frames; Label Studio tasks here "
+                          f"are images: export it as COCO (file_name <video id>#frame=<n>)")
     if options.format == "yolo":
         raise ExportError(f"task {folder.name!r} labels video frames, and a YOLO dataset needs "
                           f"an image file per label file; export it as COCO (file_name "
@@ -100,11 +121,7 @@ def _check_frames_allowed(folder: TaskFolder, options: ExportOptions) -> None:
 def run_export(options: ExportOptions) -> ExportSummary:
     """Export one task of the job output `options.job`; ExportError (a SpecError) when the
     export cannot be done as asked, StorageError when a location cannot be used."""
-    if options.format not in FORMATS:
-        raise ExportError(f"unknown format {options.format!r}; valid formats: {', '.join(FORMATS)}")
-    if not 0 <= options.val_fraction < 1:
-        raise ExportError(f"--val-fraction {options.val_fraction:g}: a share in [0, 1) of the "
-                          f"images to hold out for validation")
+    _check_options(options)
     job = JobOutput(options.job)
     folder = job.pick(options.task)
     target = Target(options.out)
@@ -120,13 +137,16 @@ def run_export(options: ExportOptions) -> ExportSummary:
 
     target.clear()
     split = options.val_fraction > 0
-    main_file = (YOLO_FILE if options.format == "yolo"
-                 else split_file_name(TRAIN) if split else COCO_FILE)
+    main_file = {"yolo": YOLO_FILE, "label-studio": LABEL_STUDIO_FILE}.get(
+        options.format, split_file_name(TRAIN) if split else COCO_FILE)
     summary = ExportSummary(options, folder, job_finished=job.finished,
                             categories=len(categories.names), output=target.location(main_file))
     if options.format == "yolo":
         counts = write_yolo(rows.scan(summary.tally), categories, target, summary.copy_failures,
                             options.val_fraction)
+    elif options.format == "label-studio":
+        counts = {"all": write_label_studio(rows.scan(summary.tally), categories, target,
+                                            folder.model, options.image_url_prefix)}
     else:
         counts = _write_coco_splits(rows, folder, job, categories, target, options, summary)
     summary.images = sum(n for n, _ in counts.values())

@@ -38,7 +38,8 @@ from labeler.serve.auth import is_authorized
 from labeler.serve.config import ServedModel, ServeSpec
 from labeler.serve.errors import ApiError
 from labeler.serve.fetch import fetch_uri
-from labeler.serve.formats import cvat_shapes, label_studio_prediction, parse_label_config
+from labeler.serve.formats import (cvat_shapes, label_studio_prediction, model_version,
+                                   parse_label_config)
 from labeler.serve.inputs import (AnnotateRequest, ImageRequest, Params, decode_base64,
                                   image_bytes_or_uri, parse_request)
 from labeler.serve.limits import RETRY_AFTER_S, call_with_limits, read_body
@@ -98,9 +99,8 @@ _RECORD_DOC = {200: {"model": Record, "description": "the record, as a Parquet r
                                                       "job; a list of shapes with ?format=cvat"}}
 
 
-def model_version(served: ServedModel, revision: str | None = None) -> str:
-    version = f"{served.model.family}:{served.model.source}"
-    return f"{version}@{revision}" if revision else version
+def served_version(served: ServedModel, revision: str | None = None) -> str:
+    return model_version(served.model.family, served.model.source, revision)
 
 
 @serve.ingress(api)
@@ -319,7 +319,7 @@ class Ingress:
                 self.label_configs.pop(next(iter(self.label_configs)))
             self.label_configs[str(body.get("project", ""))] = schema
         served = self.spec.models[0]
-        return {"model_version": model_version(served, served.model.revision)}
+        return {"model_version": served_version(served, served.model.revision)}
 
     @api.post("/predict")
     async def ls_predict(self, request: Request, model: str | None = None):
@@ -362,7 +362,7 @@ class Ingress:
             decoded, decode_ms = await self._image(None, url)
         record = await self._run(served, decoded, decode_ms, str(task.get("id", i)),
                                  url[:200], params)  # 200 chars: data: URLs can be megabytes
-        version = model_version(served, record["model_revision"])
+        version = served_version(served, record["model_revision"])
         return label_studio_prediction(record, config, version)
 
     async def _json_object(self, request: Request) -> dict:

@@ -55,6 +55,12 @@ def parse_label_config(xml: str) -> LabelConfig:
     return config
 
 
+def model_version(family: str, source: str, revision: str | None = None) -> str:
+    """Label Studio's model_version of a model: `family:source`, `@revision` when known."""
+    version = f"{family}:{source}"
+    return f"{version}@{revision}" if revision else version
+
+
 def _pct(value: float, size: int) -> float:
     return 100.0 * value / size if size else 0.0
 

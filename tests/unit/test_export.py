@@ -271,6 +271,52 @@ def test_val_fraction_splits_yolo_and_coco_by_id(job, tmp_path, capsys):
     assert code == 2 and "--val-fraction 1: a share in [0, 1)" in err
 
 
+def test_label_studio_tasks_and_config(job, tmp_path, capsys):
+    """Pre-annotations for Label Studio: a task per image with the boxes in percent, in the
+    config the export writes beside them."""
+    from labeler.serve.formats import parse_label_config
+
+    out = tmp_path / "ls"
+    prefix = "/data/local-files/?d=photos/"
+    code, stdout, _ = _export(capsys, job["path"], "--format", "label-studio", "--out", out,
+                              "--task", "detect", "--image-url-prefix", prefix)
+    assert code == 0 and "images: 5, boxes: 6\n" in stdout
+    assert f"output: {out / 'tasks.json'}" in stdout
+    config = parse_label_config((out / "label_config.xml").read_text())
+    assert config.labels == ["dog", "cat", "owl", "bird", "object"]
+    tasks = json.loads((out / "tasks.json").read_text())
+    assert [t["data"]["labeler_id"] for t in tasks] == [TAR_ID, "a.jpg", "empty.jpg", "rot.jpg",
+                                                        "sub/b.png"]
+    for task in tasks:
+        id_ = task["data"]["labeler_id"]
+        assert task["data"][config.image_key] == prefix + id_
+        (prediction,) = task["predictions"]
+        assert prediction["model_version"] == "owlv2:tiny"
+        width, height = job["sizes"][id_]
+        boxes = DETECT_BOXES[id_]
+        assert len(prediction["result"]) == len(boxes)
+        for region, (label, score, x0, y0, x1, y1) in zip(prediction["result"], boxes):
+            assert (region["from_name"], region["to_name"], region["type"]) == (
+                config.rectangle, config.image_name, "rectanglelabels")
+            assert (region["original_width"], region["original_height"]) == (width, height)
+            value = region["value"]
+            assert value["rectanglelabels"] == [label or "object"]
+            assert [value["x"], value["y"], value["width"], value["height"]] == pytest.approx(
+                [100 * x0 / width, 100 * y0 / height, 100 * (x1 - x0) / width,
+                 100 * (y1 - y0) / height], abs=1e-4)
+            assert region["score"] == score
+        if boxes:
+            assert prediction["score"] == pytest.approx(np.mean([b[1] for b in boxes]))
+
+    code, _, _ = _export(capsys, job["path"], "--format", "label-studio", "--out",
+                         tmp_path / "uris", "--task", "detect")
+    tasks = json.loads((tmp_path / "uris" / "tasks.json").read_text())
+    assert tasks[1]["data"]["image"].endswith("images/a.jpg")  # the row's uri
+    code, _, err = _export(capsys, job["path"], "--format", "label-studio", "--out",
+                           tmp_path / "no", "--task", "detect", "--copy-images")
+    assert code == 2 and "do not apply to label-studio" in err
+
+
 def test_pseudo_labels_not_kept_rows_and_min_score(job, tmp_path, capsys):
     code, out, _ = _export(capsys, job["path"], "--format", "coco", "--out", tmp_path / "a",
                            "--task", "pseudo-label")
