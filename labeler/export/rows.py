@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
@@ -43,6 +44,13 @@ UNNAMED_LABEL = "object"
 
 class ExportError(SpecError):
     """An export that cannot be done as asked; the message says why and what to do."""
+
+
+def not_parquet(uri: str, err: pa.ArrowInvalid) -> ExportError:
+    """A job output holding a file that is no Parquet (pyarrow's message names the file).
+    The first pass reads every file before anything is written, so nothing is exported."""
+    return ExportError(f"{uri!r} holds a file that is not readable Parquet, so it is not a "
+                       f"labeler job output as written: {err}")
 
 
 @dataclass(frozen=True)
@@ -152,6 +160,8 @@ class JobOutput:
                           and (folder := self._task_folder(entry)) is not None]
         except OSError as err:
             raise storage_error(self.uri, "read the job output", err) from None
+        except pa.ArrowInvalid as err:
+            raise not_parquet(self.uri, err) from None
         if not self.tasks:
             raise ExportError(f"no task folders in {self.uri!r}: a job output holds "
                               f"<task>/part-NNNNN.parquet (pass the job's --output)")
@@ -222,6 +232,8 @@ class TaskRows:
                     yield from self._rows(batch.to_pydict(), batch.num_rows, tally)
         except OSError as err:
             raise storage_error(self.job.uri, "read the job output", err) from None
+        except pa.ArrowInvalid as err:
+            raise not_parquet(self.job.uri, err) from None
 
     def _rows(self, cols: dict[str, list], n: int, tally: Tally) -> Iterator[Row]:
         nothing = [None] * n

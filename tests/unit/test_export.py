@@ -372,6 +372,29 @@ def test_refusals_name_the_problem(job, tmp_path, capsys):
     assert code == 2 and "--overwrite would delete it" in err
 
 
+def test_a_job_output_that_is_not_one_is_refused(job, tmp_path, capsys):
+    """No folder, no task folder, or a shard that is not Parquet: exit 2 naming the problem,
+    nothing written."""
+    import shutil
+
+    out = tmp_path / "out"
+    code, _, err = _export(capsys, tmp_path / "nope", "--format", "coco", "--out", out)
+    assert code == 2 and "no job output at" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = _export(capsys, tmp_path / "empty", "--format", "coco", "--out", out)
+    assert code == 2 and "no task folders in" in err
+    broken = tmp_path / "broken"
+    shutil.copytree(job["path"], broken)
+    (broken / "detect" / "part-00001.parquet").write_bytes(b"not parquet at all")
+    code, _, err = _export(capsys, broken, "--format", "coco", "--out", out, "--task", "detect")
+    assert code == 2 and "holds a file that is not readable Parquet" in err
+    assert "part-00001.parquet" in err
+    (broken / "detect" / "part-00000.parquet").write_bytes(b"")  # the file the task is read from
+    code, _, err = _export(capsys, broken, "--format", "coco", "--out", out, "--task", "detect")
+    assert code == 2 and "not readable Parquet" in err
+    assert not out.exists()
+
+
 @pytest.fixture(scope="module")
 def video_job(tmp_path_factory):
     """A frame task: two sampled frames of one video and a truncation error row."""
