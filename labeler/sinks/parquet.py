@@ -110,7 +110,7 @@ class ShardedParquetSink:
         self.files_written: list[str] = []
         if retry_errors:
             try:
-                self._reopen_shards_with_errors()
+                self._reopen_shards_with_errors(keep_rows=not dry_run)
             except OSError as err:
                 raise storage_error(self.uri, "read earlier results from", err) from None
 
@@ -169,9 +169,10 @@ class ShardedParquetSink:
         return pq.read_table(f"{self.path}/{shard_name(task_name, shard)}", columns=columns,
                              filesystem=self.fs)
 
-    def _reopen_shards_with_errors(self) -> None:
+    def _reopen_shards_with_errors(self, keep_rows: bool = True) -> None:
         """For each shard that every task committed: the ids with an error row in any task.
-        Those shards become pending again, their other inputs' rows retained, complete."""
+        Those shards become pending again, their other inputs' rows retained, complete
+        (keep_rows False, for a dry run: the ids only, no shard read whole)."""
         for shard in sorted(set(self.expected) - self.pending_shards()):
             failed: set[str] = set()
             for task in self.task_names:
@@ -182,12 +183,14 @@ class ShardedParquetSink:
                 continue
             self.retrying[shard] = failed
             for task in self.task_names:
+                self._existing.discard(f"{self.path}/{shard_name(task, shard)}")
+                if not keep_rows:
+                    continue
                 rows = self._read_shard(task, shard)
                 kept = rows.filter(pc.invert(pc.is_in(rows.column("id"),
                                                       value_set=pa.array(sorted(failed)))))
                 self._retained[(task, shard)] = kept
                 self._complete_inputs[(task, shard)] = len(set(kept.column("id").to_pylist()))
-                self._existing.discard(f"{self.path}/{shard_name(task, shard)}")
 
     def committed(self, task_name: str, shard: int) -> bool:
         return f"{self.path}/{shard_name(task_name, shard)}" in self._existing
