@@ -139,7 +139,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """A task of a job's output -> a COCO or YOLO dataset (docs/export.md)."""
+    """A task of a job's output -> COCO, YOLO or Label Studio (docs/export.md)."""
     from labeler.export import ExportOptions, run_export
 
     summary = run_export(ExportOptions(
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--num-replicas", type=int, help="replicas per model")
     srv.set_defaults(func=cmd_serve)
 
-    exp = sub.add_parser("export", help="a job's boxes as a COCO or YOLO dataset")
+    exp = sub.add_parser("export", help="a job's boxes as COCO, YOLO or Label Studio tasks")
     exp.add_argument("job", help="the job's output folder or s3:// prefix")
     exp.add_argument("--format", required=True, choices=["coco", "yolo", "label-studio"],
                      help="coco: annotations.json; yolo: images/, labels/, data.yaml; "

@@ -34,6 +34,7 @@ TASKS_FILE = "tasks.json"
 CONFIG_FILE = "label_config.xml"
 # The names the generated config gives its tags, which each region refers to.
 IMAGE_TAG, LABELS_TAG = "image", "label"
+_CONFIG = LabelConfig(image_name=IMAGE_TAG, image_key=IMAGE_TAG, rectangle=LABELS_TAG)
 
 
 def label_config_xml(categories: Categories) -> str:
@@ -49,10 +50,9 @@ def label_studio_task(row: Row, version: str, image_url_prefix: str | None) -> d
     record = {"width": row.width, "height": row.height, "detections": [
         {"label": b.label, "score": b.score, "x0": b.x0, "y0": b.y0, "x1": b.x1, "y1": b.y1}
         for b in row.boxes]}
-    config = LabelConfig(image_name=IMAGE_TAG, image_key=IMAGE_TAG, rectangle=LABELS_TAG)
     url = row.uri if image_url_prefix is None else image_url_prefix + row.id
     return {"data": {IMAGE_TAG: url, "labeler_id": row.id},
-            "predictions": [label_studio_prediction(record, config, version)]}
+            "predictions": [label_studio_prediction(record, _CONFIG, version)]}
 
 
 def write_label_studio(rows: Iterable[Row], categories: Categories, target: Target,

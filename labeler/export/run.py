@@ -1,8 +1,9 @@
-"""`labeler export`: one task of a job's output -> a COCO or YOLO dataset, in two passes.
+"""`labeler export`: one task of a job's output -> COCO, YOLO or Label Studio, in two passes.
 
     pass 1   read the rows: category order (labels of the spec, then those seen, sorted),
              whether they are video frames (refused where frames would have to be files)
-    pass 2   read them again and write the format, copying images where asked
+    pass 2   read them again and write the format, copying images where asked (COCO with a
+             validation split: once per split, each its own file)
 
 Nothing is written before pass 1 has accepted the export. Both passes read the same rows in
 the same order (labeler.export.rows), so ids match between them and between runs.

@@ -99,10 +99,6 @@ _RECORD_DOC = {200: {"model": Record, "description": "the record, as a Parquet r
                                                       "job; a list of shapes with ?format=cvat"}}
 
 
-def served_version(served: ServedModel, revision: str | None = None) -> str:
-    return model_version(served.model.family, served.model.source, revision)
-
-
 @serve.ingress(api)
 class Ingress:
     """spec_json: the ServeSpec as JSON; tokens: the API tokens (empty: open, loopback);
@@ -319,7 +315,8 @@ class Ingress:
                 self.label_configs.pop(next(iter(self.label_configs)))
             self.label_configs[str(body.get("project", ""))] = schema
         served = self.spec.models[0]
-        return {"model_version": served_version(served, served.model.revision)}
+        return {"model_version": model_version(served.model.family, served.model.source,
+                                               served.model.revision)}
 
     @api.post("/predict")
     async def ls_predict(self, request: Request, model: str | None = None):
@@ -362,7 +359,8 @@ class Ingress:
             decoded, decode_ms = await self._image(None, url)
         record = await self._run(served, decoded, decode_ms, str(task.get("id", i)),
                                  url[:200], params)  # 200 chars: data: URLs can be megabytes
-        version = served_version(served, record["model_revision"])
+        version = model_version(served.model.family, served.model.source,
+                                record["model_revision"])
         return label_studio_prediction(record, config, version)
 
     async def _json_object(self, request: Request) -> dict:
