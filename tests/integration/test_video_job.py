@@ -211,6 +211,18 @@ def test_s3_videos_and_tar_members_are_planned_and_read(s3_bucket, s3_env,
     for uri in (items[0].uri, items[1].uri, local_member.uri):
         assert frames(uri) == expected, uri
 
+    # Bad objects give their one error row either way (read whole or by range).
+    for key, body, reason in (("bad/empty.mp4", b"", "empty file (0 bytes)"),
+                              ("bad/junk.mp4", b"not a video at all" * 64,
+                               "not a recognised video container")):
+        client.put_object(Bucket=s3_bucket, Key=key, Body=body)
+        (row,) = list(video_rows(f"s3://{s3_bucket}/{key}", Sampling("fps", fps=2), None,
+                                 10**8, TaskTransforms()))
+        assert row.error.startswith(reason), row.error
+    missing = list(video_rows(f"s3://{s3_bucket}/bad/none.mp4", Sampling("fps", fps=2), None,
+                              10**8, TaskTransforms()))
+    assert len(missing) == 1 and missing[0].error.startswith("cannot read input"), missing
+
 
 def test_clip_captions_equal_the_documented_single_video_usage(ray_local, video_folder,
                                                                tiny_model, tmp_path):
