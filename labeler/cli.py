@@ -47,6 +47,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=_pool_size,
                    help="model actors: N, or MIN-MAX for a pool that grows with the work")
     p.add_argument("--num-gpus", type=float, help="GPUs per model actor")
+    p.add_argument("--actor-cpus", type=float,
+                   help="CPU cores each model actor reserves (0.5: two share a core)")
+    p.add_argument("--torch-threads", type=int,
+                   help="threads of a model actor on CPU (default: its CPUs, at least 1)")
     p.add_argument("--max-pixels", type=int, help="refuse images with more pixels")
     video = p.add_argument_group("video (--media video)")
     video.add_argument("--media", choices=["image", "video"], help="what the input holds")

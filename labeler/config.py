@@ -56,7 +56,11 @@ class ResourceSpec(_Strict):
         1, description="actors in the pool: a number, or [min, max] for a pool that Ray Data "
                        "grows while work waits and the cluster has room (autoscaling)")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractions share a GPU")
-    num_cpus: float = Field(1.0, gt=0, description="CPU cores per actor (torch threads on CPU)")
+    num_cpus: float = Field(1.0, gt=0, description="CPU cores each actor reserves")
+    torch_threads: int | None = Field(
+        None, ge=1, description="intra-op threads of an actor that runs its model on CPU "
+                                "(default: num_cpus, at least 1). More threads than reserved "
+                                "cores let an actor use the time decoding leaves idle")
 
     @field_validator("concurrency")
     @classmethod
@@ -351,6 +355,8 @@ TASK_FLAGS = {"task": ("task",), "family": ("model", "family"), "model": ("model
               "num_beams": ("generation", "num_beams"), "seed": ("generation", "seed"),
               "preprocess": ("preprocess",), "batch_size": ("resources", "batch_size"),
               "concurrency": ("resources", "concurrency"), "num_gpus": ("resources", "num_gpus"),
+              "actor_cpus": ("resources", "num_cpus"),
+              "torch_threads": ("resources", "torch_threads"),
               "box_threshold": ("threshold",),
               "image_threshold": ("pseudo_label", "image_threshold"),
               "caption_column": ("pseudo_label", "caption_column"),

@@ -37,8 +37,10 @@ def build_adapter(task: TaskSpec, device: torch.device | None = None) -> Adapter
     """Instantiate and set up the adapter of a task on `device` (default: pick_device())."""
     device = device or pick_device()
     if device.type == "cpu":
-        # One intra-op thread per reserved core: more would fight the decode tasks for CPUs.
-        torch.set_num_threads(max(1, int(task.resources.num_cpus)))
+        # By default one intra-op thread per reserved core, so the actor leaves the decode
+        # tasks their cores; torch_threads may ask for more where decoding leaves cores idle.
+        resources = task.resources
+        torch.set_num_threads(resources.torch_threads or max(1, int(resources.num_cpus)))
     adapter = load_adapter_class(task.task, task.model.family)(task)
     adapter.setup(device)
     return adapter

@@ -70,7 +70,8 @@ def decode_image(data: bytes, max_pixels: int, decode_min_side: int | None = Non
         if decode_min_side and img.format == "JPEG":
             img.draft("RGB", _draft_request(raw_w, raw_h, decode_min_side))
         img.load()
-        img = ImageOps.exif_transpose(img)
+        if orientation != 1:  # exif_transpose copies even an upright image (0.5 ms at 720p)
+            img = ImageOps.exif_transpose(img)
         img = _to_rgb(img)
         pixels = np.asarray(img)
     except MediaError:

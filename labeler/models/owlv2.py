@@ -20,6 +20,7 @@ Boxes are then clipped to the image and sorted by score, best first.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections import OrderedDict
 from pathlib import PurePosixPath
@@ -50,6 +51,11 @@ EXAMPLE_BEST_EPS = 1e-6
 class _Owlv2Adapter(Adapter):
     """Loading, image preprocessing (both modes, CPU stage or device) and box geometry,
     shared by the OWLv2 tasks. Subclasses add their queries, predict and postprocess."""
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        # Per-thread scratch tensors (see _normalize): Serve runs batches in worker threads.
+        self._cpu_scratch = threading.local()
 
     def setup_cpu_stage(self) -> None:
         from transformers import Owlv2Processor
@@ -105,20 +111,37 @@ class _Owlv2Adapter(Adapter):
             images=[_as_chw_tensor(pixels)], return_tensors="pt")["pixel_values"]
 
     def _normalize(self, canvas: torch.Tensor) -> torch.Tensor:
-        """uint8 (..., 3, S, S) -> float32 normalised, on the canvas's device."""
+        """uint8 (B, 3, S, S) -> float32 normalised, on the canvas's device.
+
+        On CPU the result is written into a scratch tensor kept per thread and batch shape,
+        so it is valid only until this thread's next call (_image_features consumes it at
+        once). A fresh 88 MB tensor (8 x 3 x 960 x 960) would be new pages from the kernel
+        every batch, and faulting them in cost more than the normalisation itself (6.5 vs
+        3.5 ms per image on one thread; benchmarks/owlv2_cpu.py).
+        """
         mean = self.mean255.to(canvas.device).view(3, 1, 1)
         std = self.std255.to(canvas.device).view(3, 1, 1)
-        return canvas.float().sub_(mean).div_(std)
+        if canvas.device.type != "cpu":
+            return canvas.float().sub_(mean).div_(std)  # CUDA's caching allocator reuses memory
+        scratch = self._cpu_scratch.__dict__
+        out = scratch.get("normalized")
+        if out is None or out.shape != canvas.shape:
+            with torch.inference_mode(False):  # a normal tensor: writable in and out of it
+                out = scratch["normalized"] = torch.empty(canvas.shape, dtype=torch.float32)
+        return out.copy_(canvas).sub_(mean).div_(std)
 
     def _pixel_values(self, images: list[ImageInput], stacked: np.ndarray | None) -> torch.Tensor:
-        """Images as cpu_transform left them -> pixel_values (B, 3, S, S) on the device."""
+        """Images as cpu_transform left them -> pixel_values (B, 3, S, S) on the device:
+        the uint8 canvas in fast mode (normalised by _image_features, so a batch waiting for
+        its turn holds a quarter of the bytes), else normalised floats of the model's dtype."""
         if self.spec.preprocess == "fast" or self.model_on_cpu:
             if stacked is None:
                 stacked = np.stack([im.pixels for im in images])
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                batch = torch.from_numpy(stacked).to(self.device)
-            pixels = self._normalize(batch) if batch.dtype == torch.uint8 else batch
+                pixels = torch.from_numpy(stacked).to(self.device)
+            if pixels.dtype == torch.uint8:
+                return pixels
         else:
             tensors = [_as_chw_tensor(im.pixels) for im in images]
             pixels = self.processor.image_processor(
@@ -126,8 +149,11 @@ class _Owlv2Adapter(Adapter):
         return pixels.to(self.device, self.dtype)
 
     def _image_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """pixel_values (B, 3, S, S) -> patch features (B, P, D) and the same as a feature map
-        (B, g, g, D), P = g * g patches: the vision tower, as the model's forward runs it."""
+        """pixel_values (B, 3, S, S), normalised or the fast mode's uint8 canvas -> patch
+        features (B, P, D) and the same as a feature map (B, g, g, D), P = g * g patches:
+        the vision tower, as the model's forward runs it."""
+        if pixel_values.dtype == torch.uint8:
+            pixel_values = self._normalize(pixel_values).to(self.dtype)
         feature_map, _ = self.model.image_embedder(pixel_values=pixel_values)
         batch, grid_h, grid_w, dim = feature_map.shape
         return feature_map.reshape(batch, grid_h * grid_w, dim), feature_map
@@ -167,7 +193,8 @@ class Owlv2Detector(_Owlv2Adapter):
         return self._text_features(text), text["input_ids"][:, 0].to(self.device) > 0
 
     def preprocess(self, images: list[ImageInput], stacked: np.ndarray | None = None) -> torch.Tensor:
-        """Images as cpu_transform left them -> pixel_values (B, 3, S, S) on the device."""
+        """Images as cpu_transform left them -> pixel_values (B, 3, S, S) on the device
+        (see _pixel_values)."""
         return self._pixel_values(images, stacked)
 
     @torch.inference_mode()
@@ -380,7 +407,8 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
 
     def preprocess(self, images: list[ImageInput],
                    stacked: np.ndarray | None = None) -> torch.Tensor:
-        """Images as cpu_transform left them -> pixel_values (B, 3, S, S) on the device."""
+        """Images as cpu_transform left them -> pixel_values (B, 3, S, S) on the device
+        (see _pixel_values)."""
         return self._pixel_values(images, stacked)
 
     @torch.inference_mode()

@@ -184,8 +184,8 @@ class Owlv2PseudoLabeler(_Owlv2Adapter):
                                options.max_ngram, options.max_queries)
 
     def preprocess(self, images: list[ImageInput], stacked: np.ndarray | None = None) -> dict:
-        """-> {"pixel_values": (B, 3, S, S) on the device, "queries": each row's caption
-        queries}."""
+        """-> {"pixel_values": (B, 3, S, S) on the device (see _pixel_values), "queries":
+        each row's caption queries}."""
         return {"pixel_values": self._pixel_values(images, stacked),
                 "queries": [self.queries_for(im) for im in images]}
 

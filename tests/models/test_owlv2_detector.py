@@ -106,7 +106,7 @@ def test_fast_preprocessing_stays_close_to_the_processor(tiny_owlv2, detector, i
     fast = Owlv2Detector(_spec(tiny_owlv2, preprocess="fast"))
     fast.setup(torch.device("cpu"))
     inputs = [ImageInput(im, im.shape[1], im.shape[0]) for im in images]
-    exact_px, fast_px = detector.model_inputs(inputs), fast.model_inputs(inputs)
+    exact_px, fast_px = detector.model_inputs(inputs), fast._normalize(fast.model_inputs(inputs))
     assert exact_px.shape == fast_px.shape
     diff = (exact_px - fast_px).abs()
     # Units are normalised pixels (1.0 ~ 0.27 of the [0, 1] range). Measured: mean 0.0005-0.0015
@@ -133,3 +133,32 @@ def test_gpu_actor_split_gives_the_cpu_actor_numbers(tiny_owlv2, images, preproc
         for a, b in zip(on_cpu["detections"], on_gpu["detections"]):
             assert a["score"] == pytest.approx(b["score"], abs=1e-5)
             assert a["x1"] == pytest.approx(b["x1"], abs=1e-3)
+
+
+def test_fast_mode_normalises_into_a_reused_cpu_buffer(tiny_owlv2, images):
+    """Fast mode hands the uint8 canvas to predict, which normalises it into a float buffer
+    reused from batch to batch (per thread): the values must be the plain
+    (v - 255 mean) / (255 std), and a batch's detections must not depend on which batch was
+    preprocessed or run before it."""
+    import threading
+
+    fast = Owlv2Detector(_spec(tiny_owlv2, preprocess="fast"))
+    fast.setup(torch.device("cpu"))
+    first = [ImageInput(im, im.shape[1], im.shape[0]) for im in images[:2]]
+    second = [ImageInput(im, im.shape[1], im.shape[0]) for im in images[2:4]]
+    alone = fast(first)
+    with torch.inference_mode():
+        first_inputs, second_inputs = fast.model_inputs(first), fast.model_inputs(second)
+        assert first_inputs.dtype == torch.uint8
+        fast.predict(second_inputs)
+        assert fast.postprocess(fast.predict(first_inputs), first) == alone
+
+    expected = (first_inputs.float() - fast.mean255.view(3, 1, 1)) / fast.std255.view(3, 1, 1)
+    normalized = fast._normalize(first_inputs)
+    torch.testing.assert_close(normalized, expected, rtol=1e-6, atol=1e-6)
+    assert fast._normalize(second_inputs).data_ptr() == normalized.data_ptr()  # reused
+    other = {}
+    thread = threading.Thread(target=lambda: other.update(t=fast._normalize(first_inputs)))
+    thread.start()
+    thread.join()
+    assert other["t"].data_ptr() != normalized.data_ptr()

@@ -127,3 +127,32 @@ def test_concurrency_is_a_number_or_a_growing_range(tmp_path):
     assert (growing.concurrency, growing.min_actors, growing.max_actors) == ((1, 8), 1, 8)
     with pytest.raises(SystemExit):  # argparse: not a number or MIN-MAX
         resources("--concurrency", "many")
+
+
+def test_actor_cpus_and_torch_threads_set_a_cpu_actors_threads(tmp_path, tiny_owlv2):
+    """--actor-cpus and --torch-threads reach the task's resources, and the model actor
+    runs torch with torch_threads, else with its reserved cores (at least 1)."""
+    import torch
+
+    from labeler.actors.predictor import build_adapter
+    from labeler.cli import _spec_from_args, build_parser
+
+    def task(*flags):
+        args = build_parser().parse_args([
+            "run", "--input", str(tmp_path), "--output", str(tmp_path / "out"), "--task",
+            "detect", "--family", "owlv2", "--model", tiny_owlv2, "--labels", "cat", *flags])
+        return _spec_from_args(args).tasks[0]
+
+    before = torch.get_num_threads()
+    try:
+        for flags, threads in [((), 1), (("--actor-cpus", "0.5"), 1),
+                               (("--actor-cpus", "2"), 2), (("--torch-threads", "3"), 3),
+                               (("--actor-cpus", "0.5", "--torch-threads", "2"), 2)]:
+            spec = task(*flags)
+            build_adapter(spec, torch.device("cpu"))
+            assert torch.get_num_threads() == threads, flags
+        assert task("--actor-cpus", "0.5").resources.num_cpus == 0.5
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SpecError, match="torch_threads"):
+        task("--torch-threads", "0")
