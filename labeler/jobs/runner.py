@@ -14,8 +14,6 @@ the same.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
@@ -24,10 +22,12 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 
 from labeler.config import JobSpec, SpecError, TaskSpec
+from labeler.jobs.identity import (fingerprint, input_identities, job_identity,
+                                   legacy_fingerprint)
 from labeler.pseudo.report import COLUMNS as REPORT_COLUMNS
 from labeler.pseudo.report import pseudo_label_report, report_lines, write_report
 from labeler.sinks.parquet import ShardedParquetSink
-from labeler.sources import InputItem, plan_source
+from labeler.sources import plan_source
 from labeler.storage import storage_env
 
 log = logging.getLogger(__name__)
@@ -197,17 +197,6 @@ def _local_cpus(spec: JobSpec) -> float:
     return spec.ray.num_cpus or os.cpu_count() or 1
 
 
-def job_fingerprint(spec: JobSpec, uris: list) -> str:
-    """Hash of the inputs and everything that shapes the rows (not resources or output)."""
-    shaping = {
-        "input": {**spec.input.model_dump(exclude={"path"}),
-                  "files_per_shard": spec.input.effective_files_per_shard},
-        "tasks": [t.model_dump(exclude={"resources"}) for t in spec.tasks],
-        "uris": uris,
-    }
-    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
-
-
 def init_ray(spec: JobSpec) -> None:
     import ray
 
@@ -241,10 +230,13 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
     metadata = plan.metadata
     if metadata is not None:
         metadata = metadata.append_column("shard", pa.array([i.shard for i in items], pa.int64()))
-    sink = ShardedParquetSink(spec.output.path, expected, task_names,
-                              job_fingerprint(spec, _identities(items)), spec.output.overwrite,
-                              metadata=metadata, retry_errors=spec.output.retry_errors,
-                              dry_run=dry_run)
+    inputs = input_identities(items)
+    identity = job_identity(spec, inputs)
+    sink = ShardedParquetSink(spec.output.path, expected, task_names, fingerprint(identity),
+                              spec.output.overwrite, metadata=metadata,
+                              retry_errors=spec.output.retry_errors, dry_run=dry_run,
+                              identity=identity,
+                              legacy_fingerprints=(legacy_fingerprint(spec, inputs),))
     pending = sink.pending_shards()
     retrying = sink.retrying  # reopened shards: only their failed inputs run again
     pending_items = [i for i in items if i.shard in pending
@@ -377,11 +369,6 @@ def _caption_columns(spec: JobSpec, plan) -> dict[str, str]:
                 f"set use_captions: false to label with the vocabulary alone")
         columns[caption_column(task)] = options.caption_column
     return columns
-
-
-def _identities(items: list[InputItem]) -> list:
-    """What identifies each input for the fingerprint: id, uri and its own prompt."""
-    return [[i.id, i.uri, i.prompt] for i in items]
 
 
 def _execute(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink, summary: JobSummary,

@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from labeler.config import SpecError
 from labeler.schemas import RECORD_SCHEMA
 from labeler.storage import filesystem_for, is_s3, storage_error
 
@@ -50,8 +51,53 @@ CARRIED_PREFIX = "input_"
 ROUTING_COLUMNS = ("shard", "part_index", "last_part")
 
 
-class OutputConflict(RuntimeError):
-    """The output folder holds the results of a different job."""
+class OutputConflict(SpecError):
+    """The output folder holds the results of a different job (or files not labeler's):
+    refused before any work starts, like a bad spec (the command line exits with 2)."""
+
+
+def describe_differences(stored: dict | None, current: dict | None) -> str:
+    """What differs between a stored job identity and the current one, for a person:
+    "tasks.0.threshold: 0.3 there, 0.5 now; ...". A field absent on one side is at its
+    default there. Without both identities (an output of an older labeler), a general
+    reason."""
+    if not stored or not current:
+        return "other inputs or task parameters"
+    stored, current = dict(stored), dict(current)
+    reasons = []
+    old_inputs, new_inputs = stored.pop("inputs", {}), current.pop("inputs", {})
+    if old_inputs != new_inputs:
+        before, now = old_inputs.get("count"), new_inputs.get("count")
+        reasons.append(f"inputs: {before:,} there, {now:,} now" if before != now else
+                       f"inputs: other files, ids or prompts ({now:,} both times)")
+    old_fields, new_fields = _flatten(stored), _flatten(current)
+    for key in sorted(old_fields.keys() | new_fields.keys()):
+        before, now = old_fields.get(key, _DEFAULT), new_fields.get(key, _DEFAULT)
+        if before != now:
+            reasons.append(f"{key}: {_shown(before)} there, {_shown(now)} now")
+    return "; ".join(reasons) or "other inputs or task parameters"
+
+
+_DEFAULT = object()  # a field left out of an identity: at its default
+
+
+def _shown(value) -> str:
+    return "the default" if value is _DEFAULT else repr(value)
+
+
+def _flatten(tree, prefix: str = "") -> dict[str, object]:
+    """{"tasks": [{"threshold": 0.3}]} -> {"tasks.0.threshold": 0.3}; lists of plain values
+    (labels) stay whole."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list) and any(isinstance(v, (dict, list)) for v in tree):
+        items = ((str(i), v) for i, v in enumerate(tree))
+    else:
+        return {prefix: tree}
+    flat = {}
+    for key, value in items:
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
 
 
 def shard_name(task_name: str, shard: int) -> str:
@@ -68,7 +114,10 @@ class ShardedParquetSink:
 
     root: a local folder or an s3:// prefix. expected: {shard: number of inputs in it};
     task_names: the job's task output names. fingerprint: identifies the job (inputs and
-    spec); a rerun must match it to resume. metadata: columns carried from the inputs to
+    spec); a rerun must match it, or one of `legacy_fingerprints` (what older versions
+    stored for the same job), to resume. identity: what the fingerprint hashes
+    (labeler.jobs.identity), stored with it so that a refused rerun can name what differs.
+    metadata: columns carried from the inputs to
     every output row, with `id` and `shard` columns (one row per input), or None.
     retry_errors: reopen committed shards that hold error rows (`retrying` says which inputs
     of them to label again). dry_run: only read: the same checks and the same pending shards
@@ -78,7 +127,8 @@ class ShardedParquetSink:
 
     def __init__(self, root: str | Path, expected: dict[int, int], task_names: list[str],
                  fingerprint: str, overwrite: bool = False, metadata: pa.Table | None = None,
-                 retry_errors: bool = False, dry_run: bool = False):
+                 retry_errors: bool = False, dry_run: bool = False, identity: dict | None = None,
+                 legacy_fingerprints: tuple[str, ...] = ()):
         self.uri = str(root)
         self.fs, self.path = filesystem_for(self.uri)
         self.path = self.path.rstrip("/")
@@ -94,7 +144,8 @@ class ShardedParquetSink:
             elif overwrite:
                 self._delete_all()
             self._existing = set() if overwrite and dry_run else self._list()
-            self._check_or_write_manifest(fingerprint, write=not dry_run)
+            self._check_or_write_manifest(fingerprint, identity, legacy_fingerprints,
+                                          write=not dry_run)
             if f"{self.path}/_SUCCESS" in self._existing and not dry_run:
                 self.fs.delete_file(f"{self.path}/_SUCCESS")
         except OSError as err:
@@ -126,24 +177,30 @@ class ShardedParquetSink:
         else:
             self.fs.delete_dir_contents(self.path, missing_dir_ok=True)
 
-    def _check_or_write_manifest(self, fingerprint: str, write: bool = True) -> None:
+    def _check_or_write_manifest(self, fingerprint: str, identity: dict | None,
+                                 legacy_fingerprints: tuple[str, ...], write: bool = True) -> None:
         manifest = f"{self.path}/_job.json"
         if manifest in self._existing:
             with self.fs.open_input_stream(manifest) as f:
-                previous = json.loads(f.read()).get("fingerprint")
-            if previous != fingerprint:
+                stored = json.loads(f.read())
+            previous = stored.get("fingerprint")
+            if previous == fingerprint:
+                return
+            if previous not in legacy_fingerprints:
                 raise OutputConflict(
-                    f"output {self.uri!r} holds results of a different job (other inputs "
-                    f"or task parameters); pass --overwrite to replace them or choose another output"
-                )
-            return
-        if self._existing:
+                    f"output {self.uri!r} holds results of a different job "
+                    f"({describe_differences(stored.get('identity'), identity)}); pass "
+                    f"--overwrite to replace them or choose another output")
+            # The same job, written by an older labeler: store today's identity, so that
+            # the next rerun compares field by field.
+        elif self._existing:
             raise OutputConflict(
                 f"output {self.uri!r} is not empty and was not written by labeler; "
                 f"pass --overwrite to replace its contents or choose another output"
             )
         if write:
-            self._put(manifest, json.dumps({"fingerprint": fingerprint, "tasks": self.task_names,
+            self._put(manifest, json.dumps({"fingerprint": fingerprint, "identity": identity,
+                                            "tasks": self.task_names,
                                             "shards": len(self.expected)}, indent=2).encode())
 
     def _put(self, path: str, data: bytes) -> None:

@@ -76,6 +76,10 @@ def test_dry_run_plans_without_writing(tmp_path, tiny_owlv2, capsys):
     assert f"output: {out} (resuming: 1 of 1 shards committed)" in resumed
     retry = dry_run("--retry-errors")
     assert "to label: 3 inputs (4 already done; 3 with error rows, labeled again)" in retry
+    assert main([*job, "--dry-run", "--threshold", "0.5"]) == 2  # another job: refused
+    refused = capsys.readouterr().err
+    assert "holds results of a different job (tasks.0.threshold: the default there, 0.5 now)" \
+        in refused and "Traceback" not in refused
     overwrite = dry_run("--overwrite")
     assert "to label: 7 inputs (0 already done)" in overwrite
     assert f"output: {out} (--overwrite would delete its {len(before) - 1} files)" in overwrite

@@ -1,0 +1,58 @@
+"""What makes two runs the same job, so that a rerun resumes only its own output.
+
+A job's identity is what shapes its rows: the input options, each task's fields except its
+resources, and a digest of the inputs (each one's id, URI and own prompt). It is stored in
+the output's `_job.json` beside its fingerprint (a SHA-256 of it); a rerun resumes when
+the fingerprints are equal and is refused otherwise, naming each field that differs.
+
+Fields left at their defaults are left out of the identity, so a later labeler that adds an
+option (with a default that keeps today's behaviour) still resumes the outputs of this one;
+setting a field to its default value is the same job as leaving it out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from labeler.config import JobSpec
+from labeler.sources import InputItem
+
+# Bumped when the identity's layout changes in a way that old outputs cannot match.
+IDENTITY_VERSION = 2
+
+
+def input_identities(items: list[InputItem]) -> list:
+    """What identifies each input: its id, URI and own prompt."""
+    return [[i.id, i.uri, i.prompt] for i in items]
+
+
+def job_identity(spec: JobSpec, inputs: list) -> dict:
+    """The identity of a job (JSON-ready); inputs: input_identities() of its inputs."""
+    return {
+        "version": IDENTITY_VERSION,
+        "input": {**spec.input.model_dump(exclude={"path"}, exclude_defaults=True),
+                  "files_per_shard": spec.input.effective_files_per_shard},
+        "tasks": [t.model_dump(exclude={"resources"}, exclude_defaults=True) for t in spec.tasks],
+        "inputs": {"count": len(inputs), "sha256": _sha256(inputs)},
+    }
+
+
+def fingerprint(identity: dict) -> str:
+    return _sha256(identity)
+
+
+def legacy_fingerprint(spec: JobSpec, inputs: list) -> str:
+    """The fingerprint outputs written before IDENTITY_VERSION 2 hold (every task field,
+    defaults included, and the input list itself), so that they still resume."""
+    shaping = {
+        "input": {**spec.input.model_dump(exclude={"path"}),
+                  "files_per_shard": spec.input.effective_files_per_shard},
+        "tasks": [t.model_dump(exclude={"resources"}) for t in spec.tasks],
+        "uris": inputs,
+    }
+    return _sha256(shaping)
+
+
+def _sha256(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,93 @@
+"""A rerun resumes its own output and no other job's: the job identity stored in _job.json."""
+
+import json
+
+import pytest
+
+from labeler.config import load_job_spec
+from labeler.jobs.identity import fingerprint, input_identities, job_identity, legacy_fingerprint
+from labeler.sinks.parquet import OutputConflict, ShardedParquetSink, describe_differences
+from labeler.sources import plan_source
+
+
+@pytest.fixture
+def images(tmp_path):
+    from labeler.testing.samples import make_sample_images
+
+    make_sample_images(tmp_path / "images", count=3, bad=False)
+    return tmp_path / "images"
+
+
+def _spec(images, tmp_path, **flags):
+    flags = {"labels": ["cat", "dog"], **flags}
+    return load_job_spec(None, input=str(images), output=str(tmp_path / "out"), task="detect",
+                         family="owlv2", model="google/owlv2-base-patch16-ensemble", **flags)
+
+
+def _sink(spec, **kw) -> ShardedParquetSink:
+    """The output's sink as labeler run opens it (labeler.jobs.runner.run_job)."""
+    plan = plan_source(spec.input.path, spec.input.effective_files_per_shard, spec.input.media)
+    inputs = input_identities(plan.items)
+    identity = job_identity(spec, inputs)
+    return ShardedParquetSink(spec.output.path, {0: len(plan.items)}, ["detect"],
+                              fingerprint(identity), identity=identity,
+                              legacy_fingerprints=(legacy_fingerprint(spec, inputs),), **kw)
+
+
+def test_fields_at_their_default_do_not_change_the_job(images, tmp_path):
+    """Setting a field to its default is the same job as leaving it out, which is also
+    what lets a later labeler, with new defaulted fields, resume this one's outputs."""
+    _sink(_spec(images, tmp_path))
+    assert _sink(_spec(images, tmp_path, threshold=0.1, preprocess="processor",
+                       batch_size=32)).pending_shards() == {0}
+    stored = json.loads((tmp_path / "out" / "_job.json").read_text())
+    assert stored["identity"]["tasks"] == [{"task": "detect", "labels": ["cat", "dog"],
+                                            "model": {"family": "owlv2", "source":
+                                                      "google/owlv2-base-patch16-ensemble"}}]
+    assert stored["identity"]["inputs"]["count"] == 3
+
+
+def test_another_job_is_refused_naming_what_differs(images, tmp_path):
+    _sink(_spec(images, tmp_path))
+    with pytest.raises(OutputConflict) as err:
+        _sink(_spec(images, tmp_path, threshold=0.5, labels=["cat"]))
+    message = str(err.value)
+    assert "holds results of a different job" in message
+    assert "tasks.0.threshold: the default there, 0.5 now" in message
+    assert "tasks.0.labels: ['cat', 'dog'] there, ['cat'] now" in message
+    assert "--overwrite" in message
+
+    (images / "new.jpg").write_bytes((images / "sample_000.jpg").read_bytes())
+    with pytest.raises(OutputConflict, match=r"\(inputs: 3 there, 4 now\)"):
+        _sink(_spec(images, tmp_path))
+
+
+def test_an_output_of_an_older_labeler_resumes_and_learns_its_identity(images, tmp_path):
+    """_job.json as written before identities: only the fingerprint of every field."""
+    spec = _spec(images, tmp_path)
+    plan = plan_source(spec.input.path, spec.input.effective_files_per_shard, "image")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_job.json").write_text(json.dumps({
+        "fingerprint": legacy_fingerprint(spec, input_identities(plan.items)),
+        "tasks": ["detect"], "shards": 1}))
+    assert _sink(spec).pending_shards() == {0}
+    assert json.loads((out / "_job.json").read_text())["identity"]["inputs"]["count"] == 3
+    with pytest.raises(OutputConflict, match="tasks.0.threshold: the default there, 0.7 now"):
+        _sink(_spec(images, tmp_path, threshold=0.7))
+
+    (out / "_job.json").write_text(json.dumps({"fingerprint": "from another job"}))
+    with pytest.raises(OutputConflict, match=r"\(other inputs or task parameters\)"):
+        _sink(spec)
+
+
+def test_differences_name_nested_fields_and_inputs():
+    stored = {"version": 2, "input": {"files_per_shard": 256},
+              "tasks": [{"task": "caption", "generation": {"max_new_tokens": 64}}],
+              "inputs": {"count": 10, "sha256": "a"}}
+    current = {"version": 2, "input": {"files_per_shard": 256},
+               "tasks": [{"task": "caption"}], "inputs": {"count": 10, "sha256": "b"}}
+    assert describe_differences(stored, current) == (
+        "inputs: other files, ids or prompts (10 both times); "
+        "tasks.0.generation.max_new_tokens: 64 there, the default now")
+    assert describe_differences(None, current) == "other inputs or task parameters"
