@@ -113,22 +113,24 @@ class _Owlv2Adapter(Adapter):
     def _normalize(self, canvas: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, S, S) -> float32 normalised, on the canvas's device.
 
-        On CPU the result is written into a scratch tensor kept per thread and batch shape,
-        so it is valid only until this thread's next call (_image_features consumes it at
-        once). A fresh 88 MB tensor (8 x 3 x 960 x 960) would be new pages from the kernel
-        every batch, and faulting them in cost more than the normalisation itself (6.5 vs
-        3.5 ms per image on one thread; benchmarks/owlv2_cpu.py).
+        On CPU the result is written into a scratch tensor kept per thread (its first rows,
+        when the batch is smaller than the largest seen, as Serve's are), so it is valid
+        only until this thread's next call (_image_features consumes it at once). A fresh
+        88 MB tensor (8 x 3 x 960 x 960) would be new pages from the kernel every batch,
+        and faulting them in cost more than the normalisation itself (6.5 vs 3.5 ms per
+        image on one thread; benchmarks/owlv2_cpu.py).
         """
         mean = self.mean255.to(canvas.device).view(3, 1, 1)
         std = self.std255.to(canvas.device).view(3, 1, 1)
         if canvas.device.type != "cpu":
             return canvas.float().sub_(mean).div_(std)  # CUDA's caching allocator reuses memory
         scratch = self._cpu_scratch.__dict__
-        out = scratch.get("normalized")
-        if out is None or out.shape != canvas.shape:
+        buffer = scratch.get("normalized")
+        if (buffer is None or buffer.shape[1:] != canvas.shape[1:]
+                or buffer.shape[0] < canvas.shape[0]):
             with torch.inference_mode(False):  # a normal tensor: writable in and out of it
-                out = scratch["normalized"] = torch.empty(canvas.shape, dtype=torch.float32)
-        return out.copy_(canvas).sub_(mean).div_(std)
+                buffer = scratch["normalized"] = torch.empty(canvas.shape, dtype=torch.float32)
+        return buffer[:canvas.shape[0]].copy_(canvas).sub_(mean).div_(std)
 
     def _pixel_values(self, images: list[ImageInput], stacked: np.ndarray | None) -> torch.Tensor:
         """Images as cpu_transform left them -> pixel_values (B, 3, S, S) on the device:

@@ -157,6 +157,9 @@ def test_fast_mode_normalises_into_a_reused_cpu_buffer(tiny_owlv2, images):
     normalized = fast._normalize(first_inputs)
     torch.testing.assert_close(normalized, expected, rtol=1e-6, atol=1e-6)
     assert fast._normalize(second_inputs).data_ptr() == normalized.data_ptr()  # reused
+    smaller = fast._normalize(first_inputs[:1])  # a smaller batch: the buffer's first rows
+    assert smaller.data_ptr() == normalized.data_ptr() and smaller.shape[0] == 1
+    torch.testing.assert_close(smaller, expected[:1], rtol=1e-6, atol=1e-6)
     other = {}
     thread = threading.Thread(target=lambda: other.update(t=fast._normalize(first_inputs)))
     thread.start()
