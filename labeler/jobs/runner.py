@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
@@ -144,13 +145,17 @@ def _model_stages(ds, tasks: list[TaskSpec]):
         res = task.resources
         later = set(columns[k + 1:])
         drop = tuple(c for c in set(columns[: k + 1]) if c not in later)
-        ds = ds.map_batches(
-            Predictor,
-            fn_constructor_kwargs={"task": task, "input_column": columns[k],
-                                   "passthrough": len(tasks) > 1, "drop_columns": drop},
-            batch_size=res.batch_size, compute=_actor_pool(res),
-            num_gpus=res.num_gpus, num_cpus=res.num_cpus, batch_format="numpy",
-            max_restarts=-1, max_task_retries=MODEL_BATCH_ATTEMPTS - 1, **worker_env())
+        with warnings.catch_warnings():
+            # Ray 2.60 deprecates free-form remote args but has no named parameter for
+            # max_task_retries yet; pyproject keeps Ray below 2.64, which removes them.
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            ds = ds.map_batches(
+                Predictor,
+                fn_constructor_kwargs={"task": task, "input_column": columns[k],
+                                       "passthrough": len(tasks) > 1, "drop_columns": drop},
+                batch_size=res.batch_size, compute=_actor_pool(res),
+                num_gpus=res.num_gpus, num_cpus=res.num_cpus, batch_format="numpy",
+                max_restarts=-1, max_task_retries=MODEL_BATCH_ATTEMPTS - 1, **worker_env())
     if len(tasks) > 1:
         ds = ds.map_batches(explode_records, fn_kwargs={"task_names": [t.output_name for t in tasks]},
                             batch_format="numpy", num_cpus=0.5)
