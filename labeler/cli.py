@@ -1,4 +1,4 @@
-"""`labeler` command line: run, serve, export, demo, tiny-models."""
+"""`labeler` command line: run, serve, export, preview, demo, tiny-models."""
 
 from __future__ import annotations
 
@@ -155,6 +155,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    """A sample of a task of a job's output, drawn, on a static page (docs/preview.md)."""
+    from labeler.preview import PreviewOptions, run_preview
+
+    summary = run_preview(PreviewOptions(
+        output=args.output, out=args.out, task=args.task, limit=args.limit,
+        min_score=args.min_score, seed=args.seed, errors=args.errors))
+    print("\n".join(summary.lines()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labeler", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -212,6 +223,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="label-studio: image URL = this prefix + the row id (default: the "
                           "row's uri), e.g. /data/local-files/?d=photos/")
     exp.set_defaults(func=cmd_export)
+
+    pre = sub.add_parser("preview", help="draw a sample of a job's output on a static HTML page")
+    pre.add_argument("output", help="the job's output folder or s3:// prefix")
+    pre.add_argument("--out", required=True,
+                     help="local folder for index.html and images/ (replaces an earlier preview)")
+    pre.add_argument("--task", help="the task folder to show (default: the only one)")
+    pre.add_argument("--limit", type=int, default=48, help="rows to show (default 48)")
+    pre.add_argument("--min-score", type=float, help="hide boxes scoring under this")
+    pre.add_argument("--seed", type=int, default=0,
+                     help="picks the sample: rows are ranked by a hash of their id and the "
+                          "seed, the same on every run (default 0)")
+    pre.add_argument("--errors", action="store_true",
+                     help="show error rows (and the reasons) instead of the others")
+    pre.set_defaults(func=cmd_preview)
     return parser
 
 

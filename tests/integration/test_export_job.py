@@ -107,3 +107,21 @@ def test_export_reads_and_writes_s3(owlv2_job, s3_bucket, s3_env, tmp_path, caps
     assert len(json.loads(body)["images"]) == 6
     code = main(["export", job, "--format", "coco", "--out", f"s3://{s3_bucket}/coco"])
     assert code == 2 and "is not empty; pass --overwrite" in capsys.readouterr().err
+
+
+def test_preview_of_a_job_output_on_s3_equals_the_local_one(owlv2_job, s3_bucket, s3_env,
+                                                            tmp_path, capsys):
+    """`labeler preview` reads a job output under an s3:// prefix as it reads a folder: the
+    same rows sampled, the same drawn JPEGs."""
+    job, rows = owlv2_job
+    client = s3_env.client()
+    for path in sorted(p for p in Path(job).rglob("*") if p.is_file()):
+        client.put_object(Bucket=s3_bucket, Key=f"preview-job/{path.relative_to(job).as_posix()}",
+                          Body=path.read_bytes())
+    pages = {}
+    for name, source in [("local", job), ("s3", f"s3://{s3_bucket}/preview-job")]:
+        assert main(["preview", source, "--out", str(tmp_path / name), "--limit", "4"]) == 0
+        printed = capsys.readouterr().out
+        assert f"{len(rows)} rows scanned" in printed and "shown: 4 of 6 rows" in printed
+        pages[name] = {p.name: p.read_bytes() for p in (tmp_path / name / "images").iterdir()}
+    assert len(pages["s3"]) == 4 and pages["s3"] == pages["local"]
