@@ -22,7 +22,8 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from labeler.preview.sample import Box, OcrLine
+from labeler.export.rows import Box
+from labeler.preview.sample import OcrLine
 
 # Long side of a drawn image, pixels.
 MAX_SIDE = 1024

@@ -13,7 +13,8 @@ from urllib.parse import quote
 
 from labeler.export.rows import BOX_TASKS, Reasons
 from labeler.preview.draw import UNNAMED_LABEL, label_color
-from labeler.preview.sample import Box, SampledRow
+from labeler.export.rows import Box
+from labeler.preview.sample import SampledRow
 
 # Detections listed under an image (the strongest); the others are counted.
 LABELS_LISTED = 40

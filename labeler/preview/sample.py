@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from labeler.config import VIDEO_EXTENSIONS
-from labeler.export.rows import (READ_BATCH_ROWS, ExportError, JobOutput, Reasons, TaskFolder,
-                                 not_parquet)
+from labeler.export.rows import (READ_BATCH_ROWS, Box, ExportError, JobOutput, Reasons,
+                                 TaskFolder, not_parquet)
 from labeler.storage import storage_error
 
 # The columns a preview reads.
@@ -38,19 +38,6 @@ COLUMNS = ("id", "uri", "width", "height", "detections", "text", "ocr_regions", 
            "video")
 # Error rows listed one by one on the page (the lowest ranks); all are counted by reason.
 ERROR_ROWS_LISTED = 50
-
-
-@dataclass(frozen=True)
-class Box:
-    """A detection: label ('' for a class-agnostic region proposal), score in [0, 1],
-    corners (x0, y0) top-left and (x1, y1) bottom-right in pixels of the oriented image."""
-
-    label: str
-    score: float
-    x0: float
-    y0: float
-    x1: float
-    y1: float
 
 
 @dataclass(frozen=True)

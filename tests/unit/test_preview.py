@@ -16,7 +16,8 @@ from labeler.actors.predictor import OUTPUT_SCHEMA
 from labeler.cli import main
 from labeler.preview import PreviewOptions, run_preview
 from labeler.preview.draw import OCR_COLOR, annotate, label_color
-from labeler.preview.sample import Box, OcrLine, rank, row_key
+from labeler.export.rows import Box
+from labeler.preview.sample import OcrLine, rank, row_key
 from labeler.sinks.parquet import ShardedParquetSink
 from labeler.testing.samples import jpeg_bytes, synthetic_image
 from labeler.testing.videos import HEIGHT, WIDTH, X264_GOP, encode_video, level_index
