@@ -117,8 +117,8 @@ class ShardedParquetSink:
     spec); a rerun must match it, or one of `legacy_fingerprints` (what older versions
     stored for the same job), to resume. identity: what the fingerprint hashes
     (labeler.jobs.identity), stored with it so that a refused rerun can name what differs.
-    metadata: columns carried from the inputs to
-    every output row, with `id` and `shard` columns (one row per input), or None.
+    metadata: columns carried from the inputs to every output row, with `id` and `shard`
+    columns (one row per input), or None.
     retry_errors: reopen committed shards that hold error rows (`retrying` says which inputs
     of them to label again). dry_run: only read: the same checks and the same pending shards
     and retries, but nothing deleted or written (with overwrite, the output counts as empty).
