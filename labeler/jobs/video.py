@@ -38,6 +38,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
@@ -146,16 +147,23 @@ def decode_video(batch: dict[str, np.ndarray], sampling: Sampling, clip: ClipSpe
     yield _columns(carried, held, part, transforms)
 
 
+def open_video_source(uri: str) -> str | BinaryIO:
+    """What PyAV opens for the video at `uri`: a local file's path, else (s3://, a byte range
+    of a tar) a file object, read whole into memory up to VIDEO_READ_WHOLE_BYTES, beyond
+    that by range, only what PyAV asks. OSError when it cannot be opened; the caller closes
+    a file object."""
+    if not is_s3(uri) and os.path.isfile(uri):
+        return uri
+    return open_input(uri, whole_up_to=VIDEO_READ_WHOLE_BYTES)
+
+
 def video_rows(uri: str, sampling: Sampling, clip: ClipSpec | None, max_pixels: int,
                transforms: TaskTransforms) -> Iterator[_Row]:
-    """The rows of one video in time order; at least one. Local files go to PyAV by path,
-    others (s3://, a byte range of a tar) as a file object: read whole into memory up to
-    VIDEO_READ_WHOLE_BYTES, beyond that reading by range only what PyAV asks."""
+    """The rows of one video in time order; at least one (source: open_video_source)."""
     lap = _Stopwatch()
     source = None
     try:
-        source = (uri if not is_s3(uri) and os.path.isfile(uri)
-                  else open_input(uri, whole_up_to=VIDEO_READ_WHOLE_BYTES))
+        source = open_video_source(uri)
         info = probe(source)
         if info.width * info.height > max_pixels:
             raise MediaError(f"video frames have {info.width}x{info.height} = "

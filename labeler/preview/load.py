@@ -12,23 +12,20 @@ Whatever cannot be read becomes Unavailable with the reason, never an exception.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from labeler.jobs.video import open_video_source
 from labeler.media.image import MediaError, decode_image
 from labeler.media.video import SampledFrame, sample_frames
 from labeler.preview.sample import SampledRow
-from labeler.storage import is_s3, open_input, read_bytes
+from labeler.storage import read_bytes
 
 # Images with more pixels are not decoded for a preview (the job's default input limit is
 # 100 MP; each of LOAD_THREADS threads may hold one decoded image).
 MAX_PIXELS = 250_000_000
-# Videos on S3 up to this size are fetched whole (read twice per frame: index pass, then
-# decoding), larger ones by range, as labeler.jobs.video does.
-VIDEO_READ_WHOLE_BYTES = 128 * 1024**2
 
 
 class Unavailable(Exception):
@@ -65,8 +62,7 @@ def load_video_rows(uri: str, rows: list[SampledRow]) -> Iterator[Loaded | Unava
     """The frames of frame and clip rows of the video at `uri`, one per row in order (the
     video is opened once); Unavailable in place of a frame that cannot be decoded."""
     try:
-        source = uri if not is_s3(uri) and os.path.isfile(uri) else open_input(
-            uri, whole_up_to=VIDEO_READ_WHOLE_BYTES)
+        source = open_video_source(uri)  # as the job opened it
     except OSError as err:
         reason = Unavailable(f"cannot read {uri}: {err.strerror or err}")
         yield from (reason for _ in rows)
