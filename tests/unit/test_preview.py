@@ -302,3 +302,28 @@ def test_bad_input_exits_2_with_the_reason(job, tmp_path, capsys):
     assert main(["preview", str(broken), "--out", str(tmp_path / "o")]) == 2
     assert "not readable Parquet" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_images_changed_after_the_job_are_entries_with_their_reason(tmp_path):
+    """A file now truncated, emptied or of another size: each is an entry with its reason
+    (the resized one is shown, without boxes, which would be misplaced), never a crash."""
+    good = jpeg_bytes(synthetic_image(64, 48, seed=1))
+    files = {"trunc.jpg": good[: len(good) // 3], "empty.png": b"",
+             "resized.jpg": jpeg_bytes(synthetic_image(32, 24, seed=2))}
+    records = []
+    for id_, data in files.items():
+        (tmp_path / id_).write_bytes(data)
+        records.append(_record(id_, str(tmp_path / id_), "detect", (64, 48),
+                               [("dog", 0.5, 4, 4, 40, 30)]))
+    job_path = _write_job(tmp_path / "out", records, ["detect"], len(files))
+    summary = _preview(job_path, tmp_path / "p")
+    problems = {e.row.id: e.problem for e in summary.entries}
+    from labeler.media.image import MediaError, decode_image
+
+    with pytest.raises(MediaError) as decoding:  # the job's own reason for such a file
+        decode_image(files["trunc.jpg"], 10**8, 1024)
+    assert problems["trunc.jpg"] == f"image not shown: {decoding.value}"
+    assert problems["empty.png"] == "image not shown: empty file (0 bytes)"
+    assert problems["resized.jpg"] == ("the image is 32x24 now but was labeled at 64x48: it "
+                                       "changed since the job, boxes not drawn")
+    assert [p.name.split("-")[0] for p in _jpegs(tmp_path / "p")] == ["resized_jpg"]
