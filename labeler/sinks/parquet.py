@@ -78,6 +78,15 @@ def describe_differences(stored: dict | None, current: dict | None) -> str:
     return "; ".join(reasons) or "other inputs or task parameters"
 
 
+def _json_object(data: bytes) -> dict | None:
+    """The JSON object `data` holds; None when it holds something else or no JSON."""
+    try:
+        value = json.loads(data)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return None
+    return value if isinstance(value, dict) else None
+
+
 _DEFAULT = object()  # a field left out of an identity: at its default
 
 
@@ -182,7 +191,12 @@ class ShardedParquetSink:
         manifest = f"{self.path}/_job.json"
         if manifest in self._existing:
             with self.fs.open_input_stream(manifest) as f:
-                stored = json.loads(f.read())
+                stored = _json_object(f.read())
+            if stored is None:
+                raise OutputConflict(
+                    f"output {self.uri!r} holds a _job.json that labeler cannot read (not a "
+                    f"JSON object); pass --overwrite to replace its contents or choose "
+                    f"another output")
             previous = stored.get("fingerprint")
             if previous == fingerprint:
                 return

@@ -91,3 +91,13 @@ def test_differences_name_nested_fields_and_inputs():
         "inputs: other files, ids or prompts (10 both times); "
         "tasks.0.generation.max_new_tokens: 64 there, the default now")
     assert describe_differences(None, current) == "other inputs or task parameters"
+
+
+@pytest.mark.parametrize("content", [b"", b"{not json", b"[1, 2]", b"\xff\xfe"])
+def test_an_unreadable_job_manifest_is_refused_by_name(images, tmp_path, content):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_job.json").write_bytes(content)
+    with pytest.raises(OutputConflict, match="holds a _job.json that labeler cannot read"):
+        _sink(_spec(images, tmp_path))
+    assert _sink(_spec(images, tmp_path), overwrite=True).pending_shards() == {0}
