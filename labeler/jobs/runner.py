@@ -241,7 +241,7 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
                               spec.output.overwrite, metadata=metadata,
                               retry_errors=spec.output.retry_errors, dry_run=dry_run,
                               identity=identity,
-                              legacy_fingerprints=(legacy_fingerprint(spec, inputs),))
+                              legacy_fingerprint=lambda: legacy_fingerprint(spec, inputs))
     pending = sink.pending_shards()
     retrying = sink.retrying  # reopened shards: only their failed inputs run again
     pending_items = [i for i in items if i.shard in pending

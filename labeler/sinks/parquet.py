@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -123,8 +124,8 @@ class ShardedParquetSink:
 
     root: a local folder or an s3:// prefix. expected: {shard: number of inputs in it};
     task_names: the job's task output names. fingerprint: identifies the job (inputs and
-    spec); a rerun must match it, or one of `legacy_fingerprints` (what older versions
-    stored for the same job), to resume. identity: what the fingerprint hashes
+    spec); a rerun must match it, or `legacy_fingerprint()` (what older versions stored
+    for the same job, computed only for an output that holds no identity), to resume. identity: what the fingerprint hashes
     (labeler.jobs.identity), stored with it so that a refused rerun can name what differs.
     metadata: columns carried from the inputs to every output row, with `id` and `shard`
     columns (one row per input), or None.
@@ -137,7 +138,7 @@ class ShardedParquetSink:
     def __init__(self, root: str | Path, expected: dict[int, int], task_names: list[str],
                  fingerprint: str, overwrite: bool = False, metadata: pa.Table | None = None,
                  retry_errors: bool = False, dry_run: bool = False, identity: dict | None = None,
-                 legacy_fingerprints: tuple[str, ...] = ()):
+                 legacy_fingerprint: Callable[[], str] | None = None):
         self.uri = str(root)
         self.fs, self.path = filesystem_for(self.uri)
         self.path = self.path.rstrip("/")
@@ -153,7 +154,7 @@ class ShardedParquetSink:
             elif overwrite:
                 self._delete_all()
             self._existing = set() if overwrite and dry_run else self._list()
-            self._check_or_write_manifest(fingerprint, identity, legacy_fingerprints,
+            self._check_or_write_manifest(fingerprint, identity, legacy_fingerprint,
                                           write=not dry_run)
             if f"{self.path}/_SUCCESS" in self._existing and not dry_run:
                 self.fs.delete_file(f"{self.path}/_SUCCESS")
@@ -187,7 +188,8 @@ class ShardedParquetSink:
             self.fs.delete_dir_contents(self.path, missing_dir_ok=True)
 
     def _check_or_write_manifest(self, fingerprint: str, identity: dict | None,
-                                 legacy_fingerprints: tuple[str, ...], write: bool = True) -> None:
+                                 legacy_fingerprint: Callable[[], str] | None,
+                                 write: bool = True) -> None:
         manifest = f"{self.path}/_job.json"
         if manifest in self._existing:
             with self.fs.open_input_stream(manifest) as f:
@@ -200,7 +202,9 @@ class ShardedParquetSink:
             previous = stored.get("fingerprint")
             if previous == fingerprint:
                 return
-            if previous not in legacy_fingerprints:
+            legacy = ("identity" not in stored and legacy_fingerprint is not None
+                      and previous == legacy_fingerprint())
+            if not legacy:
                 raise OutputConflict(
                     f"output {self.uri!r} holds results of a different job "
                     f"({describe_differences(stored.get('identity'), identity)}); pass "

@@ -31,7 +31,7 @@ def _sink(spec, **kw) -> ShardedParquetSink:
     identity = job_identity(spec, inputs)
     return ShardedParquetSink(spec.output.path, {0: len(plan.items)}, ["detect"],
                               fingerprint(identity), identity=identity,
-                              legacy_fingerprints=(legacy_fingerprint(spec, inputs),), **kw)
+                              legacy_fingerprint=lambda: legacy_fingerprint(spec, inputs), **kw)
 
 
 def test_fields_at_their_default_do_not_change_the_job(images, tmp_path):
