@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from labeler import registry
 
@@ -142,6 +143,14 @@ class TaskSpec(_Strict):
                              description="output name (a folder name); defaults to the task")
     labels: list[str] = Field(default_factory=list, description="class names for detect")
     threshold: float = Field(0.1, ge=0.0, le=1.0, description="minimum box score")
+    # An ontology in the manner of autodistill's CaptionOntology: what the model is asked
+    # (a phrase it grounds well, synonyms) kept apart from the class name written out.
+    queries: dict[str, list[str]] = Field(
+        default_factory=dict, description="detect: text queries of a label (synonyms, longer "
+                                          "phrases); a label not listed is queried by its name")
+    label_thresholds: dict[str, float] = Field(
+        default_factory=dict, description="detect: minimum box score of a label, in place of "
+                                          "`threshold`")
     prompt: str | None = Field(
         None, description="instruction, question or phrases; Florence-2: may start with a task "
                           "token such as <MORE_DETAILED_CAPTION>. Default: the adapter's")
@@ -172,14 +181,64 @@ class TaskSpec(_Strict):
             raise ValueError("labels must be unique")
         return cleaned
 
+    @field_validator("queries")
+    @classmethod
+    def _clean_queries(cls, queries: dict[str, list[str]],
+                       info: ValidationInfo) -> dict[str, list[str]]:
+        """Each key a label, each list non-empty, and every query (a label's own name
+        included, for labels not listed) asks for one label only."""
+        labels = info.data.get("labels")
+        if labels is None:  # labels failed validation: reported there
+            return queries
+        cleaned = {}
+        for label, phrases in queries.items():
+            if label not in labels:
+                raise ValueError(f"{label!r} is not one of labels {labels}")
+            phrases = [phrase.strip() for phrase in phrases]
+            if not phrases or any(not phrase for phrase in phrases):
+                raise ValueError(f"{label!r}: a label's queries are a non-empty list of "
+                                 f"non-empty phrases")
+            cleaned[label] = list(dict.fromkeys(phrases))
+        owner: dict[str, str] = {}
+        for label in labels:
+            for phrase in cleaned.get(label, [label]):
+                other = owner.setdefault(phrase.casefold(), label)
+                if other != label:
+                    raise ValueError(f"the query {phrase!r} asks for both {other!r} and "
+                                     f"{label!r}; a query names one label")
+        return cleaned
+
+    @field_validator("label_thresholds")
+    @classmethod
+    def _known_label_thresholds(cls, thresholds: dict[str, float],
+                                info: ValidationInfo) -> dict[str, float]:
+        labels = info.data.get("labels")
+        for label, value in thresholds.items():
+            if labels is not None and label not in labels:
+                raise ValueError(f"{label!r} is not one of labels {labels}")
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{label!r}: a threshold is between 0 and 1, got {value}")
+        return thresholds
+
     @model_validator(mode="after")
     def _pair_and_requirements(self) -> "TaskSpec":
+        if (self.queries or self.label_thresholds) and self.task != "detect":
+            raise ValueError("queries and label_thresholds apply to task 'detect' only")
         registry.adapter_path(self.task, self.model.family)  # raises with the valid pairs
         if self.task != "pseudo-label" and self.pseudo_label != PseudoLabelSpec():
             raise ValueError("pseudo_label options apply only to task 'pseudo-label'")
         # Each adapter states what it needs (labels, a prompt of a given form, ...).
         registry.load_adapter_class(self.task, self.model.family).check_spec(self)
         return self
+
+    def label_queries(self) -> list[list[str]]:
+        """The text queries of each label, in label order: its `queries` entry, else the
+        label itself."""
+        return [self.queries.get(label, [label]) for label in self.labels]
+
+    def threshold_for(self, label: str) -> float:
+        """The minimum score of a box labelled `label`."""
+        return self.label_thresholds.get(label, self.threshold)
 
     @property
     def output_name(self) -> str:

@@ -61,6 +61,13 @@ def attention_implementations(config, path: str = "model") -> dict[str, str | No
     return found
 
 
+def ontology_parameters(spec: TaskSpec) -> dict:
+    """A detect task's `queries` and `label_thresholds`, each only when set (rows of a plain
+    vocabulary keep the parameters they always had)."""
+    return {key: value for key in ("queries", "label_thresholds")
+            if (value := getattr(spec, key))}
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """'auto' is bfloat16 on CUDA (tensor cores) and float32 on CPU (bf16 is slow there)."""
     if name == "auto":
@@ -134,7 +141,7 @@ class Adapter(ABC):
     def parameters(self) -> dict:
         """The parameters that shape this adapter's output, stored with every row."""
         return {"threshold": self.spec.threshold, "labels": self.spec.labels,
-                "preprocess": self.spec.preprocess}
+                "preprocess": self.spec.preprocess, **ontology_parameters(self.spec)}
 
     def parameters_json(self) -> str:
         return json.dumps(self.parameters(), sort_keys=True)

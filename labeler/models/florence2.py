@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from labeler.models.base import ImageInput
+from labeler.models.base import ImageInput, ontology_parameters
 from labeler.models.florence2_parsing import (
     ParseConfig,
     Parser,
@@ -202,11 +202,12 @@ class Florence2Adapter(GenerativeAdapter):
 
     @classmethod
     def check_spec(cls, spec) -> None:
-        token, text = resolve_task_prompt(cls.task, spec.prompt, spec.labels)
+        queries = flat_queries(spec)
+        token, text = resolve_task_prompt(cls.task, spec.prompt, queries)
         if spec.labels and token != OPEN_VOCABULARY:
             raise ValueError(f"Florence-2 {cls.task} with {token} takes no labels; labels are "
                              f"the query of {OPEN_VOCABULARY} (task detect)")
-        if spec.labels and text != LABEL_SEPARATOR.join(spec.labels):
+        if spec.labels and text != LABEL_SEPARATOR.join(queries):
             raise ValueError(f"{OPEN_VOCABULARY} takes its query from the prompt's text or "
                              "from labels, not both")
         if spec.query_image:
@@ -227,7 +228,7 @@ class Florence2Adapter(GenerativeAdapter):
         """(task token, text input) of a row: its own prompt (unless blank), else the
         spec's, else the task's default."""
         own = image.prompt if image.prompt and image.prompt.strip() else None
-        return resolve_task_prompt(self.task, own or self.spec.prompt, self.spec.labels)
+        return resolve_task_prompt(self.task, own or self.spec.prompt, flat_queries(self.spec))
 
     def prompt_for(self, image: ImageInput) -> str:
         """The prompt given to the processor: task token + text input."""
@@ -235,7 +236,7 @@ class Florence2Adapter(GenerativeAdapter):
 
     def parameters(self) -> dict:
         return {**super().parameters(), "labels": self.spec.labels,
-                "threshold": self.spec.threshold}
+                "threshold": self.spec.threshold, **ontology_parameters(self.spec)}
 
     def preprocess(self, images: list[ImageInput], stacked: np.ndarray | None = None) -> Any:
         """-> {"inputs": processor outputs on the device: pixel_values (B, 3, S, S) in the model
@@ -278,14 +279,32 @@ class Florence2Adapter(GenerativeAdapter):
             parser = TASK_TOKENS[self.task].parsers[token]
             parsed = parser(text, (image.width, image.height), tokens, self.parse_config)
             if parsed.detections is not None:
-                parsed.detections = [d for d in parsed.detections
-                                     if d["score"] >= self.spec.threshold]
+                parsed.detections = self._labelled(parsed.detections)
             if end is None:
                 parsed.warnings.append(
                     f"the answer reached max_new_tokens={self.spec.generation.max_new_tokens} "
                     "before its end token and may be cut short")
             results.append({**parsed.fields(), "prompt": token + text_input})
         return results
+
+
+    def _labelled(self, detections: list[dict]) -> list[dict]:
+        """Boxes named by the model's text -> the labels their queries ask for (matched
+        case-insensitively; text that is no query stays as it is), kept when scoring >= the
+        label's threshold."""
+        label_of = {query.casefold(): label for label, queries in
+                    zip(self.spec.labels, self.spec.label_queries()) for query in queries}
+        kept = []
+        for det in detections:
+            det["label"] = label_of.get(det["label"].strip().casefold(), det["label"])
+            if det["score"] >= self.spec.threshold_for(det["label"]):
+                kept.append(det)
+        return kept
+
+
+def flat_queries(spec) -> list[str]:
+    """Every label's text queries in label order (one `<and>`-joined query text)."""
+    return [query for queries in spec.label_queries() for query in queries]
 
 
 class Florence2Detector(Florence2Adapter):

@@ -164,8 +164,11 @@ class _Owlv2Adapter(Adapter):
 class Owlv2Detector(_Owlv2Adapter):
     """task=detect, family=owlv2. Output per image: {"detections": [{label, score, x0..y1}]}.
 
-    The labels are the text queries, encoded once in setup(). score: sigmoid of the best
-    label's logit; a box is kept when score > threshold, labelled with that best label.
+    Each label is asked by its text queries (`spec.queries`, else its own name), all
+    encoded once in setup(). score: sigmoid of the best query's logit, so a label with
+    several queries scores its best one (with one query per label, this is the documented
+    post_process_object_detection); the box is labelled with that query's label and kept
+    when score > the label's threshold (`spec.threshold_for`).
     """
 
     @classmethod
@@ -177,15 +180,23 @@ class Owlv2Detector(_Owlv2Adapter):
 
     def setup(self, device: torch.device) -> None:
         super().setup(device)
-        self.labels = list(self.spec.labels)
-        self.query_embeds, self.query_mask = self._encode_queries(self.labels)
+        self._set_vocabulary(self.spec)
 
     def with_spec(self, spec) -> "Owlv2Detector":
         variant = super().with_spec(spec)
-        if list(spec.labels) != self.labels:  # new vocabulary: its queries, same text tower
-            variant.labels = list(spec.labels)
-            variant.query_embeds, variant.query_mask = self._encode_queries(variant.labels)
+        if spec.label_queries() != self.spec.label_queries():  # new queries, same text tower
+            variant._set_vocabulary(spec)
         return variant
+
+    def _set_vocabulary(self, spec) -> None:
+        """Encode the spec's queries: query_embeds (Q, D), query_mask (Q,), and
+        query_label (Q,) the index in `labels` each query asks for."""
+        per_label = spec.label_queries()
+        self.labels = list(spec.labels)
+        self.query_embeds, self.query_mask = self._encode_queries(
+            [query for queries in per_label for query in queries])
+        self.query_label = torch.tensor(
+            [k for k, queries in enumerate(per_label) for _ in queries], device=self.device)
 
     @torch.inference_mode()
     def _encode_queries(self, labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,7 +213,7 @@ class Owlv2Detector(_Owlv2Adapter):
     @torch.inference_mode()
     def predict(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         """-> logits (B, P, Q), boxes (B, P, 4) cxcywh in [0, 1] of the padded square,
-        objectness logits (B, P); P = patches, Q = labels."""
+        objectness logits (B, P); P = patches, Q = queries."""
         model = self.model
         image_feats, feature_map = self._image_features(pixel_values)
         batch = image_feats.shape[0]
@@ -214,11 +225,15 @@ class Owlv2Detector(_Owlv2Adapter):
         return {"logits": logits, "boxes": boxes, "objectness": objectness}
 
     def postprocess(self, raw: dict[str, torch.Tensor], images: list[ImageInput]) -> list[dict]:
-        """Best label per box, threshold, boxes to original pixels (clipped), sorted by score."""
+        """Best query per box, its label's threshold, boxes to original pixels (clipped),
+        sorted by score."""
         best = raw["logits"].float().max(dim=-1)
-        scores, label_ids = torch.sigmoid(best.values), best.indices  # (B, P)
+        scores = torch.sigmoid(best.values)  # (B, P)
+        label_ids = self.query_label.to(best.indices.device)[best.indices]  # (B, P)
+        thresholds = torch.tensor([self.spec.threshold_for(label) for label in self.labels],
+                                  device=scores.device)
         corners = pixel_corners(raw["boxes"], images)
-        ranked = ranked_detections(scores, scores > self.spec.threshold, corners, label_ids,
+        ranked = ranked_detections(scores, scores > thresholds[label_ids], corners, label_ids,
                                    self.labels)
         return [{"detections": dets} for dets in ranked]
 

@@ -267,6 +267,7 @@ class Ingress:
             "source": m.model.source, "revision": m.model.revision, "labels": m.labels,
             "labels_per_request": m.labels_per_request,
             "threshold": m.threshold, "prompt": m.prompt,
+            "queries": m.queries, "label_thresholds": m.label_thresholds,
             "serving": m.serving.model_dump(),
             "endpoint": f"/v1/{m.task}" if m.task in ENDPOINT_TASKS else "/v1/annotate",
         } for m in self.spec.models]}

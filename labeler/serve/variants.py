@@ -30,10 +30,16 @@ def variant_spec(base: TaskSpec, labels: list[str] | None, threshold: float | No
                  prompt: str | None = None) -> TaskSpec:
     """`base` (a TaskSpec, or a ServedModel, whose `serving` is dropped) with the given
     parameters, validated like a job spec (pydantic errors, then the adapter's check_spec):
-    raises pydantic.ValidationError."""
+    raises pydantic.ValidationError.
+
+    Labels of a request that the served model also has keep its queries and per-label
+    thresholds; a request's threshold replaces the default threshold only."""
     updates = {"labels": labels, "threshold": threshold, "prompt": prompt}
     data = base.model_dump(exclude={"serving"})
     data.update({k: v for k, v in updates.items() if v is not None})
+    if labels is not None:
+        for key in ("queries", "label_thresholds"):
+            data[key] = {label: value for label, value in data[key].items() if label in labels}
     return TaskSpec.model_validate(data)
 
 

@@ -16,13 +16,15 @@ from labeler.config import load_job_spec
 from labeler.jobs.images import run_image_job
 from labeler.testing.samples import make_sample_images
 
-LABELS = ["a photo of a cat", "a dog"]
+LABELS = ["cat", "dog"]
+# The job asks for its labels through an ontology: what goes out are the label names.
+QUERIES = {"cat": ["a photo of a cat"], "dog": ["a dog", "a puppy"]}
 
 
 @pytest.fixture(scope="module")
 def owlv2_job(ray_local, tiny_owlv2, tmp_path_factory):
     """A detect job over 6 sample images (every format, one EXIF-rotated, one GIF) and 3 bad
-    files -> (output folder, {id: row})."""
+    files, its labels asked by the queries of QUERIES -> (output folder, {id: row})."""
     base = tmp_path_factory.mktemp("export_owlv2")
     make_sample_images(base / "images", count=6, bad=True)
     spec = load_job_spec(None, input=str(base / "images"), output=str(base / "out"),
@@ -30,7 +32,7 @@ def owlv2_job(ray_local, tiny_owlv2, tmp_path_factory):
                          threshold=0.3, batch_size=4)
     task = spec.tasks[0]
     spec = spec.model_copy(update={"tasks": [task.model_copy(update={
-        "resources": task.resources.model_copy(update={"num_cpus": 0.5})})]})
+        "queries": QUERIES, "resources": task.resources.model_copy(update={"num_cpus": 0.5})})]})
     run_image_job(spec, progress=False)
     rows = pads.dataset(base / "out", format="parquet").to_table().to_pylist()
     return str(base / "out"), {r["id"]: r for r in rows}
@@ -48,6 +50,8 @@ def test_cli_exports_a_real_job_as_coco_and_yolo(owlv2_job, tmp_path, capsys):
     good = {i: r for i, r in rows.items() if r["error"] is None}
     boxes = sum(len(r["detections"]) for r in good.values())
     assert len(good) == 6 and boxes > 0
+    assert {d["label"] for r in good.values() for d in r["detections"]} == set(LABELS)
+    assert all(json.loads(r["parameters"])["queries"] == QUERIES for r in good.values())
     out = _export(capsys, job, "--format", "coco", "--out", tmp_path / "coco")
     assert "skipped 3 error rows\n" in out and f"images: 6, boxes: {boxes}\n" in out
 

@@ -283,6 +283,36 @@ def test_labels_become_one_open_vocabulary_query(model_dir, images):
     assert "max_new_tokens=4" in out[0]["warnings"][-1]
 
 
+def test_queries_ask_for_their_labels_and_label_thresholds_keep_boxes(model_dir, images):
+    """A label's queries all go into the one open-vocabulary query; a box the model names
+    by a query (case aside) takes that query's label and is kept at that label's threshold;
+    a box named otherwise keeps its text and the task's threshold."""
+    ontology = {"labels": ["car", "dog"], "queries": {"car": ["car", "automobile"]}}
+    adapter = Florence2Detector(spec(model_dir, "detect", **ontology))
+    adapter.setup(torch.device("cpu"))
+    batch = rows(images, [None, "<OD>", "<OD>", "<OD>"])
+    inputs = adapter.preprocess(batch)
+    assert inputs["prompts"][0] == ("<OPEN_VOCABULARY_DETECTION>", "car <and> automobile <and> dog")
+    raw = adapter.predict(inputs)
+    before = [d for out in adapter.postprocess(raw, batch) for d in out["detections"]]
+    named = sorted({d["label"] for d in before if d["label"].strip()})
+    assert named, "the tiny model should name some boxes"
+    # The random model's own words stand in for what a real one says: one of them becomes a
+    # query of "dog", written in another case, and "dog" gets a threshold of its own.
+    word = named[0]
+    dog_scores = sorted(d["score"] for d in before if d["label"] == word)
+    cut = dog_scores[len(dog_scores) // 2]
+    adapter.spec = spec(model_dir, "detect", labels=["car", "dog"],
+                        queries={"car": ["car", "automobile"], "dog": [word.upper()]},
+                        label_thresholds={"dog": cut})
+    after = [d for out in adapter.postprocess(raw, batch) for d in out["detections"]]
+    expected = [{**d, "label": "dog"} if d["label"] == word else d for d in before
+                if d["label"] != word or d["score"] >= cut]
+    assert after == expected
+    assert any(d["label"] == "dog" for d in after) and len(after) < len(before)
+    assert adapter.parameters()["label_thresholds"] == {"dog": cut}
+
+
 @pytest.mark.parametrize("task, kw, message", [
     ("caption", {"prompt": "<OD>"}, "<OD> is not a Florence-2 caption task token; valid: "
                                     "<CAPTION>, <DETAILED_CAPTION>, <MORE_DETAILED_CAPTION>"),
@@ -295,6 +325,10 @@ def test_labels_become_one_open_vocabulary_query(model_dir, images):
     ("detect", {"prompt": "<OD>", "labels": ["car"]}, "takes no labels"),
     ("detect", {"prompt": "a bus", "labels": ["car"]}, "from labels, not both"),
     ("caption", {"labels": ["car"]}, "takes no labels"),
+    ("detect", {"prompt": "car", "labels": ["car"], "queries": {"car": ["car", "auto"]}},
+     "from labels, not both"),
+    ("caption", {"labels": ["car"], "label_thresholds": {"car": 0.2}},
+     "apply to task 'detect' only"),
     ("detect", {"query_image": "cat.jpg"}, "takes no query_image"),
 ])
 def test_check_spec_refuses(task, kw, message):

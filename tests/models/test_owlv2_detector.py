@@ -1,5 +1,6 @@
 """OWLv2 adapter vs the documented single-image usage on the same tiny checkpoint."""
 
+import json
 import numpy as np
 import pytest
 import torch
@@ -34,18 +35,20 @@ def detector(tiny_owlv2):
     return adapter
 
 
-def reference_detections(model_dir, image: np.ndarray) -> list[dict]:
+def reference_detections(model_dir, image: np.ndarray, queries: list[str] = LABELS,
+                         threshold: float = THRESHOLD) -> list[dict]:
     """The transformers documentation's usage, with the padded square as the target size
-    (OWLv2 pads to a square before resizing), boxes clipped to the image, sorted by score."""
+    (OWLv2 pads to a square before resizing), boxes clipped to the image, sorted by score;
+    each box labelled with its best query."""
     processor = Owlv2Processor.from_pretrained(model_dir)
     model = Owlv2ForObjectDetection.from_pretrained(model_dir).eval()
     pil = Image.fromarray(image)
-    inputs = processor(text=[LABELS], images=pil, return_tensors="pt")
+    inputs = processor(text=[queries], images=pil, return_tensors="pt")
     with torch.no_grad():
         outputs = model(**inputs)
     side = max(pil.size)
     result = processor.post_process_grounded_object_detection(
-        outputs, threshold=THRESHOLD, target_sizes=[(side, side)], text_labels=[LABELS])[0]
+        outputs, threshold=threshold, target_sizes=[(side, side)], text_labels=[queries])[0]
     order = torch.argsort(result["scores"], descending=True)
     dets = []
     for i in order.tolist():
@@ -66,6 +69,63 @@ def test_batched_detections_equal_the_documented_usage(tiny_owlv2, detector, ima
         for got, want in zip(ours["detections"], ref):
             for key in ("score", "x0", "y0", "x1", "y1"):
                 assert got[key] == pytest.approx(want[key], abs=1e-4), key
+
+
+# An ontology: labels asked by several queries, and a label with a threshold of its own.
+ONTOLOGY = {"labels": ["cat", "vehicle", "dog"],
+            "queries": {"cat": ["a photo of a cat"], "vehicle": ["car", "truck", "a bus"],
+                        "dog": ["a dog"]},
+            "label_thresholds": {"vehicle": 0.6}}
+
+
+def test_queries_and_label_thresholds_equal_the_documented_usage_mapped(tiny_owlv2, images):
+    """With queries per label, each box is the documented usage's box over all queries,
+    named by the label its best query asks for and kept above that label's threshold."""
+    spec = TaskSpec(task="detect", model={"family": "owlv2", "source": tiny_owlv2},
+                    threshold=THRESHOLD, **ONTOLOGY)
+    adapter = Owlv2Detector(spec)
+    adapter.setup(torch.device("cpu"))
+    label_of = {q: label for label, qs in ONTOLOGY["queries"].items() for q in qs}
+    queries = list(label_of)
+    batch = adapter([ImageInput(im, im.shape[1], im.shape[0]) for im in images])
+    below_own_threshold = 0
+    for image, ours in zip(images, batch):
+        ref = []
+        for det in reference_detections(tiny_owlv2, image, queries, THRESHOLD):
+            det["label"] = label_of[det["label"]]
+            if det["score"] > spec.threshold_for(det["label"]):
+                ref.append(det)
+            else:
+                below_own_threshold += 1
+        # Saturated scores of the tiny model tie (1.0): compare in a tie-free order.
+        def order(dets):
+            return sorted(dets, key=lambda d: (d["label"], round(d["score"], 3), d["x0"], d["y0"]))
+
+        got_all, want_all = order(ours["detections"]), order(ref)
+        assert [d["label"] for d in got_all] == [d["label"] for d in want_all]
+        for got, want in zip(got_all, want_all):
+            for key in ("score", "x0", "y0", "x1", "y1"):
+                assert got[key] == pytest.approx(want[key], abs=1e-4), key
+    seen = {d["label"] for out in batch for d in out["detections"]}
+    assert seen == {"cat", "vehicle", "dog"}  # each label's queries found boxes
+    assert below_own_threshold > 0  # vehicle's 0.6 dropped boxes the task's 0.3 keeps
+    assert json.loads(adapter.parameters_json())["queries"] == ONTOLOGY["queries"]
+    assert "queries" not in json.loads(Owlv2Detector(_spec(tiny_owlv2)).parameters_json())
+
+
+def test_a_variant_with_other_queries_encodes_them(tiny_owlv2, detector, images):
+    """A served model's per-request variant (with_spec) with other queries re-encodes them;
+    one with the same queries and another threshold shares the encoded ones."""
+    inputs = [ImageInput(im, im.shape[1], im.shape[0]) for im in images]
+    spec = TaskSpec(task="detect", model={"family": "owlv2", "source": tiny_owlv2},
+                    threshold=THRESHOLD, **ONTOLOGY)
+    variant = detector.with_spec(spec)
+    assert variant.query_embeds.shape[0] == 5 and detector.query_embeds.shape[0] == 3
+    fresh = Owlv2Detector(spec)
+    fresh.setup(torch.device("cpu"))
+    assert variant(inputs) == fresh(inputs)
+    stricter = variant.with_spec(spec.model_copy(update={"threshold": 0.5}))
+    assert stricter.query_embeds is variant.query_embeds
 
 
 def test_boxes_lie_inside_non_square_images(detector, images):

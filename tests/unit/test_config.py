@@ -1,5 +1,7 @@
 """Job spec validation: bad specs fail before any work, naming the field and the choices."""
 
+from pathlib import Path
+
 import pytest
 
 from labeler.config import SpecError, load_job_spec
@@ -100,6 +102,57 @@ def test_the_readme_spec_file_is_a_valid_job_spec(tmp_path, monkeypatch):
     spec = JobSpec(**yaml.safe_load(block.group(1)))
     assert spec.output.retry_errors is False and spec.tasks[0].labels == ["cat", "dog",
                                                                           "traffic light"]
+
+
+def _ontology_spec(tmp_path, task_lines: str) -> Path:
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(f"""
+input: {{path: {tmp_path}}}
+output: {{path: {tmp_path}/out}}
+tasks:
+  - task: detect
+    model: {{family: owlv2, source: m}}
+{task_lines}
+""")
+    return spec_file
+
+
+def test_an_ontology_gives_labels_their_queries_and_thresholds(tmp_path):
+    spec_file = _ontology_spec(tmp_path, """\
+    labels: [person, car, cyclist]
+    queries: {car: [" car ", automobile, car], cyclist: ["a person riding a bicycle"]}
+    label_thresholds: {cyclist: 0.25}
+    threshold: 0.15""")
+    (task,) = load_job_spec(spec_file).tasks
+    assert task.label_queries() == [["person"], ["car", "automobile"],
+                                     ["a person riding a bicycle"]]
+    assert [task.threshold_for(label) for label in task.labels] == [0.15, 0.15, 0.25]
+
+
+@pytest.mark.parametrize("task_lines, field, says", [
+    ("    labels: [car]\n    queries: {bus: [bus]}", "tasks.0.queries",
+     "'bus' is not one of labels ['car']"),
+    ("    labels: [car]\n    queries: {car: []}", "tasks.0.queries", "a non-empty list"),
+    ("    labels: [car]\n    queries: {car: [' ']}", "tasks.0.queries", "a non-empty list"),
+    ("    labels: [car, truck]\n    queries: {truck: [lorry, Car]}", "tasks.0.queries",
+     "the query 'Car' asks for both 'car' and 'truck'"),
+    ("    labels: [car]\n    label_thresholds: {bus: 0.2}", "tasks.0.label_thresholds",
+     "'bus' is not one of labels"),
+    ("    labels: [car]\n    label_thresholds: {car: 1.5}", "tasks.0.label_thresholds",
+     "between 0 and 1"),
+])
+def test_bad_ontologies_are_named(tmp_path, task_lines, field, says):
+    with pytest.raises(SpecError) as err:
+        load_job_spec(_ontology_spec(tmp_path, task_lines))
+    assert f"{field}: " in str(err.value) and says in str(err.value), str(err.value)
+
+
+def test_a_labels_flag_dropping_a_label_with_queries_is_named(tmp_path):
+    """--labels replaces the file's labels: queries of a label no longer there are refused
+    rather than silently ignored."""
+    spec_file = _ontology_spec(tmp_path, "    labels: [car, bus]\n    queries: {bus: [coach]}")
+    with pytest.raises(SpecError, match=r"tasks\.0\.queries: 'bus' is not one of labels"):
+        load_job_spec(spec_file, labels=["car"])
 
 
 def test_retry_errors_flag_reaches_the_spec(tmp_path):

@@ -208,6 +208,27 @@ def test_a_detector_may_be_served_without_labels(tmp_path):
         load_serve_spec(None, task="detect", family="owlv2", model=str(tmp_path), prompt="cats")
 
 
+def test_request_labels_keep_the_served_queries_and_label_thresholds(tmp_path):
+    """A request's labels that the served model also has keep its queries and thresholds;
+    the others are asked by name at the request's (or the served) threshold."""
+    from labeler.serve.variants import variant_spec
+
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"""
+models:
+  - task: detect
+    model: {{family: owlv2, source: {tmp_path}}}
+    labels: [car, cyclist]
+    queries: {{car: [car, automobile], cyclist: ["a person riding a bicycle"]}}
+    label_thresholds: {{cyclist: 0.4}}
+""")
+    (served,) = load_serve_spec(config).models
+    spec = variant_spec(served, ["cyclist", "dog"], 0.2)
+    assert spec.label_queries() == [["a person riding a bicycle"], ["dog"]]
+    assert (spec.threshold_for("cyclist"), spec.threshold_for("dog")) == (0.4, 0.2)
+    assert variant_spec(served, None, 0.3).queries == served.queries  # labels as served
+
+
 def test_deployment_options_come_from_the_config(tmp_path):
     from labeler.serve.app import build_app
 
