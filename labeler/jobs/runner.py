@@ -390,6 +390,8 @@ def _execute(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink, summary:
     # become error rows at the end (lost_input_rows), so nothing is silently missing.
     ctx.max_errored_blocks = -1
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Ray Data warns that its bars are off, suggesting to turn them on: ours is on instead.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     summary.ray_start_s = time.perf_counter() - t0
 
     ds = _model_stages(_decoded(spec, todo), list(spec.tasks))

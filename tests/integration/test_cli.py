@@ -38,6 +38,8 @@ def test_run_from_flags_writes_parquet_and_a_summary(tmp_path, tiny_owlv2):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "rows: 7 (7 inputs, 0 already done), errors: 3" in result.stdout
     assert f"output: {tmp_path / 'out'}" in result.stdout
+    # Ray Data's advice to turn its progress bars on (ours replaces them) is not shown.
+    assert "Progress bars disabled" not in result.stderr
     summary = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
     assert (summary["rows"], summary["errors"]) == (7, 3)
 
