@@ -134,6 +134,10 @@ class PseudoLabelSpec(_Strict):
         return path
 
 
+# Tasks whose boxes `nms` may thin out (detect-by-example has its documented NMS built in).
+NMS_TASKS = ("detect", "ground", "regions")
+
+
 class TaskSpec(_Strict):
     """One labeling task over every input."""
 
@@ -155,8 +159,12 @@ class TaskSpec(_Strict):
         None, description="instruction, question or phrases; Florence-2: may start with a task "
                           "token such as <MORE_DETAILED_CAPTION>. Default: the adapter's")
     query_image: str | None = Field(None, description="example image for detect-by-example")
+    nms: Literal["none", "per-label", "all"] = Field(
+        "none", description="detect, ground, regions: drop a box that overlaps a higher-scored "
+                            "one by IoU > nms_threshold, among boxes of its label or among all")
     nms_threshold: float = Field(0.3, ge=0.0, le=1.0,
-                                 description="IoU above which detect-by-example drops a box")
+                                 description="IoU above which NMS drops a box (detect-by-example, "
+                                             "and `nms`)")
     generation: GenerationSpec = GenerationSpec()
     pseudo_label: PseudoLabelSpec = PseudoLabelSpec()
     # "processor": transformers' image processor, exact (what the reference tests check).
@@ -224,6 +232,9 @@ class TaskSpec(_Strict):
     def _pair_and_requirements(self) -> "TaskSpec":
         if (self.queries or self.label_thresholds) and self.task != "detect":
             raise ValueError("queries and label_thresholds apply to task 'detect' only")
+        if self.nms != "none" and self.task not in NMS_TASKS:
+            raise ValueError(f"nms applies to tasks {', '.join(NMS_TASKS)} (detect-by-example "
+                             f"always suppresses, at nms_threshold)")
         registry.adapter_path(self.task, self.model.family)  # raises with the valid pairs
         if self.task != "pseudo-label" and self.pseudo_label != PseudoLabelSpec():
             raise ValueError("pseudo_label options apply only to task 'pseudo-label'")
@@ -410,6 +421,7 @@ class JobSpec(_Strict):
 TASK_FLAGS = {"task": ("task",), "family": ("model", "family"), "model": ("model", "source"),
               "revision": ("model", "revision"), "labels": ("labels",), "threshold": ("threshold",),
               "prompt": ("prompt",), "query_image": ("query_image",),
+              "nms": ("nms",), "nms_threshold": ("nms_threshold",),
               "max_new_tokens": ("generation", "max_new_tokens"),
               "num_beams": ("generation", "num_beams"), "seed": ("generation", "seed"),
               "preprocess": ("preprocess",), "batch_size": ("resources", "batch_size"),

@@ -68,6 +68,31 @@ def ontology_parameters(spec: TaskSpec) -> dict:
             if (value := getattr(spec, key))}
 
 
+def nms_parameters(spec: TaskSpec) -> dict:
+    """`nms` and its threshold, only when set (rows without it keep their parameters)."""
+    return {"nms": spec.nms, "nms_threshold": spec.nms_threshold} if spec.nms != "none" else {}
+
+
+def suppress_overlaps(detections: list[dict], iou: float, per_label: bool) -> list[dict]:
+    """Greedy non-maximum suppression: drop each box whose IoU with a higher-scored kept box
+    is above `iou`; per_label: only boxes of the same label suppress each other. Boxes are
+    {label, score, x0, y0, x1, y1} dicts (xyxy pixels); the kept ones keep their order."""
+    if len(detections) < 2:
+        return detections
+    from torchvision.ops import batched_nms
+
+    boxes = torch.tensor([[d["x0"], d["y0"], d["x1"], d["y1"]] for d in detections],
+                         dtype=torch.float64)
+    scores = torch.tensor([d["score"] for d in detections], dtype=torch.float64)
+    if per_label:
+        ids = {label: k for k, label in enumerate(dict.fromkeys(d["label"] for d in detections))}
+        groups = torch.tensor([ids[d["label"]] for d in detections])
+    else:
+        groups = torch.zeros(len(detections), dtype=torch.long)
+    keep = batched_nms(boxes, scores, groups, iou)
+    return [detections[k] for k in sorted(keep.tolist())]
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """'auto' is bfloat16 on CUDA (tensor cores) and float32 on CPU (bf16 is slow there)."""
     if name == "auto":
@@ -144,7 +169,7 @@ class Adapter(ABC):
                 "preprocess": self.spec.preprocess, **ontology_parameters(self.spec)}
 
     def parameters_json(self) -> str:
-        return json.dumps(self.parameters(), sort_keys=True)
+        return json.dumps({**self.parameters(), **nms_parameters(self.spec)}, sort_keys=True)
 
     def run_timed(self, images: list[ImageInput], stacked: np.ndarray | None = None,
                   transformed: bool = True) -> tuple[list[dict], dict[str, float]]:
@@ -161,7 +186,7 @@ class Adapter(ABC):
             if self.device is not None and self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # so predict_ms is the GPU time
             t2 = clock()
-            outputs = self.postprocess(raw, images)
+            outputs = self.finish(raw, images)
             t3 = clock()
         per_image = 1000.0 / len(images)
         return outputs, {"preprocess_ms": (t1 - t0) * per_image,
@@ -171,4 +196,15 @@ class Adapter(ABC):
     def __call__(self, images: list[ImageInput]) -> list[dict]:
         """preprocess -> predict -> postprocess, for callers that need no timings."""
         with torch.inference_mode():
-            return self.postprocess(self.predict(self.model_inputs(images)), images)
+            return self.finish(self.predict(self.model_inputs(images)), images)
+
+    def finish(self, raw: Any, images: list[ImageInput]) -> list[dict]:
+        """postprocess, then the spec's `nms` over each row's detections (boxes only drop;
+        the others keep their order)."""
+        outputs = self.postprocess(raw, images)
+        if self.spec.nms != "none":
+            for out in outputs:
+                if out.get("detections"):
+                    out["detections"] = suppress_overlaps(
+                        out["detections"], self.spec.nms_threshold, self.spec.nms == "per-label")
+        return outputs

@@ -29,6 +29,9 @@ TOKEN = "test-token-7f3a"
 LABELS = ["a photo of a cat", "a dog", "car"]
 OTHER_LABELS = ["bus", "a red ball"]
 THRESHOLD = 0.2
+# The detector's ontology and NMS, in the batch job and the served model alike.
+BOX_OPTIONS = {"queries": {"car": ["car", "automobile"]}, "label_thresholds": {"a dog": 0.3},
+               "nms": "per-label", "nms_threshold": 0.5}
 MAX_BODY = 256 * 1024  # small, so that a 413 needs no big payload
 MAX_PIXELS = 600_000  # above every test image, below the one sent to see a 422
 # (name, width, height, format): wide, tall, square; one JPEG carries an EXIF rotation.
@@ -71,8 +74,8 @@ def batch_rows(ray_local, image_files, tiny_owlv2, tmp_path_factory) -> dict[str
                          task="detect", family="owlv2", model=tiny_owlv2, labels=LABELS,
                          threshold=THRESHOLD, batch_size=4)
     task = spec.tasks[0]
-    spec = spec.model_copy(update={"tasks": [task.model_copy(update={
-        "resources": task.resources.model_copy(update={"num_cpus": 0.5})})]})
+    spec = spec.model_copy(update={"tasks": [TaskSpec.model_validate({
+        **task.model_dump(), **BOX_OPTIONS, "resources": {"num_cpus": 0.5, "batch_size": 4}})]})
     run_image_job(spec, progress=False)
     table = pads.dataset(out, format="parquet").to_table()
     return {r["id"]: r for r in table.to_pylist()}
@@ -118,7 +121,7 @@ def url(ray_local, batch_rows, pseudo_rows, tiny_owlv2):
         "host": "127.0.0.1", "port": _free_port(), "api_tokens": [TOKEN],
         "models": [
             {"name": "detector", "task": "detect", "model": model, "labels": LABELS,
-             "threshold": THRESHOLD, "resources": {"num_cpus": 0.5},
+             "threshold": THRESHOLD, "resources": {"num_cpus": 0.5}, **BOX_OPTIONS,
              # 20 ms: concurrent test requests land in shared batches.
              "serving": {"max_batch_size": 8, "batch_wait_timeout_s": 0.02}},
             {"name": "limited", "task": "detect", "model": model, "labels": LABELS,
@@ -234,9 +237,11 @@ def test_vocabulary_only_pseudo_label_refuses_a_caption(url, http, image_files):
 
 
 def test_request_labels_equal_an_adapter_built_with_them(url, http, image_files, tiny_owlv2):
-    """Per-request labels re-encode the queries: same as a detector set up with them."""
+    """Per-request labels re-encode the queries: same as a detector set up with them and the
+    served model's other options (its NMS; none of its labels has queries here)."""
     adapter = Owlv2Detector(TaskSpec(task="detect", model={"family": "owlv2", "source": tiny_owlv2},
-                                     labels=OTHER_LABELS, threshold=0.05))
+                                     labels=OTHER_LABELS, threshold=0.05, nms="per-label",
+                                     nms_threshold=0.5))
     adapter.setup(torch.device("cpu"))
     for name, *_ in IMAGES[:2]:
         pixels = np.asarray(Image.open(io.BytesIO(image_files[name])).convert("RGB"))
@@ -245,7 +250,8 @@ def test_request_labels_equal_an_adapter_built_with_them(url, http, image_files,
         assert response.status_code == 200, response.text
         record = response.json()
         assert json.loads(record["parameters"]) == {"labels": OTHER_LABELS, "threshold": 0.05,
-                                                    "preprocess": "processor"}
+                                                    "preprocess": "processor",
+                                                    "nms": "per-label", "nms_threshold": 0.5}
         assert want["detections"]
         _same_detections(record["detections"], want["detections"])
 

@@ -7,6 +7,7 @@ Every task token of every task runs in one batch of differently sized images who
 carry different prompts (so prompts of different lengths share a padded batch).
 """
 
+import json
 import re
 
 import numpy as np
@@ -311,6 +312,32 @@ def test_queries_ask_for_their_labels_and_label_thresholds_keep_boxes(model_dir,
     assert after == expected
     assert any(d["label"] == "dog" for d in after) and len(after) < len(before)
     assert adapter.parameters()["label_thresholds"] == {"dog": cut}
+
+
+def test_nms_thins_generated_boxes(model_dir, images):
+    """`nms` applies to every task with boxes, generated ones included: the rows keep a
+    subset of the boxes, in their order, no two of which overlap above nms_threshold."""
+    from torchvision.ops import box_iou
+
+    batch = rows(images, [None] * len(images))
+    plain = Florence2Regions(spec(model_dir, "regions", generation={"max_new_tokens": 60}))
+    plain.setup(torch.device("cpu"))
+    thinned = plain.with_spec(spec(model_dir, "regions", nms="all", nms_threshold=0.2,
+                                   generation={"max_new_tokens": 60}))
+    raw = plain.predict(plain.preprocess(batch))
+    before = plain.finish(raw, batch)
+    after = thinned.finish(raw, batch)
+    dropped = 0
+    for a, b in zip(before, after):
+        assert [d for d in a["detections"] if d in b["detections"]] == b["detections"]
+        dropped += len(a["detections"]) - len(b["detections"])
+        xyxy = torch.tensor([[d["x0"], d["y0"], d["x1"], d["y1"]] for d in b["detections"]])
+        if len(xyxy) > 1:
+            iou = box_iou(xyxy, xyxy).fill_diagonal_(0)
+            assert iou.max() <= 0.2
+    assert dropped > 0
+    assert json.loads(thinned.parameters_json())["nms_threshold"] == 0.2
+    assert "nms" not in json.loads(plain.parameters_json())
 
 
 @pytest.mark.parametrize("task, kw, message", [

@@ -113,6 +113,33 @@ def test_queries_and_label_thresholds_equal_the_documented_usage_mapped(tiny_owl
     assert "queries" not in json.loads(Owlv2Detector(_spec(tiny_owlv2)).parameters_json())
 
 
+@pytest.mark.parametrize("nms", ["per-label", "all"])
+def test_nms_keeps_the_documented_boxes_that_torchvision_nms_keeps(tiny_owlv2, images, nms):
+    """With `nms`, the rows are the documented usage's boxes after torchvision's NMS at
+    nms_threshold (per label, or over all boxes), and NMS removed some."""
+    from torchvision.ops import batched_nms
+
+    adapter = Owlv2Detector(_spec(tiny_owlv2, nms=nms, nms_threshold=0.5))
+    adapter.setup(torch.device("cpu"))
+    batch = adapter([ImageInput(im, im.shape[1], im.shape[0]) for im in images])
+    dropped = 0
+    for image, ours in zip(images, batch):
+        ref = reference_detections(tiny_owlv2, image)
+        boxes = torch.tensor([[d["x0"], d["y0"], d["x1"], d["y1"]] for d in ref], dtype=torch.float64)
+        scores = torch.tensor([d["score"] for d in ref], dtype=torch.float64)
+        groups = torch.tensor([LABELS.index(d["label"]) if nms == "per-label" else 0 for d in ref])
+        kept = [ref[k] for k in sorted(batched_nms(boxes, scores, groups, 0.5).tolist())]
+        dropped += len(ref) - len(kept)
+        key = lambda d: (round(d["score"], 3), d["x0"], d["y0"])  # noqa: E731 - ties (1.0)
+        got, want = sorted(ours["detections"], key=key), sorted(kept, key=key)
+        assert [d["label"] for d in got] == [d["label"] for d in want]
+        for a, b in zip(got, want):
+            assert a["x0"] == pytest.approx(b["x0"], abs=1e-3)
+            assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+    assert dropped > 0
+    assert json.loads(adapter.parameters_json())["nms"] == nms
+
+
 def test_a_variant_with_other_queries_encodes_them(tiny_owlv2, detector, images):
     """A served model's per-request variant (with_spec) with other queries re-encodes them;
     one with the same queries and another threshold shares the encoded ones."""
