@@ -41,6 +41,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nms", choices=["none", "per-label", "all"],
                    help="detect/ground/regions: drop boxes overlapping a better one (none)")
     p.add_argument("--nms-threshold", type=float, help="IoU above which NMS drops a box (0.3)")
+    p.add_argument("--max-detections", type=int, help="keep a row's best boxes only (all)")
     p.add_argument("--max-new-tokens", type=int, help="generation length limit")
     p.add_argument("--num-beams", type=int, help="beam search width (1: greedy)")
     p.add_argument("--seed", type=int, help="seed for sampling")

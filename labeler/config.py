@@ -134,7 +134,8 @@ class PseudoLabelSpec(_Strict):
         return path
 
 
-# Tasks whose boxes `nms` may thin out (detect-by-example has its documented NMS built in).
+# Tasks whose boxes `nms` and `max_detections` may thin out (detect-by-example has its
+# documented NMS built in).
 NMS_TASKS = ("detect", "ground", "regions")
 
 
@@ -162,6 +163,8 @@ class TaskSpec(_Strict):
     nms: Literal["none", "per-label", "all"] = Field(
         "none", description="detect, ground, regions: drop a box that overlaps a higher-scored "
                             "one by IoU > nms_threshold, among boxes of its label or among all")
+    max_detections: int | None = Field(
+        None, ge=1, description="detect, ground, regions: keep a row's best boxes only, after nms")
     nms_threshold: float = Field(0.3, ge=0.0, le=1.0,
                                  description="IoU above which NMS drops a box (detect-by-example, "
                                              "and `nms`)")
@@ -235,6 +238,8 @@ class TaskSpec(_Strict):
         if self.nms != "none" and self.task not in NMS_TASKS:
             raise ValueError(f"nms applies to tasks {', '.join(NMS_TASKS)} (detect-by-example "
                              f"always suppresses, at nms_threshold)")
+        if self.max_detections is not None and self.task not in NMS_TASKS:
+            raise ValueError(f"max_detections applies to tasks {', '.join(NMS_TASKS)}")
         registry.adapter_path(self.task, self.model.family)  # raises with the valid pairs
         if self.task != "pseudo-label" and self.pseudo_label != PseudoLabelSpec():
             raise ValueError("pseudo_label options apply only to task 'pseudo-label'")
@@ -422,6 +427,7 @@ TASK_FLAGS = {"task": ("task",), "family": ("model", "family"), "model": ("model
               "revision": ("model", "revision"), "labels": ("labels",), "threshold": ("threshold",),
               "prompt": ("prompt",), "query_image": ("query_image",),
               "nms": ("nms",), "nms_threshold": ("nms_threshold",),
+              "max_detections": ("max_detections",),
               "max_new_tokens": ("generation", "max_new_tokens"),
               "num_beams": ("generation", "num_beams"), "seed": ("generation", "seed"),
               "preprocess": ("preprocess",), "batch_size": ("resources", "batch_size"),

@@ -68,9 +68,22 @@ def ontology_parameters(spec: TaskSpec) -> dict:
             if (value := getattr(spec, key))}
 
 
-def nms_parameters(spec: TaskSpec) -> dict:
-    """`nms` and its threshold, only when set (rows without it keep their parameters)."""
-    return {"nms": spec.nms, "nms_threshold": spec.nms_threshold} if spec.nms != "none" else {}
+def box_limit_parameters(spec: TaskSpec) -> dict:
+    """`nms` with its threshold, and `max_detections`, each only when set (rows without them
+    keep the parameters they always had)."""
+    found = {"nms": spec.nms, "nms_threshold": spec.nms_threshold} if spec.nms != "none" else {}
+    if spec.max_detections is not None:
+        found["max_detections"] = spec.max_detections
+    return found
+
+
+def best_boxes(detections: list[dict], limit: int | None) -> list[dict]:
+    """The `limit` highest-scored boxes (all when None), in their order; among equal scores
+    the earlier box wins."""
+    if limit is None or len(detections) <= limit:
+        return detections
+    ranked = sorted(range(len(detections)), key=lambda k: -detections[k]["score"])
+    return [detections[k] for k in sorted(ranked[:limit])]
 
 
 def suppress_overlaps(detections: list[dict], iou: float, per_label: bool) -> list[dict]:
@@ -169,7 +182,7 @@ class Adapter(ABC):
                 "preprocess": self.spec.preprocess, **ontology_parameters(self.spec)}
 
     def parameters_json(self) -> str:
-        return json.dumps({**self.parameters(), **nms_parameters(self.spec)}, sort_keys=True)
+        return json.dumps({**self.parameters(), **box_limit_parameters(self.spec)}, sort_keys=True)
 
     def run_timed(self, images: list[ImageInput], stacked: np.ndarray | None = None,
                   transformed: bool = True) -> tuple[list[dict], dict[str, float]]:
@@ -199,12 +212,17 @@ class Adapter(ABC):
             return self.finish(self.predict(self.model_inputs(images)), images)
 
     def finish(self, raw: Any, images: list[ImageInput]) -> list[dict]:
-        """postprocess, then the spec's `nms` over each row's detections (boxes only drop;
-        the others keep their order)."""
+        """postprocess, then the spec's `nms` and `max_detections` over each row's
+        detections (boxes only drop; the others keep their order)."""
         outputs = self.postprocess(raw, images)
-        if self.spec.nms != "none":
-            for out in outputs:
-                if out.get("detections"):
-                    out["detections"] = suppress_overlaps(
-                        out["detections"], self.spec.nms_threshold, self.spec.nms == "per-label")
+        spec = self.spec
+        if spec.nms == "none" and spec.max_detections is None:
+            return outputs
+        for out in outputs:
+            boxes = out.get("detections")
+            if not boxes:
+                continue
+            if spec.nms != "none":
+                boxes = suppress_overlaps(boxes, spec.nms_threshold, spec.nms == "per-label")
+            out["detections"] = best_boxes(boxes, spec.max_detections)
         return outputs

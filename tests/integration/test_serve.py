@@ -31,7 +31,7 @@ OTHER_LABELS = ["bus", "a red ball"]
 THRESHOLD = 0.2
 # The detector's ontology and NMS, in the batch job and the served model alike.
 BOX_OPTIONS = {"queries": {"car": ["car", "automobile"]}, "label_thresholds": {"a dog": 0.3},
-               "nms": "per-label", "nms_threshold": 0.5}
+               "nms": "per-label", "nms_threshold": 0.5, "max_detections": 6}
 MAX_BODY = 256 * 1024  # small, so that a 413 needs no big payload
 MAX_PIXELS = 600_000  # above every test image, below the one sent to see a 422
 # (name, width, height, format): wide, tall, square; one JPEG carries an EXIF rotation.
@@ -189,6 +189,10 @@ def test_response_equals_the_batch_job_row(url, http, image_files, batch_rows):
                 assert record[key] == row[key], key
             _same_detections(record["detections"], row["detections"])
     assert (batch_rows["rotated.jpg"]["width"], batch_rows["rotated.jpg"]["height"]) == (120, 160)
+    # The box options shaped the rows: max_detections bound some, the ontology named none
+    # "automobile".
+    assert max(len(r["detections"]) for r in batch_rows.values()) == BOX_OPTIONS["max_detections"]
+    assert all(d["label"] in LABELS for r in batch_rows.values() for d in r["detections"])
     assert response.json()["id"] == name and response.json()["uri"] == "base64"
 
 
@@ -241,7 +245,7 @@ def test_request_labels_equal_an_adapter_built_with_them(url, http, image_files,
     served model's other options (its NMS; none of its labels has queries here)."""
     adapter = Owlv2Detector(TaskSpec(task="detect", model={"family": "owlv2", "source": tiny_owlv2},
                                      labels=OTHER_LABELS, threshold=0.05, nms="per-label",
-                                     nms_threshold=0.5))
+                                     nms_threshold=0.5, max_detections=6))
     adapter.setup(torch.device("cpu"))
     for name, *_ in IMAGES[:2]:
         pixels = np.asarray(Image.open(io.BytesIO(image_files[name])).convert("RGB"))
@@ -251,7 +255,8 @@ def test_request_labels_equal_an_adapter_built_with_them(url, http, image_files,
         record = response.json()
         assert json.loads(record["parameters"]) == {"labels": OTHER_LABELS, "threshold": 0.05,
                                                     "preprocess": "processor",
-                                                    "nms": "per-label", "nms_threshold": 0.5}
+                                                    "nms": "per-label", "nms_threshold": 0.5,
+                                                    "max_detections": 6}
         assert want["detections"]
         _same_detections(record["detections"], want["detections"])
 

@@ -140,6 +140,17 @@ def test_nms_keeps_the_documented_boxes_that_torchvision_nms_keeps(tiny_owlv2, i
     assert json.loads(adapter.parameters_json())["nms"] == nms
 
 
+def test_max_detections_keeps_each_rows_best_boxes_after_nms(tiny_owlv2, images):
+    inputs = [ImageInput(im, im.shape[1], im.shape[0]) for im in images]
+    nms = Owlv2Detector(_spec(tiny_owlv2, nms="all", nms_threshold=0.5))
+    nms.setup(torch.device("cpu"))
+    capped = nms.with_spec(_spec(tiny_owlv2, nms="all", nms_threshold=0.5, max_detections=2))
+    for full, top in zip(nms(inputs), capped(inputs)):
+        assert top["detections"] == full["detections"][:2]  # rows are sorted by score
+    assert max(len(out["detections"]) for out in nms(inputs)) > 2
+    assert json.loads(capped.parameters_json())["max_detections"] == 2
+
+
 def test_a_variant_with_other_queries_encodes_them(tiny_owlv2, detector, images):
     """A served model's per-request variant (with_spec) with other queries re-encodes them;
     one with the same queries and another threshold shares the encoded ones."""

@@ -20,8 +20,9 @@ def test_flags_alone_make_a_valid_spec(tmp_path):
     assert (task.task, task.model.family, task.labels) == ("detect", "owlv2", ["cat"])
     assert task.threshold == 0.25 and task.resources.batch_size == 4
     assert (task.nms, task.nms_threshold) == ("none", 0.3)
-    (task,) = load_job_spec(None, **_flags(tmp_path, nms="per-label", nms_threshold=0.5)).tasks
-    assert (task.nms, task.nms_threshold) == ("per-label", 0.5)
+    (task,) = load_job_spec(None, **_flags(tmp_path, nms="per-label", nms_threshold=0.5,
+                                           max_detections=20)).tasks
+    assert (task.nms, task.nms_threshold, task.max_detections) == ("per-label", 0.5, 20)
     assert spec.input.path == str(tmp_path)
 
 
@@ -53,6 +54,7 @@ tasks:
     (dict(threshold=1.5), "tasks.0.threshold", "less than or equal to 1"),
     (dict(nms="yes"), "tasks.0.nms", "'none', 'per-label' or 'all'"),
     (dict(nms_threshold=1.5), "tasks.0.nms_threshold", "less than or equal to 1"),
+    (dict(max_detections=0), "tasks.0.max_detections", "greater than or equal to 1"),
     (dict(batch_size=0), "tasks.0.resources.batch_size", "greater than or equal to 1"),
     (dict(concurrency=0), "tasks.0.resources.concurrency", "a number of actors >= 1"),
     (dict(concurrency=[4, 1]), "tasks.0.resources.concurrency", "1 <= min <= max"),

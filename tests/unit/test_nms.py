@@ -1,9 +1,10 @@
-"""`nms` on a task's boxes: which boxes drop, for canned boxes with known overlaps."""
+"""`nms` and `max_detections` on a task's boxes: which boxes drop, for canned boxes with
+known overlaps and scores."""
 
 import pytest
 
 from labeler.config import TaskSpec
-from labeler.models.base import suppress_overlaps
+from labeler.models.base import best_boxes, suppress_overlaps
 
 
 def _box(label, score, x0, y0, x1, y1):
@@ -49,3 +50,15 @@ def test_nothing_to_compare():
 def test_nms_is_refused_where_it_does_not_apply(task, family, kw):
     with pytest.raises(ValueError, match="nms applies to tasks detect, ground, regions"):
         TaskSpec(task=task, model={"family": family, "source": "m"}, nms="all", **kw)
+
+
+def test_max_detections_keeps_the_best_boxes_in_their_order():
+    tie = _box("car", 0.9, 5, 5, 6, 6)
+    assert best_boxes([C, A, B, D], 2) == [A, D]
+    assert best_boxes([C, A, tie, B], 2) == [A, tie]  # a tie: the earlier box
+    assert best_boxes([C, A], 5) == [C, A] and best_boxes([C, A], None) == [C, A]
+
+
+def test_max_detections_is_refused_where_it_does_not_apply():
+    with pytest.raises(ValueError, match="max_detections applies to tasks detect, ground"):
+        TaskSpec(task="caption", model={"family": "florence2", "source": "m"}, max_detections=5)
