@@ -1,4 +1,4 @@
-"""`labeler` command line: run, serve, export, preview, demo, tiny-models."""
+"""`labeler` command line: run, serve, export, preview, stats, demo, tiny-models."""
 
 from __future__ import annotations
 
@@ -170,6 +170,25 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scores(text: str) -> tuple[float, ...]:
+    """'0.1,0.5' -> (0.1, 0.5) (the range is checked with the other stats options)."""
+    try:
+        return tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated box scores, e.g. "
+                                         f"0.1,0.3,0.5,0.7") from None
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """The figures of a job's output per task: rows, errors, boxes per label (docs/stats.md)."""
+    from labeler.stats import StatsOptions, run_stats
+
+    summary = run_stats(StatsOptions(output=args.output, task=args.task, scores=args.scores,
+                                     top=args.top, json=args.json))
+    print("\n".join(summary.lines()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labeler", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -241,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--errors", action="store_true",
                      help="show error rows (and the reasons) instead of the others")
     pre.set_defaults(func=cmd_preview)
+
+    st = sub.add_parser("stats", help="a job's rows, errors and boxes per label and score")
+    st.add_argument("output", help="the job's output folder or s3:// prefix")
+    st.add_argument("--task", help="one task folder (default: every task)")
+    st.add_argument("--scores", type=_scores, default=(0.1, 0.3, 0.5, 0.7),
+                    help="count the boxes scoring at least each of these (0.1,0.3,0.5,0.7)")
+    st.add_argument("--top", type=int, default=30, help="labels shown per task (default 30)")
+    st.add_argument("--json", help="also write the figures to this local JSON file")
+    st.set_defaults(func=cmd_stats)
     return parser
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -199,12 +199,18 @@ class JobOutput:
                                   f"{', '.join(BOX_TASKS)}")
             raise ExportError(f"{len(boxed)} tasks with boxes in {self.uri!r}: "
                               f"{', '.join(t.name for t in boxed)}; choose one with --task")
+        found = self.named(name)
+        if found.kind not in BOX_TASKS:
+            raise ExportError(f"task {name!r} is a {found.kind} task: its rows carry no boxes "
+                              f"to export (tasks with boxes: {', '.join(BOX_TASKS)})")
+        return found
+
+    def named(self, name: str) -> TaskFolder:
+        """The task folder `name`, of any kind; ExportError naming the folders otherwise."""
         found = [t for t in self.tasks if t.name == name]
         if not found:
+            described = ", ".join(f"{t.name} ({t.kind})" for t in self.tasks)
             raise ExportError(f"no task folder {name!r} in {self.uri!r} (it holds: {described})")
-        if found[0].kind not in BOX_TASKS:
-            raise ExportError(f"task {name!r} is a {found[0].kind} task: its rows carry no boxes "
-                              f"to export (tasks with boxes: {', '.join(BOX_TASKS)})")
         return found[0]
 
 
@@ -222,14 +228,21 @@ class TaskRows:
 
     def scan(self, tally: Tally) -> Iterator[Row]:
         """Every row to export, in file and row order; what is left out goes to `tally`."""
+        for batch in self.batches(COLUMNS):
+            yield from self._rows(batch.to_pydict(), batch.num_rows, tally)
+
+    def batches(self, columns: Iterable[str]) -> Iterator[pa.RecordBatch]:
+        """The folder's rows, unfiltered, as record batches of at most READ_BATCH_ROWS rows in
+        file and row order, holding those of `columns` the files have (an older output lacks
+        some). ExportError for a file that is not Parquet, StorageError when the output
+        cannot be read."""
         try:
             dataset = pads.dataset(list(self.folder.files), format="parquet",
                                    filesystem=self.job.fs)
-            columns = [c for c in COLUMNS if c in dataset.schema.names]
+            names = [c for c in columns if c in dataset.schema.names]
             for fragment in dataset.get_fragments():  # in the order of `files`
-                for batch in fragment.to_batches(schema=dataset.schema, columns=columns,
-                                                 batch_size=READ_BATCH_ROWS):
-                    yield from self._rows(batch.to_pydict(), batch.num_rows, tally)
+                yield from fragment.to_batches(schema=dataset.schema, columns=names,
+                                               batch_size=READ_BATCH_ROWS)
         except OSError as err:
             raise storage_error(self.job.uri, "read the job output", err) from None
         except pa.ArrowInvalid as err:

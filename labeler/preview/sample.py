@@ -149,16 +149,13 @@ class Scan:
 def pick_task(job: JobOutput, name: str | None) -> TaskFolder:
     """The task folder `name`, or with None the job's only task; ExportError naming the
     choices otherwise. Any task kind can be previewed (boxes, captions, OCR, answers)."""
+    if name is not None:
+        return job.named(name)
+    if len(job.tasks) == 1:
+        return job.tasks[0]
     described = ", ".join(f"{t.name} ({t.kind})" for t in job.tasks)
-    if name is None:
-        if len(job.tasks) == 1:
-            return job.tasks[0]
-        raise ExportError(f"{len(job.tasks)} tasks in {job.uri!r}: {described}; choose one "
-                          f"with --task")
-    found = [t for t in job.tasks if t.name == name]
-    if not found:
-        raise ExportError(f"no task folder {name!r} in {job.uri!r} (it holds: {described})")
-    return found[0]
+    raise ExportError(f"{len(job.tasks)} tasks in {job.uri!r}: {described}; choose one "
+                      f"with --task")
 
 
 def scan_task(job: JobOutput, folder: TaskFolder, limit: int, seed: int = 0,
