@@ -287,7 +287,6 @@ class Florence2Adapter(GenerativeAdapter):
             results.append({**parsed.fields(), "prompt": token + text_input})
         return results
 
-
     def _labelled(self, detections: list[dict]) -> list[dict]:
         """Boxes named by the model's text -> the labels their queries ask for (matched
         case-insensitively; text that is no query stays as it is), kept when scoring >= the

@@ -14,6 +14,20 @@ def _flags(tmp_path, **kw):
     return base
 
 
+def _detect_spec_file(tmp_path, task_lines: str, source: str = "m") -> Path:
+    """A job.yaml of one OWLv2 detect task, its other fields given as YAML lines."""
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(f"""
+input: {{path: {tmp_path}}}
+output: {{path: {tmp_path}/out}}
+tasks:
+  - task: detect
+    model: {{family: owlv2, source: {source}}}
+{task_lines}
+""")
+    return spec_file
+
+
 def test_flags_alone_make_a_valid_spec(tmp_path):
     spec = load_job_spec(None, **_flags(tmp_path, threshold=0.25, batch_size=4))
     (task,) = spec.tasks
@@ -27,17 +41,10 @@ def test_flags_alone_make_a_valid_spec(tmp_path):
 
 
 def test_flags_override_the_yaml(tmp_path):
-    spec_file = tmp_path / "job.yaml"
-    spec_file.write_text(f"""
-input: {{path: {tmp_path}}}
-output: {{path: {tmp_path}/out}}
-tasks:
-  - task: detect
-    model: {{family: owlv2, source: some/model}}
+    spec_file = _detect_spec_file(tmp_path, """\
     labels: [cat, dog]
     threshold: 0.2
-    resources: {{batch_size: 16, concurrency: 2}}
-""")
+    resources: {batch_size: 16, concurrency: 2}""", source="some/model")
     spec = load_job_spec(spec_file, threshold=0.5, labels=["bird"])
     (task,) = spec.tasks
     assert task.threshold == 0.5 and task.labels == ["bird"]
@@ -68,16 +75,7 @@ def test_bad_fields_are_named(tmp_path, overrides, field, says):
 
 
 def test_unknown_yaml_field_is_rejected_with_its_path(tmp_path):
-    spec_file = tmp_path / "job.yaml"
-    spec_file.write_text(f"""
-input: {{path: {tmp_path}}}
-output: {{path: {tmp_path}/out}}
-tasks:
-  - task: detect
-    model: {{family: owlv2, source: m}}
-    labels: [cat]
-    thresold: 0.3
-""")
+    spec_file = _detect_spec_file(tmp_path, "    labels: [cat]\n    thresold: 0.3")
     with pytest.raises(SpecError, match=r"tasks\.0\.thresold: Extra inputs are not permitted"):
         load_job_spec(spec_file)
 
@@ -111,21 +109,8 @@ def test_the_readme_spec_file_is_a_valid_job_spec(tmp_path, monkeypatch):
                                                                           "traffic light"]
 
 
-def _ontology_spec(tmp_path, task_lines: str) -> Path:
-    spec_file = tmp_path / "job.yaml"
-    spec_file.write_text(f"""
-input: {{path: {tmp_path}}}
-output: {{path: {tmp_path}/out}}
-tasks:
-  - task: detect
-    model: {{family: owlv2, source: m}}
-{task_lines}
-""")
-    return spec_file
-
-
 def test_an_ontology_gives_labels_their_queries_and_thresholds(tmp_path):
-    spec_file = _ontology_spec(tmp_path, """\
+    spec_file = _detect_spec_file(tmp_path, """\
     labels: [person, car, cyclist]
     queries: {car: [" car ", automobile, car], cyclist: ["a person riding a bicycle"]}
     label_thresholds: {cyclist: 0.25}
@@ -150,14 +135,14 @@ def test_an_ontology_gives_labels_their_queries_and_thresholds(tmp_path):
 ])
 def test_bad_ontologies_are_named(tmp_path, task_lines, field, says):
     with pytest.raises(SpecError) as err:
-        load_job_spec(_ontology_spec(tmp_path, task_lines))
+        load_job_spec(_detect_spec_file(tmp_path, task_lines))
     assert f"{field}: " in str(err.value) and says in str(err.value), str(err.value)
 
 
 def test_a_labels_flag_dropping_a_label_with_queries_is_named(tmp_path):
     """--labels replaces the file's labels: queries of a label no longer there are refused
     rather than silently ignored."""
-    spec_file = _ontology_spec(tmp_path, "    labels: [car, bus]\n    queries: {bus: [coach]}")
+    spec_file = _detect_spec_file(tmp_path, "    labels: [car, bus]\n    queries: {bus: [coach]}")
     with pytest.raises(SpecError, match=r"tasks\.0\.queries: 'bus' is not one of labels"):
         load_job_spec(spec_file, labels=["car"])
 
