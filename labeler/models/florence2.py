@@ -266,6 +266,8 @@ class Florence2Adapter(GenerativeAdapter):
         """Decode each row up to its end token, parse it with its task token's parser (boxes
         in pixels of the original width x height), keep boxes scoring >= threshold."""
         tokenizer = self.processor.tokenizer
+        label_of = {query.casefold(): label for label, queries in
+                    zip(self.spec.labels, self.spec.label_queries()) for query in queries}
         results = []
         for row, (image, (token, text_input)) in enumerate(zip(images, raw["prompts"])):
             ids = raw["sequences"][row].tolist()
@@ -279,7 +281,7 @@ class Florence2Adapter(GenerativeAdapter):
             parser = TASK_TOKENS[self.task].parsers[token]
             parsed = parser(text, (image.width, image.height), tokens, self.parse_config)
             if parsed.detections is not None:
-                parsed.detections = self._labelled(parsed.detections)
+                parsed.detections = self._labelled(parsed.detections, label_of)
             if end is None:
                 parsed.warnings.append(
                     f"the answer reached max_new_tokens={self.spec.generation.max_new_tokens} "
@@ -287,12 +289,10 @@ class Florence2Adapter(GenerativeAdapter):
             results.append({**parsed.fields(), "prompt": token + text_input})
         return results
 
-    def _labelled(self, detections: list[dict]) -> list[dict]:
-        """Boxes named by the model's text -> the labels their queries ask for (matched
-        case-insensitively; text that is no query stays as it is), kept when scoring >= the
-        label's threshold."""
-        label_of = {query.casefold(): label for label, queries in
-                    zip(self.spec.labels, self.spec.label_queries()) for query in queries}
+    def _labelled(self, detections: list[dict], label_of: dict[str, str]) -> list[dict]:
+        """Boxes named by the model's text -> the labels their queries ask for (label_of:
+        casefolded query -> label; text that is no query stays as it is), kept when scoring
+        >= the label's threshold."""
         kept = []
         for det in detections:
             det["label"] = label_of.get(det["label"].strip().casefold(), det["label"])
