@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
@@ -153,7 +153,7 @@ class TaskSpec(_Strict):
     queries: dict[str, list[str]] = Field(
         default_factory=dict, description="detect: text queries of a label (synonyms, longer "
                                           "phrases); a label not listed is queried by its name")
-    label_thresholds: dict[str, float] = Field(
+    label_thresholds: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
         default_factory=dict, description="detect: minimum box score of a label, in place of "
                                           "`threshold`")
     prompt: str | None = Field(
@@ -224,11 +224,9 @@ class TaskSpec(_Strict):
     def _known_label_thresholds(cls, thresholds: dict[str, float],
                                 info: ValidationInfo) -> dict[str, float]:
         labels = info.data.get("labels")
-        for label, value in thresholds.items():
+        for label in thresholds:
             if labels is not None and label not in labels:
                 raise ValueError(f"{label!r} is not one of labels {labels}")
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{label!r}: a threshold is between 0 and 1, got {value}")
         return thresholds
 
     @model_validator(mode="after")

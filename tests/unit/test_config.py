@@ -130,8 +130,8 @@ def test_an_ontology_gives_labels_their_queries_and_thresholds(tmp_path):
      "the query 'Car' asks for both 'car' and 'truck'"),
     ("    labels: [car]\n    label_thresholds: {bus: 0.2}", "tasks.0.label_thresholds",
      "'bus' is not one of labels"),
-    ("    labels: [car]\n    label_thresholds: {car: 1.5}", "tasks.0.label_thresholds",
-     "between 0 and 1"),
+    ("    labels: [car]\n    label_thresholds: {car: 1.5}", "tasks.0.label_thresholds.car",
+     "less than or equal to 1"),
 ])
 def test_bad_ontologies_are_named(tmp_path, task_lines, field, says):
     with pytest.raises(SpecError) as err:
