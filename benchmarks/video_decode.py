@@ -15,6 +15,8 @@ may be shared):
                                 where that skips frames: SEEK_MIN_SKIP_S)
     fps-noseek                  the same with seeking off: decode every frame, keep 1 a second
     all                         Sampling "all" through the same code: every frame, RGB
+    all-min-change              the same with min_change set (every frame still passes it):
+                                the cost of comparing each frame's grey thumbnail
     all, glibc malloc defaults  the same without the decode workers' DECODE_ENV
     pyav                        `for frame in container.decode(video=0):
                                      frame.to_ndarray(format="rgb24")`, PyAV's defaults
@@ -56,7 +58,11 @@ BOX = 200  # side of the moving box, pixels
 PAN = (2, 1)  # pixels the texture moves per frame (x, y)
 # A mode with this suffix runs without the decode workers' malloc settings (glibc's defaults).
 GLIBC_DEFAULTS = ", glibc malloc defaults"
-MODES = ("fps", "fps-noseek", "all", "all" + GLIBC_DEFAULTS, "pyav", "pyav-auto")
+MODES = ("fps", "fps-noseek", "all", "all-min-change", "all" + GLIBC_DEFAULTS, "pyav",
+         "pyav-auto")
+# A threshold the panning content always passes: every frame is kept, and so every frame pays
+# for the min_change comparison, which is what all-min-change measures against all.
+EVERY_FRAME_CHANGES = 1e-6
 
 
 def _texture(height: int, width: int, cell: int, seed: int) -> np.ndarray:
@@ -120,7 +126,10 @@ def measure(mode: str, path: str) -> dict:
                 frame.to_ndarray(format="rgb24")
                 frames += 1
     else:
-        sampling = Sampling("all") if mode == "all" else Sampling("fps", fps=1.0)
+        if mode == "all-min-change":
+            sampling = Sampling("all", min_change=EVERY_FRAME_CHANGES)
+        else:
+            sampling = Sampling("all") if mode == "all" else Sampling("fps", fps=1.0)
         options = {"seek_min_skip_s": float("inf")} if mode == "fps-noseek" else {}
         for _ in sample_video(path, sampling, **options):
             frames += 1
@@ -216,9 +225,12 @@ def rates(short: Path, rounds: int) -> None:
     gain = best["fps-noseek"]["cpu_s"] / best["fps"]["cpu_s"]
     ratio = best["all"]["frames_per_cpu_s"] / best["pyav-auto"]["frames_per_cpu_s"]
     malloc = best["all" + GLIBC_DEFAULTS]["cpu_s"] / best["all"]["cpu_s"]
+    change_ms = (best["all-min-change"]["cpu_s"] - best["all"]["cpu_s"]) / best["all"]["frames"]
+    assert best["all-min-change"]["frames"] == best["all"]["frames"], "a frame was skipped"
     print(f"seeking at 1 fps: {gain:.2f}x less CPU than decoding every frame; full decode "
           f"through the sampler: {ratio:.2f}x the frames per CPU-s of PyAV's loop with the "
-          f"same threading; the decode workers' malloc settings: {malloc:.2f}x less CPU")
+          f"same threading; the decode workers' malloc settings: {malloc:.2f}x less CPU; "
+          f"min_change: {change_ms * 1000:+.2f} CPU-ms a frame")
 
 
 def memory(long: Path) -> None:

@@ -63,6 +63,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     video.add_argument("--keyframes", action="store_true", default=None, help="key frames only")
     video.add_argument("--frames-per-video", type=int, help="n frames spread uniformly")
     video.add_argument("--max-frames", type=int, help="at most this many frames per video")
+    video.add_argument("--min-change", type=float,
+                       help="skip sampled frames that changed less than this since the last "
+                            "labeled one (0..1, mean grey difference; 0.03 skips static scenes)")
     video.add_argument("--start-s", type=float, help="sample from this second on")
     video.add_argument("--end-s", type=float, help="sample up to this second")
     video.add_argument("--clip-seconds", type=float, help="clip length for video-caption/-ask")

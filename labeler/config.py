@@ -274,6 +274,10 @@ class SamplingSpec(_Strict):
     max_frames: int | None = Field(None, ge=1, description="at most this many per video")
     start_s: float | None = Field(None, ge=0, description="range start, seconds, inclusive")
     end_s: float | None = Field(None, gt=0, description="range end, seconds, exclusive")
+    min_change: float | None = Field(
+        None, gt=0, le=1, description="skip a sampled frame whose grey 32x32 thumbnail differs "
+        "from the last labeled frame's by less than this mean absolute difference (fraction of "
+        "full scale; 0.02-0.05 skips a static scene, not a person entering it)")
 
     @model_validator(mode="after")
     def _one_mode(self) -> "SamplingSpec":
@@ -289,7 +293,8 @@ class SamplingSpec(_Strict):
         """The labeler.media.video.Sampling these options describe."""
         from labeler.media.video import Sampling
 
-        common = {"max_frames": self.max_frames, "start_s": self.start_s, "end_s": self.end_s}
+        common = {"max_frames": self.max_frames, "start_s": self.start_s, "end_s": self.end_s,
+                  "min_change": self.min_change}
         if self.every_n_frames is not None:
             return Sampling(mode="every_n_frames", every_n_frames=self.every_n_frames, **common)
         if self.keyframes:
@@ -445,6 +450,7 @@ JOB_FLAGS = {"input": ("input", "path"), "output": ("output", "path"),
              "keyframes": ("input", "sampling", "keyframes"),
              "frames_per_video": ("input", "sampling", "frames_per_video"),
              "max_frames": ("input", "sampling", "max_frames"),
+             "min_change": ("input", "sampling", "min_change"),
              "start_s": ("input", "sampling", "start_s"), "end_s": ("input", "sampling", "end_s"),
              "clip_seconds": ("input", "clip", "seconds"), "clip_fps": ("input", "clip", "fps")}
 

@@ -11,6 +11,8 @@ lists every frame's pts and which ones are key frames. The sampling mode turns t
 the exact set of wanted frames; decoding then walks forward, seeking to the key frame before
 the next wanted frame when that skips enough frames (SEEK_MIN_SKIP_S), and yields the wanted
 frames as they decode. Decoding uses FFmpeg's frame and slice threads (thread_type AUTO).
+With min_change, a wanted frame too like the last one yielded (a static camera, a slide held
+on screen) is dropped after decoding, before its conversion to RGB.
 
 Bad input: an empty file, an unknown container or a file without a video stream raise
 MediaError. A truncated or corrupt video yields the frames that did decode and then raises
@@ -29,6 +31,7 @@ from typing import BinaryIO, Literal, NamedTuple, Union
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from labeler.media.image import MediaError
 
@@ -43,6 +46,11 @@ SamplingMode = Literal["all", "fps", "every_n_frames", "keyframes", "uniform"]
 # CPU-s a minute of video against 4.9 decoding through; a threshold of 2 s, never met there,
 # saved nothing.
 SEEK_MIN_SKIP_S = 0.5
+# Side of the grey thumbnail that min_change compares frames by: FFmpeg's area scaling
+# averages 60x34 pixel cells of a 1080p frame, which evens out sensor noise and compression
+# grain while a person walking into view (a few cells) still shows. Cheap next to decoding
+# (benchmarks/video_decode.py, all-min-change), and a skipped frame is never converted to RGB.
+CHANGE_THUMBNAIL_SIDE = 32
 
 
 class VideoDecodeError(MediaError):
@@ -96,6 +104,10 @@ class Sampling:
         frames, the middle frame of each of num_frames equal parts of the range.
     max_frames: at most this many frames per video (the first ones of the selection).
     start_s, end_s: the time range in seconds, start inclusive, end exclusive; None = open.
+    min_change: skip a selected frame that differs from the last frame yielded by less than
+        this: the mean absolute difference of their grey thumbnails (CHANGE_THUMBNAIL_SIDE
+        pixels square), as a fraction of full scale, 0..1. The first frame is always yielded;
+        None yields every selected frame. It applies after max_frames.
     """
 
     mode: SamplingMode = "all"
@@ -105,6 +117,7 @@ class Sampling:
     max_frames: int | None = None
     start_s: float | None = None
     end_s: float | None = None
+    min_change: float | None = None
 
     def __post_init__(self) -> None:
         needs = {"fps": "fps", "every_n_frames": "every_n_frames", "uniform": "num_frames"}
@@ -124,6 +137,8 @@ class Sampling:
                 raise ValueError(f"{option} must be > 0, got {value}")
         if self.start_s is not None and self.start_s < 0:
             raise ValueError(f"start_s must be >= 0, got {self.start_s}")
+        if self.min_change is not None and not 0 < self.min_change <= 1:
+            raise ValueError(f"min_change must be in (0, 1], got {self.min_change}")
         if self.start_s is not None and self.end_s is not None and self.end_s <= self.start_s:
             raise ValueError(f"end_s ({self.end_s}) must be after start_s ({self.start_s})")
 
@@ -374,11 +389,37 @@ class _BadData(Exception):
     """Internal: decoding hit data it could not read; the message is FFmpeg's."""
 
 
+class _ChangeFilter:
+    """Sampling.min_change: keep(frame) says whether a decoded frame differs enough from the
+    last kept one; always True when min_change is None."""
+
+    def __init__(self, min_change: float | None):
+        self.min_change = min_change
+        self.last: np.ndarray | None = None  # grey thumbnail of the last kept frame, 0..1
+        # One scaler for the video: frame.reformat() would set up a new one for every frame,
+        # 0.9 ms at 1080p against 0.16 ms for the scaling itself.
+        self.scaler = VideoReformatter()
+
+    def keep(self, frame: av.VideoFrame) -> bool:
+        if self.min_change is None:
+            return True
+        # swscale maps limited-range luma to full-range grey, so 0 is black and 255 white.
+        grey = self.scaler.reformat(frame, width=CHANGE_THUMBNAIL_SIDE,
+                                    height=CHANGE_THUMBNAIL_SIDE, format="gray",
+                                    interpolation="AREA").to_ndarray()
+        thumbnail = grey.astype(np.float32) / 255.0
+        if self.last is not None and np.abs(thumbnail - self.last).mean() < self.min_change:
+            return False
+        self.last = thumbnail
+        return True
+
+
 def _decode_wanted(container, index: _PacketIndex, sampling: Sampling, seek_min_skip_s: float):
     stream = _video_stream(container)
     if sampling.mode == "keyframes":
         stream.codec_context.skip_frame = "NONKEY"
     wanted = _wanted_positions(index, stream, sampling)
+    changes = _ChangeFilter(sampling.min_change)
     min_skip = seek_min_skip_s / float(stream.time_base)  # in pts units; inf never seeks
     done = 0  # wanted[:done] are yielded or known lost
     lost = 0  # wanted frames the decoder never produced
@@ -396,8 +437,9 @@ def _decode_wanted(container, index: _PacketIndex, sampling: Sampling, seek_min_
                 while done < len(wanted) and index.pts[wanted[done]] < cursor:
                     done, lost = done + 1, lost + 1  # the decoder dropped it (corrupt data)
                 if done < len(wanted) and index.pts[wanted[done]] == cursor:
-                    rgb = _rotate(frame.to_ndarray(format="rgb24"), frame.rotation)
-                    yield SampledFrame(wanted[done], float(_seconds(cursor, stream)), rgb)
+                    if changes.keep(frame):
+                        rgb = _rotate(frame.to_ndarray(format="rgb24"), frame.rotation)
+                        yield SampledFrame(wanted[done], float(_seconds(cursor, stream)), rgb)
                     done += 1
                 if done >= len(wanted):
                     break

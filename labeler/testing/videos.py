@@ -37,11 +37,12 @@ def frame_pixels(index: int, width: int = WIDTH, height: int = HEIGHT) -> np.nda
 def encode_video(path: str | Path, codec: str, count: int = 30, rate: int = 10,
                  options: dict | None = None, pts_ms: list[int] | None = None,
                  rotation: int | None = None, muxer_options: dict | None = None,
-                 width: int = WIDTH, height: int = HEIGHT) -> str:
+                 width: int = WIDTH, height: int = HEIGHT, contents: list[int] | None = None) -> str:
     """Write `count` frames (frame_pixels) at `rate` frames per second; returns the path.
 
     pts_ms: explicit frame times in milliseconds (a variable frame rate). rotation: degrees
-    counter-clockwise, stored as the container's display matrix."""
+    counter-clockwise, stored as the container's display matrix. contents: frame i shows
+    frame_pixels(contents[i]) instead of frame_pixels(i) (a scene held still, then cut)."""
     container = av.open(str(path), "w", options=muxer_options or {})
     stream = container.add_stream(codec, rate=rate, options=options or {})
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -50,7 +51,8 @@ def encode_video(path: str | Path, codec: str, count: int = 30, rate: int = 10,
     if rotation is not None:
         stream.set_display_rotation(rotation)
     for i in range(count):
-        frame = av.VideoFrame.from_ndarray(frame_pixels(i, width, height), format="rgb24")
+        content = i if contents is None else contents[i]
+        frame = av.VideoFrame.from_ndarray(frame_pixels(content, width, height), format="rgb24")
         if pts_ms is not None:
             frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
         container.mux(stream.encode(frame))

@@ -80,6 +80,33 @@ def test_every_n_uniform_max_and_range(videos):
     assert _take(src, max_frames=3, start_s=2.95)[0] == []
 
 
+# Frames 0-2 show scene 0, 3-6 scene 5, 7-9 scene 20: two cuts in a still camera.
+HELD_SCENES = [0, 0, 0, 5, 5, 5, 5, 20, 20, 20]
+# One grey step (LEVEL_STEP / 255 = 0.031 over the 11/12 of the frame outside the marker) is
+# a change of 0.029, two steps 0.058: a threshold between them keeps every second frame of a
+# slow fade only if it compares with the last frame kept, not the one just before.
+BETWEEN_ONE_AND_TWO_STEPS = 0.045
+
+
+def test_min_change_skips_frames_like_the_last_one_kept(videos, tmp_path):
+    held = encode_video(tmp_path / "held.mp4", "libx264", count=10, options=X264_GOP,
+                        contents=HELD_SCENES)
+    frames = list(sample_frames(held, "all", min_change=BETWEEN_ONE_AND_TWO_STEPS))
+    assert [f.index for f in frames] == [0, 3, 7]  # the first frame, then each cut
+    assert [level_index(f.pixels) for f in frames] == [0, 5, 20]
+    assert [f.timestamp_s for f in frames] == [0.0, 0.3, 0.7]
+    # A slow fade: each frame one step from the one before, two from the last kept.
+    fade = _take(videos["h264"], "all", min_change=BETWEEN_ONE_AND_TWO_STEPS)[0]
+    assert fade == list(range(0, 30, 2))
+    # It applies to the frames the mode selects (every 3rd: 3 steps apart, all kept) ...
+    assert _take(videos["h264"], "every_n_frames", every_n_frames=3,
+                 min_change=BETWEEN_ONE_AND_TWO_STEPS)[0] == list(range(0, 30, 3))
+    # ... after max_frames; and a threshold no change reaches keeps the first frame alone.
+    assert _take(videos["h264"], "all", max_frames=5,
+                 min_change=BETWEEN_ONE_AND_TWO_STEPS)[0] == [0, 2, 4]
+    assert _take(videos["h264"], "all", min_change=1.0)[0] == [0]
+
+
 @pytest.mark.parametrize("name", ["h264", "vp9"])
 def test_keyframes_only(videos, name):
     assert _take(videos[name], "keyframes") == ([0, 10, 20], [0.0, 1.0, 2.0])
@@ -212,6 +239,8 @@ def test_file_like_source(videos):
         ({"mode": "every_n_frames", "every_n_frames": 0}, "must be > 0"),
         ({"mode": "all", "start_s": 2.0, "end_s": 1.0}, "must be after start_s"),
         ({"mode": "bogus"}, "unknown sampling mode"),
+        ({"mode": "all", "min_change": 0.0}, r"min_change must be in \(0, 1\]"),
+        ({"mode": "all", "min_change": 1.5}, r"min_change must be in \(0, 1\]"),
     ],
 )
 def test_sampling_validation(options, message):

@@ -25,6 +25,10 @@ def _spec(tmp_path, **overrides):
     ({"media": "video", "task": "video-caption", "family": "qwen2_vl", "labels": None,
       "clip_seconds": 10.0, "sample_fps": 1.0}, "clip tasks sample inside each clip"),
     ({"media": "video", "clip_seconds": -1.0}, "input.clip.seconds"),
+    ({"media": "video", "min_change": 0.0}, "input.sampling.min_change"),
+    ({"media": "video", "min_change": 2.0}, "input.sampling.min_change"),
+    ({"media": "video", "task": "video-caption", "family": "qwen2_vl", "labels": None,
+      "clip_seconds": 10.0, "min_change": 0.03}, "clip tasks sample inside each clip"),
     ({"image_threshold": 0.5}, "pseudo_label options apply only to task 'pseudo-label'"),
     ({"task": "pseudo-label", "labels": None, "vocabulary": "/nonexistent/names.txt"},
      "file '/nonexistent/names.txt' does not exist"),
@@ -33,6 +37,11 @@ def test_bad_video_and_pseudo_label_specs_name_the_field(tmp_path, overrides, me
     with pytest.raises(SpecError) as err:
         _spec(tmp_path, **overrides)
     assert message in str(err.value)
+
+
+def test_min_change_flag_sets_the_sampling_option(tmp_path):
+    spec = _spec(tmp_path, media="video", every_n_frames=2, min_change=0.03)
+    assert spec.input.sampling.sampling().min_change == 0.03
 
 
 def test_caption_from_must_name_an_earlier_task(tmp_path):

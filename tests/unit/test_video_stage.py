@@ -51,6 +51,20 @@ def test_frame_rows_are_batched_numbered_and_the_last_is_marked(h264):
     assert only["last_part"].tolist() == [False] * (FRAME_ROWS - 1) + [True]
 
 
+def test_frames_skipped_by_min_change_leave_no_gap_in_the_parts(h264):
+    """The job's sampling options reach the decoder: a fade of one grey step a frame with
+    min_change between one and two steps labels every second frame, numbered 0.. without
+    holes (the sink completes a video by its parts)."""
+    sampling = InputSpec(path=h264, media="video",
+                         sampling={"every_n_frames": 1, "min_change": 0.045}).sampling.sampling()
+    rows = {k: np.concatenate([b[k] for b in decode_video(_one(h264), sampling, None, 10**8)])
+            for k in ("frame_index", "part_index", "last_part", "image")}
+    assert rows["frame_index"].tolist() == list(range(0, 30, 2))
+    assert [level_index(p) for p in rows["image"]] == list(range(0, 30, 2))
+    assert rows["part_index"].tolist() == list(range(15))
+    assert rows["last_part"].tolist() == [False] * 14 + [True]
+
+
 def test_clip_rows(h264):
     clip = ClipSpec(seconds=1.5, fps=2.0, max_side=32)
     # Frame sampling is ignored: clips are sampled at clip.fps. One clip per batch.
