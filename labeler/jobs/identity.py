@@ -20,6 +20,11 @@ from labeler.sources import InputItem
 
 # Bumped when the identity's layout changes in a way that old outputs cannot match.
 IDENTITY_VERSION = 2
+# Fields added to the spec since IDENTITY_VERSION 2: outputs written before it hold a hash
+# of every field that existed then, so the legacy fingerprint leaves these out when they are
+# at their defaults (a job that sets one cannot be an older labeler's job anyway).
+TASK_FIELDS_AFTER_V2 = frozenset({"queries", "label_thresholds", "nms", "max_detections"})
+SAMPLING_FIELDS_AFTER_V2 = frozenset({"min_change"})
 
 
 def input_identities(items: list[InputItem]) -> list:
@@ -46,12 +51,21 @@ def legacy_fingerprint(spec: JobSpec, inputs: list) -> str:
     """The fingerprint outputs written before IDENTITY_VERSION 2 hold (every task field,
     defaults included, and the input list itself), so that they still resume."""
     shaping = {
-        "input": {**spec.input.model_dump(exclude={"path"}),
+        "input": {**spec.input.model_dump(exclude={"path": True, "sampling": _newer_defaults(
+                      spec.input.sampling, SAMPLING_FIELDS_AFTER_V2)}),
                   "files_per_shard": spec.input.effective_files_per_shard},
-        "tasks": [t.model_dump(exclude={"resources"}) for t in spec.tasks],
+        "tasks": [t.model_dump(exclude={"resources"} | _newer_defaults(t, TASK_FIELDS_AFTER_V2))
+                  for t in spec.tasks],
         "uris": inputs,
     }
     return _sha256(shaping)
+
+
+def _newer_defaults(model, newer: frozenset[str]) -> set[str]:
+    """The fields of `newer` that `model` leaves at their defaults."""
+    return {name for name in newer
+            if getattr(model, name) == type(model).model_fields[name].get_default(
+                call_default_factory=True)}
 
 
 def _sha256(value) -> str:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from labeler.config import load_job_spec
+from labeler.config import JobSpec, load_job_spec
 from labeler.jobs.identity import fingerprint, input_identities, job_identity, legacy_fingerprint
 from labeler.sinks.parquet import OutputConflict, ShardedParquetSink, describe_differences
 from labeler.sources import plan_source
@@ -101,3 +101,22 @@ def test_an_unreadable_job_manifest_is_refused_by_name(images, tmp_path, content
     with pytest.raises(OutputConflict, match="holds a _job.json that labeler cannot read"):
         _sink(_spec(images, tmp_path))
     assert _sink(_spec(images, tmp_path), overwrite=True).pending_shards() == {0}
+
+
+def test_the_legacy_fingerprint_is_the_one_older_labelers_wrote():
+    """The hash the labeler before identities (1e73c43^, job_fingerprint) wrote for this spec:
+    options added since, at their defaults, must not change it, or those outputs stop
+    resuming. Setting one does change it."""
+    spec = {"input": {"path": "s3://bucket/videos", "media": "video", "sampling": {"fps": 2.0}},
+            "tasks": [{"task": "detect", "labels": ["person", "car"], "threshold": 0.2,
+                       "model": {"family": "owlv2",
+                                 "source": "google/owlv2-base-patch16-ensemble"}}],
+            "output": {"path": "/tmp/out"}}
+    inputs = [["a.mp4", "s3://bucket/videos/a.mp4", None]]
+    written_then = "b3339334240c03f231218a05358d787180312399da5af36f774bbb4bcfc8214e"
+    assert legacy_fingerprint(JobSpec.model_validate(spec), inputs) == written_then
+    spec["tasks"][0]["nms"] = "per-label"
+    assert legacy_fingerprint(JobSpec.model_validate(spec), inputs) != written_then
+    spec["tasks"][0]["nms"] = "none"
+    spec["input"]["sampling"]["min_change"] = 0.03
+    assert legacy_fingerprint(JobSpec.model_validate(spec), inputs) != written_then
