@@ -25,6 +25,51 @@ def _labels(text: str) -> list[str]:
     return [label.strip() for label in text.split(",") if label.strip()]
 
 
+def _label_and_text(text: str) -> tuple[str, str]:
+    """"LABEL=TEXT" -> (label, text), both stripped."""
+    label, sep, value = text.partition("=")
+    if not sep or not label.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: give LABEL=VALUE")
+    return label.strip(), value.strip()
+
+
+def _label_and_score(text: str) -> tuple[str, float]:
+    label, value = _label_and_text(text)
+    try:
+        return label, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the score after '=' must be a number") from None
+
+
+class _ByLabel(argparse.Action):
+    """A repeatable LABEL=VALUE flag -> {label: value}, or {label: [values]} with many=True
+    (the spec's queries and label_thresholds); given, it replaces the spec file's mapping."""
+
+    def __init__(self, *args, many: bool = False, **kwargs):
+        self.many = many
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, pair, option_string=None):
+        label, value = pair
+        mapping = dict(getattr(namespace, self.dest) or {})
+        mapping[label] = [*mapping.get(label, []), value] if self.many else value
+        setattr(namespace, self.dest, mapping)
+
+
+def _add_box_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of a detection ontology and of box filtering, for `run` and `serve` alike."""
+    p.add_argument("--query", dest="queries", type=_label_and_text, action=_ByLabel, many=True,
+                   metavar="LABEL=TEXT", help="detect: a text that asks for LABEL (repeat it: "
+                   "several per label, the best one scores a box); e.g. car=automobile")
+    p.add_argument("--label-threshold", dest="label_thresholds", type=_label_and_score,
+                   action=_ByLabel, metavar="LABEL=SCORE",
+                   help="detect: minimum box score of LABEL instead of --threshold (repeat it)")
+    p.add_argument("--nms", choices=["none", "per-label", "all"],
+                   help="detect/ground/regions: drop boxes overlapping a better one (none)")
+    p.add_argument("--nms-threshold", type=float, help="IoU above which NMS drops a box (0.3)")
+    p.add_argument("--max-detections", type=int, help="keep a row's best boxes only (all)")
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", nargs="?", help="job spec YAML; flags override its fields")
     p.add_argument("--input", help="folder, glob or s3:// prefix of images")
@@ -35,13 +80,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", help="model revision (hub branch, tag or commit)")
     p.add_argument("--labels", type=_labels, help='comma-separated class names: "cat,dog"')
     p.add_argument("--threshold", type=float, help="minimum box score (default 0.1)")
+    _add_box_flags(p)
     p.add_argument("--prompt", help="instruction, question or phrases (Florence-2: may start "
                                     "with a task token such as <MORE_DETAILED_CAPTION>)")
     p.add_argument("--query-image", help="example image for detect-by-example")
-    p.add_argument("--nms", choices=["none", "per-label", "all"],
-                   help="detect/ground/regions: drop boxes overlapping a better one (none)")
-    p.add_argument("--nms-threshold", type=float, help="IoU above which NMS drops a box (0.3)")
-    p.add_argument("--max-detections", type=int, help="keep a row's best boxes only (all)")
     p.add_argument("--max-new-tokens", type=int, help="generation length limit")
     p.add_argument("--num-beams", type=int, help="beam search width (1: greedy)")
     p.add_argument("--seed", type=int, help="seed for sampling")
@@ -144,6 +186,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in (
         "host", "port", "task", "family", "model", "revision", "labels", "threshold", "prompt",
+        "queries", "label_thresholds", "nms", "nms_threshold", "max_detections",
         "preprocess", "num_gpus", "max_batch_size", "batch_wait_timeout_s", "num_replicas")}
     spec = load_serve_spec(args.config, **overrides)  # SpecError before any Ray work
     return serve_forever(spec)
@@ -222,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         srv.add_argument(flag, help=f"as for `labeler run` ({flag[2:]} of every served model)")
     srv.add_argument("--labels", type=_labels, help='comma-separated class names: "cat,dog"')
     srv.add_argument("--threshold", type=float, help="default minimum box score")
+    _add_box_flags(srv)
     srv.add_argument("--preprocess", choices=["processor", "fast"])
     srv.add_argument("--num-gpus", type=float, help="GPUs per replica; fractions share a GPU")
     srv.add_argument("--max-batch-size", type=int, help="requests per forward pass")

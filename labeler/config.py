@@ -428,6 +428,7 @@ class JobSpec(_Strict):
 # (and create the single task when there is no spec file).
 TASK_FLAGS = {"task": ("task",), "family": ("model", "family"), "model": ("model", "source"),
               "revision": ("model", "revision"), "labels": ("labels",), "threshold": ("threshold",),
+              "queries": ("queries",), "label_thresholds": ("label_thresholds",),
               "prompt": ("prompt",), "query_image": ("query_image",),
               "nms": ("nms",), "nms_threshold": ("nms_threshold",),
               "max_detections": ("max_detections",),

@@ -1,0 +1,77 @@
+"""CLI flags that build mappings of the spec (queries, label_thresholds) and the box options,
+for `labeler run` and `labeler serve`: parsed into the validated spec, bad ones refused by
+argparse (exit 2) naming the flag, before any Ray work."""
+
+import pytest
+
+from labeler.cli import _spec_from_args, build_parser
+from labeler.serve.config import load_serve_spec
+
+ONTOLOGY = ["--labels", "car,cyclist", "--query", "car=automobile", "--query", " car = auto ",
+            "--query", "cyclist=a person riding a bicycle", "--label-threshold", "cyclist=0.25",
+            "--nms", "per-label", "--nms-threshold", "0.5", "--max-detections", "20"]
+
+
+def _run_spec(tmp_path, *flags, spec_file=None):
+    (tmp_path / "a.jpg").write_bytes(b"listed, not decoded")
+    args = build_parser().parse_args(
+        ["run", *([str(spec_file)] if spec_file else []), "--input", str(tmp_path),
+         "--output", str(tmp_path / "out"), "--task", "detect", "--family", "owlv2",
+         "--model", "m", *flags])
+    return _spec_from_args(args)
+
+
+def test_run_flags_build_the_ontology_and_box_options(tmp_path):
+    (task,) = _run_spec(tmp_path, *ONTOLOGY).tasks
+    assert task.queries == {"car": ["automobile", "auto"],
+                            "cyclist": ["a person riding a bicycle"]}
+    assert task.label_thresholds == {"cyclist": 0.25}
+    assert task.label_queries() == [["automobile", "auto"], ["a person riding a bicycle"]]
+    assert (task.threshold_for("cyclist"), task.threshold_for("car")) == (0.25, 0.1)
+    assert (task.nms, task.nms_threshold, task.max_detections) == ("per-label", 0.5, 20)
+
+
+def test_run_flags_replace_the_spec_files_mapping(tmp_path):
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text("tasks:\n  - {labels: [car, bus], queries: {bus: [coach]},"
+                         " label_thresholds: {bus: 0.4}}\n")
+    (task,) = _run_spec(tmp_path, spec_file=spec_file).tasks
+    assert (task.queries, task.label_thresholds) == ({"bus": ["coach"]}, {"bus": 0.4})
+    (task,) = _run_spec(tmp_path, "--query", "car=sedan", spec_file=spec_file).tasks
+    assert (task.queries, task.label_thresholds) == ({"car": ["sedan"]}, {"bus": 0.4})
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--query", "car"], "argument --query: 'car': give LABEL=VALUE"),
+    (["--query", "=automobile"], "argument --query: '=automobile': give LABEL=VALUE"),
+    (["--label-threshold", "car="], "argument --label-threshold: 'car=': give LABEL=VALUE"),
+    (["--label-threshold", "car=high"],
+     "argument --label-threshold: 'car=high': the score after '=' must be a number"),
+])
+def test_malformed_pairs_exit_2_naming_the_flag(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["run", *flags])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_pairs_the_spec_refuses_name_the_field(tmp_path):
+    from labeler.config import SpecError
+
+    with pytest.raises(SpecError, match=r"tasks\.0\.queries: 'bike' is not one of labels"):
+        _run_spec(tmp_path, "--labels", "car", "--query", "bike=bicycle")
+    with pytest.raises(SpecError, match=r"tasks\.0\.label_thresholds\.car"):
+        _run_spec(tmp_path, "--labels", "car", "--label-threshold", "car=1.5")
+
+
+def test_serve_flags_reach_the_served_model():
+    args = build_parser().parse_args(["serve", "--task", "detect", "--family", "owlv2",
+                                      "--model", "m", *ONTOLOGY])
+    overrides = {k: getattr(args, k) for k in (
+        "task", "family", "model", "labels", "queries", "label_thresholds", "nms",
+        "nms_threshold", "max_detections")}
+    (model,) = load_serve_spec(None, **overrides).models
+    assert model.queries == {"car": ["automobile", "auto"],
+                             "cyclist": ["a person riding a bicycle"]}
+    assert model.label_thresholds == {"cyclist": 0.25}
+    assert (model.nms, model.nms_threshold, model.max_detections) == ("per-label", 0.5, 20)
