@@ -64,6 +64,9 @@ def _add_box_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-threshold", dest="label_thresholds", type=_label_and_score,
                    action=_ByLabel, metavar="LABEL=SCORE",
                    help="detect: minimum box score of LABEL instead of --threshold (repeat it)")
+    p.add_argument("--template", dest="templates", action="append", metavar="TEXT",
+                   help="detect (OWLv2): a prompt template with one {} (repeat it; a query's "
+                   "embedding is the mean over them): --template 'a photo of a {}.'")
     p.add_argument("--nms", choices=["none", "per-label", "all"],
                    help="detect/ground/regions: drop boxes overlapping a better one (none)")
     p.add_argument("--nms-threshold", type=float, help="IoU above which NMS drops a box (0.3)")
@@ -186,7 +189,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in (
         "host", "port", "task", "family", "model", "revision", "labels", "threshold", "prompt",
-        "queries", "label_thresholds", "nms", "nms_threshold", "max_detections",
+        "queries", "label_thresholds", "templates", "nms", "nms_threshold", "max_detections",
         "preprocess", "num_gpus", "max_batch_size", "batch_wait_timeout_s", "num_replicas")}
     spec = load_serve_spec(args.config, **overrides)  # SpecError before any Ray work
     return serve_forever(spec)

@@ -93,6 +93,18 @@ class GenerationSpec(_Strict):
     seed: int | None = Field(None, description="seed for sampling; fixed seed, same text")
 
 
+def check_templates(templates: list[str]) -> list[str]:
+    """Prompt templates: each holds exactly one '{}', where the query goes."""
+    for template in templates:
+        if template.count("{}") != 1:
+            raise ValueError(f"template {template!r} must hold exactly one '{{}}'")
+    return templates
+
+
+# A query asked as it is: no prompt ensembling.
+QUERY_ALONE = ["{}"]
+
+
 class PseudoLabelSpec(_Strict):
     """OWL-ST pseudo-annotation (task pseudo-label): queries from each image's caption and/or
     a curated vocabulary; see labeler.pseudo. The box threshold is the task's `threshold`."""
@@ -121,10 +133,7 @@ class PseudoLabelSpec(_Strict):
     @field_validator("templates")
     @classmethod
     def _one_slot(cls, templates: list[str]) -> list[str]:
-        for template in templates:
-            if template.count("{}") != 1:
-                raise ValueError(f"template {template!r} must hold exactly one '{{}}'")
-        return templates
+        return check_templates(templates)
 
     @field_validator("vocabulary_file", "generic_words_file")
     @classmethod
@@ -156,6 +165,11 @@ class TaskSpec(_Strict):
     label_thresholds: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
         default_factory=dict, description="detect: minimum box score of a label, in place of "
                                           "`threshold`")
+    # Prompt ensembling (CLIP, OWL-ViT): a query's text embedding is the mean over these
+    # templates filled with it, e.g. ["a photo of a {}.", "a photo of the {}."].
+    templates: list[str] = Field(default_factory=lambda: list(QUERY_ALONE), min_length=1,
+                                 description="detect (OWLv2): prompt templates, each with one "
+                                             "{}; a query's embedding is the mean over them")
     prompt: str | None = Field(
         None, description="instruction, question or phrases; Florence-2: may start with a task "
                           "token such as <MORE_DETAILED_CAPTION>. Default: the adapter's")
@@ -219,6 +233,11 @@ class TaskSpec(_Strict):
                                      f"{label!r}; a query names one label")
         return cleaned
 
+    @field_validator("templates")
+    @classmethod
+    def _template_slots(cls, templates: list[str]) -> list[str]:
+        return check_templates(templates)
+
     @field_validator("label_thresholds")
     @classmethod
     def _known_label_thresholds(cls, thresholds: dict[str, float],
@@ -233,6 +252,9 @@ class TaskSpec(_Strict):
     def _pair_and_requirements(self) -> "TaskSpec":
         if (self.queries or self.label_thresholds) and self.task != "detect":
             raise ValueError("queries and label_thresholds apply to task 'detect' only")
+        if self.templates != QUERY_ALONE and self.task != "detect":
+            raise ValueError("templates apply to task 'detect' only (pseudo-label: "
+                             "pseudo_label.templates)")
         if self.nms != "none" and self.task not in NMS_TASKS:
             raise ValueError(f"nms applies to tasks {', '.join(NMS_TASKS)} (detect-by-example "
                              f"always suppresses, at nms_threshold)")
@@ -429,6 +451,7 @@ class JobSpec(_Strict):
 TASK_FLAGS = {"task": ("task",), "family": ("model", "family"), "model": ("model", "source"),
               "revision": ("model", "revision"), "labels": ("labels",), "threshold": ("threshold",),
               "queries": ("queries",), "label_thresholds": ("label_thresholds",),
+              "templates": ("templates",),
               "prompt": ("prompt",), "query_image": ("query_image",),
               "nms": ("nms",), "nms_threshold": ("nms_threshold",),
               "max_detections": ("max_detections",),

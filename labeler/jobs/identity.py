@@ -23,7 +23,8 @@ IDENTITY_VERSION = 2
 # Fields added to the spec since IDENTITY_VERSION 2: outputs written before it hold a hash
 # of every field that existed then, so the legacy fingerprint leaves these out when they are
 # at their defaults (a job that sets one cannot be an older labeler's job anyway).
-TASK_FIELDS_AFTER_V2 = frozenset({"queries", "label_thresholds", "nms", "max_detections"})
+TASK_FIELDS_AFTER_V2 = frozenset({"queries", "label_thresholds", "templates", "nms",
+                                  "max_detections"})
 SAMPLING_FIELDS_AFTER_V2 = frozenset({"min_change"})
 
 

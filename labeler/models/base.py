@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from labeler.config import TaskSpec
+from labeler.config import QUERY_ALONE, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,13 @@ def attention_implementations(config, path: str = "model") -> dict[str, str | No
 
 
 def ontology_parameters(spec: TaskSpec) -> dict:
-    """A detect task's `queries` and `label_thresholds`, each only when set (rows of a plain
-    vocabulary keep the parameters they always had)."""
-    return {key: value for key in ("queries", "label_thresholds")
-            if (value := getattr(spec, key))}
+    """A detect task's `queries`, `label_thresholds` and `templates`, each only when set
+    (rows of a plain vocabulary keep the parameters they always had)."""
+    found = {key: value for key in ("queries", "label_thresholds")
+             if (value := getattr(spec, key))}
+    if spec.templates != QUERY_ALONE:
+        found["templates"] = spec.templates
+    return found
 
 
 def box_limit_parameters(spec: TaskSpec) -> dict:

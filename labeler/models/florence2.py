@@ -45,6 +45,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from labeler.config import QUERY_ALONE
 from labeler.models.base import ImageInput, ontology_parameters
 from labeler.models.florence2_parsing import (
     ParseConfig,
@@ -212,6 +213,9 @@ class Florence2Adapter(GenerativeAdapter):
                              "from labels, not both")
         if spec.query_image:
             raise ValueError("Florence-2 takes no query_image")
+        if spec.templates != QUERY_ALONE:
+            raise ValueError("templates (prompt ensembling) average OWLv2's text embeddings; "
+                             "Florence-2 reads its queries as words: give them in queries")
 
     def setup(self, device: torch.device) -> None:
         super().setup(device)

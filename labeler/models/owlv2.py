@@ -162,13 +162,21 @@ class _Owlv2Adapter(Adapter):
 
 
 class Owlv2Detector(_Owlv2Adapter):
-    """task=detect, family=owlv2. Output per image: {"detections": [{label, score, x0..y1}]}.
+    """task=detect, family=owlv2. Output per image: {"detections": [{label, score, x0..y1}],
+    "warnings"?}.
 
     Each label is asked by its text queries (`spec.queries`, else its own name), all
     encoded once in setup(). score: sigmoid of the best query's logit, so a label with
     several queries scores its best one (with one query per label, this is the documented
     post_process_object_detection); the box is labelled with that query's label and kept
     when score > the label's threshold (`spec.threshold_for`).
+
+    Prompt ensembling (`spec.templates`, as CLIP and OWL-ViT evaluate): a query's embedding
+    is the mean of the L2-normalised embeddings of each template filled with it (the class
+    head normalises it again); the default ["{}"] is the query alone, the documented usage.
+    Texts are tokenised as the processor does, but truncated to the text tower's length (16
+    tokens in the released checkpoints) where the documented usage would raise; every row
+    then says which query was cut, in a warning.
     """
 
     @classmethod
@@ -180,30 +188,40 @@ class Owlv2Detector(_Owlv2Adapter):
 
     def setup(self, device: torch.device) -> None:
         super().setup(device)
+        self.text_length = int(self.processor.tokenizer.model_max_length)  # tokens per text
         self._set_vocabulary(self.spec)
 
     def with_spec(self, spec) -> "Owlv2Detector":
         variant = super().with_spec(spec)
-        if spec.label_queries() != self.spec.label_queries():  # new queries, same text tower
-            variant._set_vocabulary(spec)
+        if (spec.label_queries(), spec.templates) != (self.spec.label_queries(),
+                                                      self.spec.templates):
+            variant._set_vocabulary(spec)  # new queries, same text tower
         return variant
 
-    def _set_vocabulary(self, spec) -> None:
-        """Encode the spec's queries: query_embeds (Q, D), query_mask (Q,), and
-        query_label (Q,) the index in `labels` each query asks for."""
-        per_label = spec.label_queries()
-        self.labels = list(spec.labels)
-        self.query_embeds, self.query_mask = self._encode_queries(
-            [query for queries in per_label for query in queries])
-        self.query_label = torch.tensor(
-            [k for k, queries in enumerate(per_label) for _ in queries], device=self.device)
-
     @torch.inference_mode()
-    def _encode_queries(self, labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text queries -> (embeddings (Q, D), valid mask (Q,)); a query whose first token is
-        id 0 is padding."""
-        text = self.processor(text=[labels], return_tensors="pt")
-        return self._text_features(text), text["input_ids"][:, 0].to(self.device) > 0
+    def _set_vocabulary(self, spec) -> None:
+        """Encode the spec's queries (Q), each filled into each of its templates (T):
+        query_embeds (Q, D), query_mask (Q,) (a text whose first token is id 0 is padding),
+        query_label (Q,) the index in `labels` each query asks for, and truncation_warnings
+        for the rows, one per query whose text (template included) was cut."""
+        per_label = spec.label_queries()
+        queries = [query for label_queries in per_label for query in label_queries]
+        templates = spec.templates
+        texts = [template.replace("{}", query) for query in queries for template in templates]
+        tokens = self.processor(text=[texts], truncation=True, return_tensors="pt")
+        self.labels = list(spec.labels)
+        self.query_embeds = self._text_features(tokens).view(
+            len(queries), len(templates), -1).mean(dim=1)
+        self.query_mask = (tokens["input_ids"][:, 0] > 0).view(
+            len(queries), len(templates)).all(dim=1).to(self.device)
+        self.query_label = torch.tensor(
+            [k for k, label_queries in enumerate(per_label) for _ in label_queries],
+            device=self.device)
+        lengths = [len(ids) for ids in self.processor.tokenizer(texts, verbose=False)["input_ids"]]
+        cut = [text for text, length in zip(texts, lengths) if length > self.text_length]
+        self.truncation_warnings = [
+            f"query text {text!r} is longer than the text model's {self.text_length} tokens; "
+            f"it was truncated" for text in cut]
 
     def preprocess(self, images: list[ImageInput], stacked: np.ndarray | None = None) -> torch.Tensor:
         """Images as cpu_transform left them -> pixel_values (B, 3, S, S) on the device
@@ -235,6 +253,9 @@ class Owlv2Detector(_Owlv2Adapter):
         corners = pixel_corners(raw["boxes"], images)
         ranked = ranked_detections(scores, scores > thresholds[label_ids], corners, label_ids,
                                    self.labels)
+        if self.truncation_warnings:
+            return [{"detections": dets, "warnings": list(self.truncation_warnings)}
+                    for dets in ranked]
         return [{"detections": dets} for dets in ranked]
 
 

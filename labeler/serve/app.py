@@ -268,6 +268,7 @@ class Ingress:
             "labels_per_request": m.labels_per_request,
             "threshold": m.threshold, "prompt": m.prompt,
             "queries": m.queries, "label_thresholds": m.label_thresholds,
+            "templates": m.templates,
             "nms": m.nms, "nms_threshold": m.nms_threshold, "max_detections": m.max_detections,
             "serving": m.serving.model_dump(),
             "endpoint": f"/v1/{m.task}" if m.task in ENDPOINT_TASKS else "/v1/annotate",

@@ -29,8 +29,9 @@ TOKEN = "test-token-7f3a"
 LABELS = ["a photo of a cat", "a dog", "car"]
 OTHER_LABELS = ["bus", "a red ball"]
 THRESHOLD = 0.2
-# The detector's ontology and NMS, in the batch job and the served model alike.
+# The detector's ontology, prompt templates and NMS, in the batch job and the served model alike.
 BOX_OPTIONS = {"queries": {"car": ["car", "automobile"]}, "label_thresholds": {"a dog": 0.3},
+               "templates": ["a photo of a {}", "{}"],
                "nms": "per-label", "nms_threshold": 0.5, "max_detections": 6}
 MAX_BODY = 256 * 1024  # small, so that a 413 needs no big payload
 MAX_PIXELS = 600_000  # above every test image, below the one sent to see a 422
@@ -242,9 +243,11 @@ def test_vocabulary_only_pseudo_label_refuses_a_caption(url, http, image_files):
 
 def test_request_labels_equal_an_adapter_built_with_them(url, http, image_files, tiny_owlv2):
     """Per-request labels re-encode the queries: same as a detector set up with them and the
-    served model's other options (its NMS; none of its labels has queries here)."""
+    served model's other options (its templates and NMS; none of its labels has queries
+    here)."""
     adapter = Owlv2Detector(TaskSpec(task="detect", model={"family": "owlv2", "source": tiny_owlv2},
-                                     labels=OTHER_LABELS, threshold=0.05, nms="per-label",
+                                     labels=OTHER_LABELS, threshold=0.05,
+                                     templates=BOX_OPTIONS["templates"], nms="per-label",
                                      nms_threshold=0.5, max_detections=6))
     adapter.setup(torch.device("cpu"))
     for name, *_ in IMAGES[:2]:
@@ -254,6 +257,7 @@ def test_request_labels_equal_an_adapter_built_with_them(url, http, image_files,
         assert response.status_code == 200, response.text
         record = response.json()
         assert json.loads(record["parameters"]) == {"labels": OTHER_LABELS, "threshold": 0.05,
+                                                    "templates": BOX_OPTIONS["templates"],
                                                     "preprocess": "processor",
                                                     "nms": "per-label", "nms_threshold": 0.5,
                                                     "max_detections": 6}
@@ -310,6 +314,7 @@ def test_service_endpoints(url, http):
         ("pseudo", "pseudo-label", [], "/v1/pseudo-label"),
         ("pseudo-vocabulary", "pseudo-label", [], "/v1/pseudo-label")]
     assert models[0]["serving"]["max_batch_size"] == 8
+    assert {key: models[0][key] for key in BOX_OPTIONS} == BOX_OPTIONS
     docs = requests.get(f"{url}/docs", timeout=10)
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     paths = requests.get(f"{url}/openapi.json", timeout=10).json()["paths"]

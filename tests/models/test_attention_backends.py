@@ -109,7 +109,7 @@ def test_owlv2_predict_matches_eager_attention(tiny_model):
     eager = _adapter("owlv2", folder)
     eager.model = _eager_model(eager, folder)
     # The text queries were encoded in setup by the fused text tower: encode them again.
-    eager.query_embeds, eager.query_mask = eager._encode_queries(eager.labels)
+    eager._set_vocabulary(eager.spec)
     _close(eager.query_embeds, fused.query_embeds, "query embeddings")
 
     images = _images()

@@ -59,6 +59,20 @@ def reference_detections(model_dir, image: np.ndarray, queries: list[str] = LABE
     return dets
 
 
+def _by_label_and_score(dets):
+    # Saturated scores of the tiny model tie (1.0): compare in a tie-free order.
+    return sorted(dets, key=lambda d: (d["label"], round(d["score"], 3), d["x0"], d["y0"],
+                                       d["x1"], d["y1"]))
+
+
+def _assert_same_detections(got_all, want_all):
+    got_all, want_all = _by_label_and_score(got_all), _by_label_and_score(want_all)
+    assert [d["label"] for d in got_all] == [d["label"] for d in want_all]
+    for got, want in zip(got_all, want_all):
+        for key in ("score", "x0", "y0", "x1", "y1"):
+            assert got[key] == pytest.approx(want[key], abs=1e-4), key
+
+
 def test_batched_detections_equal_the_documented_usage(tiny_owlv2, detector, images):
     batch = detector([ImageInput(im, im.shape[1], im.shape[0]) for im in images])
     assert len(batch) == len(images)
@@ -97,20 +111,104 @@ def test_queries_and_label_thresholds_equal_the_documented_usage_mapped(tiny_owl
                 ref.append(det)
             else:
                 below_own_threshold += 1
-        # Saturated scores of the tiny model tie (1.0): compare in a tie-free order.
-        def order(dets):
-            return sorted(dets, key=lambda d: (d["label"], round(d["score"], 3), d["x0"], d["y0"]))
-
-        got_all, want_all = order(ours["detections"]), order(ref)
-        assert [d["label"] for d in got_all] == [d["label"] for d in want_all]
-        for got, want in zip(got_all, want_all):
-            for key in ("score", "x0", "y0", "x1", "y1"):
-                assert got[key] == pytest.approx(want[key], abs=1e-4), key
+        _assert_same_detections(ours["detections"], ref)
     seen = {d["label"] for out in batch for d in out["detections"]}
     assert seen == {"cat", "vehicle", "dog"}  # each label's queries found boxes
     assert below_own_threshold > 0  # vehicle's 0.6 dropped boxes the task's 0.3 keeps
     assert json.loads(adapter.parameters_json())["queries"] == ONTOLOGY["queries"]
     assert "queries" not in json.loads(Owlv2Detector(_spec(tiny_owlv2)).parameters_json())
+
+
+def test_one_template_equals_the_documented_usage_with_filled_queries(tiny_owlv2, images):
+    """templates: ["a photo of a {}"] asks for `cat` exactly as the documented usage asked
+    with the text "a photo of a cat"."""
+    labels = ["cat", "dog", "car"]
+    adapter = Owlv2Detector(TaskSpec(task="detect", model={"family": "owlv2", "source": tiny_owlv2},
+                                     labels=labels, threshold=THRESHOLD,
+                                     templates=["a photo of a {}"]))
+    adapter.setup(torch.device("cpu"))
+    batch = adapter([ImageInput(im, im.shape[1], im.shape[0]) for im in images])
+    filled = {f"a photo of a {label}": label for label in labels}
+    for image, ours in zip(images, batch):
+        ref = reference_detections(tiny_owlv2, image, list(filled))
+        for det in ref:
+            det["label"] = filled[det["label"]]
+        assert ref
+        _assert_same_detections(ours["detections"], ref)
+    assert json.loads(adapter.parameters_json())["templates"] == ["a photo of a {}"]
+    assert "templates" not in json.loads(Owlv2Detector(_spec(tiny_owlv2)).parameters_json())
+
+
+TEMPLATES = ["a photo of a {}", "a blurry photo of the {}", "{}"]
+
+
+def ensembled_reference(model_dir, image: np.ndarray, labels: list[str],
+                        templates: list[str]) -> list[dict]:
+    """Prompt ensembling from transformers' public parts: each label's embedding is the mean
+    of get_text_features (L2-normalised) over its filled templates; the image side, class
+    head, box head and post-processing are the model's, as image_guided_detection uses them."""
+    from transformers.models.owlv2.modeling_owlv2 import Owlv2ObjectDetectionOutput
+
+    processor = Owlv2Processor.from_pretrained(model_dir)
+    model = Owlv2ForObjectDetection.from_pretrained(model_dir).eval()
+    pil = Image.fromarray(image)
+    with torch.no_grad():
+        embeds = []
+        for label in labels:
+            text = processor(text=[[t.replace("{}", label) for t in templates]],
+                             return_tensors="pt")
+            pooled = model.owlv2.get_text_features(**text).pooler_output
+            embeds.append((pooled / pooled.norm(dim=-1, keepdim=True)).mean(dim=0))
+        pixel_values = processor(images=pil, return_tensors="pt")["pixel_values"]
+        feature_map = model.image_embedder(pixel_values=pixel_values)[0]
+        b, h, w, d = feature_map.shape
+        image_feats = feature_map.reshape(b, h * w, d)
+        logits, _ = model.class_predictor(image_feats, torch.stack(embeds)[None], None)
+        boxes = model.box_predictor(image_feats, feature_map)
+    side = max(pil.size)
+    result = processor.post_process_grounded_object_detection(
+        Owlv2ObjectDetectionOutput(logits=logits, pred_boxes=boxes), threshold=THRESHOLD,
+        target_sizes=[(side, side)], text_labels=[labels])[0]
+    return [{"label": label, "score": score.item(),
+             **dict(zip(("x0", "y0", "x1", "y1"),
+                        (min(max(v, 0), limit) for v, limit in
+                         zip(box.tolist(), (pil.width, pil.height) * 2))))}
+            for label, score, box in zip(result["text_labels"], result["scores"],
+                                         result["boxes"])]
+
+
+def test_prompt_ensembles_equal_the_mean_of_normalised_text_embeddings(tiny_owlv2, images):
+    labels = ["cat", "dog", "car"]
+    spec = TaskSpec(task="detect", model={"family": "owlv2", "source": tiny_owlv2},
+                    labels=labels, threshold=THRESHOLD, templates=TEMPLATES)
+    adapter = Owlv2Detector(spec)
+    adapter.setup(torch.device("cpu"))
+    batch = adapter([ImageInput(im, im.shape[1], im.shape[0]) for im in images])
+    found = 0
+    for image, ours in zip(images, batch):
+        ref = ensembled_reference(tiny_owlv2, image, labels, TEMPLATES)
+        found += len(ref)
+        _assert_same_detections(ours["detections"], ref)
+        assert "warnings" not in ours
+    assert found > 0
+    # Not the plain usage: the ensemble moved the scores.
+    plain = Owlv2Detector(spec.model_copy(update={"templates": ["{}"]}))
+    plain.setup(torch.device("cpu"))
+    assert plain([ImageInput(images[0], images[0].shape[1], images[0].shape[0])]) != batch[:1]
+
+
+def test_a_query_longer_than_the_text_model_is_cut_with_a_warning(tiny_owlv2, images):
+    """The documented usage raises on a text over the text tower's length; a job labels the
+    image and every row says which query text was cut."""
+    long = " ".join(["a very large and rather old"] * 4) + " dog"
+    adapter = Owlv2Detector(TaskSpec(task="detect", model={"family": "owlv2", "source": tiny_owlv2},
+                                     labels=["cat", long], threshold=THRESHOLD))
+    adapter.setup(torch.device("cpu"))
+    rows = adapter([ImageInput(im, im.shape[1], im.shape[0]) for im in images[:2]])
+    for row in rows:
+        assert row["warnings"] == [f"query text {long!r} is longer than the text model's "
+                                   f"{adapter.text_length} tokens; it was truncated"]
+    assert any(row["detections"] for row in rows)
 
 
 @pytest.mark.parametrize("nms", ["per-label", "all"])
@@ -164,6 +262,11 @@ def test_a_variant_with_other_queries_encodes_them(tiny_owlv2, detector, images)
     assert variant(inputs) == fresh(inputs)
     stricter = variant.with_spec(spec.model_copy(update={"threshold": 0.5}))
     assert stricter.query_embeds is variant.query_embeds
+    ensembled = detector.with_spec(_spec(tiny_owlv2, templates=TEMPLATES))
+    fresh = Owlv2Detector(_spec(tiny_owlv2, templates=TEMPLATES))
+    fresh.setup(torch.device("cpu"))
+    assert torch.equal(ensembled.query_embeds, fresh.query_embeds)
+    assert not torch.allclose(ensembled.query_embeds, detector.query_embeds)
 
 
 def test_boxes_lie_inside_non_square_images(detector, images):

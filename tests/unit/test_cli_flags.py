@@ -1,6 +1,6 @@
-"""CLI flags that build mappings of the spec (queries, label_thresholds) and the box options,
-for `labeler run` and `labeler serve`: parsed into the validated spec, bad ones refused by
-argparse (exit 2) naming the flag, before any Ray work."""
+"""CLI flags that build mappings and lists of the spec (queries, label_thresholds, templates)
+and the box options, for `labeler run` and `labeler serve`: parsed into the validated spec,
+bad ones refused by argparse (exit 2) naming the flag, before any Ray work."""
 
 import pytest
 
@@ -9,6 +9,7 @@ from labeler.serve.config import load_serve_spec
 
 ONTOLOGY = ["--labels", "car,cyclist", "--query", "car=automobile", "--query", " car = auto ",
             "--query", "cyclist=a person riding a bicycle", "--label-threshold", "cyclist=0.25",
+            "--template", "a photo of a {}", "--template", "{}",
             "--nms", "per-label", "--nms-threshold", "0.5", "--max-detections", "20"]
 
 
@@ -28,6 +29,7 @@ def test_run_flags_build_the_ontology_and_box_options(tmp_path):
     assert task.label_thresholds == {"cyclist": 0.25}
     assert task.label_queries() == [["automobile", "auto"], ["a person riding a bicycle"]]
     assert (task.threshold_for("cyclist"), task.threshold_for("car")) == (0.25, 0.1)
+    assert task.templates == ["a photo of a {}", "{}"]
     assert (task.nms, task.nms_threshold, task.max_detections) == ("per-label", 0.5, 20)
 
 
@@ -68,10 +70,11 @@ def test_serve_flags_reach_the_served_model():
     args = build_parser().parse_args(["serve", "--task", "detect", "--family", "owlv2",
                                       "--model", "m", *ONTOLOGY])
     overrides = {k: getattr(args, k) for k in (
-        "task", "family", "model", "labels", "queries", "label_thresholds", "nms",
+        "task", "family", "model", "labels", "queries", "label_thresholds", "templates", "nms",
         "nms_threshold", "max_detections")}
     (model,) = load_serve_spec(None, **overrides).models
     assert model.queries == {"car": ["automobile", "auto"],
                              "cyclist": ["a person riding a bicycle"]}
     assert model.label_thresholds == {"cyclist": 0.25}
+    assert model.templates == ["a photo of a {}", "{}"]
     assert (model.nms, model.nms_threshold, model.max_detections) == ("per-label", 0.5, 20)

@@ -132,11 +132,26 @@ def test_an_ontology_gives_labels_their_queries_and_thresholds(tmp_path):
      "'bus' is not one of labels"),
     ("    labels: [car]\n    label_thresholds: {car: 1.5}", "tasks.0.label_thresholds.car",
      "less than or equal to 1"),
+    ("    labels: [car]\n    templates: ['a photo of a']", "tasks.0.templates",
+     "template 'a photo of a' must hold exactly one '{}'"),
+    ("    labels: [car]\n    templates: []", "tasks.0.templates", "at least 1 item"),
 ])
 def test_bad_ontologies_are_named(tmp_path, task_lines, field, says):
     with pytest.raises(SpecError) as err:
         load_job_spec(_detect_spec_file(tmp_path, task_lines))
     assert f"{field}: " in str(err.value) and says in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (dict(task="ground"), "templates apply to task 'detect' only"),
+    (dict(family="florence2"), "templates (prompt ensembling) average OWLv2's text embeddings"),
+])
+def test_templates_are_for_owlv2_detect_only(tmp_path, overrides, says):
+    with pytest.raises(SpecError) as err:
+        load_job_spec(None, **_flags(tmp_path, templates=["a photo of a {}"], **overrides))
+    assert "tasks.0: " in str(err.value) and says in str(err.value), str(err.value)
+    (task,) = load_job_spec(None, **_flags(tmp_path, templates=["a photo of a {}", "{}"])).tasks
+    assert task.templates == ["a photo of a {}", "{}"]
 
 
 def test_a_labels_flag_dropping_a_label_with_queries_is_named(tmp_path):
