@@ -288,17 +288,18 @@ def _pseudo_label_reports(spec: JobSpec, sink: ShardedParquetSink) -> dict[str, 
 
 def missing_inputs(spec: JobSpec, todo: list[dict],
                    sink: ShardedParquetSink) -> dict[tuple[str, str], tuple[int, int]]:
-    """{(task output name, input id): (shard, rows arrived)} for each input of `todo` whose
-    rows did not all arrive (Ray Data dropped its batch after MODEL_BATCH_ATTEMPTS tries)."""
+    """{(task output name, input id): (shard, next part)} for each input of `todo` whose rows
+    did not all arrive (Ray Data dropped its batch after MODEL_BATCH_ATTEMPTS tries); next
+    part: one past the highest part_index that arrived, 0 when no row did."""
     by_shard: dict[int, list[str]] = {}
     for row in todo:
         by_shard.setdefault(row["shard"], []).append(row["id"])
     missing = {}
     for task in spec.tasks:
         for shard in sorted(sink.pending_shards()):
-            for id_, arrived in sink.incomplete_inputs(task.output_name, shard,
-                                                       by_shard.get(shard, [])).items():
-                missing[(task.output_name, id_)] = (shard, arrived)
+            for id_, next_part in sink.incomplete_inputs(task.output_name, shard,
+                                                         by_shard.get(shard, [])).items():
+                missing[(task.output_name, id_)] = (shard, next_part)
     return missing
 
 
@@ -318,7 +319,7 @@ def lost_input_rows(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink,
     records = []
     for task in spec.tasks:
         parameters = None
-        for (name, id_), (shard, arrived) in missing.items():
+        for (name, id_), (shard, next_part) in missing.items():
             if name == task.output_name:
                 if parameters is None:
                     parameters = load_adapter_class(task.task, task.model.family)(
@@ -328,7 +329,7 @@ def lost_input_rows(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink,
                     "task_name": task.output_name, "model": task.model.source,
                     "model_family": task.model.family, "model_revision": task.model.revision,
                     "parameters": parameters, "error": reason, "shard": shard,
-                    "part_index": arrived, "last_part": True})
+                    "part_index": next_part, "last_part": True})
     return pa.Table.from_pylist(records, schema=OUTPUT_SCHEMA)
 
 

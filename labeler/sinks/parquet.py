@@ -161,7 +161,8 @@ class ShardedParquetSink:
         except OSError as err:
             raise storage_error(self.uri, "write the output to", err) from None
         self._buffers: dict[tuple[str, int], list[pa.Table]] = defaultdict(list)
-        # (task, input id) -> [rows arrived, rows the input has (None until its last arrives)]
+        # (task, input id) -> [rows arrived, rows the input has (None until its last arrives),
+        # one past the highest part_index arrived]
         self._parts: dict[tuple[str, str], list] = {}
         self._complete_inputs: dict[tuple[str, int], int] = defaultdict(int)
         # Reopened shards: (task, shard) -> the committed rows kept, as written; and
@@ -287,8 +288,9 @@ class ShardedParquetSink:
             groups[key].append(row)
         touched = set()
         for task, shard, id_, part, last in zip(tasks, shards, ids, parts, lasts):
-            state = self._parts.setdefault((task, id_), [0, None])
+            state = self._parts.setdefault((task, id_), [0, None, 0])
             state[0] += 1
+            state[2] = max(state[2], part + 1)
             if last:
                 state[1] = part + 1
             if state[0] == state[1]:
@@ -302,14 +304,16 @@ class ShardedParquetSink:
                 self._commit(*key)
 
     def incomplete_inputs(self, task_name: str, shard: int, ids: list[str]) -> dict[str, int]:
-        """Of a pending shard's input ids, those whose rows have not all arrived, with how many
-        of their rows did (0: none; a video may have lost some frames' rows only)."""
+        """Of a pending shard's input ids, those whose rows have not all arrived, each with
+        one past the highest part_index that did: 0 when none did; a video may have lost some
+        frames' rows only, anywhere among its parts, and a row standing for them there takes
+        this index, which no row of the input has."""
         if self.committed(task_name, shard):
             return {}
         done = self._complete_inputs[(task_name, shard)]
         if done == self.expected[shard]:
             return {}
-        arrived = {id_: state[0] for (task, id_), state in self._parts.items()
+        arrived = {id_: state[2] for (task, id_), state in self._parts.items()
                    if task == task_name}
         seen = set()
         for table in self._buffers.get((task_name, shard), []):

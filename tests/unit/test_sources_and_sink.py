@@ -183,22 +183,25 @@ def test_a_text_file_beside_an_image_is_its_caption(tmp_path):
 def test_inputs_that_never_arrived_become_the_error_rows_given_for_them(tmp_path):
     """A batch lost with its actor (crash, out of memory) leaves its inputs missing; the job
     hands the sink one error row per such input, and the shard commits with every input."""
-    sink = ShardedParquetSink(tmp_path / "out", {0: 4}, ["detect"], "fp")
+    sink = ShardedParquetSink(tmp_path / "out", {0: 5}, ["detect"], "fp")
     sink.add(_rows(["a"], 0))
     sink.add(_rows(["v"], 0, part=0, last=False))  # a video whose later rows were lost
     sink.add(_rows(["d"], 0))
-    assert sink.incomplete_inputs("detect", 0, ["a", "b", "d", "v"]) == {"b": 0, "v": 1}
-    lost = _rows(["b"], 0).set_column(
-        OUTPUT_SCHEMA.get_field_index("error"), "error", pa.array(["lost"])
-    )
-    video_lost = _rows(["v"], 0, part=1).set_column(
-        OUTPUT_SCHEMA.get_field_index("error"), "error", pa.array(["lost"])
-    )
-    sink.add_lost(pa.concat_tables([lost, video_lost]))
+    # A video whose middle rows were lost: parts 0 and 2 (its last) arrived, 1 did not.
+    sink.add(_rows(["w"], 0, part=0, last=False))
+    sink.add(_rows(["w"], 0, part=2, last=True))
+    missing = sink.incomplete_inputs("detect", 0, ["a", "b", "d", "v", "w"])
+    # Where a row standing for the lost ones goes: after every row that arrived, on an index
+    # none of them has (parts arrived would put w's at 2, beside its last frame's row).
+    assert missing == {"b": 0, "v": 1, "w": 3}
+    lost = _with_error(pa.concat_tables([_rows([id_], 0, part=missing[id_])
+                                         for id_ in ("b", "v", "w")]), ["lost"] * 3)
+    sink.add_lost(lost)
     assert sink.pending_shards() == set()
     table = pq.read_table(tmp_path / "out/detect/part-00000.parquet")
-    assert table.column("id").to_pylist() == ["a", "b", "d", "v", "v"]
-    assert table.column("error").to_pylist() == [None, "lost", None, None, "lost"]
+    assert table.column("id").to_pylist() == ["a", "b", "d", "v", "v", "w", "w", "w"]
+    assert table.column("error").to_pylist() == [None, "lost", None, None, "lost",
+                                                 None, None, "lost"]
 
 
 def _with_error(rows: pa.Table, errors: list) -> pa.Table:
