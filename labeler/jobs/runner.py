@@ -246,7 +246,8 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
     retrying = sink.retrying  # reopened shards: only their failed inputs run again
     pending_items = [i for i in items if i.shard in pending
                      and (i.shard not in retrying or i.id in retrying[i.shard])]
-    todo = [i.row(plan.has_prompts) for i in pending_items]
+    with_prompt = plan.has_prompts  # a scan of every input: once, not once per row
+    todo = [i.row(with_prompt) for i in pending_items]
     for row, item in zip(todo, pending_items):
         for column, source in caption_columns.items():
             caption = item.metadata.get(source)

@@ -1,0 +1,109 @@
+"""Planning a job of many inputs: what `labeler run` does before the first image is read.
+
+A job first lists its inputs, gives each an id and a shard, fingerprints the job and opens
+the output (labeler.jobs.runner.run_job up to the Ray pipeline). This is all on the driver,
+in one process, and it is paid again on every resume, so it must stay linear in the number
+of inputs. Each size runs `run_job(dry_run=True)` (the same code, without Ray) in a fresh
+process, timed and with its peak RSS, on:
+
+    manifest   a Parquet manifest of N rows (uri, caption), s3:// URIs (never read)
+    folder     a local folder of N empty .jpg files in folders of 1,000 (listed, sorted)
+
+and prints seconds and microseconds per input; the last line compares the largest size
+with the smallest per input (1.0: linear).
+
+    .venv/bin/python benchmarks/plan_scale.py
+    .venv/bin/python benchmarks/plan_scale.py --sizes 10000,100000 --folder-files 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+FILES_PER_FOLDER = 1000
+
+
+def write_manifest(path: Path, count: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({
+        "uri": [f"s3://bucket/images/{i // FILES_PER_FOLDER:06d}/{i:09d}.jpg"
+                for i in range(count)],
+        "caption": [f"a photo of thing {i}" for i in range(count)]}), path)
+
+
+def write_folder(path: Path, count: int) -> None:
+    for i in range(count):
+        folder = path / f"{i // FILES_PER_FOLDER:06d}"
+        if i % FILES_PER_FOLDER == 0:
+            folder.mkdir(parents=True)
+        (folder / f"{i:09d}.jpg").touch()
+
+
+def plan_once(input_path: str, output: str) -> dict:
+    """In this process: a dry run of a detect job over `input_path`."""
+    from labeler.config import load_job_spec
+    from labeler.jobs.runner import run_job
+
+    spec = load_job_spec(None, input=input_path, output=output, task="detect",
+                         family="owlv2", model="m", labels=["cat"])
+    start = time.perf_counter()
+    summary = run_job(spec, progress=False, dry_run=True)
+    return {"inputs": summary.inputs, "shards": summary.shards,
+            "seconds": time.perf_counter() - start,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+
+
+def measure(kind: str, input_path: str, output: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", input_path, output],
+                         capture_output=True, text=True, check=True)
+    return {"kind": kind, **json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000",
+                        help="manifest rows, comma-separated")
+    parser.add_argument("--folder-files", type=int, default=100_000,
+                        help="files of the folder case (0: skip it)")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(plan_once(*args.child)))
+        return
+
+    print(f"$ {shlex.join([sys.executable, *sys.argv])}")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="plan-scale-") as name:
+        tmp = Path(name)
+        for size in (int(s) for s in args.sizes.split(",")):
+            manifest = tmp / f"manifest-{size}.parquet"
+            write_manifest(manifest, size)
+            results.append(measure("manifest", str(manifest), str(tmp / f"out-{size}")))
+        if args.folder_files:
+            folder = tmp / "images"
+            write_folder(folder, args.folder_files)
+            results.append(measure("folder", str(folder), str(tmp / "out-folder")))
+    for r in results:
+        print(f"  {r['kind']:8s} {r['inputs']:>9d} inputs {r['shards']:>6d} shards  "
+              f"{r['seconds']:7.2f} s  {r['seconds'] / r['inputs'] * 1e6:6.1f} us/input  "
+              f"peak RSS {r['peak_rss_gb']:.2f} GB")
+    manifests = [r for r in results if r["kind"] == "manifest"]
+    if len(manifests) > 1:
+        small, large = manifests[0], manifests[-1]
+        ratio = (large["seconds"] / large["inputs"]) / (small["seconds"] / small["inputs"])
+        print(f"per-input time at {large['inputs']} vs {small['inputs']} inputs: {ratio:.2f}x "
+              f"(1.0: linear)")
+
+
+if __name__ == "__main__":
+    main()
