@@ -10,10 +10,14 @@ process, timed and with its peak RSS, on:
     folder     a local folder of N empty .jpg files in folders of 1,000 (listed, sorted)
 
 and prints seconds and microseconds per input; the last line compares the largest size
-with the smallest per input (1.0: linear).
+with the smallest per input (1.0: linear). With --ray, each manifest size also times what
+comes next, on a local Ray: the job's decode dataset over every input
+(labeler.jobs.images.decoded_images: ray.data.from_items, one stored block per 16 inputs),
+built but not run.
 
     .venv/bin/python benchmarks/plan_scale.py
     .venv/bin/python benchmarks/plan_scale.py --sizes 10000,100000 --folder-files 0
+    .venv/bin/python benchmarks/plan_scale.py --ray --folder-files 0
 """
 
 from __future__ import annotations
@@ -49,8 +53,9 @@ def write_folder(path: Path, count: int) -> None:
         (folder / f"{i:09d}.jpg").touch()
 
 
-def plan_once(input_path: str, output: str) -> dict:
-    """In this process: a dry run of a detect job over `input_path`."""
+def plan_once(input_path: str, output: str, with_ray: bool) -> dict:
+    """In this process: a dry run of a detect job over `input_path`; with_ray: then the
+    decode dataset of all its inputs on a local Ray, timed apart."""
     from labeler.config import load_job_spec
     from labeler.jobs.runner import run_job
 
@@ -58,14 +63,27 @@ def plan_once(input_path: str, output: str) -> dict:
                          family="owlv2", model="m", labels=["cat"])
     start = time.perf_counter()
     summary = run_job(spec, progress=False, dry_run=True)
-    return {"inputs": summary.inputs, "shards": summary.shards,
-            "seconds": time.perf_counter() - start,
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+    result = {"inputs": summary.inputs, "shards": summary.shards,
+              "seconds": time.perf_counter() - start,
+              "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+    if with_ray:
+        from labeler.jobs.images import decoded_images
+        from labeler.jobs.runner import init_ray
+        from labeler.sources import plan_source
+
+        init_ray(spec)
+        plan = plan_source(input_path, spec.input.effective_files_per_shard)
+        todo = [item.row(False) for item in plan.items]
+        start = time.perf_counter()
+        decoded_images(spec, todo)
+        result["dataset_seconds"] = time.perf_counter() - start
+    return result
 
 
-def measure(kind: str, input_path: str, output: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", input_path, output],
-                         capture_output=True, text=True, check=True)
+def measure(kind: str, input_path: str, output: str, with_ray: bool = False) -> dict:
+    command = [sys.executable, __file__, "--child", input_path, output]
+    out = subprocess.run(command + (["--ray"] if with_ray else []), capture_output=True,
+                         text=True, check=True)
     return {"kind": kind, **json.loads(out.stdout.strip().splitlines()[-1])}
 
 
@@ -75,10 +93,12 @@ def main() -> None:
                         help="manifest rows, comma-separated")
     parser.add_argument("--folder-files", type=int, default=100_000,
                         help="files of the folder case (0: skip it)")
+    parser.add_argument("--ray", action="store_true",
+                        help="also time the decode dataset of every input on a local Ray")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(plan_once(*args.child)))
+        print(json.dumps(plan_once(*args.child, args.ray)))
         return
 
     print(f"$ {shlex.join([sys.executable, *sys.argv])}")
@@ -88,7 +108,8 @@ def main() -> None:
         for size in (int(s) for s in args.sizes.split(",")):
             manifest = tmp / f"manifest-{size}.parquet"
             write_manifest(manifest, size)
-            results.append(measure("manifest", str(manifest), str(tmp / f"out-{size}")))
+            results.append(measure("manifest", str(manifest), str(tmp / f"out-{size}"),
+                                   args.ray))
         if args.folder_files:
             folder = tmp / "images"
             write_folder(folder, args.folder_files)
@@ -96,7 +117,9 @@ def main() -> None:
     for r in results:
         print(f"  {r['kind']:8s} {r['inputs']:>9d} inputs {r['shards']:>6d} shards  "
               f"{r['seconds']:7.2f} s  {r['seconds'] / r['inputs'] * 1e6:6.1f} us/input  "
-              f"peak RSS {r['peak_rss_gb']:.2f} GB")
+              f"peak RSS {r['peak_rss_gb']:.2f} GB"
+              + (f"; then the decode dataset {r['dataset_seconds']:.1f} s"
+                 if "dataset_seconds" in r else ""))
     manifests = [r for r in results if r["kind"] == "manifest"]
     if len(manifests) > 1:
         small, large = manifests[0], manifests[-1]
