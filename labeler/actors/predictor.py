@@ -66,7 +66,7 @@ class Predictor:
         self.parameters = self.adapter.parameters_json()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table | dict[str, np.ndarray]:
-        crash_if_marked(batch["uri"])  # tests only: see labeler.testing.faults
+        crash_if_marked(batch["uri"], batch.get("frame_index"))  # tests: labeler.testing.faults
         records = self.records(batch)
         if not self.passthrough:
             return pa.Table.from_pylist(records, schema=OUTPUT_SCHEMA)

@@ -27,7 +27,7 @@ from labeler.jobs.identity import (fingerprint, input_identities, job_identity,
                                    legacy_fingerprint)
 from labeler.pseudo.report import COLUMNS as REPORT_COLUMNS
 from labeler.pseudo.report import pseudo_label_report, report_lines, write_report
-from labeler.sinks.parquet import ShardedParquetSink
+from labeler.sinks.parquet import MissingParts, ShardedParquetSink
 from labeler.sources import plan_source
 from labeler.storage import storage_env
 
@@ -39,11 +39,13 @@ MIN_BATCHES_FOR_RATE = 5
 # dropped and its inputs become error rows (lost_input_rows), so one poisonous input cannot
 # stall the job forever (Ray Data's default is to retry without end).
 MODEL_BATCH_ATTEMPTS = 3
-# An image job labels the inputs of such dropped batches again, one input per actor task,
-# so that only the input that kills the worker becomes an error row. Each death there costs
-# a model reload, so this runs only when few inputs were lost (up to 4 decode blocks): many
-# more point at a cause common to all batches (too little memory for the batch size), which
-# this would only repeat input by input.
+# A job labels the inputs of such dropped batches again, one input per actor task, so that
+# only the input that kills the worker becomes an error row; a video job, the lost frame rows
+# of each video (decoded again, only those kept). Each death there costs a model reload, so
+# this runs only when few inputs or frames were lost (up to 4 decode blocks; a video's lost
+# last rows count as one, their number being unknown): many more point at a cause common
+# to all batches (too little memory for the batch size), which this would only repeat input
+# by input.
 ISOLATE_AT_MOST = 64
 
 
@@ -304,16 +306,34 @@ def missing_inputs(spec: JobSpec, todo: list[dict],
     return missing
 
 
+def lost_video_parts(spec: JobSpec, missing: dict[tuple[str, str], tuple[int, int]],
+                     sink: ShardedParquetSink) -> dict[str, MissingParts]:
+    """{video id: its missing rows} for the videos of `missing` that miss the same rows in
+    every task: the model stages run one after another on each row, so a batch lost in any
+    of them is lost in all, and labeling those rows again gives no task a row twice."""
+    found = {}
+    for id_ in {id_ for _, id_ in missing}:
+        each = {sink.missing_parts(task.output_name, id_) for task in spec.tasks}
+        if len(each) == 1:
+            found[id_] = each.pop()
+    return found
+
+
 def lost_input_rows(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink,
                     alone: bool = False) -> pa.Table:
     """One error row per (task, input) whose rows did not all arrive, as OUTPUT_SCHEMA rows;
-    empty when none. alone: the input was retried in a batch of its own (its reason says it
-    is the input that kills the worker)."""
+    empty when none. alone: the input (a video: each of its lost frames) was retried in a
+    batch of its own (its reason says it is the input that kills the worker)."""
     from labeler.actors.predictor import OUTPUT_SCHEMA
     from labeler.registry import load_adapter_class
 
     uris = {row["id"]: row["uri"] for row in todo}
-    where = "on this input alone" if alone else "on the batch holding this input"
+    if not alone:
+        where = "on the batch holding this input"
+    elif spec.input.media == "video":
+        where = "on frames of this video, each alone"
+    else:
+        where = "on this input alone"
     reason = (f"not labeled: the model worker died {MODEL_BATCH_ATTEMPTS} times {where} "
               f"(out of memory, or a crash in native code)")
     missing = missing_inputs(spec, todo, sink)
@@ -427,16 +447,30 @@ def _execute(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink, summary:
     # with every other task's), so relabeling them cannot give any task a row twice.
     ids = {id_ for _, id_ in missing
            if all(missing.get((t.output_name, id_), (0, 1))[1] == 0 for t in spec.tasks)}
-    isolated = spec.input.media == "image" and 0 < len(ids) <= ISOLATE_AT_MOST
+    alone = [t.model_copy(update={"resources": t.resources.model_copy(
+        update={"batch_size": 1})}) for t in spec.tasks]
+    if spec.input.media == "image":
+        isolated = 0 < len(ids) <= ISOLATE_AT_MOST
+        if isolated:
+            log.warning("%d inputs were lost with model actors that died %d times on their "
+                        "batch; labeling them again one per batch to find the input that kills "
+                        "the worker", len(ids), MODEL_BATCH_ATTEMPTS)
+            retry = [row for row in todo if row["id"] in ids]
+            again = _model_stages(_decoded(spec, retry, rows_per_block=1), alone)
+    else:
+        parts = lost_video_parts(spec, missing, sink)
+        lost_rows = sum(p.known_count for p in parts.values())
+        isolated = 0 < lost_rows <= ISOLATE_AT_MOST
+        if isolated:
+            log.warning("%d videos lost frame rows with model actors that died %d times on "
+                        "their batch; labeling those rows again one per batch to find the frame "
+                        "that kills the worker", len(parts), MODEL_BATCH_ATTEMPTS)
+            from labeler.jobs.video import decoded_videos
+
+            retry = [row for row in todo if row["id"] in parts]
+            again = _model_stages(decoded_videos(spec, retry, only_parts=parts), alone)
     if isolated:
-        log.warning("%d inputs were lost with model actors that died %d times on their batch; "
-                    "labeling them again one per batch to find the input that kills the worker",
-                    len(ids), MODEL_BATCH_ATTEMPTS)
-        retry = [row for row in todo if row["id"] in ids]
-        alone = [t.model_copy(update={"resources": t.resources.model_copy(
-            update={"batch_size": 1})}) for t in spec.tasks]
-        for table in _model_stages(_decoded(spec, retry, rows_per_block=1), alone).iter_batches(
-                batch_format="pyarrow", batch_size=None):
+        for table in again.iter_batches(batch_format="pyarrow", batch_size=None):
             sink.add(table)
             _count(summary, table)
             bar.update(table.num_rows)

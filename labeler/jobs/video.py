@@ -47,6 +47,7 @@ from labeler.jobs.stages import TaskTransforms, failure_reason
 from labeler.media.clips import sample_clips
 from labeler.media.image import MediaError
 from labeler.media.video import Sampling, VideoDecodeError, VideoInfo, probe, sample_video
+from labeler.sinks.parquet import MissingParts
 from labeler.storage import is_s3, open_input
 
 # Videos on S3 (or in a tar there) up to this size are fetched whole, in one request, and
@@ -99,16 +100,20 @@ class _Row:
     last_part: bool = False
 
 
-def decoded_videos(spec: JobSpec, todo: list[dict]):
+def decoded_videos(spec: JobSpec, todo: list[dict],
+                   only_parts: dict[str, MissingParts] | None = None):
     """The Ray dataset of decoded video rows: one block and one decode_video call per video,
-    so videos decode in parallel tasks and each task streams its rows out."""
+    so videos decode in parallel tasks and each task streams its rows out. only_parts: of
+    the videos named, only these rows (see decode_video), each in a block of its own, so
+    that a model stage of batch size 1 runs each in a task of its own."""
     import ray
 
     from labeler.jobs.runner import worker_env
 
     context = ray.data.DataContext.get_current()
     default_block_bytes = context.target_max_block_size
-    context.target_max_block_size = VIDEO_BLOCK_BYTES  # sealed into this dataset's pipeline
+    # Sealed into this dataset's pipeline. A byte: every batch a task yields is a block.
+    context.target_max_block_size = VIDEO_BLOCK_BYTES if only_parts is None else 1
     try:
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))
     finally:
@@ -117,7 +122,8 @@ def decoded_videos(spec: JobSpec, todo: list[dict]):
                           fn_kwargs={"sampling": spec.input.sampling.sampling(),
                                      "clip": spec.input.clip,
                                      "max_pixels": spec.input.max_pixels,
-                                     "tasks": list(spec.tasks)},
+                                     "tasks": list(spec.tasks), "only_parts": only_parts,
+                                     "rows_per_batch": None if only_parts is None else 1},
                           num_cpus=1,
                           # Declared, as for images, also to keep Ray Data from fusing the
                           # decode into the model actors (see jobs.images).
@@ -125,26 +131,42 @@ def decoded_videos(spec: JobSpec, todo: list[dict]):
 
 
 def decode_video(batch: dict[str, np.ndarray], sampling: Sampling, clip: ClipSpec | None,
-                 max_pixels: int, tasks: list[TaskSpec] = ()) -> Iterator[dict[str, np.ndarray]]:
+                 max_pixels: int, tasks: list[TaskSpec] = (),
+                 only_parts: dict[str, MissingParts] | None = None,
+                 rows_per_batch: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """map_batches generator: a batch of ONE video's row {id, uri, shard, ...} -> batches of
     its rows (see the module docstring), every input column repeated on each row.
 
-    sampling: which frames frame jobs label; clip: clip options, None for a frame job."""
+    sampling: which frames frame jobs label; clip: clip options, None for a frame job;
+    only_parts: {video id: the rows to yield} when the job labels again rows that were lost
+    (a video decodes the same every time, so its rows keep their part_index); rows_per_batch:
+    rows a yielded batch holds at most (default FRAME_ROWS, CLIP_ROWS for clips)."""
     if len(batch["uri"]) != 1:
         raise ValueError(f"decode_video takes one video per batch, got {len(batch['uri'])}")
     carried = {key: column[0] for key, column in batch.items()}
     transforms = TaskTransforms(tasks, ndim=3 if clip is None else 4)
-    size = FRAME_ROWS if clip is None else CLIP_ROWS
+    size = rows_per_batch or (FRAME_ROWS if clip is None else CLIP_ROWS)
+    wanted = None if only_parts is None else only_parts.get(str(carried["id"]))
     held: list[_Row] = []
     part = 0
     for row in video_rows(str(carried["uri"]), sampling, clip, max_pixels, transforms):
         held.append(row)
         if len(held) > size:  # one row stays back: it may be the last
-            yield _columns(carried, held[:size], part, transforms)
+            yield from _only(_columns(carried, held[:size], part, transforms), wanted)
             part += size
             held = held[size:]
     held[-1].last_part = True
-    yield _columns(carried, held, part, transforms)
+    yield from _only(_columns(carried, held, part, transforms), wanted)
+
+
+def _only(columns: dict[str, np.ndarray], wanted: MissingParts | None):
+    """The batch (none, if empty) with only the rows whose part_index is wanted (None: all)."""
+    if wanted is not None:
+        keep = np.array([part in wanted for part in columns["part_index"]], dtype=bool)
+        if not keep.all():
+            columns = {key: column[keep] for key, column in columns.items()}
+    if len(columns["part_index"]):
+        yield columns
 
 
 def open_video_source(uri: str) -> str | BinaryIO:

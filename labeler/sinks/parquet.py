@@ -35,6 +35,7 @@ import json
 import shutil
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -119,6 +120,37 @@ def shard_file(root: Path, task_name: str, shard: int) -> Path:
     return Path(root) / shard_name(task_name, shard)
 
 
+@dataclass
+class _Arrivals:
+    """The rows of one (task, input) that arrived: their part indices, and how many rows the
+    input has (None until its last row arrives)."""
+
+    parts: set[int] = field(default_factory=set)
+    total: int | None = None
+
+    @property
+    def next_part(self) -> int:
+        """One past the highest part index that arrived (0: none did)."""
+        return max(self.parts) + 1 if self.parts else 0
+
+
+@dataclass(frozen=True)
+class MissingParts:
+    """The missing rows of an input: `gaps`, part indices, and every part from `from_part`
+    on when its last row has not arrived (None: it has)."""
+
+    gaps: tuple[int, ...]
+    from_part: int | None
+
+    def __contains__(self, part: int) -> bool:
+        return part in self.gaps or (self.from_part is not None and part >= self.from_part)
+
+    @property
+    def known_count(self) -> int:
+        """Missing rows counted: the gaps, and the last row when it is missing."""
+        return len(self.gaps) + (self.from_part is not None)
+
+
 class ShardedParquetSink:
     """Collects record tables (with ROUTING_COLUMNS) and commits one file per task and shard.
 
@@ -161,9 +193,8 @@ class ShardedParquetSink:
         except OSError as err:
             raise storage_error(self.uri, "write the output to", err) from None
         self._buffers: dict[tuple[str, int], list[pa.Table]] = defaultdict(list)
-        # (task, input id) -> [rows arrived, rows the input has (None until its last arrives),
-        # one past the highest part_index arrived]
-        self._parts: dict[tuple[str, str], list] = {}
+        # (task, input id) -> which of its rows arrived, for inputs not yet complete
+        self._parts: dict[tuple[str, str], _Arrivals] = {}
         self._complete_inputs: dict[tuple[str, int], int] = defaultdict(int)
         # Reopened shards: (task, shard) -> the committed rows kept, as written; and
         # shard -> the ids of its inputs to label again.
@@ -288,12 +319,11 @@ class ShardedParquetSink:
             groups[key].append(row)
         touched = set()
         for task, shard, id_, part, last in zip(tasks, shards, ids, parts, lasts):
-            state = self._parts.setdefault((task, id_), [0, None, 0])
-            state[0] += 1
-            state[2] = max(state[2], part + 1)
+            state = self._parts.setdefault((task, id_), _Arrivals())
+            state.parts.add(part)
             if last:
-                state[1] = part + 1
-            if state[0] == state[1]:
+                state.total = part + 1
+            if len(state.parts) == state.total:
                 del self._parts[(task, id_)]
                 self._complete_inputs[(task, shard)] += 1
                 touched.add((task, shard))
@@ -313,13 +343,24 @@ class ShardedParquetSink:
         done = self._complete_inputs[(task_name, shard)]
         if done == self.expected[shard]:
             return {}
-        arrived = {id_: state[2] for (task, id_), state in self._parts.items()
+        arrived = {id_: state.next_part for (task, id_), state in self._parts.items()
                    if task == task_name}
         seen = set()
         for table in self._buffers.get((task_name, shard), []):
             seen.update(table.column("id").to_pylist())
         return {id_: arrived.get(id_, 0) for id_ in ids
                 if id_ in arrived or id_ not in seen}
+
+    def missing_parts(self, task_name: str, id_: str) -> MissingParts:
+        """Which rows of an input whose rows have not all arrived (incomplete_inputs) are
+        missing: all of them when none arrived."""
+        state = self._parts.get((task_name, id_))
+        if state is None:
+            return MissingParts((), 0)
+        if state.total is not None:
+            return MissingParts(tuple(sorted(set(range(state.total)) - state.parts)), None)
+        end = state.next_part
+        return MissingParts(tuple(sorted(set(range(end)) - state.parts)), end)
 
     def add_lost(self, table: pa.Table) -> None:
         """Error rows standing for inputs whose rows never (all) arrived, one per input: each

@@ -12,8 +12,14 @@ CRASH_ON_ENV = "LABELER_FAULT_CRASH_ON"
 CRASH_STATUS = 134
 
 
-def crash_if_marked(uris: Iterable[str]) -> None:
-    """Exit this process at once when one of `uris` contains the marker text."""
+def crash_if_marked(uris: Iterable[str], frame_indices: Iterable[int] | None = None) -> None:
+    """Exit this process at once when one of `uris` contains the marker text; with frame
+    indices (a video's frame rows), when one of `<uri>#frame=<index>` does (a marker
+    `v.mp4#frame=12` is that frame alone)."""
     marker = os.environ.get(CRASH_ON_ENV)
-    if marker and any(marker in str(uri) for uri in uris):
+    if not marker:
+        return
+    names = ([str(uri) for uri in uris] if frame_indices is None else
+             [f"{uri}#frame={index}" for uri, index in zip(uris, frame_indices)])
+    if any(marker in name for name in names):
         os._exit(CRASH_STATUS)

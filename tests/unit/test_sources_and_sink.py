@@ -6,7 +6,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from labeler.actors.predictor import OUTPUT_SCHEMA
-from labeler.sinks.parquet import OutputConflict, ShardedParquetSink
+from labeler.sinks.parquet import MissingParts, OutputConflict, ShardedParquetSink
 from labeler.sources.files import plan_inputs
 
 
@@ -194,6 +194,11 @@ def test_inputs_that_never_arrived_become_the_error_rows_given_for_them(tmp_path
     # Where a row standing for the lost ones goes: after every row that arrived, on an index
     # none of them has (parts arrived would put w's at 2, beside its last frame's row).
     assert missing == {"b": 0, "v": 1, "w": 3}
+    # Which rows are missing, to label them again: none of b's, v's from its second on
+    # (its last never arrived), w's second.
+    assert [sink.missing_parts("detect", i) for i in ("b", "v", "w")] == [
+        MissingParts((), 0), MissingParts((), 1), MissingParts((1,), None)]
+    assert [p in sink.missing_parts("detect", "v") for p in (0, 1, 7)] == [False, True, True]
     lost = _with_error(pa.concat_tables([_rows([id_], 0, part=missing[id_])
                                          for id_ in ("b", "v", "w")]), ["lost"] * 3)
     sink.add_lost(lost)

@@ -14,6 +14,7 @@ from labeler.jobs.stages import TaskTransforms
 from labeler.jobs.video import FRAME_ROWS, decode_video, video_rows
 from labeler.media.clips import group_clips, scale_to_max_side
 from labeler.media.video import SampledFrame, Sampling
+from labeler.sinks.parquet import MissingParts
 from labeler.sources import plan_source
 from labeler.storage import byte_range_uri, missing_uri, open_input
 from labeler.testing.videos import X264_GOP, encode_video, level_index
@@ -63,6 +64,22 @@ def test_frames_skipped_by_min_change_leave_no_gap_in_the_parts(h264):
     assert [level_index(p) for p in rows["image"]] == list(range(0, 30, 2))
     assert rows["part_index"].tolist() == list(range(15))
     assert rows["last_part"].tolist() == [False] * 14 + [True]
+
+
+def test_only_parts_yields_those_rows_one_per_batch_with_their_numbers(h264):
+    """Labeling lost rows again: the video decodes as before and only the named rows go
+    out, keeping their part_index (and last_part on the video's last row)."""
+    wanted = MissingParts(gaps=(3, 17), from_part=28)
+    batches = list(decode_video(_one(h264), Sampling("all"), None, 10**8,
+                                only_parts={"clips/v.mp4": wanted}, rows_per_batch=1))
+    assert [b["part_index"].tolist() for b in batches] == [[3], [17], [28], [29]]
+    assert [b["frame_index"].tolist() for b in batches] == [[3], [17], [28], [29]]
+    assert [level_index(b["image"][0]) for b in batches] == [3, 17, 28, 29]
+    assert [b["last_part"].tolist() for b in batches] == [[False], [False], [False], [True]]
+    # A video not named in only_parts gives all its rows.
+    others = list(decode_video(_one(h264), Sampling("all"), None, 10**8,
+                               only_parts={"another.mp4": wanted}))
+    assert sum(len(b["id"]) for b in others) == 30
 
 
 def test_clip_rows(h264):
