@@ -442,46 +442,51 @@ def _execute(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink, summary:
     if batches > MIN_BATCHES_FOR_RATE and steady_s > 0:
         summary.steady_images_per_s = steady_rows / steady_s
 
-    missing = missing_inputs(spec, todo, sink)
-    # Inputs with no row in any task (a task's rows of an input reach the driver together
-    # with every other task's), so relabeling them cannot give any task a row twice.
-    ids = {id_ for _, id_ in missing
-           if all(missing.get((t.output_name, id_), (0, 1))[1] == 0 for t in spec.tasks)}
-    alone = [t.model_copy(update={"resources": t.resources.model_copy(
-        update={"batch_size": 1})}) for t in spec.tasks]
-    if spec.input.media == "image":
-        isolated = 0 < len(ids) <= ISOLATE_AT_MOST
-        if isolated:
-            log.warning("%d inputs were lost with model actors that died %d times on their "
-                        "batch; labeling them again one per batch to find the input that kills "
-                        "the worker", len(ids), MODEL_BATCH_ATTEMPTS)
-            retry = [row for row in todo if row["id"] in ids]
-            again = _model_stages(_decoded(spec, retry, rows_per_block=1), alone)
-    else:
-        parts = lost_video_parts(spec, missing, sink)
-        lost_rows = sum(p.known_count for p in parts.values())
-        isolated = 0 < lost_rows <= ISOLATE_AT_MOST
-        if isolated:
-            log.warning("%d videos lost frame rows with model actors that died %d times on "
-                        "their batch; labeling those rows again one per batch to find the frame "
-                        "that kills the worker", len(parts), MODEL_BATCH_ATTEMPTS)
-            from labeler.jobs.video import decoded_videos
-
-            retry = [row for row in todo if row["id"] in parts]
-            again = _model_stages(decoded_videos(spec, retry, only_parts=parts), alone)
-    if isolated:
+    again = _labeling_lost_again(spec, todo, sink)
+    if again is not None:
         for table in again.iter_batches(batch_format="pyarrow", batch_size=None):
             sink.add(table)
             _count(summary, table)
             bar.update(table.num_rows)
     bar.close()
-    lost = lost_input_rows(spec, todo, sink, alone=isolated)
+    lost = lost_input_rows(spec, todo, sink, alone=again is not None)
     if lost.num_rows:
         log.warning("%d inputs were lost with model actors that died %d times on them; they "
                     "are error rows (labeler run --retry-errors labels them again)",
                     lost.num_rows, MODEL_BATCH_ATTEMPTS)
         sink.add_lost(lost)
         _count(summary, lost)
+
+
+def _labeling_lost_again(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink):
+    """The pipeline that labels what the first pass lost again, one row per model batch, or
+    None when nothing was lost, or too much (ISOLATE_AT_MOST). Images: the inputs with no row
+    in any task (a task's rows of an input reach the driver together with every other
+    task's), so relabeling them cannot give any task a row twice. Videos: the lost rows of
+    each video (lost_video_parts)."""
+    missing = missing_inputs(spec, todo, sink)
+    alone = [t.model_copy(update={"resources": t.resources.model_copy(
+        update={"batch_size": 1})}) for t in spec.tasks]
+    if spec.input.media == "image":
+        ids = {id_ for _, id_ in missing
+               if all(missing.get((t.output_name, id_), (0, 1))[1] == 0 for t in spec.tasks)}
+        if not 0 < len(ids) <= ISOLATE_AT_MOST:
+            return None
+        log.warning("%d inputs were lost with model actors that died %d times on their batch; "
+                    "labeling them again one per batch to find the input that kills the worker",
+                    len(ids), MODEL_BATCH_ATTEMPTS)
+        retry = [row for row in todo if row["id"] in ids]
+        return _model_stages(_decoded(spec, retry, rows_per_block=1), alone)
+    from labeler.jobs.video import decoded_videos
+
+    parts = lost_video_parts(spec, missing, sink)
+    if not 0 < sum(p.known_count for p in parts.values()) <= ISOLATE_AT_MOST:
+        return None
+    log.warning("%d videos lost frame rows with model actors that died %d times on their "
+                "batch; labeling those rows again one per batch to find the frame that kills "
+                "the worker", len(parts), MODEL_BATCH_ATTEMPTS)
+    retry = [row for row in todo if row["id"] in parts]
+    return _model_stages(decoded_videos(spec, retry, only_parts=parts), alone)
 
 
 def _count(summary: JobSummary, table: pa.Table) -> None:
