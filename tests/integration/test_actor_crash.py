@@ -1,7 +1,9 @@
 """A model actor that dies on a batch (as a segfault in native code or the OOM killer ends
 it) is restarted and the batch retried a bounded number of times; then the inputs of the
 dropped batch are labeled again one per batch, and only the input that kills the worker on
-its own becomes an error row. The job completes with every input exactly once."""
+its own becomes an error row (a video: the lost frames are decoded and labeled again, and
+only the frame that kills the worker is missing). The job completes with every input
+exactly once."""
 
 import os
 import subprocess
