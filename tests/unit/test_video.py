@@ -206,6 +206,13 @@ def test_truncated_video_yields_decoded_frames_then_error(videos, name):
     assert got == [0, 10]
     # A range that ends before the damage is complete: no error.
     assert _take(data, "fps", fps=2, end_s=1.5)[0] == [0, 5, 10]
+    # min_change over the damaged fade: the kept frames up to the damage, then the same error
+    # (frames it skips are not taken for frames lost to the damage).
+    got.clear()
+    with pytest.raises(VideoDecodeError, match=stopped):
+        for frame in sample_frames(data, "all", min_change=BETWEEN_ONE_AND_TWO_STEPS):
+            got.append(frame.index)
+    assert got == list(range(0, 20, 2))
 
 
 def test_bad_inputs_raise_media_error(videos, tmp_path):
