@@ -1,4 +1,4 @@
-"""`labeler` command line: run, serve, export, preview, stats, demo, tiny-models."""
+"""`labeler` command line: run, serve, export, preview, stats, eval, demo, tiny-models."""
 
 from __future__ import annotations
 
@@ -219,6 +219,18 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """A task's boxes against COCO ground truth: AP per category, best-F1 thresholds
+    (docs/eval.md)."""
+    from labeler.evaluate import EvalOptions, run_eval
+
+    summary = run_eval(EvalOptions(output=args.output, coco=args.coco, task=args.task,
+                                   iou=args.iou, match=args.match or {},
+                                   include_not_kept=args.include_not_kept, json=args.json))
+    print("\n".join(summary.lines()))
+    return 0
+
+
 def _scores(text: str) -> tuple[float, ...]:
     """'0.1,0.5' -> (0.1, 0.5) (the range is checked with the other stats options)."""
     try:
@@ -319,6 +331,22 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--top", type=int, default=30, help="labels shown per task (default 30)")
     st.add_argument("--json", help="also write the figures to this local JSON file")
     st.set_defaults(func=cmd_stats)
+
+    ev = sub.add_parser("eval", help="a task's boxes against COCO ground truth: AP per "
+                                     "category, best-F1 score thresholds")
+    ev.add_argument("output", help="the job's output folder or s3:// prefix")
+    ev.add_argument("--coco", required=True,
+                    help="ground truth: a COCO detection JSON file (local or s3://)")
+    ev.add_argument("--task", help="the task folder (default: the only one with boxes)")
+    ev.add_argument("--iou", type=float, default=0.5,
+                    help="IoU at which the best-F1 thresholds are found: 0.5 (default), "
+                         "0.55, ..., 0.95")
+    ev.add_argument("--match", type=_label_and_text, action=_ByLabel, metavar="LABEL=CATEGORY",
+                    help="pair a label with a category of another name (repeat it)")
+    ev.add_argument("--include-not-kept", action="store_true",
+                    help="pseudo-label: evaluate images under the image threshold too")
+    ev.add_argument("--json", help="also write the figures to this local JSON file")
+    ev.set_defaults(func=cmd_eval)
     return parser
 
 

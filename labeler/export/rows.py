@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -115,6 +115,7 @@ class Tally:
     not_kept_exported: int = 0
     low_score_boxes: int = 0
     task_labels: list[str] = field(default_factory=list)
+    parameters: list[dict] = field(default_factory=list)  # the distinct `parameters` seen
     _parameters_seen: set[str] = field(default_factory=set)
 
     def add_parameters(self, parameters: str | None) -> None:
@@ -122,6 +123,8 @@ class Tally:
             return
         self._parameters_seen.add(parameters)
         loaded = json.loads(parameters)
+        if isinstance(loaded, dict):
+            self.parameters.append(loaded)
         labels = loaded.get("labels") if isinstance(loaded, dict) else None
         for label in labels if isinstance(labels, list) else []:
             name = label or UNNAMED_LABEL
@@ -195,14 +198,14 @@ class JobOutput:
                 return boxed[0]
             if not boxed:
                 raise ExportError(f"no task with boxes in {self.uri!r} (it holds: {described}); "
-                                  f"export takes the boxes of a task of kind "
+                                  f"export and eval take the boxes of a task of kind "
                                   f"{', '.join(BOX_TASKS)}")
             raise ExportError(f"{len(boxed)} tasks with boxes in {self.uri!r}: "
                               f"{', '.join(t.name for t in boxed)}; choose one with --task")
         found = self.named(name)
         if found.kind not in BOX_TASKS:
             raise ExportError(f"task {name!r} is a {found.kind} task: its rows carry no boxes "
-                              f"to export (tasks with boxes: {', '.join(BOX_TASKS)})")
+                              f"(tasks with boxes: {', '.join(BOX_TASKS)})")
         return found
 
     def named(self, name: str) -> TaskFolder:
@@ -226,9 +229,14 @@ class TaskRows:
         self.min_score = min_score
         self.include_not_kept = include_not_kept
 
-    def scan(self, tally: Tally) -> Iterator[Row]:
-        """Every row to export, in file and row order; what is left out goes to `tally`."""
+    def scan(self, tally: Tally, wanted: Callable[[str], bool] | None = None) -> Iterator[Row]:
+        """Every row to export, in file and row order; what is left out goes to `tally`.
+        wanted: only rows whose id it accepts are read and counted; the others are dropped
+        before their boxes become Python objects (eval reads a few images of a big job)."""
         for batch in self.batches(COLUMNS):
+            if wanted is not None:
+                ids = batch.column("id").to_pylist()
+                batch = batch.filter(pa.array([wanted(i) for i in ids], pa.bool_()))
             yield from self._rows(batch.to_pydict(), batch.num_rows, tally)
 
     def batches(self, columns: Iterable[str]) -> Iterator[pa.RecordBatch]:

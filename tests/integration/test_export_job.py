@@ -129,3 +129,39 @@ def test_preview_of_a_job_output_on_s3_equals_the_local_one(owlv2_job, s3_bucket
         assert f"{len(rows)} rows scanned" in printed and "shown: 4 of 6 rows" in printed
         pages[name] = {p.name: p.read_bytes() for p in (tmp_path / name / "images").iterdir()}
     assert len(pages["s3"]) == 4 and pages["s3"] == pages["local"]
+
+
+def test_eval_of_a_real_job_reads_s3_as_it_reads_a_folder(owlv2_job, s3_bucket, s3_env,
+                                                          tmp_path, capsys):
+    """`labeler eval` against the job's own COCO export less every second box (those become
+    false positives): the ground-truth counts are the boxes kept, and the figures read from
+    an s3:// job output and ground truth equal those read from local files."""
+    job, rows = owlv2_job
+    _export(capsys, job, "--format", "coco", "--out", tmp_path / "coco")
+    coco = json.loads((tmp_path / "coco" / "annotations.json").read_text())
+    coco["annotations"] = coco["annotations"][::2]
+    truth = tmp_path / "truth.json"
+    truth.write_text(json.dumps(coco))
+    client = s3_env.client()
+    for path in sorted(p for p in Path(job).rglob("*") if p.is_file()):
+        client.put_object(Bucket=s3_bucket, Key=f"eval-job/{path.relative_to(job).as_posix()}",
+                          Body=path.read_bytes())
+    client.put_object(Bucket=s3_bucket, Key="truth.json", Body=truth.read_bytes())
+    figures = {}
+    for name, output, gt in [("local", job, truth),
+                             ("s3", f"s3://{s3_bucket}/eval-job", f"s3://{s3_bucket}/truth.json")]:
+        assert main(["eval", output, "--coco", str(gt), "--json", str(tmp_path / f"{name}.json")]) == 0
+        capsys.readouterr()
+        figures[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    kept = {name: sum(names[a["category_id"]] == name for a in coco["annotations"])
+            for name in LABELS}
+    boxes = {name: sum(d["label"] == name for r in rows.values() for d in r["detections"] or [])
+             for name in LABELS}
+    assert all(kept.values()) and all(boxes[name] > kept[name] for name in LABELS)
+    local = {c["category"]: c for c in figures["local"]["categories"]}
+    assert {name: local[name]["ground_truth"] for name in LABELS} == kept
+    assert {name: local[name]["detections"] for name in LABELS} == boxes
+    assert figures["local"]["images"]["evaluated"] == 6
+    for key in ("categories", "images", "rows", "mean", "label_thresholds"):
+        assert figures["s3"][key] == figures["local"][key]

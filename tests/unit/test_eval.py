@@ -1,0 +1,293 @@
+"""`labeler eval`: a job output written by hand (the record schema) against a COCO file
+written by hand -> AP, AP50 and the best-F1 thresholds worked out on paper, the same means
+as pycocotools' own loadRes / summarize flow, image and label matching, and the errors that
+name what is wrong. No Ray."""
+
+import json
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import labeler.export.rows
+from labeler.cli import main
+from labeler.config import SpecError
+from labeler.evaluate import EvalError, EvalOptions, run_eval
+from labeler.evaluate.ground_truth import ImageMatcher, load_ground_truth
+from labeler.evaluate.metrics import RankedCurve
+from labeler.schemas import RECORD_SCHEMA
+
+CATEGORIES = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"},
+              {"id": 3, "name": "Traffic  Light"}, {"id": 4, "name": "sheep"}]
+IMAGES = [{"id": 1, "file_name": "photos/a.jpg", "width": 100, "height": 100},
+          {"id": 2, "file_name": "photos/b.jpg", "width": 100, "height": 100},
+          {"id": 3, "file_name": "c.jpg", "width": 100, "height": 100},  # row id sub/c.jpg
+          {"id": 4, "file_name": "d.jpg", "width": 100, "height": 100},  # an error row
+          {"id": 5, "file_name": "e.jpg", "width": 80, "height": 60}]  # row is 60x80
+ANNOTATIONS = [  # bbox [x, y, w, h]
+    {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40]},
+    {"id": 2, "image_id": 1, "category_id": 2, "bbox": [60, 60, 30, 30]},
+    {"id": 3, "image_id": 2, "category_id": 2, "bbox": [0, 0, 50, 50]},
+    {"id": 4, "image_id": 3, "category_id": 1, "bbox": [20, 20, 20, 20]},
+    {"id": 5, "image_id": 4, "category_id": 1, "bbox": [0, 0, 10, 10]},
+    {"id": 6, "image_id": 5, "category_id": 1, "bbox": [0, 0, 10, 10]},
+]
+# Rows: id -> (width, height, boxes (label, score, x0, y0, x1, y1)) or an error reason.
+ROWS = {
+    "photos/a.jpg": (100, 100, [("cat", 0.9, 10, 10, 50, 50),
+                                # IoU with the dog 60,60,90,90: 27 * 30 / 990 = 0.818
+                                ("dog", 0.8, 63, 60, 93, 90),
+                                ("bird", 0.7, 0, 0, 5, 5)]),
+    "photos/b.jpg": (100, 100, [("dog", 0.6, 0, 0, 50, 50), ("cat", 0.5, 0, 0, 10, 10)]),
+    "sub/c.jpg": (100, 100, [("cat", 0.95, 60, 60, 90, 90), ("cat", 0.3, 20, 20, 40, 40)]),
+    "d.jpg": "corrupt image data: truncated",
+    "e.jpg": (60, 80, [("cat", 0.9, 0, 0, 10, 10)]),
+    "z.jpg": (100, 100, [("cat", 0.9, 0, 0, 10, 10)]),  # not in the ground truth
+}
+PARAMETERS = {"labels": ["cat", "dog", "traffic light", "bird"], "threshold": 0.1,
+              "label_thresholds": {"dog": 0.4}}
+
+# By hand. cat, 2 boxes (a, c), ranked 0.95 F, 0.9 T, 0.5 F, 0.3 T at every IoU: precision
+# 0, 1/2, 1/3, 1/2, recall 0, 1/2, 1/2, 1; interpolated precision 1/2 at every recall ->
+# AP = AP50 = 0.5; best F1 keeping all four: 2 * 0.5 * 1 / 1.5.
+# dog, 2 boxes (a, b): 0.8 (IoU 0.818) and 0.6 (exact) both match at IoU 0.50..0.80 (AP 1),
+# at 0.85..0.95 only 0.6 does: precision 1/2 up to recall 1/2, 51 of 101 recall points ->
+# AP = (7 + 3 * 51 * 0.5 / 101) / 10.
+DOG_AP = (7 + 3 * 51 * 0.5 / 101) / 10
+EXPECTED = {
+    "cat": {"ground_truth": 2, "detections": 4, "ap": 0.5, "ap50": 0.5, "best_f1": 2 / 3,
+            "best_threshold": 0.3, "best_precision": 0.5, "best_recall": 1.0},
+    "dog": {"ground_truth": 2, "detections": 2, "ap": DOG_AP, "ap50": 1.0, "best_f1": 1.0,
+            "best_threshold": 0.6, "best_precision": 1.0, "best_recall": 1.0},
+    "Traffic  Light": {"ground_truth": 0, "detections": 0, "ap": None, "ap50": None,
+                       "best_f1": None, "best_threshold": None, "best_precision": None,
+                       "best_recall": None},
+}
+
+
+def _coco(tmp_path, **changes):
+    path = tmp_path / ("gt.json" if not changes else "gt-changed.json")
+    path.write_text(json.dumps({"images": IMAGES, "categories": CATEGORIES,
+                                "annotations": ANNOTATIONS, **changes}))
+    return str(path)
+
+
+def _output(tmp_path, rows=ROWS, task="detect", name="animals", parameters=PARAMETERS,
+            frames=False):
+    root = tmp_path / "labels"
+    (root / name).mkdir(parents=True)
+    records = []
+    for id_, row in rows.items():
+        error = row if isinstance(row, str) else None
+        width, height, boxes = (None, None, None) if error else row
+        records.append({
+            "id": id_, "uri": f"/in/{id_}", "width": width, "height": height, "task": task,
+            "task_name": name, "model": "tiny/owlv2", "model_family": "owlv2",
+            "parameters": json.dumps(parameters), "error": error,
+            "frame_index": 0 if frames else None, "timestamp_s": 0.0 if frames else None,
+            "detections": None if error else [
+                {"label": label, "score": score, "x0": x0, "y0": y0, "x1": x1, "y1": y1}
+                for label, score, x0, y0, x1, y1 in boxes]})
+    half = len(records) // 2  # two files, read 2 rows at a time: figures add up across both
+    for k, part in enumerate(p for p in (records[:half], records[half:]) if p):
+        pq.write_table(pa.Table.from_pylist(part, schema=RECORD_SCHEMA),
+                       root / name / f"part-{k:05d}.parquet")
+    (root / "_SUCCESS").write_text("{}")
+    return str(root)
+
+
+@pytest.fixture(autouse=True)
+def small_batches(monkeypatch):
+    monkeypatch.setattr(labeler.export.rows, "READ_BATCH_ROWS", 2)
+
+
+def test_figures_match_the_hand_computed_ones(tmp_path):
+    figures = run_eval(EvalOptions(_output(tmp_path), _coco(tmp_path))).figures
+    got = {c["category"]: c for c in figures["categories"]}
+    assert list(got) == ["cat", "dog", "Traffic  Light"]  # the ground truth's order
+    for name, expected in EXPECTED.items():
+        for key, value in expected.items():
+            assert got[name][key] == (pytest.approx(value, abs=1e-6) if value else value), (name, key)
+    assert got["Traffic  Light"]["labels"] == ["traffic light"]
+    assert figures["mean"] == {"ap": pytest.approx((0.5 + DOG_AP) / 2),
+                               "ap50": pytest.approx(0.75)}
+    assert figures["images"] == {
+        "ground_truth": 5, "evaluated": 3, "without_row": 1, "other_size": 1,
+        "other_size_examples": ["e.jpg is 80x60, its row 60x80 (width and height swapped: "
+                                "EXIF orientation applied on one side only)"]}
+    # The rows read are those named like a ground-truth image (z.jpg is not).
+    assert figures["rows"] == {"rows": 5, "error_rows": 1, "not_kept": 0}
+    assert figures["labels_without_category"] == ["bird"]
+    assert figures["categories_not_asked"] == ["sheep"]
+    # cat: every box kept -> halfway to the job's threshold 0.1; dog: to its own 0.4.
+    assert figures["label_thresholds"] == {"cat": 0.2, "dog": 0.5}
+
+
+def test_means_equal_pycocotools_own_flow(tmp_path):
+    """The documented COCO evaluation: results file -> loadRes -> evaluate / accumulate /
+    summarize; stats[0] and [1] are the mean AP and AP50 over categories with boxes."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    figures = run_eval(EvalOptions(_output(tmp_path), _coco(tmp_path))).figures
+    category = {"cat": 1, "dog": 2}
+    results = [{"image_id": image_id, "category_id": category[label], "score": score,
+                "bbox": [x0, y0, x1 - x0, y1 - y0]}
+               for id_, image_id in (("photos/a.jpg", 1), ("photos/b.jpg", 2), ("sub/c.jpg", 3))
+               for label, score, x0, y0, x1, y1 in ROWS[id_][2] if label in category]
+    # The reference needs area and iscrowd, which eval fills in when a file lacks them.
+    complete = [{**a, "area": a["bbox"][2] * a["bbox"][3], "iscrowd": 0} for a in ANNOTATIONS]
+    gt = COCO(_coco(tmp_path, annotations=complete))
+    coco_eval = COCOeval(gt, gt.loadRes(results), iouType="bbox")
+    coco_eval.params.imgIds = [1, 2, 3]
+    coco_eval.params.catIds = [1, 2, 3]
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+    assert figures["mean"]["ap"] == pytest.approx(coco_eval.stats[0], abs=1e-12)
+    assert figures["mean"]["ap50"] == pytest.approx(coco_eval.stats[1], abs=1e-12)
+
+
+def test_iou_moves_the_best_threshold(tmp_path):
+    """At IoU 0.85 the 0.8 dog misses: keeping both dogs gives P 1/2, R 1/2."""
+    figures = run_eval(EvalOptions(_output(tmp_path), _coco(tmp_path), iou=0.85)).figures
+    dog = next(c for c in figures["categories"] if c["category"] == "dog")
+    assert (dog["best_f1"], dog["best_threshold"], dog["best_precision"], dog["best_recall"]) \
+        == (pytest.approx(0.5), pytest.approx(0.6), 0.5, 0.5)
+    assert dog["ap"] == pytest.approx(DOG_AP)  # AP does not depend on --iou
+
+
+def test_match_pairs_a_label_with_a_category_of_another_name(tmp_path):
+    figures = run_eval(EvalOptions(_output(tmp_path), _coco(tmp_path),
+                                   match={"bird": "sheep"})).figures
+    got = {c["category"]: c for c in figures["categories"]}
+    assert got["sheep"]["labels"] == ["bird"] and got["sheep"]["detections"] == 1
+    assert got["sheep"]["ap"] is None  # no sheep on the evaluated images
+    assert figures["labels_without_category"] == [] and figures["categories_not_asked"] == []
+
+
+def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["eval", _output(tmp_path), "--coco", _coco(tmp_path), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "images evaluated: 3 of 5; 1 without a labeled row\n  1 left out, their row has " \
+        "another size: e.jpg is 80x60, its row 60x80" in printed
+    assert "rows named like ground-truth images: 5, error rows among them: 1\n" in printed
+    lines = printed.splitlines()
+    header = next(k for k, line in enumerate(lines) if line.split()[:3] == ["category", "truth", "boxes"])
+    assert lines[header + 1].split() == ["cat", "2", "4", "0.500", "0.500", "0.667", "0.300",
+                                         "0.500", "1.000", "cat"]
+    assert lines[header + 2].split() == ["dog", "2", "2", f"{DOG_AP:.3f}", "1.000", "1.000",
+                                         "0.600", "1.000", "1.000", "dog"]
+    assert lines[header + 3].split()[-6:] == ["-", "-", "-", "-", "traffic", "light"]
+    assert "labels with no ground-truth category (their boxes are not evaluated): bird" in printed
+    assert "ground-truth categories no label asks for (not evaluated): sheep" in printed
+    assert '  label_thresholds: {"cat": 0.2, "dog": 0.5}' in printed
+    assert json.loads(out.read_text())["label_thresholds"] == {"cat": 0.2, "dog": 0.5}
+
+
+def test_a_coco_export_evaluated_against_itself_scores_one(tmp_path):
+    """What `labeler export --format coco` writes is ground truth eval reads: file names are
+    the row ids, so every box finds itself."""
+    job = _output(tmp_path, rows={k: v for k, v in ROWS.items() if k != "e.jpg"})
+    coco = tmp_path / "coco"
+    assert main(["export", job, "--format", "coco", "--out", str(coco)]) == 0
+    figures = run_eval(EvalOptions(job, str(coco / "annotations.json"))).figures
+    assert figures["images"]["evaluated"] == 4  # a, b, c, z (d is an error row)
+    got = {c["category"]: c for c in figures["categories"]}
+    for name in ("cat", "dog", "bird"):
+        assert (got[name]["ap"], got[name]["ap50"], got[name]["best_f1"]) \
+            == (pytest.approx(1.0), pytest.approx(1.0), 1.0)
+    assert got["traffic light"]["ground_truth"] == 0  # a label of the task, without a box
+
+
+def test_pseudo_label_rows_not_kept_are_left_out_unless_asked(tmp_path):
+    rows = {"photos/a.jpg": ROWS["photos/a.jpg"], "photos/b.jpg": ROWS["photos/b.jpg"]}
+    job = _output(tmp_path, rows=rows, task="pseudo-label", name="pseudo")
+    table = pq.read_table(f"{job}/pseudo/part-00001.parquet")  # photos/b.jpg: not kept
+    table = table.set_column(table.schema.get_field_index("kept"), "kept",
+                             pa.array([False], pa.bool_()))
+    pq.write_table(table, f"{job}/pseudo/part-00001.parquet")
+    left_out = run_eval(EvalOptions(job, _coco(tmp_path))).figures
+    assert left_out["rows"]["not_kept"] == 1 and left_out["images"]["evaluated"] == 1
+    both = run_eval(EvalOptions(job, _coco(tmp_path), include_not_kept=True)).figures
+    assert both["images"]["evaluated"] == 2
+
+
+def test_image_matcher_exact_then_unique_base_names():
+    images = {1: {"file_name": "a/x.jpg"}, 2: {"file_name": "./b/y.jpg"},
+              3: {"file_name": "c/z.jpg"}, 4: {"file_name": "d/z.jpg"}, 5: {"file_name": "w.jpg"}}
+    matcher = ImageMatcher(images)
+    seen = {row: matcher.see(row) for row in
+            ("a/x.jpg", "b/y.jpg", "q/x.jpg", "z.jpg", "e/w.jpg", "f/w.jpg", "nope.jpg")}
+    # x.jpg is taken exactly; z.jpg names two images; w.jpg comes from two rows.
+    assert seen == {"a/x.jpg": True, "b/y.jpg": True, "q/x.jpg": True, "z.jpg": False,
+                    "e/w.jpg": True, "f/w.jpg": True, "nope.jpg": False}
+    assert matcher.resolve() == {"a/x.jpg": 1, "b/y.jpg": 2}
+
+
+def test_best_threshold_cuts_only_between_different_scores():
+    """Two boxes tie at 0.5 (one right, one wrong): a threshold keeps both or neither."""
+    curve = RankedCurve(np.array([0.9, 0.5, 0.5, 0.2]), np.array([True, True, False, True]), 3)
+    best = curve.best_f1()
+    # keep 1: P 1, R 1/3 (F1 0.5); keep 3: P 2/3, R 2/3 (0.667); keep 4: P 3/4, R 1 (0.857)
+    assert best == {"best_f1": pytest.approx(6 / 7), "best_threshold": 0.2,
+                    "best_precision": 0.75, "best_recall": 1.0, "next_score": None}
+    curve = RankedCurve(np.array([0.9, 0.5, 0.5, 0.2]), np.array([True, True, False, False]), 2)
+    assert curve.best_f1()["best_threshold"] == 0.5  # 2/3 & 1 (0.8) beats 1/2 & 1 at 0.2
+    assert curve.best_f1()["next_score"] == 0.2
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"images": "x"}, "`images` is missing or not a list"),
+    ({"images": [{"id": 1}]}, "images[0].file_name is missing or not a str"),
+    ({"categories": [{"id": True, "name": "cat"}]}, "categories[0].id is missing or not a int"),
+    ({"annotations": [{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3]}]},
+     "annotations[0].bbox must be [x, y, width, height]"),
+    ({"annotations": [{"image_id": 9, "category_id": 1, "bbox": [1, 2, 3, 4]}]},
+     "annotations[0].image_id 9 is not an image's id"),
+    ({"categories": CATEGORIES + [{"id": 9, "name": "CAT"}]}, "two categories are named 'CAT'"),
+])
+def test_bad_ground_truth_is_named(tmp_path, changes, message):
+    with pytest.raises(EvalError, match=re.escape(message)):
+        run_eval(EvalOptions(_output(tmp_path), _coco(tmp_path, **changes)))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"iou": 0.45}, "--iou 0.45: one of COCO's IoU thresholds 0.5, 0.55"),
+    ({"match": {"horse": "cat"}}, "--match horse=cat: the task has no label 'horse'"),
+    ({"match": {"bird": "owl"}}, "--match bird=owl: no ground-truth category 'owl'"),
+    ({"coco": "missing.json"}, "no such file"),
+    ({"json": "/nonexistent/dir/x.json"}, "--json '/nonexistent/dir/x.json': a file to write"),
+])
+def test_bad_options_are_named(tmp_path, options, message):
+    coco = options.pop("coco", None)
+    coco = str(tmp_path / coco) if coco else _coco(tmp_path)
+    with pytest.raises(EvalError, match=re.escape(message)):
+        run_eval(EvalOptions(_output(tmp_path), coco, **options))
+
+
+def test_no_matching_image_says_how_images_are_matched(tmp_path, capsys):
+    job = _output(tmp_path, rows={"other/q.jpg": ROWS["photos/a.jpg"]})
+    assert main(["eval", job, "--coco", _coco(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no ground-truth image is a labeled row of this task" in err
+    assert "'photos/a.jpg'" in err and "['other/q.jpg']" in err
+
+
+def test_text_and_video_tasks_are_refused(tmp_path):
+    job = _output(tmp_path, task="caption", name="captions")
+    with pytest.raises(SpecError, match="is a caption task: its rows carry no boxes"):
+        run_eval(EvalOptions(job, _coco(tmp_path), task="captions"))
+    job = _output(tmp_path / "video", frames=True)
+    with pytest.raises(EvalError, match="holds video frame rows: eval compares image rows"):
+        run_eval(EvalOptions(job, _coco(tmp_path)))
+
+
+def test_ground_truth_json_is_checked_before_the_output(tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(EvalError, match="is not JSON"):
+        run_eval(EvalOptions(str(tmp_path / "nowhere"), str(tmp_path / "bad.json")))
+    assert load_ground_truth(_coco(tmp_path)).names[3] == "Traffic  Light"
