@@ -18,7 +18,10 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 
 from labeler import registry
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# .avif: Pillow's own AVIF plugin; .heic / .heif (phone photos): pillow-heif's opener,
+# registered by labeler.media.image.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif",
+                    ".heic", ".heif")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts")
 
 

@@ -47,7 +47,7 @@ IMAGE_SUFFIXES = frozenset({".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".t
 # Pillow formats whose bytes are copied as they are (Ultralytics checks the format it reads
 # against IMG_FORMATS), with the suffix an id without one gets.
 COPIED_FORMATS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp",
-                  "BMP": ".bmp", "TIFF": ".tif"}
+                  "BMP": ".bmp", "TIFF": ".tif", "HEIF": ".heic"}
 EXIF_ORIENTATION = 0x0112  # the EXIF tag; 1 is "as stored", 2-8 flip and/or rotate
 # Lossy re-encoding of oriented JPEGs: 95 keeps the artefacts of a second encoding below
 # those of the first at common camera qualities (85-95).

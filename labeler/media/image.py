@@ -3,6 +3,11 @@
 Rules: EXIF orientation applied; every mode (P, LA, CMYK, I;16, ...) converted to RGB;
 the first frame of animations; the pixel count checked from the header, before any pixel
 is decoded, so a decompression bomb costs nothing.
+
+Formats: what Pillow reads (JPEG, PNG, WebP, AVIF, GIF, TIFF, BMP, ...) and HEIC / HEIF,
+the format of phone photos, through pillow-heif's opener. pillow-heif applies a HEIF
+file's own rotation and mirroring on open and then reports EXIF orientation 1, so the
+image is oriented once, as the phone shows it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
+
+register_heif_opener()
 
 # Our own limit (InputSpec.max_pixels) replaces Pillow's global one, which would warn or
 # raise with a less useful message and cannot differ between jobs in one process.
@@ -56,7 +64,7 @@ def decode_image(data: bytes, max_pixels: int, decode_min_side: int | None = Non
     except UnidentifiedImageError:
         raise MediaError("not a recognised image format") from None
     except Exception as err:  # noqa: BLE001 - Pillow raises many types for bad headers
-        raise MediaError(f"unreadable image header: {err}") from None
+        raise MediaError(f"unreadable image header: {str(err).strip()}") from None
 
     raw_w, raw_h = img.size
     if raw_w * raw_h > max_pixels:
@@ -77,7 +85,7 @@ def decode_image(data: bytes, max_pixels: int, decode_min_side: int | None = Non
     except MediaError:
         raise
     except Exception as err:  # noqa: BLE001 - truncated data surfaces as OSError, SyntaxError...
-        raise MediaError(f"corrupt image data: {err}") from None
+        raise MediaError(f"corrupt image data: {str(err).strip()}") from None
     return DecodedImage(pixels=pixels, width=width, height=height)
 
 

@@ -91,6 +91,41 @@ def test_job_matches_the_adapter_called_directly(ray_local, image_folder, tiny_o
             assert a["x0"] == pytest.approx(b["x0"], abs=1e-3)
 
 
+def test_heic_and_avif_inputs_are_labeled_as_shown(ray_local, tiny_owlv2, tmp_path):
+    """Phone photos (HEIC) and AVIF, each rotated by its metadata: listed, decoded on the
+    Ray workers (pillow-heif registered there too), labeled at the oriented size, the same
+    detections as the adapter given the decoded pixels in-process."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from labeler.media.image import decode_image
+    from labeler.models.base import ImageInput
+    from labeler.models.owlv2 import Owlv2Detector
+    from labeler.testing.samples import synthetic_image
+
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: 64 wide, 48 high as stored
+    for name, fmt in (("IMG_0001.HEIC", "HEIF"), ("web.avif", "AVIF")):
+        synthetic_image(64, 48, seed=3).save(folder / name, fmt, quality=90, exif=exif.tobytes())
+    spec = _spec(folder, tmp_path / "out", tiny_owlv2)
+    summary = run_image_job(spec, progress=False)
+    assert (summary.rows, summary.errors) == (2, 0)
+    rows = {r["id"]: r for r in pads.dataset(tmp_path / "out", format="parquet").to_table().to_pylist()}
+    adapter = Owlv2Detector(spec.tasks[0])
+    adapter.setup(torch.device("cpu"))
+    for name in ("IMG_0001.HEIC", "web.avif"):
+        assert (rows[name]["width"], rows[name]["height"]) == (48, 64)
+        decoded = decode_image((folder / name).read_bytes(), 10**6)
+        (direct,) = adapter([ImageInput(np.asarray(decoded.pixels), 48, 64)])
+        got = rows[name]["detections"]
+        assert got and len(got) == len(direct["detections"])
+        for a, b in zip(got, direct["detections"]):
+            assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
 def test_cli_rejects_a_bad_spec_before_starting_ray(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "labeler.cli", "run", "--input", str(tmp_path / "missing"),

@@ -444,3 +444,25 @@ def test_ids_that_would_share_a_label_file_are_reported(tmp_path, capsys):
            "before it\n" in out
     assert f"x1: cannot read {tmp_path / 'gone.jpg'}: " in out
     assert sorted(p.name for p in (tmp_path / "y" / "labels").iterdir()) == ["c.txt"]
+
+
+def test_phone_and_web_formats_in_an_export():
+    """A HEIC (Ultralytics reads .heic) is copied as it is; an AVIF, which it does not read,
+    becomes a PNG of the pixels the model saw, at the oriented size."""
+    from labeler.export.images import image_bytes
+
+    pixels = np.zeros((30, 40, 3), np.uint8)
+    pixels[:, 20:] = 255
+    for fmt, suffix in (("HEIF", ".heic"), ("AVIF", ".png")):
+        buffer = io.BytesIO()
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.fromarray(pixels).save(buffer, fmt, quality=90, exif=exif.tobytes())
+        data, got_suffix, size = image_bytes(buffer.getvalue())
+        assert (got_suffix, size) == (suffix, (30, 40))
+        if fmt == "HEIF":
+            assert data == buffer.getvalue()
+        else:
+            written = Image.open(io.BytesIO(data))
+            assert written.format == "PNG" and written.size == (30, 40)
+            assert np.array_equal(np.asarray(written), decode_image(buffer.getvalue(), 10**6).pixels)

@@ -81,3 +81,36 @@ def test_reduce_on_load_keeps_the_long_side_and_reports_full_size():
     assert out.pixels.shape == (750, 1000, 3)  # 1/4 scale: the largest with long side >= 960
     full = decode_image(data, 10**8, decode_min_side=None)
     assert full.pixels.shape == (3000, 4000, 3)
+
+
+def _halves() -> np.ndarray:
+    """Stored 40x20: left half red, right half blue (kept apart by lossy codecs)."""
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = (255, 0, 0)
+    pixels[:, 20:] = (0, 0, 255)
+    return pixels
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_phone_and_web_formats_decode_oriented_once(fmt):
+    """HEIC (pillow-heif's opener; it stores EXIF orientation 6 as the file's own rotation)
+    and AVIF (Pillow's plugin; EXIF orientation kept) show the image rotated 90° CW, as the
+    PNG above: once, not twice."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _encode(Image.fromarray(_halves()), fmt, exif=exif.tobytes(), quality=90)
+    out = decode_image(data, 10**6)
+    assert (out.width, out.height) == (20, 40) and out.pixels.shape == (40, 20, 3)
+    top, bottom = out.pixels[2, 10].astype(int), out.pixels[37, 10].astype(int)
+    assert top[0] > 200 and top[2] < 60  # red on top
+    assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_heic_limits_and_damage_are_reasons():
+    data = _encode(Image.fromarray(_halves()), "HEIF", quality=90)
+    with pytest.raises(MediaError, match="40x20 = 800 pixels, over the limit of 799"):
+        decode_image(data, max_pixels=799)
+    rng = np.random.default_rng(0)  # noise: a file long enough to be cut after its header
+    data = _encode(Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)), "HEIF")
+    with pytest.raises(MediaError, match=r"^corrupt image data: .*Unexpected end of file.*\)$"):
+        decode_image(data[: len(data) // 2], 10**6)  # libheif's trailing newline stripped

@@ -11,12 +11,14 @@ from labeler.sources.files import plan_inputs
 
 
 def test_folder_listing_is_recursive_sorted_and_sharded(tmp_path):
-    for name in ["b.jpg", "a.PNG", "sub/c.webp", "notes.txt", "sub/d.tiff"]:
+    for name in ["b.jpg", "a.PNG", "sub/c.webp", "notes.txt", "sub/d.tiff", "sub/e.HEIC",
+                 "sub/f.avif"]:
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
     items = plan_inputs(str(tmp_path), files_per_shard=3)
-    assert [i.id for i in items] == ["a.PNG", "b.jpg", "sub/c.webp", "sub/d.tiff"]
-    assert [i.shard for i in items] == [0, 0, 0, 1]
+    assert [i.id for i in items] == ["a.PNG", "b.jpg", "sub/c.webp", "sub/d.tiff", "sub/e.HEIC",
+                                     "sub/f.avif"]
+    assert [i.shard for i in items] == [0, 0, 0, 1, 1, 1]
     assert items[0].uri == str(tmp_path / "a.PNG")
     globbed = plan_inputs(str(tmp_path / "**" / "*.webp"), files_per_shard=3)
     assert [i.id for i in globbed] == ["sub/c.webp"]
