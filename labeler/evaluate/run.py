@@ -154,6 +154,11 @@ def run_eval(options: EvalOptions) -> EvalSummary:
                                           if r in candidates})
     labels = _labels(tally, rows)
     categories = _categories(truth, labels, options.match)
+    if not categories:
+        raise EvalError(f"no label of task {folder.name!r} is a ground-truth category: labels "
+                        f"{', '.join(labels) or 'none'}; categories "
+                        f"{', '.join(truth.names.values())} (pair them with --match "
+                        f"LABEL=CATEGORY)")
     asked = list(dict.fromkeys(categories.values()))
     order = [c for c in truth.names if c in asked]  # the ground truth's category order
     detections = [Detection(image_id, categories[box.label], box.score,

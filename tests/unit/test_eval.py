@@ -277,6 +277,15 @@ def test_no_matching_image_says_how_images_are_matched(tmp_path, capsys):
     assert "'photos/a.jpg'" in err and "['other/q.jpg']" in err
 
 
+def test_no_label_of_the_task_being_a_category_is_an_error(tmp_path):
+    job = _output(tmp_path, parameters={"labels": ["bird"]},
+                  rows={"photos/a.jpg": (100, 100, [("bird", 0.7, 0, 0, 5, 5)])})
+    with pytest.raises(EvalError, match=re.escape(
+            "no label of task 'animals' is a ground-truth category: labels bird; categories "
+            "cat, dog, Traffic  Light, sheep (pair them with --match LABEL=CATEGORY)")):
+        run_eval(EvalOptions(job, _coco(tmp_path)))
+
+
 def test_text_and_video_tasks_are_refused(tmp_path):
     job = _output(tmp_path, task="caption", name="captions")
     with pytest.raises(SpecError, match="is a caption task: its rows carry no boxes"):
