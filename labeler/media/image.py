@@ -18,9 +18,16 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pillow_heif import register_heif_opener
+try:
+    from pillow_heif import register_heif_opener
+except ImportError:  # a dependency; only an environment put together by hand lacks it
+    HEIF_READABLE = False
+else:
+    register_heif_opener()
+    HEIF_READABLE = True
 
-register_heif_opener()
+# ISO base media "ftyp" brands of HEIF still images (HEIC from phones, and the generic ones).
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 
 # Our own limit (InputSpec.max_pixels) replaces Pillow's global one, which would warn or
 # raise with a less useful message and cannot differ between jobs in one process.
@@ -62,6 +69,9 @@ def decode_image(data: bytes, max_pixels: int, decode_min_side: int | None = Non
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        if not HEIF_READABLE and data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+            raise MediaError("a HEIC / HEIF image, and pillow-heif, which reads them, is not "
+                             "installed: pip install pillow-heif") from None
         raise MediaError("not a recognised image format") from None
     except Exception as err:  # noqa: BLE001 - Pillow raises many types for bad headers
         raise MediaError(f"unreadable image header: {str(err).strip()}") from None

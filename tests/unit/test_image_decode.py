@@ -114,3 +114,29 @@ def test_heic_limits_and_damage_are_reasons():
     data = _encode(Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)), "HEIF")
     with pytest.raises(MediaError, match=r"^corrupt image data: .*Unexpected end of file.*\)$"):
         decode_image(data[: len(data) // 2], 10**6)  # libheif's trailing newline stripped
+
+
+def test_without_pillow_heif_a_heic_says_what_to_install(tmp_path):
+    """In a process where pillow-heif cannot be imported (the GPU benchmark machine's), the
+    module still imports, and a HEIC becomes an error naming the package; other images
+    decode as before."""
+    import subprocess
+    import sys
+
+    heic = tmp_path / "a.heic"
+    heic.write_bytes(_encode(Image.fromarray(_halves()), "HEIF", quality=90))
+    png = tmp_path / "a.png"
+    png.write_bytes(_encode(Image.fromarray(_halves()), "PNG"))
+    code = (
+        "import sys; sys.modules['pillow_heif'] = None\n"  # makes `import pillow_heif` fail
+        "from labeler.media.image import HEIF_READABLE, MediaError, decode_image\n"
+        "assert not HEIF_READABLE\n"
+        f"print(decode_image(open({str(png)!r}, 'rb').read(), 10**6).width)\n"
+        "try:\n"
+        f"    decode_image(open({str(heic)!r}, 'rb').read(), 10**6)\n"
+        "except MediaError as err:\n"
+        "    print(err)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines() == [
+        "40", "a HEIC / HEIF image, and pillow-heif, which reads them, is not installed: "
+              "pip install pillow-heif"]
