@@ -226,7 +226,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     summary = run_eval(EvalOptions(output=args.output, coco=args.coco, task=args.task,
                                    iou=args.iou, match=args.match or {},
-                                   include_not_kept=args.include_not_kept, json=args.json))
+                                   include_not_kept=args.include_not_kept, worst=args.worst,
+                                   json=args.json))
     print("\n".join(summary.lines()))
     return 0
 
@@ -345,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pair a label with a category of another name (repeat it)")
     ev.add_argument("--include-not-kept", action="store_true",
                     help="pseudo-label: evaluate images under the image threshold too")
+    ev.add_argument("--worst", type=int, default=10,
+                    help="list this many images with the most false and missed boxes at the "
+                         "best-F1 thresholds (default 10)")
     ev.add_argument("--json", help="also write the figures to this local JSON file")
     ev.set_defaults(func=cmd_eval)
     return parser

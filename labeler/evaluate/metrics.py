@@ -50,11 +50,26 @@ class CategoryScores:
     next_score: float | None  # the highest score under best_threshold (None: none lower)
 
 
+@dataclass(frozen=True)
+class ImageErrors:
+    """One image at the best-F1 thresholds (a category without one: every box kept), at the
+    chosen IoU: boxes kept, ground-truth boxes, kept boxes matching none (false_boxes) and
+    ground-truth boxes no kept box matches (missed); crowd regions apart."""
+
+    image_id: int
+    kept: int
+    truth: int
+    false_boxes: int
+    missed: int
+
+
 def evaluate(dataset: dict, image_ids: list[int], category_ids: list[int],
-             detections: list[Detection], iou: float) -> list[CategoryScores]:
+             detections: list[Detection], iou: float
+             ) -> tuple[list[CategoryScores], list[ImageErrors]]:
     """COCOeval (bbox) of `detections` against the ground truth `dataset` (a checked COCO
-    dict), over `image_ids` and `category_ids` only; one CategoryScores per category id, in
-    order. `iou` (one of IOU_THRESHOLDS) is where the best-F1 threshold is found."""
+    dict), over `image_ids` and `category_ids` only -> one CategoryScores per category id,
+    in order, and one ImageErrors per image with a box or a ground-truth box, by image id.
+    `iou` (one of IOU_THRESHOLDS) is where the best-F1 threshold is found."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -92,7 +107,31 @@ def evaluate(dataset: dict, image_ids: list[int], category_ids: list[int],
             ap=_mean_precision(precision[:, :, k, 0, -1]),
             ap50=_mean_precision(precision[0, :, k, 0, -1]),
             **curve.best_f1()))
-    return out
+    thresholds = {c.category_id: c.best_threshold for c in out}
+    return out, _image_errors(coco_eval.evalImgs, t, thresholds)
+
+
+def _image_errors(matches: list[dict | None], t: int,
+                  thresholds: dict[int, float | None]) -> list[ImageErrors]:
+    """Per image, from COCOeval's matches at IoU index t. Keeping only the boxes scoring at
+    least the threshold changes no match of a kept box: COCOeval matches boxes greedily in
+    score order, so lower-scored boxes never took a ground truth from a higher one."""
+    counts: dict[int, list[int]] = {}  # image id -> [kept, truth, false_boxes, missed]
+    for e in matches:
+        if e is None:
+            continue
+        low = thresholds.get(e["category_id"])
+        kept = {d for d, score in zip(e["dtIds"], e["dtScores"]) if low is None or score >= low}
+        row = counts.setdefault(e["image_id"], [0, 0, 0, 0])
+        for d, matched, ignored in zip(e["dtIds"], e["dtMatches"][t], e["dtIgnore"][t]):
+            if d in kept and not ignored:
+                row[0] += 1
+                row[2] += not matched
+        for matched_by, ignored in zip(e["gtMatches"][t], e["gtIgnore"]):
+            if not ignored:
+                row[1] += 1
+                row[3] += int(matched_by) not in kept
+    return [ImageErrors(image_id, *row) for image_id, row in sorted(counts.items())]
 
 
 def _coco(coco_class, dataset: dict):

@@ -20,12 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labeler.evaluate.ground_truth import EvalError, GroundTruth, ImageMatcher, load_ground_truth
-from labeler.evaluate.metrics import IOU_THRESHOLDS, CategoryScores, Detection, evaluate
+from labeler.evaluate.metrics import (IOU_THRESHOLDS, CategoryScores, Detection, ImageErrors,
+                                      evaluate)
 from labeler.export.rows import JobOutput, Row, Tally, TaskRows
 from labeler.storage import is_s3
 
 # Image names quoted in a message, of those that did not match or differ in size.
 EXAMPLES = 3
+# Images listed with the most false and missed boxes, the ones to look at first.
+DEFAULT_WORST = 10
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,8 @@ class EvalOptions:
     prefix; coco: the ground-truth COCO file (local or s3://); task: the task folder (None:
     the only one with boxes); iou: where the best-F1 threshold is found, one of 0.5, 0.55,
     ..., 0.95; match: label -> category name, for names that differ; include_not_kept:
-    pseudo-label rows under the image threshold are evaluated too; json: a local file."""
+    pseudo-label rows under the image threshold are evaluated too; worst: images listed
+    with the most errors at the best-F1 thresholds; json: a local file."""
 
     output: str
     coco: str
@@ -42,6 +46,7 @@ class EvalOptions:
     iou: float = 0.5
     match: dict[str, str] = field(default_factory=dict)
     include_not_kept: bool = False
+    worst: int = DEFAULT_WORST
     json: str | None = None
 
 
@@ -81,6 +86,11 @@ class EvalSummary:
             out.append(f"best F1 at IoU {f['iou']:g} as a spec's label_thresholds (score > "
                        f"value):{note}")
             out.append(f"  label_thresholds: {{{pairs}}}")
+        if f["worst"]:
+            out.append(f"images with the most errors at those thresholds (--worst "
+                       f"{f['worst_asked']}):")
+            out += [f"  {w['file_name']}: {w['false_boxes']} false, {w['missed']} missed "
+                    f"({w['kept']} boxes kept, {w['truth']} in truth)" for w in f["worst"]]
         return out
 
 
@@ -116,6 +126,8 @@ def _mean(categories: list[dict], key: str) -> float | None:
 
 
 def _check_options(options: EvalOptions) -> None:
+    if options.worst < 0:
+        raise EvalError(f"--worst {options.worst}: the number of images listed, 0 or more")
     if options.iou not in IOU_THRESHOLDS:
         raise EvalError(f"--iou {options.iou:g}: one of COCO's IoU thresholds "
                         f"{', '.join(f'{t:g}' for t in IOU_THRESHOLDS)}")
@@ -165,9 +177,13 @@ def run_eval(options: EvalOptions) -> EvalSummary:
                             (box.x0, box.y0, box.x1 - box.x0, box.y1 - box.y0))
                   for row, image_id in rows.items() for box in row.boxes
                   if box.label in categories]
-    scores = evaluate(truth.dataset, sorted(rows.values()), order, detections, options.iou)
+    scores, errors = evaluate(truth.dataset, sorted(rows.values()), order, detections,
+                              options.iou)
     figures = _figures(options, job, folder, truth, tally, rows, other_size, labels, categories,
                        scores)
+    figures["worst_asked"] = options.worst
+    figures["worst"] = _worst(truth, {image_id: row.id for row, image_id in rows.items()},
+                              errors, options.worst)
     if options.json is not None:
         try:
             with open(options.json, "w", encoding="utf-8") as f:
@@ -175,6 +191,17 @@ def run_eval(options: EvalOptions) -> EvalSummary:
         except OSError as err:
             raise EvalError(f"cannot write --json {options.json!r}: {err}") from None
     return EvalSummary(figures)
+
+
+def _worst(truth: GroundTruth, row_ids: dict[int, str], errors: list[ImageErrors],
+           count: int) -> list[dict]:
+    """The `count` images with the most false and missed boxes (at least one), most first,
+    then by file name."""
+    wrong = [e for e in errors if e.false_boxes + e.missed]
+    wrong.sort(key=lambda e: (-(e.false_boxes + e.missed), truth.images[e.image_id]["file_name"]))
+    return [{"file_name": truth.images[e.image_id]["file_name"], "id": row_ids[e.image_id],
+             "kept": e.kept, "truth": e.truth, "false_boxes": e.false_boxes,
+             "missed": e.missed} for e in wrong[:count]]
 
 
 def _some_ids(job: JobOutput, folder) -> list[str]:

@@ -123,6 +123,13 @@ def test_figures_match_the_hand_computed_ones(tmp_path):
     assert figures["categories_not_asked"] == ["sheep"]
     # cat: every box kept -> halfway to the job's threshold 0.1; dog: to its own 0.4.
     assert figures["label_thresholds"] == {"cat": 0.2, "dog": 0.5}
+    # At those thresholds (all boxes kept) b and c each have a false cat; a is right; ties
+    # by file name.
+    assert figures["worst"] == [
+        {"file_name": "c.jpg", "id": "sub/c.jpg", "kept": 2, "truth": 1, "false_boxes": 1,
+         "missed": 0},
+        {"file_name": "photos/b.jpg", "id": "photos/b.jpg", "kept": 2, "truth": 1,
+         "false_boxes": 1, "missed": 0}]
 
 
 def test_means_equal_pycocotools_own_flow(tmp_path):
@@ -157,6 +164,13 @@ def test_iou_moves_the_best_threshold(tmp_path):
     assert (dog["best_f1"], dog["best_threshold"], dog["best_precision"], dog["best_recall"]) \
         == (pytest.approx(0.5), pytest.approx(0.6), 0.5, 0.5)
     assert dog["ap"] == pytest.approx(DOG_AP)  # AP does not depend on --iou
+    # a's dog box now matches nothing, and a's dog goes unfound: a is the worst image.
+    assert figures["worst"][0] == {"file_name": "photos/a.jpg", "id": "photos/a.jpg", "kept": 2,
+                                   "truth": 2, "false_boxes": 1, "missed": 1}
+    one = run_eval(EvalOptions(_output(tmp_path / "again"), _coco(tmp_path), iou=0.85, worst=1))
+    assert [w["file_name"] for w in one.figures["worst"]] == ["photos/a.jpg"]
+    assert one.lines()[-2:] == ["images with the most errors at those thresholds (--worst 1):",
+                                "  photos/a.jpg: 1 false, 1 missed (2 boxes kept, 2 in truth)"]
 
 
 def test_match_pairs_a_label_with_a_category_of_another_name(tmp_path):
@@ -257,6 +271,7 @@ def test_bad_ground_truth_is_named(tmp_path, changes, message):
 
 @pytest.mark.parametrize("options, message", [
     ({"iou": 0.45}, "--iou 0.45: one of COCO's IoU thresholds 0.5, 0.55"),
+    ({"worst": -1}, "--worst -1: the number of images listed, 0 or more"),
     ({"match": {"horse": "cat"}}, "--match horse=cat: the task has no label 'horse'"),
     ({"match": {"bird": "owl"}}, "--match bird=owl: no ground-truth category 'owl'"),
     ({"coco": "missing.json"}, "no such file"),
