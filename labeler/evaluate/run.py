@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from labeler.evaluate.ground_truth import EvalError, GroundTruth, ImageMatcher, load_ground_truth
 from labeler.evaluate.metrics import (IOU_THRESHOLDS, CategoryScores, Detection, ImageErrors,
                                       evaluate)
 from labeler.export.rows import JobOutput, Row, Tally, TaskRows
-from labeler.storage import is_s3
+from labeler.json_report import check_report_path, write_report
 
 # Image names quoted in a message, of those that did not match or differ in size.
 EXAMPLES = 3
@@ -132,10 +131,7 @@ def _check_options(options: EvalOptions) -> None:
         raise EvalError(f"--iou {options.iou:g}: one of COCO's IoU thresholds "
                         f"{', '.join(f'{t:g}' for t in IOU_THRESHOLDS)}")
     if options.json is not None:
-        path = Path(options.json)
-        if is_s3(options.json) or path.is_dir() or not path.parent.is_dir():
-            raise EvalError(f"--json {options.json!r}: a file to write in an existing local "
-                            f"folder")
+        check_report_path(options.json, EvalError)
 
 
 def name_key(name: str) -> str:
@@ -185,11 +181,7 @@ def run_eval(options: EvalOptions) -> EvalSummary:
     figures["worst"] = _worst(truth, {image_id: row.id for row, image_id in rows.items()},
                               errors, options.worst)
     if options.json is not None:
-        try:
-            with open(options.json, "w", encoding="utf-8") as f:
-                json.dump(figures, f, indent=2, ensure_ascii=False)
-        except OSError as err:
-            raise EvalError(f"cannot write --json {options.json!r}: {err}") from None
+        write_report(options.json, figures, EvalError)
     return EvalSummary(figures)
 
 

@@ -10,14 +10,12 @@ Bad options or a bad job output raise SpecError (the CLI exits 2 with the messag
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from labeler.config import SpecError
 from labeler.export.rows import JobOutput, TaskRows
+from labeler.json_report import check_report_path, write_report
 from labeler.stats.compute import TaskStats
-from labeler.storage import is_s3
 
 DEFAULT_SCORES = (0.1, 0.3, 0.5, 0.7)
 DEFAULT_TOP = 30
@@ -105,10 +103,7 @@ def _check_options(options: StatsOptions) -> None:
     if options.top < 0:
         raise StatsError(f"--top {options.top}: the number of labels shown per task, 0 or more")
     if options.json is not None:
-        path = Path(options.json)
-        if is_s3(options.json) or path.is_dir() or not path.parent.is_dir():
-            raise StatsError(f"--json {options.json!r}: a file to write in an existing local "
-                             f"folder")
+        check_report_path(options.json, StatsError)
 
 
 def run_stats(options: StatsOptions) -> StatsSummary:
@@ -129,9 +124,5 @@ def run_stats(options: StatsOptions) -> StatsSummary:
                             "scores": list(options.scores), "top": options.top,
                             "tasks": tasks})
     if options.json is not None:
-        try:
-            with open(options.json, "w", encoding="utf-8") as f:
-                json.dump(summary.figures, f, indent=2, ensure_ascii=False)
-        except OSError as err:
-            raise StatsError(f"cannot write --json {options.json!r}: {err}") from None
+        write_report(options.json, summary.figures, StatsError)
     return summary
