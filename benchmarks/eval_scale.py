@@ -25,10 +25,8 @@ import numpy as np
 import pyarrow.dataset as pads
 
 sys.path.insert(0, str(Path(__file__).parent))
-from export_memory import LABELS, write_job  # noqa: E402
-
-_CHILD = ("import resource, sys\nfrom labeler.cli import main\ncode = main(sys.argv[1:])\n"
-          "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(code)")
+# _CHILD: runs the CLI in a fresh process and prints its peak RSS (KB) on the last line.
+from export_memory import _CHILD, LABELS, write_job  # noqa: E402
 JITTER_PX = 8.0  # how far a ground-truth corner sits from the predicted one, at most
 TRUE_ABOVE = 0.5  # predicted boxes scoring over this become ground truth
 
