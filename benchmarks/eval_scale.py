@@ -5,7 +5,7 @@ Writes a synthetic detect job output (benchmarks/export_memory.py's: 1280x720 ro
 random boxes each, 20 labels), and a ground truth over its first `--images` rows: each row's
 boxes scoring over 0.5, moved by up to 8 px (so AP is neither 0 nor 1), under file names
 that are the row ids. Then runs `labeler eval` in a fresh process per job size, which prints
-its own peak RSS (ru_maxrss; imports included).
+its own peak RSS (VmHWM; imports included).
 
     .venv/bin/python benchmarks/eval_scale.py --rows 20000 200000 --images 5000
 """

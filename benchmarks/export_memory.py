@@ -3,7 +3,7 @@ that the export streams (memory does not grow with the rows).
 
 Writes a synthetic job output through the project's own sink (ShardedParquetSink, 1,000
 rows per shard, `--boxes` boxes per row, 20 labels), then runs the export in a fresh
-process per size, which prints its own peak RSS (ru_maxrss; imports included). No image is
+process per size, which prints its own peak RSS (VmHWM; imports included). No image is
 read (COCO without --copy-images).
 
     .venv/bin/python benchmarks/export_memory.py --rows 20000 200000
@@ -56,9 +56,12 @@ def write_job(root: Path, rows: int, boxes: int) -> None:
     sink.finish({"rows": rows})
 
 
-# The child runs the CLI, then prints its own peak RSS (KB, Linux) on the last line.
-_CHILD = ("import resource, sys\nfrom labeler.cli import main\ncode = main(sys.argv[1:])\n"
-          "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(code)")
+# The child runs the CLI, then prints its own peak RSS (KB, Linux) on the last line: VmHWM,
+# the high-water mark of its own memory. Not getrusage's ru_maxrss, which Linux carries
+# across fork and exec: the child would report this process's RSS when it was started.
+_CHILD = ("import sys\nfrom labeler.cli import main\ncode = main(sys.argv[1:])\n"
+          "print(next(line.split()[1] for line in open('/proc/self/status')\n"
+          "           if line.startswith('VmHWM:')))\nsys.exit(code)")
 
 
 def export_peak(job: Path, out: Path) -> tuple[float, float]:

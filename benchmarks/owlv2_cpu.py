@@ -189,12 +189,14 @@ def peak_driver_rss_mb(model_dir: str, count: int, tmp: Path, threshold: float) 
     """Run the job in a fresh process over `count` images; its peak RSS in MB."""
     folder = tmp / f"mem_{count}"
     make_jpegs(folder, count, size=(640, 360))
-    code = ("import resource, sys; from labeler.cli import main; "
+    code = ("from labeler.cli import main; "
             f"main(['run', '--input', {str(folder)!r}, '--output', {str(tmp / f'mem_out_{count}')!r}, "
             f"'--task', 'detect', '--family', 'owlv2', '--model', {model_dir!r}, "
             f"'--labels', 'cat,dog', '--threshold', '{threshold}', '--preprocess', 'fast', "
             "'--overwrite', '--no-progress']); "
-            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            # VmHWM: this process's own peak; ru_maxrss would carry the parent's across exec.
+            "print('PEAK', next(line.split()[1] for line in open('/proc/self/status') "
+            "if line.startswith('VmHWM:')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     peak_kb = [line for line in out.stdout.splitlines() if line.startswith("PEAK")][0].split()[1]
     return int(peak_kb) / 1024

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shlex
 import subprocess
 import sys
@@ -53,6 +52,13 @@ def write_folder(path: Path, count: int) -> None:
         (folder / f"{i:09d}.jpg").touch()
 
 
+def peak_rss_kb() -> int:
+    """This process's peak resident set (VmHWM), in KB. Not getrusage's ru_maxrss, which
+    Linux carries across fork and exec: a child would report its parent's RSS at its start."""
+    with open("/proc/self/status") as status:
+        return int(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+
+
 def plan_once(input_path: str, output: str, with_ray: bool) -> dict:
     """In this process: a dry run of a detect job over `input_path`; with_ray: then the
     decode dataset of all its inputs on a local Ray, timed apart."""
@@ -65,7 +71,7 @@ def plan_once(input_path: str, output: str, with_ray: bool) -> dict:
     summary = run_job(spec, progress=False, dry_run=True)
     result = {"inputs": summary.inputs, "shards": summary.shards,
               "seconds": time.perf_counter() - start,
-              "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+              "peak_rss_gb": peak_rss_kb() / 1e6}
     if with_ray:
         from labeler.jobs.images import decoded_images
         from labeler.jobs.runner import init_ray
