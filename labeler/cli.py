@@ -214,7 +214,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
     summary = run_preview(PreviewOptions(
         output=args.output, out=args.out, task=args.task, limit=args.limit,
-        min_score=args.min_score, seed=args.seed, errors=args.errors))
+        min_score=args.min_score, seed=args.seed, errors=args.errors, ids_file=args.ids_file))
     print("\n".join(summary.lines()))
     return 0
 
@@ -227,7 +227,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     summary = run_eval(EvalOptions(output=args.output, coco=args.coco, task=args.task,
                                    iou=args.iou, match=args.match or {},
                                    include_not_kept=args.include_not_kept, worst=args.worst,
-                                   json=args.json))
+                                   worst_ids=args.worst_ids, json=args.json))
     print("\n".join(summary.lines()))
     return 0
 
@@ -322,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "seed, the same on every run (default 0)")
     pre.add_argument("--errors", action="store_true",
                      help="show error rows (and the reasons) instead of the others")
+    pre.add_argument("--ids-file", help="show the rows of these ids (a text file, one a line; "
+                     "`labeler eval --worst-ids` writes one), in its order, not a sample")
     pre.set_defaults(func=cmd_preview)
 
     st = sub.add_parser("stats", help="a job's rows, errors and boxes per label and score")
@@ -349,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--worst", type=int, default=10,
                     help="list this many images with the most false and missed boxes at the "
                          "best-F1 thresholds (default 10)")
+    ev.add_argument("--worst-ids", help="also write the row ids of those images to this "
+                    "local text file, one a line: `labeler preview --ids-file` shows them")
     ev.add_argument("--json", help="also write the figures to this local JSON file")
     ev.set_defaults(func=cmd_eval)
     return parser

@@ -37,7 +37,8 @@ class EvalOptions:
     the only one with boxes); iou: where the best-F1 threshold is found, one of 0.5, 0.55,
     ..., 0.95; match: label -> category name, for names that differ; include_not_kept:
     pseudo-label rows under the image threshold are evaluated too; worst: images listed
-    with the most errors at the best-F1 thresholds; json: a local file."""
+    with the most errors at the best-F1 thresholds; worst_ids: a local text file for their
+    row ids, one a line (`labeler preview --ids-file` draws them); json: a local file."""
 
     output: str
     coco: str
@@ -46,6 +47,7 @@ class EvalOptions:
     match: dict[str, str] = field(default_factory=dict)
     include_not_kept: bool = False
     worst: int = DEFAULT_WORST
+    worst_ids: str | None = None
     json: str | None = None
 
 
@@ -130,8 +132,9 @@ def _check_options(options: EvalOptions) -> None:
     if options.iou not in IOU_THRESHOLDS:
         raise EvalError(f"--iou {options.iou:g}: one of COCO's IoU thresholds "
                         f"{', '.join(f'{t:g}' for t in IOU_THRESHOLDS)}")
-    if options.json is not None:
-        check_report_path(options.json, EvalError)
+    for flag, path in (("--json", options.json), ("--worst-ids", options.worst_ids)):
+        if path is not None:
+            check_report_path(path, EvalError, flag)
 
 
 def name_key(name: str) -> str:
@@ -182,6 +185,12 @@ def run_eval(options: EvalOptions) -> EvalSummary:
                               errors, options.worst)
     if options.json is not None:
         write_report(options.json, figures, EvalError)
+    if options.worst_ids is not None:
+        try:
+            with open(options.worst_ids, "w", encoding="utf-8") as f:
+                f.writelines(f"{w['id']}\n" for w in figures["worst"])
+        except OSError as err:
+            raise EvalError(f"cannot write --worst-ids {options.worst_ids!r}: {err}") from None
     return EvalSummary(figures)
 
 

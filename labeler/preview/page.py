@@ -73,6 +73,7 @@ class PageInfo:
     seed: int = 0
     min_score: float | None = None
     errors_only: bool = False
+    ids_file: str | None = None  # the rows were those of the ids in this file, not a sample
 
 
 def _e(value: object) -> str:
@@ -113,7 +114,9 @@ def _header(info: PageInfo, shown: int, without_image: int) -> str:
     pool = ("error rows" if info.errors_only else "rows without an error")
     pool_size = info.errors.total if info.errors_only else info.good_rows
     sampling = (f"{shown} of {pool_size} {pool}, chosen by a hash of the row id with seed "
-                f"{info.seed} (--limit {info.limit})")
+                f"{info.seed} (--limit {info.limit})" if info.ids_file is None else
+                f"{shown} of {pool_size} {pool}: those of the ids in {info.ids_file}, in its "
+                f"order (--limit {info.limit})")
     items = [("job output", _e(info.job) + ("" if info.finished else
                                              " <b>(no _SUCCESS: the job did not finish)</b>")),
              ("task", f"{_e(info.task)} ({_e(info.kind)})"),

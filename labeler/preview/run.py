@@ -48,7 +48,8 @@ class PreviewOptions:
     """What `labeler preview` was asked (docs/preview.md). output: the job output folder or
     s3:// prefix; out: a local folder for index.html and images/; limit: rows shown;
     min_score: boxes under it are hidden; seed: picks the sample; errors: show error rows
-    instead of the others."""
+    instead of the others; ids_file: a local text file of row ids, one a line (what `labeler
+    eval --worst-ids` writes): show those rows, in that order, instead of a sample."""
 
     output: str
     out: str
@@ -57,6 +58,7 @@ class PreviewOptions:
     min_score: float | None = None
     seed: int = 0
     errors: bool = False
+    ids_file: str | None = None
 
 
 @dataclass
@@ -69,6 +71,7 @@ class PreviewSummary:
     scan: Scan
     page: str
     entries: list[Entry] = field(default_factory=list)
+    ids: dict[str, int] | None = None  # the ids asked (ids_file), by position
 
     @property
     def shown(self) -> int:
@@ -86,7 +89,13 @@ class PreviewSummary:
                        f"its committed shards were previewed")
         pool = (f"{scan.errors.total} error rows" if options.errors
                 else f"{scan.good_rows} rows without an error")
-        out.append(f"shown: {self.shown} of {pool} (seed {options.seed})")
+        if self.ids is None:
+            out.append(f"shown: {self.shown} of {pool} (seed {options.seed})")
+        else:
+            missing = len(self.ids) - len(scan.ids_found)
+            out.append(f"shown: {self.shown} of the {len(self.ids)} ids of {options.ids_file}, "
+                       f"from the {pool}" + (f"; {missing} ids are no row of this task"
+                                             if missing else ""))
         if self.without_image:
             out.append(f"  {self.without_image} shown without an image (the reason is on "
                        f"the page)")
@@ -103,6 +112,20 @@ def image_name(row: SampledRow) -> str:
     slug = re.sub(r"[^A-Za-z0-9_-]+", "_", row.key).strip("_-")[-NAME_CHARS:] or "row"
     digest = hashlib.blake2b(row.key.encode(), digest_size=4).hexdigest()
     return f"{slug}-{digest}.jpg"
+
+
+def read_ids(path: str) -> dict[str, int]:
+    """{row id: position} of a text file of ids, one a line (blank lines and repeats
+    skipped); PreviewError when it cannot be read or holds none."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except (OSError, UnicodeDecodeError) as err:
+        raise PreviewError(f"--ids-file {path!r}: cannot be read: {err}") from None
+    ids = {row_id: k for k, row_id in enumerate(dict.fromkeys(x for x in lines if x))}
+    if not ids:
+        raise PreviewError(f"--ids-file {path!r} holds no row id (one id a line)")
+    return ids
 
 
 def _check_options(options: PreviewOptions) -> Path:
@@ -192,9 +215,10 @@ def run_preview(options: PreviewOptions) -> PreviewSummary:
     docstring); ExportError / PreviewError (SpecErrors) when it cannot be done as asked,
     StorageError when the job output cannot be read."""
     out = _check_options(options)
+    ids = read_ids(options.ids_file) if options.ids_file is not None else None
     job = JobOutput(options.output)
     folder = pick_task(job, options.task)
-    scan = scan_task(job, folder, options.limit, options.seed, options.errors)
+    scan = scan_task(job, folder, options.limit, options.seed, options.errors, ids)
     images = _prepare(out)
     entries = [_entry(row, options.min_score) for row in scan.sample]
     with ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="preview") as pool:
@@ -203,7 +227,8 @@ def run_preview(options: PreviewOptions) -> PreviewSummary:
     info = PageInfo(job=job.uri, finished=job.finished, task=folder.name, kind=folder.kind,
                     model=folder.model, rows=scan.rows, good_rows=scan.good_rows,
                     errors=scan.errors, error_rows=scan.error_rows, limit=options.limit,
-                    seed=options.seed, min_score=options.min_score, errors_only=options.errors)
+                    seed=options.seed, min_score=options.min_score, errors_only=options.errors,
+                    ids_file=options.ids_file)
     page = out / PAGE_FILE
     staged = out / f".{PAGE_FILE}.tmp"
     try:
@@ -211,4 +236,4 @@ def run_preview(options: PreviewOptions) -> PreviewSummary:
         os.replace(staged, page)
     except OSError as err:
         raise PreviewError(f"cannot write {page}: {err}") from None
-    return PreviewSummary(options, folder, job.finished, scan, str(page), entries)
+    return PreviewSummary(options, folder, job.finished, scan, str(page), entries, ids)

@@ -144,6 +144,7 @@ class Scan:
     errors: Reasons = field(default_factory=Reasons)
     error_rows: list[SampledRow] = field(default_factory=list)
     sample: list[SampledRow] = field(default_factory=list)
+    ids_found: set[str] = field(default_factory=set)  # of the ids asked, those read
 
 
 def pick_task(job: JobOutput, name: str | None) -> TaskFolder:
@@ -159,10 +160,12 @@ def pick_task(job: JobOutput, name: str | None) -> TaskFolder:
 
 
 def scan_task(job: JobOutput, folder: TaskFolder, limit: int, seed: int = 0,
-              errors_only: bool = False) -> Scan:
+              errors_only: bool = False, ids: dict[str, int] | None = None) -> Scan:
     """Read every row of `folder` once and sample it (see the module docstring): the grid
     gets the `limit` lowest-ranked rows without an error, or with errors_only those with one.
-    ExportError for a file that is not Parquet, StorageError when the output cannot be read."""
+    ids: {id: position}: only rows of those ids go to the grid, ranked by position (the order
+    asked) instead of the hash. ExportError for a file that is not Parquet, StorageError when
+    the output cannot be read."""
     scan = Scan()
     grid, listed = Lowest(limit), Lowest(ERROR_ROWS_LISTED)
     try:
@@ -171,7 +174,7 @@ def scan_task(job: JobOutput, folder: TaskFolder, limit: int, seed: int = 0,
         for fragment in dataset.get_fragments():  # in the order of `files`
             for batch in fragment.to_batches(schema=dataset.schema, columns=columns,
                                              batch_size=READ_BATCH_ROWS):
-                _sample_batch(batch, seed, errors_only, scan, grid, listed)
+                _sample_batch(batch, seed, errors_only, scan, grid, listed, ids)
     except OSError as err:
         raise storage_error(job.uri, "read the job output", err) from None
     except pa.ArrowInvalid as err:
@@ -188,8 +191,8 @@ def _column(batch: pa.RecordBatch, name: str) -> list:
 
 
 def _sample_batch(batch: pa.RecordBatch, seed: int, errors_only: bool, scan: Scan,
-                  grid: Lowest, listed: Lowest) -> None:
-    ids, errors = _column(batch, "id"), _column(batch, "error")
+                  grid: Lowest, listed: Lowest, ids: dict[str, int] | None = None) -> None:
+    row_ids, errors = _column(batch, "id"), _column(batch, "error")
     frames, clips = _column(batch, "frame_index"), _column(batch, "clip_start_s")
     wanted: list[tuple[int, int, str, Lowest]] = []  # (row in batch, rank, key, for whom)
     for i in range(batch.num_rows):
@@ -199,10 +202,16 @@ def _sample_batch(batch: pa.RecordBatch, seed: int, errors_only: bool, scan: Sca
             scan.good_rows += 1
         else:
             scan.errors.add(error)
-        key = row_key(ids[i], frames[i], clips[i])
+        key = row_key(row_ids[i], frames[i], clips[i])
         row_rank = rank(key, seed)
-        if (error is not None) == errors_only and grid.wants(row_rank, key):
-            wanted.append((i, row_rank, key, grid))
+        grid_rank = row_rank
+        if ids is not None:
+            grid_rank = ids.get(row_ids[i], -1)
+            if grid_rank >= 0:
+                scan.ids_found.add(row_ids[i])
+        if ((error is not None) == errors_only and grid_rank >= 0
+                and grid.wants(grid_rank, key)):
+            wanted.append((i, grid_rank, key, grid))
         if error is not None and listed.wants(row_rank, key):
             wanted.append((i, row_rank, key, listed))
     if not wanted:

@@ -276,6 +276,7 @@ def test_bad_ground_truth_is_named(tmp_path, changes, message):
     ({"match": {"bird": "owl"}}, "--match bird=owl: no ground-truth category 'owl'"),
     ({"coco": "missing.json"}, "no such file"),
     ({"json": "/nonexistent/dir/x.json"}, "--json '/nonexistent/dir/x.json': a file to write"),
+    ({"worst_ids": "/nonexistent/w.txt"}, "--worst-ids '/nonexistent/w.txt': a file to write"),
 ])
 def test_bad_options_are_named(tmp_path, options, message):
     coco = options.pop("coco", None)
@@ -315,3 +316,19 @@ def test_ground_truth_json_is_checked_before_the_output(tmp_path):
     with pytest.raises(EvalError, match="is not JSON"):
         run_eval(EvalOptions(str(tmp_path / "nowhere"), str(tmp_path / "bad.json")))
     assert load_ground_truth(_coco(tmp_path)).names[3] == "Traffic  Light"
+
+
+def test_worst_ids_feed_preview(tmp_path, capsys):
+    """`eval --worst-ids` writes the worst images' row ids, worst first; `preview
+    --ids-file` draws those rows in that order."""
+    job, ids = _output(tmp_path), tmp_path / "worst.txt"
+    assert main(["eval", job, "--coco", _coco(tmp_path), "--iou", "0.85",
+                 "--worst-ids", str(ids)]) == 0
+    assert ids.read_text() == "photos/a.jpg\nsub/c.jpg\nphotos/b.jpg\n"
+    capsys.readouterr()
+    assert main(["preview", job, "--out", str(tmp_path / "p"), "--ids-file", str(ids)]) == 0
+    assert f"shown: 3 of the 3 ids of {ids}, from the 5 rows without an error\n" \
+        in capsys.readouterr().out
+    html = (tmp_path / "p" / "index.html").read_text()
+    shown = re.findall(r'<div class="id">(.*?)</div>', html)
+    assert shown == ["photos/a.jpg", "sub/c.jpg", "photos/b.jpg"]

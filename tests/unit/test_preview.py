@@ -327,3 +327,32 @@ def test_images_changed_after_the_job_are_entries_with_their_reason(tmp_path):
     assert problems["resized.jpg"] == ("the image is 32x24 now but was labeled at 64x48: it "
                                        "changed since the job, boxes not drawn")
     assert [p.name.split("-")[0] for p in _jpegs(tmp_path / "p")] == ["resized_jpg"]
+
+
+def test_ids_file_shows_those_rows_in_its_order(job, tmp_path, capsys):
+    """`--ids-file` (what `labeler eval --worst-ids` writes): the rows of those ids, in the
+    file's order, not a sample; an id that is no row of the task is counted; with
+    --errors, the error rows among them."""
+    chosen = [GOOD_IDS[3], GOOD_IDS[0], "not-a-row.jpg", GOOD_IDS[3], "", GOOD_IDS[1]]
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("\n".join(chosen) + "\n")
+    code = main(["preview", job["images"], "--out", str(tmp_path / "p"), "--task", "detect",
+                 "--ids-file", str(ids_file)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert (f"shown: 3 of the 4 ids of {ids_file}, from the {len(GOOD_IDS)} rows without an "
+            f"error; 1 ids are no row of this task\n") in out
+    html = (tmp_path / "p" / "index.html").read_text()
+    assert _card_ids(html) == [GOOD_IDS[3], GOOD_IDS[0], GOOD_IDS[1]]
+    assert f"those of the ids in {ids_file}, in its order" in html
+
+    bad = list(ERRORS)[0]
+    ids_file.write_text(f"{GOOD_IDS[0]}\n{bad}\n")
+    errors = _preview(job["images"], tmp_path / "e", task="detect", errors=True,
+                      ids_file=str(ids_file))
+    assert [e.row.id for e in errors.entries] == [bad]
+
+    ids_file.write_text("\n\n")
+    assert main(["preview", job["images"], "--out", str(tmp_path / "q"), "--ids-file",
+                 str(ids_file), "--task", "detect"]) == 2
+    assert "holds no row id (one id a line)" in capsys.readouterr().err
