@@ -80,7 +80,9 @@ class EvalSummary:
             out.append("ground-truth categories no label asks for (not evaluated): "
                        + ", ".join(f["categories_not_asked"]))
         if f["label_thresholds"]:
-            pairs = ", ".join(f"{json.dumps(k)}: {v:g}" for k, v in f["label_thresholds"].items())
+            # repr-exact values: an unrounded midpoint must not print rounded across a score.
+            pairs = ", ".join(f"{json.dumps(k)}: {json.dumps(v)}"
+                              for k, v in f["label_thresholds"].items())
             note = ("" if f["kind"] == "detect" else
                     "  (per-label thresholds are a detect option; for this task, "
                     "`labeler export --min-score`)")
