@@ -96,6 +96,9 @@ def _checked(uri: str, dataset) -> tuple[dict, dict[int, str], dict[int, dict]]:
              "annotations": annotations}, names, images)
 
 
+_KINDS = {int: "an integer", str: "a string", list: "a list"}
+
+
 def _require(where: str, field: str, entry, types: dict[str, type]) -> None:
     if not isinstance(entry, dict):
         raise EvalError(f"{where}: {field} is not an object")
@@ -103,7 +106,7 @@ def _require(where: str, field: str, entry, types: dict[str, type]) -> None:
         value = entry.get(key)
         # bool is an int to Python; an id of `true` is a broken file, not image 1.
         if not isinstance(value, type_) or isinstance(value, bool):
-            raise EvalError(f"{where}: {field}.{key} is missing or not a {type_.__name__} "
+            raise EvalError(f"{where}: {field}.{key} is missing or not {_KINDS[type_]} "
                             f"(got {value!r})")
 
 

@@ -256,8 +256,8 @@ def test_best_threshold_cuts_only_between_different_scores():
 
 @pytest.mark.parametrize("changes, message", [
     ({"images": "x"}, "`images` is missing or not a list"),
-    ({"images": [{"id": 1}]}, "images[0].file_name is missing or not a str"),
-    ({"categories": [{"id": True, "name": "cat"}]}, "categories[0].id is missing or not a int"),
+    ({"images": [{"id": 1}]}, "images[0].file_name is missing or not a string"),
+    ({"categories": [{"id": True, "name": "cat"}]}, "categories[0].id is missing or not an integer"),
     ({"annotations": [{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3]}]},
      "annotations[0].bbox must be [x, y, width, height]"),
     ({"annotations": [{"image_id": 9, "category_id": 1, "bbox": [1, 2, 3, 4]}]},
