@@ -224,7 +224,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     (docs/eval.md)."""
     from labeler.evaluate import EvalOptions, run_eval
 
-    summary = run_eval(EvalOptions(output=args.output, coco=args.coco, task=args.task,
+    summary = run_eval(EvalOptions(output=args.output, coco=args.coco, yolo=args.yolo,
+                                   task=args.task,
                                    iou=args.iou, match=args.match or {},
                                    include_not_kept=args.include_not_kept, worst=args.worst,
                                    worst_ids=args.worst_ids, json=args.json))
@@ -335,11 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", help="also write the figures to this local JSON file")
     st.set_defaults(func=cmd_stats)
 
-    ev = sub.add_parser("eval", help="a task's boxes against COCO ground truth: AP per "
-                                     "category, best-F1 score thresholds")
+    ev = sub.add_parser("eval", help="a task's boxes against COCO or YOLO ground truth: AP "
+                                     "per category, best-F1 score thresholds")
     ev.add_argument("output", help="the job's output folder or s3:// prefix")
-    ev.add_argument("--coco", required=True,
-                    help="ground truth: a COCO detection JSON file (local or s3://)")
+    truth = ev.add_mutually_exclusive_group(required=True)
+    truth.add_argument("--coco", help="ground truth: a COCO detection JSON file (local or s3://)")
+    truth.add_argument("--yolo", help="ground truth: a YOLO dataset folder, data.yaml and "
+                       "labels/ (local or s3://)")
     ev.add_argument("--task", help="the task folder (default: the only one with boxes)")
     ev.add_argument("--iou", type=float, default=0.5,
                     help="IoU at which the best-F1 thresholds are found: 0.5 (default), "

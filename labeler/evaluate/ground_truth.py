@@ -29,13 +29,35 @@ class EvalError(SpecError):
 
 @dataclass(frozen=True)
 class GroundTruth:
-    """A checked COCO file. dataset: the COCO dict as pycocotools takes it (annotations
-    completed); names: category id -> name; images: image id -> its entry."""
+    """Checked ground truth. dataset: the COCO dict as pycocotools takes it (annotations
+    completed); names: category id -> name; images: image id -> its entry; flag: the option
+    it came from, for messages. normalized: the boxes are YOLO's, in [0, 1] of an image
+    size the ground truth does not give (images have no width / height): `for_sizes`
+    makes them pixels once the rows give the sizes."""
 
     uri: str
     dataset: dict
     names: dict[int, str]
     images: dict[int, dict]
+    flag: str = "--coco"
+    normalized: bool = False
+
+    def for_sizes(self, sizes: dict[int, tuple[int, int]]) -> dict:
+        """The COCO dict to evaluate: as it is, or with YOLO's boxes in pixels of the
+        (width, height) of each image in `sizes` (the others are not evaluated)."""
+        if not self.normalized:
+            return self.dataset
+        images = [{**img, "width": sizes[i][0], "height": sizes[i][1]}
+                  for i, img in self.images.items() if i in sizes]
+        annotations = []
+        for ann in self.dataset["annotations"]:
+            if ann["image_id"] not in sizes:
+                continue
+            width, height = sizes[ann["image_id"]]
+            cx, cy, w, h = ann["bbox"]
+            box = [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
+            annotations.append({**ann, "bbox": box, "area": box[2] * box[3]})
+        return {**self.dataset, "images": images, "annotations": annotations}
 
 
 def load_ground_truth(uri: str) -> GroundTruth:
@@ -113,15 +135,18 @@ def _require(where: str, field: str, entry, types: dict[str, type]) -> None:
 class ImageMatcher:
     """Which ground-truth image a row is: by `id` == file_name, else by base name when
     that base name is unique among the images and among the rows seen (see the module
-    docstring). Feed every row id with `see`, then call `resolve`."""
+    docstring). Feed every row id with `see`, then call `resolve`. drop_suffix: the file
+    names have no image suffix (YOLO label files' paths), so row ids lose theirs."""
 
-    def __init__(self, images: dict[int, dict]):
+    def __init__(self, images: dict[int, dict], drop_suffix: bool = False):
+        self.drop_suffix = drop_suffix
         self.by_name = {_normal(img["file_name"]): image_id for image_id, img in images.items()}
         base_counts: dict[str, int] = {}
         for name in self.by_name:
             base = posixpath.basename(name)
             base_counts[base] = base_counts.get(base, 0) + 1
-        self.by_base = {posixpath.basename(name): image_id for name, image_id in self.by_name.items()
+        self.by_base = {posixpath.basename(name): image_id
+                        for name, image_id in self.by_name.items()
                         if base_counts[posixpath.basename(name)] == 1}
         self.exact: dict[str, int] = {}
         self.row_bases: dict[str, list[str]] = {}
@@ -129,13 +154,18 @@ class ImageMatcher:
     def see(self, row_id: str) -> bool:
         """Note a row id; True when it may be a ground-truth image (keep its row)."""
         name = _normal(row_id)
-        if name in self.by_name:
-            self.exact[row_id] = self.by_name[name]
-            return True
-        base = posixpath.basename(name)
-        if base in self.by_base:
-            self.row_bases.setdefault(base, []).append(row_id)
-            return True
+        # Less its suffix, or whole: a YOLO export keeps a suffix Ultralytics does not read
+        # in the label's name (x.gif -> labels/x.gif.txt).
+        names = (posixpath.splitext(name)[0], name) if self.drop_suffix else (name,)
+        for name in names:
+            if name in self.by_name:
+                self.exact[row_id] = self.by_name[name]
+                return True
+        for name in names:
+            base = posixpath.basename(name)
+            if base in self.by_base:
+                self.row_bases.setdefault(base, []).append(row_id)
+                return True
         return False
 
     def resolve(self) -> dict[str, int]:

@@ -1,6 +1,7 @@
-"""`labeler eval`: a task's boxes against COCO ground truth, per category.
+"""`labeler eval`: a task's boxes against COCO or YOLO ground truth, per category.
 
-    1. the ground truth (ground_truth.load_ground_truth) and the job's task with boxes
+    1. the ground truth (ground_truth.load_ground_truth, or yolo_truth's for a YOLO
+       dataset, whose boxes become pixels of the matched rows' sizes) and the job's task with boxes
        (labeler.export.rows.JobOutput.pick: the same choice and errors as export)
     2. one pass over the task's rows, keeping only those that may be ground-truth images
        (ImageMatcher), so memory follows the ground truth, not the job
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from labeler.evaluate.ground_truth import EvalError, GroundTruth, ImageMatcher, load_ground_truth
 from labeler.evaluate.metrics import (IOU_THRESHOLDS, CategoryScores, Detection, ImageErrors,
                                       evaluate)
+from labeler.evaluate.yolo_truth import load_yolo_ground_truth
 from labeler.export.rows import JobOutput, Row, Tally, TaskRows
 from labeler.json_report import check_report_path, write_report
 
@@ -33,7 +35,8 @@ DEFAULT_WORST = 10
 @dataclass(frozen=True)
 class EvalOptions:
     """What `labeler eval` was asked (docs/eval.md). output: the job output folder or s3://
-    prefix; coco: the ground-truth COCO file (local or s3://); task: the task folder (None:
+    prefix; coco: the ground-truth COCO file, or yolo: a YOLO dataset folder (exactly one;
+    local or s3://); task: the task folder (None:
     the only one with boxes); iou: where the best-F1 threshold is found, one of 0.5, 0.55,
     ..., 0.95; match: label -> category name, for names that differ; include_not_kept:
     pseudo-label rows under the image threshold are evaluated too; worst: images listed
@@ -41,7 +44,7 @@ class EvalOptions:
     row ids, one a line (`labeler preview --ids-file` draws them); json: a local file."""
 
     output: str
-    coco: str
+    coco: str | None = None
     task: str | None = None
     iou: float = 0.5
     match: dict[str, str] = field(default_factory=dict)
@@ -49,6 +52,7 @@ class EvalOptions:
     worst: int = DEFAULT_WORST
     worst_ids: str | None = None
     json: str | None = None
+    yolo: str | None = None
 
 
 @dataclass
@@ -61,7 +65,8 @@ class EvalSummary:
         f = self.figures
         images = f["images"]
         out = [f"output: {f['output']}, task: {f['task']} ({f['kind']})",
-               f"ground truth: {f['coco']}: {images['ground_truth']} images, "
+               f"ground truth: {f['truth']} ({f['truth_format']}): "
+               f"{images['ground_truth']} images, "
                f"{len(f['categories']) + len(f['categories_not_asked'])} categories"]
         out.append(f"images evaluated: {images['evaluated']} of {images['ground_truth']}; "
                    f"{images['without_row']} without a labeled row")
@@ -129,6 +134,9 @@ def _mean(categories: list[dict], key: str) -> float | None:
 
 
 def _check_options(options: EvalOptions) -> None:
+    if (options.coco is None) == (options.yolo is None):
+        raise EvalError("give the ground truth as one of --coco FILE (COCO JSON) or --yolo DIR "
+                        "(a YOLO dataset: data.yaml and labels/)")
     if options.worst < 0:
         raise EvalError(f"--worst {options.worst}: the number of images listed, 0 or more")
     if options.iou not in IOU_THRESHOLDS:
@@ -145,14 +153,15 @@ def name_key(name: str) -> str:
 
 
 def run_eval(options: EvalOptions) -> EvalSummary:
-    """The figures of `options.output`'s task against `options.coco` (module docstring),
+    """The figures of `options.output`'s task against its ground truth (module docstring),
     written to `options.json` too when set."""
     _check_options(options)
-    truth = load_ground_truth(options.coco)
+    truth = (load_ground_truth(options.coco) if options.coco is not None
+             else load_yolo_ground_truth(options.yolo))
     job = JobOutput(options.output)
     folder = job.pick(options.task)
     tally = Tally()
-    matcher = ImageMatcher(truth.images)
+    matcher = ImageMatcher(truth.images, drop_suffix=truth.normalized)
     candidates: dict[str, Row] = {}
     rows = TaskRows(job, folder, include_not_kept=options.include_not_kept)
     for row in rows.scan(tally, wanted=matcher.see):
@@ -178,8 +187,9 @@ def run_eval(options: EvalOptions) -> EvalSummary:
                             (box.x0, box.y0, box.x1 - box.x0, box.y1 - box.y0))
                   for row, image_id in rows.items() for box in row.boxes
                   if box.label in categories]
-    scores, errors = evaluate(truth.dataset, sorted(rows.values()), order, detections,
-                              options.iou)
+    sizes = {image_id: (row.width, row.height) for row, image_id in rows.items()}
+    dataset = truth.for_sizes(sizes)
+    scores, errors = evaluate(dataset, sorted(rows.values()), order, detections, options.iou)
     figures = _figures(options, job, folder, truth, tally, rows, other_size, labels, categories,
                        scores)
     figures["worst_asked"] = options.worst
@@ -253,7 +263,7 @@ def _categories(truth: GroundTruth, labels: list[str], match: dict[str, str]) ->
     by_key: dict[str, int] = {}
     for category_id, name in truth.names.items():
         if name_key(name) in by_key:
-            raise EvalError(f"--coco {truth.uri!r}: two categories are named {name!r} "
+            raise EvalError(f"{truth.flag} {truth.uri!r}: two categories are named {name!r} "
                             f"(case and spaces aside); labels could not tell them apart")
         by_key[name_key(name)] = category_id
     for label, category in match.items():
@@ -288,7 +298,8 @@ def _figures(options: EvalOptions, job: JobOutput, folder, truth: GroundTruth, t
             thresholds.update(dict.fromkeys(own, value))
     asked = set(categories.values())
     return {
-        "output": job.uri, "task": folder.name, "kind": folder.kind, "coco": truth.uri,
+        "output": job.uri, "task": folder.name, "kind": folder.kind, "truth": truth.uri,
+        "truth_format": truth.flag.removeprefix("--"),
         "iou": options.iou,
         "images": {"ground_truth": len(truth.images), "evaluated": len(rows),
                    "without_row": len(truth.images) - len(rows) - len(other_size),

@@ -165,3 +165,26 @@ def test_eval_of_a_real_job_reads_s3_as_it_reads_a_folder(owlv2_job, s3_bucket, 
     assert figures["local"]["images"]["evaluated"] == 6
     for key in ("categories", "images", "rows", "mean", "label_thresholds"):
         assert figures["s3"][key] == figures["local"][key]
+
+
+def test_eval_against_a_yolo_export_equals_eval_against_the_coco_export(owlv2_job, tmp_path,
+                                                                          capsys):
+    """The job's own boxes as ground truth, once as `export --format coco` and once as
+    `export --format yolo` (normalised to 6 decimals, sizes from the rows; the GIF's label
+    keeps its .gif): every image is matched, and the figures agree."""
+    job, rows = owlv2_job
+    _export(capsys, job, "--format", "coco", "--out", tmp_path / "coco")
+    _export(capsys, job, "--format", "yolo", "--out", tmp_path / "yolo")
+    figures = {}
+    for kind, truth in (("coco", tmp_path / "coco" / "annotations.json"),
+                        ("yolo", tmp_path / "yolo")):
+        assert main(["eval", job, f"--{kind}", str(truth), "--json",
+                     str(tmp_path / f"{kind}.json")]) == 0
+        capsys.readouterr()
+        figures[kind] = json.loads((tmp_path / f"{kind}.json").read_text())
+    assert figures["yolo"]["images"]["evaluated"] == figures["coco"]["images"]["evaluated"] == 6
+    for got, expected in zip(figures["yolo"]["categories"], figures["coco"]["categories"]):
+        assert (got["category"], got["ground_truth"], got["detections"]) == \
+            (expected["category"], expected["ground_truth"], expected["detections"])
+        for key in ("ap", "ap50", "best_f1"):
+            assert got[key] == pytest.approx(expected[key], abs=1e-3), (got["category"], key)

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 import labeler.export.rows
 from labeler.cli import main
@@ -332,3 +333,71 @@ def test_worst_ids_feed_preview(tmp_path, capsys):
     html = (tmp_path / "p" / "index.html").read_text()
     shown = re.findall(r'<div class="id">(.*?)</div>', html)
     assert shown == ["photos/a.jpg", "sub/c.jpg", "photos/b.jpg"]
+
+
+def _yolo(tmp_path, names=("cat", "dog", "Traffic  Light", "sheep"), labels=None):
+    """ANNOTATIONS of images a, b, c and d (all 100x100) as a YOLO dataset: data.yaml with
+    `names`, labels/<file name less suffix>.txt with `class cx cy w h` in [0, 1]."""
+    root = tmp_path / "yolo"
+    (root / "labels").mkdir(parents=True)
+    (root / "data.yaml").write_text(yaml.safe_dump({"names": list(names)}))
+    if labels is None:
+        labels = {}
+        for image in IMAGES[:4]:
+            stem = image["file_name"].rsplit(".", 1)[0]
+            labels[stem] = "".join(
+                f"{a['category_id'] - 1} {(x + w / 2) / 100} {(y + h / 2) / 100} {w / 100} "
+                f"{h / 100}\n"
+                for a in ANNOTATIONS if a["image_id"] == image["id"]
+                for x, y, w, h in [a["bbox"]])
+    for stem, text in labels.items():
+        (root / "labels" / f"{stem}.txt").parent.mkdir(parents=True, exist_ok=True)
+        (root / "labels" / f"{stem}.txt").write_text(text)
+    return str(root)
+
+
+def test_yolo_ground_truth_gives_the_coco_figures(tmp_path, capsys):
+    """The same boxes as YOLO labels (no sizes: the rows give them) -> the same figures as
+    the COCO file, which left e.jpg out for its size. Label file paths match row ids less
+    their suffix (photos/a -> photos/a.jpg), c by its unique base name (sub/c.jpg)."""
+    coco = run_eval(EvalOptions(_output(tmp_path), _coco(tmp_path))).figures
+    truth = _yolo(tmp_path)
+    assert main(["eval", _output(tmp_path / "y"), "--yolo", truth,
+                 "--json", str(tmp_path / "y.json")]) == 0
+    assert f"ground truth: {truth} (yolo): 4 images, 4 categories" in capsys.readouterr().out
+    yolo = json.loads((tmp_path / "y.json").read_text())
+    assert yolo["images"] == {"ground_truth": 4, "evaluated": 3, "without_row": 1,
+                              "other_size": 0, "other_size_examples": []}
+    assert yolo["mean"] == pytest.approx(coco["mean"])
+    for key in ("label_thresholds", "labels_without_category", "categories_not_asked"):
+        assert yolo[key] == coco[key], key
+    # An image's name is its label file's path less .txt.
+    assert [w.pop("file_name") for w in yolo["worst"]] == ["c", "photos/b"]
+    assert yolo["worst"] == [{k: v for k, v in w.items() if k != "file_name"}
+                             for w in coco["worst"]]
+    for got, expected in zip(yolo["categories"], coco["categories"]):
+        assert got == {k: pytest.approx(v) if isinstance(v, float) else v
+                       for k, v in expected.items()}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"names": ()}, "data.yaml needs `names`"),
+    ({"labels": {"photos/a": "0 0.5 0.5 0.2\n"}}, "labels/photos/a.txt line 1: expected "
+                                                   "`class cx cy w h`"),
+    ({"labels": {"photos/a": "\n7 0.5 0.5 0.2 0.2\n"}}, "labels/photos/a.txt line 2: class 7 "
+                                                       "is not in data.yaml's names (0..3)"),
+    ({"labels": {"photos/a": "0 0.1 0.1 0.2 0.2 0.3 0.3\n"}}, "(a box, not a polygon)"),
+    ({"labels": {"photos/a": "0 50 50 20 20\n"}}, "cx cy w h must be in [0, 1]"),
+    ({"labels": {}}, "no label files under labels/"),
+])
+def test_bad_yolo_ground_truth_is_named(tmp_path, change, message):
+    with pytest.raises(EvalError, match=re.escape(message)):
+        run_eval(EvalOptions(_output(tmp_path), yolo=_yolo(tmp_path, **change)))
+
+
+def test_exactly_one_ground_truth(tmp_path):
+    job = _output(tmp_path)
+    with pytest.raises(EvalError, match="one of --coco FILE .* or --yolo DIR"):
+        run_eval(EvalOptions(job))
+    with pytest.raises(EvalError, match="one of --coco FILE"):
+        run_eval(EvalOptions(job, _coco(tmp_path), yolo=_yolo(tmp_path)))
