@@ -134,11 +134,12 @@ def _actors(res) -> str:
     return f"{res.min_actors}-{res.max_actors}"
 
 
-def _model_stages(ds, tasks: list[TaskSpec]):
+def _model_stages(ds, tasks: list[TaskSpec], one_task_per_actor: bool = False):
     """One actor pool per task over the decoded rows. A one-task job's actors emit record
     tables; with several tasks each pool passes the rows on with its records as JSON, and a
     last CPU stage turns them into one row per input and task. Image columns are dropped
-    by the last pool that reads them, so later stages move only records."""
+    by the last pool that reads them, so later stages move only records.
+    one_task_per_actor: an actor holds one batch at a time (see _actor_pool)."""
     from labeler.actors.predictor import Predictor, explode_records
     from labeler.jobs.stages import input_column
 
@@ -155,7 +156,7 @@ def _model_stages(ds, tasks: list[TaskSpec]):
                 Predictor,
                 fn_constructor_kwargs={"task": task, "input_column": columns[k],
                                        "passthrough": len(tasks) > 1, "drop_columns": drop},
-                batch_size=res.batch_size, compute=_actor_pool(res),
+                batch_size=res.batch_size, compute=_actor_pool(res, one_task_per_actor),
                 num_gpus=res.num_gpus, num_cpus=res.num_cpus, batch_format="numpy",
                 max_restarts=-1, max_task_retries=MODEL_BATCH_ATTEMPTS - 1, **worker_env())
     if len(tasks) > 1:
@@ -164,14 +165,20 @@ def _model_stages(ds, tasks: list[TaskSpec]):
     return ds
 
 
-def _actor_pool(res):
+def _actor_pool(res, one_task_per_actor: bool = False):
     """A fixed pool of `concurrency` actors, or one that Ray Data sizes between [min, max]
-    (it adds actors while batches wait and the cluster has room, removes idle ones)."""
+    (it adds actors while batches wait and the cluster has room, removes idle ones).
+
+    one_task_per_actor: Ray Data sends each actor its next batches while it works on one;
+    when the actor dies, those queued batches fail with it, and each failure spends one of
+    their MODEL_BATCH_ATTEMPTS. Relabeling lost rows one per batch must not let the row that
+    kills the worker take its queued neighbours down too, so there an actor holds one."""
     import ray
 
+    queued = {"max_tasks_in_flight_per_actor": 1} if one_task_per_actor else {}
     if res.min_actors == res.max_actors:
-        return ray.data.ActorPoolStrategy(size=res.min_actors)
-    return ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors)
+        return ray.data.ActorPoolStrategy(size=res.min_actors, **queued)
+    return ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors, **queued)
 
 
 def worker_env(extra: dict[str, str] | None = None) -> dict:
@@ -476,7 +483,8 @@ def _labeling_lost_again(spec: JobSpec, todo: list[dict], sink: ShardedParquetSi
                     "labeling them again one per batch to find the input that kills the worker",
                     len(ids), MODEL_BATCH_ATTEMPTS)
         retry = [row for row in todo if row["id"] in ids]
-        return _model_stages(_decoded(spec, retry, rows_per_block=1), alone)
+        return _model_stages(_decoded(spec, retry, rows_per_block=1), alone,
+                             one_task_per_actor=True)
     from labeler.jobs.video import decoded_videos
 
     parts = lost_video_parts(spec, missing, sink)
@@ -486,7 +494,8 @@ def _labeling_lost_again(spec: JobSpec, todo: list[dict], sink: ShardedParquetSi
                 "batch; labeling those rows again one per batch to find the frame that kills "
                 "the worker", len(parts), MODEL_BATCH_ATTEMPTS)
     retry = [row for row in todo if row["id"] in parts]
-    return _model_stages(decoded_videos(spec, retry, only_parts=parts), alone)
+    return _model_stages(decoded_videos(spec, retry, only_parts=parts), alone,
+                         one_task_per_actor=True)
 
 
 def _count(summary: JobSummary, table: pa.Table) -> None:
