@@ -5,6 +5,7 @@ name what is wrong. No Ray."""
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -401,3 +402,14 @@ def test_exactly_one_ground_truth(tmp_path):
         run_eval(EvalOptions(job))
     with pytest.raises(EvalError, match="one of --coco FILE"):
         run_eval(EvalOptions(job, _coco(tmp_path), yolo=_yolo(tmp_path)))
+
+
+def test_yolo_folder_without_class_names_is_named(tmp_path):
+    truth = Path(_yolo(tmp_path))
+    (truth / "data.yaml").write_text("names: [cat\n")  # unclosed flow list
+    with pytest.raises(EvalError, match=re.escape("data.yaml is not YAML")):
+        run_eval(EvalOptions(_output(tmp_path), yolo=str(truth)))
+    (truth / "data.yaml").unlink()
+    with pytest.raises(EvalError, match=re.escape("no data.yaml or dataset.yaml (a YOLO "
+                                                  "dataset's class names)")):
+        run_eval(EvalOptions(_output(tmp_path / "again"), yolo=str(truth)))

@@ -356,3 +356,11 @@ def test_ids_file_shows_those_rows_in_its_order(job, tmp_path, capsys):
     assert main(["preview", job["images"], "--out", str(tmp_path / "q"), "--ids-file",
                  str(ids_file), "--task", "detect"]) == 2
     assert "holds no row id (one id a line)" in capsys.readouterr().err
+
+
+def test_ids_file_that_cannot_be_read_exits_2(job, tmp_path, capsys):
+    missing = tmp_path / "nope.txt"
+    assert main(["preview", job["images"], "--out", str(tmp_path / "p"), "--task", "detect",
+                 "--ids-file", str(missing)]) == 2
+    assert f"--ids-file {str(missing)!r}: cannot be read" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()  # refused before anything is written
