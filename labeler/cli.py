@@ -33,6 +33,14 @@ def _label_and_text(text: str) -> tuple[str, str]:
     return label.strip(), value.strip()
 
 
+def _tile_grid(text: str) -> list[int]:
+    """'3x2' -> [3, 2]: tiles across, tiles down."""
+    columns, sep, rows = text.lower().partition("x")
+    if not sep or not columns.strip().isdigit() or not rows.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: give COLUMNSxROWS, e.g. 2x2 or 3x2")
+    return [int(columns), int(rows)]
+
+
 def _label_and_score(text: str) -> tuple[str, float]:
     label, value = _label_and_text(text)
     try:
@@ -71,6 +79,11 @@ def _add_box_flags(p: argparse.ArgumentParser) -> None:
                    help="detect/ground/regions: drop boxes overlapping a better one (none)")
     p.add_argument("--nms-threshold", type=float, help="IoU above which NMS drops a box (0.3)")
     p.add_argument("--max-detections", type=int, help="keep a row's best boxes only (all)")
+    p.add_argument("--tiles", type=_tile_grid, metavar="COLSxROWS",
+                   help="detect/ground/detect-by-example (OWLv2): label each image as "
+                        "overlapping tiles too, e.g. 2x2, for small objects in large images")
+    p.add_argument("--tile-overlap", type=float,
+                   help="fraction of a tile its neighbour shares (0.2); needs tiles")
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -190,7 +203,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in (
         "host", "port", "task", "family", "model", "revision", "labels", "threshold", "prompt",
         "queries", "label_thresholds", "templates", "nms", "nms_threshold", "max_detections",
-        "preprocess", "num_gpus", "max_batch_size", "batch_wait_timeout_s", "num_replicas")}
+        "tiles", "tile_overlap", "preprocess", "num_gpus", "max_batch_size", "batch_wait_timeout_s", "num_replicas")}
     spec = load_serve_spec(args.config, **overrides)  # SpecError before any Ray work
     return serve_forever(spec)
 

@@ -8,6 +8,7 @@ a flag is checked exactly like the same field in a file.
 from __future__ import annotations
 
 import glob
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -149,6 +150,55 @@ class PseudoLabelSpec(_Strict):
 # Tasks whose boxes `nms` and `max_detections` may thin out (detect-by-example has its
 # documented NMS built in).
 NMS_TASKS = ("detect", "ground", "regions")
+# Tasks and family that label tiles (TilingSpec): OWLv2's detectors, whose boxes come from
+# one forward pass of a fixed input size, so a tile is labelled exactly as an image is.
+TILED_TASKS = ("detect", "ground", "detect-by-example")
+TILED_FAMILY = "owlv2"
+# The most tiles a side: 8 x 8 tiles and the whole image are 65 forward passes an image.
+MAX_TILES_PER_SIDE = 8
+
+
+class TilingSpec(_Strict):
+    """Sliced inference (as SAHI does it) for objects too small to see once a large image is
+    resized to the model's input (960 px for OWLv2 B/16): each image is also labelled as a
+    grid of overlapping tiles, each tile resized to the full input size, and the boxes of
+    every tile and of the whole image are merged (labeler.models.tiling)."""
+
+    grid: tuple[int, int] = Field(
+        (2, 2), description="tiles across and down the image, [columns, rows]; each side of a "
+                            "tile spans 1 / (n - (n - 1) * overlap) of the image's")
+    overlap: float = Field(0.2, ge=0.0, lt=0.5,
+                           description="fraction of a tile's width (height) that its neighbour "
+                                       "across (down) shares; an object narrower than that is "
+                                       "whole in some tile")
+    full_image: bool = Field(True, description="also label the whole image, which finds the "
+                                               "objects larger than a tile")
+    merge_threshold: float = Field(
+        0.5, gt=0.0, le=1.0, description="two boxes of one label whose intersection covers "
+                                         "this fraction of the smaller one are merged into the "
+                                         "box around both (SAHI's greedy NMM by IoS)")
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_size(cls, grid: tuple[int, int]) -> tuple[int, int]:
+        columns, rows = grid
+        if not (1 <= columns <= MAX_TILES_PER_SIDE and 1 <= rows <= MAX_TILES_PER_SIDE):
+            raise ValueError(f"{list(grid)}: columns and rows are each 1 to {MAX_TILES_PER_SIDE}")
+        if columns * rows == 1:
+            raise ValueError("[1, 1] is the whole image, which is labelled anyway; give at "
+                             "least two tiles, e.g. [2, 2]")
+        return grid
+
+    @property
+    def inputs_per_image(self) -> int:
+        """Model inputs per image: the grid's tiles, and the whole image when full_image."""
+        return self.grid[0] * self.grid[1] + int(self.full_image)
+
+    @property
+    def magnification(self) -> float:
+        """How many times larger than the whole image's a tile's content appears in the model
+        input, along the grid's denser side: n - (n - 1) * overlap for n tiles a side."""
+        return max(n - (n - 1) * self.overlap for n in self.grid)
 
 
 class TaskSpec(_Strict):
@@ -190,6 +240,8 @@ class TaskSpec(_Strict):
     # "processor": transformers' image processor, exact (what the reference tests check).
     # "fast": batched uint8 resize, pad and normalize in torch; see docs/preprocessing.md.
     preprocess: Literal["processor", "fast"] = "processor"
+    tiles: TilingSpec | None = Field(None, description="detect, ground, detect-by-example "
+                                     "(OWLv2): label each image as overlapping tiles too")
     resources: ResourceSpec = ResourceSpec()
 
     @field_validator("task")
@@ -263,6 +315,10 @@ class TaskSpec(_Strict):
                              f"always suppresses, at nms_threshold)")
         if self.max_detections is not None and self.task not in NMS_TASKS:
             raise ValueError(f"max_detections applies to tasks {', '.join(NMS_TASKS)}")
+        if self.tiles is not None and (self.task not in TILED_TASKS
+                                       or self.model.family != TILED_FAMILY):
+            raise ValueError(f"tiles apply to tasks {', '.join(TILED_TASKS)} of family "
+                             f"{TILED_FAMILY}, not {self.task!r} of {self.model.family!r}")
         registry.adapter_path(self.task, self.model.family)  # raises with the valid pairs
         if self.task != "pseudo-label" and self.pseudo_label != PseudoLabelSpec():
             raise ValueError("pseudo_label options apply only to task 'pseudo-label'")
@@ -351,7 +407,8 @@ class InputSpec(_Strict):
     max_pixels: int = Field(100_000_000, ge=1)
     # JPEGs are decoded at the largest power-of-two reduction (Pillow's draft mode) whose
     # long side stays >= this many pixels; null decodes at full size. 1008 is the largest
-    # model input (OWLv2 L/14), so the model sees no less detail than it can use.
+    # model input (OWLv2 L/14), so the model sees no less detail than it can use. A job
+    # with tiled tasks decodes larger (decode_side_for_tasks), so each tile keeps it.
     decode_min_side: int | None = Field(1008, ge=1)
     files_per_shard: int | None = Field(
         None, ge=1, description="inputs per output Parquet file (default: 256 images, 4 videos)")
@@ -378,6 +435,16 @@ class InputSpec(_Strict):
         if self.files_per_shard is not None:
             return self.files_per_shard
         return 4 if self.media == "video" else 256
+
+
+def decode_side_for_tasks(decode_min_side: int | None, tasks: list[TaskSpec]) -> int | None:
+    """The long side JPEGs are decoded at no less than: decode_min_side for the whole image,
+    times the largest tiling magnification, so that a tile, too, keeps decode_min_side pixels
+    across its image's long side. None (full-size decode) stays None."""
+    if decode_min_side is None:
+        return None
+    factor = max((t.tiles.magnification for t in tasks if t.tiles is not None), default=1.0)
+    return math.ceil(decode_min_side * factor)
 
 
 class OutputSpec(_Strict):
@@ -460,7 +527,8 @@ TASK_FLAGS = {"task": ("task",), "family": ("model", "family"), "model": ("model
               "max_detections": ("max_detections",),
               "max_new_tokens": ("generation", "max_new_tokens"),
               "num_beams": ("generation", "num_beams"), "seed": ("generation", "seed"),
-              "preprocess": ("preprocess",), "batch_size": ("resources", "batch_size"),
+              "preprocess": ("preprocess",), "tiles": ("tiles", "grid"),
+              "tile_overlap": ("tiles", "overlap"), "batch_size": ("resources", "batch_size"),
               "concurrency": ("resources", "concurrency"), "num_gpus": ("resources", "num_gpus"),
               "actor_cpus": ("resources", "num_cpus"),
               "torch_threads": ("resources", "torch_threads"),
@@ -491,6 +559,13 @@ def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
 def merge_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
     """Apply non-None CLI overrides (keys of TASK_FLAGS / JOB_FLAGS) to a raw spec dict."""
     raw = dict(raw)
+    if overrides.get("tile_overlap") is not None and overrides.get("tiles") is None:
+        # An overlap alone would turn tiling on with a grid nobody chose.
+        tasks = raw.get("tasks")
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) and t.get("tiles")
+                                                  for t in tasks):
+            raise SpecError("--tile-overlap sets the overlap of tiles; give the grid too "
+                            "(--tiles 2x2), or tiles: in the spec")
     for flag, value in overrides.items():
         if value is None:
             continue

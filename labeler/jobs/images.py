@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from labeler.config import JobSpec, SpecError
+from labeler.config import JobSpec, SpecError, decode_side_for_tasks
 from labeler.jobs.runner import JobSummary, run_job, worker_env
 
 # Rows per decode task: enough to amortise task overhead (~ms), small enough that the model
@@ -43,7 +43,8 @@ def decoded_images(spec: JobSpec, todo: list[dict], rows_per_block: int = DECODE
     # keeps dying loses its whole input bundle (see runner.MODEL_BATCH_ATTEMPTS).
     return ds.map_batches(decode_batch, batch_size=None,
                           fn_kwargs={"max_pixels": spec.input.max_pixels,
-                                     "decode_min_side": spec.input.decode_min_side,
+                                     "decode_min_side": decode_side_for_tasks(
+                                         spec.input.decode_min_side, spec.tasks),
                                      "tasks": list(spec.tasks)},
                           num_cpus=1,
                           # What a task holds: a batch of decoded images. Declaring it also

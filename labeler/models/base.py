@@ -185,7 +185,9 @@ class Adapter(ABC):
                 "preprocess": self.spec.preprocess, **ontology_parameters(self.spec)}
 
     def parameters_json(self) -> str:
-        return json.dumps({**self.parameters(), **box_limit_parameters(self.spec)}, sort_keys=True)
+        tiles = {"tiles": self.spec.tiles.model_dump(mode="json")} if self.spec.tiles else {}
+        return json.dumps({**self.parameters(), **box_limit_parameters(self.spec), **tiles},
+                          sort_keys=True)
 
     def run_timed(self, images: list[ImageInput], stacked: np.ndarray | None = None,
                   transformed: bool = True) -> tuple[list[dict], dict[str, float]]:

@@ -15,6 +15,11 @@ What differs here, for speed, with the same numbers:
   relative to that square. Passing (h, w) as the documentation's example does would stretch
   every box of a non-square image.
 Boxes are then clipped to the image and sorted by score, best first.
+
+Tiles (spec.tiles, labeler.models.tiling): each of a batch's B images becomes T model
+inputs, the whole image and its tiles, each prepared and labelled exactly as an image of
+that size would be, so predict's batch is B * T; each input's boxes are mapped into its
+window of the image and clipped to it, and an image's T lists are merged into one.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from torchvision.ops import batched_nms
 from labeler.config import InputSpec
 from labeler.media.image import decode_image
 from labeler.models.base import Adapter, ImageInput, resolve_dtype
+from labeler.models.tiling import Window, cut_windows, merge_windows, tile_windows
 from labeler.storage import is_s3, read_bytes, resolve_model_source
 
 # Text queries are kept per actor, keyed by query string, in an LRU of this many entries:
@@ -90,8 +96,23 @@ class _Owlv2Adapter(Adapter):
         ).pooler_output
         return pooled / torch.linalg.norm(pooled, ord=2, dim=-1, keepdim=True)
 
+    @property
+    def inputs_per_image(self) -> int:
+        """Model inputs an image becomes: 1, or its windows when tiled."""
+        return self.spec.tiles.inputs_per_image if self.spec.tiles else 1
+
     def cpu_transform(self, pixels: np.ndarray) -> np.ndarray | None:
-        """Decoded (h, w, 3) uint8 -> (3, S, S) model input, when the CPU stage should make it.
+        """Decoded (h, w, 3) uint8 -> (3, S, S) model input, when the CPU stage should make
+        it; tiled: (T, 3, S, S), one per window (tile_windows), made the same way."""
+        if self.spec.tiles is None:
+            return self._transform_window(pixels)
+        if self.spec.preprocess != "fast" and not self.model_on_cpu:
+            return None  # the device cuts and preprocesses the windows
+        return np.stack([self._transform_window(window)
+                         for window in cut_windows(pixels, self.spec.tiles)])
+
+    def _transform_window(self, pixels: np.ndarray) -> np.ndarray | None:
+        """(h, w, 3) uint8 -> (3, S, S) model input, when the CPU stage should make it.
 
         fast: resize + pad here, left uint8; the actor normalises on its device. A float
         canvas would be 4x the bytes through the object store: on the 2-core benchmark,
@@ -133,22 +154,48 @@ class _Owlv2Adapter(Adapter):
         return buffer[:canvas.shape[0]].copy_(canvas).sub_(mean).div_(std)
 
     def _pixel_values(self, images: list[ImageInput], stacked: np.ndarray | None) -> torch.Tensor:
-        """Images as cpu_transform left them -> pixel_values (B, 3, S, S) on the device:
-        the uint8 canvas in fast mode (normalised by _image_features, so a batch waiting for
-        its turn holds a quarter of the bytes), else normalised floats of the model's dtype."""
+        """Images as cpu_transform left them -> pixel_values (B * T, 3, S, S) on the device,
+        T = inputs_per_image, an image's inputs in a row: the uint8 canvas in fast mode
+        (normalised by _image_features, so a batch waiting for its turn holds a quarter of
+        the bytes), else normalised floats of the model's dtype."""
         if self.spec.preprocess == "fast" or self.model_on_cpu:
             if stacked is None:
                 stacked = np.stack([im.pixels for im in images])
+            if self.spec.tiles is not None:  # (B, T, 3, S, S) -> (B * T, 3, S, S)
+                stacked = stacked.reshape(-1, *stacked.shape[2:])
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 pixels = torch.from_numpy(stacked).to(self.device)
             if pixels.dtype == torch.uint8:
                 return pixels
         else:
-            tensors = [_as_chw_tensor(im.pixels) for im in images]
+            tensors = [_as_chw_tensor(window) for im in images for window in self._windows(im)]
             pixels = self.processor.image_processor(
                 images=tensors, return_tensors="pt", device=self.device)["pixel_values"]
         return pixels.to(self.device, self.dtype)
+
+    def _windows(self, image: ImageInput) -> list[np.ndarray]:
+        """The pixels of an image's model inputs: the image, or its windows when tiled."""
+        if self.spec.tiles is None:
+            return [image.pixels]
+        return cut_windows(image.pixels, self.spec.tiles)
+
+    def _corners(self, boxes: torch.Tensor, images: list[ImageInput]) -> torch.Tensor:
+        """boxes (B * T, P, 4) cxcywh in [0, 1] of each model input's padded square -> xyxy
+        float pixels of the original image, each clipped to its input's window."""
+        tiles = self.spec.tiles
+        windows = ([(0, 0, im.width, im.height) for im in images] if tiles is None else
+                   [w for im in images for w in tile_windows(im.width, im.height, tiles)])
+        return window_corners(boxes, windows)
+
+    def _per_image(self, ranked: list[list[dict]]) -> list[list[dict]]:
+        """Detections of each model input (B * T lists) -> of each image (B lists): an
+        image's windows merged (merge_windows) when tiled."""
+        if self.spec.tiles is None:
+            return ranked
+        t = self.inputs_per_image
+        return [merge_windows(ranked[i:i + t], self.spec.tiles.merge_threshold)
+                for i in range(0, len(ranked), t)]
 
     def _image_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pixel_values (B, 3, S, S), normalised or the fast mode's uint8 canvas -> patch
@@ -224,8 +271,8 @@ class Owlv2Detector(_Owlv2Adapter):
             f"it was truncated" for text in cut]
 
     def preprocess(self, images: list[ImageInput], stacked: np.ndarray | None = None) -> torch.Tensor:
-        """Images as cpu_transform left them -> pixel_values (B, 3, S, S) on the device
-        (see _pixel_values)."""
+        """Images as cpu_transform left them -> pixel_values (B * T, 3, S, S) on the device,
+        T model inputs an image (see _pixel_values)."""
         return self._pixel_values(images, stacked)
 
     @torch.inference_mode()
@@ -250,9 +297,9 @@ class Owlv2Detector(_Owlv2Adapter):
         label_ids = self.query_label.to(best.indices.device)[best.indices]  # (B, P)
         thresholds = torch.tensor([self.spec.threshold_for(label) for label in self.labels],
                                   device=scores.device)
-        corners = pixel_corners(raw["boxes"], images)
-        ranked = ranked_detections(scores, scores > thresholds[label_ids], corners, label_ids,
-                                   self.labels)
+        corners = self._corners(raw["boxes"], images)
+        ranked = self._per_image(ranked_detections(scores, scores > thresholds[label_ids],
+                                                   corners, label_ids, self.labels))
         if self.truncation_warnings:
             return [{"detections": dets, "warnings": list(self.truncation_warnings)}
                     for dets in ranked]
@@ -316,9 +363,11 @@ class Owlv2Grounder(_Owlv2Adapter):
         return split_queries(prompt) if prompt is not None else list(self.spec.labels)
 
     def preprocess(self, images: list[ImageInput], stacked: np.ndarray | None = None) -> dict:
-        """-> {"pixel_values": (B, 3, S, S) on the device, "queries": one list per row}."""
+        """-> {"pixel_values": (B * T, 3, S, S) on the device, "queries": one list per model
+        input (an image's own, T times when tiled)}."""
         return {"pixel_values": self._pixel_values(images, stacked),
-                "queries": [self.queries_for(im) for im in images]}
+                "queries": [queries for im in images
+                            for queries in [self.queries_for(im)] * self.inputs_per_image]}
 
     @torch.inference_mode()
     def _query_embeddings(self, queries: list[str]) -> tuple[torch.Tensor, list[bool]]:
@@ -373,12 +422,13 @@ class Owlv2Grounder(_Owlv2Adapter):
         else:  # no row of the batch has a query
             scores = torch.zeros(logits.shape[:2], device=logits.device)
             label_ids = torch.zeros(logits.shape[:2], dtype=torch.long, device=logits.device)
-        corners = pixel_corners(raw["boxes"], images)
-        ranked = ranked_detections(scores, scores > self.spec.threshold, corners, label_ids,
-                                   raw["union"])
+        corners = self._corners(raw["boxes"], images)
+        ranked = self._per_image(ranked_detections(scores, scores > self.spec.threshold,
+                                                   corners, label_ids, raw["union"]))
         truncated = {q for q, flag in zip(raw["union"], raw["truncated"]) if flag}
         results = []
-        for image, queries, dets in zip(images, raw["rows"], ranked):
+        image_queries = raw["rows"][::self.inputs_per_image]
+        for image, queries, dets in zip(images, image_queries, ranked):
             result = {"detections": dets, "prompt": ", ".join(queries)}
             notes = [f"query {q!r} is longer than the text model's {self.text_length} tokens; "
                      "it was truncated" for q in queries if q in truncated]
@@ -445,8 +495,8 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
 
     def preprocess(self, images: list[ImageInput],
                    stacked: np.ndarray | None = None) -> torch.Tensor:
-        """Images as cpu_transform left them -> pixel_values (B, 3, S, S) on the device
-        (see _pixel_values)."""
+        """Images as cpu_transform left them -> pixel_values (B * T, 3, S, S) on the device,
+        T model inputs an image (see _pixel_values)."""
         return self._pixel_values(images, stacked)
 
     @torch.inference_mode()
@@ -474,9 +524,10 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
         kept = batched_nms(unit[rows, cols], scores[rows, cols], rows, self.spec.nms_threshold)
         keep = torch.zeros_like(candidates)
         keep[rows[kept], cols[kept]] = True
-        corners = pixel_corners(raw["boxes"], images)
+        corners = self._corners(raw["boxes"], images)
         label_ids = torch.zeros_like(scores, dtype=torch.long)  # one class: the example
-        ranked = ranked_detections(scores, keep, corners, label_ids, [self.label])
+        ranked = self._per_image(ranked_detections(scores, keep, corners, label_ids,
+                                                   [self.label]))
         return [{"detections": dets} for dets in ranked]
 
 
@@ -489,13 +540,20 @@ def box_corners(boxes: torch.Tensor) -> torch.Tensor:
 def pixel_corners(boxes: torch.Tensor, images: list[ImageInput]) -> torch.Tensor:
     """boxes (B, P, 4) cxcywh in [0, 1] of each image's padded square -> (B, P, 4) xyxy float
     pixels of the original image (width/height), clipped to it."""
+    return window_corners(boxes, [(0, 0, im.width, im.height) for im in images])
+
+
+def window_corners(boxes: torch.Tensor, windows: list[Window]) -> torch.Tensor:
+    """boxes (N, P, 4) cxcywh in [0, 1] of each input's padded square -> (N, P, 4) xyxy float
+    pixels of the original image, each input being the image's pixels in windows[n] (x0, y0,
+    x1, y1; the whole image: (0, 0, width, height)), clipped to that window."""
     corners = box_corners(boxes.float())
-    sizes = torch.tensor([[im.width, im.height] for im in images], dtype=torch.float32,
-                         device=corners.device)  # (B, 2)
-    square = sizes.max(dim=1).values  # (B,) side of the padded square, original pixels
-    corners = corners * square[:, None, None]
-    limits = sizes.repeat(1, 2)[:, None, :]  # (B, 1, 4): w, h, w, h
-    return torch.minimum(corners.clamp(min=0), limits)
+    bounds = torch.tensor(windows, dtype=torch.float32, device=corners.device)  # (N, 4)
+    origin, end = bounds[:, :2], bounds[:, 2:]
+    square = (end - origin).max(dim=1).values  # (N,) side of the padded square, original pixels
+    corners = corners * square[:, None, None] + origin.repeat(1, 2)[:, None, :]
+    return torch.minimum(torch.maximum(corners, origin.repeat(1, 2)[:, None, :]),
+                         end.repeat(1, 2)[:, None, :])
 
 
 def ranked_detections(scores: torch.Tensor, keep: torch.Tensor, corners: torch.Tensor,

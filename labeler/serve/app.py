@@ -31,7 +31,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from labeler import registry
-from labeler.config import format_validation_error
+from labeler.config import decode_side_for_tasks, format_validation_error
 from labeler.media.image import MediaError, decode_image
 from labeler.schemas import Record
 from labeler.serve.auth import is_authorized
@@ -155,15 +155,18 @@ class Ingress:
                 "threshold": params.threshold, "prompt": params.prompt,
                 "caption": params.caption}
 
-    async def _image(self, data: bytes | None, uri: str | None) -> tuple[object, float]:
-        """(DecodedImage, decode ms) from bytes or a uri, under the server's limits."""
+    async def _image(self, data: bytes | None, uri: str | None,
+                     served: list[ServedModel]) -> tuple[object, float]:
+        """(DecodedImage, decode ms) from bytes or a uri, under the server's limits, decoded
+        as a job of the `served` models' tasks would decode it (decode_side_for_tasks)."""
         limits = self.spec.limits
         if data is None:
             data = await asyncio.to_thread(fetch_uri, uri, self.spec.uri, limits.max_body_bytes)
         start = time.perf_counter()
         try:
             decoded = await asyncio.to_thread(decode_image, data, limits.max_pixels,
-                                              limits.decode_min_side)
+                                              decode_side_for_tasks(limits.decode_min_side,
+                                                                    served))
         except MediaError as err:
             raise ApiError(422, f"image cannot be used: {err}") from None
         return decoded, (time.perf_counter() - start) * 1000.0
@@ -186,7 +189,7 @@ class Ingress:
         served = self._served_for(task, req.model)
         params = self._item_params(served, req)
         data, uri = image_bytes_or_uri(req, upload)
-        decoded, decode_ms = await self._image(data, uri)
+        decoded, decode_ms = await self._image(data, uri, [served])
         source = uri or (f"upload:{filename}" if upload is not None else "base64")
         record = await self._run(served, decoded, decode_ms, req.id or uuid.uuid4().hex,
                                  source, params)
@@ -242,7 +245,7 @@ class Ingress:
             except ApiError as err:
                 raise ApiError(err.status, f"tasks.{i}: {err.message}") from None
         data, uri = image_bytes_or_uri(req, upload)
-        decoded, decode_ms = await self._image(data, uri)
+        decoded, decode_ms = await self._image(data, uri, [served for served, _ in plan])
         source = uri or (f"upload:{filename}" if upload is not None else "base64")
         item_id = req.id or uuid.uuid4().hex
         records = await asyncio.gather(*(self._run(served, decoded, decode_ms, item_id, source,
@@ -270,6 +273,7 @@ class Ingress:
             "queries": m.queries, "label_thresholds": m.label_thresholds,
             "templates": m.templates,
             "nms": m.nms, "nms_threshold": m.nms_threshold, "max_detections": m.max_detections,
+            "tiles": m.tiles.model_dump(mode="json") if m.tiles else None,
             "serving": m.serving.model_dump(),
             "endpoint": f"/v1/{m.task}" if m.task in ENDPOINT_TASKS else "/v1/annotate",
         } for m in self.spec.models]}
@@ -354,12 +358,12 @@ class Ingress:
         if not isinstance(url, str):
             raise ApiError(422, f"tasks.{i}.data.{config.image_key}: missing image URL")
         if url.startswith("data:"):
-            decoded, decode_ms = await self._image(decode_base64(url), None)
+            decoded, decode_ms = await self._image(decode_base64(url), None, [served])
         elif url.startswith("/"):
             raise ApiError(422, f"tasks.{i}: {url!r} is a file inside Label Studio; use cloud "
                                 f"storage (s3://) or https URLs the server is allowed to fetch")
         else:
-            decoded, decode_ms = await self._image(None, url)
+            decoded, decode_ms = await self._image(None, url, [served])
         record = await self._run(served, decoded, decode_ms, str(task.get("id", i)),
                                  url[:200], params)  # 200 chars: data: URLs can be megabytes
         version = model_version(served.model.family, served.model.source,

@@ -126,6 +126,50 @@ def test_heic_and_avif_inputs_are_labeled_as_shown(ray_local, tiny_owlv2, tmp_pa
             assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
 
 
+def test_a_tiled_job_equals_the_tiled_adapter_on_pixels_decoded_for_its_tiles(
+        ray_local, tiny_owlv2, tmp_path):
+    """--tiles through Ray: the CPU stage cuts and prepares each window, the actor labels
+    and merges them; rows equal the tiled adapter in-process. A large JPEG is decoded at
+    the reduced size that keeps each tile decode_min_side wide (1/4 here, not the 1/8 the
+    whole image alone would get)."""
+    import numpy as np
+    import torch
+
+    from labeler.config import decode_side_for_tasks
+    from labeler.media.image import decode_image
+    from labeler.models.base import ImageInput
+    from labeler.models.owlv2 import Owlv2Detector
+    from labeler.testing.samples import synthetic_image
+
+    folder = tmp_path / "large"
+    folder.mkdir()
+    synthetic_image(2400, 1600, seed=5).save(folder / "aerial.jpg", quality=90)
+    synthetic_image(300, 211, seed=6).save(folder / "small.png")
+    spec = _spec(folder, tmp_path / "out", tiny_owlv2, tiles=[2, 2], tile_overlap=0.25,
+                 preprocess="fast")
+    spec = spec.model_copy(update={"input": spec.input.model_copy(
+        update={"decode_min_side": 300})})
+    side = decode_side_for_tasks(300, spec.tasks)
+    assert side == 525  # 300 x (2 - 0.25)
+    summary = run_image_job(spec, progress=False)
+    assert (summary.rows, summary.errors) == (2, 0)
+    rows = {r["id"]: r for r in pads.dataset(tmp_path / "out", format="parquet").to_table().to_pylist()}
+    assert json.loads(rows["small.png"]["parameters"])["tiles"]["grid"] == [2, 2]
+    adapter = Owlv2Detector(spec.tasks[0])
+    adapter.setup(torch.device("cpu"))
+    for name, decoded_width in (("aerial.jpg", 600), ("small.png", 300)):
+        decoded = decode_image((folder / name).read_bytes(), 10**8, side)
+        assert decoded.pixels.shape[1] == decoded_width
+        (direct,) = adapter([ImageInput(np.asarray(decoded.pixels), decoded.width,
+                                        decoded.height)])
+        got = rows[name]["detections"]
+        assert (rows[name]["width"], rows[name]["height"]) == (decoded.width, decoded.height)
+        assert got and len(got) == len(direct["detections"])
+        for a, b in zip(got, direct["detections"]):
+            assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
+            assert a["y1"] == pytest.approx(b["y1"], abs=1e-3)
+
+
 def test_cli_rejects_a_bad_spec_before_starting_ray(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "labeler.cli", "run", "--input", str(tmp_path / "missing"),

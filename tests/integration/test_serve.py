@@ -29,9 +29,11 @@ TOKEN = "test-token-7f3a"
 LABELS = ["a photo of a cat", "a dog", "car"]
 OTHER_LABELS = ["bus", "a red ball"]
 THRESHOLD = 0.2
-# The detector's ontology, prompt templates and NMS, in the batch job and the served model alike.
+# The detector's ontology, prompt templates, tiles and NMS, in the batch job and the served
+# model alike.
+TILES = {"grid": [2, 2], "overlap": 0.25, "full_image": True, "merge_threshold": 0.5}
 BOX_OPTIONS = {"queries": {"car": ["car", "automobile"]}, "label_thresholds": {"a dog": 0.3},
-               "templates": ["a photo of a {}", "{}"],
+               "templates": ["a photo of a {}", "{}"], "tiles": TILES,
                "nms": "per-label", "nms_threshold": 0.5, "max_detections": 6}
 MAX_BODY = 256 * 1024  # small, so that a 413 needs no big payload
 MAX_PIXELS = 600_000  # above every test image, below the one sent to see a 422
@@ -243,12 +245,12 @@ def test_vocabulary_only_pseudo_label_refuses_a_caption(url, http, image_files):
 
 def test_request_labels_equal_an_adapter_built_with_them(url, http, image_files, tiny_owlv2):
     """Per-request labels re-encode the queries: same as a detector set up with them and the
-    served model's other options (its templates and NMS; none of its labels has queries
-    here)."""
+    served model's other options (its templates, tiles and NMS; none of its labels has
+    queries here)."""
     adapter = Owlv2Detector(TaskSpec(task="detect", model={"family": "owlv2", "source": tiny_owlv2},
                                      labels=OTHER_LABELS, threshold=0.05,
-                                     templates=BOX_OPTIONS["templates"], nms="per-label",
-                                     nms_threshold=0.5, max_detections=6))
+                                     templates=BOX_OPTIONS["templates"], tiles=TILES,
+                                     nms="per-label", nms_threshold=0.5, max_detections=6))
     adapter.setup(torch.device("cpu"))
     for name, *_ in IMAGES[:2]:
         pixels = np.asarray(Image.open(io.BytesIO(image_files[name])).convert("RGB"))
@@ -260,7 +262,7 @@ def test_request_labels_equal_an_adapter_built_with_them(url, http, image_files,
                                                     "templates": BOX_OPTIONS["templates"],
                                                     "preprocess": "processor",
                                                     "nms": "per-label", "nms_threshold": 0.5,
-                                                    "max_detections": 6}
+                                                    "max_detections": 6, "tiles": TILES}
         assert want["detections"]
         _same_detections(record["detections"], want["detections"])
 

@@ -10,7 +10,8 @@ from labeler.serve.config import load_serve_spec
 ONTOLOGY = ["--labels", "car,cyclist", "--query", "car=automobile", "--query", " car = auto ",
             "--query", "cyclist=a person riding a bicycle", "--label-threshold", "cyclist=0.25",
             "--template", "a photo of a {}", "--template", "{}",
-            "--nms", "per-label", "--nms-threshold", "0.5", "--max-detections", "20"]
+            "--nms", "per-label", "--nms-threshold", "0.5", "--max-detections", "20",
+            "--tiles", "3x2", "--tile-overlap", "0.3"]
 
 
 def _run_spec(tmp_path, *flags, spec_file=None):
@@ -31,6 +32,7 @@ def test_run_flags_build_the_ontology_and_box_options(tmp_path):
     assert (task.threshold_for("cyclist"), task.threshold_for("car")) == (0.25, 0.1)
     assert task.templates == ["a photo of a {}", "{}"]
     assert (task.nms, task.nms_threshold, task.max_detections) == ("per-label", 0.5, 20)
+    assert (task.tiles.grid, task.tiles.overlap, task.tiles.inputs_per_image) == ((3, 2), 0.3, 7)
 
 
 def test_run_flags_replace_the_spec_files_mapping(tmp_path):
@@ -49,6 +51,8 @@ def test_run_flags_replace_the_spec_files_mapping(tmp_path):
     (["--label-threshold", "car="], "argument --label-threshold: 'car=': give LABEL=VALUE"),
     (["--label-threshold", "car=high"],
      "argument --label-threshold: 'car=high': the score after '=' must be a number"),
+    (["--tiles", "3by2"], "argument --tiles: '3by2': give COLUMNSxROWS, e.g. 2x2 or 3x2"),
+    (["--tiles", "x2"], "argument --tiles: 'x2': give COLUMNSxROWS"),
 ])
 def test_malformed_pairs_exit_2_naming_the_flag(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -71,10 +75,11 @@ def test_serve_flags_reach_the_served_model():
                                       "--model", "m", *ONTOLOGY])
     overrides = {k: getattr(args, k) for k in (
         "task", "family", "model", "labels", "queries", "label_thresholds", "templates", "nms",
-        "nms_threshold", "max_detections")}
+        "nms_threshold", "max_detections", "tiles", "tile_overlap")}
     (model,) = load_serve_spec(None, **overrides).models
     assert model.queries == {"car": ["automobile", "auto"],
                              "cyclist": ["a person riding a bicycle"]}
     assert model.label_thresholds == {"cyclist": 0.25}
     assert model.templates == ["a photo of a {}", "{}"]
     assert (model.nms, model.nms_threshold, model.max_detections) == ("per-label", 0.5, 20)
+    assert (model.tiles.grid, model.tiles.overlap) == ((3, 2), 0.3)
