@@ -13,6 +13,9 @@ that does not fit in GPU memory ends that case's sweep.
     owlv2-l14-1008-q{3,300}  OWLv2 L/14, 1008x1008 input, 3 or 300 text queries (detect)
     florence2-base/-large    Florence-2 `<CAPTION>`, exactly 30 new tokens
     qwen2-vl-2b              Qwen2-VL-2B sized, 448x448 images, caption, exactly 60 new tokens
+    tiled-owlv2-b16-2x2      OWLv2 B/16, 3 queries, 1920x1080 frames as 2x2 tiles and the
+                             whole frame (spec.tiles): 5 model inputs an image (`--cases
+                             owlv2` leaves it out)
 
 What differs from the real checkpoints, and why the compute is the same:
 - weights are random: every matmul, attention and generate step has the same shapes; only
@@ -101,7 +104,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be downloaded
@@ -110,7 +113,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count  # noqa: E402
 
-from labeler.config import InputSpec, TaskSpec  # noqa: E402
+from labeler.config import InputSpec, TaskSpec, decode_side_for_tasks  # noqa: E402
 from labeler.jobs.stages import TaskTransforms, input_column  # noqa: E402
 from labeler.media.image import decode_image  # noqa: E402
 from labeler.models.base import ImageInput, attention_implementations  # noqa: E402
@@ -132,6 +135,7 @@ SMALL_EXTRA_VOCAB = 4096
 DISTINCT_IMAGES = 8
 PHOTO_SIZE = (640, 480)  # width, height of the OWLv2 and Florence-2 inputs (a typical photo)
 QWEN_SIZE = (448, 448)  # the issue's Qwen2-VL input; a multiple of 28 px, kept as is
+FRAME_SIZE = (1920, 1080)  # the tiled case: a 1080p frame (drone video, a CCTV camera)
 
 # --- the pipeline run (input wait) ---------------------------------------------------------
 JPEG_QUALITY = 90  # a common export quality of cameras and photo sites
@@ -211,6 +215,7 @@ class Case:
     image_size: tuple[int, int]
     labels: tuple[str, ...] = ()
     new_tokens: int | None = None  # exact generated length (generative cases)
+    tiles: tuple[int, int] | None = None  # spec.tiles grid (OWLv2 detect)
 
 
 def _owl_config(sizes: dict) -> Callable[[object], object]:
@@ -300,6 +305,9 @@ CASES = (
     Case("florence2-base-caption", "florence2-base", "caption", PHOTO_SIZE, new_tokens=30),
     Case("florence2-large-caption", "florence2-large", "caption", PHOTO_SIZE, new_tokens=30),
     Case("qwen2-vl-2b-caption", "qwen2-vl-2b", "caption", QWEN_SIZE, new_tokens=60),
+    # Named apart from "owlv2": `--cases owlv2` keeps to the issue's cases.
+    Case("tiled-owlv2-b16-2x2", "owlv2-b16", "detect", FRAME_SIZE, labels=FEW_QUERIES,
+         tiles=(2, 2)),
 )
 
 CASE_NAMES = frozenset(c.name for c in CASES)
@@ -340,6 +348,8 @@ def make_spec(case: Case, build: Build, folder: Path, threshold: float = 0.1) ->
             "resources": {"num_gpus": 1}}
     if case.new_tokens:
         spec["generation"] = {"max_new_tokens": case.new_tokens}
+    if case.tiles:
+        spec["tiles"] = {"grid": list(case.tiles)}
     return TaskSpec(**spec)
 
 
@@ -378,10 +388,10 @@ def count_flops(adapter, images: list[ImageInput]):
     return counter.get_total_flops(), raw
 
 
-def owl_threshold(raw: dict) -> float:
+def owl_threshold(raw: dict, inputs_per_image: int = 1) -> float:
     """A threshold between the OWL_BOXES_PER_IMAGE-th and the next best score of the first
-    image of a predict() output."""
-    scores = torch.sigmoid(raw["logits"][0].float().max(dim=-1).values)
+    image of a predict() output (over all its model inputs, when tiled)."""
+    scores = torch.sigmoid(raw["logits"][:inputs_per_image].float().max(dim=-1).values).flatten()
     top = scores.topk(min(OWL_BOXES_PER_IMAGE + 1, scores.numel())).values
     return float((top[-2] + top[-1]) / 2) if top.numel() > 1 else 0.0
 
@@ -465,6 +475,7 @@ class DecodeFeed:
                  prefetch: int):
         self.transforms = TaskTransforms([spec])  # the task's cpu_transform, as in decode tasks
         self.column = input_column(spec)  # the column the actor reads
+        self.decode_side = decode_side_for_tasks(DECODE_MIN_SIDE, [spec])  # as a job's
         self.jpegs, self.batch, self.workers = jpegs, batch, workers
         self.queue: queue.Queue[FedBatch] = queue.Queue(maxsize=prefetch)
         self.stop = threading.Event()
@@ -497,7 +508,7 @@ class DecodeFeed:
                         return
                     start = clock()
                     decoded = decode_image(self.jpegs[k % len(self.jpegs)], MAX_PIXELS,
-                                           DECODE_MIN_SIDE)
+                                           self.decode_side)
                     pixels = self.transforms.apply(decoded.pixels)[self.column]
                     self.decode_s[index] += clock() - start
                     self.decoded[index] += 1
@@ -607,7 +618,8 @@ def run_case(case: Case, folder: Path, device: torch.device, batch_sizes, min_se
         adapter.model.generation_config.min_new_tokens = case.new_tokens
     flops, raw = count_flops(adapter, sample_images(case.image_size, 1))
     if case.task == "detect":
-        adapter = adapter.with_spec(make_spec(case, build, folder, owl_threshold(raw)))
+        adapter = adapter.with_spec(make_spec(case, build, folder,
+                                                    owl_threshold(raw, adapter.inputs_per_image)))
         print(f"case={case.name} threshold={adapter.spec.threshold:.6f} "
               f"(keeps ~{OWL_BOXES_PER_IMAGE} boxes of the batch-1 image)")
     if case.new_tokens and generated_lengths(case, raw) != {case.new_tokens}:
@@ -669,6 +681,10 @@ def main(argv: list[str] | None = None) -> int:
     min_iters = args.min_iters if args.min_iters is not None else (3 if on_gpu else 1)
     cases = [c for c in CASES if not args.cases or any(
         c.name == p or (c.name.startswith(p) and p not in CASE_NAMES) for p in args.cases)]
+    if small:
+        # The tiny models' input is 96 px: a 1080p frame shrunk 20x costs the processor's
+        # anti-aliasing blur seconds an image on CPU, where at full size (960 px) it is cheap.
+        cases = [replace(c, image_size=min(c.image_size, PHOTO_SIZE)) for c in cases]
     if args.decode_workers < 1 or args.prefetch < 1:
         raise SystemExit("--decode-workers and --prefetch must be at least 1")
     if not cases:
