@@ -216,7 +216,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         job=args.job, format=args.format, out=args.out, task=args.task, min_score=args.min_score,
         include_not_kept=args.include_not_kept, copy_images=args.copy_images,
         overwrite=args.overwrite, val_fraction=args.val_fraction,
-        image_url_prefix=args.image_url_prefix))
+        image_url_prefix=args.image_url_prefix, slice_size=args.slice_size,
+        slice_overlap=args.slice_overlap, slice_min_visible=args.slice_min_visible,
+        skip_empty_slices=args.skip_empty_slices))
     print("\n".join(summary.lines()))
     return 0
 
@@ -322,6 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--image-url-prefix",
                      help="label-studio: image URL = this prefix + the row id (default: the "
                           "row's uri), e.g. /data/local-files/?d=photos/")
+    sliced = exp.add_argument_group("slices (coco, yolo): train at a model's input size on "
+                                    "large images")
+    sliced.add_argument("--slice", type=int, metavar="SIZE", dest="slice_size",
+                        help="write each image as SIZE x SIZE overlapping slices with their "
+                             "boxes (as SAHI's slice_coco), e.g. 640")
+    sliced.add_argument("--slice-overlap", type=float,
+                        help="share of SIZE neighbouring slices have in common (0.2)")
+    sliced.add_argument("--slice-min-visible", type=float,
+                        help="keep a box in a slice when this share of it shows there (0.1)")
+    sliced.add_argument("--skip-empty-slices", action="store_true",
+                        help="leave out slices without a box (default: kept, as backgrounds)")
     exp.set_defaults(func=cmd_export)
 
     pre = sub.add_parser("preview", help="draw a sample of a job's output on a static HTML page")

@@ -19,6 +19,10 @@ formats Ultralytics does not read (GIF...). Re-encoded files carry no EXIF, so n
 rotates them a second time. The written image must have the row's width and height, else the
 source changed since the job and the row is not exported.
 
+Slices (`--slice`, labeler.export.slices) are cut from the pixels the model was given
+(decode_image at full size) and encoded: JPEG at JPEG_QUALITY for lossy sources (JPEG,
+HEIC, AVIF, lossy WebP), PNG otherwise, as `<folder>/<key>_<x0>_<y0>_<x1>_<y1><suffix>`.
+
 Copies (read with labeler.storage.read_bytes: local files, s3:// objects, tar members and
 manifest cells) run on COPY_THREADS threads; results come back in row order, at most
 IN_FLIGHT images held at once.
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,6 +42,7 @@ from pathlib import PurePosixPath
 from PIL import Image
 
 from labeler.export.rows import Reasons, Row
+from labeler.export.slices import SliceOptions, slice_row, slice_windows
 from labeler.export.target import Target
 from labeler.media.image import MediaError, decode_image
 from labeler.storage import read_bytes
@@ -90,11 +96,12 @@ class ImageName:
 
 @dataclass(frozen=True)
 class ImageFile:
-    """An image written by the export: path relative to the output ('images/a/b.jpg') and
-    its name."""
+    """An image written by the export: path relative to the output ('images/a/b.jpg'), its
+    name, and the folder it was written into ('images')."""
 
     path: str
     name: ImageName
+    folder: str = "images"
 
 
 def image_bytes(data: bytes) -> tuple[bytes, str, tuple[int, int]]:
@@ -135,26 +142,104 @@ def copy_image(row: Row, name: ImageName, target: Target, folder: str = "images"
                              f"{row.width}x{row.height}: it changed since the job")
     path = f"{folder}/{name.key}{name.suffix or suffix}"
     target.write(path, out)
-    return ImageFile(path, name)
+    return ImageFile(path, name, folder)
+
+
+@dataclass
+class SliceCount:
+    """What slicing made of the rows: images sliced, slices written, slices left out for
+    having no box (skip_empty), box parts too small to keep."""
+
+    images: int = 0
+    slices: int = 0
+    empty_skipped: int = 0
+    boxes_dropped: int = 0
+
+    def add(self, other: "SliceCount") -> None:
+        self.images += other.images
+        self.slices += other.slices
+        self.empty_skipped += other.empty_skipped
+        self.boxes_dropped += other.boxes_dropped
+
+
+def _is_lossy(data: bytes) -> bool:
+    """Whether the encoded image is in a lossy format (its slices are written as JPEG)."""
+    with Image.open(io.BytesIO(data)) as img:
+        if img.format == "WEBP":  # a lossless one holds a VP8L chunk (a bigger PNG if not)
+            return b"VP8L" not in data
+        return img.format in ("JPEG", "MPO", "HEIF", "AVIF")
+
+
+def copy_slices(row: Row, name: ImageName, target: Target, folder: str,
+                options: SliceOptions) -> tuple[list[tuple[Row, ImageFile]], SliceCount]:
+    """Read the row's image, write each of its slices (see the module docstring) -> (the
+    slices written, as rows with their image files; the count); ImageCopyError as copy_image."""
+    try:
+        data = read_bytes(row.uri)
+    except OSError as err:
+        raise ImageCopyError(f"cannot read {row.uri}: {err}") from None
+    try:
+        decoded = decode_image(data, max_pixels=row.width * row.height)
+        lossy = _is_lossy(data)
+    except (MediaError, OSError) as err:
+        raise ImageCopyError(str(err) or "not an image Pillow reads") from None
+    if (decoded.width, decoded.height) != (row.width, row.height):
+        raise ImageCopyError(f"the image is {decoded.width}x{decoded.height} now but was "
+                             f"labeled at {row.width}x{row.height}: it changed since the job")
+    out_format, suffix, options_ = (("JPEG", ".jpg", {"quality": JPEG_QUALITY}) if lossy
+                                    else ("PNG", ".png", {}))
+    written, count = [], SliceCount(images=1)
+    for window in slice_windows(row.width, row.height, options):
+        part, dropped = slice_row(row, window, options.min_visible)
+        count.boxes_dropped += dropped
+        if options.skip_empty and not part.boxes:
+            count.empty_skipped += 1
+            continue
+        x0, y0, x1, y1 = window
+        buffer = io.BytesIO()
+        Image.fromarray(decoded.pixels[y0:y1, x0:x1]).save(buffer, out_format, **options_)
+        slice_name = ImageName(f"{name.key}_{x0}_{y0}_{x1}_{y1}", suffix)
+        path = f"{folder}/{slice_name.key}{suffix}"
+        target.write(path, buffer.getvalue())
+        written.append((part, ImageFile(path, slice_name, folder)))
+        count.slices += 1
+    return written, count
 
 
 def copy_images(rows: Iterable[Row], target: Target, failures: Reasons,
                 after: Callable[[Row, ImageFile], None] | None = None,
                 folder_of: Callable[[Row], str] = lambda row: "images",
+                slices: SliceOptions | None = None, sliced: SliceCount | None = None,
                 ) -> Iterator[tuple[Row, ImageFile]]:
     """Copy each row's image into folder_of(row) (on COPY_THREADS threads, then
     `after(row, image)` on the same thread); yields (row, image) in row order. Rows whose
     image cannot be exported are not yielded: their reasons go to `failures`. Errors writing
-    the output propagate."""
+    the output propagate. With `slices`, each row's slices are written instead and yielded
+    as rows of their own (copy_slices), in order, and counted into `sliced`."""
 
-    def work(row: Row, name: ImageName) -> ImageFile | ImageCopyError:
+    def work(row: Row, name: ImageName) -> list[tuple[Row, ImageFile]] | ImageCopyError:
         try:
-            image = copy_image(row, name, target, folder_of(row))
+            if slices is None:
+                written = [(row, copy_image(row, name, target, folder_of(row)))]
+            else:
+                written, count = copy_slices(row, name, target, folder_of(row), slices)
+                if sliced is not None:
+                    with lock:  # the copy threads share it
+                        sliced.add(count)
         except ImageCopyError as err:
             return err
         if after is not None:
-            after(row, image)
-        return image
+            for part, image in written:
+                after(part, image)
+        return written
+
+    lock = threading.Lock()
+    yield from _copy_all(rows, work, failures)
+
+
+def _copy_all(rows: Iterable[Row], work, failures: Reasons) -> Iterator[tuple[Row, ImageFile]]:
+    """work(row, name) for each row whose name is free, on the copy threads; yields what
+    each returns, in row order."""
 
     seen: set[bytes] = set()
     pending: deque[tuple[Row, Future]] = deque()
@@ -182,4 +267,4 @@ def _finished(row: Row, future: Future, failures: Reasons) -> Iterator[tuple[Row
     if isinstance(result, ImageCopyError):
         failures.add(str(result))
     else:
-        yield row, result
+        yield from result

@@ -67,8 +67,9 @@ class Box:
 
 @dataclass(frozen=True)
 class Row:
-    """A row to export: one image, or one frame of a video (frame_index, timestamp_s set).
-    width, height: the oriented image's (or frame's) size in pixels, which boxes refer to."""
+    """A row to export: one image, or one frame of a video (frame_index, timestamp_s set), or
+    a slice of an image (window set). width, height: the oriented image's (or frame's, or
+    slice's) size in pixels, which boxes refer to."""
 
     id: str
     uri: str
@@ -77,6 +78,9 @@ class Row:
     boxes: tuple[Box, ...]
     frame_index: int | None = None
     timestamp_s: float | None = None
+    # A slice of the image (labeler.export.slices): its x0, y0, x1, y1 in the oriented image;
+    # width, height and boxes are then the slice's.
+    window: tuple[int, int, int, int] | None = None
 
 
 class Reasons:

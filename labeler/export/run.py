@@ -18,16 +18,19 @@ from typing import Literal
 from labeler.export.categories import Categories
 from labeler.export.coco import FILE_NAME as COCO_FILE
 from labeler.export.coco import split_file_name, write_coco
-from labeler.export.images import copy_images
+from labeler.export.images import SliceCount, copy_images
 from labeler.export.label_studio import TASKS_FILE as LABEL_STUDIO_FILE
 from labeler.export.label_studio import write_label_studio
 from labeler.export.rows import ExportError, JobOutput, Reasons, Tally, TaskFolder, TaskRows
+from labeler.export.slices import SliceOptions
 from labeler.export.splits import TRAIN, VAL, split_of
 from labeler.export.target import Target
 from labeler.export.yolo import DATA_FILE as YOLO_FILE
 from labeler.export.yolo import write_yolo
 
 FORMATS = ("coco", "yolo", "label-studio")
+# The smallest slice side: below it a box of a few pixels fills a slice.
+MIN_SLICE = 32
 # Reasons shown per kind of skipped row in the summary.
 TOP_REASONS = 5
 
@@ -46,6 +49,18 @@ class ExportOptions:
     overwrite: bool = False
     val_fraction: float = 0.0  # share of images held out for validation, by id (splits.py)
     image_url_prefix: str | None = None  # label-studio: image URL = prefix + id (else uri)
+    slice_size: int | None = None  # coco, yolo: write SIZE x SIZE slices (slices.py)
+    slice_overlap: float | None = None  # None: SliceOptions' default, likewise below
+    slice_min_visible: float | None = None
+    skip_empty_slices: bool = False
+
+    def slices(self) -> SliceOptions | None:
+        """The slicing asked for, or None."""
+        if self.slice_size is None:
+            return None
+        given = {"overlap": self.slice_overlap, "min_visible": self.slice_min_visible}
+        return SliceOptions(self.slice_size, skip_empty=self.skip_empty_slices,
+                            **{k: v for k, v in given.items() if v is not None})
 
 
 @dataclass
@@ -62,6 +77,7 @@ class ExportSummary:
     tally: Tally = field(default_factory=Tally)
     copy_failures: Reasons = field(default_factory=Reasons)
     splits: dict[str, tuple[int, int]] = field(default_factory=dict)  # split: (images, boxes)
+    sliced: SliceCount = field(default_factory=SliceCount)
 
     def lines(self) -> list[str]:
         tally, min_score = self.tally, self.options.min_score
@@ -83,6 +99,15 @@ class ExportSummary:
             out.append(f"skipped {self.copy_failures.total} rows whose image could not be "
                        f"exported")
             out += [f"  x{n}: {reason}" for reason, n in self.copy_failures.top(TOP_REASONS)]
+        slices = self.options.slices()
+        if slices is not None:
+            s = self.sliced
+            out.append(f"sliced {s.images} images into {s.slices + s.empty_skipped} slices of "
+                       f"{slices.size} px (overlap {slices.overlap:g}); dropped "
+                       f"{s.boxes_dropped} box parts under {slices.min_visible:g} of their box")
+            if slices.skip_empty:
+                out.append(f"skipped {s.empty_skipped} slices without a box "
+                           f"(--skip-empty-slices)")
         out += [f"categories: {self.categories}",
                 f"images: {self.images}, boxes: {self.boxes}",
                 *(f"  {name}: {n} images, {b} boxes" for name, (n, b) in self.splits.items()),
@@ -103,6 +128,29 @@ def _check_options(options: ExportOptions) -> None:
                           "reviews them all")
     if options.image_url_prefix is not None and options.format != "label-studio":
         raise ExportError("--image-url-prefix applies to --format label-studio only")
+    _check_slices(options)
+
+
+def _check_slices(options: ExportOptions) -> None:
+    """--slice and its companions: ExportError naming the flag."""
+    if options.slice_size is None:
+        companions = (("--slice-overlap", options.slice_overlap is not None),
+                      ("--slice-min-visible", options.slice_min_visible is not None),
+                      ("--skip-empty-slices", options.skip_empty_slices))
+        given = [flag for flag, is_set in companions if is_set]
+        if given:
+            raise ExportError(f"{given[0]} applies to slices: give --slice SIZE too")
+        return
+    if options.format == "label-studio":
+        raise ExportError("--slice applies to coco and yolo: Label Studio reviews whole images")
+    if options.slice_size < MIN_SLICE:
+        raise ExportError(f"--slice {options.slice_size}: a slice side of at least {MIN_SLICE} px")
+    if options.slice_overlap is not None and not 0 <= options.slice_overlap < 1:
+        raise ExportError(f"--slice-overlap {options.slice_overlap:g}: a share in [0, 1) of "
+                          f"the slice side")
+    if options.slice_min_visible is not None and not 0 < options.slice_min_visible <= 1:
+        raise ExportError(f"--slice-min-visible {options.slice_min_visible:g}: a share in "
+                          f"(0, 1] of a box's area")
 
 
 def _check_frames_allowed(folder: TaskFolder, options: ExportOptions) -> None:
@@ -114,9 +162,10 @@ def _check_frames_allowed(folder: TaskFolder, options: ExportOptions) -> None:
         raise ExportError(f"task {folder.name!r} labels video frames, and a YOLO dataset needs "
                           f"an image file per label file; export it as COCO (file_name "
                           f"<video id>#frame=<frame index>)")
-    if options.copy_images:
+    if options.copy_images or options.slice_size is not None:
+        flag = "--slice" if options.slice_size is not None else "--copy-images"
         raise ExportError(f"task {folder.name!r} labels video frames, which are no files to "
-                          f"copy; export it without --copy-images")
+                          f"copy; export it without {flag}")
 
 
 def run_export(options: ExportOptions) -> ExportSummary:
@@ -144,7 +193,7 @@ def run_export(options: ExportOptions) -> ExportSummary:
                             categories=len(categories.names), output=target.location(main_file))
     if options.format == "yolo":
         counts = write_yolo(rows.scan(summary.tally), categories, target, summary.copy_failures,
-                            options.val_fraction)
+                            options.val_fraction, options.slices(), summary.sliced)
     elif options.format == "label-studio":
         counts = {"all": write_label_studio(rows.scan(summary.tally), categories, target,
                                             folder.model, options.image_url_prefix)}
@@ -175,8 +224,10 @@ def _write_coco_splits(rows: TaskRows, folder: TaskFolder, job: JobOutput,
     for k, (name, (file_name, images, wanted)) in enumerate(splits.items()):
         scanned = (row for row in rows.scan(summary.tally if k == 0 else Tally()) if wanted(row))
         entries = (copy_images(scanned, target, summary.copy_failures,
-                               folder_of=lambda row, images=images: images)
-                   if options.copy_images else ((row, None) for row in scanned))
+                               folder_of=lambda row, images=images: images,
+                               slices=options.slices(), sliced=summary.sliced)
+                   if options.copy_images or options.slice_size is not None
+                   else ((row, None) for row in scanned))
         counts[name] = write_coco(entries, categories, target,
                                   {**info, **({"split": name} if name != "all" else {})},
                                   file_name)

@@ -23,8 +23,9 @@ from collections.abc import Iterable
 import yaml
 
 from labeler.export.categories import Categories
-from labeler.export.images import ImageFile, copy_images
+from labeler.export.images import ImageFile, SliceCount, copy_images
 from labeler.export.rows import Reasons, Row
+from labeler.export.slices import SliceOptions
 from labeler.export.splits import TRAIN, VAL, split_of
 from labeler.export.target import Target
 
@@ -58,22 +59,24 @@ def data_yaml(categories: Categories, path: str | None, split: bool = False) -> 
 
 
 def write_yolo(rows: Iterable[Row], categories: Categories, target: Target,
-               failures: Reasons, val_fraction: float = 0.0) -> dict[str, tuple[int, int]]:
-    """Copy each row's image, write its label file, then data.yaml -> {split: (images,
-    boxes)} ({"all": ...} without a validation share). Rows whose image cannot be exported
-    go to `failures`."""
+               failures: Reasons, val_fraction: float = 0.0, slices: SliceOptions | None = None,
+               sliced: SliceCount | None = None) -> dict[str, tuple[int, int]]:
+    """Copy each row's image (or write its slices), write its label file, then data.yaml ->
+    {split: (images, boxes)} ({"all": ...} without a validation share). Rows whose image
+    cannot be exported go to `failures`. Slices go to their image's split."""
     split = val_fraction > 0
 
     def folder_of(row: Row) -> str:
         return f"images/{split_of(row.id, val_fraction)}" if split else "images"
 
     def write_label(row: Row, image: ImageFile) -> None:
-        labels = "labels" + folder_of(row).removeprefix("images")
+        labels = "labels" + image.folder.removeprefix("images")
         target.write(f"{labels}/{image.name.key}.txt", label_text(row, categories).encode())
 
     counts = {TRAIN: [0, 0], VAL: [0, 0]} if split else {"all": [0, 0]}
-    for row, _ in copy_images(rows, target, failures, after=write_label, folder_of=folder_of):
-        count = counts[split_of(row.id, val_fraction) if split else "all"]
+    for row, image in copy_images(rows, target, failures, after=write_label,
+                                  folder_of=folder_of, slices=slices, sliced=sliced):
+        count = counts[image.folder.removeprefix("images/") if split else "all"]
         count[0] += 1
         count[1] += len(row.boxes)
     with target.final(DATA_FILE) as out:

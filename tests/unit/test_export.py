@@ -424,6 +424,9 @@ def test_video_frames_export_to_coco_only(video_job, tmp_path, capsys):
     code, _, err = _export(capsys, video_job, "--format", "coco", "--out", tmp_path / "y",
                            "--copy-images")
     assert code == 2 and "no files to copy; export it without --copy-images" in err
+    code, _, err = _export(capsys, video_job, "--format", "coco", "--out", tmp_path / "y",
+                           "--slice", "640")
+    assert code == 2 and "no files to copy; export it without --slice" in err
     assert not (tmp_path / "y").exists()
 
 
