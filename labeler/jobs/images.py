@@ -30,13 +30,23 @@ def run_image_job(spec: JobSpec, progress: bool = True) -> JobSummary:
     return run_job(spec, progress)
 
 
+def canvases_per_image(tasks) -> int:
+    """The most model inputs a task's CPU stage makes of one image: a tiled task's windows
+    when that stage prepares them (fast mode, or a model on CPU), else 1."""
+    return max((t.tiles.inputs_per_image for t in tasks if t.tiles is not None
+                and (t.preprocess == "fast" or t.resources.num_gpus == 0)), default=1)
+
+
 def decoded_images(spec: JobSpec, todo: list[dict], rows_per_block: int = DECODE_BATCH):
     """The Ray dataset of decoded image rows (labeler.jobs.stages.decode_batch), in blocks
-    of at most `rows_per_block` inputs."""
+    of at most `rows_per_block` inputs, divided by canvases_per_image: a decode task of a
+    tiled job holds no more model inputs (and memory, DECODE_TASK_MEMORY) than an untiled
+    one."""
     import ray
 
     from labeler.jobs.stages import decode_batch
 
+    rows_per_block = max(1, rows_per_block // canvases_per_image(spec.tasks))
     ds = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / rows_per_block)))
     # One block (<= rows_per_block rows) per task, as planned: a batch size would make Ray Data
     # bundle blocks until it is reached (two blocks of 12 for 16), and a model task that

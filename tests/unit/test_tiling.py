@@ -110,3 +110,18 @@ def test_an_overlap_flag_without_a_grid_is_refused(tmp_path, tiny_owlv2):
     assert spec.tasks[0].tiles == TilingSpec(grid=(3, 2), overlap=0.3)
     with pytest.raises(SpecError, match=r"tasks.0.tiles.grid: \[1, 1\] is the whole image"):
         load_job_spec(**flags, tiles=[1, 1])
+
+
+def test_a_decode_task_of_a_tiled_job_holds_no_more_model_inputs_than_an_untiled_one(tiny_owlv2):
+    from labeler.jobs.images import DECODE_BATCH, canvases_per_image
+
+    def task(preprocess, num_gpus, tiles={"grid": [2, 2]}):
+        return TaskSpec(task="detect", model={"family": "owlv2", "source": tiny_owlv2},
+                        labels=["cat"], tiles=tiles, preprocess=preprocess,
+                        resources={"num_gpus": num_gpus})
+    assert canvases_per_image([task("fast", 1, None), task("processor", 0, None)]) == 1
+    # The CPU stage makes the 5 canvases in fast mode and for CPU actors ...
+    assert canvases_per_image([task("fast", 1)]) == canvases_per_image([task("processor", 0)]) == 5
+    # ... and a GPU actor in processor mode gets the decoded image once and cuts it itself.
+    assert canvases_per_image([task("processor", 1)]) == 1
+    assert DECODE_BATCH // canvases_per_image([task("fast", 1, {"grid": [3, 3]})]) == 1
