@@ -203,7 +203,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in (
         "host", "port", "task", "family", "model", "revision", "labels", "threshold", "prompt",
         "queries", "label_thresholds", "templates", "nms", "nms_threshold", "max_detections",
-        "tiles", "tile_overlap", "preprocess", "num_gpus", "max_batch_size", "batch_wait_timeout_s", "num_replicas")}
+        "tiles", "tile_overlap", "preprocess", "num_gpus", "max_batch_size",
+        "batch_wait_timeout_s", "num_replicas")}
     spec = load_serve_spec(args.config, **overrides)  # SpecError before any Ray work
     return serve_forever(spec)
 

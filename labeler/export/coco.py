@@ -12,10 +12,11 @@ the boxes refer to), labeler_id (the row id), uri (where the job read it); video
 add frame_index, timestamp_s and video_id (the video's id). file_name: the row id, or
 `<id>#frame=<frame_index>` for a frame; with copied images, their path under the output
 (`images/...`); a slice (`--slice`) adds `slice`, its [x0, y0, x1, y1] in the image the
-row id names, and its width and height are the slice's. With a validation share (`--val-fraction`) each split is a file of its own,
-annotations_train.json and annotations_val.json (images in `images/train`, `images/val`),
-ids counted from 1 in each. annotations: id (from 1), image_id, category_id (from 1), bbox [x, y, w, h]
-in pixels from the row's x0, y0, x1, y1, area = w * h, iscrowd 0, score.
+row id names, and its width and height are the slice's. With a validation share
+(`--val-fraction`) each split is a file of its own, annotations_train.json and
+annotations_val.json (images in `images/train`, `images/val`), ids counted from 1 in each.
+annotations: id (from 1), image_id, category_id (from 1), bbox [x, y, w, h] in pixels from
+the row's x0, y0, x1, y1, area = w * h, iscrowd 0, score.
 """
 
 from __future__ import annotations
