@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 # arrived (sinks.parquet.ROUTING_COLUMNS); these columns are dropped before writing.
 OUTPUT_SCHEMA = (RECORD_SCHEMA.append(pa.field("shard", pa.int64(), nullable=False))
                  .append(pa.field("part_index", pa.int64(), nullable=False))
-                 .append(pa.field("last_part", pa.bool_(), nullable=False)))
+                 .append(pa.field("last_part", pa.bool_(), nullable=False))
+                 # A video's last row: its frames min_change skipped (jobs.video); the job
+                 # summary counts them. Null on rows made without a decode (lost inputs).
+                 .append(pa.field("unchanged_frames", pa.int64())))
 # Optional per-row columns of video rows (see jobs.video) and how "absent" is written in them
 # (numpy columns between stages hold no None).
 _VIDEO_COLUMNS = ("frame_index", "timestamp_s", "clip_start_s", "clip_end_s")
@@ -135,6 +138,8 @@ class Predictor:
             "shard": int(batch["shard"][i]),
             "part_index": int(batch["part_index"][i]) if "part_index" in batch else 0,
             "last_part": bool(batch["last_part"][i]) if "last_part" in batch else True,
+            "unchanged_frames": (int(batch["unchanged_frames"][i])
+                                 if "unchanged_frames" in batch else 0),
         }
 
 

@@ -21,6 +21,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from labeler.config import JobSpec, SpecError, TaskSpec
 from labeler.jobs.identity import (fingerprint, input_identities, job_identity,
@@ -68,6 +69,8 @@ class JobSummary:
     first_result_s: float = 0.0  # after Ray start: model load + the first batch
     wall_s: float = 0.0
     steady_images_per_s: float = 0.0  # rows after the first batch / time after it (`unit`/s)
+    min_change: float | None = None  # the video sampling's, when set
+    unchanged_frames: int = 0  # sampled frames min_change skipped (no row)
     error_reasons: dict[str, int] = field(default_factory=dict)
     reports: dict[str, dict] = field(default_factory=dict)  # per pseudo-label task
     # A dry run (run_job(dry_run=True)) plans and stops: these describe the plan.
@@ -90,6 +93,9 @@ class JobSummary:
         return [
             f"rows: {self.rows} ({self.inputs} {inputs}, {self.skipped_inputs} already done"
             f"{retried}), errors: {self.errors}",
+            *([f"skipped {self.unchanged_frames} sampled frames that changed less than "
+               f"min_change {self.min_change:g} (no row)"] if self.min_change is not None
+              else []),
             f"throughput: {steady} "
             f"(ray start {self.ray_start_s:.1f}s, model load + first batch {self.first_result_s:.1f}s, "
             f"wall {self.wall_s:.1f}s)",
@@ -263,7 +269,9 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
             row[column] = "" if caption is None else str(caption)
     summary = JobSummary(output=sink.uri, inputs=len(items), media=media, unit=_unit(spec),
                          skipped_inputs=len(items) - len(todo),
-                         retried_inputs=sum(len(ids) for ids in retrying.values()))
+                         retried_inputs=sum(len(ids) for ids in retrying.values()),
+                         min_change=(spec.input.sampling.min_change
+                                     if spec.input.media == "video" else None))
     if dry_run:
         summary.dry_run, summary.shards = True, len(expected)
         summary.committed_shards = len(expected) - len(pending)
@@ -410,6 +418,7 @@ def _execute(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink, summary:
     import ray
     from tqdm import tqdm
 
+    first_task = spec.tasks[0].output_name  # whose rows count a video's skipped frames
     t0 = time.perf_counter()
     init_ray(spec)
     ctx = ray.data.DataContext.get_current()
@@ -436,7 +445,7 @@ def _execute(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink, summary:
     batches = 0
     for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         sink.add(table)
-        _count(summary, table)
+        _count(summary, table, first_task)
         if t_first is None:
             t_first, rows_at_first = time.perf_counter(), summary.rows
             summary.first_result_s = t_first - t_start
@@ -453,7 +462,7 @@ def _execute(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink, summary:
     if again is not None:
         for table in again.iter_batches(batch_format="pyarrow", batch_size=None):
             sink.add(table)
-            _count(summary, table)
+            _count(summary, table, first_task)
             bar.update(table.num_rows)
     bar.close()
     lost = lost_input_rows(spec, todo, sink, alone=again is not None)
@@ -462,7 +471,7 @@ def _execute(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink, summary:
                     "are error rows (labeler run --retry-errors labels them again)",
                     lost.num_rows, MODEL_BATCH_ATTEMPTS)
         sink.add_lost(lost)
-        _count(summary, lost)
+        _count(summary, lost, first_task)
 
 
 def _labeling_lost_again(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink):
@@ -498,9 +507,14 @@ def _labeling_lost_again(spec: JobSpec, todo: list[dict], sink: ShardedParquetSi
                          one_task_per_actor=True)
 
 
-def _count(summary: JobSummary, table: pa.Table) -> None:
-    """Add a table of output rows to the summary's row and error counts."""
+def _count(summary: JobSummary, table: pa.Table, first_task: str) -> None:
+    """Add a table of output rows to the summary's row and error counts, and the frames
+    min_change skipped (carried by each video's last row, once per task: the first task's
+    are counted)."""
     summary.rows += table.num_rows
+    first = pc.equal(table.column("task_name"), first_task)
+    skipped = pc.sum(pc.if_else(first, table.column("unchanged_frames"), 0)).as_py()
+    summary.unchanged_frames += skipped or 0
     for reason in table.column("error").to_pylist():
         if reason is not None:
             summary.errors += 1

@@ -16,6 +16,8 @@ video's), with each task's image columns made by the same TaskTransforms, plus:
     video         JSON of {width, height, duration_s, fps, codec} ("" if it never opened)
     part_index, last_part      the row's position among the video's rows, and whether it is
                   the last (the sink completes a video when all its parts arrived)
+    unchanged_frames           on the last row, the sampled frames min_change skipped (0 on
+                  the others; the job summary adds them up, the sink does not write them)
 
 Frame jobs: a row per sampled frame, pixels (h, w, 3) as decoded, width / height the frame's
 (display) size. Clip jobs: a row per clip (labeler.media.clips), pixels (T, h, w, 3) scaled to
@@ -46,7 +48,8 @@ from labeler.config import ClipSpec, JobSpec, TaskSpec
 from labeler.jobs.stages import TaskTransforms, failure_reason
 from labeler.media.clips import sample_clips
 from labeler.media.image import MediaError
-from labeler.media.video import Sampling, VideoDecodeError, VideoInfo, probe, sample_video
+from labeler.media.video import (Sampling, SamplingCounts, VideoDecodeError, VideoInfo, probe,
+                                 sample_video)
 from labeler.sinks.parquet import MissingParts
 from labeler.storage import is_s3, open_input
 
@@ -98,6 +101,7 @@ class _Row:
     clip_end_s: float = NAN
     video: str = ""
     last_part: bool = False
+    unchanged_frames: int = 0
 
 
 def decoded_videos(spec: JobSpec, todo: list[dict],
@@ -149,13 +153,15 @@ def decode_video(batch: dict[str, np.ndarray], sampling: Sampling, clip: ClipSpe
     wanted = None if only_parts is None else only_parts.get(str(carried["id"]))
     held: list[_Row] = []
     part = 0
-    for row in video_rows(str(carried["uri"]), sampling, clip, max_pixels, transforms):
+    counts = SamplingCounts()
+    for row in video_rows(str(carried["uri"]), sampling, clip, max_pixels, transforms, counts):
         held.append(row)
         if len(held) > size:  # one row stays back: it may be the last
             yield from _only(_columns(carried, held[:size], part, transforms), wanted)
             part += size
             held = held[size:]
     held[-1].last_part = True
+    held[-1].unchanged_frames = counts.unchanged
     yield from _only(_columns(carried, held, part, transforms), wanted)
 
 
@@ -180,8 +186,9 @@ def open_video_source(uri: str) -> str | BinaryIO:
 
 
 def video_rows(uri: str, sampling: Sampling, clip: ClipSpec | None, max_pixels: int,
-               transforms: TaskTransforms) -> Iterator[_Row]:
-    """The rows of one video in time order; at least one (source: open_video_source)."""
+               transforms: TaskTransforms, counts: SamplingCounts | None = None) -> Iterator[_Row]:
+    """The rows of one video in time order; at least one (source: open_video_source).
+    counts: what frame sampling left out, filled in as the rows are made."""
     lap = _Stopwatch()
     source = None
     try:
@@ -199,7 +206,7 @@ def video_rows(uri: str, sampling: Sampling, clip: ClipSpec | None, max_pixels: 
     count = 0
     try:
         if clip is None:
-            for frame in sample_video(source, sampling):
+            for frame in sample_video(source, sampling, counts=counts):
                 count += 1
                 yield _image_row(transforms, frame.pixels, lap, meta, frame_index=frame.index,
                                  timestamp_s=frame.timestamp_s)
@@ -282,6 +289,7 @@ def _columns(carried: dict, rows: list[_Row], first_part: int,
         video=np.array([r.video for r in rows], dtype=object).astype(str),
         part_index=np.arange(first_part, first_part + n, dtype=np.int64),
         last_part=np.array([r.last_part for r in rows], np.bool_),
+        unchanged_frames=np.array([r.unchanged_frames for r in rows], np.int64),
     )
     out.update(transforms.columns([r.images for r in rows]))
     return out

@@ -334,11 +334,20 @@ def sample_frames(
     return sample_video(source, Sampling(mode=mode, **options))
 
 
+@dataclass
+class SamplingCounts:
+    """What sampling left out, counted as it goes: `unchanged`, the selected frames that
+    min_change skipped."""
+
+    unchanged: int = 0
+
+
 def sample_video(
-    source: VideoSource, sampling: Sampling, seek_min_skip_s: float = SEEK_MIN_SKIP_S
+    source: VideoSource, sampling: Sampling, seek_min_skip_s: float = SEEK_MIN_SKIP_S,
+    counts: SamplingCounts | None = None,
 ) -> Iterator[SampledFrame]:
     """sample_frames with a ready Sampling; seek_min_skip_s: see SEEK_MIN_SKIP_S (inf never
-    seeks)."""
+    seeks); counts, when given, gets what sampling left out."""
     container = _open(source)
     try:
         index = _index_packets(container, _video_stream(container))
@@ -346,7 +355,8 @@ def sample_video(
         container.close()
     container = _open(source)
     try:
-        yield from _decode_wanted(container, index, sampling, seek_min_skip_s)
+        yield from _decode_wanted(container, index, sampling, seek_min_skip_s,
+                                  counts if counts is not None else SamplingCounts())
     finally:
         container.close()
 
@@ -414,7 +424,8 @@ class _ChangeFilter:
         return True
 
 
-def _decode_wanted(container, index: _PacketIndex, sampling: Sampling, seek_min_skip_s: float):
+def _decode_wanted(container, index: _PacketIndex, sampling: Sampling, seek_min_skip_s: float,
+                   counts: SamplingCounts):
     stream = _video_stream(container)
     if sampling.mode == "keyframes":
         stream.codec_context.skip_frame = "NONKEY"
@@ -440,6 +451,8 @@ def _decode_wanted(container, index: _PacketIndex, sampling: Sampling, seek_min_
                     if changes.keep(frame):
                         rgb = _rotate(frame.to_ndarray(format="rgb24"), frame.rotation)
                         yield SampledFrame(wanted[done], float(_seconds(cursor, stream)), rgb)
+                    else:
+                        counts.unchanged += 1
                     done += 1
                 if done >= len(wanted):
                     break

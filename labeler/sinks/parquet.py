@@ -50,7 +50,7 @@ from labeler.storage import filesystem_for, is_s3, storage_error
 # Carried input columns named like a record field get this prefix in the output.
 CARRIED_PREFIX = "input_"
 # Columns that route rows to files and order them; dropped before writing.
-ROUTING_COLUMNS = ("shard", "part_index", "last_part")
+ROUTING_COLUMNS = ("shard", "part_index", "last_part", "unchanged_frames")
 
 
 class OutputConflict(SpecError):

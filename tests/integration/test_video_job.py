@@ -163,6 +163,25 @@ def test_every_n_frames_with_a_range_through_the_cli(ray_local, video_folder, ti
     assert json.loads((out / "_SUCCESS").read_text())["unit"] == "frames"
 
 
+def test_frames_min_change_skipped_are_counted_in_the_summary(ray_local, video_folder,
+                                                              tiny_owlv2, tmp_path, capsys):
+    """The fade of a_h264.mp4 (one grey step a frame) with min_change between one and two
+    steps: every second frame labeled, the other 15 counted as skipped, on the command's
+    output and in _SUCCESS; the count rides on routing columns and is not written."""
+    out = tmp_path / "out"
+    code = _run("--input", str(video_folder / "a_*"), "--media", "video",
+                "--every-n-frames", "1", "--min-change", "0.045", "--task", "detect",
+                "--family", "owlv2", "--model", tiny_owlv2, "--labels", "a dog",
+                "--output", str(out))
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "rows: 15 (1 videos, 0 already done), errors: 0" in printed
+    assert "skipped 15 sampled frames that changed less than min_change 0.045 (no row)" in printed
+    assert [r["frame_index"] for r in _rows(out)] == list(range(0, 30, 2))
+    assert "unchanged_frames" not in pads.dataset(out, format="parquet").schema.names
+    assert json.loads((out / "_SUCCESS").read_text())["unchanged_frames"] == 15
+
+
 @pytest.mark.parametrize("read_whole_up_to", [0, None], ids=["by-range", "whole"])
 def test_s3_videos_and_tar_members_are_planned_and_read(s3_bucket, s3_env,
                                                         video_folder, tmp_path,

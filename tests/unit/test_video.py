@@ -10,7 +10,8 @@ import pytest
 
 from labeler.media import video
 from labeler.media.image import MediaError
-from labeler.media.video import Sampling, VideoDecodeError, probe, sample_frames, sample_video
+from labeler.media.video import (Sampling, SamplingCounts, VideoDecodeError, probe, sample_frames,
+                                 sample_video)
 from labeler.testing.videos import (FASTSTART, HEIGHT, LEVELS, MPEG4_QUALITY, VP9_GOP, WIDTH,
                                     X264_GOP, audio_only_wav, cut_at_keyframe, encode_video,
                                     level_index)
@@ -91,8 +92,11 @@ BETWEEN_ONE_AND_TWO_STEPS = 0.045
 def test_min_change_skips_frames_like_the_last_one_kept(videos, tmp_path):
     held = encode_video(tmp_path / "held.mp4", "libx264", count=10, options=X264_GOP,
                         contents=HELD_SCENES)
-    frames = list(sample_frames(held, "all", min_change=BETWEEN_ONE_AND_TWO_STEPS))
+    counts = SamplingCounts()
+    frames = list(sample_video(held, Sampling("all", min_change=BETWEEN_ONE_AND_TWO_STEPS),
+                               counts=counts))
     assert [f.index for f in frames] == [0, 3, 7]  # the first frame, then each cut
+    assert counts.unchanged == 7  # the 10 frames less the 3 kept
     assert [level_index(f.pixels) for f in frames] == [0, 5, 20]
     assert [f.timestamp_s for f in frames] == [0.0, 0.3, 0.7]
     # A slow fade: each frame one step from the one before, two from the last kept.

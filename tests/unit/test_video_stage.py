@@ -59,8 +59,10 @@ def test_frames_skipped_by_min_change_leave_no_gap_in_the_parts(h264):
     sampling = InputSpec(path=h264, media="video",
                          sampling={"every_n_frames": 1, "min_change": 0.045}).sampling.sampling()
     rows = {k: np.concatenate([b[k] for b in decode_video(_one(h264), sampling, None, 10**8)])
-            for k in ("frame_index", "part_index", "last_part", "image")}
+            for k in ("frame_index", "part_index", "last_part", "image", "unchanged_frames")}
     assert rows["frame_index"].tolist() == list(range(0, 30, 2))
+    # The 15 frames skipped are counted on the last row, for the job summary.
+    assert rows["unchanged_frames"].tolist() == [0] * 14 + [15]
     assert [level_index(p) for p in rows["image"]] == list(range(0, 30, 2))
     assert rows["part_index"].tolist() == list(range(15))
     assert rows["last_part"].tolist() == [False] * 14 + [True]
@@ -237,3 +239,25 @@ def test_a_video_without_rows_says_what_was_asked_for():
         "sampling selected no frame: fps from 2 s, video duration 0.040 s")
     assert _nothing_sampled(info, Sampling("fps", fps=1), ClipSpec(seconds=2.5, fps=4)) == (
         "no clip could be made: clips of 2.5 s at 4 fps, video duration 0.040 s")
+
+
+def test_the_summary_counts_a_videos_skipped_frames_once_whatever_its_tasks():
+    """Each task's copy of a video's last row carries the count; the first task's is added."""
+    import pyarrow as pa
+
+    from labeler.actors.predictor import OUTPUT_SCHEMA
+    from labeler.jobs.runner import _count
+
+    rows = [{"id": "v.mp4", "uri": "v.mp4", "task": kind, "task_name": name, "shard": 0,
+             "part_index": part, "last_part": part == 1, "unchanged_frames": 7 * (part == 1)}
+            for name, kind in (("detect", "detect"), ("caption", "caption")) for part in (0, 1)]
+    lost = {"id": "w.mp4", "uri": "w.mp4", "task": "detect", "task_name": "detect", "shard": 0,
+            "part_index": 0, "last_part": True, "error": "lost"}  # no count: null
+    summary = JobSummary(output="out", inputs=2, media="video", unit="frames", min_change=0.03)
+    _count(summary, pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA), "detect")
+    _count(summary, pa.Table.from_pylist([lost], schema=OUTPUT_SCHEMA), "detect")
+    assert (summary.rows, summary.errors, summary.unchanged_frames) == (5, 1, 7)
+    assert ("skipped 7 sampled frames that changed less than min_change 0.03 (no row)"
+            in summary.lines())
+    without = JobSummary(output="out", inputs=2, media="video", unit="frames")
+    assert not any("min_change" in line for line in without.lines())
