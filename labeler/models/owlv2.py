@@ -14,7 +14,8 @@ What differs here, for speed, with the same numbers:
   every image to a square (bottom and right) before resizing, so its normalised boxes are
   relative to that square. Passing (h, w) as the documentation's example does would stretch
   every box of a non-square image.
-Boxes are then clipped to the image and sorted by score, best first.
+Boxes are then clipped to the image and sorted by score, best first; a box that lies wholly
+in the padding (outside the image) is dropped: clipped, it has no area and labels nothing.
 
 Tiles (spec.tiles, labeler.models.tiling): each of a batch's B images becomes T model
 inputs, the whole image and its tiles, each prepared and labelled exactly as an image of
@@ -559,15 +560,19 @@ def window_corners(boxes: torch.Tensor, windows: list[Window]) -> torch.Tensor:
 def ranked_detections(scores: torch.Tensor, keep: torch.Tensor, corners: torch.Tensor,
                       label_ids: torch.Tensor, names: list[str],
                       objectness: torch.Tensor | None = None) -> list[list[dict]]:
-    """Per image, the kept boxes as detection dicts, best score first.
+    """Per image, the kept boxes as detection dicts, best score first (equal scores in patch
+    order). A box without area (one clipped away whole: it lay in the padded square, outside
+    the image) is not kept; the documented post-processing returns such boxes, and a
+    random-weight model puts most of its boxes there (the demo: 479 of 1,257).
 
-    scores, keep, label_ids: (B, P); corners: (B, P, 4) xyxy pixels; names[label_id] = label;
-    objectness: optional (B, P) in [0, 1], added to each dict when given.
+    scores, keep, label_ids: (B, P); corners: (B, P, 4) xyxy pixels, clipped; names[label_id]
+    = label; objectness: optional (B, P) in [0, 1], added to each dict when given.
     """
+    keep = keep & (corners[..., 2] > corners[..., 0]) & (corners[..., 3] > corners[..., 1])
     results = []
     for b in range(scores.shape[0]):
         kept_scores = scores[b][keep[b]]
-        order = torch.argsort(kept_scores, descending=True)
+        order = torch.argsort(kept_scores, descending=True, stable=True)
         s = kept_scores[order].cpu().tolist()
         ids = label_ids[b][keep[b]][order].cpu().tolist()
         xyxy = corners[b][keep[b]][order].cpu().tolist()

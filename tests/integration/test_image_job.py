@@ -46,7 +46,10 @@ def test_job_writes_one_row_per_input_with_error_rows(ray_local, image_folder, t
         assert rows[bad]["detections"] is None and rows[bad]["width"] is None
 
     good = [r for r in rows.values() if r["error"] is None]
-    assert len(good) == 10 and all(r["detections"] for r in good)
+    # A good row holds a list of boxes, empty when the random model's boxes all lie in the
+    # padding below or beside the image (dropped); most rows have some.
+    assert len(good) == 10 and all(r["detections"] is not None for r in good)
+    assert sum(bool(r["detections"]) for r in good) >= 8
     assert (rows["sample_000.jpg"]["width"], rows["sample_000.jpg"]["height"]) == (480, 640)
     assert (rows["sample_001.png"]["width"], rows["sample_001.png"]["height"]) == (480, 640)
     for r in good:

@@ -45,7 +45,8 @@ def _reference(model_dir, image: Image.Image, queries: list[str], threshold: flo
                captioned: int, weight: float = 0.3):
     """The documented OWLv2 usage on one image with these queries (processor -> model),
     then the task's rules in plain code: sigmoid, vocabulary columns x weight when the
-    caption gave queries, best query per box, score > threshold, padded-square boxes.
+    caption gave queries, best query per box, score > threshold, padded-square boxes clipped
+    (those left without area, wholly in the padding, dropped).
     Each box also lists the queries tied with its best (the tiny model's random weights
     saturate many scores at exactly 1.0, where any of them is the right label)."""
     processor = Owlv2Processor.from_pretrained(model_dir)
@@ -65,9 +66,9 @@ def _reference(model_dir, image: Image.Image, queries: list[str], threshold: flo
             break
         x0, y0, x1, y1 = corners[p].tolist()
         tied = {queries[q] for q in (scores[p] >= best[p] - 1e-6).nonzero()[:, 0].tolist()}
-        dets.append({"labels": tied, "score": best[p].item(),
-                     "box": (min(max(x0, 0), w), min(max(y0, 0), h),
-                             min(max(x1, 0), w), min(max(y1, 0), h))})
+        box = (min(max(x0, 0), w), min(max(y0, 0), h), min(max(x1, 0), w), min(max(y1, 0), h))
+        if box[2] > box[0] and box[3] > box[1]:  # else wholly in the padding: dropped
+            dets.append({"labels": tied, "score": best[p].item(), "box": box})
     return dets
 
 

@@ -38,8 +38,9 @@ def detector(tiny_owlv2):
 def reference_detections(model_dir, image: np.ndarray, queries: list[str] = LABELS,
                          threshold: float = THRESHOLD) -> list[dict]:
     """The transformers documentation's usage, with the padded square as the target size
-    (OWLv2 pads to a square before resizing), boxes clipped to the image, sorted by score;
-    each box labelled with its best query."""
+    (OWLv2 pads to a square before resizing), boxes clipped to the image (those left without
+    area, wholly in the padding, dropped), sorted by score (ties in patch order); each box
+    labelled with its best query."""
     processor = Owlv2Processor.from_pretrained(model_dir)
     model = Owlv2ForObjectDetection.from_pretrained(model_dir).eval()
     pil = Image.fromarray(image)
@@ -49,14 +50,19 @@ def reference_detections(model_dir, image: np.ndarray, queries: list[str] = LABE
     side = max(pil.size)
     result = processor.post_process_grounded_object_detection(
         outputs, threshold=threshold, target_sizes=[(side, side)], text_labels=[queries])[0]
-    order = torch.argsort(result["scores"], descending=True)
+    order = torch.argsort(result["scores"], descending=True, stable=True)
     dets = []
     for i in order.tolist():
         x0, y0, x1, y1 = result["boxes"][i].tolist()
         dets.append({"label": result["text_labels"][i], "score": result["scores"][i].item(),
                      "x0": min(max(x0, 0), pil.width), "y0": min(max(y0, 0), pil.height),
                      "x1": min(max(x1, 0), pil.width), "y1": min(max(y1, 0), pil.height)})
-    return dets
+    return [d for d in dets if has_area(d)]
+
+
+def has_area(det: dict) -> bool:
+    """Whether a clipped box still covers some of the image (else it lay in the padding)."""
+    return det["x1"] > det["x0"] and det["y1"] > det["y0"]
 
 
 def _by_label_and_score(dets):
@@ -169,12 +175,13 @@ def ensembled_reference(model_dir, image: np.ndarray, labels: list[str],
     result = processor.post_process_grounded_object_detection(
         Owlv2ObjectDetectionOutput(logits=logits, pred_boxes=boxes), threshold=THRESHOLD,
         target_sizes=[(side, side)], text_labels=[labels])[0]
-    return [{"label": label, "score": score.item(),
+    dets = [{"label": label, "score": score.item(),
              **dict(zip(("x0", "y0", "x1", "y1"),
                         (min(max(v, 0), limit) for v, limit in
                          zip(box.tolist(), (pil.width, pil.height) * 2))))}
             for label, score, box in zip(result["text_labels"], result["scores"],
                                          result["boxes"])]
+    return [d for d in dets if has_area(d)]
 
 
 def test_prompt_ensembles_equal_the_mean_of_normalised_text_embeddings(tiny_owlv2, images):

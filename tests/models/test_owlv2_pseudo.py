@@ -67,7 +67,8 @@ def reference_pseudo_labels(reference, image, caption, vocabulary, templates, th
     16 tokens). With templates, each query's embedding is the mean of the normalised
     get_text_features of its filled templates, scored by model.class_predictor. Then this
     task's rules in plain code: sigmoid, vocabulary columns x weight when the caption gave
-    queries, best query per box, score > threshold, padded-square boxes clipped, sorted.
+    queries, best query per box, score > threshold, padded-square boxes clipped (those left
+    without area dropped), sorted (ties in patch order).
     Returns (detections, kept); each detection also has "tied": the queries scoring within
     1e-6 of its best (truncation makes some queries identical, and the tiny model's random
     weights saturate many sigmoids at 1.0)."""
@@ -97,7 +98,7 @@ def reference_pseudo_labels(reference, image, caption, vocabulary, templates, th
     corners = box_corners(outputs.pred_boxes[0]) * side
     objectness = torch.sigmoid(outputs.objectness_logits[0])
     dets = []
-    for p in torch.argsort(best, descending=True).tolist():
+    for p in torch.argsort(best, descending=True, stable=True).tolist():
         if best[p] <= threshold:
             break
         x0, y0, x1, y1 = corners[p].tolist()
@@ -107,6 +108,7 @@ def reference_pseudo_labels(reference, image, caption, vocabulary, templates, th
                      "x1": min(max(x1, 0), w), "y1": min(max(y1, 0), h),
                      "objectness": objectness[p].item(),
                      "tied": {queries[q] for q in (scores[p] >= best[p] - 1e-6).nonzero()[:, 0]}})
+    dets = [d for d in dets if d["x1"] > d["x0"] and d["y1"] > d["y0"]]  # not in the padding
     kept = bool(dets) and dets[0]["score"] >= image_threshold
     return dets, kept
 
