@@ -32,6 +32,8 @@ What differs from the real checkpoints, and why the compute is the same:
   box alike, so the threshold is set per case (on the batch-1 image) to keep about
   `OWL_BOXES_PER_IMAGE` boxes, as a trained model at its usual threshold keeps tens. The mean
   kept per image is printed (dets/img);
+- OWLv2's box head is set to predict each patch's prior box (`prior_boxes`): random weights
+  give boxes of no size, which are dropped, so nothing would be left to postprocess;
 - the inputs are synthetic images (`labeler.testing.samples`), 640x480 for OWLv2 and
   Florence-2 (a typical photo), 448x448 for Qwen2-VL (the issue's size; its dynamic
   resolution keeps it: 16x16 cells of 28 px = 256 image tokens).
@@ -134,6 +136,8 @@ SMALL_EXTRA_VOCAB = 4096
 # for every image of a size, and making 128 distinct ones would only slow the start.
 DISTINCT_IMAGES = 8
 PHOTO_SIZE = (640, 480)  # width, height of the OWLv2 and Florence-2 inputs (a typical photo)
+# --small: images no larger than this on their long side (see main).
+SMALL_LONG_SIDE = 640
 QWEN_SIZE = (448, 448)  # the issue's Qwen2-VL input; a multiple of 28 px, kept as is
 FRAME_SIZE = (1920, 1080)  # the tiled case: a 1080p frame (drone video, a CCTV camera)
 
@@ -313,10 +317,22 @@ CASES = (
 CASE_NAMES = frozenset(c.name for c in CASES)
 
 
+def prior_boxes(model) -> None:
+    """Zero the output layer of OWLv2's box head, so every patch predicts its prior box (the
+    model's box_bias: its own grid cell, a cell wide). Random weights saturate that layer:
+    widths and heights underflow to 0, and boxes without area are dropped, which would leave
+    no box to postprocess. Same shapes, same compute: only values change, as with a trained
+    model, whose boxes have real sizes."""
+    with torch.no_grad():
+        model.box_head.dense2.weight.zero_()
+        model.box_head.dense2.bias.zero_()
+
+
 def build_model_folder(build: Build, tiny_dir: Path, out_dir: Path, device: torch.device,
                        dtype: torch.dtype, small: bool) -> Path:
     """Random-weight model of `build` (full size, or the tiny config with SMALL_EXTRA_VOCAB
-    more ids when `small`) plus the tiny processor, saved into `out_dir` for setup()."""
+    more ids when `small`; OWLv2 with prior_boxes) plus the tiny processor, saved into
+    `out_dir` for setup()."""
     import transformers
     from transformers import AutoConfig, AutoProcessor, GenerationConfig
 
@@ -334,10 +350,18 @@ def build_model_folder(build: Build, tiny_dir: Path, out_dir: Path, device: torc
         model = model_class(config).to(dtype).eval()
     if build.family != "owlv2":
         model.generation_config = GenerationConfig.from_pretrained(tiny_dir)
+    else:
+        prior_boxes(model)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     del model
     return out_dir
+
+
+def small_size(size: tuple[int, int]) -> tuple[int, int]:
+    """An image size for --small: as it is, or scaled to a long side of SMALL_LONG_SIDE."""
+    scale = SMALL_LONG_SIDE / max(size)
+    return size if scale >= 1 else (round(size[0] * scale), round(size[1] * scale))
 
 
 def make_spec(case: Case, build: Build, folder: Path, threshold: float = 0.1) -> TaskSpec:
@@ -388,12 +412,14 @@ def count_flops(adapter, images: list[ImageInput]):
     return counter.get_total_flops(), raw
 
 
-def owl_threshold(raw: dict, inputs_per_image: int = 1) -> float:
-    """A threshold between the OWL_BOXES_PER_IMAGE-th and the next best score of the first
-    image of a predict() output (over all its model inputs, when tiled)."""
-    scores = torch.sigmoid(raw["logits"][:inputs_per_image].float().max(dim=-1).values).flatten()
-    top = scores.topk(min(OWL_BOXES_PER_IMAGE + 1, scores.numel())).values
-    return float((top[-2] + top[-1]) / 2) if top.numel() > 1 else 0.0
+def owl_threshold(adapter, raw: dict, images: list[ImageInput]) -> float:
+    """A threshold between the OWL_BOXES_PER_IMAGE-th and the next best score of the boxes
+    the adapter would give the first image of a predict() output at threshold 0 (those in
+    the image: boxes wholly in the padding are dropped; merged, when tiled)."""
+    everything = adapter.with_spec(adapter.spec.model_copy(update={"threshold": 0.0}))
+    scores = [d["score"] for d in everything.postprocess(raw, images[:1])[0]["detections"]]
+    top = sorted(scores, reverse=True)[:OWL_BOXES_PER_IMAGE + 1]
+    return (top[-2] + top[-1]) / 2 if len(top) > 1 else 0.0
 
 
 def sweep(case: Case, adapter, batch_sizes, device: torch.device, flops: float,
@@ -616,10 +642,11 @@ def run_case(case: Case, folder: Path, device: torch.device, batch_sizes, min_se
     print(f"case={case.name} attn={describe_attention(adapter.model.config)}", flush=True)
     if case.new_tokens:  # exactly new_tokens: the end token is masked until then
         adapter.model.generation_config.min_new_tokens = case.new_tokens
-    flops, raw = count_flops(adapter, sample_images(case.image_size, 1))
+    first = sample_images(case.image_size, 1)
+    flops, raw = count_flops(adapter, first)
     if case.task == "detect":
         adapter = adapter.with_spec(make_spec(case, build, folder,
-                                                    owl_threshold(raw, adapter.inputs_per_image)))
+                                              owl_threshold(adapter, raw, first)))
         print(f"case={case.name} threshold={adapter.spec.threshold:.6f} "
               f"(keeps ~{OWL_BOXES_PER_IMAGE} boxes of the batch-1 image)")
     if case.new_tokens and generated_lengths(case, raw) != {case.new_tokens}:
@@ -684,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     if small:
         # The tiny models' input is 96 px: a 1080p frame shrunk 20x costs the processor's
         # anti-aliasing blur seconds an image on CPU, where at full size (960 px) it is cheap.
-        cases = [replace(c, image_size=min(c.image_size, PHOTO_SIZE)) for c in cases]
+        cases = [replace(c, image_size=small_size(c.image_size)) for c in cases]
     if args.decode_workers < 1 or args.prefetch < 1:
         raise SystemExit("--decode-workers and --prefetch must be at least 1")
     if not cases:

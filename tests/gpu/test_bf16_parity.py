@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from labeler.config import TaskSpec
+from labeler.models import owlv2
 from labeler.models.base import ImageInput
 from labeler.registry import load_adapter_class
 from labeler.testing.samples import synthetic_image
@@ -70,8 +71,20 @@ def test_owlv2_bf16_cuda_matches_float32(tiny_model):
     ref_scores = torch.sigmoid(ref_raw["logits"].float().max(dim=-1).values)
     assert float((scores - ref_scores).abs().max()) <= SCORE_TOLERANCE
 
-    # threshold 0: every patch's box is kept, so both give one box per patch per image.
-    assert [len(o["detections"]) for o in out] == [len(o["detections"]) for o in ref_out]
+    # threshold 0: every patch's box is kept but those wholly in the padding (no area once
+    # clipped). A box within the boxes' tolerance of that edge may be kept in one dtype and
+    # dropped in the other: the counts may differ by those "fragile" boxes, no more.
+    margin = 2 * RELATIVE_TOLERANCE  # of the padded square's side, on each corner
+    corners = owlv2.box_corners(ref_raw["boxes"].float())  # (B, P, 4) unit square
+    for image, result, expected, boxes in zip(images, out, ref_out, corners):
+        w, h = (image.width / max(image.width, image.height),
+                image.height / max(image.width, image.height))
+        x0, y0, x1, y1 = boxes.unbind(-1)
+        fragile = int(((w - x0).abs() < margin).logical_or((h - y0).abs() < margin)
+                      .logical_or(x1.abs() < margin).logical_or(y1.abs() < margin)
+                      .logical_or(x1 - x0 < margin).logical_or(y1 - y0 < margin).sum())
+        assert expected["detections"], "the reference keeps boxes in the image"
+        assert abs(len(result["detections"]) - len(expected["detections"])) <= fragile
     for image, result in zip(images, out):
         for det in result["detections"]:
             assert 0 <= det["x0"] <= det["x1"] <= image.width
