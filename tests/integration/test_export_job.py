@@ -113,6 +113,44 @@ def test_export_reads_and_writes_s3(owlv2_job, s3_bucket, s3_env, tmp_path, caps
     assert code == 2 and "is not empty; pass --overwrite" in capsys.readouterr().err
 
 
+def test_sliced_export_of_every_format_from_and_to_s3_equals_the_local_one(
+        owlv2_job, s3_bucket, s3_env, tmp_path, capsys):
+    """--slice on the real job (every image format, an EXIF-rotated JPEG, a GIF): each image
+    of its oriented size is covered by its slices, every slice file has its window's size,
+    and an export from and to S3 writes the same bytes as from and to folders."""
+    from labeler.export.images import ImageName
+    from labeler.export.slices import SliceOptions, slice_windows
+
+    job, rows = owlv2_job
+    client = s3_env.client()
+    for path in sorted(p for p in Path(job).rglob("*") if p.is_file()):
+        client.put_object(Bucket=s3_bucket, Key=f"slice-job/{path.relative_to(job).as_posix()}",
+                          Body=path.read_bytes())
+    flags = ["--format", "yolo", "--slice", "256", "--slice-overlap", "0.25"]
+    local = _export(capsys, job, *flags, "--out", tmp_path / "sliced")
+    remote = _export(capsys, f"s3://{s3_bucket}/slice-job", *flags,
+                     "--out", f"s3://{s3_bucket}/sliced")
+    good = {i: r for i, r in rows.items() if r["error"] is None}
+    windows = {i: slice_windows(r["width"], r["height"], SliceOptions(256, 0.25))
+               for i, r in good.items()}
+    n = sum(len(w) for w in windows.values())
+    assert f"sliced {len(good)} images into {n} slices of 256 px (overlap 0.25)" in local
+    assert f"images: {n}, " in local and f"images: {n}, " in remote
+    files = {p.relative_to(tmp_path / "sliced").as_posix(): p.read_bytes()
+             for p in (tmp_path / "sliced").rglob("*") if p.is_file()}
+    for id_, found in windows.items():
+        stem = ImageName.of(id_).key  # "sample_004.gif": a suffix Ultralytics does not read
+        for x0, y0, x1, y1 in found:
+            (name,) = [k for k in files if k.startswith(f"images/{stem}_{x0}_{y0}_{x1}_{y1}.")]
+            assert Image.open(tmp_path / "sliced" / name).size == (x1 - x0, y1 - y0)
+    listed = client.list_objects_v2(Bucket=s3_bucket, Prefix="sliced/")["Contents"]
+    assert sorted(o["Key"].removeprefix("sliced/") for o in listed) == sorted(files)
+    for key in files:
+        if key != "data.yaml":  # its path differs: none on S3
+            body = client.get_object(Bucket=s3_bucket, Key=f"sliced/{key}")["Body"].read()
+            assert body == files[key], key
+
+
 def test_preview_of_a_job_output_on_s3_equals_the_local_one(owlv2_job, s3_bucket, s3_env,
                                                             tmp_path, capsys):
     """`labeler preview` reads a job output under an s3:// prefix as it reads a folder: the
