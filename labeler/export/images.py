@@ -41,6 +41,7 @@ from pathlib import PurePosixPath
 
 from PIL import Image
 
+from labeler.config import InputSpec
 from labeler.export.rows import Reasons, Row
 from labeler.export.slices import SliceOptions, slice_row, slice_windows
 from labeler.export.target import Target
@@ -132,17 +133,26 @@ def image_bytes(data: bytes) -> tuple[bytes, str, tuple[int, int]]:
 def copy_image(row: Row, name: ImageName, target: Target, folder: str = "images") -> ImageFile:
     """Read the row's image, write it to <folder>/<name> of `target`; ImageCopyError with the
     reason when the image cannot be read or no longer matches the row."""
-    try:
-        data = read_bytes(row.uri)
-    except OSError as err:
-        raise ImageCopyError(f"cannot read {row.uri}: {err}") from None
-    out, suffix, size = image_bytes(data)
-    if size != (row.width, row.height):
-        raise ImageCopyError(f"the image is {size[0]}x{size[1]} now but was labeled at "
-                             f"{row.width}x{row.height}: it changed since the job")
+    out, suffix, size = image_bytes(_source_bytes(row))
+    _check_labeled_size(size, row)
     path = f"{folder}/{name.key}{name.suffix or suffix}"
     target.write(path, out)
     return ImageFile(path, name, folder)
+
+
+def _source_bytes(row: Row) -> bytes:
+    """The bytes of the row's image; ImageCopyError saying why they cannot be read."""
+    try:
+        return read_bytes(row.uri)
+    except OSError as err:
+        raise ImageCopyError(f"cannot read {row.uri}: {err}") from None
+
+
+def _check_labeled_size(size: tuple[int, int], row: Row) -> None:
+    """ImageCopyError unless the image shows at the (width, height) the job labeled."""
+    if size != (row.width, row.height):
+        raise ImageCopyError(f"the image is {size[0]}x{size[1]} now but was labeled at "
+                             f"{row.width}x{row.height}: it changed since the job")
 
 
 @dataclass
@@ -174,18 +184,15 @@ def copy_slices(row: Row, name: ImageName, target: Target, folder: str,
                 options: SliceOptions) -> tuple[list[tuple[Row, ImageFile]], SliceCount]:
     """Read the row's image, write each of its slices (see the module docstring) -> (the
     slices written, as rows with their image files; the count); ImageCopyError as copy_image."""
+    data = _source_bytes(row)
     try:
-        data = read_bytes(row.uri)
-    except OSError as err:
-        raise ImageCopyError(f"cannot read {row.uri}: {err}") from None
-    try:
-        decoded = decode_image(data, max_pixels=row.width * row.height)
+        # The job's default limit: a source replaced by a larger image is then reported
+        # by its size below, not as a decompression bomb.
+        decoded = decode_image(data, max_pixels=InputSpec.model_fields["max_pixels"].default)
         lossy = _is_lossy(data)
     except (MediaError, OSError) as err:
         raise ImageCopyError(str(err) or "not an image Pillow reads") from None
-    if (decoded.width, decoded.height) != (row.width, row.height):
-        raise ImageCopyError(f"the image is {decoded.width}x{decoded.height} now but was "
-                             f"labeled at {row.width}x{row.height}: it changed since the job")
+    _check_labeled_size((decoded.width, decoded.height), row)
     out_format, suffix, options_ = (("JPEG", ".jpg", {"quality": JPEG_QUALITY}) if lossy
                                     else ("PNG", ".png", {}))
     written, count = [], SliceCount(images=1)
@@ -217,6 +224,8 @@ def copy_images(rows: Iterable[Row], target: Target, failures: Reasons,
     the output propagate. With `slices`, each row's slices are written instead and yielded
     as rows of their own (copy_slices), in order, and counted into `sliced`."""
 
+    lock = threading.Lock()  # the copy threads add their slice counts to `sliced`
+
     def work(row: Row, name: ImageName) -> list[tuple[Row, ImageFile]] | ImageCopyError:
         try:
             if slices is None:
@@ -224,7 +233,7 @@ def copy_images(rows: Iterable[Row], target: Target, failures: Reasons,
             else:
                 written, count = copy_slices(row, name, target, folder_of(row), slices)
                 if sliced is not None:
-                    with lock:  # the copy threads share it
+                    with lock:
                         sliced.add(count)
         except ImageCopyError as err:
             return err
@@ -233,7 +242,6 @@ def copy_images(rows: Iterable[Row], target: Target, failures: Reasons,
                 after(part, image)
         return written
 
-    lock = threading.Lock()
     yield from _copy_all(rows, work, failures)
 
 

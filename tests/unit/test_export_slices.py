@@ -174,3 +174,31 @@ def test_bad_slice_options_are_refused_before_anything_is_written(job, tmp_path,
     code, _, err = _export(capsys, job["path"], "--out", tmp_path / "out", *args)
     assert code == 2 and message in err
     assert not (tmp_path / "out").exists()
+
+
+def test_images_that_cannot_be_sliced_are_skipped_with_their_reason(tmp_path, capsys):
+    """A source gone, one no longer an image, one of another size than labeled: each row is
+    left out and counted with why; the good image is still sliced."""
+    rng = np.random.default_rng(1)
+    names = ["good.png", "gone.png", "garbage.png", "resized.png"]
+    records = []
+    for id_ in names:
+        Image.fromarray(rng.integers(0, 256, (100, 150, 3), dtype=np.uint8)).save(tmp_path / id_)
+        records.append(_record(id_, str(tmp_path / id_), "detect", "detect", {"labels": ["car"]},
+                               (150, 100), [("car", 0.9, 10, 10, 40, 30)]))
+    job = _write_job(tmp_path / "out", records, ["detect"], len(names))
+    (tmp_path / "gone.png").unlink()
+    (tmp_path / "garbage.png").write_bytes(b"not an image at all")
+    Image.new("RGB", (300, 200)).save(tmp_path / "resized.png")  # larger than labeled
+    code, stdout, _ = _export(capsys, job, "--format", "yolo", "--out", tmp_path / "yolo",
+                              "--slice", "64")
+    assert code == 0
+    assert "skipped 3 rows whose image could not be exported" in stdout
+    assert f"x1: cannot read {tmp_path / 'gone.png'}: " in stdout
+    assert "x1: not a recognised image format" in stdout
+    assert ("x1: the image is 300x200 now but was labeled at 150x100: it changed since the job"
+            in stdout)
+    windows = slice_windows(150, 100, SliceOptions(64))
+    assert f"sliced 1 images into {len(windows)} slices of 64 px" in stdout
+    assert sorted(p.stem for p in (tmp_path / "yolo" / "images").iterdir()) == sorted(
+        f"good_{x0}_{y0}_{x1}_{y1}" for x0, y0, x1, y1 in windows)
