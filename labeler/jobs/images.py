@@ -31,10 +31,12 @@ def run_image_job(spec: JobSpec, progress: bool = True) -> JobSummary:
 
 
 def canvases_per_image(tasks) -> int:
-    """The most model inputs a task's CPU stage makes of one image: a tiled task's windows
-    when that stage prepares them (fast mode, or a model on CPU), else 1."""
-    return max((t.tiles.inputs_per_image for t in tasks if t.tiles is not None
-                and (t.preprocess == "fast" or t.resources.num_gpus == 0)), default=1)
+    """The most model inputs a task's CPU stage makes of one image (its adapter's
+    cpu_inputs_per_image: a tiled OWLv2 task's windows, when that stage prepares them)."""
+    from labeler.registry import load_adapter_class
+
+    return max(load_adapter_class(t.task, t.model.family)(t).cpu_inputs_per_image
+               for t in tasks)
 
 
 def decoded_images(spec: JobSpec, todo: list[dict], rows_per_block: int = DECODE_BATCH):

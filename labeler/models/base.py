@@ -148,6 +148,12 @@ class Adapter(ABC):
         """Per-image CPU work done before batching; None keeps the decoded pixels."""
         return None
 
+    @property
+    def cpu_inputs_per_image(self) -> int:
+        """How many model inputs cpu_transform makes of one image (the decode stage sizes its
+        tasks by it); 1 unless an adapter says otherwise. Needs the spec only, no setup."""
+        return 1
+
     def model_inputs(self, images: list[ImageInput]) -> Any:
         """cpu_transform (when it applies) then preprocess: decoded images -> model inputs."""
         transformed = []

@@ -102,13 +102,23 @@ class _Owlv2Adapter(Adapter):
         """Model inputs an image becomes: 1, or its windows when tiled."""
         return self.spec.tiles.inputs_per_image if self.spec.tiles else 1
 
+    @property
+    def _device_cuts_windows(self) -> bool:
+        """Tiled, with the processor on the device (a GPU actor in processor mode): the CPU
+        stage hands over the decoded image once and the actor cuts the windows."""
+        return self.spec.preprocess != "fast" and not self.model_on_cpu
+
+    @property
+    def cpu_inputs_per_image(self) -> int:
+        return 1 if self.spec.tiles is None or self._device_cuts_windows else self.inputs_per_image
+
     def cpu_transform(self, pixels: np.ndarray) -> np.ndarray | None:
         """Decoded (h, w, 3) uint8 -> (3, S, S) model input, when the CPU stage should make
         it; tiled: (T, 3, S, S), one per window (tile_windows), made the same way."""
         if self.spec.tiles is None:
             return self._transform_window(pixels)
-        if self.spec.preprocess != "fast" and not self.model_on_cpu:
-            return None  # the device cuts and preprocesses the windows
+        if self._device_cuts_windows:
+            return None
         return np.stack([self._transform_window(window)
                          for window in cut_windows(pixels, self.spec.tiles)])
 
