@@ -126,6 +126,14 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                             "labeled one (0..1, mean grey difference; 0.03 skips static scenes)")
     video.add_argument("--start-s", type=float, help="sample from this second on")
     video.add_argument("--end-s", type=float, help="sample up to this second")
+    video.add_argument("--track", action="store_true", default=None,
+                       help="detect/ground/detect-by-example: link each video's boxes across "
+                            "frames into tracks (detections.track_id)")
+    video.add_argument("--track-iou", type=float,
+                       help="least IoU of a track's predicted box and a box to continue it "
+                            "(0.3); implies --track")
+    video.add_argument("--track-max-missed", type=int,
+                       help="labeled frames a track may miss before it ends (3); implies --track")
     video.add_argument("--clip-seconds", type=float, help="clip length for video-caption/-ask")
     video.add_argument("--clip-fps", type=float, help="frames per second inside a clip (1)")
     pseudo = p.add_argument_group("pseudo-label (OWL-ST)")
@@ -146,7 +154,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _spec_from_args(args: argparse.Namespace):
-    overrides = {flag: getattr(args, flag) for flag in (*TASK_FLAGS, *JOB_FLAGS)}
+    overrides = {flag: getattr(args, flag) for flag in (*TASK_FLAGS, *JOB_FLAGS, "track")}
     return load_job_spec(args.spec, **overrides)
 
 

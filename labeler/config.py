@@ -201,6 +201,33 @@ class TilingSpec(_Strict):
         return max(n - (n - 1) * self.overlap for n in self.grid)
 
 
+# Tasks whose boxes name objects (a class or a phrase), so that a video's boxes of one label
+# can be linked across frames into tracks (TrackingSpec). Region captions are not: their
+# label is a caption that changes from frame to frame.
+TRACKED_TASKS = ("detect", "ground", "detect-by-example")
+
+
+class TrackingSpec(_Strict):
+    """Multi-object tracking over a video's labeled frames: each box gets a `track_id`
+    shared with the boxes of the same object in the video's other frames
+    (labeler.tracking). Boxes are linked per label, frame by frame in time order, as
+    ByteTrack does: a track's box is predicted at constant velocity, matched to the frame's
+    boxes by IoU with an optimal assignment, high-scored boxes first, then the rest."""
+
+    iou: float = Field(0.3, gt=0.0, le=1.0,
+                       description="least IoU between a track's predicted box and a box of its "
+                                   "label for the box to continue the track")
+    max_missed: int = Field(3, ge=0, description="labeled frames in a row a track may go "
+                                                 "unmatched and still be continued; then it "
+                                                 "ends, and the object seen again starts a new one")
+    new_track_score: float | None = Field(
+        None, ge=0.0, le=1.0, description="least score of a box that starts a track; a box "
+                                          "scored lower only continues one (ByteTrack's second "
+                                          "association). Default: any box may start a track")
+    min_length: int = Field(1, ge=1, description="a track of fewer boxes is dropped: its boxes "
+                                                 "keep their place with track_id null")
+
+
 class TaskSpec(_Strict):
     """One labeling task over every input."""
 
@@ -242,6 +269,8 @@ class TaskSpec(_Strict):
     preprocess: Literal["processor", "fast"] = "processor"
     tiles: TilingSpec | None = Field(None, description="detect, ground, detect-by-example "
                                      "(OWLv2): label each image as overlapping tiles too")
+    track: TrackingSpec | None = Field(None, description="detect, ground, detect-by-example "
+                                       "on video frames: link each video's boxes into tracks")
     resources: ResourceSpec = ResourceSpec()
 
     @field_validator("task")
@@ -319,6 +348,9 @@ class TaskSpec(_Strict):
                                        or self.model.family != TILED_FAMILY):
             raise ValueError(f"tiles apply to tasks {', '.join(TILED_TASKS)} of family "
                              f"{TILED_FAMILY}, not {self.task!r} of {self.model.family!r}")
+        if self.track is not None and self.task not in TRACKED_TASKS:
+            raise ValueError(f"track applies to tasks {', '.join(TRACKED_TASKS)} (boxes of "
+                             f"named objects), not {self.task!r}")
         registry.adapter_path(self.task, self.model.family)  # raises with the valid pairs
         if self.task != "pseudo-label" and self.pseudo_label != PseudoLabelSpec():
             raise ValueError("pseudo_label options apply only to task 'pseudo-label'")
@@ -485,6 +517,10 @@ class JobSpec(_Strict):
         """Clip tasks need video and clip options; one video job labels either frames or
         clips (their rows come from different passes over each video)."""
         clip_tasks = [t.task for t in self.tasks if t.takes_clips]
+        tracked = [k for k, t in enumerate(self.tasks) if t.track is not None]
+        if tracked and self.input.media != "video":
+            raise ValueError(f"tasks.{tracked[0]}.track links boxes across a video's frames; "
+                             f"set input.media: video (--media video)")
         if self.input.media == "image":
             if clip_tasks:
                 raise ValueError(f"task {clip_tasks[0]!r} labels video clips; set "
@@ -528,7 +564,9 @@ TASK_FLAGS = {"task": ("task",), "family": ("model", "family"), "model": ("model
               "max_new_tokens": ("generation", "max_new_tokens"),
               "num_beams": ("generation", "num_beams"), "seed": ("generation", "seed"),
               "preprocess": ("preprocess",), "tiles": ("tiles", "grid"),
-              "tile_overlap": ("tiles", "overlap"), "batch_size": ("resources", "batch_size"),
+              "tile_overlap": ("tiles", "overlap"), "track_iou": ("track", "iou"),
+              "track_max_missed": ("track", "max_missed"),
+              "batch_size": ("resources", "batch_size"),
               "concurrency": ("resources", "concurrency"), "num_gpus": ("resources", "num_gpus"),
               "actor_cpus": ("resources", "num_cpus"),
               "torch_threads": ("resources", "torch_threads"),
@@ -569,18 +607,27 @@ def merge_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
     for flag, value in overrides.items():
         if value is None:
             continue
-        if flag in JOB_FLAGS:
+        if flag == "track":
+            # --track turns tracking on with the spec's settings, or the defaults.
+            for task in _flag_tasks(raw):
+                if value and not task.get("track"):
+                    task["track"] = {}
+        elif flag in JOB_FLAGS:
             _set(raw, JOB_FLAGS[flag], value)
         elif flag in TASK_FLAGS:
-            tasks = raw.setdefault("tasks", [{}])
-            if not isinstance(tasks, list) or not tasks:
-                tasks = raw["tasks"] = [{}]
-            for task in tasks:
-                if isinstance(task, dict):
-                    _set(task, TASK_FLAGS[flag], value)
+            for task in _flag_tasks(raw):
+                _set(task, TASK_FLAGS[flag], value)
         else:
             raise KeyError(f"unknown override {flag!r}")
     return raw
+
+
+def _flag_tasks(raw: dict) -> list[dict]:
+    """The tasks task-level flags apply to: every task of the spec, or a new single task."""
+    tasks = raw.setdefault("tasks", [{}])
+    if not isinstance(tasks, list) or not tasks:
+        tasks = raw["tasks"] = [{}]
+    return [task for task in tasks if isinstance(task, dict)]
 
 
 def format_validation_error(err: ValidationError) -> str:

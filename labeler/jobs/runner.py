@@ -14,10 +14,12 @@ the same.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
@@ -256,7 +258,8 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
                               spec.output.overwrite, metadata=metadata,
                               retry_errors=spec.output.retry_errors, dry_run=dry_run,
                               identity=identity,
-                              legacy_fingerprint=lambda: legacy_fingerprint(spec, inputs))
+                              legacy_fingerprint=lambda: legacy_fingerprint(spec, inputs),
+                              finalize=_finalizers(spec))
     pending = sink.pending_shards()
     retrying = sink.retrying  # reopened shards: only their failed inputs run again
     pending_items = [i for i in items if i.shard in pending
@@ -284,6 +287,15 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
     summary.wall_s = time.perf_counter() - started
     sink.finish(asdict(summary))
     return summary
+
+
+def _finalizers(spec: JobSpec) -> dict[str, Callable[[pa.Table], pa.Table]]:
+    """What the sink does to a task's shard before writing it: link each video's boxes into
+    tracks, for tasks with `track`."""
+    from labeler.tracking import add_track_ids
+
+    return {t.output_name: functools.partial(add_track_ids, spec=t.track)
+            for t in spec.tasks if t.track is not None}
 
 
 def _pseudo_label_reports(spec: JobSpec, sink: ShardedParquetSink) -> dict[str, dict]:

@@ -191,8 +191,10 @@ class Adapter(ABC):
                 "preprocess": self.spec.preprocess, **ontology_parameters(self.spec)}
 
     def parameters_json(self) -> str:
-        tiles = {"tiles": self.spec.tiles.model_dump(mode="json")} if self.spec.tiles else {}
-        return json.dumps({**self.parameters(), **box_limit_parameters(self.spec), **tiles},
+        # Set only when a task has them, so rows of jobs without them read as before.
+        extras = {name: getattr(self.spec, name).model_dump(mode="json")
+                  for name in ("tiles", "track") if getattr(self.spec, name) is not None}
+        return json.dumps({**self.parameters(), **box_limit_parameters(self.spec), **extras},
                           sort_keys=True)
 
     def run_timed(self, images: list[ImageInput], stacked: np.ndarray | None = None,

@@ -1,5 +1,5 @@
-"""Schema v2 of the annotation record (v1 plus the video, pseudo-label and objectness
-fields, all nullable: a v1 reader's columns are unchanged).
+"""Schema v2 of the annotation record (v1 plus the video, pseudo-label, objectness and
+track fields, all nullable: a v1 reader's columns are unchanged).
 
 The pydantic models below are the single definition: `RECORD_SCHEMA` (Arrow, for Parquet)
 is derived from them, and the online API returns the same models as JSON. docs/schema.md
@@ -38,6 +38,10 @@ class Detection(BaseModel):
     polygon: list[Float32] | None = None
     objectness: Float32 | None = Field(
         None, description="OWLv2's objectness of the box, sigmoid in [0, 1] (pseudo-label rows)")
+    track_id: Int32 | None = Field(
+        None, description="video frame rows of a task with `track`: the object's track in its "
+                          "video (1, 2, ...), shared with its boxes in other frames; null for a "
+                          "box in no track")
 
 
 class OcrRegion(BaseModel):

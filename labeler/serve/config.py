@@ -98,6 +98,9 @@ class ServedModel(TaskSpec):
     def _pair_and_requirements(self) -> "ServedModel":
         # Replaces TaskSpec's check of the same name: the same checks, on the spec with a
         # placeholder label when none is configured.
+        if self.track is not None:
+            raise ValueError("track links a video's boxes across its frames; the online API "
+                             "labels single images (run a batch job with --media video)")
         registry.adapter_path(self.task, self.model.family)
         cls = registry.load_adapter_class(self.task, self.model.family)
         cls.check_spec(self if self.labels or not self.labels_per_request else

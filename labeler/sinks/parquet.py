@@ -161,6 +161,9 @@ class ShardedParquetSink:
     (labeler.jobs.identity), stored with it so that a refused rerun can name what differs.
     metadata: columns carried from the inputs to every output row, with `id` and `shard`
     columns (one row per input), or None.
+    finalize: {task name: a function of a shard's rows (RECORD_SCHEMA, whole inputs, in id
+    then part order) to the rows to write}, for work that needs all of an input's rows at
+    once, such as linking a video's boxes into tracks.
     retry_errors: reopen committed shards that hold error rows (`retrying` says which inputs
     of them to label again). dry_run: only read: the same checks and the same pending shards
     and retries, but nothing deleted or written (with overwrite, the output counts as empty).
@@ -170,8 +173,10 @@ class ShardedParquetSink:
     def __init__(self, root: str | Path, expected: dict[int, int], task_names: list[str],
                  fingerprint: str, overwrite: bool = False, metadata: pa.Table | None = None,
                  retry_errors: bool = False, dry_run: bool = False, identity: dict | None = None,
-                 legacy_fingerprint: Callable[[], str] | None = None):
+                 legacy_fingerprint: Callable[[], str] | None = None,
+                 finalize: dict[str, Callable[[pa.Table], pa.Table]] | None = None):
         self.uri = str(root)
+        self._finalize = finalize or {}
         self.fs, self.path = filesystem_for(self.uri)
         self.path = self.path.rstrip("/")
         self.s3 = is_s3(self.uri)
@@ -382,6 +387,8 @@ class ShardedParquetSink:
         rows = pa.concat_tables(self._buffers.pop((task_name, shard)))
         rows = rows.sort_by([("id", "ascending"), ("part_index", "ascending")])
         rows = rows.drop_columns(list(ROUTING_COLUMNS)).cast(RECORD_SCHEMA)
+        if task_name in self._finalize:
+            rows = self._finalize[task_name](rows)
         rows = _with_carried_columns(rows, self._metadata.get(shard))
         retained = self._retained.pop((task_name, shard), None)
         if retained is not None:

@@ -1,0 +1,180 @@
+"""Linking a video's boxes into tracks (labeler.tracking), and the specs that ask for it.
+
+Each scene is a few frames of boxes written out by hand, with the track ids a person would
+give them; what the tracker must get right is in each test's name.
+"""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from labeler.config import SpecError, TrackingSpec, load_job_spec
+from labeler.schemas.record import RECORD_SCHEMA
+from labeler.tracking import NO_TRACK, add_track_ids, link_tracks
+
+
+def _track(frames, **spec):
+    """frames: per labeled frame, a list of (label, score, x0, y0, x1, y1). Returns the
+    track ids frame by frame, NO_TRACK as None."""
+    boxes = [b for frame in frames for b in frame]
+    starts = np.cumsum([0] + [len(frame) for frame in frames])
+    names = sorted({b[0] for b in boxes})
+    ids = link_tracks(np.array([b[2:] for b in boxes], dtype=float).reshape(-1, 4),
+                      np.array([b[1] for b in boxes], dtype=float),
+                      np.array([names.index(b[0]) for b in boxes], dtype=np.int64),
+                      starts, TrackingSpec(**spec))
+    return [[None if i == NO_TRACK else int(i) for i in ids[a:b]]
+            for a, b in zip(starts[:-1], starts[1:])]
+
+
+def _square(x, y, label="car", score=0.9, side=40):
+    return (label, score, x, y, x + side, y + side)
+
+
+def test_two_objects_keep_their_ids_frame_after_frame():
+    frames = [[_square(10 * f, 0), _square(200 - 10 * f, 100)] for f in range(6)]
+    assert _track(frames) == [[1, 2]] * 6
+
+
+def test_ids_count_in_order_of_first_box_frame_then_place_in_the_row():
+    frames = [[_square(0, 0)], [_square(100, 100), _square(2, 0)], [_square(4, 0)]]
+    assert _track(frames) == [[1], [2, 1], [1]]
+
+
+def test_a_predicted_box_follows_an_object_faster_than_its_own_width_overlaps():
+    # 10 px a frame (IoU 0.6 frame to frame), then 25 px (IoU 0.23 < 0.3): the track's
+    # velocity carries its box to where the object is.
+    xs = [0, 10, 20, 45, 70, 95, 120]
+    assert _track([[_square(x, 0)] for x in xs]) == [[1]] * 7
+    # Without a motion model (a box that stops, so the velocity guess is wrong) the jump of
+    # 25 px starts a new track: the tracker does predict.
+    assert _track([[_square(x, 0)] for x in [0, 10, 10, 35]]) == [[1], [1], [1], [2]]
+
+
+def test_a_track_survives_max_missed_frames_without_its_object():
+    frames = [[_square(0, 0)], [_square(5, 0)], [], [], [_square(20, 0)]]
+    assert _track(frames, max_missed=2) == [[1], [1], [], [], [1]]
+    assert _track(frames, max_missed=1) == [[1], [1], [], [], [2]]
+    # Boxes of another label do not keep a track alive or continue it.
+    other = [[_square(0, 0)], [_square(5, 0)], [_square(10, 0, "bus")], [_square(15, 0)]]
+    assert _track(other, max_missed=0) == [[1], [1], [2], [3]]
+
+
+def test_labels_are_tracked_apart_even_where_their_boxes_coincide():
+    frames = [[_square(0, 0, "car"), _square(0, 0, "bus", 0.8)],
+              [_square(2, 0, "bus", 0.95), _square(2, 0, "car", 0.7)]]
+    assert _track(frames) == [[1, 2], [2, 1]]
+
+
+def test_a_low_score_box_continues_a_track_but_never_starts_one():
+    # ByteTrack's second association: an occluded object scores low for two frames.
+    frames = [[_square(0, 0, score=0.9), _square(300, 0, score=0.2)],
+              [_square(4, 0, score=0.3), _square(304, 0, score=0.2)],
+              [_square(8, 0, score=0.25)],
+              [_square(12, 0, score=0.8)]]
+    assert _track(frames, new_track_score=0.5) == [[1, None], [1, None], [1], [1]]
+    assert _track(frames) == [[1, 2], [1, 2], [1], [1]]
+
+
+def test_high_scored_boxes_are_matched_first():
+    # Two boxes compete for one track: the low-scored one overlaps it more, but the
+    # high-scored one overlaps it enough, and high boxes are assigned first.
+    frames = [[_square(0, 0, score=0.9)],
+              [_square(0, 1, score=0.3), _square(8, 0, score=0.9)]]
+    assert _track(frames, new_track_score=0.5) == [[1], [None, 1]]
+    assert _track(frames) == [[1], [1, 2]]  # one association: the best overlap wins
+
+
+def test_the_assignment_is_optimal_not_greedy():
+    # Track 1's best box (IoU 0.6, against 0.54 for its other one) is also track 2's only
+    # one (0.33): greedy IoU matching would leave track 2 without a box. The optimal
+    # assignment continues both.
+    frames = [[_square(0, 0), _square(30, 0)], [_square(10, 0), _square(-12, 0)]]
+    assert _track(frames, iou=0.2) == [[1, 2], [2, 1]]
+
+
+def test_short_tracks_are_dropped_and_the_rest_renumbered():
+    frames = [[_square(300, 300)], [_square(0, 0)], [_square(3, 0)], [_square(6, 0)]]
+    assert _track(frames, min_length=2) == [[None], [1], [1], [1]]
+    assert _track(frames) == [[1], [2], [2], [2]]
+
+
+def _row(video, detections, frame):
+    return {"id": video, "uri": f"/v/{video}", "task": "detect", "task_name": "detect",
+            "model": "m", "model_family": "owlv2", "parameters": "{}", "frame_index": frame,
+            "detections": None if detections is None else [
+                {"label": label, "score": score, "x0": x0, "y0": y0, "x1": x1, "y1": y1}
+                for label, score, x0, y0, x1, y1 in detections],
+            "error": "model failed: boom" if detections is None else None}
+
+
+def _ids(table):
+    return [None if d is None else [b["track_id"] for b in d]
+            for d in table.column("detections").to_pylist()]
+
+
+def test_rows_of_each_video_are_tracked_apart_and_error_rows_are_no_step():
+    rows = pa.Table.from_pylist([
+        _row("a.mp4", [_square(0, 0)], 0),
+        _row("a.mp4", None, 1),  # an error row: not a frame the object was missed in
+        _row("a.mp4", [_square(4, 0), _square(300, 0)], 2),
+        _row("a.mp4", [], 3),  # labeled, no box: a miss
+        _row("a.mp4", [_square(8, 0)], 4),  # so a new track, as max_missed is 0
+        _row("a.mp4", [_square(10, 0)], 5),
+        _row("b.mp4", [_square(8, 0)], 0),  # the same place in another video: its own track 1
+        _row("b.mp4", [_square(9, 0)], 1),
+    ], schema=RECORD_SCHEMA)
+    tracked = add_track_ids(rows, TrackingSpec(max_missed=0, min_length=2))
+    assert tracked.schema == RECORD_SCHEMA
+    assert _ids(tracked) == [[1], None, [1, None], [], [2], [2], [1], [1]]
+    # Everything else is as it was.
+    assert tracked.drop_columns(["detections"]) == rows.drop_columns(["detections"])
+    boxes = [[{k: v for k, v in b.items() if k != "track_id"} for b in d or []]
+             for d in tracked.column("detections").to_pylist()]
+    assert boxes == [[{k: v for k, v in b.items() if k != "track_id"} for b in d or []]
+                     for d in rows.column("detections").to_pylist()]
+
+
+def test_a_shard_without_boxes_is_written_as_it_is():
+    rows = pa.Table.from_pylist([_row("a.mp4", None, None)], schema=RECORD_SCHEMA)
+    assert add_track_ids(rows, TrackingSpec()) == rows
+
+
+def _spec(tmp_path, **overrides):
+    fields = {"input": str(tmp_path), "output": str(tmp_path / "out"), "task": "detect",
+              "family": "owlv2", "model": "m", "labels": ["cat"], "media": "video"}
+    return load_job_spec(None, **{**fields, **overrides})
+
+
+def test_track_flags_turn_tracking_on_and_set_its_fields(tmp_path):
+    assert _spec(tmp_path).tasks[0].track is None
+    assert _spec(tmp_path, track=True).tasks[0].track == TrackingSpec()
+    assert _spec(tmp_path, track_iou=0.5, track_max_missed=1).tasks[0].track == TrackingSpec(
+        iou=0.5, max_missed=1)
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text("tasks:\n- {task: detect, model: {family: owlv2, source: m}, "
+                         "labels: [cat], track: {min_length: 3}}\n")
+    spec = load_job_spec(spec_file, input=str(tmp_path), output=str(tmp_path / "o"),
+                         media="video", track=True)
+    assert spec.tasks[0].track == TrackingSpec(min_length=3)  # --track keeps the spec's
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"media": "image", "track": True}, "tasks.0.track links boxes across a video's frames; "
+                                        "set input.media: video"),
+    ({"task": "caption", "family": "florence2", "labels": None, "track": True},
+     "track applies to tasks detect, ground, detect-by-example"),
+    ({"track_iou": 0.0}, "tasks.0.track.iou"),
+    ({"track_max_missed": -1}, "tasks.0.track.max_missed"),
+])
+def test_bad_tracking_specs_are_refused_naming_the_field(tmp_path, overrides, message):
+    with pytest.raises(SpecError, match=message.replace(".", r"\.")):
+        _spec(tmp_path, **overrides)
+
+
+def test_a_served_model_refuses_tracking():
+    from labeler.serve.config import ServedModel
+
+    with pytest.raises(ValueError, match="the online API labels single images"):
+        ServedModel(task="detect", model={"family": "owlv2", "source": "m"}, labels=["cat"],
+                    track={})
