@@ -98,8 +98,9 @@ def _shown(value) -> str:
 
 def _flatten(tree, prefix: str = "") -> dict[str, object]:
     """{"tasks": [{"threshold": 0.3}]} -> {"tasks.0.threshold": 0.3}; lists of plain values
-    (labels) stay whole."""
-    if isinstance(tree, dict):
+    (labels) stay whole, and so does an empty dict (an option set with its defaults:
+    `track: {}`)."""
+    if isinstance(tree, dict) and tree:
         items = tree.items()
     elif isinstance(tree, list) and any(isinstance(v, (dict, list)) for v in tree):
         items = ((str(i), v) for i, v in enumerate(tree))

@@ -293,3 +293,40 @@ def test_clip_captions_equal_the_documented_single_video_usage(ray_local, video_
         assert (row["text"], row["prompt"]) == (text, prompt)
         assert row["text"]
     assert rows[0]["text"] == rows[3]["text"]  # the same frames in both files
+
+
+def test_tracked_frames_carry_track_ids_linked_per_video(ray_local, video_folder, tiny_owlv2,
+                                                         tmp_path, capsys):
+    """--track: each video's boxes carry the ids link_tracks gives them, frame by frame in
+    time order, videos apart; the spec is stored with the rows and is part of the job."""
+    from labeler.config import TrackingSpec
+    from labeler.tracking import NO_TRACK, link_tracks
+
+    out = tmp_path / "out"
+    command = ["--input", str(video_folder / "[ad]_*"), "--media", "video",
+               "--every-n-frames", "2", "--task", "detect", "--family", "owlv2",
+               "--model", tiny_owlv2, "--labels", ",".join(LABELS), "--threshold", "0.3",
+               "--batch-size", "4", "--output", str(out)]
+    assert _run(*command, "--track", "--track-max-missed", "1") == 0
+    rows = _rows(out)
+    spec = TrackingSpec(max_missed=1)
+    assert all(json.loads(r["parameters"])["track"] == spec.model_dump() for r in rows)
+    longest = 0
+    for video in ("a_h264.mp4", "d_rotated.mov"):
+        frames = [r for r in rows if r["id"] == video]
+        assert [r["frame_index"] for r in frames] == sorted(r["frame_index"] for r in frames)
+        boxes = [d for r in frames for d in r["detections"]]
+        starts = np.cumsum([0] + [len(r["detections"]) for r in frames])
+        labels = np.array([LABELS.index(d["label"]) for d in boxes])
+        expected = link_tracks(np.array([[d[k] for k in ("x0", "y0", "x1", "y1")]
+                                         for d in boxes]), np.array([d["score"] for d in boxes]),
+                               labels, starts, spec)
+        assert [d["track_id"] or NO_TRACK for d in boxes] == expected.tolist()
+        assert expected.min() == 1  # every box is in a track when any box may start one
+        longest = max(longest, np.bincount(expected).max())
+    assert longest >= 3  # the tiny model's boxes on these slow fades do link across frames
+
+    # Other tracking settings are another job: the rerun is refused, naming the field.
+    assert _run(*command, "--track-iou", "0.5") == 2
+    assert ("tasks.0.track.iou: the default there, 0.5 now; tasks.0.track.max_missed: 1 "
+            "there, the default now") in capsys.readouterr().err

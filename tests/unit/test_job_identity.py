@@ -91,6 +91,10 @@ def test_differences_name_nested_fields_and_inputs():
         "inputs: other files, ids or prompts (10 both times); "
         "tasks.0.generation.max_new_tokens: 64 there, the default now")
     assert describe_differences(None, current) == "other inputs or task parameters"
+    # An option turned on with its defaults is named too.
+    assert describe_differences({"tasks": [{"task": "detect", "track": {}}]},
+                                {"tasks": [{"task": "detect"}]}) == (
+        "tasks.0.track: {} there, the default now")
 
 
 @pytest.mark.parametrize("content", [b"", b"{not json", b"[1, 2]", b"\xff\xfe"])

@@ -14,8 +14,10 @@ def test_contract_columns_and_types():
     det = s.field("detections").type
     assert isinstance(det, pa.ListType)
     assert [f.name for f in det.value_type] == ["label", "score", "x0", "y0", "x1", "y1", "polygon",
-                                             "objectness"]
+                                             "objectness", "track_id"]
     assert det.value_type.field("score").type == pa.float32()
+    assert det.value_type.field("track_id").type == pa.int32()
+    assert det.value_type.field("track_id").nullable
     assert s.metadata[b"labeler.schema_version"] == b"2"
 
 
