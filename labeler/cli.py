@@ -218,7 +218,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """A task of a job's output -> COCO, YOLO or Label Studio (docs/export.md)."""
+    """A task of a job's output -> COCO, YOLO, Label Studio or MOT (docs/export.md)."""
     from labeler.export import ExportOptions, run_export
 
     summary = run_export(ExportOptions(
@@ -314,11 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--num-replicas", type=int, help="replicas per model")
     srv.set_defaults(func=cmd_serve)
 
-    exp = sub.add_parser("export", help="a job's boxes as COCO, YOLO or Label Studio tasks")
+    exp = sub.add_parser("export", help="a job's boxes as COCO, YOLO, Label Studio tasks or "
+                                        "MOT tracks")
     exp.add_argument("job", help="the job's output folder or s3:// prefix")
-    exp.add_argument("--format", required=True, choices=["coco", "yolo", "label-studio"],
+    exp.add_argument("--format", required=True, choices=["coco", "yolo", "label-studio", "mot"],
                      help="coco: annotations.json; yolo: images/, labels/, data.yaml; "
-                          "label-studio: tasks.json with predictions, label_config.xml")
+                          "label-studio: tasks.json with predictions, label_config.xml; "
+                          "mot: a tracked video job's tracks, a MOTChallenge folder per video")
     exp.add_argument("--out", required=True, help="output folder or s3:// prefix (empty)")
     exp.add_argument("--task", help="the task folder to export (default: the only one with boxes)")
     exp.add_argument("--min-score", type=float, help="drop boxes scoring under this")

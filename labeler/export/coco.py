@@ -16,7 +16,9 @@ row id names, and its width and height are the slice's. With a validation share
 (`--val-fraction`) each split is a file of its own, annotations_train.json and
 annotations_val.json (images in `images/train`, `images/val`), ids counted from 1 in each.
 annotations: id (from 1), image_id, category_id (from 1), bbox [x, y, w, h] in pixels from
-the row's x0, y0, x1, y1, area = w * h, iscrowd 0, score.
+the row's x0, y0, x1, y1, area = w * h, iscrowd 0, score; a box of a tracked video task
+(`track`) adds track_id, numbered from 1 over the file in order of first box, as in COCO's
+video extensions (TAO): a track id in the job's rows counts within its video only.
 """
 
 from __future__ import annotations
@@ -61,10 +63,13 @@ def image_entry(image_id: int, row: Row, image: ImageFile | None) -> dict:
     return entry
 
 
-def annotation_entries(first_id: int, image_id: int, row: Row,
-                       categories: Categories) -> list[dict]:
-    """The `annotations` entries of a row's boxes, ids from `first_id`."""
+def annotation_entries(first_id: int, image_id: int, row: Row, categories: Categories,
+                       tracks: dict[tuple[str, int], int] | None = None) -> list[dict]:
+    """The `annotations` entries of a row's boxes, ids from `first_id`. A box in a track
+    gets the track's id in the file: `tracks` maps (video id, track id in the video) to it,
+    and a track not in it yet is added with the next number from 1."""
     entries = []
+    tracks = {} if tracks is None else tracks
     for k, box in enumerate(row.boxes):
         w, h = round(box.x1 - box.x0, COORD_DECIMALS), round(box.y1 - box.y0, COORD_DECIMALS)
         entries.append({"id": first_id + k, "image_id": image_id,
@@ -72,6 +77,8 @@ def annotation_entries(first_id: int, image_id: int, row: Row,
                         "bbox": [round(box.x0, COORD_DECIMALS), round(box.y0, COORD_DECIMALS), w, h],
                         "area": round(w * h, COORD_DECIMALS), "iscrowd": 0,
                         "score": round(box.score, SCORE_DECIMALS)})
+        if box.track_id is not None:
+            entries[-1]["track_id"] = tracks.setdefault((row.id, box.track_id), len(tracks) + 1)
     return entries
 
 
@@ -86,13 +93,14 @@ def write_coco(entries: Iterable[tuple[Row, ImageFile | None]], categories: Cate
     head = json_line({"info": info, "categories": [
         {"id": i + 1, "name": name, "supercategory": ""} for i, name in enumerate(categories.names)]})
     images = boxes = 0
+    tracks: dict[tuple[str, int], int] = {}
     with tempfile.TemporaryFile() as annotations, target.final(file_name) as out:
         out.write(head[:-1] + b',\n"images":[')  # the object stays open for the two arrays
         for row, image in entries:
             images += 1
             out.write((b"\n" if images == 1 else b",\n")
                       + json_line(image_entry(images, row, image)))
-            for entry in annotation_entries(boxes + 1, images, row, categories):
+            for entry in annotation_entries(boxes + 1, images, row, categories, tracks):
                 annotations.write((b"\n" if entry["id"] == 1 else b",\n") + json_line(entry))
             boxes += len(row.boxes)
         out.write(b'\n],\n"annotations":[')

@@ -30,7 +30,7 @@ from labeler.storage import filesystem_for, storage_error
 BOX_TASKS = ("detect", "ground", "detect-by-example", "pseudo-label", "regions")
 # The columns an export reads (those a v1 output lacks are left out).
 COLUMNS = ("id", "uri", "width", "height", "parameters", "detections", "error", "kept",
-           "filter_reason", "frame_index", "timestamp_s")
+           "filter_reason", "frame_index", "timestamp_s", "video")
 # What names the model of a task (the same in all its rows).
 MODEL_COLUMNS = ("model", "model_family", "model_revision")
 # Rows per read: 1024 rows of even a few hundred boxes each are a few MB of Python objects.
@@ -55,7 +55,8 @@ def not_parquet(uri: str, err: pa.ArrowInvalid) -> ExportError:
 
 @dataclass(frozen=True)
 class Box:
-    """One box: its label, score in [0, 1], corners in pixels of the oriented image."""
+    """One box: its label, score in [0, 1], corners in pixels of the oriented image, and
+    its track in its video (1, 2, ...) when the job linked boxes into tracks."""
 
     label: str
     score: float
@@ -63,6 +64,7 @@ class Box:
     y0: float
     x1: float
     y1: float
+    track_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class Row:
     boxes: tuple[Box, ...]
     frame_index: int | None = None
     timestamp_s: float | None = None
+    video: dict | None = None  # a frame's video as probed: width, height, duration_s, fps, codec
     # A slice of the image (labeler.export.slices): its x0, y0, x1, y1 in the oriented image;
     # width, height and boxes are then the slice's.
     window: tuple[int, int, int, int] | None = None
@@ -262,8 +265,9 @@ class TaskRows:
 
     def _rows(self, cols: dict[str, list], n: int, tally: Tally) -> Iterator[Row]:
         nothing = [None] * n
-        kept, reasons, frames, times = (cols.get(c, nothing) for c in
-                                        ("kept", "filter_reason", "frame_index", "timestamp_s"))
+        kept, reasons, frames, times, videos = (
+            cols.get(c, nothing) for c in ("kept", "filter_reason", "frame_index", "timestamp_s",
+                                           "video"))
         for i in range(n):
             tally.rows += 1
             tally.add_parameters(cols["parameters"][i])
@@ -275,11 +279,12 @@ class TaskRows:
                     tally.not_kept[reason_kind(reasons[i] or "no reason given")] += 1
                     continue
                 tally.not_kept_exported += 1
-            boxes = [Box(d["label"] or UNNAMED_LABEL, d["score"], d["x0"], d["y0"], d["x1"], d["y1"])
+            boxes = [Box(d["label"] or UNNAMED_LABEL, d["score"], d["x0"], d["y0"], d["x1"],
+                         d["y1"], d.get("track_id"))
                      for d in cols["detections"][i] or []]
             if self.min_score is not None:
                 scored = [b for b in boxes if b.score >= self.min_score]
                 tally.low_score_boxes += len(boxes) - len(scored)
                 boxes = scored
             yield Row(cols["id"][i], cols["uri"][i], cols["width"][i], cols["height"][i],
-                      tuple(boxes), frames[i], times[i])
+                      tuple(boxes), frames[i], times[i], videos[i])

@@ -1,4 +1,5 @@
-"""`labeler export`: one task of a job's output -> COCO, YOLO or Label Studio, in two passes.
+"""`labeler export`: one task of a job's output -> COCO, YOLO, Label Studio or MOT, in two
+passes.
 
     pass 1   read the rows: category order (labels of the spec, then those seen, sorted),
              whether they are video frames (refused where frames would have to be files)
@@ -21,6 +22,8 @@ from labeler.export.coco import split_file_name, write_coco
 from labeler.export.images import SliceCount, copy_images
 from labeler.export.label_studio import TASKS_FILE as LABEL_STUDIO_FILE
 from labeler.export.label_studio import write_label_studio
+from labeler.export.mot import SEQMAP_FILE as MOT_FILE
+from labeler.export.mot import MotCount, write_mot
 from labeler.export.rows import ExportError, JobOutput, Reasons, Tally, TaskFolder, TaskRows
 from labeler.export.slices import SliceOptions
 from labeler.export.splits import TRAIN, VAL, split_of
@@ -28,7 +31,7 @@ from labeler.export.target import Target
 from labeler.export.yolo import DATA_FILE as YOLO_FILE
 from labeler.export.yolo import write_yolo
 
-FORMATS = ("coco", "yolo", "label-studio")
+FORMATS = ("coco", "yolo", "label-studio", "mot")
 # The smallest slice side: below it a box of a few pixels fills a slice.
 MIN_SLICE = 32
 # Reasons shown per kind of skipped row in the summary.
@@ -40,7 +43,7 @@ class ExportOptions:
     """What `labeler export` was asked: see docs/export.md."""
 
     job: str
-    format: Literal["coco", "yolo", "label-studio"]
+    format: Literal["coco", "yolo", "label-studio", "mot"]
     out: str
     task: str | None = None
     min_score: float | None = None
@@ -78,6 +81,7 @@ class ExportSummary:
     copy_failures: Reasons = field(default_factory=Reasons)
     splits: dict[str, tuple[int, int]] = field(default_factory=dict)  # split: (images, boxes)
     sliced: SliceCount = field(default_factory=SliceCount)
+    tracks: MotCount | None = None  # mot: sequences written, boxes left out for no track
 
     def lines(self) -> list[str]:
         tally, min_score = self.tally, self.options.min_score
@@ -108,8 +112,12 @@ class ExportSummary:
             if slices.skip_empty:
                 out.append(f"skipped {s.empty_skipped} slices without a box "
                            f"(--skip-empty-slices)")
+        if self.tracks is not None:
+            out.append(f"sequences: {self.tracks.sequences} videos; skipped "
+                       f"{self.tracks.untracked_boxes} boxes in no track (track_id null)")
         out += [f"categories: {self.categories}",
-                f"images: {self.images}, boxes: {self.boxes}",
+                f"{'frames' if self.tracks is not None else 'images'}: {self.images}, "
+                f"boxes: {self.boxes}",
                 *(f"  {name}: {n} images, {b} boxes" for name, (n, b) in self.splits.items()),
                 f"output: {self.output}"]
         return out
@@ -126,6 +134,10 @@ def _check_options(options: ExportOptions) -> None:
         raise ExportError("--copy-images and --val-fraction do not apply to label-studio: its "
                           "tasks point at the images (--image-url-prefix) and a project "
                           "reviews them all")
+    if options.format == "mot" and (options.copy_images or options.val_fraction
+                                    or options.slice_size is not None):
+        raise ExportError("--copy-images, --val-fraction and --slice do not apply to mot: its "
+                          "sequences are the videos, labeled frame by frame")
     if options.image_url_prefix is not None and options.format != "label-studio":
         raise ExportError("--image-url-prefix applies to --format label-studio only")
     _check_slices(options)
@@ -153,6 +165,18 @@ def _check_slices(options: ExportOptions) -> None:
                           f"(0, 1] of a box's area")
 
 
+def _check_tracked(folder: TaskFolder, survey: Tally, kinds: set[str]) -> None:
+    """--format mot: the task labels video frames (kinds: what its exported rows are,
+    "frames" or "images"), and links their boxes into tracks."""
+    if "images" in kinds:
+        raise ExportError(f"task {folder.name!r} labels images; --format mot exports the "
+                          f"tracks of a video job (labeler run --media video --track)")
+    if not all("track" in parameters for parameters in survey.parameters):
+        raise ExportError(f"task {folder.name!r} was labeled without tracking, so its boxes "
+                          f"have no track ids; label the videos with --track (or track: in "
+                          f"the task's spec)")
+
+
 def _check_frames_allowed(folder: TaskFolder, options: ExportOptions) -> None:
     """Video frame rows: COCO entries only, as frames are no files."""
     if options.format == "label-studio":
@@ -178,22 +202,28 @@ def run_export(options: ExportOptions) -> ExportSummary:
     target.check_empty(options.overwrite, job.uri)
     rows = TaskRows(job, folder, options.min_score, options.include_not_kept)
 
-    survey, labels = Tally(), set()
+    survey, labels, kinds = Tally(), set(), set()
     for row in rows.scan(survey):
+        kinds.add("frames" if row.frame_index is not None else "images")
         if row.frame_index is not None:
             _check_frames_allowed(folder, options)
         labels.update(box.label for box in row.boxes)
+    if options.format == "mot":
+        _check_tracked(folder, survey, kinds)
     categories = Categories(survey.task_labels, labels)
 
     target.clear()
     split = options.val_fraction > 0
-    main_file = {"yolo": YOLO_FILE, "label-studio": LABEL_STUDIO_FILE}.get(
+    main_file = {"yolo": YOLO_FILE, "label-studio": LABEL_STUDIO_FILE, "mot": MOT_FILE}.get(
         options.format, split_file_name(TRAIN) if split else COCO_FILE)
     summary = ExportSummary(options, folder, job_finished=job.finished,
                             categories=len(categories.names), output=target.location(main_file))
     if options.format == "yolo":
         counts = write_yolo(rows.scan(summary.tally), categories, target, summary.copy_failures,
                             options.val_fraction, options.slices(), summary.sliced)
+    elif options.format == "mot":
+        summary.tracks = write_mot(rows.scan(summary.tally), categories, target)
+        counts = {"all": (summary.tracks.frames, summary.tracks.boxes)}
     elif options.format == "label-studio":
         counts = {"all": write_label_studio(rows.scan(summary.tally), categories, target,
                                             folder.model, options.image_url_prefix)}

@@ -326,6 +326,14 @@ def test_tracked_frames_carry_track_ids_linked_per_video(ray_local, video_folder
         longest = max(longest, np.bincount(expected).max())
     assert longest >= 3  # the tiny model's boxes on these slow fades do link across frames
 
+    # The tracks export as MOT sequences: a line per box, on its frame of the whole video.
+    assert main(["export", str(out), "--format", "mot", "--out", str(tmp_path / "mot")]) == 0
+    for video in ("a_h264.mp4", "d_rotated.mov"):
+        lines = (tmp_path / "mot" / video / "gt" / "gt.txt").read_text().splitlines()
+        expected = sorted((r["frame_index"] + 1, d["track_id"]) for r in rows
+                          if r["id"] == video for d in r["detections"])
+        assert [tuple(map(int, line.split(",")[:2])) for line in lines] == expected
+
     # Other tracking settings are another job: the rerun is refused, naming the field.
     assert _run(*command, "--track-iou", "0.5") == 2
     assert ("tasks.0.track.iou: the default there, 0.5 now; tasks.0.track.max_missed: 1 "

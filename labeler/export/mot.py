@@ -1,0 +1,104 @@
+"""MOTChallenge ground truth (CVAT's "MOT 1.1", TrackEval's MOT layout): a tracked video
+task's boxes (a job run with `track`), one sequence folder per video:
+
+    <out>/<video id>/gt/gt.txt      a line per tracked box: frame,track,x,y,w,h,1,class,1
+    <out>/<video id>/gt/labels.txt  the class names, one a line; class ids count from 1
+    <out>/<video id>/seqinfo.ini    name, frameRate, seqLength, imWidth, imHeight (TrackEval)
+    <out>/seqmap.txt                `name`, then each sequence (TrackEval's SEQMAP_FILE)
+
+frame: the frame's index in the video plus one (MOT counts frames from 1), so a sampled
+frame's boxes land on that frame of the whole video when CVAT imports them, and the frames
+between have none. track: the box's track id in its video. x, y, w, h: top-left corner and
+size in pixels of the frame as displayed (rotation applied), 3 decimals. The 7th column is
+1 (not ignored), the 9th the visibility, 1 (the model does not say). Lines are sorted by
+frame, then track. A box in no track (track_id null: a low-scored box that continued no
+track, or a track shorter than min_length) has no line; the export counts them.
+
+Rows come video by video (a video's rows are together and in time order in a job output),
+so memory holds one video's lines; seqmap.txt is written last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from labeler.export.categories import Categories
+from labeler.export.rows import Row
+from labeler.export.target import Target
+
+SEQMAP_FILE = "seqmap.txt"
+COORD_DECIMALS = 3  # a thousandth of a pixel, as the COCO export writes boxes
+
+
+@dataclass
+class MotCount:
+    """What write_mot wrote and left out."""
+
+    sequences: int = 0
+    frames: int = 0
+    boxes: int = 0
+    untracked_boxes: int = 0
+
+
+def _videos(rows: Iterable[Row]) -> Iterator[list[Row]]:
+    """The rows of each video in turn (a run of rows with the same id)."""
+    batch: list[Row] = []
+    for row in rows:
+        if batch and row.id != batch[0].id:
+            yield batch
+            batch = []
+        batch.append(row)
+    if batch:
+        yield batch
+
+
+def gt_lines(frames: list[Row], categories: Categories) -> tuple[str, int]:
+    """gt.txt of one video's frame rows -> (its text, boxes left out for having no track)."""
+    lines, untracked = [], 0
+    for row in frames:
+        for box in row.boxes:
+            if box.track_id is None:
+                untracked += 1
+                continue
+            numbers = (box.x0, box.y0, box.x1 - box.x0, box.y1 - box.y0)
+            lines.append((row.frame_index + 1, box.track_id,
+                          ",".join(f"{round(v, COORD_DECIMALS):g}" for v in numbers),
+                          categories.index(box.label) + 1))
+    lines.sort(key=lambda line: line[:2])
+    return "".join(f"{f},{t},{xywh},1,{c},1\n" for f, t, xywh, c in lines), untracked
+
+
+def seqinfo(frames: list[Row]) -> str:
+    """seqinfo.ini of one video: its length in frames is the container's duration x frame
+    rate, or one past its last labeled frame when that is more or the container is silent."""
+    first, video = frames[0], frames[0].video or {}
+    fps, duration = video.get("fps"), video.get("duration_s")
+    length = max(row.frame_index for row in frames) + 1
+    if fps and duration:
+        length = max(length, round(fps * duration))
+    fields = {"name": first.id, "imDir": "img1", "frameRate": round(fps) if fps else None,
+              "seqLength": length, "imWidth": first.width, "imHeight": first.height,
+              "imExt": ".jpg"}
+    return "[Sequence]\n" + "".join(f"{k}={v}\n" for k, v in fields.items() if v is not None)
+
+
+def write_mot(rows: Iterable[Row], categories: Categories, target: Target) -> MotCount:
+    """Write a sequence folder per video of `rows` (video frame rows, in job output order),
+    then seqmap.txt."""
+    count, names = MotCount(), []
+    labels = "".join(f"{name}\n" for name in categories.names).encode()
+    for frames in _videos(rows):
+        name = frames[0].id
+        text, untracked = gt_lines(frames, categories)
+        target.write(f"{name}/gt/gt.txt", text.encode())
+        target.write(f"{name}/gt/labels.txt", labels)
+        target.write(f"{name}/seqinfo.ini", seqinfo(frames).encode())
+        names.append(name)
+        count.sequences += 1
+        count.frames += len(frames)
+        count.boxes += text.count("\n")
+        count.untracked_boxes += untracked
+    with target.final(SEQMAP_FILE) as out:
+        out.write("".join(f"{line}\n" for line in ["name", *names]).encode())
+    return count

@@ -1,0 +1,117 @@
+"""`labeler export --format mot`: a tracked video job's tracks as MOTChallenge sequences, and
+track ids in COCO. The job output is written by the job's own sink, which links each
+video's boxes into tracks as it commits them (labeler.tracking)."""
+
+import json
+
+import pyarrow as pa
+import pytest
+from test_export import _export, _record
+
+from labeler.actors.predictor import OUTPUT_SCHEMA
+from labeler.config import TrackingSpec
+from labeler.sinks.parquet import ShardedParquetSink
+from labeler.tracking import add_track_ids
+
+TRACK = TrackingSpec(new_track_score=0.5)
+PARAMS = {"labels": ["car", "person"], "threshold": 0.1, "track": TRACK.model_dump()}
+VIDEO_A = {"width": 64, "height": 48, "duration_s": 4.0, "fps": 10.0, "codec": "h264"}
+VIDEO_B = {"width": 32, "height": 32, "duration_s": 1.0, "fps": None, "codec": "vp9"}
+
+
+def _frames(id_, video, size, frames, shard, params=PARAMS):
+    """A video's rows: frames = [(frame_index, boxes or an error)], in time order."""
+    rows = []
+    for part, (index, boxes) in enumerate(frames):
+        error = boxes if isinstance(boxes, str) else None
+        rows.append(_record(id_, f"/videos/{id_}", "detect", "detect", params,
+                            None if error else size, None if error else boxes,
+                            frame_index=None if error else index, timestamp_s=index / 10,
+                            video=video, error=error, shard=shard, part_index=part,
+                            last_part=part == len(frames) - 1))
+    return rows
+
+
+def _job(root, params=PARAMS, track=TRACK):
+    a = _frames("cam/a.mp4", VIDEO_A, (64, 48), [
+        (0, [("car", 0.9, 0, 0, 10, 10), ("person", 0.8, 30, 20, 40, 40)]),
+        (10, [("person", 0.7, 31, 20, 41, 40), ("car", 0.6, 2, 0, 12, 10),
+              ("car", 0.2, 50, 40, 60, 48)]),  # scored under new_track_score: no track
+        (20, [("car", 0.3, 4, 0, 14, 10)]),  # low, but it continues the car's track
+        (30, "truncated or corrupt video: decoding stopped after the frame at 2.0 s")], 0,
+        params)
+    b = _frames("b.mp4", VIDEO_B, (32, 32), [(0, [("car", 0.9, 1, 1, 11.5, 11.25)]),
+                                            (5, [("car", 0.9, 1, 1, 11.5, 11.25)])], 1, params)
+    finalize = {"detect": lambda rows: add_track_ids(rows, track)} if track else None
+    sink = ShardedParquetSink(root, {0: 1, 1: 1}, ["detect"], "fingerprint", finalize=finalize)
+    sink.add(pa.Table.from_pylist(a + b, schema=OUTPUT_SCHEMA))
+    sink.finish({"rows": len(a) + len(b)})
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def tracked_job(tmp_path_factory):
+    return _job(tmp_path_factory.mktemp("tracked") / "out")
+
+
+def test_mot_sequences_hold_each_videos_tracked_boxes(tracked_job, tmp_path, capsys):
+    out = tmp_path / "mot"
+    code, printed, _ = _export(capsys, tracked_job, "--format", "mot", "--out", out)
+    assert code == 0
+    assert "sequences: 2 videos; skipped 1 boxes in no track (track_id null)\n" in printed
+    assert "skipped 1 error rows" in printed and "frames: 5, boxes: 7\n" in printed
+    assert f"output: {out / 'seqmap.txt'}" in printed
+    # Files in output order: b.mp4's shard 1 comes after cam/a.mp4's shard 0.
+    assert (out / "seqmap.txt").read_text() == "name\ncam/a.mp4\nb.mp4\n"
+    # frame = frame_index + 1; x, y, w, h; 1 = not ignored; class from 1; visibility 1.
+    assert (out / "cam/a.mp4/gt/gt.txt").read_text() == (
+        "1,1,0,0,10,10,1,1,1\n"
+        "1,2,30,20,10,20,1,2,1\n"
+        "11,1,2,0,10,10,1,1,1\n"
+        "11,2,31,20,10,20,1,2,1\n"
+        "21,1,4,0,10,10,1,1,1\n")
+    assert (out / "b.mp4/gt/gt.txt").read_text() == (
+        "1,1,1,1,10.5,10.25,1,1,1\n"
+        "6,1,1,1,10.5,10.25,1,1,1\n")
+    assert (out / "b.mp4/gt/labels.txt").read_text() == "car\nperson\n"
+    assert (out / "cam/a.mp4/seqinfo.ini").read_text() == (
+        "[Sequence]\nname=cam/a.mp4\nimDir=img1\nframeRate=10\nseqLength=40\nimWidth=64\n"
+        "imHeight=48\nimExt=.jpg\n")
+    # No frame rate in the container: the length is one past the last labeled frame.
+    assert "seqLength=6\n" in (out / "b.mp4/seqinfo.ini").read_text()
+    assert "frameRate" not in (out / "b.mp4/seqinfo.ini").read_text()
+
+
+def test_coco_numbers_tracks_over_the_file(tracked_job, tmp_path, capsys):
+    code, _, _ = _export(capsys, tracked_job, "--format", "coco", "--out", tmp_path / "c")
+    assert code == 0
+    coco = json.loads((tmp_path / "c" / "annotations.json").read_text())
+    frames = {im["id"]: (im["video_id"], im["frame_index"]) for im in coco["images"]}
+    tracks = [(frames[a["image_id"]], a["bbox"][:2], a.get("track_id"))
+              for a in coco["annotations"]]
+    assert tracks == [
+        (("cam/a.mp4", 0), [0, 0], 1), (("cam/a.mp4", 0), [30, 20], 2),
+        (("cam/a.mp4", 10), [31, 20], 2), (("cam/a.mp4", 10), [2, 0], 1),
+        (("cam/a.mp4", 10), [50, 40], None),
+        (("cam/a.mp4", 20), [4, 0], 1),
+        # b.mp4's track 1 is the file's third track.
+        (("b.mp4", 0), [1, 1], 3), (("b.mp4", 5), [1, 1], 3)]
+
+
+def test_mot_needs_tracked_video_frames(tmp_path, capsys):
+    untracked = _job(tmp_path / "untracked", params={"labels": ["car", "person"]}, track=None)
+    code, _, err = _export(capsys, untracked, "--format", "mot", "--out", tmp_path / "m")
+    assert code == 2 and "was labeled without tracking, so its boxes have no track ids" in err
+
+    images = tmp_path / "images"
+    sink = ShardedParquetSink(images, {0: 1}, ["detect"], "fingerprint")
+    sink.add(pa.Table.from_pylist([_record("a.jpg", "/a.jpg", "detect", "detect", PARAMS,
+                                           (8, 8), [])], schema=OUTPUT_SCHEMA))
+    sink.finish({})
+    code, _, err = _export(capsys, images, "--format", "mot", "--out", tmp_path / "m")
+    assert code == 2 and "task 'detect' labels images; --format mot exports the tracks" in err
+
+    code, _, err = _export(capsys, untracked, "--format", "mot", "--out", tmp_path / "m",
+                           "--val-fraction", "0.2")
+    assert code == 2 and "do not apply to mot" in err
+    assert not (tmp_path / "m").exists()
