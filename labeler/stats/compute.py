@@ -11,7 +11,9 @@ frames or clips, "images" below):
 
 - box tasks (labeler.export.rows.BOX_TASKS): rows with at least one box, boxes, and per label
   (an empty label, a region proposal's, counts as `object`, as in an export): boxes, images
-  having it, boxes scoring >= each of `scores`, the median score;
+  having it, boxes scoring >= each of `scores`, the median score; for a video task with
+  `track`, the tracks (each counted at its first box) and the boxes in a track, in all and
+  per label;
 - the other tasks (text): rows whose text is empty (null or only whitespace), the mean and
   the largest length in characters (Unicode code points) of the other texts.
 
@@ -42,8 +44,11 @@ MAX_LABELS = 10_000
 SCORE_BINS = 100
 # Error reasons listed per task (all are counted).
 TOP_REASONS = 5
-# A label's figures: one int64 row [boxes, images, boxes >= scores[0], ..., histogram].
-BOXES, IMAGES, AT_SCORES = 0, 1, 2
+# A label's figures: one int64 row [boxes, images, tracks, boxes >= scores[0], ...,
+# histogram].
+BOXES, IMAGES, TRACKS, AT_SCORES = 0, 1, 2, 3
+# Segments of a batch apart in the keys that find a track's first box (track ids < 2^31).
+SEGMENT = 2**32
 
 
 class TaskStats:
@@ -56,13 +61,21 @@ class TaskStats:
         self.scores = tuple(scores)
         # Scores are stored as float32: compared in float32, a box stored as 0.7 is >= 0.7.
         self._cuts = np.asarray(scores, dtype=np.float32)
-        self.columns = ("error", "detections") if self.boxed else ("error", "text")
+        self.columns = ("error", "detections", "id") if self.boxed else ("error", "text")
         self.rows = self.error_rows = 0
         self.errors = Reasons()
         self.rows_with_boxes = self.boxes = 0
         self.labels = LabelCounts(MAX_LABELS)  # chooses the labels kept in self.per_label
         self.per_label: dict[str, np.ndarray] = {}  # label -> int64 [figure], see AT_SCORES
         self.empty_texts = self.text_chars = self.max_chars = 0
+        # Tracks (video tasks with `track`): counted at their first box. Rows come video by
+        # video in time order, and a video numbers its tracks in order of first box, so a
+        # box starts a track when its id is above every id seen before in its video; the
+        # video of the last batch's end and its highest id carry over to the next batch.
+        self.tracked = False
+        self.tracks = self.tracked_boxes = 0
+        self._video: str | None = None
+        self._video_track = 0
 
     def add(self, batch: pa.RecordBatch) -> None:
         """Count a batch of the task's rows (holding self.columns, those the files have)."""
@@ -105,6 +118,8 @@ class TaskStats:
         figures[:, BOXES] = np.bincount(index, minlength=k)
         pairs = np.unique(index * batch.num_rows + rows)  # (label, row) with a box
         figures[:, IMAGES] = np.bincount(pairs // batch.num_rows, minlength=k)
+        firsts = self._first_boxes_of_tracks(batch, flat, good, rows)
+        figures[:, TRACKS] = np.bincount(index[firsts], minlength=k)
         for j, cut in enumerate(self._cuts):
             figures[:, AT_SCORES + j] = np.bincount(index[scores >= cut], minlength=k)
         bins = np.clip(np.floor(scores * np.float32(SCORE_BINS)).astype(np.int64), 0,
@@ -126,6 +141,32 @@ class TaskStats:
                 else:
                     held += row
 
+    def _first_boxes_of_tracks(self, batch: pa.RecordBatch, flat: pa.StructArray,
+                               good: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Which boxes of the rows without error (`good` of the batch's boxes; `rows`: the
+        row of each of those) start a track, as the docstring of __init__ says; counts the
+        tracked boxes and the tracks."""
+        if flat.type.get_field_index("track_id") < 0 or "id" not in batch.schema.names:
+            return np.zeros(len(rows), dtype=bool)  # an output from before tracking
+        tracks = pc.fill_null(flat.field("track_id"), 0).to_numpy(
+            zero_copy_only=False).astype(np.int64)[good]
+        ids = batch.column("id").to_numpy(zero_copy_only=False)
+        segment = np.concatenate([[0], np.cumsum(ids[1:] != ids[:-1])])  # per row
+        keys = segment[rows] * SEGMENT + tracks
+        # The highest key before each box: the carried video's last id, or nothing.
+        start = self._video_track if ids[0] == self._video else 0
+        before = np.maximum.accumulate(np.concatenate([[start], keys]))[:-1]
+        firsts = (tracks > 0) & (keys > before)
+        last = segment[-1]
+        in_last = tracks[segment[rows] == last]
+        carried = self._video_track if ids[-1] == self._video and last == 0 else 0
+        self._video = ids[-1]
+        self._video_track = max(carried, int(in_last.max(initial=0)))
+        self.tracked_boxes += int((tracks > 0).sum())
+        self.tracks += int(firsts.sum())
+        self.tracked = self.tracked or bool(self.tracked_boxes)
+        return firsts
+
     def _add_texts(self, texts: pa.Array) -> None:
         lengths = pc.utf8_length(pc.fill_null(texts, "")).to_numpy(zero_copy_only=False)
         blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(texts, ""))), 0)
@@ -143,7 +184,8 @@ class TaskStats:
         "labels" (labels counted: all of them when max_undercount is 0), "labels_not_shown",
         "max_undercount", "per_label": [{"label", "boxes", "images", "at_score": {"0.5": boxes
         scoring >= 0.5, ...}, "median_score"}]} (the `top` labels with most boxes, ties by
-        label), or for a text task "text": {"empty", "mean_chars" (over the texts not empty,
+        label) and, when boxes have track ids, "tracks": {"tracks", "tracked_boxes",
+        "boxes_per_track" (1 decimal)} and each label's "tracks"; or for a text task "text": {"empty", "mean_chars" (over the texts not empty,
         1 decimal; null when none), "max_chars"}}."""
         out: dict = {
             "rows": self.rows, "error_rows": self.error_rows,
@@ -162,6 +204,12 @@ class TaskStats:
             "max_undercount": self.labels.undercount,
             "per_label": [self._label(name, row) for name, row in ranked[:top]],
         }
+        if self.tracked:
+            out["boxes"]["tracks"] = {
+                "tracks": self.tracks, "tracked_boxes": self.tracked_boxes,
+                "boxes_per_track": round(self.tracked_boxes / max(self.tracks, 1), 1)}
+            for label, (_, row) in zip(out["boxes"]["per_label"], ranked[:top]):
+                label["tracks"] = int(row[TRACKS])
         return out
 
     def _label(self, name: str, row: np.ndarray) -> dict:

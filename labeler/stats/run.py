@@ -76,6 +76,11 @@ def _task_lines(task: dict, scores: list[float], top: int) -> list[str]:
     pruned = " counted (more were seen)" if boxes["max_undercount"] else ""
     out.append(f"  rows with boxes: {boxes['rows_with_boxes']} of {good} rows without error; "
                f"boxes: {boxes['boxes']}; labels: {boxes['labels']}{pruned}")
+    tracks = boxes.get("tracks")
+    if tracks:
+        out.append(f"  tracks: {tracks['tracks']} of {tracks['tracked_boxes']} boxes "
+                   f"({tracks['boxes_per_track']:.1f} a track); "
+                   f"{boxes['boxes'] - tracks['tracked_boxes']} boxes in no track")
     shown = [(" ".join(b["label"].split()) or " ", b) for b in boxes["per_label"]]
     shown = [(name if len(name) <= LABEL_CHARS else name[:LABEL_CHARS - 3] + "...", b)
              for name, b in shown]
@@ -83,11 +88,11 @@ def _task_lines(task: dict, scores: list[float], top: int) -> list[str]:
         width = max(len("label"), *(len(name) for name, _ in shown))
         keys = [f"{s:g}" for s in scores]
         out.append(f"  {'label':<{width}} {'boxes':>8} {'images':>8} "
-                   + " ".join(f"{'>=' + k:>8}" for k in keys) + f" {'median':>7}")
+                   + (f"{'tracks':>8} " if tracks else "") + " ".join(f"{'>=' + k:>8}" for k in keys) + f" {'median':>7}")
         for name, b in shown:
             median = "-" if b["median_score"] is None else f"{b['median_score']:.3f}"
             out.append(f"  {name:<{width}} {b['boxes']:>8} {b['images']:>8} "
-                       + " ".join(f"{b['at_score'][k]:>8}" for k in keys) + f" {median:>7}")
+                       + (f"{b['tracks']:>8} " if tracks else "") + " ".join(f"{b['at_score'][k]:>8}" for k in keys) + f" {median:>7}")
     if boxes["labels_not_shown"]:
         out.append(f"  ... {boxes['labels_not_shown']} more labels (--top {top})")
     if boxes["max_undercount"]:

@@ -9,6 +9,7 @@ import pytest
 from test_export import _export, _record
 
 from labeler.actors.predictor import OUTPUT_SCHEMA
+from labeler.cli import main
 from labeler.config import TrackingSpec
 from labeler.sinks.parquet import ShardedParquetSink
 from labeler.tracking import add_track_ids
@@ -115,3 +116,18 @@ def test_mot_needs_tracked_video_frames(tmp_path, capsys):
                            "--val-fraction", "0.2")
     assert code == 2 and "do not apply to mot" in err
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("batch_rows", [1, 2, 3, 1024])
+def test_stats_count_tracks_at_their_first_box_across_batches(tracked_job, batch_rows,
+                                                              monkeypatch, capsys):
+    import labeler.export.rows
+
+    monkeypatch.setattr(labeler.export.rows, "READ_BATCH_ROWS", batch_rows)
+    assert main(["stats", tracked_job]) == 0
+    printed = capsys.readouterr().out
+    # cam/a.mp4: the car (3 boxes) and the person (2), one car box in no track; b.mp4: a car.
+    assert "  tracks: 3 of 7 boxes (2.3 a track); 1 boxes in no track\n" in printed
+    assert "  label     boxes   images   tracks " in printed
+    assert "  car           6        5        2 " in printed
+    assert "  person        2        2        1 " in printed
