@@ -212,11 +212,18 @@ class TrackingSpec(_Strict):
     shared with the boxes of the same object in the video's other frames
     (labeler.tracking). Boxes are linked per label, frame by frame in time order, as
     ByteTrack does: a track's box is predicted at constant velocity, matched to the frame's
-    boxes by IoU with an optimal assignment, high-scored boxes first, then the rest."""
+    boxes by IoU with an optimal assignment, high-scored boxes first (then again with both
+    boxes buffered, as C-BIoU does), then the rest."""
 
     iou: float = Field(0.3, gt=0.0, le=1.0,
                        description="least IoU between a track's predicted box and a box of its "
                                    "label for the box to continue the track")
+    buffer: float | None = Field(
+        0.5, ge=0.0, le=2.0, description="a second round for the high-scored boxes and tracks "
+                                         "left: IoU of both boxes grown by this share of their "
+                                         "size on every side (C-BIoU), which follows objects "
+                                         "that move more than their overlap between frames; "
+                                         "null: no second round")
     max_missed: int = Field(3, ge=0, description="labeled frames in a row a track may go "
                                                  "unmatched and still be continued; then it "
                                                  "ends, and the object seen again starts a new one")

@@ -9,9 +9,13 @@ in time order:
 2. the frame's boxes scored at least `new_track_score` are assigned to the predictions by
    an optimal assignment on IoU (scipy's linear_sum_assignment); a pair with IoU >= `iou`
    continues the track;
-3. the tracks left are assigned the same way to the frame's lower-scored boxes;
-4. a high-scored box left over starts a track, a lower-scored one stays in none;
-5. a track that goes unmatched in more than `max_missed` labeled frames in a row ends.
+3. the tracks and high-scored boxes left are assigned again, on the IoU of the boxes each
+   grown by `buffer` of its size on every side (C-BIoU, Yang et al. 2023: an object that
+   moved more than its own overlap allows, or a track not yet moving, is still found,
+   while the first round keeps close objects apart);
+4. the tracks left are assigned as in 2 to the frame's lower-scored boxes;
+5. a high-scored box left over starts a track, a lower-scored one stays in none;
+6. a track that goes unmatched in more than `max_missed` labeled frames in a row ends.
 
 Tracks of fewer than `min_length` boxes are dropped; the others are numbered 1, 2, ... in
 order of their first box (frame, then the box's place in its row).
@@ -25,30 +29,12 @@ filter is tuned for 30 fps pedestrian video.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from labeler.config import TrackingSpec
 
 NO_TRACK = 0  # the id of a box in no track; tracks are numbered from 1
-
-
-@dataclass
-class _Track:
-    box: np.ndarray  # (4,) its last box, xyxy pixels
-    frame: int  # the labeled frame of its last box
-    velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))  # box change per frame
-    boxes: list[int] = field(default_factory=list)  # flat indexes of its boxes, in order
-
-    def predicted(self, frame: int) -> np.ndarray:
-        return self.box + self.velocity * (frame - self.frame)
-
-    def extend(self, box: np.ndarray, frame: int, index: int) -> None:
-        self.velocity = (box - self.box) / (frame - self.frame)
-        self.box, self.frame = box, frame
-        self.boxes.append(index)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -58,24 +44,70 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     y0 = np.maximum(a[:, None, 1], b[None, :, 1])
     x1 = np.minimum(a[:, None, 2], b[None, :, 2])
     y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    # np.maximum, not np.clip: this runs per frame on small arrays, where clip's overhead
+    # was half of the tracker's time.
+    inter = np.maximum(x1 - x0, 0.0) * np.maximum(y1 - y0, 0.0)
+    area_a = np.maximum(a[:, 2] - a[:, 0], 0.0) * np.maximum(a[:, 3] - a[:, 1], 0.0)
+    area_b = np.maximum(b[:, 2] - b[:, 0], 0.0) * np.maximum(b[:, 3] - b[:, 1], 0.0)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def _assign(tracks: list[_Track], boxes: np.ndarray, frame: int,
-            min_iou: float) -> list[tuple[int, int]]:
-    """(track, box) position pairs of the assignment with the most total IoU among pairs
-    of IoU >= min_iou (a pair below it counts as no match, so it never displaces one)."""
-    if not tracks or not len(boxes):
-        return []
-    predicted = np.stack([t.predicted(frame) for t in tracks])
+class _LiveTracks:
+    """The tracks that may still continue, as arrays (one entry per track): last box (T, 4)
+    xyxy px, velocity (T, 4) px per labeled frame, labeled frame of the last box (T,),
+    label (T,), and number (T,): the track's index in creation order."""
+
+    def __init__(self):
+        self.box = np.zeros((0, 4))
+        self.velocity = np.zeros((0, 4))
+        self.frame = np.zeros(0, dtype=np.int64)
+        self.label = np.zeros(0, dtype=np.int64)
+        self.number = np.zeros(0, dtype=np.int64)
+
+    def keep(self, which: np.ndarray) -> None:
+        for name in ("box", "velocity", "frame", "label", "number"):
+            setattr(self, name, getattr(self, name)[which])
+
+    def extend(self, which: np.ndarray, boxes: np.ndarray, frame: int) -> None:
+        """Tracks `which` continue with `boxes` in `frame`; velocity from their last box."""
+        self.velocity[which] = (boxes - self.box[which]) / (frame - self.frame[which])[:, None]
+        self.box[which] = boxes
+        self.frame[which] = frame
+
+    def start(self, boxes: np.ndarray, labels: np.ndarray, frame: int, first: int) -> None:
+        """New tracks, numbered from `first`, standing still until their second box."""
+        n = len(boxes)
+        self.box = np.concatenate([self.box, boxes])
+        self.velocity = np.concatenate([self.velocity, np.zeros((n, 4))])
+        self.frame = np.concatenate([self.frame, np.full(n, frame)])
+        self.label = np.concatenate([self.label, labels])
+        self.number = np.concatenate([self.number, np.arange(first, first + n)])
+
+
+def grown(boxes: np.ndarray, buffer: float) -> np.ndarray:
+    """Boxes (n, 4) xyxy, each grown by `buffer` times its width (height) on its left and
+    right (top and bottom) sides, about its center."""
+    pad = (boxes[:, 2:] - boxes[:, :2]) * buffer
+    return np.concatenate([boxes[:, :2] - pad, boxes[:, 2:] + pad], axis=1)
+
+
+def _assign(predicted: np.ndarray, track_labels: np.ndarray, boxes: np.ndarray,
+            labels: np.ndarray, min_iou: float,
+            buffer: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(track positions, box positions) of the assignment with the most total IoU among
+    pairs of one label and IoU >= min_iou (any other pair counts as no match, so it never
+    displaces one), IoU taken of the boxes grown by `buffer` (grown()). One assignment for all labels: pairs of two labels gain nothing, so it
+    is the optimal assignment of each label on its own."""
+    if not len(predicted) or not len(boxes):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    if buffer:
+        predicted, boxes = grown(predicted, buffer), grown(boxes, buffer)
     iou = box_iou(predicted, boxes)
-    gain = np.where(iou >= min_iou, iou, 0.0)
+    gain = np.where((iou >= min_iou) & (track_labels[:, None] == labels[None, :]), iou, 0.0)
     rows, cols = linear_sum_assignment(gain, maximize=True)
-    return [(r, c) for r, c in zip(rows.tolist(), cols.tolist()) if gain[r, c] > 0]
+    matched = gain[rows, cols] > 0
+    return rows[matched], cols[matched]
 
 
 def link_tracks(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
@@ -88,36 +120,42 @@ def link_tracks(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
     track id, 1, 2, ... in order of the track's first box, or NO_TRACK.
     """
     boxes = np.asarray(boxes, dtype=np.float64)
-    new_track_score = spec.new_track_score if spec.new_track_score is not None else -1.0
-    live: dict[int, list[_Track]] = {}  # label -> its tracks that may still continue
-    done: list[_Track] = []
+    labels = np.asarray(labels, dtype=np.int64)
+    new_track_score = spec.new_track_score if spec.new_track_score is not None else -np.inf
+    owner = np.full(len(boxes), -1, dtype=np.int64)  # each box's track number, -1: none
+    live, tracks = _LiveTracks(), 0
     for frame in range(len(frame_starts) - 1):
-        start, end = int(frame_starts[frame]), int(frame_starts[frame + 1])
-        for label in sorted(set(live) | set(labels[start:end].tolist())):
-            tracks = live.get(label, [])
-            ended = [t for t in tracks if frame - t.frame - 1 > spec.max_missed]
-            done.extend(ended)
-            tracks = [t for t in tracks if frame - t.frame - 1 <= spec.max_missed]
-            mine = start + np.flatnonzero(labels[start:end] == label)
-            high = mine[scores[mine] >= new_track_score]
-            low = mine[scores[mine] < new_track_score]
-            unmatched = list(range(len(tracks)))
-            for candidates, may_start in ((high, True), (low, False)):
-                waiting = [tracks[k] for k in unmatched]
-                pairs = _assign(waiting, boxes[candidates], frame, spec.iou)
-                for t, c in pairs:
-                    waiting[t].extend(boxes[candidates[c]], frame, int(candidates[c]))
-                taken = {c for _, c in pairs}
-                unmatched = [unmatched[k] for k in range(len(waiting))
-                             if k not in {t for t, _ in pairs}]
-                if may_start:
-                    tracks += [_Track(boxes[i], frame, boxes=[int(i)])
-                               for c, i in enumerate(candidates.tolist()) if c not in taken]
-            live[label] = tracks
-    done.extend(t for tracks in live.values() for t in tracks)
-    ids = np.full(len(boxes), NO_TRACK, dtype=np.int64)
-    kept = sorted((t for t in done if len(t.boxes) >= spec.min_length),
-                  key=lambda t: t.boxes[0])
-    for number, track in enumerate(kept, start=1):
-        ids[track.boxes] = number
-    return ids
+        live.keep(frame - live.frame - 1 <= spec.max_missed)  # the others have ended
+        predicted = live.box + live.velocity * (frame - live.frame)[:, None]
+        mine = np.arange(int(frame_starts[frame]), int(frame_starts[frame + 1]))
+        high = scores[mine] >= new_track_score
+        waiting = np.arange(len(predicted))  # live tracks not matched yet in this frame
+        left = mine[high]  # high boxes not matched yet
+        for is_high, buffer in ((True, 0.0), (True, spec.buffer), (False, 0.0)):
+            if buffer is None:
+                continue
+            candidates = left if is_high else mine[~high]
+            t, c = _assign(predicted[waiting], live.label[waiting], boxes[candidates],
+                           labels[candidates], spec.iou, buffer)
+            if not len(t):
+                continue
+            live.extend(waiting[t], boxes[candidates[c]], frame)
+            owner[candidates[c]] = live.number[waiting[t]]
+            waiting = np.delete(waiting, t)
+            if is_high:
+                left = np.delete(candidates, c)
+        if len(left):
+            # High boxes left over start tracks, numbered in their order in the row.
+            live.start(boxes[left], labels[left], frame, tracks)
+            owner[left] = np.arange(tracks, tracks + len(left))
+            tracks += len(left)
+    return _numbered(owner, tracks, spec.min_length)
+
+
+def _numbered(owner: np.ndarray, tracks: int, min_length: int) -> np.ndarray:
+    """Track ids from track numbers (creation order, which is the order of first boxes):
+    tracks of fewer than min_length boxes dropped, the others numbered 1, 2, ..."""
+    lengths = np.bincount(owner[owner >= 0], minlength=tracks)
+    kept = lengths >= min_length
+    ids = np.where(kept, np.cumsum(kept), NO_TRACK)
+    return np.where(owner >= 0, ids[np.maximum(owner, 0)], NO_TRACK).astype(np.int64)

@@ -43,12 +43,26 @@ def test_ids_count_in_order_of_first_box_frame_then_place_in_the_row():
 
 def test_a_predicted_box_follows_an_object_faster_than_its_own_width_overlaps():
     # 10 px a frame (IoU 0.6 frame to frame), then 25 px (IoU 0.23 < 0.3): the track's
-    # velocity carries its box to where the object is.
+    # velocity carries its box to where the object is, without the buffered round.
     xs = [0, 10, 20, 45, 70, 95, 120]
-    assert _track([[_square(x, 0)] for x in xs]) == [[1]] * 7
-    # Without a motion model (a box that stops, so the velocity guess is wrong) the jump of
-    # 25 px starts a new track: the tracker does predict.
-    assert _track([[_square(x, 0)] for x in [0, 10, 10, 35]]) == [[1], [1], [1], [2]]
+    assert _track([[_square(x, 0)] for x in xs], buffer=None) == [[1]] * 7
+    # A box that stops makes the velocity guess wrong: the jump of 25 px then starts a new
+    # track. So the tracker does predict.
+    assert _track([[_square(x, 0)] for x in [0, 10, 10, 35]], buffer=None) == [
+        [1], [1], [1], [2]]
+
+
+def test_the_buffered_round_finds_a_box_that_moved_past_its_overlap():
+    # A new track has no velocity yet: a first step of 25 px on a 40 px box is IoU 0.23.
+    # Grown by half their size on every side (80 px boxes 25 px apart) they overlap by
+    # IoU 0.52.
+    frames = [[_square(0, 0)], [_square(25, 0)]]
+    assert _track(frames, buffer=None) == [[1], [2]]
+    assert _track(frames) == [[1], [1]]
+    # The plain round comes first: two cars side by side keep their own boxes, though
+    # grown boxes would pair them the other way round as well.
+    side_by_side = [[_square(0, 0), _square(44, 0)], [_square(3, 0), _square(47, 0)]]
+    assert _track(side_by_side) == [[1, 2], [1, 2]]
 
 
 def test_a_track_survives_max_missed_frames_without_its_object():
