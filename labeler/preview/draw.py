@@ -81,8 +81,10 @@ def font_for(size: tuple[int, int]):
 
 
 def box_caption(box: Box) -> str:
-    """The text drawn above a box: label and score ('dog 0.87')."""
-    return f"{box.label or UNNAMED_LABEL} {box.score:.2f}"
+    """The text drawn above a box: label, track when it has one, and score ('dog 0.87',
+    'dog #3 0.87')."""
+    track = f" #{box.track_id}" if box.track_id is not None else ""
+    return f"{box.label or UNNAMED_LABEL}{track} {box.score:.2f}"
 
 
 def annotate(pixels: np.ndarray, width: int, height: int, boxes: Iterable[Box] = (),

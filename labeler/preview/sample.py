@@ -224,7 +224,8 @@ def _sample_batch(batch: pa.RecordBatch, seed: int, errors_only: bool, scan: Sca
 
 def _sampled(values: dict, row_rank: int, key: str) -> SampledRow:
     """A row's values (a dict of the columns read) -> SampledRow."""
-    boxes = tuple(Box(d["label"] or "", d["score"], d["x0"], d["y0"], d["x1"], d["y1"])
+    boxes = tuple(Box(d["label"] or "", d["score"], d["x0"], d["y0"], d["x1"], d["y1"],
+                      d.get("track_id"))
                   for d in values.get("detections") or [])
     ocr = tuple(OcrLine(r["text"] or "", tuple((r[f"x{k}"], r[f"y{k}"]) for k in range(4)))
                 for r in values.get("ocr_regions") or [])

@@ -15,7 +15,7 @@ from PIL import Image
 from labeler.actors.predictor import OUTPUT_SCHEMA
 from labeler.cli import main
 from labeler.preview import PreviewOptions, run_preview
-from labeler.preview.draw import OCR_COLOR, annotate, label_color
+from labeler.preview.draw import OCR_COLOR, annotate, box_caption, label_color
 from labeler.export.rows import Box
 from labeler.preview.sample import OcrLine, rank, row_key
 from labeler.sinks.parquet import ShardedParquetSink
@@ -194,6 +194,12 @@ def test_boxes_are_drawn_scaled_with_label_colors_and_min_score_hides(job, tmp_p
     assert "cat 0.20</li>" in page
     card = _card_text(page, "img03.jpg")  # each card: size, box count, labels with scores
     assert '<div class="small">64x48, 1 box</div>' in card and ">dog 0.50</li>" in card
+
+
+def test_a_box_caption_names_its_track_when_it_has_one():
+    assert box_caption(Box("dog", 0.871, 0, 0, 1, 1)) == "dog 0.87"
+    assert box_caption(Box("dog", 0.871, 0, 0, 1, 1, track_id=3)) == "dog #3 0.87"
+    assert box_caption(Box("", 0.5, 0, 0, 1, 1)) == "object 0.50"
 
 
 def test_annotate_draws_boxes_and_ocr_quads_on_the_array():
