@@ -20,37 +20,14 @@ so memory holds one video's lines; seqmap.txt is written last.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 from labeler.export.categories import Categories
-from labeler.export.rows import Row
+from labeler.export.rows import Row, TrackCount, videos_of
 from labeler.export.target import Target
 
 SEQMAP_FILE = "seqmap.txt"
 COORD_DECIMALS = 3  # a thousandth of a pixel, as the COCO export writes boxes
-
-
-@dataclass
-class MotCount:
-    """What write_mot wrote and left out."""
-
-    sequences: int = 0
-    frames: int = 0
-    boxes: int = 0
-    untracked_boxes: int = 0
-
-
-def _videos(rows: Iterable[Row]) -> Iterator[list[Row]]:
-    """The rows of each video in turn (a run of rows with the same id)."""
-    batch: list[Row] = []
-    for row in rows:
-        if batch and row.id != batch[0].id:
-            yield batch
-            batch = []
-        batch.append(row)
-    if batch:
-        yield batch
 
 
 def gt_lines(frames: list[Row], categories: Categories) -> tuple[str, int]:
@@ -83,12 +60,12 @@ def seqinfo(frames: list[Row]) -> str:
     return "[Sequence]\n" + "".join(f"{k}={v}\n" for k, v in fields.items() if v is not None)
 
 
-def write_mot(rows: Iterable[Row], categories: Categories, target: Target) -> MotCount:
+def write_mot(rows: Iterable[Row], categories: Categories, target: Target) -> TrackCount:
     """Write a sequence folder per video of `rows` (video frame rows, in job output order),
     then seqmap.txt."""
-    count, names = MotCount(), []
+    count, names = TrackCount(), []
     labels = "".join(f"{name}\n" for name in categories.names).encode()
-    for frames in _videos(rows):
+    for frames in videos_of(rows):
         name = frames[0].id
         text, untracked = gt_lines(frames, categories)
         target.write(f"{name}/gt/gt.txt", text.encode())

@@ -86,6 +86,30 @@ class Row:
     window: tuple[int, int, int, int] | None = None
 
 
+@dataclass
+class TrackCount:
+    """What an export of a tracked video task wrote (videos, their frame rows, boxes) and
+    left out (boxes in no track)."""
+
+    sequences: int = 0
+    frames: int = 0
+    boxes: int = 0
+    untracked_boxes: int = 0
+
+
+def videos_of(rows: Iterable[Row]) -> Iterator[list[Row]]:
+    """The rows of each video in turn: a run of rows with the same id (a video's rows are
+    together, in time order, in a job output)."""
+    batch: list[Row] = []
+    for row in rows:
+        if batch and row.id != batch[0].id:
+            yield batch
+            batch = []
+        batch.append(row)
+    if batch:
+        yield batch
+
+
 class Reasons:
     """Counts of reasons, the first `kept` distinct ones each on its own, the rest together."""
 

@@ -22,9 +22,11 @@ from labeler.export.coco import split_file_name, write_coco
 from labeler.export.images import SliceCount, copy_images
 from labeler.export.label_studio import TASKS_FILE as LABEL_STUDIO_FILE
 from labeler.export.label_studio import write_label_studio
+from labeler.export.label_studio_video import frame_rate_of, write_label_studio_video
 from labeler.export.mot import SEQMAP_FILE as MOT_FILE
-from labeler.export.mot import MotCount, write_mot
-from labeler.export.rows import ExportError, JobOutput, Reasons, Tally, TaskFolder, TaskRows
+from labeler.export.mot import write_mot
+from labeler.export.rows import (ExportError, JobOutput, Reasons, Tally, TaskFolder, TaskRows,
+                                 TrackCount)
 from labeler.export.slices import SliceOptions
 from labeler.export.splits import TRAIN, VAL, split_of
 from labeler.export.target import Target
@@ -81,7 +83,7 @@ class ExportSummary:
     copy_failures: Reasons = field(default_factory=Reasons)
     splits: dict[str, tuple[int, int]] = field(default_factory=dict)  # split: (images, boxes)
     sliced: SliceCount = field(default_factory=SliceCount)
-    tracks: MotCount | None = None  # mot: sequences written, boxes left out for no track
+    tracks: TrackCount | None = None  # tracked videos (mot, label-studio): what was written
 
     def lines(self) -> list[str]:
         tally, min_score = self.tally, self.options.min_score
@@ -113,7 +115,7 @@ class ExportSummary:
                 out.append(f"skipped {s.empty_skipped} slices without a box "
                            f"(--skip-empty-slices)")
         if self.tracks is not None:
-            out.append(f"sequences: {self.tracks.sequences} videos; skipped "
+            out.append(f"videos: {self.tracks.sequences}; skipped "
                        f"{self.tracks.untracked_boxes} boxes in no track (track_id null)")
         out += [f"categories: {self.categories}",
                 f"{'frames' if self.tracks is not None else 'images'}: {self.images}, "
@@ -165,23 +167,23 @@ def _check_slices(options: ExportOptions) -> None:
                           f"(0, 1] of a box's area")
 
 
-def _check_tracked(folder: TaskFolder, survey: Tally, kinds: set[str]) -> None:
-    """--format mot: the task labels video frames (kinds: what its exported rows are,
-    "frames" or "images"), and links their boxes into tracks."""
-    if "images" in kinds:
+def _check_kinds(folder: TaskFolder, options: ExportOptions, survey: Tally,
+                 kinds: set[str]) -> None:
+    """What the rows are ("frames" of videos, or "images") against the format: video frames
+    are no files, so they go to COCO as entries, and as tracks to MOT and Label Studio when
+    the job linked them (`track`)."""
+    tracked = bool(survey.parameters) and all("track" in p for p in survey.parameters)
+    if "images" in kinds and options.format == "mot":
         raise ExportError(f"task {folder.name!r} labels images; --format mot exports the "
                           f"tracks of a video job (labeler run --media video --track)")
-    if not all("track" in parameters for parameters in survey.parameters):
-        raise ExportError(f"task {folder.name!r} was labeled without tracking, so its boxes "
-                          f"have no track ids; label the videos with --track (or track: in "
-                          f"the task's spec)")
-
-
-def _check_frames_allowed(folder: TaskFolder, options: ExportOptions) -> None:
-    """Video frame rows: COCO entries only, as frames are no files."""
-    if options.format == "label-studio":
-        raise ExportError(f"task {folder.name!r} labels video frames; Label Studio tasks here "
-                          f"are images: export it as COCO (file_name <video id>#frame=<n>)")
+    if "frames" not in kinds:
+        return
+    if options.format in ("mot", "label-studio") and not tracked:
+        also = ("" if options.format == "mot" else
+                ", or export the frames as COCO (file_name <video id>#frame=<n>)")
+        raise ExportError(f"task {folder.name!r} labels video frames without tracking, so "
+                          f"its boxes have no track ids; label the videos with --track (or "
+                          f"track: in the task's spec){also}")
     if options.format == "yolo":
         raise ExportError(f"task {folder.name!r} labels video frames, and a YOLO dataset needs "
                           f"an image file per label file; export it as COCO (file_name "
@@ -202,14 +204,13 @@ def run_export(options: ExportOptions) -> ExportSummary:
     target.check_empty(options.overwrite, job.uri)
     rows = TaskRows(job, folder, options.min_score, options.include_not_kept)
 
-    survey, labels, kinds = Tally(), set(), set()
+    survey, labels, kinds, rates = Tally(), set(), set(), []
     for row in rows.scan(survey):
         kinds.add("frames" if row.frame_index is not None else "images")
-        if row.frame_index is not None:
-            _check_frames_allowed(folder, options)
         labels.update(box.label for box in row.boxes)
-    if options.format == "mot":
-        _check_tracked(folder, survey, kinds)
+        if not rates and row.video and row.video.get("fps"):
+            rates.append(row)
+    _check_kinds(folder, options, survey, kinds)
     categories = Categories(survey.task_labels, labels)
 
     target.clear()
@@ -223,6 +224,11 @@ def run_export(options: ExportOptions) -> ExportSummary:
                             options.val_fraction, options.slices(), summary.sliced)
     elif options.format == "mot":
         summary.tracks = write_mot(rows.scan(summary.tally), categories, target)
+        counts = {"all": (summary.tracks.frames, summary.tracks.boxes)}
+    elif options.format == "label-studio" and "frames" in kinds:
+        summary.tracks = write_label_studio_video(
+            rows.scan(summary.tally), categories, target, folder.model,
+            options.image_url_prefix, frame_rate_of(rates))
         counts = {"all": (summary.tracks.frames, summary.tracks.boxes)}
     elif options.format == "label-studio":
         counts = {"all": write_label_studio(rows.scan(summary.tally), categories, target,

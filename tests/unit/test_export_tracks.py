@@ -1,6 +1,7 @@
-"""`labeler export --format mot`: a tracked video job's tracks as MOTChallenge sequences, and
-track ids in COCO. The job output is written by the job's own sink, which links each
-video's boxes into tracks as it commits them (labeler.tracking)."""
+"""Exports of a tracked video job's tracks: MOTChallenge sequences (`--format mot`), Label
+Studio video tasks, track ids in COCO, and the tracks `labeler stats` counts. The job output
+is written by the job's own sink, which links each video's boxes into tracks as it commits
+them (labeler.tracking)."""
 
 import json
 
@@ -59,7 +60,7 @@ def test_mot_sequences_hold_each_videos_tracked_boxes(tracked_job, tmp_path, cap
     out = tmp_path / "mot"
     code, printed, _ = _export(capsys, tracked_job, "--format", "mot", "--out", out)
     assert code == 0
-    assert "sequences: 2 videos; skipped 1 boxes in no track (track_id null)\n" in printed
+    assert "videos: 2; skipped 1 boxes in no track (track_id null)\n" in printed
     assert "skipped 1 error rows" in printed and "frames: 5, boxes: 7\n" in printed
     assert f"output: {out / 'seqmap.txt'}" in printed
     # Files in output order: b.mp4's shard 1 comes after cam/a.mp4's shard 0.
@@ -102,7 +103,7 @@ def test_coco_numbers_tracks_over_the_file(tracked_job, tmp_path, capsys):
 def test_mot_needs_tracked_video_frames(tmp_path, capsys):
     untracked = _job(tmp_path / "untracked", params={"labels": ["car", "person"]}, track=None)
     code, _, err = _export(capsys, untracked, "--format", "mot", "--out", tmp_path / "m")
-    assert code == 2 and "was labeled without tracking, so its boxes have no track ids" in err
+    assert code == 2 and "labels video frames without tracking, so its boxes have no track ids" in err
 
     images = tmp_path / "images"
     sink = ShardedParquetSink(images, {0: 1}, ["detect"], "fingerprint")
@@ -131,3 +132,55 @@ def test_stats_count_tracks_at_their_first_box_across_batches(tracked_job, batch
     assert "  label     boxes   images   tracks " in printed
     assert "  car           6        5        2 " in printed
     assert "  person        2        2        1 " in printed
+
+
+def test_label_studio_gets_a_task_per_video_and_a_region_per_track(tracked_job, tmp_path,
+                                                                   capsys):
+    out = tmp_path / "ls"
+    code, printed, _ = _export(capsys, tracked_job, "--format", "label-studio", "--out", out,
+                               "--image-url-prefix", "s3://videos/")
+    assert code == 0
+    assert "videos: 2; skipped 1 boxes in no track (track_id null)\n" in printed
+    # The project's frame rate is the first video's; b.mp4's container gives none.
+    assert (out / "label_config.xml").read_text() == (
+        '<View>\n  <Video name="video" value="$video" frameRate="10"/>\n'
+        '  <VideoRectangle name="box" toName="video"/>\n'
+        '  <Labels name="videoLabels" toName="video">\n'
+        '    <Label value="car"/>\n    <Label value="person"/>\n  </Labels>\n</View>\n')
+    a, b = json.loads((out / "tasks.json").read_text())
+    assert a["data"] == {"video": "s3://videos/cam/a.mp4", "labeler_id": "cam/a.mp4"}
+    (prediction,) = a["predictions"]
+    assert prediction["model_version"] == "owlv2:tiny"
+    assert prediction["score"] == pytest.approx((0.9 + 0.6 + 0.3 + 0.8 + 0.7) / 5)
+
+    def keyframe(frame, time, enabled, x, y, w, h):
+        return {"frame": frame, "time": time, "enabled": enabled, "rotation": 0,
+                "x": x, "y": y, "width": w, "height": h}
+
+    car, person = prediction["result"]
+    assert {k: car[k] for k in ("id", "from_name", "to_name", "type")} == {
+        "id": "track1", "from_name": "box", "to_name": "video", "type": "videorectangle"}
+    assert car["score"] == pytest.approx(0.6)
+    # Percent of 64x48; frames from 1 at 10 fps; the last keyframe ends the box.
+    assert car["value"] == {"framesCount": 40, "duration": 4.0, "labels": ["car"], "sequence": [
+        keyframe(1, 0.0, True, 0.0, 0.0, 15.625, 20.8333),
+        keyframe(11, 1.0, True, 3.125, 0.0, 15.625, 20.8333),
+        keyframe(21, 2.0, False, 6.25, 0.0, 15.625, 20.8333)]}
+    assert person["id"] == "track2" and person["value"]["labels"] == ["person"]
+    assert [k["frame"] for k in person["value"]["sequence"]] == [1, 11]
+    assert person["value"]["sequence"][0]["x"] == 46.875
+    # b.mp4: no frame rate in its container, so no framesCount; frames at the project's rate.
+    (region,) = b["predictions"][0]["result"]
+    assert region["value"]["duration"] == 1.0 and "framesCount" not in region["value"]
+    assert [(k["frame"], k["time"], k["enabled"]) for k in region["value"]["sequence"]] == [
+        (1, 0.0, True), (6, 0.5, False)]
+
+
+def test_label_studio_refuses_untracked_video_frames(tmp_path, capsys):
+    untracked = _job(tmp_path / "untracked", params={"labels": ["car", "person"]}, track=None)
+    code, _, err = _export(capsys, untracked, "--format", "label-studio", "--out",
+                           tmp_path / "ls")
+    assert code == 2
+    assert "label the videos with --track (or track: in the task's spec), or export the " \
+           "frames as COCO" in err
+    assert not (tmp_path / "ls").exists()

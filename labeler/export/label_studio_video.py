@@ -1,0 +1,128 @@
+"""Label Studio video object tracking: a tracked video task's tracks (a job run with
+`track`) as pre-annotations to review, one Label Studio task per video.
+
+    <out>/tasks.json          a JSON list of tasks, one per video, to import into the project
+    <out>/label_config.xml    Video (frameRate), VideoRectangle and Labels with the categories
+
+A task is `{"data": {"video": URL, "labeler_id": id}, "predictions": [prediction]}`; the
+prediction holds one `videorectangle` region per track, as Label Studio's own video results
+are (from_name the VideoRectangle, to_name the Video, `labels` in the value): a keyframe per
+box of the track, `x, y, width, height` in percent of the frame as displayed, `frame`
+counted from 1 at the config's frame rate (round(timestamp_s x frameRate) + 1: the frame
+Label Studio shows at that time), `time` the frame's timestamp in seconds. Label Studio
+interpolates a box between enabled keyframes, which fills the frames between two sampled
+ones; the track's last keyframe is disabled, so its box stops there. A region's score is
+the mean of its boxes', the prediction's the mean of all boxes'. Boxes in no track
+(track_id null) are left out and counted.
+
+frameRate: the frame rate of the first video whose container gives one (else Label
+Studio's default, 24), for the whole project; frames of a video at another rate are placed
+by their timestamps at this one. framesCount and duration: the video's, when the container
+says them.
+
+URL: as for images (labeler.export.label_studio): the row's `uri`, or a prefix followed by
+the video's id. Memory holds one video's rows; tasks.json is written last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from xml.sax.saxutils import quoteattr
+
+from labeler.export.categories import Categories
+from labeler.export.coco import json_line
+from labeler.export.label_studio import CONFIG_FILE, TASKS_FILE
+from labeler.export.rows import Box, Row, TrackCount, videos_of
+from labeler.export.target import Target
+from labeler.serve.formats import model_version
+
+VIDEO_TAG, BOX_TAG, LABELS_TAG = "video", "box", "videoLabels"
+DEFAULT_FRAME_RATE = 24.0  # Label Studio's Video tag's own default
+PERCENT_DECIMALS = 4  # 0.0001% of a 4K frame's width is 0.004 px
+
+
+def frame_rate_of(rows: Iterable[Row]) -> float:
+    """The project's frame rate: the first video's that has one, else DEFAULT_FRAME_RATE."""
+    for row in rows:
+        if row.video and row.video.get("fps"):
+            return float(row.video["fps"])
+    return DEFAULT_FRAME_RATE
+
+
+def video_label_config_xml(categories: Categories, frame_rate: float) -> str:
+    """A labeling config: the video at `frame_rate`, a VideoRectangle, and Labels with every
+    category, in order."""
+    labels = "".join(f"\n    <Label value={quoteattr(name)}/>" for name in categories.names)
+    return (f'<View>\n  <Video name="{VIDEO_TAG}" value="${VIDEO_TAG}" '
+            f'frameRate="{frame_rate:g}"/>\n'
+            f'  <VideoRectangle name="{BOX_TAG}" toName="{VIDEO_TAG}"/>\n'
+            f'  <Labels name="{LABELS_TAG}" toName="{VIDEO_TAG}">{labels}\n'
+            f'  </Labels>\n</View>\n')
+
+
+def _keyframe(row: Row, box: Box, frame_rate: float, enabled: bool) -> dict:
+    def pct(value: float, size: int) -> float:
+        return round(100.0 * value / size, PERCENT_DECIMALS)
+
+    return {"frame": round(row.timestamp_s * frame_rate) + 1, "time": row.timestamp_s,
+            "enabled": enabled, "rotation": 0,
+            "x": pct(box.x0, row.width), "y": pct(box.y0, row.height),
+            "width": pct(box.x1 - box.x0, row.width), "height": pct(box.y1 - box.y0, row.height)}
+
+
+def video_task(frames: list[Row], version: str, url_prefix: str | None,
+               frame_rate: float) -> tuple[dict, int, int]:
+    """The Label Studio task of one video's frame rows -> (task, boxes in it, boxes left
+    out for being in no track)."""
+    tracks: dict[int, list[tuple[Row, Box]]] = {}
+    untracked = 0
+    for row in frames:
+        for box in row.boxes:
+            if box.track_id is None:
+                untracked += 1
+            else:
+                tracks.setdefault(box.track_id, []).append((row, box))
+    video = frames[0].video or {}
+    fps, duration = video.get("fps"), video.get("duration_s")
+    counts = {"framesCount": round(duration * fps)} if fps and duration else {}
+    counts.update({"duration": duration} if duration else {})
+    regions, scores = [], []
+    for track_id in sorted(tracks):
+        boxes = tracks[track_id]
+        sequence = [_keyframe(row, box, frame_rate, enabled=k < len(boxes) - 1)
+                    for k, (row, box) in enumerate(boxes)]
+        track_scores = [box.score for _, box in boxes]
+        regions.append({"id": f"track{track_id}", "from_name": BOX_TAG, "to_name": VIDEO_TAG,
+                        "type": "videorectangle", "score": sum(track_scores) / len(boxes),
+                        "value": {**counts, "sequence": sequence,
+                                  "labels": [boxes[0][1].label]}})
+        scores += track_scores
+    prediction = {"model_version": version, "result": regions}
+    if scores:
+        prediction["score"] = sum(scores) / len(scores)
+    first = frames[0]
+    url = first.uri if url_prefix is None else url_prefix + first.id
+    task = {"data": {VIDEO_TAG: url, "labeler_id": first.id}, "predictions": [prediction]}
+    return task, len(scores), untracked
+
+
+def write_label_studio_video(rows: Iterable[Row], categories: Categories, target: Target,
+                             model: dict, url_prefix: str | None,
+                             frame_rate: float) -> TrackCount:
+    """label_config.xml, then tasks.json (written last) from a tracked video task's frame
+    rows, in job output order. model: the task's model, model_family and model_revision."""
+    version = model_version(model.get("model_family") or "", model.get("model") or "",
+                            model.get("model_revision"))
+    target.write(CONFIG_FILE, video_label_config_xml(categories, frame_rate).encode())
+    count = TrackCount()
+    with target.final(TASKS_FILE) as out:
+        out.write(b"[")
+        for frames in videos_of(rows):
+            task, boxes, untracked = video_task(frames, version, url_prefix, frame_rate)
+            out.write((b"\n" if not count.sequences else b",\n") + json_line(task))
+            count.sequences += 1
+            count.frames += len(frames)
+            count.boxes += boxes
+            count.untracked_boxes += untracked
+        out.write(b"\n]\n")
+    return count
