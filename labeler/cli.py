@@ -333,8 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="hold out this share of the images as a validation split, chosen "
                           "by id (the same on every export); default 0: one set")
     exp.add_argument("--image-url-prefix",
-                     help="label-studio: image URL = this prefix + the row id (default: the "
-                          "row's uri), e.g. /data/local-files/?d=photos/")
+                     help="label-studio: image (or video) URL = this prefix + the row id "
+                          "(default: the row's uri), e.g. /data/local-files/?d=photos/")
     sliced = exp.add_argument_group("slices (coco, yolo): train at a model's input size on "
                                     "large images")
     sliced.add_argument("--slice", type=int, metavar="SIZE", dest="slice_size",

@@ -333,6 +333,18 @@ def test_tracked_frames_carry_track_ids_linked_per_video(ray_local, video_folder
         expected = sorted((r["frame_index"] + 1, d["track_id"]) for r in rows
                           if r["id"] == video for d in r["detections"])
         assert [tuple(map(int, line.split(",")[:2])) for line in lines] == expected
+    # ... and as Label Studio video tasks: a region per track, a keyframe per box.
+    assert main(["export", str(out), "--format", "label-studio", "--out",
+                 str(tmp_path / "ls")]) == 0
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
+    assert [t["data"]["labeler_id"] for t in tasks] == ["a_h264.mp4", "d_rotated.mov"]
+    for task in tasks:
+        boxes = [d for r in rows if r["id"] == task["data"]["labeler_id"]
+                 for d in r["detections"]]
+        regions = task["predictions"][0]["result"]
+        assert [r["id"] for r in regions] == [f"track{k}" for k in
+                                              range(1, max(d["track_id"] for d in boxes) + 1)]
+        assert sum(len(r["value"]["sequence"]) for r in regions) == len(boxes)
 
     # Other tracking settings are another job: the rerun is refused, naming the field.
     assert _run(*command, "--track-iou", "0.5") == 2
