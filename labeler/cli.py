@@ -134,6 +134,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                             "(0.3); implies --track")
     video.add_argument("--track-max-missed", type=int,
                        help="labeled frames a track may miss before it ends (3); implies --track")
+    video.add_argument("--track-across-labels", action="store_true", default=None,
+                       help="link boxes whatever their label (an object called car, then "
+                            "truck); implies --track")
     video.add_argument("--clip-seconds", type=float, help="clip length for video-caption/-ask")
     video.add_argument("--clip-fps", type=float, help="frames per second inside a clip (1)")
     pseudo = p.add_argument_group("pseudo-label (OWL-ST)")

@@ -233,6 +233,11 @@ class TrackingSpec(_Strict):
                                           "association). Default: any box may start a track")
     min_length: int = Field(1, ge=1, description="a track of fewer boxes is dropped: its boxes "
                                                  "keep their place with track_id null")
+    across_labels: bool = Field(
+        False, description="link boxes whatever their label: an open-vocabulary detector may "
+                           "call an object 'car' in one frame and 'truck' in the next; a track "
+                           "then holds boxes of several labels (nms: all keeps one box per "
+                           "object and frame)")
 
 
 class TaskSpec(_Strict):
@@ -573,6 +578,7 @@ TASK_FLAGS = {"task": ("task",), "family": ("model", "family"), "model": ("model
               "preprocess": ("preprocess",), "tiles": ("tiles", "grid"),
               "tile_overlap": ("tiles", "overlap"), "track_iou": ("track", "iou"),
               "track_max_missed": ("track", "max_missed"),
+              "track_across_labels": ("track", "across_labels"),
               "batch_size": ("resources", "batch_size"),
               "concurrency": ("resources", "concurrency"), "num_gpus": ("resources", "num_gpus"),
               "actor_cpus": ("resources", "num_cpus"),

@@ -11,8 +11,9 @@ box of the track, `x, y, width, height` in percent of the frame as displayed, `f
 counted from 1 at the config's frame rate (round(timestamp_s x frameRate) + 1: the frame
 Label Studio shows at that time), `time` the frame's timestamp in seconds. Label Studio
 interpolates a box between enabled keyframes, which fills the frames between two sampled
-ones; the track's last keyframe is disabled, so its box stops there. A region's score is
-the mean of its boxes', the prediction's the mean of all boxes'. Boxes in no track
+ones; the track's last keyframe is disabled, so its box stops there. A region's label is its
+boxes' most frequent, its score their mean; the prediction's score is the mean of all
+boxes'. Boxes in no track
 (track_id null) are left out and counted.
 
 frameRate: the frame rate of the first video whose container gives one (else Label
@@ -26,6 +27,7 @@ the video's id. Memory holds one video's rows; tasks.json is written last.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from xml.sax.saxutils import quoteattr
 
@@ -70,6 +72,13 @@ def _keyframe(row: Row, box: Box, frame_rate: float, enabled: bool) -> dict:
             "width": pct(box.x1 - box.x0, row.width), "height": pct(box.y1 - box.y0, row.height)}
 
 
+def track_label(boxes: Iterable[Box]) -> str:
+    """A track's label: its boxes' most frequent one, the first seen among equals (a track
+    linked `across_labels` may hold several)."""
+    counts = Counter(box.label for box in boxes)
+    return max(counts, key=counts.__getitem__)
+
+
 def video_task(frames: list[Row], version: str, url_prefix: str | None,
                frame_rate: float) -> tuple[dict, int, int]:
     """The Label Studio task of one video's frame rows -> (task, boxes in it, boxes left
@@ -95,7 +104,7 @@ def video_task(frames: list[Row], version: str, url_prefix: str | None,
         regions.append({"id": f"track{track_id}", "from_name": BOX_TAG, "to_name": VIDEO_TAG,
                         "type": "videorectangle", "score": sum(track_scores) / len(boxes),
                         "value": {**counts, "sequence": sequence,
-                                  "labels": [boxes[0][1].label]}})
+                                  "labels": [track_label(box for _, box in boxes)]}})
         scores += track_scores
     prediction = {"model_version": version, "result": regions}
     if scores:

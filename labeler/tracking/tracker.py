@@ -1,8 +1,8 @@
 """Tracking by detection: links the boxes of a video's labeled frames into tracks.
 
 Boxes in, one track id per box out. No image is looked at, so the same boxes always give
-the same tracks. Association is ByteTrack's (Zhang et al. 2022), per label, frame by frame
-in time order:
+the same tracks. Association is ByteTrack's (Zhang et al. 2022), per label (or over all
+labels, `across_labels`), frame by frame in time order:
 
 1. each live track of the label predicts its box: its last box moved at constant velocity
    (the change of its box per labeled frame, from its last two boxes) for the frames since;
@@ -120,7 +120,8 @@ def link_tracks(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
     track id, 1, 2, ... in order of the track's first box, or NO_TRACK.
     """
     boxes = np.asarray(boxes, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
+    # Across labels, every box is one label to the association.
+    labels = np.asarray(labels, dtype=np.int64) * (not spec.across_labels)
     new_track_score = spec.new_track_score if spec.new_track_score is not None else -np.inf
     owner = np.full(len(boxes), -1, dtype=np.int64)  # each box's track number, -1: none
     live, tracks = _LiveTracks(), 0

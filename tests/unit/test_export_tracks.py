@@ -184,3 +184,14 @@ def test_label_studio_refuses_untracked_video_frames(tmp_path, capsys):
     assert "label the videos with --track (or track: in the task's spec), or export the " \
            "frames as COCO" in err
     assert not (tmp_path / "ls").exists()
+
+
+def test_a_tracks_label_in_label_studio_is_its_most_frequent():
+    from labeler.export.label_studio_video import track_label
+    from labeler.export.rows import Box
+
+    def boxes(*labels):
+        return [Box(label, 0.5, 0, 0, 1, 1, 1) for label in labels]
+
+    assert track_label(boxes("car", "truck", "truck")) == "truck"
+    assert track_label(boxes("truck", "car", "car", "truck")) == "truck"  # first among equals

@@ -80,6 +80,17 @@ def test_labels_are_tracked_apart_even_where_their_boxes_coincide():
     assert _track(frames) == [[1, 2], [2, 1]]
 
 
+def test_across_labels_one_object_keeps_its_track_when_its_label_flips():
+    # An open-vocabulary detector calls the same vehicle car, truck, car.
+    frames = [[_square(0, 0, "car")], [_square(3, 0, "truck")], [_square(6, 0, "car")]]
+    assert _track(frames) == [[1], [2], [1]]  # per label, the truck is another object
+    assert _track(frames, across_labels=True) == [[1], [1], [1]]
+    # Two objects side by side still keep theirs.
+    pair = [[_square(0, 0, "car"), _square(100, 0, "bus")],
+            [_square(102, 0, "car"), _square(2, 0, "bus")]]
+    assert _track(pair, across_labels=True) == [[1, 2], [2, 1]]
+
+
 def test_a_low_score_box_continues_a_track_but_never_starts_one():
     # ByteTrack's second association: an occluded object scores low for two frames.
     frames = [[_square(0, 0, score=0.9), _square(300, 0, score=0.2)],
@@ -165,6 +176,8 @@ def test_track_flags_turn_tracking_on_and_set_its_fields(tmp_path):
     assert _spec(tmp_path, track=True).tasks[0].track == TrackingSpec()
     assert _spec(tmp_path, track_iou=0.5, track_max_missed=1).tasks[0].track == TrackingSpec(
         iou=0.5, max_missed=1)
+    assert _spec(tmp_path, track_across_labels=True).tasks[0].track == TrackingSpec(
+        across_labels=True)
     spec_file = tmp_path / "job.yaml"
     spec_file.write_text("tasks:\n- {task: detect, model: {family: owlv2, source: m}, "
                          "labels: [cat], track: {min_length: 3}}\n")
