@@ -97,8 +97,9 @@ def _assign(predicted: np.ndarray, track_labels: np.ndarray, boxes: np.ndarray,
             buffer: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(track positions, box positions) of the assignment with the most total IoU among
     pairs of one label and IoU >= min_iou (any other pair counts as no match, so it never
-    displaces one), IoU taken of the boxes grown by `buffer` (grown()). One assignment for all labels: pairs of two labels gain nothing, so it
-    is the optimal assignment of each label on its own."""
+    displaces one), IoU taken of the boxes grown by `buffer` (grown()). One assignment for
+    all labels: pairs of two labels gain nothing, so it is the optimal assignment of each
+    label on its own."""
     if not len(predicted) or not len(boxes):
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     if buffer:
@@ -158,5 +159,5 @@ def _numbered(owner: np.ndarray, tracks: int, min_length: int) -> np.ndarray:
     tracks of fewer than min_length boxes dropped, the others numbered 1, 2, ..."""
     lengths = np.bincount(owner[owner >= 0], minlength=tracks)
     kept = lengths >= min_length
-    ids = np.where(kept, np.cumsum(kept), NO_TRACK)
-    return np.where(owner >= 0, ids[np.maximum(owner, 0)], NO_TRACK).astype(np.int64)
+    ids = np.append(np.where(kept, np.cumsum(kept), NO_TRACK), NO_TRACK)
+    return ids[np.where(owner >= 0, owner, tracks)].astype(np.int64)  # -1: the NO_TRACK last

@@ -101,6 +101,12 @@ def test_a_low_score_box_continues_a_track_but_never_starts_one():
     assert _track(frames) == [[1, 2], [1, 2], [1], [1]]
 
 
+def test_a_video_of_low_scored_boxes_only_has_no_track():
+    frames = [[_square(0, 0, score=0.2)], [], [_square(2, 0, score=0.3)]]
+    assert _track(frames, new_track_score=0.5) == [[None], [], [None]]
+    assert _track([[], []]) == [[], []]
+
+
 def test_high_scored_boxes_are_matched_first():
     # Two boxes compete for one track: the low-scored one overlaps it more, but the
     # high-scored one overlaps it enough, and high boxes are assigned first.
