@@ -211,3 +211,28 @@ def test_a_served_model_refuses_tracking():
     with pytest.raises(ValueError, match="the online API labels single images"):
         ServedModel(task="detect", model={"family": "owlv2", "source": "m"}, labels=["cat"],
                     track={})
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tracks_on_random_boxes_keep_the_rules(seed):
+    """Whatever the boxes: a track has one label, at most one box a frame, ids count 1, 2,
+    ... in order of first box, and the same boxes give the same ids."""
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 12, 60)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    xy = rng.uniform(0, 200, (starts[-1], 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 60, (starts[-1], 2))], axis=1)
+    scores, labels = rng.uniform(0, 1, starts[-1]), rng.integers(0, 3, starts[-1])
+    spec = TrackingSpec(new_track_score=0.4, max_missed=2, min_length=2)
+    ids = link_tracks(boxes, scores, labels, starts, spec)
+    assert np.array_equal(ids, link_tracks(boxes, scores, labels, starts, spec))
+    frame = np.repeat(np.arange(len(counts)), counts)
+    tracked = ids != NO_TRACK
+    assert tracked.sum() > 0
+    for track in np.unique(ids[tracked]):
+        mine = ids == track
+        assert len(set(labels[mine].tolist())) == 1
+        assert len(set(frame[mine].tolist())) == mine.sum() >= 2
+        assert scores[np.flatnonzero(mine)[0]] >= 0.4  # started by a high box
+    first_seen = list(dict.fromkeys(ids[tracked].tolist()))
+    assert first_seen == list(range(1, len(first_seen) + 1))
