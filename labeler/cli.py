@@ -247,14 +247,29 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """A task's boxes against COCO ground truth: AP per category, best-F1 thresholds
-    (docs/eval.md)."""
-    from labeler.evaluate import EvalOptions, run_eval
+    """A task's boxes against COCO or YOLO ground truth: AP per category, best-F1 thresholds;
+    or a tracked video task's tracks against MOT ground truth (docs/eval.md)."""
+    from labeler.evaluate import DEFAULT_WORST, EvalError, EvalOptions, run_eval
 
+    if args.mot is not None:
+        from labeler.evaluate.tracks import TrackEvalOptions, run_track_eval
+
+        given = [flag for flag, value in (("--match", args.match), ("--worst", args.worst),
+                                          ("--worst-ids", args.worst_ids),
+                                          ("--include-not-kept", args.include_not_kept))
+                 if value is not None and value is not False]
+        if given:
+            raise EvalError(f"{given[0]} applies to --coco and --yolo, not to --mot")
+        summary = run_track_eval(TrackEvalOptions(output=args.output, mot=args.mot,
+                                                  task=args.task, iou=args.iou,
+                                                  json=args.json))
+        print("\n".join(summary.lines()))
+        return 0
     summary = run_eval(EvalOptions(output=args.output, coco=args.coco, yolo=args.yolo,
                                    task=args.task,
                                    iou=args.iou, match=args.match or {},
-                                   include_not_kept=args.include_not_kept, worst=args.worst,
+                                   include_not_kept=args.include_not_kept,
+                                   worst=DEFAULT_WORST if args.worst is None else args.worst,
                                    worst_ids=args.worst_ids, json=args.json))
     print("\n".join(summary.lines()))
     return 0
@@ -377,12 +392,16 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_stats)
 
     ev = sub.add_parser("eval", help="a task's boxes against COCO or YOLO ground truth: AP "
-                                     "per category, best-F1 score thresholds")
+                                     "per category, best-F1 score thresholds; tracks against "
+                                     "MOT ground truth: MOTA, IDF1")
     ev.add_argument("output", help="the job's output folder or s3:// prefix")
     truth = ev.add_mutually_exclusive_group(required=True)
     truth.add_argument("--coco", help="ground truth: a COCO detection JSON file (local or s3://)")
     truth.add_argument("--yolo", help="ground truth: a YOLO dataset folder, data.yaml and "
                        "labels/ (local or s3://)")
+    truth.add_argument("--mot", help="ground truth of a tracked video task: a folder of "
+                       "MOTChallenge sequences, <video id>/gt/gt.txt (local or s3://): MOTA, "
+                       "IDF1 per video")
     ev.add_argument("--task", help="the task folder (default: the only one with boxes)")
     ev.add_argument("--iou", type=float, default=0.5,
                     help="IoU at which the best-F1 thresholds are found: 0.5 (default), "
@@ -391,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pair a label with a category of another name (repeat it)")
     ev.add_argument("--include-not-kept", action="store_true",
                     help="pseudo-label: evaluate images under the image threshold too")
-    ev.add_argument("--worst", type=int, default=10,
+    ev.add_argument("--worst", type=int,
                     help="list this many images with the most false and missed boxes at the "
                          "best-F1 thresholds (default 10)")
     ev.add_argument("--worst-ids", help="also write the row ids of those images to this "
