@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -296,9 +297,11 @@ def test_clip_captions_equal_the_documented_single_video_usage(ray_local, video_
 
 
 def test_tracked_frames_carry_track_ids_linked_per_video(ray_local, video_folder, tiny_owlv2,
-                                                         tmp_path, capsys):
+                                                         tmp_path, capsys, s3_bucket):
     """--track: each video's boxes carry the ids link_tracks gives them, frame by frame in
-    time order, videos apart; the spec is stored with the rows and is part of the job."""
+    time order, videos apart; the spec is stored with the rows and is part of the job. The
+    tracks export as MOT (to S3) and Label Studio video tasks, and score MOTA and IDF1 1
+    against their own MOT export read back from S3."""
     from labeler.config import TrackingSpec
     from labeler.tracking import NO_TRACK, link_tracks
 
@@ -345,6 +348,16 @@ def test_tracked_frames_carry_track_ids_linked_per_video(ray_local, video_folder
         assert [r["id"] for r in regions] == [f"track{k}" for k in
                                               range(1, max(d["track_id"] for d in boxes) + 1)]
         assert sum(len(r["value"]["sequence"]) for r in regions) == len(boxes)
+    # ... and written to S3 as MOT ground truth, they are what the job's tracks score 1 on.
+    mot = f"s3://{s3_bucket}/mot"
+    assert main(["export", str(out), "--format", "mot", "--out", mot]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--mot", mot]) == 0
+    printed = capsys.readouterr().out
+    assert "videos evaluated: 2;" in printed
+    # (MOTP, the mean IoU of the matches, is under 1: the export's 3-decimal pixels change
+    # the IoU of the random model's sliver boxes.)
+    assert re.search(r"\n  all +\d+ +\d+ +1\.000 +1\.000 +0 +0 +0 +0\.9\d\d\n", printed), printed
 
     # Other tracking settings are another job: the rerun is refused, naming the field.
     assert _run(*command, "--track-iou", "0.5") == 2
