@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from test_export import _export
-from test_export_tracks import _job, tracked_job  # noqa: F401 (a fixture)
+from test_export_tracks import _job
 
 from labeler.evaluate.mot_metrics import FrameTracks, score_video
 
@@ -21,6 +21,12 @@ def _frame(truth, boxes):
                 np.array([i[1] for i in items], dtype=np.int64))
     (tb, ti, tc), (bb, bi, bc) = arrays(truth), arrays(boxes)
     return FrameTracks(tb, ti, tc, bb, bi, bc)
+
+
+@pytest.fixture(scope="module")
+def tracked_job(tmp_path_factory):
+    """test_export_tracks' job: cam/a.mp4 (a car and a person) and b.mp4 (a car)."""
+    return _job(tmp_path_factory.mktemp("tracked") / "out")
 
 
 def _obj(id_, x, cls=0, y=0, side=10):
@@ -84,7 +90,7 @@ def _eval(capsys, *args):
     return code, captured.out, captured.err
 
 
-def test_a_tracked_job_against_its_own_mot_export_scores_one(tracked_job, tmp_path,  # noqa: F811
+def test_a_tracked_job_against_its_own_mot_export_scores_one(tracked_job, tmp_path,
                                                              capsys):
     assert _export(capsys, tracked_job, "--format", "mot", "--out", tmp_path / "gt")[0] == 0
     code, out, _ = _eval(capsys, tracked_job, "--mot", tmp_path / "gt", "--json",
@@ -98,7 +104,7 @@ def test_a_tracked_job_against_its_own_mot_export_scores_one(tracked_job, tmp_pa
     assert "  all              7       7   1.000  1.000     0      0      0  1.000" in out
 
 
-def test_hand_labeled_truth_with_a_switch_a_miss_and_an_unlabeled_video(tracked_job,  # noqa: F811
+def test_hand_labeled_truth_with_a_switch_a_miss_and_an_unlabeled_video(tracked_job,
                                                                         tmp_path, capsys):
     gt = tmp_path / "gt"
     # cam/a.mp4 is labeled at frames 1, 11, 21 (frame_index + 1). The truth: the car is
@@ -122,7 +128,7 @@ def test_hand_labeled_truth_with_a_switch_a_miss_and_an_unlabeled_video(tracked_
     assert "  cam/a.mp4        6       5   0.833  0.727     0      0      1  1.000" in out
 
 
-def test_bad_ground_truth_and_untracked_jobs_are_refused(tracked_job, tmp_path,  # noqa: F811
+def test_bad_ground_truth_and_untracked_jobs_are_refused(tracked_job, tmp_path,
                                                          capsys):
     code, _, err = _eval(capsys, tracked_job, "--mot", tmp_path / "nothing")
     assert code == 2 and "holds no sequence: expected <video id>/gt/gt.txt" in err
