@@ -185,8 +185,9 @@ class TaskStats:
         "max_undercount", "per_label": [{"label", "boxes", "images", "at_score": {"0.5": boxes
         scoring >= 0.5, ...}, "median_score"}]} (the `top` labels with most boxes, ties by
         label) and, when boxes have track ids, "tracks": {"tracks", "tracked_boxes",
-        "boxes_per_track" (1 decimal)} and each label's "tracks"; or for a text task "text": {"empty", "mean_chars" (over the texts not empty,
-        1 decimal; null when none), "max_chars"}}."""
+        "boxes_per_track" (1 decimal)} and each label's "tracks"; or for a text task "text":
+        {"empty", "mean_chars" (over the texts not empty, 1 decimal; null when none),
+        "max_chars"}}."""
         out: dict = {
             "rows": self.rows, "error_rows": self.error_rows,
             "errors": [{"reason": reason, "rows": n} for reason, n in self.errors.top(TOP_REASONS)],

@@ -87,12 +87,14 @@ def _task_lines(task: dict, scores: list[float], top: int) -> list[str]:
     if shown:
         width = max(len("label"), *(len(name) for name, _ in shown))
         keys = [f"{s:g}" for s in scores]
-        out.append(f"  {'label':<{width}} {'boxes':>8} {'images':>8} "
-                   + (f"{'tracks':>8} " if tracks else "") + " ".join(f"{'>=' + k:>8}" for k in keys) + f" {'median':>7}")
+        track_head = f"{'tracks':>8} " if tracks else ""
+        out.append(f"  {'label':<{width}} {'boxes':>8} {'images':>8} {track_head}"
+                   + " ".join(f"{'>=' + k:>8}" for k in keys) + f" {'median':>7}")
         for name, b in shown:
             median = "-" if b["median_score"] is None else f"{b['median_score']:.3f}"
-            out.append(f"  {name:<{width}} {b['boxes']:>8} {b['images']:>8} "
-                       + (f"{b['tracks']:>8} " if tracks else "") + " ".join(f"{b['at_score'][k]:>8}" for k in keys) + f" {median:>7}")
+            track_cell = f"{b['tracks']:>8} " if tracks else ""
+            out.append(f"  {name:<{width}} {b['boxes']:>8} {b['images']:>8} {track_cell}"
+                       + " ".join(f"{b['at_score'][k]:>8}" for k in keys) + f" {median:>7}")
     if boxes["labels_not_shown"]:
         out.append(f"  ... {boxes['labels_not_shown']} more labels (--top {top})")
     if boxes["max_undercount"]:

@@ -103,7 +103,8 @@ def test_coco_numbers_tracks_over_the_file(tracked_job, tmp_path, capsys):
 def test_mot_needs_tracked_video_frames(tmp_path, capsys):
     untracked = _job(tmp_path / "untracked", params={"labels": ["car", "person"]}, track=None)
     code, _, err = _export(capsys, untracked, "--format", "mot", "--out", tmp_path / "m")
-    assert code == 2 and "labels video frames without tracking, so its boxes have no track ids" in err
+    assert code == 2
+    assert "labels video frames without tracking, so its boxes have no track ids" in err
 
     images = tmp_path / "images"
     sink = ShardedParquetSink(images, {0: 1}, ["detect"], "fingerprint")
