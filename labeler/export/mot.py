@@ -40,10 +40,17 @@ def gt_lines(frames: list[Row], categories: Categories) -> tuple[str, int]:
                 continue
             numbers = (box.x0, box.y0, box.x1 - box.x0, box.y1 - box.y0)
             lines.append((row.frame_index + 1, box.track_id,
-                          ",".join(f"{round(v, COORD_DECIMALS):g}" for v in numbers),
+                          ",".join(_number(v) for v in numbers),
                           categories.index(box.label) + 1))
     lines.sort(key=lambda line: line[:2])
     return "".join(f"{f},{t},{xywh},1,{c},1\n" for f, t, xywh, c in lines), untracked
+
+
+def _number(value: float) -> str:
+    """A pixel coordinate to COORD_DECIMALS, trailing zeros dropped: 1919.875, 10.5, 3
+    (not `:g`, whose 6 significant digits would cut 1919.875 to 1919.88)."""
+    text = f"{value:.{COORD_DECIMALS}f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
 
 
 def seqinfo(frames: list[Row]) -> str:

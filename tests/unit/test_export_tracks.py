@@ -196,3 +196,14 @@ def test_a_tracks_label_in_label_studio_is_its_most_frequent():
 
     assert track_label(boxes("car", "truck", "truck")) == "truck"
     assert track_label(boxes("truck", "car", "car", "truck")) == "truck"  # first among equals
+
+
+def test_mot_coordinates_keep_a_thousandth_of_a_pixel_on_large_frames():
+    from labeler.export.categories import Categories
+    from labeler.export.mot import gt_lines
+    from labeler.export.rows import Box, Row
+
+    row = Row("v.mp4", "/v.mp4", 3840, 2160,
+              (Box("car", 0.9, 1234.5678, 0.0004, 3839.875, 2159.5, 7),), frame_index=99)
+    text, untracked = gt_lines([row], Categories(["car"], set()))
+    assert (text, untracked) == ("100,7,1234.568,0,2605.307,2159.5,1,1,1\n", 0)
