@@ -43,14 +43,6 @@ DEFAULT_FRAME_RATE = 24.0  # Label Studio's Video tag's own default
 PERCENT_DECIMALS = 4  # 0.0001% of a 4K frame's width is 0.004 px
 
 
-def frame_rate_of(rows: Iterable[Row]) -> float:
-    """The project's frame rate: the first video's that has one, else DEFAULT_FRAME_RATE."""
-    for row in rows:
-        if row.video and row.video.get("fps"):
-            return float(row.video["fps"])
-    return DEFAULT_FRAME_RATE
-
-
 def video_label_config_xml(categories: Categories, frame_rate: float) -> str:
     """A labeling config: the video at `frame_rate`, a VideoRectangle, and Labels with every
     category, in order."""
@@ -117,9 +109,11 @@ def video_task(frames: list[Row], version: str, url_prefix: str | None,
 
 def write_label_studio_video(rows: Iterable[Row], categories: Categories, target: Target,
                              model: dict, url_prefix: str | None,
-                             frame_rate: float) -> TrackCount:
+                             frame_rate: float | None) -> TrackCount:
     """label_config.xml, then tasks.json (written last) from a tracked video task's frame
-    rows, in job output order. model: the task's model, model_family and model_revision."""
+    rows, in job output order. model: the task's model, model_family and model_revision;
+    frame_rate: the first video's (None: DEFAULT_FRAME_RATE)."""
+    frame_rate = float(frame_rate or DEFAULT_FRAME_RATE)
     version = model_version(model.get("model_family") or "", model.get("model") or "",
                             model.get("model_revision"))
     target.write(CONFIG_FILE, video_label_config_xml(categories, frame_rate).encode())

@@ -2,7 +2,8 @@
 passes.
 
     pass 1   read the rows: category order (labels of the spec, then those seen, sorted),
-             whether they are video frames (refused where frames would have to be files)
+             whether they are video frames (refused where frames would have to be files,
+             or tracks where the job made none), the first video's frame rate
     pass 2   read them again and write the format, copying images where asked (COCO with a
              validation split: once per split, each its own file)
 
@@ -22,7 +23,7 @@ from labeler.export.coco import split_file_name, write_coco
 from labeler.export.images import SliceCount, copy_images
 from labeler.export.label_studio import TASKS_FILE as LABEL_STUDIO_FILE
 from labeler.export.label_studio import write_label_studio
-from labeler.export.label_studio_video import frame_rate_of, write_label_studio_video
+from labeler.export.label_studio_video import write_label_studio_video
 from labeler.export.mot import SEQMAP_FILE as MOT_FILE
 from labeler.export.mot import write_mot
 from labeler.export.rows import (ExportError, JobOutput, Reasons, Tally, TaskFolder, TaskRows,
@@ -204,12 +205,11 @@ def run_export(options: ExportOptions) -> ExportSummary:
     target.check_empty(options.overwrite, job.uri)
     rows = TaskRows(job, folder, options.min_score, options.include_not_kept)
 
-    survey, labels, kinds, rates = Tally(), set(), set(), []
+    survey, labels, kinds, frame_rate = Tally(), set(), set(), None
     for row in rows.scan(survey):
         kinds.add("frames" if row.frame_index is not None else "images")
         labels.update(box.label for box in row.boxes)
-        if not rates and row.video and row.video.get("fps"):
-            rates.append(row)
+        frame_rate = frame_rate or (row.video or {}).get("fps")  # the first video's
     _check_kinds(folder, options, survey, kinds)
     categories = Categories(survey.task_labels, labels)
 
@@ -228,7 +228,7 @@ def run_export(options: ExportOptions) -> ExportSummary:
     elif options.format == "label-studio" and "frames" in kinds:
         summary.tracks = write_label_studio_video(
             rows.scan(summary.tally), categories, target, folder.model,
-            options.image_url_prefix, frame_rate_of(rates))
+            options.image_url_prefix, frame_rate)
         counts = {"all": (summary.tracks.frames, summary.tracks.boxes)}
     elif options.format == "label-studio":
         counts = {"all": write_label_studio(rows.scan(summary.tally), categories, target,
