@@ -254,7 +254,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.mot is not None:
         from labeler.evaluate.tracks import TrackEvalOptions, run_track_eval
 
-        given = [flag for flag, value in (("--match", args.match), ("--worst", args.worst),
+        given = [flag for flag, value in (("--worst", args.worst),
                                           ("--worst-ids", args.worst_ids),
                                           ("--include-not-kept", args.include_not_kept))
                  if value is not None and value is not False]
@@ -262,7 +262,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise EvalError(f"{given[0]} applies to --coco and --yolo, not to --mot")
         summary = run_track_eval(TrackEvalOptions(output=args.output, mot=args.mot,
                                                   task=args.task, iou=args.iou,
-                                                  json=args.json))
+                                                  match=args.match or {}, json=args.json))
         print("\n".join(summary.lines()))
         return 0
     summary = run_eval(EvalOptions(output=args.output, coco=args.coco, yolo=args.yolo,

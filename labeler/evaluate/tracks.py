@@ -12,13 +12,13 @@ Only the frames the job labeled are evaluated (objects on the frames between sam
 are not counted as missed), and only boxes in a track (what `labeler export --format mot`
 writes; a box with track_id null is left out and counted). With classes in the ground
 truth (labels.txt), a box matches only objects of its label's class (names compared as
-`labeler eval` does: case and runs of spaces aside); boxes of labels that are no class are
-left out and counted.
+`labeler eval` does: case and runs of spaces aside; `--match LABEL=CLASS` pairs others);
+boxes of labels that are no class are left out and counted.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,12 +36,14 @@ MOT_IOU = 0.5  # MOTChallenge's: a box matches an object it overlaps by IoU >= 0
 class TrackEvalOptions:
     """What `labeler eval --mot` was asked (docs/eval.md): output: the job output; mot: the
     ground-truth folder (local or s3://); task: the task folder (None: the only one with
-    boxes); iou: the least IoU of a match; json: a local file for the figures."""
+    boxes); iou: the least IoU of a match; match: label -> class name, for names that
+    differ; json: a local file for the figures."""
 
     output: str
     mot: str
     task: str | None = None
     iou: float = MOT_IOU
+    match: dict[str, str] = field(default_factory=dict)
     json: str | None = None
 
 
@@ -98,7 +100,7 @@ def run_track_eval(options: TrackEvalOptions) -> TrackEvalSummary:
         sequence = truth.get(rows[0].id)
         if sequence is None:
             continue
-        frames = [_frame(row, sequence, counts) for row in rows]
+        frames = [_frame(row, sequence, counts, options.match) for row in rows]
         counts["frames"] += len(frames)
         videos[rows[0].id] = score_video(frames, options.iou)
     if not all("track" in p for p in tally.parameters):
@@ -119,8 +121,10 @@ def run_track_eval(options: TrackEvalOptions) -> TrackEvalSummary:
     return TrackEvalSummary(figures)
 
 
-def _frame(row: Row, sequence: MotSequence, counts: dict) -> FrameTracks:
-    """A labeled frame against its ground truth; boxes left out are counted."""
+def _frame(row: Row, sequence: MotSequence, counts: dict,
+           match: dict[str, str]) -> FrameTracks:
+    """A labeled frame against its ground truth; boxes left out are counted. A box's class
+    is the one named like its label, or like what `match` pairs its label with."""
     objects = sequence.frames.get(row.frame_index + 1, [])
     classes = ({name_key(c): k for k, c in enumerate(sequence.classes, start=1)}
                if sequence.classes is not None else None)
@@ -129,7 +133,7 @@ def _frame(row: Row, sequence: MotSequence, counts: dict) -> FrameTracks:
         if box.track_id is None:
             counts["untracked_boxes"] += 1
             continue
-        cls = 0 if classes is None else classes.get(name_key(box.label))
+        cls = 0 if classes is None else classes.get(name_key(match.get(box.label, box.label)))
         if cls is None:
             counts["boxes_without_class"] += 1
             continue

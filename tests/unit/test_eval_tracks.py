@@ -128,6 +128,20 @@ def test_hand_labeled_truth_with_a_switch_a_miss_and_an_unlabeled_video(tracked_
     assert "  cam/a.mp4        6       5   0.833  0.727     0      0      1  1.000" in out
 
 
+def test_match_pairs_a_label_with_a_class_of_another_name(tracked_job, tmp_path, capsys):
+    # The truth has pedestrians only: unpaired, the car (3) and person (2) boxes are left out.
+    _write_truth(tmp_path / "gt", "cam/a.mp4", ["1,6,30,20,10,20,1,1,1",
+                                                "11,6,31,20,10,20,1,1,1"],
+                 labels=["pedestrian"])
+    code, out, _ = _eval(capsys, tracked_job, "--mot", tmp_path / "gt")
+    assert code == 0 and "5 of labels that are no ground-truth class" in out
+    assert "  all              2       0   0.000  0.000" in out
+    code, out, _ = _eval(capsys, tracked_job, "--mot", tmp_path / "gt", "--match",
+                         "person=Pedestrian")
+    assert code == 0 and "3 of labels that are no ground-truth class" in out
+    assert "  all              2       2   1.000  1.000" in out
+
+
 def test_bad_ground_truth_and_untracked_jobs_are_refused(tracked_job, tmp_path,
                                                          capsys):
     code, _, err = _eval(capsys, tracked_job, "--mot", tmp_path / "nothing")
