@@ -230,7 +230,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, val_fraction=args.val_fraction,
         image_url_prefix=args.image_url_prefix, slice_size=args.slice_size,
         slice_overlap=args.slice_overlap, slice_min_visible=args.slice_min_visible,
-        skip_empty_slices=args.skip_empty_slices))
+        skip_empty_slices=args.skip_empty_slices, interpolate=args.interpolate))
     print("\n".join(summary.lines()))
     return 0
 
@@ -347,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--copy-images", action="store_true",
                      help="coco: copy the images to <out>/images (yolo always copies)")
     exp.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    exp.add_argument("--interpolate", action="store_true",
+                     help="mot: a box on every frame between two boxes of a track, moved "
+                          "linearly (dense ground truth from sampled frames)")
     exp.add_argument("--val-fraction", type=float, default=0.0,
                      help="hold out this share of the images as a validation split, chosen "
                           "by id (the same on every export); default 0: one set")

@@ -11,7 +11,9 @@ frame's boxes land on that frame of the whole video when CVAT imports them, and 
 between have none. track: the box's track id in its video. x, y, w, h: top-left corner and
 size in pixels of the frame as displayed (rotation applied), 3 decimals. The 7th column is
 1 (not ignored), the 9th the visibility, 1 (the model does not say). Lines are sorted by
-frame, then track. A box in no track (track_id null: a low-scored box that continued no
+frame, then track. With `interpolate`, every frame between two boxes of a track gets a
+line too, the box moved linearly between them: dense ground truth from sampled frames. A
+box in no track (track_id null: a low-scored box that continued no
 track, or a track shorter than min_length) has no line; the export counts them.
 
 Rows come video by video (a video's rows are together and in time order in a job output),
@@ -30,20 +32,43 @@ SEQMAP_FILE = "seqmap.txt"
 COORD_DECIMALS = 3  # a thousandth of a pixel, as the COCO export writes boxes
 
 
-def gt_lines(frames: list[Row], categories: Categories) -> tuple[str, int]:
-    """gt.txt of one video's frame rows -> (its text, boxes left out for having no track)."""
-    lines, untracked = [], 0
+def gt_lines(frames: list[Row], categories: Categories,
+             interpolate: bool = False) -> tuple[str, int, int]:
+    """gt.txt of one video's frame rows -> (its text, boxes left out for having no track,
+    boxes interpolated). interpolate: also a line for every frame between two consecutive
+    boxes of a track, its box moved linearly from the one to the other, with the class of
+    the earlier one."""
+    tracks: dict[int, list[tuple[int, tuple[float, ...], int]]] = {}
+    untracked = 0
     for row in frames:
         for box in row.boxes:
             if box.track_id is None:
                 untracked += 1
                 continue
-            numbers = (box.x0, box.y0, box.x1 - box.x0, box.y1 - box.y0)
-            lines.append((row.frame_index + 1, box.track_id,
-                          ",".join(_number(v) for v in numbers),
-                          categories.index(box.label) + 1))
+            tracks.setdefault(box.track_id, []).append(
+                (row.frame_index, (box.x0, box.y0, box.x1, box.y1),
+                 categories.index(box.label) + 1))
+    lines, interpolated = [], 0
+    for track, boxes in tracks.items():
+        for k, (frame, corners, category) in enumerate(boxes):
+            lines.append((frame + 1, track, corners, category))
+            if not interpolate or k + 1 == len(boxes):
+                continue
+            next_frame, next_corners, _ = boxes[k + 1]
+            for between in range(frame + 1, next_frame):
+                t = (between - frame) / (next_frame - frame)
+                lines.append((between + 1, track,
+                              tuple(a + t * (b - a) for a, b in zip(corners, next_corners)),
+                              category))
+                interpolated += 1
     lines.sort(key=lambda line: line[:2])
-    return "".join(f"{f},{t},{xywh},1,{c},1\n" for f, t, xywh, c in lines), untracked
+    text = "".join(f"{f},{t},{_xywh(corners)},1,{c},1\n" for f, t, corners, c in lines)
+    return text, untracked, interpolated
+
+
+def _xywh(corners: tuple[float, ...]) -> str:
+    x0, y0, x1, y1 = corners
+    return ",".join(_number(v) for v in (x0, y0, x1 - x0, y1 - y0))
 
 
 def _number(value: float) -> str:
@@ -67,14 +92,15 @@ def seqinfo(frames: list[Row]) -> str:
     return "[Sequence]\n" + "".join(f"{k}={v}\n" for k, v in fields.items() if v is not None)
 
 
-def write_mot(rows: Iterable[Row], categories: Categories, target: Target) -> TrackCount:
+def write_mot(rows: Iterable[Row], categories: Categories, target: Target,
+              interpolate: bool = False) -> TrackCount:
     """Write a sequence folder per video of `rows` (video frame rows, in job output order),
-    then seqmap.txt."""
+    then seqmap.txt; interpolate: see gt_lines."""
     count, names = TrackCount(), []
     labels = "".join(f"{name}\n" for name in categories.names).encode()
     for frames in videos_of(rows):
         name = frames[0].id
-        text, untracked = gt_lines(frames, categories)
+        text, untracked, interpolated = gt_lines(frames, categories, interpolate)
         target.write(f"{name}/gt/gt.txt", text.encode())
         target.write(f"{name}/gt/labels.txt", labels)
         target.write(f"{name}/seqinfo.ini", seqinfo(frames).encode())
@@ -83,6 +109,7 @@ def write_mot(rows: Iterable[Row], categories: Categories, target: Target) -> Tr
         count.frames += len(frames)
         count.boxes += text.count("\n")
         count.untracked_boxes += untracked
+        count.interpolated_boxes += interpolated
     with target.final(SEQMAP_FILE) as out:
         out.write("".join(f"{line}\n" for line in ["name", *names]).encode())
     return count

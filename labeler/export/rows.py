@@ -93,8 +93,9 @@ class TrackCount:
 
     sequences: int = 0
     frames: int = 0
-    boxes: int = 0
+    boxes: int = 0  # interpolated ones included
     untracked_boxes: int = 0
+    interpolated_boxes: int = 0  # mot --interpolate: lines between a track's boxes
 
 
 def videos_of(rows: Iterable[Row]) -> Iterator[list[Row]]:

@@ -59,6 +59,7 @@ class ExportOptions:
     slice_overlap: float | None = None  # None: SliceOptions' default, likewise below
     slice_min_visible: float | None = None
     skip_empty_slices: bool = False
+    interpolate: bool = False  # mot: a line for every frame between a track's boxes
 
     def slices(self) -> SliceOptions | None:
         """The slicing asked for, or None."""
@@ -118,6 +119,9 @@ class ExportSummary:
         if self.tracks is not None:
             out.append(f"videos: {self.tracks.sequences}; skipped "
                        f"{self.tracks.untracked_boxes} boxes in no track (track_id null)")
+            if self.options.interpolate:
+                out.append(f"interpolated {self.tracks.interpolated_boxes} boxes on the "
+                           f"frames between a track's boxes (--interpolate)")
         out += [f"categories: {self.categories}",
                 f"{'frames' if self.tracks is not None else 'images'}: {self.images}, "
                 f"boxes: {self.boxes}",
@@ -141,6 +145,9 @@ def _check_options(options: ExportOptions) -> None:
                                     or options.slice_size is not None):
         raise ExportError("--copy-images, --val-fraction and --slice do not apply to mot: its "
                           "sequences are the videos, labeled frame by frame")
+    if options.interpolate and options.format != "mot":
+        raise ExportError("--interpolate applies to --format mot (Label Studio interpolates "
+                          "between keyframes itself)")
     if options.image_url_prefix is not None and options.format != "label-studio":
         raise ExportError("--image-url-prefix applies to --format label-studio only")
     _check_slices(options)
@@ -223,7 +230,8 @@ def run_export(options: ExportOptions) -> ExportSummary:
         counts = write_yolo(rows.scan(summary.tally), categories, target, summary.copy_failures,
                             options.val_fraction, options.slices(), summary.sliced)
     elif options.format == "mot":
-        summary.tracks = write_mot(rows.scan(summary.tally), categories, target)
+        summary.tracks = write_mot(rows.scan(summary.tally), categories, target,
+                                   options.interpolate)
         counts = {"all": (summary.tracks.frames, summary.tracks.boxes)}
     elif options.format == "label-studio" and "frames" in kinds:
         summary.tracks = write_label_studio_video(

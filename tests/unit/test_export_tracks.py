@@ -205,5 +205,27 @@ def test_mot_coordinates_keep_a_thousandth_of_a_pixel_on_large_frames():
 
     row = Row("v.mp4", "/v.mp4", 3840, 2160,
               (Box("car", 0.9, 1234.5678, 0.0004, 3839.875, 2159.5, 7),), frame_index=99)
-    text, untracked = gt_lines([row], Categories(["car"], set()))
-    assert (text, untracked) == ("100,7,1234.568,0,2605.307,2159.5,1,1,1\n", 0)
+    text, untracked, interpolated = gt_lines([row], Categories(["car"], set()))
+    assert (text, untracked, interpolated) == ("100,7,1234.568,0,2605.307,2159.5,1,1,1\n", 0, 0)
+
+
+def test_mot_interpolate_fills_the_frames_between_a_tracks_boxes(tracked_job, tmp_path,
+                                                                 capsys):
+    out = tmp_path / "dense"
+    code, printed, _ = _export(capsys, tracked_job, "--format", "mot", "--out", out,
+                               "--interpolate")
+    assert code == 0
+    # The car: boxes on frames 0, 10, 20, so 9 + 9 between; the person: 0 and 10, 9 between;
+    # b.mp4's car: 0 and 5, 4 between.
+    assert "interpolated 31 boxes on the frames between a track's boxes" in printed
+    assert "frames: 5, boxes: 38\n" in printed
+    lines = (out / "cam/a.mp4/gt/gt.txt").read_text().splitlines()
+    assert [line for line in lines if line.startswith("6,")] == [
+        "6,1,1,0,10,10,1,1,1",  # half way from x 0 to x 2
+        "6,2,30.5,20,10,20,1,2,1"]  # half way from x 30 to x 31
+    assert [int(line.split(",")[0]) for line in lines if line.split(",")[1] == "1"] == list(
+        range(1, 22))
+    assert (out / "b.mp4/gt/gt.txt").read_text().splitlines()[2] == "3,1,1,1,10.5,10.25,1,1,1"
+    code, _, err = _export(capsys, tracked_job, "--format", "coco", "--out", tmp_path / "c",
+                           "--interpolate")
+    assert code == 2 and "--interpolate applies to --format mot" in err
