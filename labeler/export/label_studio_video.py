@@ -4,21 +4,21 @@
     <out>/tasks.json          a JSON list of tasks, one per video, to import into the project
     <out>/label_config.xml    Video (frameRate), VideoRectangle and Labels with the categories
 
-A task is `{"data": {"video": URL, "labeler_id": id}, "predictions": [prediction]}`; the
+A task is `{"data": {"video": URL, "labeler_id": id, "fps": F}, "predictions": [prediction]}`; the
 prediction holds one `videorectangle` region per track, as Label Studio's own video results
 are (from_name the VideoRectangle, to_name the Video, `labels` in the value): a keyframe per
 box of the track, `x, y, width, height` in percent of the frame as displayed, `frame`
-counted from 1 at the config's frame rate (round(timestamp_s x frameRate) + 1: the frame
-Label Studio shows at that time), `time` the frame's timestamp in seconds. Label Studio
+counted from 1 at the video's frame rate (round(timestamp_s x fps) + 1: the frame Label
+Studio shows at that time), `time` the frame's timestamp in seconds. Label Studio
 interpolates a box between enabled keyframes, which fills the frames between two sampled
 ones; the track's last keyframe is disabled, so its box stops there. A region's label is its
 boxes' most frequent, its score their mean; the prediction's score is the mean of all
 boxes'. Boxes in no track
 (track_id null) are left out and counted.
 
-frameRate: the frame rate of the first video whose container gives one (else Label
-Studio's default, 24), for the whole project; frames of a video at another rate are placed
-by their timestamps at this one. framesCount and duration: the video's, when the container
+Frame rate: each task's `fps` is its video's (Label Studio's default, 24, when the
+container does not say), and the config's Video reads it (`frameRate="$fps"`), so videos of
+different rates share a project. framesCount and duration: the video's, when the container
 says them.
 
 URL: as for images (labeler.export.label_studio): the row's `uri`, or a prefix followed by
@@ -39,16 +39,17 @@ from labeler.export.target import Target
 from labeler.serve.formats import model_version
 
 VIDEO_TAG, BOX_TAG, LABELS_TAG = "video", "box", "videoLabels"
+FPS_KEY = "fps"  # the task data key the Video tag's frameRate reads
 DEFAULT_FRAME_RATE = 24.0  # Label Studio's Video tag's own default
 PERCENT_DECIMALS = 4  # 0.0001% of a 4K frame's width is 0.004 px
 
 
-def video_label_config_xml(categories: Categories, frame_rate: float) -> str:
-    """A labeling config: the video at `frame_rate`, a VideoRectangle, and Labels with every
-    category, in order."""
+def video_label_config_xml(categories: Categories) -> str:
+    """A labeling config: the video at its task's frame rate, a VideoRectangle, and Labels
+    with every category, in order."""
     labels = "".join(f"\n    <Label value={quoteattr(name)}/>" for name in categories.names)
     return (f'<View>\n  <Video name="{VIDEO_TAG}" value="${VIDEO_TAG}" '
-            f'frameRate="{frame_rate:g}"/>\n'
+            f'frameRate="${FPS_KEY}"/>\n'
             f'  <VideoRectangle name="{BOX_TAG}" toName="{VIDEO_TAG}"/>\n'
             f'  <Labels name="{LABELS_TAG}" toName="{VIDEO_TAG}">{labels}\n'
             f'  </Labels>\n</View>\n')
@@ -71,8 +72,8 @@ def track_label(boxes: Iterable[Box]) -> str:
     return max(counts, key=counts.__getitem__)
 
 
-def video_task(frames: list[Row], version: str, url_prefix: str | None,
-               frame_rate: float) -> tuple[dict, int, int]:
+def video_task(frames: list[Row], version: str,
+               url_prefix: str | None) -> tuple[dict, int, int]:
     """The Label Studio task of one video's frame rows -> (task, boxes in it, boxes left
     out for being in no track)."""
     tracks: dict[int, list[tuple[Row, Box]]] = {}
@@ -86,6 +87,7 @@ def video_task(frames: list[Row], version: str, url_prefix: str | None,
     video = frames[0].video or {}
     fps, duration = video.get("fps"), video.get("duration_s")
     counts = {"framesCount": round(duration * fps)} if fps and duration else {}
+    frame_rate = float(fps or DEFAULT_FRAME_RATE)
     counts.update({"duration": duration} if duration else {})
     regions, scores = [], []
     for track_id in sorted(tracks):
@@ -103,25 +105,23 @@ def video_task(frames: list[Row], version: str, url_prefix: str | None,
         prediction["score"] = sum(scores) / len(scores)
     first = frames[0]
     url = first.uri if url_prefix is None else url_prefix + first.id
-    task = {"data": {VIDEO_TAG: url, "labeler_id": first.id}, "predictions": [prediction]}
+    task = {"data": {VIDEO_TAG: url, "labeler_id": first.id, FPS_KEY: frame_rate},
+            "predictions": [prediction]}
     return task, len(scores), untracked
 
 
 def write_label_studio_video(rows: Iterable[Row], categories: Categories, target: Target,
-                             model: dict, url_prefix: str | None,
-                             frame_rate: float | None) -> TrackCount:
+                             model: dict, url_prefix: str | None) -> TrackCount:
     """label_config.xml, then tasks.json (written last) from a tracked video task's frame
-    rows, in job output order. model: the task's model, model_family and model_revision;
-    frame_rate: the first video's (None: DEFAULT_FRAME_RATE)."""
-    frame_rate = float(frame_rate or DEFAULT_FRAME_RATE)
+    rows, in job output order. model: the task's model, model_family and model_revision."""
     version = model_version(model.get("model_family") or "", model.get("model") or "",
                             model.get("model_revision"))
-    target.write(CONFIG_FILE, video_label_config_xml(categories, frame_rate).encode())
+    target.write(CONFIG_FILE, video_label_config_xml(categories).encode())
     count = TrackCount()
     with target.final(TASKS_FILE) as out:
         out.write(b"[")
         for frames in videos_of(rows):
-            task, boxes, untracked = video_task(frames, version, url_prefix, frame_rate)
+            task, boxes, untracked = video_task(frames, version, url_prefix)
             out.write((b"\n" if not count.sequences else b",\n") + json_line(task))
             count.sequences += 1
             count.frames += len(frames)

@@ -3,7 +3,7 @@ passes.
 
     pass 1   read the rows: category order (labels of the spec, then those seen, sorted),
              whether they are video frames (refused where frames would have to be files,
-             or tracks where the job made none), the first video's frame rate
+             or tracks where the job made none)
     pass 2   read them again and write the format, copying images where asked (COCO with a
              validation split: once per split, each its own file)
 
@@ -212,11 +212,10 @@ def run_export(options: ExportOptions) -> ExportSummary:
     target.check_empty(options.overwrite, job.uri)
     rows = TaskRows(job, folder, options.min_score, options.include_not_kept)
 
-    survey, labels, kinds, frame_rate = Tally(), set(), set(), None
+    survey, labels, kinds = Tally(), set(), set()
     for row in rows.scan(survey):
         kinds.add("frames" if row.frame_index is not None else "images")
         labels.update(box.label for box in row.boxes)
-        frame_rate = frame_rate or (row.video or {}).get("fps")  # the first video's
     _check_kinds(folder, options, survey, kinds)
     categories = Categories(survey.task_labels, labels)
 
@@ -236,7 +235,7 @@ def run_export(options: ExportOptions) -> ExportSummary:
     elif options.format == "label-studio" and "frames" in kinds:
         summary.tracks = write_label_studio_video(
             rows.scan(summary.tally), categories, target, folder.model,
-            options.image_url_prefix, frame_rate)
+            options.image_url_prefix)
         counts = {"all": (summary.tracks.frames, summary.tracks.boxes)}
     elif options.format == "label-studio":
         counts = {"all": write_label_studio(rows.scan(summary.tally), categories, target,

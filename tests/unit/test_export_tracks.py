@@ -142,14 +142,15 @@ def test_label_studio_gets_a_task_per_video_and_a_region_per_track(tracked_job, 
                                "--image-url-prefix", "s3://videos/")
     assert code == 0
     assert "videos: 2; skipped 1 boxes in no track (track_id null)\n" in printed
-    # The project's frame rate is the first video's; b.mp4's container gives none.
+    # Each task brings its video's frame rate, which the Video tag reads.
     assert (out / "label_config.xml").read_text() == (
-        '<View>\n  <Video name="video" value="$video" frameRate="10"/>\n'
+        '<View>\n  <Video name="video" value="$video" frameRate="$fps"/>\n'
         '  <VideoRectangle name="box" toName="video"/>\n'
         '  <Labels name="videoLabels" toName="video">\n'
         '    <Label value="car"/>\n    <Label value="person"/>\n  </Labels>\n</View>\n')
     a, b = json.loads((out / "tasks.json").read_text())
-    assert a["data"] == {"video": "s3://videos/cam/a.mp4", "labeler_id": "cam/a.mp4"}
+    assert a["data"] == {"video": "s3://videos/cam/a.mp4", "labeler_id": "cam/a.mp4",
+                         "fps": 10.0}
     (prediction,) = a["predictions"]
     assert prediction["model_version"] == "owlv2:tiny"
     assert prediction["score"] == pytest.approx((0.9 + 0.6 + 0.3 + 0.8 + 0.7) / 5)
@@ -170,11 +171,13 @@ def test_label_studio_gets_a_task_per_video_and_a_region_per_track(tracked_job, 
     assert person["id"] == "track2" and person["value"]["labels"] == ["person"]
     assert [k["frame"] for k in person["value"]["sequence"]] == [1, 11]
     assert person["value"]["sequence"][0]["x"] == 46.875
-    # b.mp4: no frame rate in its container, so no framesCount; frames at the project's rate.
+    # b.mp4: no frame rate in its container, so no framesCount, and Label Studio's default
+    # rate, 24 frames a second: its frame at 0.5 s is frame 13.
+    assert b["data"]["fps"] == 24.0
     (region,) = b["predictions"][0]["result"]
     assert region["value"]["duration"] == 1.0 and "framesCount" not in region["value"]
     assert [(k["frame"], k["time"], k["enabled"]) for k in region["value"]["sequence"]] == [
-        (1, 0.0, True), (6, 0.5, False)]
+        (1, 0.0, True), (13, 0.5, False)]
 
 
 def test_label_studio_refuses_untracked_video_frames(tmp_path, capsys):
