@@ -75,6 +75,7 @@ class JobSummary:
     unchanged_frames: int = 0  # sampled frames min_change skipped (no row)
     error_reasons: dict[str, int] = field(default_factory=dict)
     reports: dict[str, dict] = field(default_factory=dict)  # per pseudo-label task
+    tracks: dict[str, int] = field(default_factory=dict)  # tracked task -> tracks linked
     # A dry run (run_job(dry_run=True)) plans and stops: these describe the plan.
     dry_run: bool = False
     shards: int = 0  # output files per task
@@ -102,6 +103,8 @@ class JobSummary:
             f"(ray start {self.ray_start_s:.1f}s, model load + first batch {self.first_result_s:.1f}s, "
             f"wall {self.wall_s:.1f}s)",
             *(f"  error x{n}: {reason}" for reason, n in sorted(self.error_reasons.items())[:10]),
+            *(f"tracks: {n} in task {task}'s videos labeled in this run"
+              for task, n in self.tracks.items()),
             *(line for report in self.reports.values() for line in report_lines(report)),
             f"output: {self.output}",
         ]
@@ -254,12 +257,13 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
         metadata = metadata.append_column("shard", pa.array([i.shard for i in items], pa.int64()))
     inputs = input_identities(items)
     identity = job_identity(spec, inputs)
+    tracks: dict[str, int] = {}  # task -> tracks linked in this run (filled at commits)
     sink = ShardedParquetSink(spec.output.path, expected, task_names, fingerprint(identity),
                               spec.output.overwrite, metadata=metadata,
                               retry_errors=spec.output.retry_errors, dry_run=dry_run,
                               identity=identity,
                               legacy_fingerprint=lambda: legacy_fingerprint(spec, inputs),
-                              finalize=_finalizers(spec))
+                              finalize=_finalizers(spec, tracks))
     pending = sink.pending_shards()
     retrying = sink.retrying  # reopened shards: only their failed inputs run again
     pending_items = [i for i in items if i.shard in pending
@@ -274,7 +278,8 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
                          skipped_inputs=len(items) - len(todo),
                          retried_inputs=sum(len(ids) for ids in retrying.values()),
                          min_change=(spec.input.sampling.min_change
-                                     if spec.input.media == "video" else None))
+                                     if spec.input.media == "video" else None),
+                         tracks=tracks)
     if dry_run:
         summary.dry_run, summary.shards = True, len(expected)
         summary.committed_shards = len(expected) - len(pending)
@@ -289,12 +294,18 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
     return summary
 
 
-def _finalizers(spec: JobSpec) -> dict[str, Callable[[pa.Table], pa.Table]]:
+def _finalizers(spec: JobSpec,
+                tracks: dict[str, int]) -> dict[str, Callable[[pa.Table], pa.Table]]:
     """What the sink does to a task's shard before writing it: link each video's boxes into
-    tracks, for tasks with `track`."""
-    from labeler.tracking import add_track_ids
+    tracks, for tasks with `track`, counting them in `tracks` (task name -> tracks)."""
+    from labeler.tracking import add_track_ids, count_tracks
 
-    return {t.output_name: functools.partial(add_track_ids, spec=t.track)
+    def link(rows: pa.Table, task: TaskSpec) -> pa.Table:
+        linked = add_track_ids(rows, task.track)
+        tracks[task.output_name] = tracks.get(task.output_name, 0) + count_tracks(linked)
+        return linked
+
+    return {t.output_name: functools.partial(link, task=t)
             for t in spec.tasks if t.track is not None}
 
 

@@ -56,3 +56,12 @@ def _video_ranges(ids: list[str]) -> list[tuple[int, int]]:
             ranges.append((first, k))
             first = k
     return ranges
+
+
+def count_tracks(rows: pa.Table) -> int:
+    """The tracks in `rows` (as add_track_ids left them): distinct (video, track_id) pairs."""
+    detections = rows.column("detections").combine_chunks()
+    track_ids = pc.list_flatten(detections).field("track_id")  # in step with the parents
+    videos = rows.column("id").take(pc.list_parent_indices(detections))
+    pairs = pa.table({"id": videos, "track_id": track_ids}).filter(pc.is_valid(track_ids))
+    return pairs.group_by(["id", "track_id"]).aggregate([]).num_rows

@@ -312,6 +312,10 @@ def test_tracked_frames_carry_track_ids_linked_per_video(ray_local, video_folder
                "--batch-size", "4", "--output", str(out)]
     assert _run(*command, "--track", "--track-max-missed", "1") == 0
     rows = _rows(out)
+    tracks = len({(r["id"], d["track_id"]) for r in rows for d in r["detections"]})
+    assert f"tracks: {tracks} in task detect's videos labeled in this run" in \
+        capsys.readouterr().out
+    assert json.loads((out / "_SUCCESS").read_text())["tracks"] == {"detect": tracks}
     spec = TrackingSpec(max_missed=1)
     assert all(json.loads(r["parameters"])["track"] == spec.model_dump() for r in rows)
     longest = 0

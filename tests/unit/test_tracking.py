@@ -10,7 +10,7 @@ import pytest
 
 from labeler.config import SpecError, TrackingSpec, load_job_spec
 from labeler.schemas.record import RECORD_SCHEMA
-from labeler.tracking import NO_TRACK, add_track_ids, link_tracks
+from labeler.tracking import NO_TRACK, add_track_ids, count_tracks, link_tracks
 
 
 def _track(frames, **spec):
@@ -164,6 +164,17 @@ def test_rows_of_each_video_are_tracked_apart_and_error_rows_are_no_step():
              for d in tracked.column("detections").to_pylist()]
     assert boxes == [[{k: v for k, v in b.items() if k != "track_id"} for b in d or []]
                      for d in rows.column("detections").to_pylist()]
+
+
+def test_tracks_are_counted_per_video():
+    rows = pa.Table.from_pylist([
+        _row("a.mp4", [_square(0, 0), _square(100, 0)], 0), _row("a.mp4", None, 1),
+        _row("a.mp4", [_square(2, 0), _square(300, 0, score=0.1)], 2),
+        _row("b.mp4", [_square(0, 0)], 0), _row("b.mp4", [], 1)], schema=RECORD_SCHEMA)
+    tracked = add_track_ids(rows, TrackingSpec(new_track_score=0.5))
+    assert _ids(tracked) == [[1, 2], None, [1, None], [1], []]
+    assert count_tracks(tracked) == 3  # a.mp4's 1 and 2, b.mp4's 1
+    assert count_tracks(rows) == 0 and count_tracks(rows.slice(0, 0)) == 0
 
 
 def test_a_shard_without_boxes_is_written_as_it_is():
