@@ -284,6 +284,19 @@ def _scores(text: str) -> tuple[float, ...]:
                                          f"0.1,0.3,0.5,0.7") from None
 
 
+def cmd_track(args: argparse.Namespace) -> int:
+    """A video job's boxes linked into tracks again, with other settings (docs/tasks.md)."""
+    from labeler.tracking.retrack import TrackOptions, run_track
+
+    settings = {name: getattr(args, name) for name in (
+        "iou", "buffer", "max_missed", "new_track_score", "min_length", "across_labels")
+        if getattr(args, name) is not None}
+    summary = run_track(TrackOptions(output=args.job, out=args.out, task=args.task,
+                                     settings=settings, overwrite=args.overwrite))
+    print("\n".join(summary.lines()))
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     """The figures of a job's output per task: rows, errors, boxes per label (docs/stats.md)."""
     from labeler.stats import StatsOptions, run_stats
@@ -368,6 +381,25 @@ def build_parser() -> argparse.ArgumentParser:
     sliced.add_argument("--skip-empty-slices", action="store_true",
                         help="leave out slices without a box (default: kept, as backgrounds)")
     exp.set_defaults(func=cmd_export)
+
+    trk = sub.add_parser("track", help="link a video job's boxes into tracks again, with "
+                                       "other settings, without labeling again")
+    trk.add_argument("job", help="the job's output folder or s3:// prefix")
+    trk.add_argument("--out", required=True,
+                     help="where the tracked copy of the output goes (empty); `labeler run` "
+                          "with the same settings resumes it")
+    trk.add_argument("--task", help="the task folder (default: the only one with boxes)")
+    trk.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    trk.add_argument("--iou", type=float, help="least IoU to continue a track")
+    trk.add_argument("--buffer", type=float, help="buffered round's growth (C-BIoU)")
+    trk.add_argument("--max-missed", type=int, help="labeled frames a track may miss")
+    trk.add_argument("--new-track-score", type=float, help="least score to start a track")
+    trk.add_argument("--min-length", type=int, help="fewest boxes of a kept track")
+    trk.add_argument("--across-labels", action="store_true", default=None,
+                     help="link boxes whatever their label")
+    trk.add_argument("--per-label", dest="across_labels", action="store_false",
+                     help="link boxes of one label only (the default)")
+    trk.set_defaults(func=cmd_track)
 
     pre = sub.add_parser("preview", help="draw a sample of a job's output on a static HTML page")
     pre.add_argument("output", help="the job's output folder or s3:// prefix")

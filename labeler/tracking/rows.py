@@ -7,20 +7,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from labeler.config import TrackingSpec
+from labeler.schemas.record import RECORD_SCHEMA
 from labeler.tracking.tracker import NO_TRACK, link_tracks
+
+DETECTIONS = RECORD_SCHEMA.field("detections").type
 
 
 def add_track_ids(rows: pa.Table, spec: TrackingSpec) -> pa.Table:
     """`rows` with `detections.track_id` set by linking each video's boxes into tracks.
 
     rows: one task's rows (RECORD_SCHEMA) of whole videos, each video's rows together and
-    in time order, as the sink commits a shard. A row without detections (an error row) is
-    no step of its video's tracking; a box in no track gets track_id null. Ids count from 1
-    in each video.
+    in time order, as the sink commits a shard and writes it (a file written before
+    detections had track_id gains it). A row without detections (an error row) is no step
+    of its video's tracking; a box in no track gets track_id null. Ids count from 1 in
+    each video.
     """
-    detections = rows.column("detections").combine_chunks()
+    detections = rows.column("detections").combine_chunks().cast(DETECTIONS)
     if detections.null_count == len(detections):
-        return rows
+        return _with_detections(rows, detections)
     lengths = pc.fill_null(pc.list_value_length(detections), 0).to_numpy()
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     flat = detections.flatten()  # the boxes of every row, in row order
@@ -44,8 +48,12 @@ def add_track_ids(rows: pa.Table, spec: TrackingSpec) -> pa.Table:
         [column if f.name == "track_id" else flat.field(f.name) for f in fields], fields=fields)
     tracked = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values,
                                        type=detections.type, mask=pc.invert(detections.is_valid()))
-    return rows.set_column(rows.schema.get_field_index("detections"),
-                           rows.schema.field("detections"), tracked)
+    return _with_detections(rows, tracked)
+
+
+def _with_detections(rows: pa.Table, detections: pa.Array) -> pa.Table:
+    index = rows.schema.get_field_index("detections")
+    return rows.set_column(index, rows.schema.field(index).with_type(DETECTIONS), detections)
 
 
 def _video_ranges(ids: list[str]) -> list[tuple[int, int]]:

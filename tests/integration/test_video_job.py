@@ -367,3 +367,34 @@ def test_tracked_frames_carry_track_ids_linked_per_video(ray_local, video_folder
     assert _run(*command, "--track-iou", "0.5") == 2
     assert ("tasks.0.track.iou: the default there, 0.5 now; tasks.0.track.max_missed: 1 "
             "there, the default now") in capsys.readouterr().err
+
+
+def test_labeler_track_links_a_finished_job_which_a_tracked_run_then_resumes(
+        ray_local, video_folder, tiny_owlv2, tmp_path, capsys):
+    """A job labeled without tracking, linked afterwards by `labeler track`: the copy is what
+    `labeler run --track` with those settings writes, so that run finds nothing to label."""
+    from labeler.config import TrackingSpec
+    from labeler.tracking import NO_TRACK, link_tracks
+
+    command = ["--input", str(video_folder / "[ad]_*"), "--media", "video",
+               "--every-n-frames", "3", "--task", "detect", "--family", "owlv2",
+               "--model", tiny_owlv2, "--labels", ",".join(LABELS), "--threshold", "0.3"]
+    assert _run(*command, "--output", str(tmp_path / "plain")) == 0
+    assert main(["track", str(tmp_path / "plain"), "--out", str(tmp_path / "tracked"),
+                 "--max-missed", "2", "--across-labels"]) == 0
+    capsys.readouterr()
+    assert _run(*command, "--track", "--track-max-missed", "2", "--track-across-labels",
+                "--output", str(tmp_path / "tracked")) == 0
+    assert "rows: 0 (2 videos, 2 already done), errors: 0" in capsys.readouterr().out
+
+    spec = TrackingSpec(max_missed=2, across_labels=True)
+    rows = _rows(tmp_path / "tracked")
+    for video in ("a_h264.mp4", "d_rotated.mov"):
+        frames = [r for r in rows if r["id"] == video]
+        boxes = [d for r in frames for d in r["detections"]]
+        expected = link_tracks(np.array([[d[k] for k in ("x0", "y0", "x1", "y1")]
+                                         for d in boxes]), np.array([d["score"] for d in boxes]),
+                               np.array([LABELS.index(d["label"]) for d in boxes]),
+                               np.cumsum([0] + [len(r["detections"]) for r in frames]), spec)
+        assert [d["track_id"] or NO_TRACK for d in boxes] == expected.tolist()
+        assert all(json.loads(r["parameters"])["track"] == spec.model_dump() for r in frames)

@@ -34,7 +34,7 @@ def _frames(id_, video, size, frames, shard, params=PARAMS):
     return rows
 
 
-def _job(root, params=PARAMS, track=TRACK):
+def _job(root, params=PARAMS, track=TRACK, identity=None):
     a = _frames("cam/a.mp4", VIDEO_A, (64, 48), [
         (0, [("car", 0.9, 0, 0, 10, 10), ("person", 0.8, 30, 20, 40, 40)]),
         (10, [("person", 0.7, 31, 20, 41, 40), ("car", 0.6, 2, 0, 12, 10),
@@ -45,7 +45,8 @@ def _job(root, params=PARAMS, track=TRACK):
     b = _frames("b.mp4", VIDEO_B, (32, 32), [(0, [("car", 0.9, 1, 1, 11.5, 11.25)]),
                                             (5, [("car", 0.9, 1, 1, 11.5, 11.25)])], 1, params)
     finalize = {"detect": lambda rows: add_track_ids(rows, track)} if track else None
-    sink = ShardedParquetSink(root, {0: 1, 1: 1}, ["detect"], "fingerprint", finalize=finalize)
+    sink = ShardedParquetSink(root, {0: 1, 1: 1}, ["detect"], "fingerprint", finalize=finalize,
+                              identity=identity)
     sink.add(pa.Table.from_pylist(a + b, schema=OUTPUT_SCHEMA))
     sink.finish({"rows": len(a) + len(b)})
     return str(root)

@@ -1,0 +1,166 @@
+"""`labeler track`: link a video job's boxes into tracks again, with other settings (or for
+the first time), without labeling again, into a new output that `labeler run` with those
+settings would have written and resumes.
+
+    1. the job output (labeler.export.rows.JobOutput), its _job.json identity, and the task:
+       its stored `track`, with the settings given over it (checked as a spec's)
+    2. every file of the output copied to --out as it is, except the task's part files: each
+       read whole (a shard holds whole videos), linked (add_track_ids), each row's
+       `parameters` given the new `track` (as a job writes it), written
+    3. _job.json with the task's `track` in the identity and that identity's fingerprint;
+       _SUCCESS, when the job had finished, with the tracks counted, written last
+
+Nothing is written before the task and the settings are accepted. Tuning the tracker
+(`labeler eval --mot` after each try) costs a read and a write of the task, not a GPU job.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from pydantic import ValidationError
+
+from labeler.config import TRACKED_TASKS, SpecError, TrackingSpec, format_validation_error
+from labeler.export.rows import JobOutput, TaskFolder
+from labeler.export.target import Target
+from labeler.jobs.identity import fingerprint
+from labeler.storage import storage_error
+from labeler.tracking.rows import add_track_ids, count_tracks
+
+MANIFEST, SUCCESS = "_job.json", "_SUCCESS"
+
+
+@dataclass(frozen=True)
+class TrackOptions:
+    """What `labeler track` was asked: output: the job output; out: where the tracked copy
+    goes (empty, or overwrite); task: the task folder (None: the only one with boxes);
+    settings: TrackingSpec fields given, over the task's stored ones."""
+
+    output: str
+    out: str
+    task: str | None = None
+    settings: dict = field(default_factory=dict)
+    overwrite: bool = False
+
+
+@dataclass
+class TrackSummary:
+    task: str
+    spec: TrackingSpec
+    files: int
+    tracks: int
+    output: str
+
+    def lines(self) -> list[str]:
+        return [f"task: {self.task}, track: {json.dumps(self.spec.model_dump())}",
+                f"linked {self.files} files: {self.tracks} tracks",
+                f"output: {self.output}"]
+
+
+def run_track(options: TrackOptions) -> TrackSummary:
+    """Write the tracked copy (module docstring); SpecError when it cannot be done as asked,
+    StorageError when a location cannot be used."""
+    job = JobOutput(options.output)
+    folder = job.pick(options.task)
+    manifest = _manifest(job)
+    k = manifest["tasks"].index(folder.name)
+    identity = manifest["identity"]
+    stored = identity["tasks"][k].get("track") or {}
+    spec = _spec(folder, stored, options.settings)
+    _check_frames(job, folder)
+
+    target = Target(options.out)
+    target.check_empty(options.overwrite, job.uri)
+    target.clear()
+    tracks = 0
+    try:
+        for path in _files(job):
+            relative = path[len(job.path) + 1:]
+            if relative in (MANIFEST, SUCCESS):
+                continue
+            if path in folder.files:
+                rows = add_track_ids(pq.read_table(path, filesystem=job.fs), spec)
+                tracks += count_tracks(rows)
+                target.write(relative, _parquet_bytes(_with_track(rows, spec)))
+            else:
+                with job.fs.open_input_stream(path) as f:
+                    target.write(relative, f.read())
+        identity["tasks"][k]["track"] = spec.model_dump(exclude_defaults=True)
+        manifest["fingerprint"] = fingerprint(identity)
+        target.write(MANIFEST, json.dumps(manifest, indent=2).encode())
+        if job.finished:
+            with job.fs.open_input_stream(f"{job.path}/{SUCCESS}") as f:
+                summary = json.loads(f.read())
+            summary["tracks"] = {**(summary.get("tracks") or {}), folder.name: tracks}
+            with target.final(SUCCESS) as out:
+                out.write(json.dumps(summary, indent=2).encode())
+    except OSError as err:
+        raise storage_error(job.uri, "copy the job output", err) from None
+    return TrackSummary(folder.name, spec, len(folder.files), tracks, target.uri)
+
+
+def _manifest(job: JobOutput) -> dict:
+    path = f"{job.path}/{MANIFEST}"
+    try:
+        with job.fs.open_input_stream(path) as f:
+            manifest = json.loads(f.read())
+    except (OSError, ValueError):
+        raise SpecError(f"{job.uri!r} holds no readable {MANIFEST}, so it is not a labeler "
+                        f"job output as written") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("identity"), dict):
+        raise SpecError(f"{job.uri!r} was written by an older labeler (its {MANIFEST} holds "
+                        f"no job identity): run the job again with --track")
+    return manifest
+
+
+def _spec(folder: TaskFolder, stored: dict, settings: dict) -> TrackingSpec:
+    """The task's stored `track` with `settings` over it; SpecError naming a bad field."""
+    if folder.kind not in TRACKED_TASKS:
+        raise SpecError(f"task {folder.name!r} is a {folder.kind} task; tracks link the boxes "
+                        f"of {', '.join(TRACKED_TASKS)}")
+    try:
+        return TrackingSpec.model_validate({**stored, **settings})
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err).replace("invalid job spec",
+                                                             "invalid track settings")) from None
+
+
+def _check_frames(job: JobOutput, folder: TaskFolder) -> None:
+    """The task labels video frames: some row without error has a frame_index."""
+    for path in folder.files:
+        rows = pq.read_table(path, columns=["frame_index", "error"], filesystem=job.fs)
+        labeled = rows.filter(pc.is_null(rows.column("error")))
+        if labeled.num_rows and labeled.column("frame_index").null_count < labeled.num_rows:
+            return
+        if labeled.num_rows:
+            break
+    raise SpecError(f"task {folder.name!r} labels no video frames; tracks link the boxes of "
+                    f"a video job's frames (labeler run --media video)")
+
+
+def _files(job: JobOutput) -> list[str]:
+    infos = job.fs.get_file_info(pafs.FileSelector(job.path, recursive=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File)
+
+
+def _with_track(rows: pa.Table, spec: TrackingSpec) -> pa.Table:
+    """`rows` with `track` set in each row's parameters, as a job with `spec` writes them."""
+    column = rows.column("parameters")
+    encoded = pc.dictionary_encode(column.combine_chunks())
+    track = spec.model_dump(mode="json")
+    values = [json.dumps({**json.loads(text), "track": track}, sort_keys=True)
+              for text in encoded.dictionary.to_pylist()]
+    updated = pa.array(values, pa.string()).take(encoded.indices)
+    return rows.set_column(rows.schema.get_field_index("parameters"),
+                           rows.schema.field("parameters"), updated)
+
+
+def _parquet_bytes(rows: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(rows, sink, compression="zstd")  # as the job's sink writes them
+    return sink.getvalue().to_pybytes()

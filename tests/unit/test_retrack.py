@@ -1,0 +1,99 @@
+"""`labeler track`: a video job's output linked into tracks again with other settings,
+without labeling again. The output is written by the job's own sink (test_export_tracks'
+job: cam/a.mp4 and b.mp4, labeled without tracking)."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+from test_export import _record
+from test_export_tracks import _job
+
+from labeler.actors.predictor import OUTPUT_SCHEMA
+from labeler.cli import main
+from labeler.config import TrackingSpec
+from labeler.jobs.identity import fingerprint
+from labeler.sinks.parquet import ShardedParquetSink
+from labeler.tracking import add_track_ids
+
+PARAMS = {"labels": ["car", "person"], "threshold": 0.1}
+IDENTITY = {"version": 2, "input": {"media": "video", "files_per_shard": 4},
+            "tasks": [{"task": "detect", "model": {"family": "owlv2", "source": "tiny"},
+                       "labels": ["car", "person"]}],
+            "inputs": {"count": 2, "sha256": "x"}}
+
+
+def _track(capsys, *args):
+    code = main(["track", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def untracked(tmp_path):
+    root = _job(tmp_path / "job", params=PARAMS, track=None, identity=IDENTITY)
+    (tmp_path / "job" / "notes").mkdir()
+    (tmp_path / "job" / "notes" / "readme.txt").write_text("kept as it is")
+    return root
+
+
+def test_an_untracked_job_gets_tracks_without_labeling_again(untracked, tmp_path, capsys):
+    out = tmp_path / "tracked"
+    code, printed, _ = _track(capsys, untracked, "--out", out, "--new-track-score", "0.5",
+                              "--max-missed", "1")
+    assert code == 0, printed
+    spec = TrackingSpec(new_track_score=0.5, max_missed=1)
+    assert "linked 2 files: 3 tracks" in printed
+    for part in ("part-00000", "part-00001"):
+        before = pq.read_table(tmp_path / "job" / "detect" / f"{part}.parquet")
+        after = pq.read_table(out / "detect" / f"{part}.parquet")
+        expected = add_track_ids(before, spec)
+        assert after.column("detections") == expected.column("detections")
+        assert after.drop_columns(["detections", "parameters"]) == \
+            expected.drop_columns(["detections", "parameters"])
+        # parameters as a job with this `track` writes them
+        assert {json.loads(p)["track"] == spec.model_dump() and
+                json.loads(p)["labels"] == ["car", "person"]
+                for p in after.column("parameters").to_pylist()} == {True}
+    rows = pads.dataset(out / "detect", format="parquet").to_table().to_pylist()
+    assert [[d["track_id"] for d in r["detections"] or []] for r in rows
+            if r["id"] == "cam/a.mp4"] == [[1, 2], [2, 1, None], [1], []]
+    # The identity is a tracked job's, so `labeler run` with these settings resumes it.
+    manifest = json.loads((out / "_job.json").read_text())
+    assert manifest["identity"]["tasks"][0]["track"] == {"new_track_score": 0.5,
+                                                         "max_missed": 1}
+    assert manifest["fingerprint"] == fingerprint(manifest["identity"])
+    assert json.loads((out / "_SUCCESS").read_text())["tracks"] == {"detect": 3}
+    assert (out / "notes" / "readme.txt").read_text() == "kept as it is"
+
+    # Tracked again from the tracked copy: its stored settings stay, those given change.
+    code, printed, _ = _track(capsys, out, "--out", tmp_path / "again", "--max-missed", "5")
+    assert code == 0
+    again = json.loads((tmp_path / "again" / "_job.json").read_text())
+    assert again["identity"]["tasks"][0]["track"] == {"new_track_score": 0.5,
+                                                      "max_missed": 5}
+
+
+def test_bad_settings_and_outputs_are_refused_before_anything_is_written(untracked, tmp_path,
+                                                                         capsys):
+    out = tmp_path / "out"
+    code, _, err = _track(capsys, untracked, "--out", out, "--iou", "0")
+    assert code == 2 and "invalid track settings:\n  iou: Input should be greater than 0" in err
+    code, _, err = _track(capsys, untracked, "--out", out, "--task", "nothing")
+    assert code == 2 and "nothing" in err
+    assert not out.exists()
+    code, _, err = _track(capsys, untracked, "--out", untracked)
+    assert code == 2 and "is not empty" in err
+    images = ShardedParquetSink(tmp_path / "images", {0: 1}, ["detect"], "fingerprint",
+                                identity=IDENTITY)
+    images.add(pa.Table.from_pylist([_record("a.jpg", "/a.jpg", "detect", "detect", PARAMS,
+                                             (8, 8), [])], schema=OUTPUT_SCHEMA))
+    images.finish({})
+    code, _, err = _track(capsys, tmp_path / "images", "--out", out)
+    assert code == 2 and "task 'detect' labels no video frames" in err
+    older = _job(tmp_path / "older", params=PARAMS, track=None)  # _job.json without identity
+    code, _, err = _track(capsys, older, "--out", out)
+    assert code == 2 and "written by an older labeler" in err
+    assert not out.exists()
