@@ -370,25 +370,29 @@ def test_tracked_frames_carry_track_ids_linked_per_video(ray_local, video_folder
 
 
 def test_labeler_track_links_a_finished_job_which_a_tracked_run_then_resumes(
-        ray_local, video_folder, tiny_owlv2, tmp_path, capsys):
-    """A job labeled without tracking, linked afterwards by `labeler track`: the copy is what
-    `labeler run --track` with those settings writes, so that run finds nothing to label."""
+        ray_local, video_folder, tiny_owlv2, tmp_path, capsys, s3_bucket):
+    """A job labeled without tracking, linked afterwards by `labeler track` into a copy on
+    S3: the copy is what `labeler run --track` with those settings writes, so that run
+    finds nothing to label."""
     from labeler.config import TrackingSpec
+    from labeler.storage import filesystem_for
     from labeler.tracking import NO_TRACK, link_tracks
 
     command = ["--input", str(video_folder / "[ad]_*"), "--media", "video",
                "--every-n-frames", "3", "--task", "detect", "--family", "owlv2",
                "--model", tiny_owlv2, "--labels", ",".join(LABELS), "--threshold", "0.3"]
+    tracked = f"s3://{s3_bucket}/tracked"
     assert _run(*command, "--output", str(tmp_path / "plain")) == 0
-    assert main(["track", str(tmp_path / "plain"), "--out", str(tmp_path / "tracked"),
+    assert main(["track", str(tmp_path / "plain"), "--out", tracked,
                  "--max-missed", "2", "--across-labels"]) == 0
     capsys.readouterr()
     assert _run(*command, "--track", "--track-max-missed", "2", "--track-across-labels",
-                "--output", str(tmp_path / "tracked")) == 0
+                "--output", tracked) == 0
     assert "rows: 0 (2 videos, 2 already done), errors: 0" in capsys.readouterr().out
 
     spec = TrackingSpec(max_missed=2, across_labels=True)
-    rows = _rows(tmp_path / "tracked")
+    fs, path = filesystem_for(tracked)
+    rows = pads.dataset(path, format="parquet", filesystem=fs).to_table().to_pylist()
     for video in ("a_h264.mp4", "d_rotated.mov"):
         frames = [r for r in rows if r["id"] == video]
         boxes = [d for r in frames for d in r["detections"]]
