@@ -15,6 +15,7 @@ the same.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
@@ -131,11 +132,13 @@ class JobSummary:
 
 
 def _task_line(task: TaskSpec) -> str:
-    """A task's name, model and resources, as a dry run prints them."""
+    """A task's name, model and resources, as a dry run prints them, and its tracking."""
     res = task.resources
+    track = ("" if task.track is None else
+             f"; track {json.dumps(task.track.model_dump(exclude_defaults=True))}")
     return (f"{task.output_name}: {task.task} with {task.model.family} {task.model.source}, "
             f"batch {res.batch_size}, {_actors(res)} actor(s) x {res.num_cpus:g} CPU "
-            f"{res.num_gpus:g} GPU")
+            f"{res.num_gpus:g} GPU{track}")
 
 
 def _actors(res) -> str:

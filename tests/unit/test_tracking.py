@@ -188,6 +188,15 @@ def _spec(tmp_path, **overrides):
     return load_job_spec(None, **{**fields, **overrides})
 
 
+def test_a_dry_run_names_a_tasks_tracking(tmp_path):
+    from labeler.jobs.runner import _task_line
+
+    assert _task_line(_spec(tmp_path, track=True).tasks[0]).endswith("0 GPU; track {}")
+    assert _task_line(_spec(tmp_path, track_max_missed=1).tasks[0]).endswith(
+        '; track {"max_missed": 1}')
+    assert _task_line(_spec(tmp_path).tasks[0]).endswith("0 GPU")
+
+
 def test_track_flags_turn_tracking_on_and_set_its_fields(tmp_path):
     assert _spec(tmp_path).tasks[0].track is None
     assert _spec(tmp_path, track=True).tasks[0].track == TrackingSpec()
