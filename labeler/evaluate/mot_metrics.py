@@ -115,8 +115,8 @@ def score_video(frames: list[FrameTracks], iou: float = 0.5) -> TrackScores:
         for g, t in zip(*np.nonzero(similarity)):
             key = (int(frame.truth_ids[g]), int(frame.ids[t]))
             pair_frames[key] = pair_frames.get(key, 0) + 1
-        continued = np.array([[previous.get(int(g)) == int(t) for t in frame.ids]
-                              for g in frame.truth_ids], dtype=bool).reshape(similarity.shape)
+        last = np.array([previous.get(int(g), -1) for g in frame.truth_ids], dtype=np.int64)
+        continued = (last[:, None] == frame.ids[None, :]) & (last[:, None] >= 0)
         gain = similarity + CONTINUED_BONUS * (continued & (similarity > 0))
         rows, cols = linear_sum_assignment(gain, maximize=True)
         matched = similarity[rows, cols] > 0

@@ -100,7 +100,9 @@ def run_track_eval(options: TrackEvalOptions) -> TrackEvalSummary:
         sequence = truth.get(rows[0].id)
         if sequence is None:
             continue
-        frames = [_frame(row, sequence, counts, options.match) for row in rows]
+        classes = ({name_key(c): k for k, c in enumerate(sequence.classes, start=1)}
+                   if sequence.classes is not None else None)  # class name -> id
+        frames = [_frame(row, sequence, classes, counts, options.match) for row in rows]
         counts["frames"] += len(frames)
         videos[rows[0].id] = score_video(frames, options.iou)
     if not all("track" in p for p in tally.parameters):
@@ -121,13 +123,12 @@ def run_track_eval(options: TrackEvalOptions) -> TrackEvalSummary:
     return TrackEvalSummary(figures)
 
 
-def _frame(row: Row, sequence: MotSequence, counts: dict,
+def _frame(row: Row, sequence: MotSequence, classes: dict[str, int] | None, counts: dict,
            match: dict[str, str]) -> FrameTracks:
     """A labeled frame against its ground truth; boxes left out are counted. A box's class
-    is the one named like its label, or like what `match` pairs its label with."""
+    is the one (classes: name_key of a class name -> its id; None: no classes) named like
+    its label, or like what `match` pairs its label with."""
     objects = sequence.frames.get(row.frame_index + 1, [])
-    classes = ({name_key(c): k for k, c in enumerate(sequence.classes, start=1)}
-               if sequence.classes is not None else None)
     boxes, ids, box_classes = [], [], []
     for box in row.boxes:
         if box.track_id is None:

@@ -149,6 +149,13 @@ def test_bad_ground_truth_and_untracked_jobs_are_refused(tracked_job, tmp_path,
     _write_truth(tmp_path / "bad", "cam/a.mp4", ["1,5,0,0,10,10", "2,x,0,0,1,1"])
     code, _, err = _eval(capsys, tracked_job, "--mot", tmp_path / "bad")
     assert code == 2 and "gt/gt.txt line 2: expected frame,id,x,y,w,h" in err
+    _write_truth(tmp_path / "frame0", "cam/a.mp4", ["1,5,0,0,10,10", "0,5,0,0,10,10"])
+    code, _, err = _eval(capsys, tracked_job, "--mot", tmp_path / "frame0")
+    assert code == 2 and "gt/gt.txt line 2: frame counts from 1 and w, h are sizes" in err
+    (tmp_path / "latin" / "cam/a.mp4" / "gt").mkdir(parents=True)
+    (tmp_path / "latin" / "cam/a.mp4" / "gt" / "gt.txt").write_bytes(b"1,5,0,0,10,10\n\xff\xfe")
+    code, _, err = _eval(capsys, tracked_job, "--mot", tmp_path / "latin")
+    assert code == 2 and "gt/gt.txt is not UTF-8 text" in err
     _write_truth(tmp_path / "class", "cam/a.mp4", ["1,5,0,0,10,10,1,4,1"], labels=["car"])
     code, _, err = _eval(capsys, tracked_job, "--mot", tmp_path / "class")
     assert code == 2 and "class 4 is not a line of gt/labels.txt (1 classes)" in err
