@@ -105,7 +105,7 @@ def run_track_eval(options: TrackEvalOptions) -> TrackEvalSummary:
         frames = [_frame(row, sequence, classes, counts, options.match) for row in rows]
         counts["frames"] += len(frames)
         videos[rows[0].id] = score_video(frames, options.iou)
-    if not all("track" in p for p in tally.parameters):
+    if not tally.tracked:
         raise EvalError(f"task {folder.name!r} was labeled without tracking, so its boxes "
                         f"have no track ids; label the videos with --track")
     if not videos:

@@ -150,6 +150,11 @@ class Tally:
     parameters: list[dict] = field(default_factory=list)  # the distinct `parameters` seen
     _parameters_seen: set[str] = field(default_factory=set)
 
+    @property
+    def tracked(self) -> bool:
+        """Every row read was labeled with `track` (its boxes carry track ids)."""
+        return bool(self.parameters) and all("track" in p for p in self.parameters)
+
     def add_parameters(self, parameters: str | None) -> None:
         if parameters is None or parameters in self._parameters_seen:
             return

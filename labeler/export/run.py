@@ -180,13 +180,12 @@ def _check_kinds(folder: TaskFolder, options: ExportOptions, survey: Tally,
     """What the rows are ("frames" of videos, or "images") against the format: video frames
     are no files, so they go to COCO as entries, and as tracks to MOT and Label Studio when
     the job linked them (`track`)."""
-    tracked = bool(survey.parameters) and all("track" in p for p in survey.parameters)
     if "images" in kinds and options.format == "mot":
         raise ExportError(f"task {folder.name!r} labels images; --format mot exports the "
                           f"tracks of a video job (labeler run --media video --track)")
     if "frames" not in kinds:
         return
-    if options.format in ("mot", "label-studio") and not tracked:
+    if options.format in ("mot", "label-studio") and not survey.tracked:
         also = ("" if options.format == "mot" else
                 ", or export the frames as COCO (file_name <video id>#frame=<n>)")
         raise ExportError(f"task {folder.name!r} labels video frames without tracking, so "
