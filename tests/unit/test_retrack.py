@@ -96,4 +96,7 @@ def test_bad_settings_and_outputs_are_refused_before_anything_is_written(untrack
     older = _job(tmp_path / "older", params=PARAMS, track=None)  # _job.json without identity
     code, _, err = _track(capsys, older, "--out", out)
     assert code == 2 and "written by an older labeler" in err
+    (tmp_path / "older" / "_job.json").write_bytes(b"{not json")
+    code, _, err = _track(capsys, older, "--out", out)
+    assert code == 2 and "holds no readable _job.json" in err
     assert not out.exists()
