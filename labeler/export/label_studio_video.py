@@ -72,9 +72,11 @@ def track_label(boxes: Iterable[Box]) -> str:
     return max(counts, key=counts.__getitem__)
 
 
-def video_task(frames: list[Row], version: str,
-               url_prefix: str | None) -> tuple[dict, int, int]:
-    """The Label Studio task of one video's frame rows -> (task, boxes in it, boxes left
+def video_prediction(frames: list[Row], version: str, frame_rate: float,
+                     from_name: str = BOX_TAG, to_name: str = VIDEO_TAG) -> tuple[dict, int, int]:
+    """The Label Studio prediction of one video's frame rows, keyframes numbered at
+    `frame_rate` (the rate the project's Video tag plays it at), regions from the
+    VideoRectangle `from_name` to the Video `to_name` -> (prediction, boxes in it, boxes left
     out for being in no track)."""
     tracks: dict[int, list[tuple[Row, Box]]] = {}
     untracked = 0
@@ -87,7 +89,6 @@ def video_task(frames: list[Row], version: str,
     video = frames[0].video or {}
     fps, duration = video.get("fps"), video.get("duration_s")
     counts = {"framesCount": round(duration * fps)} if fps and duration else {}
-    frame_rate = float(fps or DEFAULT_FRAME_RATE)
     counts.update({"duration": duration} if duration else {})
     regions, scores = [], []
     for track_id in sorted(tracks):
@@ -95,7 +96,7 @@ def video_task(frames: list[Row], version: str,
         sequence = [_keyframe(row, box, frame_rate, enabled=k < len(boxes) - 1)
                     for k, (row, box) in enumerate(boxes)]
         track_scores = [box.score for _, box in boxes]
-        regions.append({"id": f"track{track_id}", "from_name": BOX_TAG, "to_name": VIDEO_TAG,
+        regions.append({"id": f"track{track_id}", "from_name": from_name, "to_name": to_name,
                         "type": "videorectangle", "score": sum(track_scores) / len(boxes),
                         "value": {**counts, "sequence": sequence,
                                   "labels": [track_label(box for _, box in boxes)]}})
@@ -103,11 +104,25 @@ def video_task(frames: list[Row], version: str,
     prediction = {"model_version": version, "result": regions}
     if scores:
         prediction["score"] = sum(scores) / len(scores)
+    return prediction, len(scores), untracked
+
+
+def video_frame_rate(frames: list[Row]) -> float:
+    """The video's frame rate as probed, else Label Studio's default."""
+    return float((frames[0].video or {}).get("fps") or DEFAULT_FRAME_RATE)
+
+
+def video_task(frames: list[Row], version: str,
+               url_prefix: str | None) -> tuple[dict, int, int]:
+    """The Label Studio task of one video's frame rows, at the video's frame rate -> (task,
+    boxes in it, boxes left out for being in no track)."""
+    frame_rate = video_frame_rate(frames)
+    prediction, boxes, untracked = video_prediction(frames, version, frame_rate)
     first = frames[0]
     url = first.uri if url_prefix is None else url_prefix + first.id
     task = {"data": {VIDEO_TAG: url, "labeler_id": first.id, FPS_KEY: frame_rate},
             "predictions": [prediction]}
-    return task, len(scores), untracked
+    return task, boxes, untracked
 
 
 def write_label_studio_video(rows: Iterable[Row], categories: Categories, target: Target,

@@ -98,6 +98,12 @@ class TrackCount:
     interpolated_boxes: int = 0  # mot --interpolate: lines between a track's boxes
 
 
+def boxes_of(detections: list[dict] | None) -> list[Box]:
+    """A row's `detections` (records' dicts) -> its Boxes; an empty label is UNNAMED_LABEL."""
+    return [Box(d["label"] or UNNAMED_LABEL, d["score"], d["x0"], d["y0"], d["x1"], d["y1"],
+                d.get("track_id")) for d in detections or []]
+
+
 def videos_of(rows: Iterable[Row]) -> Iterator[list[Row]]:
     """The rows of each video in turn: a run of rows with the same id (a video's rows are
     together, in time order, in a job output)."""
@@ -309,9 +315,7 @@ class TaskRows:
                     tally.not_kept[reason_kind(reasons[i] or "no reason given")] += 1
                     continue
                 tally.not_kept_exported += 1
-            boxes = [Box(d["label"] or UNNAMED_LABEL, d["score"], d["x0"], d["y0"], d["x1"],
-                         d["y1"], d.get("track_id"))
-                     for d in cols["detections"][i] or []]
+            boxes = boxes_of(cols["detections"][i])
             if self.min_score is not None:
                 scored = [b for b in boxes if b.score >= self.min_score]
                 tally.low_score_boxes += len(boxes) - len(scored)

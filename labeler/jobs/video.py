@@ -87,7 +87,7 @@ NAN = float("nan")
 
 
 @dataclass
-class _Row:
+class VideoRow:
     """One output row before it becomes columns; `images` None on an error row."""
 
     images: dict[str, np.ndarray] | None
@@ -151,7 +151,7 @@ def decode_video(batch: dict[str, np.ndarray], sampling: Sampling, clip: ClipSpe
     transforms = TaskTransforms(tasks, ndim=3 if clip is None else 4)
     size = rows_per_batch or (FRAME_ROWS if clip is None else CLIP_ROWS)
     wanted = None if only_parts is None else only_parts.get(str(carried["id"]))
-    held: list[_Row] = []
+    held: list[VideoRow] = []
     part = 0
     counts = SamplingCounts()
     for row in video_rows(str(carried["uri"]), sampling, clip, max_pixels, transforms, counts):
@@ -185,21 +185,23 @@ def open_video_source(uri: str) -> str | BinaryIO:
     return open_input(uri, whole_up_to=VIDEO_READ_WHOLE_BYTES)
 
 
-def video_rows(uri: str, sampling: Sampling, clip: ClipSpec | None, max_pixels: int,
-               transforms: TaskTransforms, counts: SamplingCounts | None = None) -> Iterator[_Row]:
-    """The rows of one video in time order; at least one (source: open_video_source).
-    counts: what frame sampling left out, filled in as the rows are made."""
+def video_rows(uri: str | bytes, sampling: Sampling, clip: ClipSpec | None, max_pixels: int,
+               transforms: TaskTransforms,
+               counts: SamplingCounts | None = None) -> Iterator[VideoRow]:
+    """The rows of one video in time order; at least one. uri: where the video is
+    (open_video_source), or its bytes (the online API's uploads and fetches). counts: what
+    frame sampling selected and left out, filled in as the rows are made."""
     lap = _Stopwatch()
     source = None
     try:
-        source = open_video_source(uri)
+        source = uri if isinstance(uri, bytes) else open_video_source(uri)
         info = probe(source)
         if info.width * info.height > max_pixels:
             raise MediaError(f"video frames have {info.width}x{info.height} = "
                              f"{info.width * info.height} pixels, over the limit of {max_pixels}")
     except Exception as err:  # noqa: BLE001 - becomes the video's one error row
         _close(source)
-        yield _Row(None, error=failure_reason(err), decode_ms=lap())
+        yield VideoRow(None, error=failure_reason(err), decode_ms=lap())
         return
     meta = _video_json(info)
     stopped = NAN
@@ -225,17 +227,17 @@ def video_rows(uri: str, sampling: Sampling, clip: ClipSpec | None, max_pixels: 
     finally:
         _close(source)
     if reason:
-        yield _Row(None, error=reason, decode_ms=lap(), timestamp_s=stopped, video=meta)
+        yield VideoRow(None, error=reason, decode_ms=lap(), timestamp_s=stopped, video=meta)
 
 
 def _image_row(transforms: TaskTransforms, pixels: np.ndarray, lap, meta: str,
-               width: int | None = None, height: int | None = None, **position) -> _Row:
+               width: int | None = None, height: int | None = None, **position) -> VideoRow:
     """A frame or clip row; an error row in its place if a task's cpu_transform fails."""
     try:
         images = transforms.apply(pixels)
     except Exception as err:  # noqa: BLE001 - this row's error; the video goes on
-        return _Row(None, error=failure_reason(err), decode_ms=lap(), video=meta, **position)
-    return _Row(images, width=width or pixels.shape[1], height=height or pixels.shape[0],
+        return VideoRow(None, error=failure_reason(err), decode_ms=lap(), video=meta, **position)
+    return VideoRow(images, width=width or pixels.shape[1], height=height or pixels.shape[0],
                 decode_ms=lap(), video=meta, **position)
 
 
@@ -256,7 +258,7 @@ def _video_json(info: VideoInfo) -> str:
 
 
 def _close(source) -> None:
-    if source is not None and not isinstance(source, str):
+    if source is not None and not isinstance(source, (str, bytes)):
         source.close()
 
 
@@ -272,7 +274,7 @@ class _Stopwatch:
         return elapsed
 
 
-def _columns(carried: dict, rows: list[_Row], first_part: int,
+def _columns(carried: dict, rows: list[VideoRow], first_part: int,
              transforms: TaskTransforms) -> dict[str, np.ndarray]:
     """Rows -> one numpy batch: the input's columns repeated, then the row columns."""
     n = len(rows)

@@ -336,9 +336,12 @@ def sample_frames(
 
 @dataclass
 class SamplingCounts:
-    """What sampling left out, counted as it goes: `unchanged`, the selected frames that
-    min_change skipped."""
+    """What sampling selected and left out, counted as it goes: `selected`, the frames the
+    sampling mode selects (max_frames applied, min_change not), known once the packets are
+    indexed, before the first frame decodes (None until then); `unchanged`, the selected
+    frames that min_change skipped."""
 
+    selected: int | None = None
     unchanged: int = 0
 
 
@@ -430,6 +433,7 @@ def _decode_wanted(container, index: _PacketIndex, sampling: Sampling, seek_min_
     if sampling.mode == "keyframes":
         stream.codec_context.skip_frame = "NONKEY"
     wanted = _wanted_positions(index, stream, sampling)
+    counts.selected = len(wanted)
     changes = _ChangeFilter(sampling.min_change)
     min_skip = seek_min_skip_s / float(stream.time_base)  # in pts units; inf never seeks
     done = 0  # wanted[:done] are yielded or known lost

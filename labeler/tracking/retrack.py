@@ -30,7 +30,7 @@ from labeler.export.rows import JobOutput, TaskFolder
 from labeler.export.target import Target
 from labeler.jobs.identity import fingerprint
 from labeler.storage import storage_error
-from labeler.tracking.rows import add_track_ids, count_tracks
+from labeler.tracking.rows import add_track_ids, count_tracks, with_track_parameters
 
 MANIFEST, SUCCESS = "_job.json", "_SUCCESS"
 
@@ -86,7 +86,7 @@ def run_track(options: TrackOptions) -> TrackSummary:
             if path in folder.files:
                 rows = add_track_ids(pq.read_table(path, filesystem=job.fs), spec)
                 tracks += count_tracks(rows)
-                target.write(relative, _parquet_bytes(_with_track(rows, spec)))
+                target.write(relative, _parquet_bytes(with_track_parameters(rows, spec)))
             else:
                 with job.fs.open_input_stream(path) as f:
                     target.write(relative, f.read())
@@ -146,18 +146,6 @@ def _check_frames(job: JobOutput, folder: TaskFolder) -> None:
 def _files(job: JobOutput) -> list[str]:
     infos = job.fs.get_file_info(pafs.FileSelector(job.path, recursive=True))
     return sorted(i.path for i in infos if i.type == pafs.FileType.File)
-
-
-def _with_track(rows: pa.Table, spec: TrackingSpec) -> pa.Table:
-    """`rows` with `track` set in each row's parameters, as a job with `spec` writes them."""
-    column = rows.column("parameters")
-    encoded = pc.dictionary_encode(column.combine_chunks())
-    track = spec.model_dump(mode="json")
-    values = [json.dumps({**json.loads(text), "track": track}, sort_keys=True)
-              for text in encoded.dictionary.to_pylist()]
-    updated = pa.array(values, pa.string()).take(encoded.indices)
-    return rows.set_column(rows.schema.get_field_index("parameters"),
-                           rows.schema.field("parameters"), updated)
 
 
 def _parquet_bytes(rows: pa.Table) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -49,6 +51,19 @@ def add_track_ids(rows: pa.Table, spec: TrackingSpec) -> pa.Table:
     tracked = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values,
                                        type=detections.type, mask=pc.invert(detections.is_valid()))
     return _with_detections(rows, tracked)
+
+
+def with_track_parameters(rows: pa.Table, spec: TrackingSpec) -> pa.Table:
+    """`rows` with `track` set in each row's parameters, as a job with `spec` writes them
+    (labeler.models.base.Adapter.parameters_json: sorted keys, `track` dumped as JSON)."""
+    column = rows.column("parameters")
+    encoded = pc.dictionary_encode(column.combine_chunks())
+    track = spec.model_dump(mode="json")
+    values = [json.dumps({**json.loads(text), "track": track}, sort_keys=True)
+              for text in encoded.dictionary.to_pylist()]
+    updated = pa.array(values, pa.string()).take(encoded.indices)
+    return rows.set_column(rows.schema.get_field_index("parameters"),
+                           rows.schema.field("parameters"), updated)
 
 
 def _with_detections(rows: pa.Table, detections: pa.Array) -> pa.Table:
