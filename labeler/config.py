@@ -346,6 +346,13 @@ class TaskSpec(_Strict):
 
     @model_validator(mode="after")
     def _pair_and_requirements(self) -> "TaskSpec":
+        self.check_pairs()
+        # Each adapter states what it needs (labels, a prompt of a given form, ...).
+        registry.load_adapter_class(self.task, self.model.family).check_spec(self)
+        return self
+
+    def check_pairs(self) -> None:
+        """The options that apply to some tasks or families only, against this task's."""
         if (self.queries or self.label_thresholds) and self.task != "detect":
             raise ValueError("queries and label_thresholds apply to task 'detect' only")
         if self.templates != QUERY_ALONE and self.task != "detect":
@@ -366,9 +373,6 @@ class TaskSpec(_Strict):
         registry.adapter_path(self.task, self.model.family)  # raises with the valid pairs
         if self.task != "pseudo-label" and self.pseudo_label != PseudoLabelSpec():
             raise ValueError("pseudo_label options apply only to task 'pseudo-label'")
-        # Each adapter states what it needs (labels, a prompt of a given form, ...).
-        registry.load_adapter_class(self.task, self.model.family).check_spec(self)
-        return self
 
     def label_queries(self) -> list[list[str]]:
         """The text queries of each label, in label order: its `queries` entry, else the

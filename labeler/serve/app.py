@@ -3,6 +3,8 @@
     POST /v1/detect /v1/ground /v1/caption /v1/ocr /v1/ask   one image, one task -> record
     POST /v1/pseudo-label                                    OWL-ST boxes from a caption
     POST /v1/annotate                                        one image, several tasks -> records
+    POST /v1/video                                           one video, one model -> a record
+                                                             per sampled frame, boxes in tracks
     GET  /v1/models  /healthz  /readyz  /docs
     POST /predict /setup, GET /health                        Label Studio ML backend
     ?format=cvat on the task endpoints                       CVAT detector shapes
@@ -10,8 +12,9 @@
 The ingress authenticates, parses and validates the request (parameters through the same
 TaskSpec checks as a job), fetches and decodes the image (the same decode_image call and
 limits as a job), and hands the pixels to the model deployment (labeler.serve.model), which
-batches requests. Errors are JSON `{"error": "..."}` with a 4xx status for the caller's
-mistakes, 503 / 504 for load, never a hang.
+batches requests. A video is decoded and linked as a batch video job does it
+(labeler.serve.video), its frames sent to the deployment as they decode. Errors are JSON
+`{"error": "..."}` with a 4xx status for the caller's mistakes, 503 / 504 for load, never a hang.
 """
 
 # No `from __future__ import annotations`: Serve's class-based FastAPI routes need the
@@ -22,6 +25,7 @@ import logging
 import time
 import uuid
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -31,7 +35,8 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from labeler import registry
-from labeler.config import decode_side_for_tasks, format_validation_error
+from labeler.config import (TRACKED_TASKS, TrackingSpec, decode_side_for_tasks,
+                            format_validation_error)
 from labeler.media.image import MediaError, decode_image
 from labeler.schemas import Record
 from labeler.serve.auth import is_authorized
@@ -40,11 +45,13 @@ from labeler.serve.errors import ApiError
 from labeler.serve.fetch import fetch_uri
 from labeler.serve.formats import (cvat_shapes, label_studio_prediction, model_version,
                                    parse_label_config)
-from labeler.serve.inputs import (AnnotateRequest, ImageRequest, Params, decode_base64,
-                                  image_bytes_or_uri, parse_request)
+from labeler.serve.inputs import (AnnotateRequest, ImageRequest, Params, VideoRequest,
+                                  bytes_or_uri, decode_base64, image_bytes_or_uri, parse_request)
 from labeler.serve.limits import RETRY_AFTER_S, call_with_limits, read_body
 from labeler.serve.model import Item, ModelServer
 from labeler.serve.variants import variant_spec
+from labeler.serve.video import (LabeledVideo, frame_fields, label_studio_video_prediction,
+                                 label_video, link_records)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,8 @@ READY_TIMEOUT_S = 5.0
 ENDPOINT_TASKS = ("detect", "ground", "caption", "ocr", "ask", "pseudo-label")
 # Label Studio projects whose labeling config /setup remembers (ingress memory only).
 MAX_PROJECTS = 256
+# The pixels of a video's error row, which reaches the model deployment only for its record.
+NO_PIXELS = np.zeros((0, 0, 3), np.uint8)
 
 api = FastAPI(
     title="labeler online API",
@@ -175,6 +184,9 @@ class Ingress:
                    uri: str, params: dict) -> dict:
         item = Item(id=item_id, uri=uri, pixels=decoded.pixels, width=decoded.width,
                     height=decoded.height, decode_ms=decode_ms, **params)
+        return await self._annotate(served, item)
+
+    async def _annotate(self, served: ServedModel, item: Item) -> dict:
         response = self.handles[served.served_name].annotate.remote(item)
         record = await call_with_limits(response, served.serving.request_timeout_s,
                                         served.served_name)
@@ -253,11 +265,74 @@ class Ingress:
         status = 500 if any(r["error"] for r in records) else 200
         return JSONResponse({"records": records}, status_code=status)
 
+    @api.post("/v1/video", openapi_extra=_body_doc(VideoRequest))
+    async def video(self, request: Request):
+        """One video, one model: a record per sampled frame (`sampling`, default the
+        server's video_sampling), as a batch video job writes them; boxes of detect, ground
+        and detect-by-example linked into tracks (`track_id`). {"id", "frames",
+        "selected_frames", "unchanged_frames", "tracks", "records"}; a video that stops
+        decoding part way: 422 with the records of the frames before."""
+        self._authorize(request)
+        limits = self.spec.limits
+        req, upload, filename = await parse_request(request, VideoRequest,
+                                                    limits.max_video_bytes, file_field="video")
+        if req.task is None and req.model is None and len(self.spec.models) == 1:
+            served = self.spec.models[0]  # the one model served need not be named
+        else:
+            served = self._served_for(req.task, req.model)
+        params = self._item_params(served, req)
+        track = self._video_track(served, req.track)
+        data, uri = bytes_or_uri(req.video, req.uri, upload, "video")
+        if data is None:
+            data = await asyncio.to_thread(fetch_uri, uri, self.spec.uri, limits.max_video_bytes,
+                                           "video")
+        source = uri or (f"upload:{filename}" if upload is not None else "base64")
+        sampling = (req.sampling or self.spec.video_sampling).sampling()
+        video = await self._video(served, data, sampling, track, req.id or uuid.uuid4().hex,
+                                  source, params)
+        body = {"id": video.records[0]["id"],
+                "frames": sum(r["frame_index"] is not None for r in video.records),
+                "selected_frames": video.selected, "unchanged_frames": video.unchanged,
+                "tracks": video.tracks, "records": video.records}
+        if video.error:
+            return JSONResponse({"error": f"video cannot be used: {video.error}", **body},
+                                status_code=422)
+        if any(r["error"] for r in video.records):
+            return JSONResponse(body, status_code=500)
+        return body
+
+    def _video_track(self, served: ServedModel,
+                     asked: TrackingSpec | bool | None) -> TrackingSpec | None:
+        """How a video request's boxes are linked: as asked, else the served model's."""
+        if asked is False:
+            return None
+        if isinstance(asked, TrackingSpec) and served.video_track is None:
+            raise ApiError(422, f"track: model {served.served_name!r} does task "
+                                f"{served.task!r}; tracks link the boxes of tasks "
+                                f"{', '.join(TRACKED_TASKS)}")
+        return asked if isinstance(asked, TrackingSpec) else served.video_track
+
+    async def _video(self, served: ServedModel, data: bytes, sampling, track: TrackingSpec | None,
+                     video_id: str, source: str, params: dict) -> LabeledVideo:
+        """The video's records (labeler.serve.video.label_video), linked when `track`."""
+        async def frame(row) -> dict:
+            item = Item(id=video_id, uri=source,
+                        pixels=NO_PIXELS if row.images is None else row.images["image"],
+                        width=row.width, height=row.height, decode_ms=row.decode_ms,
+                        error=row.error or None, **params)
+            return {**await self._annotate(served, item), **frame_fields(row)}
+
+        limits = self.spec.limits
+        # One replica's worth of requests at once: a batch running and the next one filling.
+        video = await label_video(data, sampling, limits.max_pixels, limits.max_video_frames,
+                                  frame, served.serving.ongoing_limit)
+        return video if track is None else await asyncio.to_thread(link_records, video, track)
+
     @api.post("/v1/{task}", include_in_schema=False)
     async def unknown_task(self, task: str, request: Request):
         self._authorize(request)
-        raise ApiError(404, f"unknown task {task!r}; endpoints: "
-                            f"{', '.join('/v1/' + t for t in ENDPOINT_TASKS + ('annotate',))}")
+        endpoints = ", ".join(f"/v1/{t}" for t in ENDPOINT_TASKS + ("annotate", "video"))
+        raise ApiError(404, f"unknown task {task!r}; endpoints: {endpoints}")
 
     # -- service --------------------------------------------------------------------------
 
@@ -274,6 +349,7 @@ class Ingress:
             "templates": m.templates,
             "nms": m.nms, "nms_threshold": m.nms_threshold, "max_detections": m.max_detections,
             "tiles": m.tiles.model_dump(mode="json") if m.tiles else None,
+            "video_track": m.video_track.model_dump() if m.video_track else None,
             "serving": m.serving.model_dump(),
             "endpoint": f"/v1/{m.task}" if m.task in ENDPOINT_TASKS else "/v1/annotate",
         } for m in self.spec.models]}
@@ -329,7 +405,8 @@ class Ingress:
     async def ls_predict(self, request: Request, model: str | None = None):
         """Label Studio asks for predictions: {"tasks": [...], "label_config": "<View>..."}.
         Boxes go to the config's RectangleLabels (its labels become the queries), OCR to
-        its Polygon + TextArea."""
+        its Polygon + TextArea; a video's tracks to its VideoRectangle (the Labels on the
+        Video become the queries), frames sampled by the server's video_sampling."""
         self._authorize(request)
         body = await self._json_object(request)
         tasks = body.get("tasks")
@@ -342,26 +419,42 @@ class Ingress:
             config = parse_label_config(xml)
         except ValueError as err:
             raise ApiError(422, str(err)) from None
-        wanted = "detect" if config.rectangle else "ocr" if (config.polygon or config.textarea) else None
+        wanted = ("detect" if config.rectangle or config.video_rectangle else
+                  "ocr" if (config.polygon or config.textarea) else None)
         if model is None and wanted is None:
-            raise ApiError(422, "label_config has no RectangleLabels, Polygon or TextArea to fill")
+            raise ApiError(422, "label_config has no RectangleLabels, VideoRectangle, Polygon or "
+                                "TextArea to fill")
         served = self._served_for(wanted if model is None else None, model)
         labels = config.labels if served.task == "detect" and config.labels else None
         params = self._item_params(served, Params(labels=labels))
-        predictions = await asyncio.gather(*(self._ls_task(served, params, config, i, task)
-                                             for i, task in enumerate(tasks)))
-        return {"results": predictions}
+        if config.video_rectangle:
+            if served.video_track is None:
+                raise ApiError(422, f"model {served.served_name!r} does task {served.task!r}; "
+                                    f"a VideoRectangle takes the tracked boxes of tasks "
+                                    f"{', '.join(TRACKED_TASKS)}")
+            answers = (self._ls_video_task(served, params, config, i, task)
+                       for i, task in enumerate(tasks))
+        else:
+            answers = (self._ls_task(served, params, config, i, task)
+                       for i, task in enumerate(tasks))
+        return {"results": await asyncio.gather(*answers)}
 
-    async def _ls_task(self, served: ServedModel, params: dict, config, i: int, task) -> dict:
+    @staticmethod
+    def _ls_url(key: str, i: int, task) -> str:
+        """The task's URL under data.<key>: a data: URL, or one the server may fetch."""
         data = task.get("data") if isinstance(task, dict) else None
-        url = data.get(config.image_key) if isinstance(data, dict) else None
+        url = data.get(key) if isinstance(data, dict) else None
         if not isinstance(url, str):
-            raise ApiError(422, f"tasks.{i}.data.{config.image_key}: missing image URL")
-        if url.startswith("data:"):
-            decoded, decode_ms = await self._image(decode_base64(url), None, [served])
-        elif url.startswith("/"):
+            raise ApiError(422, f"tasks.{i}.data.{key}: missing URL")
+        if url.startswith("/"):
             raise ApiError(422, f"tasks.{i}: {url!r} is a file inside Label Studio; use cloud "
                                 f"storage (s3://) or https URLs the server is allowed to fetch")
+        return url
+
+    async def _ls_task(self, served: ServedModel, params: dict, config, i: int, task) -> dict:
+        url = self._ls_url(config.image_key, i, task)
+        if url.startswith("data:"):
+            decoded, decode_ms = await self._image(decode_base64(url), None, [served])
         else:
             decoded, decode_ms = await self._image(None, url, [served])
         record = await self._run(served, decoded, decode_ms, str(task.get("id", i)),
@@ -369,6 +462,27 @@ class Ingress:
         version = model_version(served.model.family, served.model.source,
                                 record["model_revision"])
         return label_studio_prediction(record, config, version)
+
+    async def _ls_video_task(self, served: ServedModel, params: dict, config, i: int,
+                             task) -> dict:
+        url = self._ls_url(config.video_key, i, task)
+        limit = self.spec.limits.max_video_bytes
+        try:
+            data = (decode_base64(url, "video") if url.startswith("data:") else
+                    await asyncio.to_thread(fetch_uri, url, self.spec.uri, limit, "video"))
+            video = await self._video(served, data, self.spec.video_sampling.sampling(),
+                                      served.video_track, str(task.get("id", i)), url[:200],
+                                      params)
+        except ApiError as err:
+            raise ApiError(err.status, f"tasks.{i}: {err.message}", err.headers) from None
+        if video.error:
+            raise ApiError(422, f"tasks.{i}: video cannot be used: {video.error}")
+        failed = next((r for r in video.records if r["error"]), None)
+        if failed is not None:
+            raise ApiError(500, f"tasks.{i}: frame {failed['frame_index']}: {failed['error']}")
+        version = model_version(served.model.family, served.model.source,
+                                video.records[0]["model_revision"])
+        return label_studio_video_prediction(video, config, task["data"], version)
 
     async def _json_object(self, request: Request) -> dict:
         body = await read_body(request, self.spec.limits.max_body_bytes)

@@ -15,7 +15,10 @@ replicas or autoscaling, queue length and timeout. GPU and CPU shares come from 
         labels: [cat, dog]
         resources: {num_gpus: 0.5, num_cpus: 1}
         serving: {max_batch_size: 16, batch_wait_timeout_s: 0.01, num_replicas: 2}
-    limits: {max_body_bytes: 20971520, max_pixels: 50000000}
+        track: {iou: 0.3}  # how its video requests link boxes (default settings if absent)
+    video_sampling: {fps: 1}  # frames of a video request labeled, unless it says
+    limits: {max_body_bytes: 20971520, max_pixels: 50000000, max_video_bytes: 536870912,
+             max_video_frames: 1800}
     uri: {allowed_hosts: [images.example.com], allowed_s3_buckets: [my-bucket]}
 """
 
@@ -28,7 +31,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from labeler import registry
-from labeler.config import SpecError, TaskSpec, format_validation_error, merge_overrides
+from labeler.config import (TRACKED_TASKS, SamplingSpec, SpecError, TaskSpec, TrackingSpec,
+                            format_validation_error, merge_overrides)
 
 
 class _Strict(BaseModel):
@@ -90,18 +94,16 @@ class ServedModel(TaskSpec):
     """A job task (model, labels, threshold, prompt, generation, resources) plus serving.
 
     Unlike a job's task, a detector may be served without labels; every request must then
-    give its own (`labels_per_request`)."""
+    give its own (`labels_per_request`). `track` is how the model's video requests
+    (/v1/video, Label Studio video tasks) link boxes into tracks; image requests ignore it."""
 
     serving: ServingSpec = ServingSpec()
 
     @model_validator(mode="after")
     def _pair_and_requirements(self) -> "ServedModel":
-        # Replaces TaskSpec's check of the same name: the same checks, on the spec with a
-        # placeholder label when none is configured.
-        if self.track is not None:
-            raise ValueError("track links a video's boxes across its frames; the online API "
-                             "labels single images (run a batch job with --media video)")
-        registry.adapter_path(self.task, self.model.family)
+        # Replaces TaskSpec's check of the same name: the same checks, the adapter's on the
+        # spec with a placeholder label when none is configured.
+        self.check_pairs()
         cls = registry.load_adapter_class(self.task, self.model.family)
         cls.check_spec(self if self.labels or not self.labels_per_request else
                        self.model_copy(update={"labels": [PLACEHOLDER_LABEL]}))
@@ -122,10 +124,19 @@ class ServedModel(TaskSpec):
             return True
         return False
 
+    @property
+    def video_track(self) -> TrackingSpec | None:
+        """How a video request's boxes are linked when it does not say: `track`, else the
+        default settings, for a task whose boxes name objects; None for the others."""
+        if self.task not in TRACKED_TASKS:
+            return None
+        return self.track or TrackingSpec()
+
     def task_spec(self) -> TaskSpec:
-        """The TaskSpec a batch job would run (everything but `serving`); with labels only
-        from requests, the placeholder label stands in so the model can load."""
-        data = self.model_dump(exclude={"serving"})
+        """The TaskSpec a batch job would run on images (everything but `serving` and
+        `track`, which the ingress applies to a video's records); with labels only from
+        requests, the placeholder label stands in so the model can load."""
+        data = self.model_dump(exclude={"serving", "track"})
         if self.labels_per_request:
             data["labels"] = [PLACEHOLDER_LABEL]
         return TaskSpec.model_validate(data)
@@ -138,6 +149,12 @@ class LimitsSpec(_Strict):
     max_pixels: int = Field(50_000_000, ge=1)
     # As in a job (InputSpec.decode_min_side), so both decode an image to the same pixels.
     decode_min_side: int | None = Field(1008, ge=1)
+    # Video requests (/v1/video, Label Studio video tasks). 512 MiB: 9 minutes of 1080p H.264
+    # at 8 Mbit/s; the ingress holds a video in memory while its frames decode.
+    max_video_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+    # Sampled frames one video request may label: 30 minutes at 1 fps. More is a batch job's
+    # work (`labeler run --media video`), which resumes and does not hold an HTTP request.
+    max_video_frames: int = Field(1800, ge=1)
 
 
 class UriSpec(_Strict):
@@ -155,6 +172,9 @@ class ServeSpec(_Strict):
     models: list[ServedModel] = Field(min_length=1)
     limits: LimitsSpec = LimitsSpec()
     uri: UriSpec = UriSpec()
+    video_sampling: SamplingSpec = Field(
+        SamplingSpec(), description="which frames of a video request are labeled, unless the "
+                                    "request says (default: 1 frame per second)")
     # The ingress decodes images and fans requests out; it needs little CPU of its own.
     ingress_num_cpus: float = Field(0.25, ge=0)
 

@@ -89,11 +89,12 @@ def check_uri(uri: str, policy: UriSpec) -> tuple[str, str, int]:
     return scheme, host, port or 443
 
 
-def fetch_uri(uri: str, policy: UriSpec, max_bytes: int) -> bytes:
-    """The bytes at an https:// or s3:// uri, under the rules above."""
+def fetch_uri(uri: str, policy: UriSpec, max_bytes: int, kind: str = "image") -> bytes:
+    """The bytes at an https:// or s3:// uri, under the rules above; kind: what is fetched
+    ("image" or "video"), for the Accept header and the messages."""
     scheme, host, port = check_uri(uri, policy)
     if scheme == "s3":
-        return _fetch_s3(uri, max_bytes)
+        return _fetch_s3(uri, max_bytes, kind)
     address = resolve_public(host, port)
     parts = urlsplit(uri)
     target = parts.path or "/"
@@ -101,7 +102,7 @@ def fetch_uri(uri: str, policy: UriSpec, max_bytes: int) -> bytes:
         target += "?" + parts.query
     conn = _PinnedHTTPSConnection(host, address, port, policy.fetch_timeout_s)
     try:
-        conn.request("GET", target, headers={"Host": parts.netloc, "Accept": "image/*"})
+        conn.request("GET", target, headers={"Host": parts.netloc, "Accept": f"{kind}/*"})
         response = conn.getresponse()
         if 300 <= response.status < 400:
             raise ApiError(422, f"uri answered a redirect (HTTP {response.status}); "
@@ -114,18 +115,19 @@ def fetch_uri(uri: str, policy: UriSpec, max_bytes: int) -> bytes:
     finally:
         conn.close()
     if len(data) > max_bytes:
-        raise ApiError(413, f"image at uri is larger than {max_bytes} bytes")
+        raise ApiError(413, f"{kind} at uri is larger than {max_bytes} bytes")
     return data
 
 
-def _fetch_s3(uri: str, max_bytes: int) -> bytes:
+def _fetch_s3(uri: str, max_bytes: int, kind: str) -> bytes:
     fs, path = filesystem_for(uri)
     try:
         info = fs.get_file_info(path)
         if info.type != pafs.FileType.File:
             raise ApiError(422, f"no object at {uri}")
         if info.size is not None and info.size > max_bytes:
-            raise ApiError(413, f"object at uri has {info.size} bytes, over the limit of {max_bytes}")
+            raise ApiError(413, f"{kind} at uri has {info.size} bytes, over the limit of "
+                                f"{max_bytes}")
         with fs.open_input_stream(path) as f:
             return f.read()
     except OSError as err:

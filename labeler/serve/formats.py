@@ -3,6 +3,8 @@
 Label Studio ML backend: a prediction per task, `rectanglelabels` in percent of the image
 (x, y, width, height of the top-left corner and size), OCR regions as a `polygon` (percent
 points) plus a `textarea` with the same region id, as Label Studio's OCR template expects.
+Video tasks (a Video tag and a VideoRectangle) get one `videorectangle` region per track
+(labeler.export.label_studio_video), numbered at the frame rate the Video tag plays at.
 CVAT (nuclio detector functions): a list of shapes with pixel `points`, `label`, and
 `confidence` as a string, the way CVAT's own detector functions answer.
 """
@@ -30,6 +32,13 @@ class LabelConfig:
     polygon: str | None = None
     polygon_type: str = "polygon"
     textarea: str | None = None
+    # Video object tracking: the Video tag's name, data key and frameRate attribute as
+    # written ("$fps", "25" or None), and the VideoRectangle's name; `labels` then come
+    # from the Labels tag on the video.
+    video_name: str = "video"
+    video_key: str = "video"
+    frame_rate: str | None = None
+    video_rectangle: str | None = None
 
 
 def parse_label_config(xml: str) -> LabelConfig:
@@ -43,9 +52,19 @@ def parse_label_config(xml: str) -> LabelConfig:
     if image is not None:
         config.image_name = image.get("name", config.image_name)
         config.image_key = image.get("value", "$" + config.image_key).lstrip("$")
+    video = next((el for el in root.iter() if el.tag.lower() == "video"), None)
+    if video is not None:
+        config.video_name = video.get("name", config.video_name)
+        config.video_key = video.get("value", "$" + config.video_key).lstrip("$")
+        config.frame_rate = video.get("frameRate")
     for el in root.iter():
         tag = el.tag.lower()
-        if tag in _RECTANGLE_TAGS and config.rectangle is None:
+        if tag == "videorectangle" and config.video_rectangle is None:
+            config.video_rectangle = el.get("name")
+        elif (tag == "labels" and video is not None and not config.labels
+              and config.video_name in (el.get("toName") or "").split(",")):
+            config.labels = [lab.get("value") for lab in el if lab.get("value")]
+        elif tag in _RECTANGLE_TAGS and config.rectangle is None:
             config.rectangle, config.rectangle_type = el.get("name"), tag
             config.labels = [lab.get("value") for lab in el if lab.get("value")]
         elif tag in _POLYGON_TAGS and config.polygon is None:
@@ -53,6 +72,26 @@ def parse_label_config(xml: str) -> LabelConfig:
         elif tag == "textarea" and config.textarea is None:
             config.textarea = el.get("name")
     return config
+
+
+def video_frame_rate(config: LabelConfig, data: dict, probed_fps: float | None,
+                     default: float) -> float:
+    """The frame rate the project's Video tag plays a task's video at, which numbers its
+    frames: frameRate="$key" reads the task's data (else the video's probed rate), a number
+    is that, none is Label Studio's default."""
+    attribute = config.frame_rate
+    if attribute is None:
+        return default
+    if attribute.startswith("$"):
+        value = data.get(attribute[1:])
+        fallback = probed_fps or default
+    else:
+        value, fallback = attribute, default
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        return fallback
+    return rate if rate > 0 else fallback
 
 
 def model_version(family: str, source: str, revision: str | None = None) -> str:

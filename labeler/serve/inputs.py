@@ -1,9 +1,10 @@
-"""HTTP request bodies -> validated requests and image bytes.
+"""HTTP request bodies -> validated requests and image or video bytes.
 
 Every endpoint takes either a JSON body or a multipart form (the image as file field
-`image`, parameters as form fields; `labels` as repeated fields, a JSON list, or
-comma-separated). Exactly one image source: an upload, base64 in `image` (a `data:` URL
-too), or `uri`. Everything wrong with a body is an ApiError naming the problem.
+`image`, a video as `video`, parameters as form fields; `labels` as repeated fields, a JSON
+list, or comma-separated; `tasks`, `sampling` and `track` as JSON). Exactly one source: an
+upload, base64 in `image` / `video` (a `data:` URL too), or `uri`. Everything wrong with a
+body is an ApiError naming the problem.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from labeler.config import format_validation_error
+from labeler.config import SamplingSpec, TrackingSpec, format_validation_error
 from labeler.serve.errors import ApiError
 from labeler.serve.limits import read_body
 
@@ -52,6 +53,26 @@ class AnnotateRequest(ImageRequest):
     tasks: list[TaskParams] = Field(min_length=1)
 
 
+class VideoRequest(Params):
+    """One video for one model: its sampled frames, labelled as a batch video job labels
+    them, boxes linked into tracks."""
+
+    task: str | None = Field(None, description="task; default: the named model's task")
+    video: str | None = Field(None, description="the video file's bytes, base64 (or a data: URL)")
+    uri: str | None = Field(None, description="https:// or s3:// URI, within the server's allow lists")
+    id: str | None = Field(None, description="your id for the video, echoed in each record")
+    sampling: SamplingSpec | None = Field(
+        None, description="which frames to label, as a job's input.sampling (default: the "
+                          "server's video_sampling)")
+    track: TrackingSpec | bool | None = Field(
+        None, description="how boxes are linked into tracks, as a job task's `track`; true or "
+                          "absent: the served model's settings, false: not linked")
+
+
+# Multipart form fields that hold JSON (a list or an object; `track` also true / false).
+_JSON_FORM_FIELDS = ("tasks", "sampling", "track")
+
+
 def _form_labels(values: list) -> list[str] | None:
     texts = [v for v in values if isinstance(v, str)]
     if not texts:
@@ -67,9 +88,10 @@ def _form_labels(values: list) -> list[str] | None:
     return texts
 
 
-async def parse_request(request: Request, model: type[BaseModel], max_bytes: int
-                        ) -> tuple[BaseModel, bytes | None, str | None]:
-    """-> (validated request, uploaded file bytes or None, uploaded file name or None)."""
+async def parse_request(request: Request, model: type[BaseModel], max_bytes: int,
+                        file_field: str = "image") -> tuple[BaseModel, bytes | None, str | None]:
+    """-> (validated request, uploaded file bytes or None, uploaded file name or None);
+    file_field: the multipart field that carries the file."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = await read_body(request, max_bytes)
     upload, filename = None, None
@@ -81,21 +103,21 @@ async def parse_request(request: Request, model: type[BaseModel], max_bytes: int
         fields: dict = {}
         for key in form:
             values = form.getlist(key)
-            if key == "image" and isinstance(values[0], UploadFile):
+            if key == file_field and isinstance(values[0], UploadFile):
                 upload, filename = await values[0].read(), values[0].filename
             elif key == "labels":
                 fields["labels"] = _form_labels(values)
-            elif key == "tasks":
+            elif key in _JSON_FORM_FIELDS:
                 try:
-                    fields["tasks"] = json.loads(values[0])
+                    fields[key] = json.loads(values[0])
                 except json.JSONDecodeError as err:
-                    raise ApiError(422, f"tasks: not valid JSON: {err}") from None
+                    raise ApiError(422, f"{key}: not valid JSON: {err}") from None
             else:
                 fields[key] = values[0]
     elif content_type in ("application/json", ""):
         if not body.strip():
-            raise ApiError(422, "empty body: send JSON with `image` (base64) or `uri`, "
-                                "or a multipart form with the file in field `image`")
+            raise ApiError(422, f"empty body: send JSON with `{file_field}` (base64) or `uri`, "
+                                f"or a multipart form with the file in field `{file_field}`")
         try:
             fields = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -114,29 +136,38 @@ async def parse_request(request: Request, model: type[BaseModel], max_bytes: int
 
 def image_bytes_or_uri(req: ImageRequest, upload: bytes | None) -> tuple[bytes | None, str | None]:
     """(bytes, None) for an upload or base64, (None, uri) for a uri; 422 unless exactly one."""
-    given = [name for name, value in (("multipart file `image`", upload),
-                                      ("base64 `image`", req.image), ("`uri`", req.uri))
+    return bytes_or_uri(req.image, req.uri, upload, "image")
+
+
+def bytes_or_uri(encoded: str | None, uri: str | None, upload: bytes | None,
+                 field: str) -> tuple[bytes | None, str | None]:
+    """The one source of a request's `field` (image or video): (bytes, None) for an upload
+    or base64 in `field`, (None, uri) for a uri; 422 unless exactly one is given."""
+    given = [name for name, value in ((f"multipart file `{field}`", upload),
+                                      (f"base64 `{field}`", encoded), ("`uri`", uri))
              if value is not None]
     if not given:
-        raise ApiError(422, "missing image: send a multipart file field `image`, "
-                            "JSON `image` (base64) or `uri`")
+        raise ApiError(422, f"missing {field}: send a multipart file field `{field}`, "
+                            f"JSON `{field}` (base64) or `uri`")
     if len(given) > 1:
-        raise ApiError(422, f"give exactly one image source, got {' and '.join(given)}")
+        raise ApiError(422, f"give exactly one {field} source, got {' and '.join(given)}")
     if upload is not None:
         return upload, None
-    if req.uri is not None:
-        return None, req.uri
-    return decode_base64(req.image), None
+    if uri is not None:
+        return None, uri
+    return decode_base64(encoded, field), None
 
 
-def decode_base64(text: str) -> bytes:
-    """Base64 (standard or URL-safe alphabet, a data: URL prefix allowed) -> bytes; 422."""
+def decode_base64(text: str, field: str = "image") -> bytes:
+    """Base64 (standard or URL-safe alphabet, a data: URL prefix allowed) -> bytes; 422
+    naming `field`."""
     if text.startswith("data:"):
         header, _, text = text.partition(",")
         if not header.endswith(";base64"):
-            raise ApiError(422, "image: a data: URL must be base64-encoded (data:...;base64,...)")
+            raise ApiError(422, f"{field}: a data: URL must be base64-encoded "
+                                f"(data:...;base64,...)")
     text = "".join(text.split())
     try:
         return base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
     except (binascii.Error, ValueError) as err:
-        raise ApiError(422, f"image is not valid base64: {err}") from None
+        raise ApiError(422, f"{field} is not valid base64: {err}") from None

@@ -35,7 +35,9 @@ class Item:
     """One request for one model. pixels: (h, w, 3) uint8 RGB as decoded; width/height:
     the full oriented size; labels/threshold: None keeps the served spec's; prompt: this
     request's prompt or queries, None keeps the spec's; caption: the image's caption
-    (pseudo-label builds its queries from it)."""
+    (pseudo-label builds its queries from it); error: set for an input that did not decode
+    (a video's error row): the model is not run, the record carries the error, as a batch
+    job's row does."""
 
     id: str
     uri: str
@@ -47,6 +49,7 @@ class Item:
     labels: tuple[str, ...] | None = None
     threshold: float | None = None
     caption: str | None = None
+    error: str | None = None
 
 
 class ModelServer:
@@ -90,6 +93,12 @@ class ModelServer:
         return records
 
     def _run_group(self, adapter: Adapter, items: list[Item]) -> list[dict]:
+        if any(it.error is not None for it in items):
+            # Error items are rare (a video's damaged end): their records, then the others'.
+            good = [it for it in items if it.error is None]
+            done = iter(self._run_group(adapter, good) if good else [])
+            return [self._record(adapter, it, {}, it.error, {}) if it.error is not None
+                    else next(done) for it in items]
         images = [ImageInput(it.pixels, it.width, it.height, prompt=it.prompt,
                              caption=it.caption) for it in items]
         try:
@@ -112,7 +121,8 @@ class ModelServer:
         """The record a batch job would write for this image (same fields, same values)."""
         spec = adapter.spec
         return {
-            "id": item.id, "uri": item.uri, "width": item.width, "height": item.height,
+            "id": item.id, "uri": item.uri, "width": item.width or None,
+            "height": item.height or None,
             "task": spec.task, "task_name": spec.output_name,
             "model": spec.model.source, "model_family": spec.model.family,
             "model_revision": adapter.revision, "parameters": adapter.parameters_json(),

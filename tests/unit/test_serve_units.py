@@ -1,16 +1,20 @@
-"""The online API's pure parts: config, tokens, URI rules, request bodies, tool formats."""
+"""The online API's pure parts: config, tokens, URI rules, request bodies, tool formats,
+and the frame flow of a video request."""
 
 import base64
 
 import pytest
 
-from labeler.config import SpecError
+from labeler.config import SpecError, TrackingSpec
+from labeler.media.video import Sampling
 from labeler.serve.auth import bind_host, configured_tokens, is_authorized, presented_token
 from labeler.serve.config import ServingSpec, UriSpec, load_serve_spec
 from labeler.serve.errors import ApiError
 from labeler.serve.fetch import check_address, check_uri
-from labeler.serve.formats import cvat_shapes, label_studio_prediction, parse_label_config
-from labeler.serve.inputs import ImageRequest, decode_base64, image_bytes_or_uri
+from labeler.serve.formats import (cvat_shapes, label_studio_prediction, parse_label_config,
+                                   video_frame_rate)
+from labeler.serve.inputs import (ImageRequest, VideoRequest, bytes_or_uri, decode_base64,
+                                  image_bytes_or_uri)
 
 
 # -- config ----------------------------------------------------------------------------------
@@ -54,6 +58,11 @@ models:
     ({"task": "caption", "family": "owlv9", "model": "m"}, "models.0.model.family: unknown model family 'owlv9'"),
     ({"task": "detect", "family": "owlv2", "model": "m", "labels": ["a"], "port": 0}, "port: Input should be greater"),
     ({}, "models: Field required"),
+    # The options of some tasks only, checked as a job's (not when a replica starts).
+    ({"task": "caption", "family": "florence2", "model": "m", "nms": "per-label"},
+     "models.0: nms applies to tasks detect, ground, regions"),
+    ({"task": "caption", "family": "florence2", "model": "m", "track": True},
+     "models.0: track applies to tasks detect, ground, detect-by-example"),
 ])
 def test_bad_configs_name_the_field(overrides, message):
     with pytest.raises(SpecError, match="invalid serve config") as err:
@@ -151,6 +160,22 @@ def test_image_sources():
         image_bytes_or_uri(ImageRequest(uri="s3://pics/a"), raw)
 
 
+def test_video_sources_and_options():
+    raw = b"\x00\x00\x00\x18ftypmp42"
+    text = "data:video/mp4;base64," + base64.b64encode(raw).decode()
+    req = VideoRequest(video=text, sampling={"fps": 2}, track={"iou": 0.4})
+    assert bytes_or_uri(req.video, req.uri, None, "video") == (raw, None)
+    assert req.sampling.sampling() == Sampling(mode="fps", fps=2.0)
+    assert req.track == TrackingSpec(iou=0.4)
+    assert VideoRequest(track=False).track is False and VideoRequest().track is None
+    with pytest.raises(ApiError, match="missing video: send a multipart file field `video`"):
+        bytes_or_uri(None, None, None, "video")
+    with pytest.raises(ApiError, match="give exactly one video source, got base64 `video` and"):
+        bytes_or_uri(text, "s3://clips/a.mp4", None, "video")
+    with pytest.raises(ApiError, match="video is not valid base64"):
+        bytes_or_uri("@@@", None, None, "video")
+
+
 # -- Label Studio and CVAT -------------------------------------------------------------------
 
 RECORD = {"width": 200, "height": 100,
@@ -181,6 +206,32 @@ def test_label_studio_ocr_as_polygon_plus_textarea():
     assert polygon["type"] == "polygon" and polygon["value"]["points"] == [
         [5.0, 20.0], [25.0, 20.0], [25.0, 40.0], [5.0, 40.0]]
     assert text["type"] == "textarea" and text["value"]["text"] == ["EXIT"]
+
+
+VIDEO_CONFIG = ('<View><Header value="Track"/><Video name="clip" value="$movie" frameRate="$fps"/>'
+                '<VideoRectangle name="box" toName="clip"/><Labels name="kinds" toName="clip">'
+                '<Label value="car"/><Label value="person"/></Labels></View>')
+
+
+def test_label_studio_video_config():
+    config = parse_label_config(VIDEO_CONFIG)
+    assert (config.video_name, config.video_key, config.frame_rate, config.video_rectangle,
+            config.labels, config.rectangle) == ("clip", "movie", "$fps", "box",
+                                                 ["car", "person"], None)
+
+
+@pytest.mark.parametrize("attribute, data, probed, rate", [
+    ('frameRate="$fps"', {"fps": 12.5}, 30.0, 12.5),  # the task's own
+    ('frameRate="$fps"', {"fps": "25"}, 30.0, 25.0),  # as Label Studio stores a CSV import
+    ('frameRate="$fps"', {}, 30.0, 30.0),  # not in the task: the video's
+    ('frameRate="$fps"', {"fps": "n/a"}, None, 24.0),  # neither: Label Studio's default
+    ('frameRate="25"', {"fps": 10}, 30.0, 25.0),  # the config's number
+    ('frameRate="0"', {}, 30.0, 24.0),
+    ('', {"fps": 10}, 30.0, 24.0),  # no frameRate: Label Studio plays at its default
+])
+def test_label_studio_video_frame_rate(attribute, data, probed, rate):
+    config = parse_label_config(VIDEO_CONFIG.replace('frameRate="$fps"', attribute))
+    assert video_frame_rate(config, data, probed, 24.0) == rate
 
 
 def test_label_config_errors():
@@ -244,3 +295,67 @@ def test_deployment_options_come_from_the_config(tmp_path):
     assert deployment._deployment_config.max_ongoing_requests == 24
     assert deployment._deployment_config.max_queued_requests == 256
     assert deployment._deployment_config.autoscaling_config.max_replicas == 3
+
+
+# -- the frames of a video request -----------------------------------------------------------
+
+def _clip(tmp_path) -> bytes:
+    from labeler.testing.videos import encode_video
+
+    return open(encode_video(tmp_path / "a.mp4", "libx264", count=30, rate=10), "rb").read()
+
+
+def test_a_videos_frames_go_to_the_model_in_order_a_bounded_number_at_once(tmp_path):
+    """Every sampled frame is annotated, in time order, never more than in_flight at once,
+    while the video still decodes."""
+    import asyncio
+
+    from labeler.serve.video import frame_fields, label_video
+
+    busy, most = 0, 0
+
+    async def annotate(row):
+        nonlocal busy, most
+        busy += 1
+        most = max(most, busy)
+        await asyncio.sleep(0.01)
+        busy -= 1
+        return {"error": None, "detections": [], **frame_fields(row)}
+
+    video = asyncio.run(label_video(_clip(tmp_path), Sampling("every_n_frames", every_n_frames=3),
+                                    10**8, 10, annotate, in_flight=3))
+    assert [r["frame_index"] for r in video.records] == list(range(0, 30, 3))
+    assert [r["timestamp_s"] for r in video.records] == pytest.approx([i / 10 for i in
+                                                                       range(0, 30, 3)])
+    assert most == 3 and video.selected == 10 and video.error is None
+
+
+def test_a_video_request_stops_at_the_frame_limit_and_at_a_models_refusal(tmp_path):
+    import asyncio
+
+    from labeler.serve.video import label_video
+
+    data = _clip(tmp_path)
+    calls = []
+
+    async def annotate(row):
+        calls.append(row.frame_index)
+        return {"error": None}
+
+    with pytest.raises(ApiError, match="sampling selects 30 frames of this video, over the "
+                                       "server's limit of 29 a request"):
+        asyncio.run(label_video(data, Sampling("all"), 10**8, 29, annotate, in_flight=4))
+    assert calls == []  # refused before any frame reached the model
+
+    async def full_queue(row):
+        await asyncio.sleep(0.001 * row.frame_index)
+        if row.frame_index == 2:
+            raise ApiError(503, "model 'm' has a full queue")
+        calls.append(row.frame_index)
+        return {"error": None}
+
+    with pytest.raises(ApiError, match="full queue"):
+        asyncio.run(label_video(data, Sampling("all"), 10**8, 30, full_queue, in_flight=2))
+    assert 2 not in calls and len(calls) < 29  # the rest were cancelled, not labelled
+    with pytest.raises(ApiError, match="video cannot be used: .*empty file"):
+        asyncio.run(label_video(b"", Sampling("all"), 10**8, 30, annotate, in_flight=2))

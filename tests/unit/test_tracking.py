@@ -225,12 +225,20 @@ def test_bad_tracking_specs_are_refused_naming_the_field(tmp_path, overrides, me
         _spec(tmp_path, **overrides)
 
 
-def test_a_served_model_refuses_tracking():
+def test_a_served_models_track_applies_to_its_video_requests_only():
     from labeler.serve.config import ServedModel
 
-    with pytest.raises(ValueError, match="the online API labels single images"):
-        ServedModel(task="detect", model={"family": "owlv2", "source": "m"}, labels=["cat"],
-                    track={})
+    model = {"family": "owlv2", "source": "m"}
+    served = ServedModel(task="detect", model=model, labels=["cat"], track={"iou": 0.5})
+    assert served.video_track == TrackingSpec(iou=0.5)
+    # The model deployment runs the image task: its records' parameters name no track.
+    assert served.task_spec().track is None
+    default = ServedModel(task="ground", model=model)
+    assert default.video_track == TrackingSpec()
+    caption = ServedModel(task="caption", model={"family": "florence2", "source": "m"})
+    assert caption.video_track is None
+    with pytest.raises(ValueError, match="track applies to tasks detect, ground"):
+        ServedModel(task="caption", model={"family": "florence2", "source": "m"}, track={})
 
 
 @pytest.mark.parametrize("seed", range(5))
