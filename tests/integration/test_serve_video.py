@@ -225,6 +225,8 @@ def test_label_studio_video_task_gets_the_exports_prediction(url, http, videos, 
     ("malformed track", 422, "track: not valid JSON"),
     ("Label Studio video with a model that gives no tracks", 422,
      "a VideoRectangle takes the tracked boxes of tasks detect"),
+    ("Label Studio task whose video does not open", 422, "tasks.1: video cannot be used: "),
+    ("Label Studio task without its video", 422, "tasks.0.data.v: missing URL"),
 ])
 def test_bad_video_requests_get_a_clear_4xx(url, http, videos, case, status, message):
     video = videos["files"]["a_h264.mp4"]
@@ -248,6 +250,14 @@ def test_bad_video_requests_get_a_clear_4xx(url, http, videos, case, status, mes
         "Label Studio video with a model that gives no tracks": lambda: http.post(
             f"{url}/predict?model=pseudo", timeout=10,
             json={"label_config": config, "tasks": [{"data": {"v": "s3://b/a.mp4"}}]}),
+        "Label Studio task whose video does not open": lambda: http.post(
+            f"{url}/predict", timeout=60, json={"label_config": config, "tasks": [
+                {"data": {"v": "data:video/mp4;base64," + base64.b64encode(video).decode()}},
+                {"data": {"v": "data:video/mp4;base64," + base64.b64encode(b"\0" * 99).decode()}},
+            ]}),
+        "Label Studio task without its video": lambda: http.post(
+            f"{url}/predict", timeout=10,
+            json={"label_config": config, "tasks": [{"data": {"video": "s3://b/a.mp4"}}]}),
     }[case]
     response = send()
     assert response.status_code == status, response.text
