@@ -35,7 +35,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from labeler import registry
-from labeler.config import (TRACKED_TASKS, TrackingSpec, decode_side_for_tasks,
+from labeler.config import (TRACKED_TASKS, ClipSpec, TrackingSpec, decode_side_for_tasks,
                             format_validation_error)
 from labeler.media.image import MediaError, decode_image
 from labeler.schemas import Record
@@ -50,8 +50,8 @@ from labeler.serve.inputs import (AnnotateRequest, ImageRequest, Params, VideoRe
 from labeler.serve.limits import RETRY_AFTER_S, call_with_limits, read_body
 from labeler.serve.model import Item, ModelServer
 from labeler.serve.variants import variant_spec
-from labeler.serve.video import (LabeledVideo, frame_fields, label_studio_video_prediction,
-                                 label_video, link_records)
+from labeler.serve.video import (LabeledVideo, label_studio_video_prediction, label_video,
+                                 link_records, position_fields)
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,14 @@ class Ingress:
             raise ApiError(404, f"no served model does task {task!r}; served models: {served_list}")
         return served
 
+    @staticmethod
+    def _image_model(served: ServedModel) -> ServedModel:
+        """`served`, unless its task labels video clips (422: send the video instead)."""
+        if served.takes_clips:
+            raise ApiError(422, f"model {served.served_name!r} does task {served.task!r}, "
+                                f"which labels video clips: POST the video to /v1/video")
+        return served
+
     def _item_params(self, served: ServedModel, params: Params) -> dict:
         """Per-request parameters checked as a job spec would be (422 naming the field)."""
         try:
@@ -198,7 +206,7 @@ class Ingress:
             raise ApiError(422, f"unknown format {fmt!r}; valid: record, cvat")
         req, upload, filename = await parse_request(request, ImageRequest,
                                                     self.spec.limits.max_body_bytes)
-        served = self._served_for(task, req.model)
+        served = self._image_model(self._served_for(task, req.model))
         params = self._item_params(served, req)
         data, uri = image_bytes_or_uri(req, upload)
         decoded, decode_ms = await self._image(data, uri, [served])
@@ -252,7 +260,7 @@ class Ingress:
         plan = []
         for i, entry in enumerate(req.tasks):
             try:
-                served = self._served_for(entry.task, entry.model)
+                served = self._image_model(self._served_for(entry.task, entry.model))
                 plan.append((served, self._item_params(served, entry)))
             except ApiError as err:
                 raise ApiError(err.status, f"tasks.{i}: {err.message}") from None
@@ -268,10 +276,11 @@ class Ingress:
     @api.post("/v1/video", openapi_extra=_body_doc(VideoRequest))
     async def video(self, request: Request):
         """One video, one model: a record per sampled frame (`sampling`, default the
-        server's video_sampling), as a batch video job writes them; boxes of detect, ground
-        and detect-by-example linked into tracks (`track_id`). {"id", "frames",
-        "selected_frames", "unchanged_frames", "tracks", "records"}; a video that stops
-        decoding part way: 422 with the records of the frames before."""
+        server's video_sampling), or per clip for video-caption and video-ask (`clip`,
+        default the server's video_clip), as a batch video job writes them; boxes of
+        detect, ground and detect-by-example linked into tracks (`track_id`). {"id",
+        "frames", "clips", "selected_frames", "unchanged_frames", "tracks", "records"}; a
+        video that stops decoding part way: 422 with the records of the rows before."""
         self._authorize(request)
         limits = self.spec.limits
         req, upload, filename = await parse_request(request, VideoRequest,
@@ -282,16 +291,18 @@ class Ingress:
             served = self._served_for(req.task, req.model)
         params = self._item_params(served, req)
         track = self._video_track(served, req.track)
+        clip = self._video_clip(served, req)
         data, uri = bytes_or_uri(req.video, req.uri, upload, "video")
         if data is None:
             data = await asyncio.to_thread(fetch_uri, uri, self.spec.uri, limits.max_video_bytes,
                                            "video")
         source = uri or (f"upload:{filename}" if upload is not None else "base64")
         sampling = (req.sampling or self.spec.video_sampling).sampling()
-        video = await self._video(served, data, sampling, track, req.id or uuid.uuid4().hex,
-                                  source, params)
+        video = await self._video(served, data, sampling, clip, track,
+                                  req.id or uuid.uuid4().hex, source, params)
         body = {"id": video.records[0]["id"],
                 "frames": sum(r["frame_index"] is not None for r in video.records),
+                "clips": sum(r["clip_start_s"] is not None for r in video.records),
                 "selected_frames": video.selected, "unchanged_frames": video.unchanged,
                 "tracks": video.tracks, "records": video.records}
         if video.error:
@@ -312,20 +323,40 @@ class Ingress:
                                 f"{', '.join(TRACKED_TASKS)}")
         return asked if isinstance(asked, TrackingSpec) else served.video_track
 
-    async def _video(self, served: ServedModel, data: bytes, sampling, track: TrackingSpec | None,
-                     video_id: str, source: str, params: dict) -> LabeledVideo:
+    def _video_clip(self, served: ServedModel, req: VideoRequest) -> ClipSpec | None:
+        """How a clip task's model cuts the video (None for per-frame tasks), checked as a
+        job checks input.clip against its tasks."""
+        name, task = served.served_name, served.task
+        if not served.takes_clips:
+            if req.clip is not None:
+                raise ApiError(422, f"clip: model {name!r} does task {task!r}, which labels "
+                                    f"frames (`sampling`); clips are for video-caption and "
+                                    f"video-ask")
+            return None
+        if req.sampling is not None:
+            raise ApiError(422, f"sampling: model {name!r} does task {task!r}, which samples "
+                                f"inside each clip at clip.fps; give `clip`")
+        clip = req.clip or self.spec.video_clip
+        if clip is None:
+            raise ApiError(422, f"clip: model {name!r} does task {task!r}, which labels clips; "
+                                f"give clip.seconds (or set the server's video_clip)")
+        return clip
+
+    async def _video(self, served: ServedModel, data: bytes, sampling, clip: ClipSpec | None,
+                     track: TrackingSpec | None, video_id: str, source: str,
+                     params: dict) -> LabeledVideo:
         """The video's records (labeler.serve.video.label_video), linked when `track`."""
         async def frame(row) -> dict:
             item = Item(id=video_id, uri=source,
                         pixels=NO_PIXELS if row.images is None else row.images["image"],
                         width=row.width, height=row.height, decode_ms=row.decode_ms,
                         error=row.error or None, **params)
-            return {**await self._annotate(served, item), **frame_fields(row)}
+            return {**await self._annotate(served, item), **position_fields(row)}
 
         limits = self.spec.limits
         # One replica's worth of requests at once: a batch running and the next one filling.
-        video = await label_video(data, sampling, limits.max_pixels, limits.max_video_frames,
-                                  frame, served.serving.ongoing_limit)
+        video = await label_video(data, sampling, clip, limits.max_pixels,
+                                  limits.max_video_frames, frame, served.serving.ongoing_limit)
         return video if track is None else await asyncio.to_thread(link_records, video, track)
 
     @api.post("/v1/{task}", include_in_schema=False)
@@ -351,7 +382,8 @@ class Ingress:
             "tiles": m.tiles.model_dump(mode="json") if m.tiles else None,
             "video_track": m.video_track.model_dump() if m.video_track else None,
             "serving": m.serving.model_dump(),
-            "endpoint": f"/v1/{m.task}" if m.task in ENDPOINT_TASKS else "/v1/annotate",
+            "endpoint": ("/v1/video" if m.takes_clips else
+                         f"/v1/{m.task}" if m.task in ENDPOINT_TASKS else "/v1/annotate"),
         } for m in self.spec.models]}
 
     @api.get("/healthz")
@@ -424,7 +456,7 @@ class Ingress:
         if model is None and wanted is None:
             raise ApiError(422, "label_config has no RectangleLabels, VideoRectangle, Polygon or "
                                 "TextArea to fill")
-        served = self._served_for(wanted if model is None else None, model)
+        served = self._image_model(self._served_for(wanted if model is None else None, model))
         labels = config.labels if served.task == "detect" and config.labels else None
         params = self._item_params(served, Params(labels=labels))
         if config.video_rectangle:
@@ -470,7 +502,7 @@ class Ingress:
         try:
             data = (decode_base64(url, "video") if url.startswith("data:") else
                     await asyncio.to_thread(fetch_uri, url, self.spec.uri, limit, "video"))
-            video = await self._video(served, data, self.spec.video_sampling.sampling(),
+            video = await self._video(served, data, self.spec.video_sampling.sampling(), None,
                                       served.video_track, str(task.get("id", i)), url[:200],
                                       params)
         except ApiError as err:

@@ -17,6 +17,7 @@ replicas or autoscaling, queue length and timeout. GPU and CPU shares come from 
         serving: {max_batch_size: 16, batch_wait_timeout_s: 0.01, num_replicas: 2}
         track: {iou: 0.3}  # how its video requests link boxes (default settings if absent)
     video_sampling: {fps: 1}  # frames of a video request labeled, unless it says
+    video_clip: {seconds: 10, fps: 2}  # clips of a video request to a clip task's model
     limits: {max_body_bytes: 20971520, max_pixels: 50000000, max_video_bytes: 536870912,
              max_video_frames: 1800}
     uri: {allowed_hosts: [images.example.com], allowed_s3_buckets: [my-bucket]}
@@ -31,8 +32,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from labeler import registry
-from labeler.config import (TRACKED_TASKS, SamplingSpec, SpecError, TaskSpec, TrackingSpec,
-                            format_validation_error, merge_overrides)
+from labeler.config import (TRACKED_TASKS, ClipSpec, SamplingSpec, SpecError, TaskSpec,
+                            TrackingSpec, format_validation_error, merge_overrides)
 
 
 class _Strict(BaseModel):
@@ -175,6 +176,9 @@ class ServeSpec(_Strict):
     video_sampling: SamplingSpec = Field(
         SamplingSpec(), description="which frames of a video request are labeled, unless the "
                                     "request says (default: 1 frame per second)")
+    video_clip: ClipSpec | None = Field(
+        None, description="how a video request to a clip task's model (video-caption, "
+                          "video-ask) is cut, unless the request says")
     # The ingress decodes images and fans requests out; it needs little CPU of its own.
     ingress_num_cpus: float = Field(0.25, ge=0)
 

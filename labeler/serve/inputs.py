@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from labeler.config import SamplingSpec, TrackingSpec, format_validation_error
+from labeler.config import ClipSpec, SamplingSpec, TrackingSpec, format_validation_error
 from labeler.serve.errors import ApiError
 from labeler.serve.limits import read_body
 
@@ -54,8 +54,8 @@ class AnnotateRequest(ImageRequest):
 
 
 class VideoRequest(Params):
-    """One video for one model: its sampled frames, labelled as a batch video job labels
-    them, boxes linked into tracks."""
+    """One video for one model: its sampled frames (or clips, for video-caption and
+    video-ask), labelled as a batch video job labels them, boxes linked into tracks."""
 
     task: str | None = Field(None, description="task; default: the named model's task")
     video: str | None = Field(None, description="the video file's bytes, base64 (or a data: URL)")
@@ -64,13 +64,16 @@ class VideoRequest(Params):
     sampling: SamplingSpec | None = Field(
         None, description="which frames to label, as a job's input.sampling (default: the "
                           "server's video_sampling)")
+    clip: ClipSpec | None = Field(
+        None, description="how a clip task's model cuts the video, as a job's input.clip "
+                          "(default: the server's video_clip)")
     track: TrackingSpec | bool | None = Field(
         None, description="how boxes are linked into tracks, as a job task's `track`; true or "
                           "absent: the served model's settings, false: not linked")
 
 
 # Multipart form fields that hold JSON (a list or an object; `track` also true / false).
-_JSON_FORM_FIELDS = ("tasks", "sampling", "track")
+_JSON_FORM_FIELDS = ("tasks", "sampling", "clip", "track")
 
 
 def _form_labels(values: list) -> list[str] | None:

@@ -5,13 +5,16 @@ a batch video job labels them, and its boxes linked into tracks.
                     frames, times and error rows), in a worker thread, a frame at a time
                 ──> each frame to the model deployment (annotate: its dynamic batching
                     gathers a video's frames into batches), at most `in_flight` at once
-                ──> records in time order, with frame_index, timestamp_s and video
+                ──> records in time order, with frame_index and timestamp_s (a clip's
+                    clip_start_s and clip_end_s) and video
                 ──> link_records: add_track_ids and `track` in each row's parameters,
                     as a tracked job's sink writes them
 
 Frames go to the model while the video still decodes, and the ingress holds the pixels of at
-most `in_flight` frames. The sampled-frame limit is checked once the packets are indexed,
-before any frame reaches a model (a 422 then costs the index pass and one frame's decode).
+most `in_flight` frames (or clips). The frame limit is checked before any frame reaches a
+model: for frames once the packets are indexed (a 422 then costs the index pass and one
+frame's decode), for clips from the duration the header gives (clip.fps frames a second),
+and while the clips come for a video whose header does not say.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from labeler.config import TrackingSpec
+from labeler.config import ClipSpec, TrackingSpec
 from labeler.export.label_studio_video import DEFAULT_FRAME_RATE, video_prediction
 from labeler.export.rows import Row, boxes_of
 from labeler.jobs.stages import TaskTransforms
 from labeler.jobs.video import VideoRow, video_rows
-from labeler.media.video import Sampling, SamplingCounts
+from labeler.media.image import MediaError
+from labeler.media.video import Sampling, SamplingCounts, probe
 from labeler.schemas import Record
 from labeler.schemas.record import RECORD_SCHEMA
 from labeler.serve.errors import ApiError
@@ -40,13 +44,14 @@ from labeler.tracking.rows import add_track_ids, count_tracks, with_track_parame
 @dataclass
 class LabeledVideo:
     """What a video request made: `records`, one per row a batch job would write for the
-    video (a frame each, then an error row if decoding stopped early); `selected`: the
-    frames the sampling selected; `unchanged`: those min_change skipped; `error`: why
+    video (a frame or clip each, then an error row if decoding stopped early); `selected`:
+    the frames the sampling selected (None for clips); `unchanged`: those min_change
+    skipped; `error`: why
     decoding stopped (the last record's error), else None; `tracks`: tracks linked, None
     when the boxes were not linked."""
 
     records: list[dict]
-    selected: int
+    selected: int | None
     unchanged: int
     error: str | None
     tracks: int | None = None
@@ -56,17 +61,22 @@ class LabeledVideo:
 Annotate = Callable[[VideoRow], Awaitable[dict]]
 
 
-async def label_video(data: bytes, sampling: Sampling, max_pixels: int, max_frames: int,
-                      annotate: Annotate, in_flight: int) -> LabeledVideo:
-    """Decode `data` as a batch video job would (video_rows, no task transform: the model
-    deployment applies it), `annotate` each row, at most `in_flight` at once.
+async def label_video(data: bytes, sampling: Sampling, clip: ClipSpec | None, max_pixels: int,
+                      max_frames: int, annotate: Annotate, in_flight: int) -> LabeledVideo:
+    """Decode `data` as a batch video job would (video_rows: frames by `sampling`, or clips
+    when `clip` is given; no task transform: the model deployment applies it), `annotate`
+    each row, at most `in_flight` at once.
 
-    Raises ApiError 422 when the video cannot be opened or sampling selects no frame (its
-    one row is an error, and no model ran), or when sampling selects more than max_frames
-    frames. An annotate call that raises (a full queue, a timeout) cancels the others and
-    its error is raised."""
+    Raises ApiError 422 when the video cannot be opened or gives no frame or clip (its one
+    row is an error, and no model ran), or when it would take more than max_frames frames.
+    An annotate call that raises (a full queue, a timeout) cancels the others and its
+    error is raised."""
+    if clip is not None:
+        await asyncio.to_thread(_check_clip_frames, data, clip, max_frames)
     counts = SamplingCounts()
-    rows = video_rows(data, sampling, None, max_pixels, TaskTransforms(), counts)
+    rows = video_rows(data, sampling, clip, max_pixels, TaskTransforms(), counts)
+    clip_frames = 0
+    stopped = None  # why decoding stopped, from the error row that ends a damaged video
     gate = asyncio.Semaphore(in_flight)
     pending: list[asyncio.Task] = []
     failures: list[BaseException] = []
@@ -80,11 +90,18 @@ async def label_video(data: bytes, sampling: Sampling, max_pixels: int, max_fram
         while (row := await asyncio.to_thread(next, rows, None)) is not None:
             if row.images is None and not pending:
                 raise ApiError(422, f"video cannot be used: {row.error}")
+            if row.images is None:
+                stopped = row.error
             if counts.selected is not None and counts.selected > max_frames:
                 raise ApiError(422, f"sampling selects {counts.selected} frames of this video, "
                                     f"over the server's limit of {max_frames} a request; "
                                     "sample fewer (`sampling`: fps, max_frames, start_s, end_s) "
                                     "or run a batch job (labeler run --media video)")
+            if clip is not None and row.images is not None:
+                clip_frames += len(row.images["image"])
+                if clip_frames > max_frames:  # a video whose header gave no duration
+                    raise ApiError(422, _too_many_clip_frames(f"more than {max_frames}",
+                                                              max_frames))
             await gate.acquire()
             if failures:
                 gate.release()
@@ -102,16 +119,41 @@ async def label_video(data: bytes, sampling: Sampling, max_pixels: int, max_fram
             rows.close()  # releases PyAV's container now
         except ValueError:
             pass  # cancelled while a next() still runs in its thread: it closes when collected
-    error = records[-1]["error"] if records[-1]["error"] and records[-1]["frame_index"] is None \
-        else None
-    return LabeledVideo(records, counts.selected or 0, counts.unchanged, error)
+    return LabeledVideo(records, None if clip is not None else counts.selected or 0,
+                        counts.unchanged, stopped)
 
 
-def frame_fields(row: VideoRow) -> dict:
-    """A row's frame position and video metadata as a record has them (as the batch job's
-    predictor writes them: absent is None)."""
+def _check_clip_frames(data: bytes, clip: ClipSpec, max_frames: int) -> None:
+    """422 when the header's duration says the clips would take over max_frames frames.
+    A video that does not open passes: its error row says why."""
+    try:
+        duration = probe(data).duration_s
+    except MediaError:
+        return
+    if duration is not None and math.ceil(duration * clip.fps) > max_frames:
+        raise ApiError(422, _too_many_clip_frames(
+            f"{math.ceil(duration * clip.fps)} ({duration:.1f} s at {clip.fps:g} fps)",
+            max_frames))
+
+
+def _too_many_clip_frames(frames: str, max_frames: int) -> str:
+    return (f"the clips of this video take {frames} frames, over the server's limit of "
+            f"{max_frames} a request; sample fewer (`clip.fps`) or run a batch job "
+            "(labeler run --media video)")
+
+
+def _absent_if_nan(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def position_fields(row: VideoRow) -> dict:
+    """A row's place in its video (frame_index and timestamp_s, or a clip's start and end)
+    and the video's metadata as a record has them (as the batch job's predictor writes
+    them: absent is None)."""
     return {"frame_index": row.frame_index if row.frame_index >= 0 else None,
-            "timestamp_s": None if math.isnan(row.timestamp_s) else row.timestamp_s,
+            "timestamp_s": _absent_if_nan(row.timestamp_s),
+            "clip_start_s": _absent_if_nan(row.clip_start_s),
+            "clip_end_s": _absent_if_nan(row.clip_end_s),
             "video": json.loads(row.video) if row.video else None}
 
 

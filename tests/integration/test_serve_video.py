@@ -3,7 +3,8 @@ OWLv2, 127.0.0.1, against a tracked batch video job over the same videos.
 
 `/v1/video` must answer with the rows the batch job wrote (frames, times, boxes, scores,
 track ids, parameters), and Label Studio's `/predict` on a video task with the prediction
-`labeler export --format label-studio` makes of them.
+`labeler export --format label-studio` makes of them. A clip task's model (video-caption on
+the tiny Qwen2-VL) answers with the clip job's rows.
 """
 
 import base64
@@ -26,6 +27,9 @@ TRACK = {"max_missed": 1}
 SAMPLING = {"every_n_frames": 2}  # 15 of the 30 frames of each test video
 MAX_VIDEO_FRAMES = 20  # above 15, below the 30 frames of sampling every frame
 MAX_VIDEO_BYTES = 64 * 1024
+# Clips as the clip job cuts them: 1 s windows, 2 frames each.
+CLIP = {"seconds": 1.0, "fps": 2.0}
+MAX_NEW_TOKENS = 6
 
 
 def _free_port() -> int:
@@ -47,9 +51,9 @@ def videos(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def batch(ray_local, videos, tiny_owlv2, tmp_path_factory) -> dict:
-    """The tracked batch job's rows per video, and its Label Studio export's tasks (run
-    before Serve takes its CPUs)."""
+def batch(ray_local, videos, tiny_owlv2, tiny_model, tmp_path_factory) -> dict:
+    """The tracked batch job's rows per video, its Label Studio export's tasks, and a clip
+    job's rows (run before Serve takes its CPUs)."""
     out = tmp_path_factory.mktemp("serve_video_job") / "out"
     assert main(["run", "--input", str(videos["folder"]), "--media", "video",
                  "--every-n-frames", "2", "--task", "detect", "--family", "owlv2",
@@ -62,11 +66,19 @@ def batch(ray_local, videos, tiny_owlv2, tmp_path_factory) -> dict:
     ls = out.parent / "ls"
     assert main(["export", str(out), "--format", "label-studio", "--out", str(ls)]) == 0
     tasks = {t["data"]["labeler_id"]: t for t in json.loads((ls / "tasks.json").read_text())}
-    return {"rows": rows, "label_studio": tasks}
+    clips = out.parent / "clips"
+    assert main(["run", "--input", str(videos["folder"] / "a_h264.mp4"), "--media", "video",
+                 "--task", "video-caption", "--family", "qwen2_vl",
+                 "--model", tiny_model("qwen2_vl"), "--clip-seconds", str(CLIP["seconds"]),
+                 "--clip-fps", str(CLIP["fps"]),
+                 "--max-new-tokens", str(MAX_NEW_TOKENS), "--output", str(clips),
+                 "--no-progress"]) == 0
+    clip_rows = pads.dataset(clips, format="parquet").to_table().to_pylist()
+    return {"rows": rows, "label_studio": tasks, "clips": clip_rows}
 
 
 @pytest.fixture(scope="module")
-def url(ray_local, batch, tiny_owlv2):
+def url(ray_local, batch, tiny_owlv2, tiny_model):
     from ray import serve
 
     from labeler.serve.server import start
@@ -79,7 +91,11 @@ def url(ray_local, batch, tiny_owlv2):
              "threshold": THRESHOLD, "track": TRACK, "resources": {"num_cpus": 0.5},
              "serving": {"max_batch_size": 4, "batch_wait_timeout_s": 0.02}},
             {"name": "pseudo", "task": "pseudo-label", "model": model,
-             "pseudo_label": {"vocabulary": ["cat"]}, "resources": {"num_cpus": 0.25}}],
+             "pseudo_label": {"vocabulary": ["cat"]}, "resources": {"num_cpus": 0.25}},
+            {"name": "clipper", "task": "video-caption",
+             "model": {"family": "qwen2_vl", "source": tiny_model("qwen2_vl")},
+             "generation": {"max_new_tokens": MAX_NEW_TOKENS},
+             "resources": {"num_cpus": 0.25}}],
         "video_sampling": SAMPLING,
         "limits": {"max_video_frames": MAX_VIDEO_FRAMES, "max_video_bytes": MAX_VIDEO_BYTES},
         "ingress_num_cpus": 0.25,
@@ -163,6 +179,27 @@ def test_request_sampling_and_track_override_the_servers(url, http, videos, batc
         TrackingSpec(max_missed=0, min_length=2).model_dump()
 
 
+def test_a_clip_tasks_model_answers_with_the_clip_jobs_rows(url, http, videos, batch):
+    response = _upload(http, url, "a_h264.mp4", videos["files"]["a_h264.mp4"],
+                       model="clipper", clip=CLIP)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["clips"], body["frames"], body["tracks"]) == (3, 0, None)
+    for record, row in zip(body["records"], batch["clips"], strict=True):
+        for key in ("text", "prompt", "clip_start_s", "clip_end_s", "frame_index", "video",
+                    "width", "height", "parameters", "error"):
+            assert record[key] == row[key], key
+    assert [r["clip_start_s"] for r in body["records"]] == [0.0, 1.0, 2.0]
+    # An image to a clip task's model, or no clip options: a 422 that says what to send.
+    image = http.post(f"{url}/v1/annotate", timeout=10, json={
+        "image": base64.b64encode(videos["files"]["a_h264.mp4"]).decode(),
+        "tasks": [{"model": "clipper"}]})
+    assert image.status_code == 422
+    assert "labels video clips: POST the video to /v1/video" in image.json()["error"]
+    unclipped = _upload(http, url, "a.mp4", videos["files"]["a_h264.mp4"], model="clipper")
+    assert unclipped.status_code == 422 and "give clip.seconds" in unclipped.json()["error"]
+
+
 def test_a_video_cut_short_gets_422_with_the_frames_before(url, http, videos, batch):
     name = "e_truncated.mp4"
     response = _upload(http, url, name, videos["files"][name], model="tracker")
@@ -220,6 +257,10 @@ def test_label_studio_video_task_gets_the_exports_prediction(url, http, videos, 
     ("bad sampling", 422, "sampling.fps"),
     ("two sampling modes", 422, "give one sampling mode, not fps and every_n_frames"),
     ("track for an untracked task", 422, "track: model 'pseudo' does task 'pseudo-label'"),
+    ("clips for a frame task", 422, "clip: model 'tracker' does task 'detect', which labels "
+                                    "frames"),
+    ("too many clip frames", 422, "the clips of this video take 60 (3.0 s at 20 fps) frames, "
+                                  "over the server's limit of 20"),
     ("too large", 413, "over the limit of 65536"),
     ("no video", 422, "missing video: send a multipart file field `video`"),
     ("malformed track", 422, "track: not valid JSON"),
@@ -242,6 +283,10 @@ def test_bad_video_requests_get_a_clear_4xx(url, http, videos, case, status, mes
                                               sampling={"fps": 1, "every_n_frames": 2}),
         "track for an untracked task": lambda: _upload(http, url, "a.mp4", video,
                                                        model="pseudo", track={"iou": 0.5}),
+        "clips for a frame task": lambda: _upload(http, url, "a.mp4", video, model="tracker",
+                                                  clip=CLIP),
+        "too many clip frames": lambda: _upload(http, url, "a.mp4", video, model="clipper",
+                                                clip={**CLIP, "fps": 20}),
         "too large": lambda: _upload(http, url, "big.mp4", b"\x00" * (MAX_VIDEO_BYTES + 1),
                                      model="tracker"),
         "no video": lambda: http.post(f"{url}/v1/video", json={"model": "tracker"}, timeout=10),

@@ -310,7 +310,7 @@ def test_a_videos_frames_go_to_the_model_in_order_a_bounded_number_at_once(tmp_p
     while the video still decodes."""
     import asyncio
 
-    from labeler.serve.video import frame_fields, label_video
+    from labeler.serve.video import label_video, position_fields
 
     busy, most = 0, 0
 
@@ -320,10 +320,10 @@ def test_a_videos_frames_go_to_the_model_in_order_a_bounded_number_at_once(tmp_p
         most = max(most, busy)
         await asyncio.sleep(0.01)
         busy -= 1
-        return {"error": None, "detections": [], **frame_fields(row)}
+        return {"error": None, "detections": [], **position_fields(row)}
 
     video = asyncio.run(label_video(_clip(tmp_path), Sampling("every_n_frames", every_n_frames=3),
-                                    10**8, 10, annotate, in_flight=3))
+                                    None, 10**8, 10, annotate, in_flight=3))
     assert [r["frame_index"] for r in video.records] == list(range(0, 30, 3))
     assert [r["timestamp_s"] for r in video.records] == pytest.approx([i / 10 for i in
                                                                        range(0, 30, 3)])
@@ -344,7 +344,7 @@ def test_a_video_request_stops_at_the_frame_limit_and_at_a_models_refusal(tmp_pa
 
     with pytest.raises(ApiError, match="sampling selects 30 frames of this video, over the "
                                        "server's limit of 29 a request"):
-        asyncio.run(label_video(data, Sampling("all"), 10**8, 29, annotate, in_flight=4))
+        asyncio.run(label_video(data, Sampling("all"), None, 10**8, 29, annotate, in_flight=4))
     assert calls == []  # refused before any frame reached the model
 
     async def full_queue(row):
@@ -355,7 +355,7 @@ def test_a_video_request_stops_at_the_frame_limit_and_at_a_models_refusal(tmp_pa
         return {"error": None}
 
     with pytest.raises(ApiError, match="full queue"):
-        asyncio.run(label_video(data, Sampling("all"), 10**8, 30, full_queue, in_flight=2))
+        asyncio.run(label_video(data, Sampling("all"), None, 10**8, 30, full_queue, in_flight=2))
     assert 2 not in calls and len(calls) < 29  # the rest were cancelled, not labelled
     with pytest.raises(ApiError, match="video cannot be used: .*empty file"):
-        asyncio.run(label_video(b"", Sampling("all"), 10**8, 30, annotate, in_flight=2))
+        asyncio.run(label_video(b"", Sampling("all"), None, 10**8, 30, annotate, in_flight=2))
