@@ -211,13 +211,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from labeler.serve.config import load_serve_spec
     from labeler.serve.server import serve_forever
 
-    overrides = {k: getattr(args, k) for k in (
+    spec = load_serve_spec(args.config, **serve_overrides(args))  # SpecError before Ray work
+    return serve_forever(spec)
+
+
+def serve_overrides(args: argparse.Namespace) -> dict:
+    """`labeler serve`'s flags, as load_serve_spec's overrides (None: not given)."""
+    return {k: getattr(args, k) for k in (
         "host", "port", "task", "family", "model", "revision", "labels", "threshold", "prompt",
         "queries", "label_thresholds", "templates", "nms", "nms_threshold", "max_detections",
         "tiles", "tile_overlap", "preprocess", "num_gpus", "max_batch_size",
-        "batch_wait_timeout_s", "num_replicas")}
-    spec = load_serve_spec(args.config, **overrides)  # SpecError before any Ray work
-    return serve_forever(spec)
+        "batch_wait_timeout_s", "num_replicas", "sample_fps", "every_n_frames", "min_change",
+        "clip_seconds", "clip_fps", "track_iou", "track_max_missed", "track_across_labels")}
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -343,6 +348,18 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-batch-size", type=int, help="requests per forward pass")
     srv.add_argument("--batch-wait-timeout-s", type=float, help="wait this long for a batch to fill")
     srv.add_argument("--num-replicas", type=int, help="replicas per model")
+    video = srv.add_argument_group("video requests (/v1/video, Label Studio video tasks)")
+    video.add_argument("--sample-fps", type=float, help="frames labeled a second (default 1)")
+    video.add_argument("--every-n-frames", type=int, help="every n-th frame")
+    video.add_argument("--min-change", type=float,
+                       help="skip sampled frames that changed less than this (0..1)")
+    video.add_argument("--clip-seconds", type=float, help="clip length for video-caption/-ask")
+    video.add_argument("--clip-fps", type=float, help="frames per second inside a clip (1)")
+    # Boxes of detect, ground and detect-by-example are linked by default; these tune it.
+    video.add_argument("--track-iou", type=float, help="as for `labeler run`")
+    video.add_argument("--track-max-missed", type=int, help="as for `labeler run`")
+    video.add_argument("--track-across-labels", action="store_true", default=None,
+                       help="as for `labeler run`")
     srv.set_defaults(func=cmd_serve)
 
     exp = sub.add_parser("export", help="a job's boxes as COCO, YOLO, Label Studio tasks or "

@@ -197,6 +197,11 @@ class ServeSpec(_Strict):
 # labeler.config.merge_overrides exactly as for `labeler run`, onto `models` instead of `tasks`.
 SERVE_FLAGS = ("host", "port")
 SERVING_FLAGS = ("max_batch_size", "batch_wait_timeout_s", "num_replicas")
+# Video requests' defaults, named as `labeler run`'s flags of input.sampling and input.clip.
+VIDEO_FLAGS = {"sample_fps": ("video_sampling", "fps"),
+               "every_n_frames": ("video_sampling", "every_n_frames"),
+               "min_change": ("video_sampling", "min_change"),
+               "clip_seconds": ("video_clip", "seconds"), "clip_fps": ("video_clip", "fps")}
 
 
 def load_serve_spec(path: str | Path | None = None, **overrides: Any) -> ServeSpec:
@@ -216,9 +221,12 @@ def load_serve_spec(path: str | Path | None = None, **overrides: Any) -> ServeSp
     for key in SERVE_FLAGS:
         if overrides.get(key) is not None:
             raw[key] = overrides[key]
+    for key, (section, field) in VIDEO_FLAGS.items():
+        if overrides.get(key) is not None:
+            raw[section] = {**(raw.get(section) or {}), field: overrides[key]}
     serving = {k: overrides[k] for k in SERVING_FLAGS if overrides.get(k) is not None}
     task_overrides = {k: v for k, v in overrides.items()
-                      if k not in SERVE_FLAGS and k not in SERVING_FLAGS}
+                      if k not in SERVE_FLAGS and k not in SERVING_FLAGS and k not in VIDEO_FLAGS}
     # merge_overrides writes task flags under "tasks"; a serve config calls them "models".
     if "models" in raw:
         raw["tasks"] = raw.pop("models")

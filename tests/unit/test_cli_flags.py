@@ -4,7 +4,9 @@ bad ones refused by argparse (exit 2) naming the flag, before any Ray work."""
 
 import pytest
 
-from labeler.cli import _spec_from_args, build_parser
+from labeler.cli import _spec_from_args, build_parser, serve_overrides
+from labeler.config import ClipSpec, SpecError, TrackingSpec
+from labeler.media.video import Sampling
 from labeler.serve.config import load_serve_spec
 
 ONTOLOGY = ["--labels", "car,cyclist", "--query", "car=automobile", "--query", " car = auto ",
@@ -73,13 +75,30 @@ def test_pairs_the_spec_refuses_name_the_field(tmp_path):
 def test_serve_flags_reach_the_served_model():
     args = build_parser().parse_args(["serve", "--task", "detect", "--family", "owlv2",
                                       "--model", "m", *ONTOLOGY])
-    overrides = {k: getattr(args, k) for k in (
-        "task", "family", "model", "labels", "queries", "label_thresholds", "templates", "nms",
-        "nms_threshold", "max_detections", "tiles", "tile_overlap")}
-    (model,) = load_serve_spec(None, **overrides).models
+    (model,) = load_serve_spec(None, **serve_overrides(args)).models
     assert model.queries == {"car": ["automobile", "auto"],
                              "cyclist": ["a person riding a bicycle"]}
     assert model.label_thresholds == {"cyclist": 0.25}
     assert model.templates == ["a photo of a {}", "{}"]
     assert (model.nms, model.nms_threshold, model.max_detections) == ("per-label", 0.5, 20)
     assert (model.tiles.grid, model.tiles.overlap) == ((3, 2), 0.3)
+
+
+def test_serve_flags_set_the_defaults_of_video_requests():
+    args = build_parser().parse_args([
+        "serve", "--task", "detect", "--family", "owlv2", "--model", "m", "--labels", "car",
+        "--sample-fps", "5", "--min-change", "0.03", "--track-iou", "0.4",
+        "--track-max-missed", "2"])
+    spec = load_serve_spec(None, **serve_overrides(args))
+    assert spec.video_sampling.sampling() == Sampling("fps", fps=5.0, min_change=0.03)
+    assert spec.models[0].video_track == TrackingSpec(iou=0.4, max_missed=2)
+    clips = build_parser().parse_args([
+        "serve", "--task", "video-caption", "--family", "qwen2_vl", "--model", "m",
+        "--clip-seconds", "10", "--clip-fps", "2"])
+    assert load_serve_spec(None, **serve_overrides(clips)).video_clip == ClipSpec(seconds=10,
+                                                                                 fps=2)
+    both = build_parser().parse_args([
+        "serve", "--task", "detect", "--family", "owlv2", "--model", "m", "--labels", "car",
+        "--sample-fps", "5", "--every-n-frames", "3"])
+    with pytest.raises(SpecError, match="video_sampling: .*give one sampling mode"):
+        load_serve_spec(None, **serve_overrides(both))
