@@ -23,7 +23,6 @@ import argparse
 import ipaddress
 import os
 import shlex
-import socket
 import statistics
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import requests  # noqa: E402
 
 from labeler.serve.config import ServeSpec  # noqa: E402
 from labeler.testing import build_tiny_model  # noqa: E402
+from labeler.testing.ports import free_port  # noqa: E402
 from labeler.testing.samples import jpeg_bytes, synthetic_image  # noqa: E402
 
 LABELS = ["a photo of a cat", "a photo of a dog", "a car"]
@@ -48,11 +48,6 @@ THRESHOLD = 0.9
 IMAGE_SIZE = (640, 480)
 DISTINCT_IMAGES = 16
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _check_loopback(url: str) -> None:
@@ -130,7 +125,7 @@ def main() -> int:
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False,
              log_to_driver=False)
-    port = _free_port()
+    port = free_port()
     print(f"# {' '.join(shlex.quote(a) for a in sys.argv)}")
     print(f"# {os.cpu_count()} cores; tiny OWLv2 at {args.image_size} px, {len(LABELS)} labels; "
           f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG uploads; preprocess {args.preprocess}; "

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import socket
 import sys
 import tempfile
 import threading
@@ -36,6 +35,7 @@ from labeler.jobs.video import video_rows  # noqa: E402
 from labeler.media.video import Sampling  # noqa: E402
 from labeler.serve.config import ServeSpec  # noqa: E402
 from labeler.testing import build_tiny_model  # noqa: E402
+from labeler.testing.ports import free_port  # noqa: E402
 from labeler.testing.samples import jpeg_bytes  # noqa: E402
 from labeler.testing.videos import X264_GOP, encode_video  # noqa: E402
 
@@ -43,11 +43,6 @@ LABELS = ["a photo of a cat", "a photo of a dog", "a car"]
 THRESHOLD = 0.9  # as benchmarks/serve_load.py: responses near a real model's size
 RATE = 30  # frames per second of the video made
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def frames_as_images(url: str, jpegs: list[bytes], clients: int) -> float:
@@ -123,7 +118,7 @@ def main() -> int:
           f"batches of up to {args.max_batch_size}")
     try:
         spec = ServeSpec.model_validate({
-            "host": "127.0.0.1", "port": _free_port(),
+            "host": "127.0.0.1", "port": free_port(),
             "models": [{"name": "detector", "task": "detect",
                         "model": {"family": "owlv2", "source": str(model_dir)},
                         "labels": LABELS, "threshold": THRESHOLD, "preprocess": "fast",

@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from labeler.testing import ports
 
 ACCESS_KEY = "labeler-test-key"
 SECRET_KEY = "labeler-test-secret-do-not-print"
@@ -51,13 +52,8 @@ def weed_binary() -> str:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (and low enough, see MAX_PORT)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port <= MAX_PORT:
-            return port
+    """A free port low enough for SeaweedFS (see MAX_PORT)."""
+    return ports.free_port(MAX_PORT)
 
 
 @dataclass

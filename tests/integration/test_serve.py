@@ -9,7 +9,6 @@ Parquet rows.
 import base64
 import io
 import json
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -23,6 +22,7 @@ from labeler.config import TaskSpec, load_job_spec
 from labeler.models.base import ImageInput
 from labeler.models.owlv2 import Owlv2Detector
 from labeler.serve.config import ServeSpec
+from labeler.testing.ports import free_port
 from labeler.testing.samples import jpeg_bytes, synthetic_image
 
 TOKEN = "test-token-7f3a"
@@ -41,11 +41,6 @@ MAX_PIXELS = 600_000  # above every test image, below the one sent to see a 422
 IMAGES = [("wide.jpg", 200, 100, "JPEG"), ("tall.png", 90, 160, "PNG"),
           ("square.webp", 120, 120, "WEBP"), ("rotated.jpg", 160, 120, "JPEG")]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +116,7 @@ def url(ray_local, batch_rows, pseudo_rows, tiny_owlv2):
 
     model = {"family": "owlv2", "source": tiny_owlv2}
     spec = ServeSpec.model_validate({
-        "host": "127.0.0.1", "port": _free_port(), "api_tokens": [TOKEN],
+        "host": "127.0.0.1", "port": free_port(), "api_tokens": [TOKEN],
         "models": [
             {"name": "detector", "task": "detect", "model": model, "labels": LABELS,
              "threshold": THRESHOLD, "resources": {"num_cpus": 0.5}, **BOX_OPTIONS,

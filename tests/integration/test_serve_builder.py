@@ -1,20 +1,15 @@
 """The application a Serve config (or KubeRay's RayService) names, labeler.serve.builder:
 build_app, run by Serve itself on the session's local Ray and asked over real HTTP."""
 
-import socket
 
 import requests
 
 from labeler.serve.builder import build_app
+from labeler.testing.ports import free_port
 from labeler.testing.samples import jpeg_bytes, synthetic_image
 
 TOKEN = "builder-token-51c2"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_serve_runs_the_built_application(ray_local, tiny_owlv2, monkeypatch):
@@ -26,7 +21,7 @@ def test_serve_runs_the_built_application(ray_local, tiny_owlv2, monkeypatch):
                         "labels": ["cat", "dog"], "threshold": 0.05,
                         "resources": {"num_cpus": 0.5}}],
             "ingress_num_cpus": 0.25}
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:

@@ -3,13 +3,13 @@ labels per request. The command starts its own local Ray, so this file costs ~30
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import requests
 
+from labeler.testing.ports import free_port
 from labeler.testing.samples import jpeg_bytes, synthetic_image
 
 # Starting Ray, Serve and the model on two busy cores takes ~20 s; 180 s is far beyond it
@@ -17,14 +17,9 @@ from labeler.testing.samples import jpeg_bytes, synthetic_image
 READY_WITHIN_S = 180
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_serve_command_answers_detect_with_a_token(tiny_owlv2):
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "LABELER_API_TOKENS": "tok-a, tok-b", "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.Popen(

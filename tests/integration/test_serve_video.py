@@ -9,7 +9,6 @@ the tiny Qwen2-VL) answers with the clip job's rows.
 
 import base64
 import json
-import socket
 
 import pyarrow.dataset as pads
 import pytest
@@ -18,6 +17,7 @@ import requests
 from labeler.cli import main
 from labeler.config import TrackingSpec
 from labeler.serve.config import ServeSpec
+from labeler.testing.ports import free_port
 from labeler.testing.videos import FASTSTART, X264_GOP, cut_at_keyframe, encode_video
 
 TOKEN = "video-token-51c2"
@@ -31,11 +31,6 @@ MAX_VIDEO_BYTES = 64 * 1024
 CLIP = {"seconds": 1.0, "fps": 2.0}
 MAX_NEW_TOKENS = 6
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +80,7 @@ def url(ray_local, batch, tiny_owlv2, tiny_model):
 
     model = {"family": "owlv2", "source": tiny_owlv2}
     spec = ServeSpec.model_validate({
-        "host": "127.0.0.1", "port": _free_port(), "api_tokens": [TOKEN],
+        "host": "127.0.0.1", "port": free_port(), "api_tokens": [TOKEN],
         "models": [
             {"name": "tracker", "task": "detect", "model": model, "labels": LABELS,
              "threshold": THRESHOLD, "track": TRACK, "resources": {"num_cpus": 0.5},
