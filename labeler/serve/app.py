@@ -94,14 +94,34 @@ async def _validation_error(_: Request, err: RequestValidationError) -> JSONResp
     return _error(422, f"invalid request: {where}")
 
 
-def _body_doc(model) -> dict:
-    """OpenAPI requestBody for endpoints that parse their body themselves (JSON or form)."""
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+def _body_doc(model, file_field: str = "image") -> dict:
+    """OpenAPI requestBody for endpoints that parse their body themselves (JSON, or a form
+    with the file in `file_field`)."""
     form = {"type": "object", "properties": {
-        "image": {"type": "string", "format": "binary"},
-        **{k: {"type": "string"} for k in model.model_fields if k != "image"}}}
+        file_field: {"type": "string", "format": "binary"},
+        **{k: {"type": "string"} for k in model.model_fields if k != file_field}}}
     return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": schema}, "multipart/form-data": {"schema": form}}}}
+        "application/json": {"schema": _inlined(model.model_json_schema())},
+        "multipart/form-data": {"schema": form}}}}
+
+
+def _inlined(schema: dict) -> dict:
+    """A pydantic JSON schema with its nested models ($defs) written in place of their
+    $refs: the schema sits inside the OpenAPI document, where "#/$defs/..." would not
+    resolve (the models are not recursive)."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.rsplit("/", 1)[1]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    return resolve(schema)
 
 
 _RECORD_DOC = {200: {"model": Record, "description": "the record, as a Parquet row of a batch "
@@ -273,7 +293,7 @@ class Ingress:
         status = 500 if any(r["error"] for r in records) else 200
         return JSONResponse({"records": records}, status_code=status)
 
-    @api.post("/v1/video", openapi_extra=_body_doc(VideoRequest))
+    @api.post("/v1/video", openapi_extra=_body_doc(VideoRequest, file_field="video"))
     async def video(self, request: Request):
         """One video, one model: a record per sampled frame (`sampling`, default the
         server's video_sampling), or per clip for video-caption and video-ask (`clip`,

@@ -46,9 +46,8 @@ class LabeledVideo:
     """What a video request made: `records`, one per row a batch job would write for the
     video (a frame or clip each, then an error row if decoding stopped early); `selected`:
     the frames the sampling selected (None for clips); `unchanged`: those min_change
-    skipped; `error`: why
-    decoding stopped (the last record's error), else None; `tracks`: tracks linked, None
-    when the boxes were not linked."""
+    skipped; `error`: why decoding stopped (the last record's error), else None; `tracks`:
+    tracks linked, None when the boxes were not linked."""
 
     records: list[dict]
     selected: int | None

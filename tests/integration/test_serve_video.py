@@ -9,6 +9,7 @@ the tiny Qwen2-VL) answers with the clip job's rows.
 
 import base64
 import json
+import re
 
 import pyarrow.dataset as pads
 import pytest
@@ -243,6 +244,22 @@ def test_label_studio_video_task_gets_the_exports_prediction(url, http, videos, 
     frames = {(k["time"], k["frame"]) for r in answer.json()["results"][0]["result"]
               for k in r["value"]["sequence"]}
     assert frames and all(frame == round(time * 25) + 1 for time, frame in frames)
+
+
+def test_video_requests_are_documented_and_listed(url, http):
+    """OpenAPI shows /v1/video's JSON and multipart bodies, every $ref resolving in the
+    document; /v1/models says where each model takes videos and how it links boxes."""
+    doc = requests.get(f"{url}/openapi.json", timeout=10).json()
+    body = doc["paths"]["/v1/video"]["post"]["requestBody"]["content"]
+    assert body["multipart/form-data"]["schema"]["properties"]["video"]["format"] == "binary"
+    assert "every_n_frames" in json.dumps(body["application/json"]["schema"])
+    text = json.dumps(doc)
+    refs = set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', text))
+    assert refs <= set(doc["components"]["schemas"]) and '"$ref": "#/$defs' not in text
+    models = {m["name"]: m for m in http.get(f"{url}/v1/models", timeout=10).json()["models"]}
+    assert models["tracker"]["video_track"] == TrackingSpec(**TRACK).model_dump()
+    assert (models["clipper"]["endpoint"], models["clipper"]["video_track"]) == ("/v1/video",
+                                                                                 None)
 
 
 @pytest.mark.parametrize("case, status, message", [
