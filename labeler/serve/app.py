@@ -67,9 +67,9 @@ NO_PIXELS = np.zeros((0, 0, 3), np.uint8)
 
 api = FastAPI(
     title="labeler online API",
-    description="Pre-labels one image at a time with the batch job's models; answers with the "
-                "same record as a Parquet row. Send `Authorization: Bearer <token>` when the "
-                "server has tokens.",
+    description="Pre-labels an image, or a video's frames, with the batch job's models; "
+                "answers with the same records as its Parquet rows. Send `Authorization: "
+                "Bearer <token>` when the server has tokens.",
     version="1",
 )
 
