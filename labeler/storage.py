@@ -125,6 +125,15 @@ def storage_env() -> dict[str, str]:
     return {k: os.environ[k] for k in STORAGE_ENV_VARS if os.environ.get(k)}
 
 
+def worker_env(extra: dict[str, str] | None = None) -> dict:
+    """Remote args (Ray tasks, actors, Serve's ray_actor_options) that give workers the
+    driver's storage settings (storage_env: S3 endpoint, region, keys, model cache), so
+    `s3://` inputs and models resolve the same way on every node, plus the `extra`
+    variables a stage sets for its own workers; none when there are none."""
+    env = {**storage_env(), **(extra or {})}
+    return {"runtime_env": {"env_vars": env}} if env else {}
+
+
 def _s3_settings() -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, v) for k, v in storage_env().items() if k != "LABELER_CACHE"))
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 
 from labeler.config import JobSpec, SpecError, decode_side_for_tasks
-from labeler.jobs.runner import JobSummary, run_job, worker_env
+from labeler.jobs.runner import JobSummary, run_job
+from labeler.storage import worker_env
 
 # Rows per decode task: enough to amortise task overhead (~ms), small enough that the model
 # actor is fed before the whole input is decoded.

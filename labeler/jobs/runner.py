@@ -33,7 +33,7 @@ from labeler.pseudo.report import COLUMNS as REPORT_COLUMNS
 from labeler.pseudo.report import pseudo_label_report, report_lines, write_report
 from labeler.sinks.parquet import MissingParts, ShardedParquetSink
 from labeler.sources import plan_source
-from labeler.storage import storage_env
+from labeler.storage import worker_env
 
 log = logging.getLogger(__name__)
 
@@ -193,15 +193,6 @@ def _actor_pool(res, one_task_per_actor: bool = False):
     if res.min_actors == res.max_actors:
         return ray.data.ActorPoolStrategy(size=res.min_actors, **queued)
     return ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors, **queued)
-
-
-def worker_env(extra: dict[str, str] | None = None) -> dict:
-    """Remote args that give decode tasks and model actors the driver's storage settings
-    (S3 endpoint, region, keys, model cache: see labeler.storage), so `s3://` inputs and
-    models resolve the same way on every node, plus the `extra` variables a stage sets for
-    its own workers; none when there are none."""
-    env = {**storage_env(), **(extra or {})}
-    return {"runtime_env": {"env_vars": env}} if env else {}
 
 
 def check_local_capacity(spec: JobSpec, cpus: float) -> None:

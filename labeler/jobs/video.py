@@ -51,7 +51,7 @@ from labeler.media.image import MediaError
 from labeler.media.video import (Sampling, SamplingCounts, VideoDecodeError, VideoInfo, probe,
                                  sample_video)
 from labeler.sinks.parquet import MissingParts
-from labeler.storage import is_s3, open_input
+from labeler.storage import is_s3, open_input, worker_env
 
 # Videos on S3 (or in a tar there) up to this size are fetched whole, in one request, and
 # decoded from memory: sampling reads a video twice (the demux-only index pass, then the
@@ -112,7 +112,6 @@ def decoded_videos(spec: JobSpec, todo: list[dict],
     that a model stage of batch size 1 runs each in a task of its own."""
     import ray
 
-    from labeler.jobs.runner import worker_env
 
     context = ray.data.DataContext.get_current()
     default_block_bytes = context.target_max_block_size

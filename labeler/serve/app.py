@@ -52,6 +52,7 @@ from labeler.serve.model import Item, ModelServer
 from labeler.serve.variants import variant_spec
 from labeler.serve.video import (LabeledVideo, label_studio_video_prediction, label_video,
                                  link_records, position_fields)
+from labeler.storage import worker_env
 
 log = logging.getLogger(__name__)
 
@@ -548,7 +549,10 @@ class Ingress:
 
 
 def build_app(spec: ServeSpec, tokens: list[str]):
-    """The Serve application: one ModelServer deployment per served model, and the ingress."""
+    """The Serve application: one ModelServer deployment per served model, and the ingress.
+    Both get this process's storage settings (worker_env), as a job's workers do: the
+    replicas load `s3://` models, the ingress fetches `s3://` inputs, from the same S3."""
+    storage = worker_env()
     handles = {}
     for served in spec.models:
         serving, res = served.serving, served.resources
@@ -558,7 +562,8 @@ def build_app(spec: ServeSpec, tokens: list[str]):
             "name": f"model-{served.served_name}",
             "max_ongoing_requests": serving.ongoing_limit,
             "max_queued_requests": serving.max_queued_requests,
-            "ray_actor_options": {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus},
+            "ray_actor_options": {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus,
+                                  **storage},
         }
         if serving.autoscaling is not None:
             options["autoscaling_config"] = serving.autoscaling.model_dump()
@@ -567,7 +572,7 @@ def build_app(spec: ServeSpec, tokens: list[str]):
         handles[served.served_name] = serve.deployment(ModelServer).options(**options).bind(
             served.model_dump_json())
     ingress = serve.deployment(Ingress).options(
-        name="ingress", ray_actor_options={"num_cpus": spec.ingress_num_cpus},
+        name="ingress", ray_actor_options={"num_cpus": spec.ingress_num_cpus, **storage},
         # The ingress only parses, decodes and waits: many requests at once cost it little,
         # and the models' own queues are the limit that answers 503.
         max_ongoing_requests=1000)

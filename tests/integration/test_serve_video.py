@@ -74,7 +74,22 @@ def batch(ray_local, videos, tiny_owlv2, tiny_model, tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def url(ray_local, batch, tiny_owlv2, tiny_model):
+def s3_videos(s3_server, videos) -> str:
+    """The test videos in a bucket of the session's S3 server, whose settings are in this
+    module's environment, which `labeler serve` hands its deployments (as a job does its
+    workers). Returns the bucket."""
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in s3_server.env().items():
+            env.setenv(name, value)
+        client = s3_server.client()
+        client.create_bucket(Bucket="serve-videos")
+        for name, data in videos["files"].items():
+            client.put_object(Bucket="serve-videos", Key=name, Body=data)
+        yield "serve-videos"
+
+
+@pytest.fixture(scope="module")
+def url(ray_local, batch, tiny_owlv2, tiny_model, s3_videos):
     from ray import serve
 
     from labeler.serve.server import start
@@ -93,6 +108,7 @@ def url(ray_local, batch, tiny_owlv2, tiny_model):
              "generation": {"max_new_tokens": MAX_NEW_TOKENS},
              "resources": {"num_cpus": 0.25}}],
         "video_sampling": SAMPLING,
+        "uri": {"allowed_s3_buckets": [s3_videos]},
         "limits": {"max_video_frames": MAX_VIDEO_FRAMES, "max_video_bytes": MAX_VIDEO_BYTES},
         "ingress_num_cpus": 0.25,
     })
@@ -145,6 +161,13 @@ def test_video_response_equals_the_tracked_batch_jobs_rows(url, http, videos, ba
         assert json.loads(rows[0]["parameters"])["track"] == TrackingSpec(**TRACK).model_dump()
     rotated = body["records"][0]
     assert (rotated["width"], rotated["height"]) == (48, 64)  # display size, as in the job
+    # From S3, fetched by the ingress with the server's storage settings: the same rows.
+    uri = "s3://serve-videos/a_h264.mp4"
+    response = http.post(f"{url}/v1/video", timeout=120,
+                         json={"uri": uri, "id": "a", "model": "tracker"})
+    assert response.status_code == 200, response.text
+    _same_frames(response.json()["records"], batch["rows"]["a_h264.mp4"])
+    assert {(r["id"], r["uri"]) for r in response.json()["records"]} == {("a", uri)}
 
 
 def test_request_sampling_and_track_override_the_servers(url, http, videos, batch):
