@@ -42,7 +42,7 @@ from labeler.schemas import Record
 from labeler.serve.auth import is_authorized
 from labeler.serve.config import ServedModel, ServeSpec
 from labeler.serve.errors import ApiError
-from labeler.serve.fetch import fetch_uri
+from labeler.serve.fetch import check_uri, fetch_uri
 from labeler.serve.formats import (cvat_shapes, label_studio_prediction, model_version,
                                    parse_label_config)
 from labeler.serve.inputs import (AnnotateRequest, ImageRequest, Params, VideoRequest,
@@ -315,8 +315,7 @@ class Ingress:
         clip = self._video_clip(served, req)
         data, uri = bytes_or_uri(req.video, req.uri, upload, "video")
         if data is None:
-            data = await asyncio.to_thread(fetch_uri, uri, self.spec.uri, limits.max_video_bytes,
-                                           "video")
+            data = await self._video_at(uri)
         source = uri or (f"upload:{filename}" if upload is not None else "base64")
         sampling = (req.sampling or self.spec.video_sampling).sampling()
         video = await self._video(served, data, sampling, clip, track,
@@ -363,7 +362,18 @@ class Ingress:
                                 f"give clip.seconds (or set the server's video_clip)")
         return clip
 
-    async def _video(self, served: ServedModel, data: bytes, sampling, clip: ClipSpec | None,
+    async def _video_at(self, uri: str) -> bytes | str:
+        """What a video request's `uri` gives video_rows: an s3:// URI as it is, read by
+        range as a job reads it (never held whole past VIDEO_READ_WHOLE_BYTES, so
+        max_video_bytes does not apply), an https one's bytes, fetched under
+        max_video_bytes. 403 / 422 for a URI the server may not fetch."""
+        if check_uri(uri, self.spec.uri)[0] == "s3":
+            return uri
+        return await asyncio.to_thread(fetch_uri, uri, self.spec.uri,
+                                       self.spec.limits.max_video_bytes, "video")
+
+    async def _video(self, served: ServedModel, data: bytes | str, sampling,
+                     clip: ClipSpec | None,
                      track: TrackingSpec | None, video_id: str, source: str,
                      params: dict) -> LabeledVideo:
         """The video's records (labeler.serve.video.label_video), linked when `track`."""
@@ -519,10 +529,9 @@ class Ingress:
     async def _ls_video_task(self, served: ServedModel, params: dict, config, i: int,
                              task) -> dict:
         url = self._ls_url(config.video_key, i, task)
-        limit = self.spec.limits.max_video_bytes
         try:
             data = (decode_base64(url, "video") if url.startswith("data:") else
-                    await asyncio.to_thread(fetch_uri, url, self.spec.uri, limit, "video"))
+                    await self._video_at(url))
             video = await self._video(served, data, self.spec.video_sampling.sampling(), None,
                                       served.video_track, str(task.get("id", i)), url[:200],
                                       params)

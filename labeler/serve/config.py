@@ -151,7 +151,8 @@ class LimitsSpec(_Strict):
     # As in a job (InputSpec.decode_min_side), so both decode an image to the same pixels.
     decode_min_side: int | None = Field(1008, ge=1)
     # Video requests (/v1/video, Label Studio video tasks). 512 MiB: 9 minutes of 1080p H.264
-    # at 8 Mbit/s; the ingress holds a video in memory while its frames decode.
+    # at 8 Mbit/s; the ingress holds an uploaded or https video in memory while its frames
+    # decode (an s3:// one is read by range, as a job reads it, and is not limited).
     max_video_bytes: int = Field(512 * 1024 * 1024, ge=1024)
     # Sampled frames one video request may label: 30 minutes at 1 fps. More is a batch job's
     # work (`labeler run --media video`), which resumes and does not hold an HTTP request.

@@ -2,7 +2,8 @@
 a batch video job labels them, and its boxes linked into tracks.
 
     video bytes ──> labeler.jobs.video.video_rows: the batch job's own decode (the same
-                    frames, times and error rows), in a worker thread, a frame at a time
+    or s3:// URI    frames, times and error rows; an S3 object read by range, as a job
+                    reads it), in a worker thread, a frame at a time
                 ──> each frame to the model deployment (annotate: its dynamic batching
                     gathers a video's frames into batches), at most `in_flight` at once
                 ──> records in time order, with frame_index and timestamp_s (a clip's
@@ -31,7 +32,7 @@ from labeler.config import ClipSpec, TrackingSpec
 from labeler.export.label_studio_video import DEFAULT_FRAME_RATE, video_prediction
 from labeler.export.rows import Row, boxes_of
 from labeler.jobs.stages import TaskTransforms
-from labeler.jobs.video import VideoRow, video_rows
+from labeler.jobs.video import VideoRow, open_video_source, video_rows
 from labeler.media.image import MediaError
 from labeler.media.video import Sampling, SamplingCounts, probe
 from labeler.schemas import Record
@@ -60,9 +61,11 @@ class LabeledVideo:
 Annotate = Callable[[VideoRow], Awaitable[dict]]
 
 
-async def label_video(data: bytes, sampling: Sampling, clip: ClipSpec | None, max_pixels: int,
-                      max_frames: int, annotate: Annotate, in_flight: int) -> LabeledVideo:
-    """Decode `data` as a batch video job would (video_rows: frames by `sampling`, or clips
+async def label_video(data: bytes | str, sampling: Sampling, clip: ClipSpec | None,
+                      max_pixels: int, max_frames: int, annotate: Annotate,
+                      in_flight: int) -> LabeledVideo:
+    """Decode `data`, a video's bytes or its s3:// URI (already allowed), as a batch video
+    job would (video_rows: frames by `sampling`, or clips
     when `clip` is given; no task transform: the model deployment applies it), `annotate`
     each row, at most `in_flight` at once.
 
@@ -122,13 +125,18 @@ async def label_video(data: bytes, sampling: Sampling, clip: ClipSpec | None, ma
                         counts.unchanged, stopped)
 
 
-def _check_clip_frames(data: bytes, clip: ClipSpec, max_frames: int) -> None:
+def _check_clip_frames(data: bytes | str, clip: ClipSpec, max_frames: int) -> None:
     """422 when the header's duration says the clips would take over max_frames frames.
     A video that does not open passes: its error row says why."""
+    source = None
     try:
-        duration = probe(data).duration_s
-    except MediaError:
+        source = data if isinstance(data, bytes) else open_video_source(data)
+        duration = probe(source).duration_s
+    except (MediaError, OSError):
         return
+    finally:
+        if source is not None and not isinstance(source, (bytes, str)):
+            source.close()
     if duration is not None and math.ceil(duration * clip.fps) > max_frames:
         raise ApiError(422, _too_many_clip_frames(
             f"{math.ceil(duration * clip.fps)} ({duration:.1f} s at {clip.fps:g} fps)",

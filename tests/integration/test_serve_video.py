@@ -8,6 +8,7 @@ the tiny Qwen2-VL) answers with the clip job's rows.
 """
 
 import base64
+import io
 import json
 import re
 
@@ -168,6 +169,35 @@ def test_video_response_equals_the_tracked_batch_jobs_rows(url, http, videos, ba
     assert response.status_code == 200, response.text
     _same_frames(response.json()["records"], batch["rows"]["a_h264.mp4"])
     assert {(r["id"], r["uri"]) for r in response.json()["records"]} == {("a", uri)}
+
+
+def test_s3_videos_are_read_by_range_whatever_their_size(url, http, s3_server):
+    """An upload is held in memory, under max_video_bytes; an S3 video is read by range as
+    a job reads it, so a larger one is labeled all the same."""
+    import av
+    import numpy as np
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        noise = np.random.default_rng(0).integers(0, 256, (10, 120, 160, 3), np.uint8)
+        for pixels in noise:  # incompressible: ~20 KB a frame
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode())
+    data = buf.getvalue()
+    assert len(data) > MAX_VIDEO_BYTES
+    s3_server.client().put_object(Bucket="serve-videos", Key="noise.mp4", Body=data)
+    response = http.post(f"{url}/v1/video", timeout=120, json={
+        "uri": "s3://serve-videos/noise.mp4", "model": "tracker"})
+    assert response.status_code == 200, response.text
+    assert [r["frame_index"] for r in response.json()["records"]] == [0, 2, 4, 6, 8]
+    uploaded = _upload(http, url, "noise.mp4", data, model="tracker")
+    assert uploaded.status_code == 413
+    missing = http.post(f"{url}/v1/video", timeout=30, json={
+        "uri": "s3://serve-videos/none.mp4", "model": "tracker"})
+    assert missing.status_code == 422
+    assert missing.json()["error"].startswith("video cannot be used: ")
 
 
 def test_request_sampling_and_track_override_the_servers(url, http, videos, batch):
