@@ -16,7 +16,10 @@ Prints, per case:
             of each track's boxes that belong to its main object (purity; 1.0: no id
             switches), and the false boxes left in no track with new_track_score 0.5
 
-    .venv/bin/python benchmarks/tracking.py [--frames 3600] [--objects 20]
+    .venv/bin/python benchmarks/tracking.py [--frames 3600] [--objects 20] [--buffers 0.5,1.5]
+
+--buffers sweeps `track.buffer` (the second round's growth): larger keeps fast objects in
+one track, at some purity in crowded scenes.
 """
 
 from __future__ import annotations
@@ -104,13 +107,16 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=3600, help="labeled frames a video")
     parser.add_argument("--objects", type=int, default=20)
     parser.add_argument("--speeds", default="5,20,40", help="px an object moves a frame")
+    parser.add_argument("--buffers", default="0.5", help="track.buffer values to compare")
     args = parser.parse_args()
     print(f"command: {shlex.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}")
     print(f"{args.frames} labeled frames, {args.objects} objects of 40-120 px, "
           f"{MISS_RATE:.0%} missed, {FALSE} false boxes a frame")
-    spec = TrackingSpec(new_track_score=0.5)
     hours = args.frames / 3600
-    for speed in (float(s) for s in args.speeds.split(",")):
+    cases = [(float(speed), float(buffer)) for speed in args.speeds.split(",")
+             for buffer in args.buffers.split(",")]
+    for speed, buffer in cases:
+        spec = TrackingSpec(new_track_score=0.5, buffer=buffer)
         boxes, scores, labels, starts, truth = scene(args.frames, args.objects, speed)
         t0 = time.perf_counter()
         ids = link_tracks(boxes, scores, labels, starts, spec)
@@ -120,7 +126,8 @@ def main() -> int:
         t0 = time.perf_counter()
         add_track_ids(table, spec)
         shard_s = time.perf_counter() - t0
-        print(f"speed {speed:g} px/frame: link {link_s * 1000 / hours:.0f} ms per video hour "
+        print(f"speed {speed:g} px/frame, buffer {buffer:g}: link "
+              f"{link_s * 1000 / hours:.0f} ms per video hour "
               f"at 1 fps ({len(boxes) / link_s:,.0f} boxes/s); shard "
               f"{shard_s * 1000 / (4 * hours):.0f} ms per video hour; tracks per object "
               f"{per_object:.2f}, purity {purity:.3f}, false boxes in no track "
