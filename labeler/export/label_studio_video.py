@@ -107,7 +107,7 @@ def video_prediction(frames: list[Row], version: str, frame_rate: float,
     return prediction, len(scores), untracked
 
 
-def video_frame_rate(frames: list[Row]) -> float:
+def probed_frame_rate(frames: list[Row]) -> float:
     """The video's frame rate as probed, else Label Studio's default."""
     return float((frames[0].video or {}).get("fps") or DEFAULT_FRAME_RATE)
 
@@ -116,7 +116,7 @@ def video_task(frames: list[Row], version: str,
                url_prefix: str | None) -> tuple[dict, int, int]:
     """The Label Studio task of one video's frame rows, at the video's frame rate -> (task,
     boxes in it, boxes left out for being in no track)."""
-    frame_rate = video_frame_rate(frames)
+    frame_rate = probed_frame_rate(frames)
     prediction, boxes, untracked = video_prediction(frames, version, frame_rate)
     first = frames[0]
     url = first.uri if url_prefix is None else url_prefix + first.id

@@ -337,7 +337,7 @@ class Ingress:
         """How a video request's boxes are linked: as asked, else the served model's."""
         if asked is False:
             return None
-        if isinstance(asked, TrackingSpec) and served.video_track is None:
+        if asked is not None and served.video_track is None:
             raise ApiError(422, f"track: model {served.served_name!r} does task "
                                 f"{served.task!r}; tracks link the boxes of tasks "
                                 f"{', '.join(TRACKED_TASKS)}")

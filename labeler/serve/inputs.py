@@ -2,9 +2,9 @@
 
 Every endpoint takes either a JSON body or a multipart form (the image as file field
 `image`, a video as `video`, parameters as form fields; `labels` as repeated fields, a JSON
-list, or comma-separated; `tasks`, `sampling` and `track` as JSON). Exactly one source: an
-upload, base64 in `image` / `video` (a `data:` URL too), or `uri`. Everything wrong with a
-body is an ApiError naming the problem.
+list, or comma-separated; `tasks`, `sampling`, `clip` and `track` as JSON). Exactly one
+source: an upload, base64 in `image` / `video` (a `data:` URL too), or `uri`. Everything
+wrong with a body is an ApiError naming the problem.
 """
 
 from __future__ import annotations

@@ -322,6 +322,7 @@ def test_video_requests_are_documented_and_listed(url, http):
     ("bad sampling", 422, "sampling.fps"),
     ("two sampling modes", 422, "give one sampling mode, not fps and every_n_frames"),
     ("track for an untracked task", 422, "track: model 'pseudo' does task 'pseudo-label'"),
+    ("track: true for an untracked task", 422, "track: model 'pseudo' does task"),
     ("clips for a frame task", 422, "clip: model 'tracker' does task 'detect', which labels "
                                     "frames"),
     ("too many clip frames", 422, "the clips of this video take 60 (3.0 s at 20 fps) frames, "
@@ -352,6 +353,8 @@ def test_bad_video_requests_get_a_clear_4xx(url, http, videos, case, status, mes
                                                   clip=CLIP),
         "too many clip frames": lambda: _upload(http, url, "a.mp4", video, model="clipper",
                                                 clip={**CLIP, "fps": 20}),
+        "track: true for an untracked task": lambda: _upload(http, url, "a.mp4", video,
+                                                             model="pseudo", track=True),
         "too large": lambda: _upload(http, url, "big.mp4", b"\x00" * (MAX_VIDEO_BYTES + 1),
                                      model="tracker"),
         "no video": lambda: http.post(f"{url}/v1/video", json={"model": "tracker"}, timeout=10),
