@@ -20,6 +20,7 @@ batches requests. A video is decoded and linked as a batch video job does it
 # No `from __future__ import annotations`: Serve's class-based FastAPI routes need the
 # annotations (Request) as objects to tell the request apart from query parameters.
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -65,6 +66,8 @@ ENDPOINT_TASKS = ("detect", "ground", "caption", "ocr", "ask", "pseudo-label")
 MAX_PROJECTS = 256
 # The pixels of a video's error row, which reaches the model deployment only for its record.
 NO_PIXELS = np.zeros((0, 0, 3), np.uint8)
+# Seconds a video request refused for load is asked to wait: one takes seconds to minutes.
+VIDEO_RETRY_AFTER_S = 5
 
 api = FastAPI(
     title="labeler online API",
@@ -139,6 +142,7 @@ class Ingress:
         self.tokens = tokens
         self.handles = handles
         self.label_configs: dict[str, str] = {}
+        self.videos_running = 0
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -314,12 +318,13 @@ class Ingress:
         track = self._video_track(served, req.track)
         clip = self._video_clip(served, req)
         data, uri = bytes_or_uri(req.video, req.uri, upload, "video")
-        if data is None:
-            data = await self._video_at(uri)
         source = uri or (f"upload:{filename}" if upload is not None else "base64")
         sampling = (req.sampling or self.spec.video_sampling).sampling()
-        video = await self._video(served, data, sampling, clip, track,
-                                  req.id or uuid.uuid4().hex, source, params)
+        with self._video_slot():
+            if data is None:
+                data = await self._video_at(uri)
+            video = await self._video(served, data, sampling, clip, track,
+                                      req.id or uuid.uuid4().hex, source, params)
         body = {"id": video.records[0]["id"],
                 "frames": sum(r["frame_index"] is not None for r in video.records),
                 "clips": sum(r["clip_start_s"] is not None for r in video.records),
@@ -331,6 +336,22 @@ class Ingress:
         if any(r["error"] for r in video.records):
             return JSONResponse(body, status_code=500)
         return body
+
+    @contextlib.contextmanager
+    def _video_slot(self):
+        """One of the limits.max_video_requests this ingress runs at once, held while the
+        video is fetched, decoded and labeled; 503 with Retry-After when all are taken,
+        before any of that work (a video refused half way would waste it)."""
+        limit = self.spec.limits.max_video_requests
+        if self.videos_running >= limit:
+            raise ApiError(503, f"{limit} video requests are running, this server's limit "
+                                f"(limits.max_video_requests); retry in {VIDEO_RETRY_AFTER_S} s",
+                           {"Retry-After": str(VIDEO_RETRY_AFTER_S)})
+        self.videos_running += 1  # no await since the check: no other request ran between
+        try:
+            yield
+        finally:
+            self.videos_running -= 1
 
     def _video_track(self, served: ServedModel,
                      asked: TrackingSpec | bool | None) -> TrackingSpec | None:
@@ -495,11 +516,10 @@ class Ingress:
                 raise ApiError(422, f"model {served.served_name!r} does task {served.task!r}; "
                                     f"a VideoRectangle takes the tracked boxes of tasks "
                                     f"{', '.join(TRACKED_TASKS)}")
-            answers = (self._ls_video_task(served, params, config, i, task)
-                       for i, task in enumerate(tasks))
-        else:
-            answers = (self._ls_task(served, params, config, i, task)
-                       for i, task in enumerate(tasks))
+            with self._video_slot():  # one slot, the tasks' videos one after the other
+                return {"results": [await self._ls_video_task(served, params, config, i, task)
+                                    for i, task in enumerate(tasks)]}
+        answers = (self._ls_task(served, params, config, i, task) for i, task in enumerate(tasks))
         return {"results": await asyncio.gather(*answers)}
 
     @staticmethod

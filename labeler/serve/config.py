@@ -157,6 +157,11 @@ class LimitsSpec(_Strict):
     # Sampled frames one video request may label: 30 minutes at 1 fps. More is a batch job's
     # work (`labeler run --media video`), which resumes and does not hold an HTTP request.
     max_video_frames: int = Field(1800, ge=1)
+    # Video requests an ingress replica runs at once; more get 503 + Retry-After before any
+    # work. 4 x one replica's worth of frames in flight (2 x max_batch_size each) stays
+    # within a model's default queue (max_queued_requests 256), so a running video is not
+    # refused frames half way.
+    max_video_requests: int = Field(4, ge=1)
 
 
 class UriSpec(_Strict):

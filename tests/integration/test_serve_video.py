@@ -110,7 +110,8 @@ def url(ray_local, batch, tiny_owlv2, tiny_model, s3_videos):
              "resources": {"num_cpus": 0.25}}],
         "video_sampling": SAMPLING,
         "uri": {"allowed_s3_buckets": [s3_videos]},
-        "limits": {"max_video_frames": MAX_VIDEO_FRAMES, "max_video_bytes": MAX_VIDEO_BYTES},
+        "limits": {"max_video_frames": MAX_VIDEO_FRAMES, "max_video_bytes": MAX_VIDEO_BYTES,
+                   "max_video_requests": 1},
         "ingress_num_cpus": 0.25,
     })
     base, _ = start(spec)
@@ -313,6 +314,28 @@ def test_video_requests_are_documented_and_listed(url, http):
     assert models["tracker"]["video_track"] == TrackingSpec(**TRACK).model_dump()
     assert (models["clipper"]["endpoint"], models["clipper"]["video_track"]) == ("/v1/video",
                                                                                  None)
+
+
+def test_a_video_request_past_the_limit_gets_503_before_any_work(url, videos):
+    """max_video_requests 1: a second video while one runs is refused at once, with
+    Retry-After; the slot is free again when the first is done."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    def send(delay: float):
+        time.sleep(delay)
+        with requests.Session() as session:
+            session.headers["Authorization"] = f"Bearer {TOKEN}"
+            return _upload(session, url, "a.mp4", videos["files"]["a_h264.mp4"],
+                           model="tracker", sampling={"every_n_frames": 1, "max_frames": 20})
+
+    with ThreadPoolExecutor(2) as pool:
+        # 20 frames take the tiny model a few hundred ms: the second arrives meanwhile.
+        done, refused = sorted(pool.map(send, (0.0, 0.1)), key=lambda r: r.status_code)
+    assert done.status_code == 200, done.text
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+    assert "1 video requests are running, this server's limit" in refused.json()["error"]
+    assert send(0.0).status_code == 200
 
 
 @pytest.mark.parametrize("case, status, message", [
