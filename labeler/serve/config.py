@@ -19,7 +19,7 @@ replicas or autoscaling, queue length and timeout. GPU and CPU shares come from 
     video_sampling: {fps: 1}  # frames of a video request labeled, unless it says
     video_clip: {seconds: 10, fps: 2}  # clips of a video request to a clip task's model
     limits: {max_body_bytes: 20971520, max_pixels: 50000000, max_video_bytes: 536870912,
-             max_video_frames: 1800}
+             max_video_frames: 1800, max_video_requests: 4}
     uri: {allowed_hosts: [images.example.com], allowed_s3_buckets: [my-bucket]}
 """
 
