@@ -70,3 +70,20 @@ def test_one_bad_image_does_not_fail_its_batch(server):
     for a, b in zip(first["detections"], last["detections"]):
         assert a["score"] == pytest.approx(b["score"], abs=1e-5)
     assert broken["error"].startswith("model failed: ")
+
+
+def test_an_input_that_did_not_decode_gets_its_error_record_without_the_model(server):
+    """A video's error row reaches the deployment only for its record: the error, the
+    parameters and model of the others, no detections, and its neighbours labeled."""
+    good = np.asarray(synthetic_image(50, 40, seed=1))
+    items = [Item(id="v", uri="u", pixels=good, width=50, height=40, decode_ms=1.0),
+             Item(id="v", uri="u", pixels=np.zeros((0, 0, 3), np.uint8), width=0, height=0,
+                  decode_ms=2.0, error="truncated or corrupt video: decoding stopped"),
+             Item(id="v", uri="u", pixels=good, width=50, height=40, decode_ms=1.0)]
+    first, failed, last = server.run_batch(items)
+    assert first["error"] is None and first["detections"] == last["detections"]
+    assert failed["error"] == "truncated or corrupt video: decoding stopped"
+    assert failed.get("detections") is None and (failed["width"], failed["height"]) == (None, None)
+    assert failed["parameters"] == first["parameters"]
+    assert failed["model_revision"] == first["model_revision"]
+    assert failed["timings"] == {"decode_ms": 2.0}
