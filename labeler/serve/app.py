@@ -52,7 +52,7 @@ from labeler.serve.limits import RETRY_AFTER_S, call_with_limits, read_body
 from labeler.serve.model import Item, ModelServer
 from labeler.serve.variants import variant_spec
 from labeler.serve.video import (LabeledVideo, label_studio_video_prediction, label_video,
-                                 link_records, position_fields)
+                                 link_records, position_fields, video_clip, video_track)
 from labeler.storage import worker_env
 
 log = logging.getLogger(__name__)
@@ -315,8 +315,8 @@ class Ingress:
         else:
             served = self._served_for(req.task, req.model)
         params = self._item_params(served, req)
-        track = self._video_track(served, req.track)
-        clip = self._video_clip(served, req)
+        track = video_track(served, req.track)
+        clip = video_clip(served, req.clip, req.sampling is not None, self.spec.video_clip)
         data, uri = bytes_or_uri(req.video, req.uri, upload, "video")
         source = uri or (f"upload:{filename}" if upload is not None else "base64")
         sampling = (req.sampling or self.spec.video_sampling).sampling()
@@ -352,36 +352,6 @@ class Ingress:
             yield
         finally:
             self.videos_running -= 1
-
-    def _video_track(self, served: ServedModel,
-                     asked: TrackingSpec | bool | None) -> TrackingSpec | None:
-        """How a video request's boxes are linked: as asked, else the served model's."""
-        if asked is False:
-            return None
-        if asked is not None and served.video_track is None:
-            raise ApiError(422, f"track: model {served.served_name!r} does task "
-                                f"{served.task!r}; tracks link the boxes of tasks "
-                                f"{', '.join(TRACKED_TASKS)}")
-        return asked if isinstance(asked, TrackingSpec) else served.video_track
-
-    def _video_clip(self, served: ServedModel, req: VideoRequest) -> ClipSpec | None:
-        """How a clip task's model cuts the video (None for per-frame tasks), checked as a
-        job checks input.clip against its tasks."""
-        name, task = served.served_name, served.task
-        if not served.takes_clips:
-            if req.clip is not None:
-                raise ApiError(422, f"clip: model {name!r} does task {task!r}, which labels "
-                                    f"frames (`sampling`); clips are for video-caption and "
-                                    f"video-ask")
-            return None
-        if req.sampling is not None:
-            raise ApiError(422, f"sampling: model {name!r} does task {task!r}, which samples "
-                                f"inside each clip at clip.fps; give `clip`")
-        clip = req.clip or self.spec.video_clip
-        if clip is None:
-            raise ApiError(422, f"clip: model {name!r} does task {task!r}, which labels clips; "
-                                f"give clip.seconds (or set the server's video_clip)")
-        return clip
 
     async def _video_at(self, uri: str) -> bytes | str:
         """What a video request's `uri` gives video_rows: an s3:// URI as it is, read by

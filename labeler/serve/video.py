@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from labeler.config import ClipSpec, TrackingSpec
+from labeler.config import TRACKED_TASKS, ClipSpec, TrackingSpec
 from labeler.export.label_studio_video import DEFAULT_FRAME_RATE, video_prediction
 from labeler.export.rows import Row, boxes_of
 from labeler.jobs.stages import TaskTransforms
@@ -37,6 +37,7 @@ from labeler.media.image import MediaError
 from labeler.media.video import Sampling, SamplingCounts, probe
 from labeler.schemas import Record
 from labeler.schemas.record import RECORD_SCHEMA
+from labeler.serve.config import ServedModel
 from labeler.serve.errors import ApiError
 from labeler.serve.formats import LabelConfig, video_frame_rate
 from labeler.tracking.rows import add_track_ids, count_tracks, with_track_parameters
@@ -55,6 +56,41 @@ class LabeledVideo:
     unchanged: int
     error: str | None
     tracks: int | None = None
+
+
+def video_track(served: ServedModel, asked: TrackingSpec | bool | None) -> TrackingSpec | None:
+    """How a video request's boxes are linked: as asked (settings, or false: not linked),
+    else the served model's (None for a task whose boxes are not tracked). 422 for
+    settings, or true, sent to such a task."""
+    if asked is False:
+        return None
+    if asked is not None and served.video_track is None:
+        raise ApiError(422, f"track: model {served.served_name!r} does task "
+                            f"{served.task!r}; tracks link the boxes of tasks "
+                            f"{', '.join(TRACKED_TASKS)}")
+    return asked if isinstance(asked, TrackingSpec) else served.video_track
+
+
+def video_clip(served: ServedModel, asked: ClipSpec | None, sampling_asked: bool,
+               default: ClipSpec | None) -> ClipSpec | None:
+    """How a clip task's model cuts the video: as asked, else the server's `default`; None
+    for a per-frame task. 422 as a job's spec is refused: clips for a per-frame task,
+    sampling for a clip task, or a clip task with no clip options."""
+    name, task = served.served_name, served.task
+    if not served.takes_clips:
+        if asked is not None:
+            raise ApiError(422, f"clip: model {name!r} does task {task!r}, which labels "
+                                f"frames (`sampling`); clips are for video-caption and "
+                                f"video-ask")
+        return None
+    if sampling_asked:
+        raise ApiError(422, f"sampling: model {name!r} does task {task!r}, which samples "
+                            f"inside each clip at clip.fps; give `clip`")
+    clip = asked or default
+    if clip is None:
+        raise ApiError(422, f"clip: model {name!r} does task {task!r}, which labels clips; "
+                            f"give clip.seconds (or set the server's video_clip)")
+    return clip
 
 
 # A frame row -> its record (the model deployment's, or the error row's).

@@ -359,3 +359,31 @@ def test_a_video_request_stops_at_the_frame_limit_and_at_a_models_refusal(tmp_pa
     assert 2 not in calls and len(calls) < 29  # the rest were cancelled, not labelled
     with pytest.raises(ApiError, match="video cannot be used: .*empty file"):
         asyncio.run(label_video(b"", Sampling("all"), None, 10**8, 30, annotate, in_flight=2))
+
+
+def test_a_video_requests_track_and_clip_options_against_its_model():
+    from labeler.config import ClipSpec
+    from labeler.serve.config import ServedModel
+    from labeler.serve.video import video_clip, video_track
+
+    detector = ServedModel(task="detect", model={"family": "owlv2", "source": "m"},
+                           labels=["car"], track={"max_missed": 1})
+    captioner = ServedModel(task="video-caption", model={"family": "qwen2_vl", "source": "m"})
+    asked = TrackingSpec(iou=0.5)
+    assert video_track(detector, None) == video_track(detector, True) == TrackingSpec(
+        max_missed=1)
+    assert video_track(detector, asked) == asked and video_track(detector, False) is None
+    assert video_track(captioner, None) is None and video_track(captioner, False) is None
+    for wrong in (True, asked):
+        with pytest.raises(ApiError, match="track: model 'video-caption' does task"):
+            video_track(captioner, wrong)
+    clip, server = ClipSpec(seconds=2), ClipSpec(seconds=10)
+    assert video_clip(detector, None, True, server) is None
+    assert video_clip(captioner, clip, False, server) == clip
+    assert video_clip(captioner, None, False, server) == server
+    for args, message in [((detector, clip, False, server), "clip: model 'detect' does task "
+                                                             "'detect', which labels frames"),
+                          ((captioner, None, True, server), "sampling: model 'video-caption'"),
+                          ((captioner, None, False, None), "give clip.seconds")]:
+        with pytest.raises(ApiError, match=message):
+            video_clip(*args)
