@@ -86,7 +86,7 @@ def main() -> int:
         paths = write_images(tmp / "images", args.images)
         mb = sum(p.stat().st_size for p in paths) / 1e6
         server = SeaweedS3(tmp / "seaweedfs")
-        server.start()
+        server.first_start()
         try:
             os.environ.update(server.env())  # read by storage.py here and in the workers
             client = server.client()

@@ -106,7 +106,7 @@ def main() -> int:
         encode(path, args.seconds, "veryfast")
         size = path.stat().st_size
         server = SeaweedS3(tmp / "seaweedfs")
-        server.start()
+        server.first_start()
         try:
             os.environ.update(server.env())  # read by labeler.storage
             client = server.client()

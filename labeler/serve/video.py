@@ -35,7 +35,6 @@ from labeler.jobs.stages import TaskTransforms
 from labeler.jobs.video import VideoRow, open_video_source, video_rows
 from labeler.media.image import MediaError
 from labeler.media.video import Sampling, SamplingCounts, probe
-from labeler.schemas import Record
 from labeler.schemas.record import RECORD_SCHEMA
 from labeler.serve.config import ServedModel
 from labeler.serve.errors import ApiError
@@ -205,7 +204,7 @@ def link_records(video: LabeledVideo, spec: TrackingSpec) -> LabeledVideo:
     as a batch job run with `spec` writes them (labeler.tracking.rows on the same table)."""
     rows = pa.Table.from_pylist(video.records, schema=RECORD_SCHEMA)
     rows = with_track_parameters(add_track_ids(rows, spec), spec)
-    records = [Record.model_validate(r).model_dump(mode="json") for r in rows.to_pylist()]
+    records = rows.to_pylist()  # RECORD_SCHEMA is the Record's: these are its fields
     return LabeledVideo(records, video.selected, video.unchanged, video.error,
                         count_tracks(rows))
 

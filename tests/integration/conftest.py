@@ -20,7 +20,7 @@ def s3_server(tmp_path_factory):
     """A running SeaweedFS S3 server for the session (see SeaweedS3)."""
     server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
     try:
-        server.start()
+        server.first_start()
     except S3ServerError as err:
         pytest.fail(str(err))
     yield server

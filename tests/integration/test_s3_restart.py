@@ -56,7 +56,7 @@ def server(tmp_path, monkeypatch):
     """A SeaweedFS server of this test's own, the AWS variables pointed at it."""
     server = SeaweedS3(tmp_path / "seaweedfs")
     try:
-        server.start()
+        server.first_start()
     except S3ServerError as err:
         pytest.fail(str(err))
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
@@ -143,3 +143,21 @@ def test_a_job_completes_across_a_crash_and_restart_of_s3(server, tiny_owlv2, tm
     assert _committed(client) == [f"out/detect/part-{s:05d}.parquet"
                                   for s in range(IMAGES // PER_SHARD)]
     assert _committed(client, "out/_SUCCESS") == ["out/_SUCCESS"]
+
+
+def test_a_first_start_whose_port_was_taken_retries_with_fresh_ports(tmp_path):
+    """Ports are chosen free, but another process may take one before `weed` binds it: the
+    first start then picks fresh ports instead of failing the session."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # bound, not listening: a client's connect is refused
+        server = SeaweedS3(tmp_path / "seaweedfs")
+        server.ports["s3.port"] = taken.getsockname()[1]
+        try:
+            server.first_start()
+            assert server.ports["s3.port"] != taken.getsockname()[1]
+            assert server.client().list_buckets()["Buckets"] == []
+            log = (server.workdir / "weed.log").read_text(errors="replace")
+            assert f"port {taken.getsockname()[1]} for S3 (specified by flag s3.port) is not " \
+                   "available" in log  # the first attempt, refused
+        finally:
+            server.stop()
