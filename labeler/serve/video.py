@@ -100,9 +100,9 @@ async def label_video(data: bytes | str, sampling: Sampling, clip: ClipSpec | No
                       max_pixels: int, max_frames: int, annotate: Annotate,
                       in_flight: int) -> LabeledVideo:
     """Decode `data`, a video's bytes or its s3:// URI (already allowed), as a batch video
-    job would (video_rows: frames by `sampling`, or clips
-    when `clip` is given; no task transform: the model deployment applies it), `annotate`
-    each row, at most `in_flight` at once.
+    job would (video_rows: frames by `sampling`, or clips when `clip` is given; no task
+    transform: the model deployment applies it), `annotate` each row, at most `in_flight`
+    at once.
 
     Raises ApiError 422 when the video cannot be opened or gives no frame or clip (its one
     row is an error, and no model ran), or when it would take more than max_frames frames.
