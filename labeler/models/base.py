@@ -30,18 +30,31 @@ from labeler.config import QUERY_ALONE, TaskSpec
 
 
 @dataclass(frozen=True)
+class Example:
+    """A box drawn around an object, to find more like it in the same image
+    (detect-by-example with examples): label, and box x0, y0, x1, y1 in pixels of the image's
+    full oriented size (the units of its detections' boxes)."""
+
+    label: str
+    box: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
 class ImageInput:
     """pixels: (h, w, 3) uint8 RGB as decoded (maybe reduced on load), or what the adapter's
     cpu_transform made of it; width/height: the full oriented size that boxes refer to;
     prompt: this row's own prompt or queries (an input column, an HTTP request), which
     replaces the spec's; caption: the row's caption, for tasks that build queries from it
-    (pseudo-label). Clip tasks get pixels (T, h, w, 3): the clip's frames in time order."""
+    (pseudo-label); examples: boxes drawn in this image whose objects the task finds
+    (detect-by-example; an HTTP request's `examples`). Clip tasks get pixels (T, h, w, 3): the
+    clip's frames in time order."""
 
     pixels: np.ndarray
     width: int
     height: int
     prompt: str | None = None
     caption: str | None = None
+    examples: tuple[Example, ...] = ()
 
 
 def pick_device() -> torch.device:
@@ -127,6 +140,12 @@ class Adapter(ABC):
     def check_spec(cls, spec: TaskSpec) -> None:
         """Raise ValueError saying what is wrong with `spec` for this adapter. Called while
         the job spec is validated, before Ray starts; must not load weights."""
+
+    @classmethod
+    def check_served_spec(cls, spec: TaskSpec) -> None:
+        """check_spec for a served model, whose requests may bring what a job's spec must
+        hold (detect-by-example: examples instead of a query_image). Default: check_spec."""
+        cls.check_spec(spec)
 
     def __init__(self, spec: TaskSpec):
         self.spec = spec

@@ -34,7 +34,7 @@ from pathlib import PurePosixPath
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, box_iou
 
 from labeler.config import InputSpec
 from labeler.media.image import decode_image
@@ -453,7 +453,8 @@ class Owlv2Grounder(_Owlv2Adapter):
 
 
 class Owlv2ExampleDetector(_Owlv2Adapter):
-    """task=detect-by-example, family=owlv2: find objects like the one in spec.query_image.
+    """task=detect-by-example, family=owlv2: find objects like the one in spec.query_image,
+    or like the boxes drawn in the image itself (ImageInput.examples).
 
     setup() embeds the query image once, as image_guided_detection does: the class embedding
     of its box with the highest objectness. The query image is read with
@@ -461,14 +462,21 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
     preprocessed by the checkpoint's image processor (exact; one image, once), whatever
     spec.preprocess says for the target images.
 
+    An image with examples (boxes a user drew around objects, each with a label) is searched
+    for those instead, from its own forward pass (no second one): each example's embedding is
+    the class embedding of the patch whose predicted box matches the drawn box (see
+    example_patch), and a label's examples are averaged into one query (few-shot, as in the
+    OWL-ViT paper). A served model may have no query_image; its requests bring examples.
+
     Output per image: {"detections": [{label, score, x0..y1}]}; label: the query image's file
-    stem ("s3://bucket/queries/red_mug.jpg" -> "red_mug"). score: sigmoid of the box's logit,
-    the value the documented post-processing thresholds (it returns instead a display alpha,
-    (score - 0.1 best) / (0.9 best), which puts every image's top box at 1.0 whatever its
-    confidence). Boxes kept, as that post-processing keeps them: score >= spec.threshold,
-    score > 0.1 x (the image's best score + 1e-6), and not suppressed by greedy NMS over the
-    image's boxes at IoU > spec.nms_threshold (IoU in the padded square, before clipping).
-    Rows' prompts are ignored.
+    stem ("s3://bucket/queries/red_mug.jpg" -> "red_mug"), or the example's label. score:
+    sigmoid of the box's logit (its best query's), the value the documented post-processing
+    thresholds (it returns instead a display alpha, (score - 0.1 best) / (0.9 best), which
+    puts every image's top box at 1.0 whatever its confidence). Boxes kept, as that
+    post-processing keeps them: score >= spec.threshold, score > 0.1 x (the image's best
+    score + 1e-6), and not suppressed by greedy NMS over the image's boxes at IoU >
+    spec.nms_threshold (IoU in the padded square, before clipping). Rows' prompts are
+    ignored.
     """
 
     @classmethod
@@ -476,7 +484,13 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
         if not spec.query_image:
             raise ValueError("task 'detect-by-example' needs query_image: a path or s3:// URI "
                              "of an image showing the object to find")
-        if not is_s3(spec.query_image) and not os.path.isfile(spec.query_image):
+        cls.check_served_spec(spec)
+
+    @classmethod
+    def check_served_spec(cls, spec) -> None:
+        """As check_spec, but the query_image may be left out: requests bring examples."""
+        if (spec.query_image and not is_s3(spec.query_image)
+                and not os.path.isfile(spec.query_image)):
             raise ValueError(f"query_image {spec.query_image!r} is not a file")
         if spec.prompt:
             raise ValueError("task 'detect-by-example' takes a query_image, not a prompt")
@@ -486,11 +500,14 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
 
     def setup(self, device: torch.device) -> None:
         super().setup(device)
-        self.label = PurePosixPath(self.spec.query_image).stem
-        # The job's default decompression-bomb limit; full-size decode, as the reference reads it.
-        limit = InputSpec.model_fields["max_pixels"].default
-        query = decode_image(read_bytes(self.spec.query_image), limit).pixels
-        self.query_embeds = self._embed_query(self._processor_pixels(query))
+        self.label, self.query_embeds = None, None
+        if self.spec.query_image:
+            self.label = PurePosixPath(self.spec.query_image).stem
+            # The job's default decompression-bomb limit; full-size decode, as the reference
+            # reads it.
+            limit = InputSpec.model_fields["max_pixels"].default
+            query = decode_image(read_bytes(self.spec.query_image), limit).pixels
+            self.query_embeds = self._embed_query(self._processor_pixels(query))
 
     @torch.inference_mode()
     def _embed_query(self, query_pixel_values: torch.Tensor) -> torch.Tensor:
@@ -504,26 +521,74 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
         return {"threshold": self.spec.threshold, "nms_threshold": self.spec.nms_threshold,
                 "query_image": self.spec.query_image, "preprocess": self.spec.preprocess}
 
-    def preprocess(self, images: list[ImageInput],
-                   stacked: np.ndarray | None = None) -> torch.Tensor:
-        """Images as cpu_transform left them -> pixel_values (B * T, 3, S, S) on the device,
-        T model inputs an image (see _pixel_values)."""
-        return self._pixel_values(images, stacked)
+    def preprocess(self, images: list[ImageInput], stacked: np.ndarray | None = None) -> dict:
+        """Images as cpu_transform left them -> {"pixel_values": (B * T, 3, S, S) on the
+        device, T model inputs an image (see _pixel_values); "examples": per image, its
+        examples' boxes as (label, (x0, y0, x1, y1) in [0, 1] of its padded square)}."""
+        examples = [[(ex.label, unit_box(ex.box, im.width, im.height)) for ex in im.examples]
+                    for im in images]
+        if self.spec.tiles is not None and any(examples):
+            raise ValueError("examples are drawn on the whole image; this model is tiled")
+        return {"pixel_values": self._pixel_values(images, stacked), "examples": examples}
 
     @torch.inference_mode()
-    def predict(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        """-> logits (B, P, 1) against the query embedding, boxes (B, P, 4) cxcywh in [0, 1]
-        of the padded square."""
+    def predict(self, inputs: dict) -> dict:
+        """-> logits (B, P, Q) against each image's queries (Q: the most any image has, an
+        image's unused ones masked), boxes (B, P, 4) cxcywh in [0, 1] of the padded square,
+        names: per image, its queries' labels."""
         model = self.model
-        image_feats, feature_map = self._image_features(pixel_values)
-        queries = self.query_embeds.to(image_feats.dtype).expand(image_feats.shape[0], -1, -1)
-        logits, _ = model.class_predictor(image_feats, queries)
-        return {"logits": logits, "boxes": model.box_predictor(image_feats, feature_map)}
+        image_feats, feature_map = self._image_features(inputs["pixel_values"])
+        boxes = model.box_predictor(image_feats, feature_map)
+        examples = inputs["examples"]
+        if not any(examples):  # the query image's embedding for all: the documented path
+            if self.query_embeds is None:
+                raise ValueError("this model has no query_image: give each image examples")
+            queries = self.query_embeds.to(image_feats.dtype).expand(image_feats.shape[0], -1, -1)
+            logits, _ = model.class_predictor(image_feats, queries)
+            return {"logits": logits, "boxes": boxes,
+                    "names": [[self.label]] * image_feats.shape[0]}
+        queries, mask, names = self._image_queries(image_feats, boxes, examples)
+        logits, _ = model.class_predictor(image_feats, queries, mask)
+        return {"logits": logits, "boxes": boxes, "names": names}
 
-    def postprocess(self, raw: dict[str, torch.Tensor], images: list[ImageInput]) -> list[dict]:
+    def _image_queries(self, image_feats: torch.Tensor, boxes: torch.Tensor,
+                       examples: list[list]) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
+        """Per image, its query embeddings: a label's examples averaged (see example_patch),
+        or the query image's. -> queries (B, Q, D), mask (B, Q) (1: a real query), names."""
+        _, class_embeds = self.model.class_predictor(image_feats)  # (B, P, D)
+        objectness = self.model.objectness_predictor(image_feats)  # (B, P)
+        per_image, names = [], []
+        for b, drawn in enumerate(examples):
+            if not drawn:
+                if self.query_embeds is None:
+                    raise ValueError("this model has no query_image: give each image examples")
+                per_image.append(self.query_embeds[0].to(class_embeds.dtype))
+                names.append([self.label])
+                continue
+            labels = list(dict.fromkeys(label for label, _ in drawn))
+            targets = torch.tensor([box for _, box in drawn], device=boxes.device)
+            patches = example_patch(boxes[b], targets, objectness[b])  # (E,)
+            owner = torch.tensor([labels.index(label) for label, _ in drawn],
+                                 device=boxes.device)
+            summed = torch.zeros(len(labels), class_embeds.shape[-1], dtype=torch.float32,
+                                 device=class_embeds.device)
+            summed.index_add_(0, owner, class_embeds[b, patches].float())
+            counts = torch.bincount(owner, minlength=len(labels)).to(summed.dtype)
+            per_image.append((summed / counts[:, None]).to(class_embeds.dtype))
+            names.append(labels)
+        width = max(q.shape[0] for q in per_image)
+        queries = class_embeds.new_zeros(len(per_image), width, class_embeds.shape[-1])
+        mask = torch.zeros(len(per_image), width, dtype=torch.bool, device=queries.device)
+        for b, q in enumerate(per_image):
+            queries[b, :q.shape[0]] = q
+            mask[b, :q.shape[0]] = True
+        return queries, mask, names
+
+    def postprocess(self, raw: dict, images: list[ImageInput]) -> list[dict]:
         """Floor, threshold and NMS (see the class docstring), boxes to original pixels
         (clipped), sorted by score."""
-        scores = torch.sigmoid(raw["logits"].float().max(dim=-1).values)  # (B, P)
+        best_query = raw["logits"].float().max(dim=-1)
+        scores = torch.sigmoid(best_query.values)  # (B, P)
         unit = box_corners(raw["boxes"].float())  # (B, P, 4) in the padded square, unit side
         best = scores.max(dim=1, keepdim=True).values
         floor = (best + EXAMPLE_BEST_EPS) * EXAMPLE_RELATIVE_FLOOR
@@ -536,10 +601,37 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
         keep = torch.zeros_like(candidates)
         keep[rows[kept], cols[kept]] = True
         corners = self._corners(raw["boxes"], images)
-        label_ids = torch.zeros_like(scores, dtype=torch.long)  # one class: the example
-        ranked = self._per_image(ranked_detections(scores, keep, corners, label_ids,
-                                                   [self.label]))
+        # Each image's queries have names of their own: number them across the batch.
+        names = [name for image_names in raw["names"] for name in image_names]
+        offsets = np.cumsum([0] + [len(image_names) for image_names in raw["names"][:-1]])
+        label_ids = best_query.indices + torch.as_tensor(offsets, device=scores.device)[:, None]
+        ranked = self._per_image(ranked_detections(scores, keep, corners, label_ids, names))
         return [{"detections": dets} for dets in ranked]
+
+
+# A drawn box's embedding comes from the patches whose predicted boxes overlap it at least
+# this share of the best overlap (transformers' OWL-ViT embed_image_query uses 0.8 for its
+# whole-image query box); among them, the most object-like (OWLv2's choice).
+EXAMPLE_IOU_SHARE = 0.8
+
+
+def example_patch(boxes: torch.Tensor, targets: torch.Tensor,
+                  objectness: torch.Tensor) -> torch.Tensor:
+    """One image's patch for each drawn box: boxes (P, 4) cxcywh predicted per patch,
+    targets (E, 4) xyxy drawn boxes, both in [0, 1] of the padded square; objectness (P,)
+    logits -> (E,) patch indices. The patch picked for a target has, of the patches whose
+    box's IoU with it is at least EXAMPLE_IOU_SHARE x the best IoU, the highest objectness."""
+    ious = box_iou(targets.float(), box_corners(boxes.float()))  # (E, P)
+    near = ious >= ious.max(dim=1, keepdim=True).values * EXAMPLE_IOU_SHARE
+    return objectness.float()[None, :].masked_fill(~near, float("-inf")).argmax(dim=1)
+
+
+def unit_box(box: tuple[float, float, float, float], width: int,
+             height: int) -> tuple[float, float, float, float]:
+    """x0, y0, x1, y1 in pixels of a width x height image -> in [0, 1] of its padded square
+    (OWLv2 pads to max(width, height), the image at the top left)."""
+    side = float(max(width, height))
+    return tuple(v / side for v in box)
 
 
 def box_corners(boxes: torch.Tensor) -> torch.Tensor:

@@ -106,8 +106,8 @@ class ServedModel(TaskSpec):
         # spec with a placeholder label when none is configured.
         self.check_pairs()
         cls = registry.load_adapter_class(self.task, self.model.family)
-        cls.check_spec(self if self.labels or not self.labels_per_request else
-                       self.model_copy(update={"labels": [PLACEHOLDER_LABEL]}))
+        cls.check_served_spec(self if self.labels or not self.labels_per_request else
+                              self.model_copy(update={"labels": [PLACEHOLDER_LABEL]}))
         return self
 
     @property
@@ -120,10 +120,15 @@ class ServedModel(TaskSpec):
         if self.labels:
             return False
         try:
-            registry.load_adapter_class(self.task, self.model.family).check_spec(self)
+            registry.load_adapter_class(self.task, self.model.family).check_served_spec(self)
         except ValueError:
             return True
         return False
+
+    @property
+    def examples_per_request(self) -> bool:
+        """detect-by-example served without a query_image: requests bring `examples`."""
+        return self.task == "detect-by-example" and not self.query_image
 
     @property
     def video_track(self) -> TrackingSpec | None:

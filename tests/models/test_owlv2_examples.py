@@ -1,0 +1,150 @@
+"""OWLv2 detect-by-example with examples drawn in the image itself (ImageInput.examples):
+against the documented image-guided usage, batch-invariant, and the patch choice."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import Owlv2ForObjectDetection, Owlv2Processor
+
+from labeler.config import TaskSpec
+from labeler.models import owlv2
+from labeler.models.base import Example, ImageInput
+from labeler.models.owlv2 import Owlv2ExampleDetector, example_patch, unit_box
+from labeler.serve.config import ServedModel
+from labeler.testing.samples import synthetic_image
+from test_owlv2_ground_and_example import _assert_same, reference_example
+
+THRESHOLD = 0.3
+SIZES = [(200, 60), (50, 200), (96, 96), (47, 33)]
+
+
+@pytest.fixture(scope="module")
+def query_image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("query") / "red_mug.png"
+    synthetic_image(64, 80, seed=7).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def images():
+    return [np.asarray(synthetic_image(w, h, seed=i)) for i, (w, h) in enumerate(SIZES)]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_owlv2):
+    return (Owlv2Processor.from_pretrained(tiny_owlv2),
+            Owlv2ForObjectDetection.from_pretrained(tiny_owlv2).eval())
+
+
+def _adapter(model_dir, query_image=None, **kw) -> Owlv2ExampleDetector:
+    kw.setdefault("threshold", THRESHOLD)
+    spec = {"task": "detect-by-example", "model": {"family": "owlv2", "source": model_dir},
+            "query_image": str(query_image) if query_image else None, **kw}
+    adapter = Owlv2ExampleDetector(ServedModel.model_validate(spec))
+    adapter.setup(torch.device("cpu"))
+    return adapter
+
+
+def documented_query_box(reference, image: np.ndarray) -> tuple[float, ...]:
+    """The box image_guided_detection queries with when the image is its own query image:
+    its most object-like patch's predicted box (model.embed_image_query), in pixels."""
+    processor, model = reference
+    pil = Image.fromarray(image)
+    pixel_values = processor(images=pil, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        feature_map = model.image_embedder(pixel_values=pixel_values)[0]
+        b, h, w, d = feature_map.shape
+        _, index, boxes = model.embed_image_query(feature_map.reshape(b, h * w, d), feature_map)
+    return tuple((owlv2.box_corners(boxes[0, index[0, 0]]) * max(pil.size)).tolist())
+
+
+def test_an_example_on_the_documented_query_box_finds_what_image_guided_detection_finds(
+        tiny_owlv2, reference, images):
+    """Drawing, on an image, the box image_guided_detection would query with when given the
+    image as its own query image gives that documented usage's detections: the example's
+    patch is the same, and so is everything after it."""
+    adapter = _adapter(tiny_owlv2)
+    inputs = [ImageInput(im, im.shape[1], im.shape[0],
+                         examples=(Example("red_mug", documented_query_box(reference, im)),))
+              for im in images]
+    out = adapter(inputs)
+    for image, result in zip(images, out):
+        ref = reference_example(reference, image, Image.fromarray(image), THRESHOLD, 0.3)
+        assert len(ref) > 0
+        _assert_same(result["detections"], ref)
+
+
+def test_a_batch_mixing_examples_and_the_query_image_equals_each_image_alone(
+        tiny_owlv2, images, query_image):
+    adapter = _adapter(tiny_owlv2, query_image, threshold=0.0)
+    drawn = [
+        (Example("cup", (0, 0, 40, 30)),),
+        (),  # the query image's embedding
+        (Example("cup", (10, 10, 60, 60)), Example("plate", (50, 40, 96, 96)),
+         Example("cup", (0, 50, 30, 90))),
+        (Example("fork", (5, 5, 20, 30)),),
+    ]
+    inputs = [ImageInput(im, im.shape[1], im.shape[0], examples=ex)
+              for im, ex in zip(images, drawn)]
+    together = adapter(inputs)
+    for one, result in zip(inputs, together):
+        (alone,) = adapter([one])
+        assert len(result["detections"]) == len(alone["detections"]) > 0
+        _assert_same(result["detections"], alone["detections"])
+    assert {d["label"] for d in together[1]["detections"]} == {"red_mug"}
+    assert {d["label"] for d in together[2]["detections"]} <= {"cup", "plate"}
+    assert {d["label"] for d in together[0]["detections"]} == {"cup"}
+
+
+def test_a_labels_examples_are_averaged(tiny_owlv2, images):
+    """Two examples of a label make one query, their mean: the same box twice is that box
+    once; two different boxes give one label's boxes, scored unlike either alone."""
+    adapter = _adapter(tiny_owlv2, threshold=0.0)
+    image = images[2]
+    a, b = Example("cup", (10, 10, 60, 60)), Example("cup", (50, 40, 96, 96))
+
+    def run(*examples):
+        return adapter([ImageInput(image, 96, 96, examples=examples)])[0]["detections"]
+
+    assert run(a, a) == run(a)
+    both, alone_a, alone_b = run(a, b), run(a), run(b)
+    assert {d["label"] for d in both} == {"cup"}
+    assert both[0]["score"] not in (alone_a[0]["score"], alone_b[0]["score"])
+
+
+def test_example_patch_takes_the_most_object_like_of_the_boxes_that_fit():
+    # Patch boxes (cx, cy, w, h): 0 fits the target exactly, 1 nearly (IoU 0.81), 2 is
+    # elsewhere, 3 fits less (IoU 0.64).
+    boxes = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.3, 0.3, 0.18, 0.18],
+                          [0.8, 0.8, 0.2, 0.2], [0.3, 0.3, 0.16, 0.16]])
+    target = torch.tensor([[0.2, 0.2, 0.4, 0.4]])
+    assert example_patch(boxes, target, torch.tensor([5.0, 1.0, 9.0, 9.0])).tolist() == [0]
+    assert example_patch(boxes, target, torch.tensor([1.0, 5.0, 9.0, 9.0])).tolist() == [1]
+    # Several targets at once, each its own choice.
+    two = torch.tensor([[0.2, 0.2, 0.4, 0.4], [0.7, 0.7, 0.9, 0.9]])
+    assert example_patch(boxes, two, torch.tensor([5.0, 1.0, 0.0, 9.0])).tolist() == [0, 2]
+
+
+def test_unit_box_is_relative_to_the_padded_square():
+    assert unit_box((10, 20, 110, 40), 200, 50) == (0.05, 0.1, 0.55, 0.2)
+    assert unit_box((0, 0, 50, 200), 50, 200) == (0.0, 0.0, 0.25, 1.0)
+
+
+def test_a_served_model_needs_no_query_image_but_a_job_does(tiny_owlv2, images):
+    spec = {"task": "detect-by-example", "model": {"family": "owlv2", "source": tiny_owlv2}}
+    with pytest.raises(ValueError, match="needs query_image"):
+        TaskSpec.model_validate(spec)
+    served = ServedModel.model_validate(spec)
+    assert served.examples_per_request and not served.labels_per_request
+    adapter = _adapter(tiny_owlv2)
+    image = images[0]
+    with pytest.raises(ValueError, match="no query_image: give each image examples"):
+        adapter([ImageInput(image, image.shape[1], image.shape[0])])
+
+
+def test_examples_are_refused_on_a_tiled_model(tiny_owlv2, query_image, images):
+    adapter = _adapter(tiny_owlv2, query_image, tiles={"grid": [2, 2]})
+    image = images[2]
+    with pytest.raises(ValueError, match="tiled"):
+        adapter([ImageInput(image, 96, 96, examples=(Example("cup", (0, 0, 9, 9)),))])
