@@ -219,7 +219,7 @@ def serve_overrides(args: argparse.Namespace) -> dict:
     """`labeler serve`'s flags, as load_serve_spec's overrides (None: not given)."""
     return {k: getattr(args, k) for k in (
         "host", "port", "task", "family", "model", "revision", "labels", "threshold", "prompt",
-        "queries", "label_thresholds", "templates", "nms", "nms_threshold", "max_detections",
+        "query_image", "queries", "label_thresholds", "templates", "nms", "nms_threshold", "max_detections",
         "tiles", "tile_overlap", "preprocess", "num_gpus", "max_batch_size",
         "batch_wait_timeout_s", "num_replicas", "sample_fps", "every_n_frames", "min_change",
         "clip_seconds", "clip_fps", "track_iou", "track_max_missed", "track_across_labels")}
@@ -342,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
         srv.add_argument(flag, help=f"as for `labeler run` ({flag[2:]} of every served model)")
     srv.add_argument("--labels", type=_labels, help='comma-separated class names: "cat,dog"')
     srv.add_argument("--threshold", type=float, help="default minimum box score")
+    srv.add_argument("--query-image", help="detect-by-example: the example image; without it, "
+                                           "requests bring boxes drawn in the image (examples)")
     _add_box_flags(srv)
     srv.add_argument("--preprocess", choices=["processor", "fast"])
     srv.add_argument("--num-gpus", type=float, help="GPUs per replica; fractions share a GPU")

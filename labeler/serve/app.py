@@ -1,6 +1,9 @@
 """The Ray Serve application: a FastAPI ingress in front of one deployment per model.
 
     POST /v1/detect /v1/ground /v1/caption /v1/ocr /v1/ask   one image, one task -> record
+    POST /v1/detect-by-example                               more objects like the query
+                                                             image, or like boxes drawn in
+                                                             the image (`examples`)
     POST /v1/pseudo-label                                    OWL-ST boxes from a caption
     POST /v1/annotate                                        one image, several tasks -> records
     POST /v1/video                                           one video, one model -> a record
@@ -39,15 +42,17 @@ from labeler import registry
 from labeler.config import (TRACKED_TASKS, ClipSpec, TrackingSpec, decode_side_for_tasks,
                             format_validation_error)
 from labeler.media.image import MediaError, decode_image
+from labeler.models.base import Example
 from labeler.schemas import Record
 from labeler.serve.auth import is_authorized
 from labeler.serve.config import ServedModel, ServeSpec
 from labeler.serve.errors import ApiError
 from labeler.serve.fetch import check_uri, fetch_uri
-from labeler.serve.formats import (cvat_shapes, label_studio_prediction, model_version,
-                                   parse_label_config)
-from labeler.serve.inputs import (AnnotateRequest, ImageRequest, Params, VideoRequest,
-                                  bytes_or_uri, decode_base64, image_bytes_or_uri, parse_request)
+from labeler.serve.formats import (cvat_shapes, drawn_rectangles, label_studio_prediction,
+                                   model_version, parse_label_config, percent_to_pixels)
+from labeler.serve.inputs import (AnnotateRequest, ExampleBox, ImageRequest, Params,
+                                  VideoRequest, bytes_or_uri, check_example_boxes, decode_base64,
+                                  image_bytes_or_uri, parse_request)
 from labeler.serve.limits import RETRY_AFTER_S, call_with_limits, read_body
 from labeler.serve.model import Item, ModelServer
 from labeler.serve.variants import variant_spec
@@ -61,7 +66,8 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 5.0
 # Tasks with an endpoint of their own, /v1/<task>; every served task is reachable through
 # /v1/annotate.
-ENDPOINT_TASKS = ("detect", "ground", "caption", "ocr", "ask", "pseudo-label")
+ENDPOINT_TASKS = ("detect", "ground", "detect-by-example", "caption", "ocr", "ask",
+                  "pseudo-label")
 # Label Studio projects whose labeling config /setup remembers (ingress memory only).
 MAX_PROJECTS = 256
 # The pixels of a video's error row, which reaches the model deployment only for its record.
@@ -195,7 +201,26 @@ class Ingress:
                                 "takes no caption")
         return {"labels": tuple(label.strip() for label in params.labels) if params.labels else None,
                 "threshold": params.threshold, "prompt": params.prompt,
-                "caption": params.caption}
+                "caption": params.caption, "examples": self._examples(served, params)}
+
+    @staticmethod
+    def _examples(served: ServedModel, params: Params) -> tuple[Example, ...]:
+        """The request's drawn boxes, for a model that takes them (422 otherwise); boxes are
+        checked against the image once it is decoded (check_example_boxes)."""
+        name = served.served_name
+        if params.examples is None:
+            if served.examples_per_request:
+                raise ApiError(422, f"examples: model {name!r} has no query_image, so each "
+                                    f"request brings the boxes to find more of: `examples`: "
+                                    f"[{{\"label\": ..., \"box\": [x0, y0, x1, y1]}}]")
+            return ()
+        if served.task != "detect-by-example":
+            raise ApiError(422, f"examples: model {name!r} does task {served.task!r}; boxes to "
+                                f"find more of are for task 'detect-by-example'")
+        if served.tiles is not None:
+            raise ApiError(422, f"examples: model {name!r} is tiled, and examples are drawn "
+                                f"on the whole image")
+        return tuple(Example(ex.label, ex.box) for ex in params.examples)
 
     async def _image(self, data: bytes | None, uri: str | None,
                      served: list[ServedModel]) -> tuple[object, float]:
@@ -215,6 +240,8 @@ class Ingress:
 
     async def _run(self, served: ServedModel, decoded, decode_ms: float, item_id: str,
                    uri: str, params: dict) -> dict:
+        """The record of one decoded image (params: _item_params' of a request whose
+        example boxes were checked against it)."""
         item = Item(id=item_id, uri=uri, pixels=decoded.pixels, width=decoded.width,
                     height=decoded.height, decode_ms=decode_ms, **params)
         return await self._annotate(served, item)
@@ -235,6 +262,7 @@ class Ingress:
         params = self._item_params(served, req)
         data, uri = image_bytes_or_uri(req, upload)
         decoded, decode_ms = await self._image(data, uri, [served])
+        check_example_boxes(params["examples"], decoded.width, decoded.height)
         source = uri or (f"upload:{filename}" if upload is not None else "base64")
         record = await self._run(served, decoded, decode_ms, req.id or uuid.uuid4().hex,
                                  source, params)
@@ -253,6 +281,13 @@ class Ingress:
     async def ground(self, request: Request, format: str = "record"):
         """Boxes for the phrases of `prompt`."""
         return await self._one(request, "ground", format)
+
+    @api.post("/v1/detect-by-example", responses=_RECORD_DOC,
+              openapi_extra=_body_doc(ImageRequest))
+    async def detect_by_example(self, request: Request, format: str = "record"):
+        """Boxes of objects like the served query image, or like the boxes drawn in this
+        image (`examples`: [{"label", "box": [x0, y0, x1, y1]}], a query per label)."""
+        return await self._one(request, "detect-by-example", format)
 
     @api.post("/v1/caption", responses=_RECORD_DOC, openapi_extra=_body_doc(ImageRequest))
     async def caption(self, request: Request, format: str = "record"):
@@ -291,6 +326,8 @@ class Ingress:
                 raise ApiError(err.status, f"tasks.{i}: {err.message}") from None
         data, uri = image_bytes_or_uri(req, upload)
         decoded, decode_ms = await self._image(data, uri, [served for served, _ in plan])
+        for i, (_, params) in enumerate(plan):
+            check_example_boxes(params["examples"], decoded.width, decoded.height, f"tasks.{i}.")
         source = uri or (f"upload:{filename}" if upload is not None else "base64")
         item_id = req.id or uuid.uuid4().hex
         records = await asyncio.gather(*(self._run(served, decoded, decode_ms, item_id, source,
@@ -314,6 +351,9 @@ class Ingress:
             served = self.spec.models[0]  # the one model served need not be named
         else:
             served = self._served_for(req.task, req.model)
+        if req.examples is not None or served.examples_per_request:
+            raise ApiError(422, "examples: boxes drawn on an image are not taken by /v1/video; "
+                                "a detect-by-example model labels a video with its query_image")
         params = self._item_params(served, req)
         track = video_track(served, req.track)
         clip = video_clip(served, req.clip, req.sampling is not None, self.spec.video_clip)
@@ -397,6 +437,7 @@ class Ingress:
             "name": m.served_name, "task": m.task, "family": m.model.family,
             "source": m.model.source, "revision": m.model.revision, "labels": m.labels,
             "labels_per_request": m.labels_per_request,
+            "query_image": m.query_image, "examples_per_request": m.examples_per_request,
             "threshold": m.threshold, "prompt": m.prompt,
             "queries": m.queries, "label_thresholds": m.label_thresholds,
             "templates": m.templates,
@@ -460,7 +501,9 @@ class Ingress:
         """Label Studio asks for predictions: {"tasks": [...], "label_config": "<View>..."}.
         Boxes go to the config's RectangleLabels (its labels become the queries), OCR to
         its Polygon + TextArea; a video's tracks to its VideoRectangle (the Labels on the
-        Video become the queries), frames sampled by the server's video_sampling."""
+        Video become the queries), frames sampled by the server's video_sampling.
+        Interactive pre-annotation (`params.context`: boxes the user drew on the task's
+        image) asks the detect-by-example model for more objects like them."""
         self._authorize(request)
         body = await self._json_object(request)
         tasks = body.get("tasks")
@@ -473,14 +516,20 @@ class Ingress:
             config = parse_label_config(xml)
         except ValueError as err:
             raise ApiError(422, str(err)) from None
-        wanted = ("detect" if config.rectangle or config.video_rectangle else
+        context = (body.get("params") or {}).get("context") if isinstance(
+            body.get("params"), dict) else None
+        drawn = self._ls_drawn(context, config, tasks) if context else None
+        wanted = ("detect-by-example" if drawn else
+                  "detect" if config.rectangle or config.video_rectangle else
                   "ocr" if (config.polygon or config.textarea) else None)
         if model is None and wanted is None:
             raise ApiError(422, "label_config has no RectangleLabels, VideoRectangle, Polygon or "
                                 "TextArea to fill")
         served = self._image_model(self._served_for(wanted if model is None else None, model))
         labels = config.labels if served.task == "detect" and config.labels else None
-        params = self._item_params(served, Params(labels=labels))
+        # Drawn boxes are in percent here; _ls_task makes them pixels of the decoded image.
+        examples = [ExampleBox(label=label, box=box) for label, box in drawn or ()]
+        params = self._item_params(served, Params(labels=labels, examples=examples or None))
         if config.video_rectangle:
             if served.video_track is None:
                 raise ApiError(422, f"model {served.served_name!r} does task {served.task!r}; "
@@ -489,8 +538,24 @@ class Ingress:
             with self._video_slot():  # one slot, the tasks' videos one after the other
                 return {"results": [await self._ls_video_task(served, params, config, i, task)
                                     for i, task in enumerate(tasks)]}
-        answers = (self._ls_task(served, params, config, i, task) for i, task in enumerate(tasks))
+        answers = (self._ls_task(served, params, config, i, task, drawn)
+                   for i, task in enumerate(tasks))
         return {"results": await asyncio.gather(*answers)}
+
+    @staticmethod
+    def _ls_drawn(context, config, tasks: list) -> list[tuple[str, tuple[float, ...]]]:
+        """Interactive pre-annotation: the boxes the user drew on the one task's image
+        (labeler.serve.formats.drawn_rectangles), 422 when they cannot be examples."""
+        if config.rectangle is None:
+            raise ApiError(422, "context: boxes drawn are examples for a RectangleLabels, "
+                                "and label_config has none")
+        if len(tasks) != 1:
+            raise ApiError(422, f"context: regions are drawn on one task's image, and "
+                                f"{len(tasks)} tasks were sent")
+        try:
+            return drawn_rectangles(context, config)
+        except ValueError as err:
+            raise ApiError(422, str(err)) from None
 
     @staticmethod
     def _ls_url(key: str, i: int, task) -> str:
@@ -504,12 +569,20 @@ class Ingress:
                                 f"storage (s3://) or https URLs the server is allowed to fetch")
         return url
 
-    async def _ls_task(self, served: ServedModel, params: dict, config, i: int, task) -> dict:
+    async def _ls_task(self, served: ServedModel, params: dict, config, i: int, task,
+                       drawn: list | None = None) -> dict:
+        """One image task's prediction; drawn: the boxes the user drew on it (percent), the
+        model's examples."""
         url = self._ls_url(config.image_key, i, task)
         if url.startswith("data:"):
             decoded, decode_ms = await self._image(decode_base64(url), None, [served])
         else:
             decoded, decode_ms = await self._image(None, url, [served])
+        if drawn:
+            params = {**params, "examples": tuple(
+                Example(label, percent_to_pixels(box, decoded.width, decoded.height))
+                for label, box in drawn)}
+            check_example_boxes(params["examples"], decoded.width, decoded.height, "context: ")
         record = await self._run(served, decoded, decode_ms, str(task.get("id", i)),
                                  url[:200], params)  # 200 chars: data: URLs can be megabytes
         version = model_version(served.model.family, served.model.source,

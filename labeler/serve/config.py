@@ -145,7 +145,7 @@ class ServedModel(TaskSpec):
         data = self.model_dump(exclude={"serving", "track"})
         if self.labels_per_request:
             data["labels"] = [PLACEHOLDER_LABEL]
-        return TaskSpec.model_validate(data)
+        return TaskSpec.model_validate(data, context={"served": True})
 
 
 class LimitsSpec(_Strict):

@@ -5,6 +5,8 @@ Label Studio ML backend: a prediction per task, `rectanglelabels` in percent of 
 points) plus a `textarea` with the same region id, as Label Studio's OCR template expects.
 Video tasks (a Video tag and a VideoRectangle) get one `videorectangle` region per track
 (labeler.export.label_studio_video), numbered at the frame rate the Video tag plays at.
+Interactive pre-annotation: the rectangles a Label Studio user draws with a smart tool
+(the request's `context`) become detect-by-example examples (drawn_rectangles).
 CVAT (nuclio detector functions): a list of shapes with pixel `points`, `label`, and
 `confidence` as a string, the way CVAT's own detector functions answer.
 """
@@ -134,6 +136,54 @@ def label_studio_prediction(record: dict, config: LabelConfig, model_version: st
     if scores:
         prediction["score"] = sum(scores) / len(scores)
     return prediction
+
+
+# The label of a box drawn with a plain <Rectangle> (it carries none).
+DRAWN_BOX_LABEL = "object"
+
+
+def drawn_rectangles(context, config: LabelConfig) -> list[tuple[str, tuple[float, ...]]]:
+    """Label Studio's interactive pre-annotation `context` (the regions drawn with a smart
+    tool: {"result": [{"type": "rectanglelabels", "value": {"x", "y", "width", "height",
+    "rotation", "rectanglelabels": [label]}}, ...]}) -> (label, (x0, y0, x1, y1) in percent
+    of the image) per rectangle of the config's RectangleLabels. ValueError naming what is
+    wrong: no rectangle among the regions, a rotated one, or one without a label."""
+    results = context.get("result") if isinstance(context, dict) else None
+    if not isinstance(results, list):
+        raise ValueError("context.result: a list of the regions drawn is required")
+    drawn = []
+    for i, region in enumerate(results):
+        value = region.get("value") if isinstance(region, dict) else None
+        if not isinstance(value, dict) or region.get("type") not in _RECTANGLE_TAGS:
+            continue
+        if region.get("from_name", config.rectangle) != config.rectangle:
+            continue  # another control's region
+        try:
+            x, y, w, h = (float(value[key]) for key in ("x", "y", "width", "height"))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"context.result.{i}.value: x, y, width and height (percent of "
+                             f"the image) are required") from None
+        if float(value.get("rotation") or 0) != 0:
+            raise ValueError(f"context.result.{i}: a rotated rectangle cannot be an example; "
+                             f"draw it unrotated")
+        labels = value.get("rectanglelabels")
+        if region["type"] == "rectanglelabels" and not (isinstance(labels, list) and labels):
+            raise ValueError(f"context.result.{i}.value.rectanglelabels: pick the label the "
+                             f"box shows")
+        label = str(labels[0]) if region["type"] == "rectanglelabels" else DRAWN_BOX_LABEL
+        drawn.append((label, (x, y, x + w, y + h)))
+    if not drawn:
+        raise ValueError("context.result: no rectangle drawn; draw a box around an object to "
+                         "find more like it")
+    return drawn
+
+
+def percent_to_pixels(box: tuple[float, ...], width: int, height: int) -> tuple[float, ...]:
+    """(x0, y0, x1, y1) in percent of a width x height image -> pixels, clipped to it (a box
+    dragged to the edge may pass it by rounding)."""
+    x0, y0, x1, y1 = box
+    return (min(max(x0, 0.0), 100.0) * width / 100.0, min(max(y0, 0.0), 100.0) * height / 100.0,
+            min(max(x1, 0.0), 100.0) * width / 100.0, min(max(y1, 0.0), 100.0) * height / 100.0)
 
 
 def cvat_shapes(record: dict) -> list[dict]:

@@ -12,14 +12,27 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from labeler.config import ClipSpec, SamplingSpec, TrackingSpec, format_validation_error
 from labeler.serve.errors import ApiError
 from labeler.serve.limits import read_body
+
+
+class ExampleBox(BaseModel):
+    """A box drawn around an object in the request's image, to find more like it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)] = Field(
+        description="the class the box shows; its boxes' label")
+    box: tuple[float, float, float, float] = Field(
+        description="x0, y0, x1, y1 in pixels of the image (as it is displayed: EXIF "
+                    "orientation applied)")
 
 
 class Params(BaseModel):
@@ -33,6 +46,10 @@ class Params(BaseModel):
     prompt: str | None = Field(None, description="instruction, question or phrases")
     caption: str | None = Field(None, description="the image's caption, whose phrases become "
                                 "the queries (pseudo-label)")
+    examples: list[ExampleBox] | None = Field(
+        None, min_length=1, max_length=64,
+        description="boxes drawn in the image; detect-by-example finds more like them, a "
+                    "query per label (its boxes averaged), instead of the served query image")
 
 
 class ImageRequest(Params):
@@ -73,7 +90,7 @@ class VideoRequest(Params):
 
 
 # Multipart form fields that hold JSON (a list or an object; `track` also true / false).
-_JSON_FORM_FIELDS = ("tasks", "sampling", "clip", "track")
+_JSON_FORM_FIELDS = ("tasks", "sampling", "clip", "track", "examples")
 
 
 def _form_labels(values: list) -> list[str] | None:
@@ -174,3 +191,13 @@ def decode_base64(text: str, field: str = "image") -> bytes:
         return base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
     except (binascii.Error, ValueError) as err:
         raise ApiError(422, f"{field} is not valid base64: {err}") from None
+
+
+def check_example_boxes(examples: tuple, width: int, height: int, where: str = "") -> None:
+    """422 naming the first of `examples` (labeler.models.base.Example) whose box is not a
+    box inside the width x height image: x0 < x1, y0 < y1, all within the image."""
+    for i, example in enumerate(examples):
+        x0, y0, x1, y1 = example.box
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            raise ApiError(422, f"{where}examples.{i}.box: {list(example.box)} is not a box "
+                                f"inside the {width}x{height} image (x0 < x1, y0 < y1, pixels)")

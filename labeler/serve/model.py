@@ -15,6 +15,7 @@ the next batch keeps filling) while a batch is on the device.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import numpy as np
 from ray import serve
 
 from labeler.actors.predictor import build_adapter
-from labeler.models.base import Adapter, ImageInput
+from labeler.models.base import Adapter, Example, ImageInput
 from labeler.serve.config import ServedModel
 from labeler.serve.variants import AdapterVariants
 
@@ -37,7 +38,8 @@ class Item:
     request's prompt or queries, None keeps the spec's; caption: the image's caption
     (pseudo-label builds its queries from it); error: set for an input that did not decode
     (a video's error row): the model is not run, the record carries the error, as a batch
-    job's row does."""
+    job's row does; examples: boxes drawn in the image (detect-by-example), recorded in the
+    record's parameters."""
 
     id: str
     uri: str
@@ -50,6 +52,7 @@ class Item:
     threshold: float | None = None
     caption: str | None = None
     error: str | None = None
+    examples: tuple[Example, ...] = ()
 
 
 class ModelServer:
@@ -100,7 +103,7 @@ class ModelServer:
             return [self._record(adapter, it, {}, it.error, {}) if it.error is not None
                     else next(done) for it in items]
         images = [ImageInput(it.pixels, it.width, it.height, prompt=it.prompt,
-                             caption=it.caption) for it in items]
+                             caption=it.caption, examples=it.examples) for it in items]
         try:
             outputs, timings = adapter.run_timed(images, transformed=False)
             return [self._record(adapter, it, out, None, timings) for it, out in zip(items, outputs)]
@@ -120,12 +123,17 @@ class ModelServer:
                 timings: dict) -> dict:
         """The record a batch job would write for this image (same fields, same values)."""
         spec = adapter.spec
+        parameters = adapter.parameters_json()
+        if item.examples:  # this request's queries: what its boxes answer
+            parameters = json.dumps({**json.loads(parameters), "examples": [
+                {"label": ex.label, "box": list(ex.box)} for ex in item.examples]},
+                sort_keys=True)
         return {
             "id": item.id, "uri": item.uri, "width": item.width or None,
             "height": item.height or None,
             "task": spec.task, "task_name": spec.output_name,
             "model": spec.model.source, "model_family": spec.model.family,
-            "model_revision": adapter.revision, "parameters": adapter.parameters_json(),
+            "model_revision": adapter.revision, "parameters": parameters,
             **result, "error": error,
             "timings": {"decode_ms": item.decode_ms, **timings},
         }

@@ -329,10 +329,14 @@ def test_a_video_request_past_the_limit_gets_503_before_any_work(url, videos):
             return _upload(session, url, "a.mp4", videos["files"]["a_h264.mp4"],
                            model="tracker", sampling={"every_n_frames": 1, "max_frames": 20})
 
-    with ThreadPoolExecutor(2) as pool:
-        # 20 frames take the tiny model a few hundred ms: the second arrives meanwhile.
-        done, refused = sorted(pool.map(send, (0.0, 0.1)), key=lambda r: r.status_code)
-    assert done.status_code == 200, done.text
+    for _ in range(5):
+        with ThreadPoolExecutor(2) as pool:
+            # 20 frames take the tiny model about 100-300 ms: the second arrives meanwhile,
+            # unless the machine was quick enough to finish the first (then try again).
+            done, refused = sorted(pool.map(send, (0.0, 0.03)), key=lambda r: r.status_code)
+        assert done.status_code == 200, done.text
+        if refused.status_code != 200:
+            break
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
     assert "1 video requests are running, this server's limit" in refused.json()["error"]
     assert send(0.0).status_code == 200

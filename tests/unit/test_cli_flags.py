@@ -102,3 +102,14 @@ def test_serve_flags_set_the_defaults_of_video_requests():
         "--sample-fps", "5", "--every-n-frames", "3"])
     with pytest.raises(SpecError, match="video_sampling: .*give one sampling mode"):
         load_serve_spec(None, **serve_overrides(both))
+
+
+def test_serve_flags_serve_detect_by_example_with_or_without_a_query_image(tmp_path):
+    query = tmp_path / "red_mug.png"
+    query.write_bytes(b"png")
+    base = ["serve", "--task", "detect-by-example", "--family", "owlv2", "--model", "m"]
+    (model,) = load_serve_spec(None, **serve_overrides(build_parser().parse_args(
+        [*base, "--query-image", str(query)]))).models
+    assert model.query_image == str(query) and not model.examples_per_request
+    (model,) = load_serve_spec(None, **serve_overrides(build_parser().parse_args(base))).models
+    assert model.query_image is None and model.examples_per_request

@@ -387,3 +387,46 @@ def test_a_video_requests_track_and_clip_options_against_its_model():
                           ((captioner, None, False, None), "give clip.seconds")]:
         with pytest.raises(ApiError, match=message):
             video_clip(*args)
+
+
+# ------------------------------------------------ boxes drawn as examples (detect-by-example)
+
+
+def test_drawn_rectangles_of_a_label_studio_context():
+    from labeler.serve.formats import drawn_rectangles, percent_to_pixels
+
+    config = parse_label_config(
+        '<View><Image name="img" value="$image"/><RectangleLabels name="box" toName="img">'
+        '<Label value="cup"/></RectangleLabels><KeyPointLabels name="kp" toName="img"/></View>')
+    context = {"result": [
+        {"type": "rectanglelabels", "from_name": "box",
+         "value": {"x": 10, "y": 20, "width": 30, "height": 40, "rectanglelabels": ["cup"]}},
+        {"type": "keypointlabels", "from_name": "kp", "value": {"x": 1, "y": 2}},
+        {"type": "rectanglelabels", "from_name": "other", "value": {
+            "x": 0, "y": 0, "width": 5, "height": 5, "rectanglelabels": ["plate"]}},
+        {"type": "rectanglelabels", "value": {"x": 50, "y": 50, "width": 10, "height": 10,
+                                              "rotation": 0, "rectanglelabels": ["plate"]}}]}
+    assert drawn_rectangles(context, config) == [("cup", (10.0, 20.0, 40.0, 60.0)),
+                                                 ("plate", (50.0, 50.0, 60.0, 60.0))]
+    plain = parse_label_config('<View><Image name="img" value="$image"/>'
+                               '<Rectangle name="r" toName="img"/></View>')
+    assert drawn_rectangles({"result": [{"type": "rectangle", "value": {
+        "x": 0, "y": 0, "width": 50, "height": 50}}]}, plain) == [("object", (0.0, 0.0, 50.0, 50.0))]
+    assert percent_to_pixels((10.0, 20.0, 40.0, 100.0001), 200, 100) == (20.0, 20.0, 80.0, 100.0)
+    for bad, message in [(None, "context.result: a list"),
+                         ({"result": [{"type": "rectanglelabels", "value": {"x": 1}}]},
+                          "x, y, width and height"),
+                         ({"result": []}, "no rectangle drawn")]:
+        with pytest.raises(ValueError, match=message):
+            drawn_rectangles(bad, config)
+
+
+def test_example_boxes_must_lie_inside_the_image():
+    from labeler.models.base import Example
+    from labeler.serve.inputs import check_example_boxes
+
+    check_example_boxes((Example("a", (0, 0, 200, 100)), Example("b", (5, 5, 6, 6))), 200, 100)
+    for box in [(0, 0, 201, 100), (-1, 0, 10, 10), (10, 10, 10, 20), (10, 20, 20, 10)]:
+        with pytest.raises(ApiError, match=r"tasks.2.examples.1.box: .* inside the 200x100"):
+            check_example_boxes((Example("a", (0, 0, 1, 1)), Example("b", box)), 200, 100,
+                                "tasks.2.")
