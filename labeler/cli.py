@@ -25,6 +25,17 @@ def _labels(text: str) -> list[str]:
     return [label.strip() for label in text.split(",") if label.strip()]
 
 
+def _box(text: str) -> list[float]:
+    """'x0,y0,x1,y1' -> [x0, y0, x1, y1] (pixels)."""
+    try:
+        box = [float(v) for v in text.split(",")]
+    except ValueError:
+        box = []
+    if len(box) != 4:
+        raise argparse.ArgumentTypeError(f"{text!r}: give X0,Y0,X1,Y1 in pixels, e.g. 40,60,120,150")
+    return box
+
+
 def _label_and_text(text: str) -> tuple[str, str]:
     """"LABEL=TEXT" -> (label, text), both stripped."""
     label, sep, value = text.partition("=")
@@ -100,6 +111,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help="instruction, question or phrases (Florence-2: may start "
                                     "with a task token such as <MORE_DETAILED_CAPTION>)")
     p.add_argument("--query-image", help="example image for detect-by-example")
+    p.add_argument("--query-box", type=_box, metavar="X0,Y0,X1,Y1",
+                   help="detect-by-example: the object to find, a box in pixels of the query "
+                        "image (default: its most object-like box)")
     p.add_argument("--max-new-tokens", type=int, help="generation length limit")
     p.add_argument("--num-beams", type=int, help="beam search width (1: greedy)")
     p.add_argument("--seed", type=int, help="seed for sampling")
@@ -219,10 +233,11 @@ def serve_overrides(args: argparse.Namespace) -> dict:
     """`labeler serve`'s flags, as load_serve_spec's overrides (None: not given)."""
     return {k: getattr(args, k) for k in (
         "host", "port", "task", "family", "model", "revision", "labels", "threshold", "prompt",
-        "query_image", "queries", "label_thresholds", "templates", "nms", "nms_threshold", "max_detections",
-        "tiles", "tile_overlap", "preprocess", "num_gpus", "max_batch_size",
-        "batch_wait_timeout_s", "num_replicas", "sample_fps", "every_n_frames", "min_change",
-        "clip_seconds", "clip_fps", "track_iou", "track_max_missed", "track_across_labels")}
+        "query_image", "query_box", "queries", "label_thresholds", "templates", "nms",
+        "nms_threshold", "max_detections", "tiles", "tile_overlap", "preprocess", "num_gpus",
+        "max_batch_size", "batch_wait_timeout_s", "num_replicas", "sample_fps",
+        "every_n_frames", "min_change", "clip_seconds", "clip_fps", "track_iou",
+        "track_max_missed", "track_across_labels")}
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -344,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--threshold", type=float, help="default minimum box score")
     srv.add_argument("--query-image", help="detect-by-example: the example image; without it, "
                                            "requests bring boxes drawn in the image (examples)")
+    srv.add_argument("--query-box", type=_box, metavar="X0,Y0,X1,Y1",
+                     help="as for `labeler run`")
     _add_box_flags(srv)
     srv.add_argument("--preprocess", choices=["processor", "fast"])
     srv.add_argument("--num-gpus", type=float, help="GPUs per replica; fractions share a GPU")

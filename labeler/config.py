@@ -266,6 +266,10 @@ class TaskSpec(_Strict):
         None, description="instruction, question or phrases; Florence-2: may start with a task "
                           "token such as <MORE_DETAILED_CAPTION>. Default: the adapter's")
     query_image: str | None = Field(None, description="example image for detect-by-example")
+    query_box: tuple[float, float, float, float] | None = Field(
+        None, description="detect-by-example: x0, y0, x1, y1 in pixels of query_image (as "
+                          "displayed) around the object to find; default: the image's most "
+                          "object-like box")
     nms: Literal["none", "per-label", "all"] = Field(
         "none", description="detect, ground, regions: drop a box that overlaps a higher-scored "
                             "one by IoU > nms_threshold, among boxes of its label or among all")
@@ -375,6 +379,13 @@ class TaskSpec(_Strict):
             raise ValueError(f"track applies to tasks {', '.join(TRACKED_TASKS)} (boxes of "
                              f"named objects), not {self.task!r}")
         registry.adapter_path(self.task, self.model.family)  # raises with the valid pairs
+        if self.query_box is not None:
+            if not self.query_image:
+                raise ValueError("query_box is a box in query_image: give the query_image")
+            x0, y0, x1, y1 = self.query_box
+            if not (0 <= x0 < x1 and 0 <= y0 < y1):
+                raise ValueError(f"query_box {list(self.query_box)}: x0 < x1 and y0 < y1, "
+                                 f"pixels from the image's top left")
         if self.task != "pseudo-label" and self.pseudo_label != PseudoLabelSpec():
             raise ValueError("pseudo_label options apply only to task 'pseudo-label'")
 
@@ -579,6 +590,7 @@ TASK_FLAGS = {"task": ("task",), "family": ("model", "family"), "model": ("model
               "queries": ("queries",), "label_thresholds": ("label_thresholds",),
               "templates": ("templates",),
               "prompt": ("prompt",), "query_image": ("query_image",),
+              "query_box": ("query_box",),
               "nms": ("nms",), "nms_threshold": ("nms_threshold",),
               "max_detections": ("max_detections",),
               "max_new_tokens": ("generation", "max_new_tokens"),

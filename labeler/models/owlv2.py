@@ -53,6 +53,9 @@ TEXT_CACHE_SIZE = 4096
 # box scoring under a tenth of the image's best box is dropped whatever the threshold.
 EXAMPLE_RELATIVE_FLOOR = 0.1
 EXAMPLE_BEST_EPS = 1e-6
+# The query image is read whole, as the reference reads it, under the job's default
+# decompression-bomb limit.
+QUERY_MAX_PIXELS = InputSpec.model_fields["max_pixels"].default
 
 
 class _Owlv2Adapter(Adapter):
@@ -488,10 +491,15 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
 
     @classmethod
     def check_served_spec(cls, spec) -> None:
-        """As check_spec, but the query_image may be left out: requests bring examples."""
+        """As check_spec, but the query_image may be left out: requests bring examples. A
+        local query image with a query_box is read to check the box lies inside it (an
+        s3:// one when setup reads it)."""
         if (spec.query_image and not is_s3(spec.query_image)
                 and not os.path.isfile(spec.query_image)):
             raise ValueError(f"query_image {spec.query_image!r} is not a file")
+        if spec.query_box is not None and spec.query_image and not is_s3(spec.query_image):
+            query = decode_image(read_bytes(spec.query_image), QUERY_MAX_PIXELS)
+            check_query_box(spec.query_box, query.width, query.height)
         if spec.prompt:
             raise ValueError("task 'detect-by-example' takes a query_image, not a prompt")
         if spec.labels:
@@ -503,23 +511,36 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
         self.label, self.query_embeds = None, None
         if self.spec.query_image:
             self.label = PurePosixPath(self.spec.query_image).stem
-            # The job's default decompression-bomb limit; full-size decode, as the reference
-            # reads it.
-            limit = InputSpec.model_fields["max_pixels"].default
-            query = decode_image(read_bytes(self.spec.query_image), limit).pixels
-            self.query_embeds = self._embed_query(self._processor_pixels(query))
+            query = decode_image(read_bytes(self.spec.query_image), QUERY_MAX_PIXELS)
+            target = None
+            if self.spec.query_box is not None:
+                check_query_box(self.spec.query_box, query.width, query.height)
+                target = unit_box(self.spec.query_box, query.width, query.height)
+            self.query_embeds = self._embed_query(self._processor_pixels(query.pixels), target)
 
     @torch.inference_mode()
-    def _embed_query(self, query_pixel_values: torch.Tensor) -> torch.Tensor:
+    def _embed_query(self, query_pixel_values: torch.Tensor,
+                     target: tuple[float, ...] | None = None) -> torch.Tensor:
         """query pixel_values (1, 3, S, S) -> class embedding (1, 1, D) of its most object-like
-        box (model.embed_image_query)."""
+        box (model.embed_image_query), or of the patch that fits `target` (x0, y0, x1, y1 in
+        [0, 1] of the padded square; example_patch)."""
         feats, feature_map = self._image_features(query_pixel_values.to(self.device, self.dtype))
-        query_embeds, _, _ = self.model.embed_image_query(feats, feature_map)
-        return query_embeds
+        if target is None:
+            query_embeds, _, _ = self.model.embed_image_query(feats, feature_map)
+            return query_embeds
+        boxes = self.model.box_predictor(feats, feature_map)
+        _, class_embeds = self.model.class_predictor(feats)
+        objectness = self.model.objectness_predictor(feats)
+        patch = example_patch(boxes[0], torch.tensor([target], device=boxes.device),
+                              objectness[0])
+        return class_embeds[:, patch]
 
     def parameters(self) -> dict:
-        return {"threshold": self.spec.threshold, "nms_threshold": self.spec.nms_threshold,
-                "query_image": self.spec.query_image, "preprocess": self.spec.preprocess}
+        found = {"threshold": self.spec.threshold, "nms_threshold": self.spec.nms_threshold,
+                 "query_image": self.spec.query_image, "preprocess": self.spec.preprocess}
+        if self.spec.query_box is not None:  # set only then: older rows read as before
+            found["query_box"] = list(self.spec.query_box)
+        return found
 
     def preprocess(self, images: list[ImageInput], stacked: np.ndarray | None = None) -> dict:
         """Images as cpu_transform left them -> {"pixel_values": (B * T, 3, S, S) on the
@@ -624,6 +645,14 @@ def example_patch(boxes: torch.Tensor, targets: torch.Tensor,
     ious = box_iou(targets.float(), box_corners(boxes.float()))  # (E, P)
     near = ious >= ious.max(dim=1, keepdim=True).values * EXAMPLE_IOU_SHARE
     return objectness.float()[None, :].masked_fill(~near, float("-inf")).argmax(dim=1)
+
+
+def check_query_box(box: tuple[float, ...], width: int, height: int) -> None:
+    """ValueError unless `box` (x0, y0, x1, y1 pixels) lies inside a width x height image."""
+    x0, y0, x1, y1 = box
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise ValueError(f"query_box {list(box)} is not a box inside the {width}x{height} "
+                         f"query image")
 
 
 def unit_box(box: tuple[float, float, float, float], width: int,

@@ -148,3 +148,44 @@ def test_examples_are_refused_on_a_tiled_model(tiny_owlv2, query_image, images):
     image = images[2]
     with pytest.raises(ValueError, match="tiled"):
         adapter([ImageInput(image, 96, 96, examples=(Example("cup", (0, 0, 9, 9)),))])
+
+
+# --------------------------------------------------- query_box: a box in the query image
+
+
+def test_a_query_box_on_the_documented_query_box_equals_image_guided_detection(
+        tiny_owlv2, reference, images, query_image):
+    """A job's query_box picks the query image's patch that fits it: on the box
+    image_guided_detection picks by itself, the documented usage's detections."""
+    query = np.asarray(Image.open(query_image).convert("RGB"))
+    box = documented_query_box(reference, query)
+    inside = (max(box[0], 0), max(box[1], 0), min(box[2], 64), min(box[3], 80))
+    adapter = _adapter(tiny_owlv2, query_image, query_box=inside)
+    assert adapter.parameters()["query_box"] == list(inside)
+    for image, result in zip(images, adapter(_inputs(images))):
+        ref = reference_example(reference, image, Image.open(query_image), THRESHOLD, 0.3)
+        assert len(ref) > 0
+        _assert_same(result["detections"], ref)
+
+
+def test_another_query_box_finds_another_object(tiny_owlv2, images, query_image):
+    whole = _adapter(tiny_owlv2, query_image, threshold=0.0)
+    corner = _adapter(tiny_owlv2, query_image, threshold=0.0, query_box=(0, 0, 12, 12))
+    assert not torch.equal(whole.query_embeds, corner.query_embeds)
+    assert whole(_inputs(images[:1])) != corner(_inputs(images[:1]))
+
+
+def _inputs(images):
+    return [ImageInput(im, im.shape[1], im.shape[0]) for im in images]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"query_image": None}, "query_box is a box in query_image: give the query_image"),
+    ({"query_box": (10, 10, 5, 20)}, r"query_box \[10.0, 10.0, 5.0, 20.0\]: x0 < x1"),
+    ({"query_box": (10, 10, 65, 20)}, "is not a box inside the 64x80 query image"),
+])
+def test_a_bad_query_box_is_refused_with_the_spec(tiny_owlv2, query_image, kwargs, message):
+    spec = {"task": "detect-by-example", "model": {"family": "owlv2", "source": tiny_owlv2},
+            "query_image": str(query_image), "query_box": (1, 1, 9, 9), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        TaskSpec.model_validate(spec)

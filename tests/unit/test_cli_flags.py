@@ -113,3 +113,22 @@ def test_serve_flags_serve_detect_by_example_with_or_without_a_query_image(tmp_p
     assert model.query_image == str(query) and not model.examples_per_request
     (model,) = load_serve_spec(None, **serve_overrides(build_parser().parse_args(base))).models
     assert model.query_image is None and model.examples_per_request
+
+
+def test_query_box_flag(tmp_path, capsys):
+    from labeler.testing.samples import synthetic_image
+
+    query = tmp_path / "mug.png"
+    synthetic_image(64, 48, seed=1).save(query)
+    args = build_parser().parse_args([
+        "run", "--input", str(tmp_path), "--output", str(tmp_path / "out"),
+        "--task", "detect-by-example", "--family", "owlv2", "--model", "m",
+        "--query-image", str(query), "--query-box", "4,5,30.5,40"])
+    (task,) = _spec_from_args(args).tasks
+    assert task.query_box == (4.0, 5.0, 30.5, 40.0)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--query-box", "4,5,30"])
+    assert "'4,5,30': give X0,Y0,X1,Y1 in pixels" in capsys.readouterr().err
+    args.query_box = [4, 5, 70, 40]
+    with pytest.raises(SpecError, match="is not a box inside the 64x48 query image"):
+        _spec_from_args(args)
