@@ -158,3 +158,16 @@ def test_flop_count_is_the_same_for_fused_and_unfused_attention(tiny_owlv2):
         with plain:
             fused.predict(inputs)
     assert plain.get_total_flops() < fused_flops  # the attention the mapping adds is really there
+
+
+def test_the_examples_benchmark_prints_each_mode(capsys, one_torch_thread):
+    """benchmarks/owlv2_examples.py --small: drawn examples against a query image."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import owlv2_examples
+    finally:
+        sys.path.remove(str(ROOT))
+    assert owlv2_examples.main(["--small", "--batch", "2", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    for mode in owlv2_examples.MODES:
+        assert re.search(rf"{mode} +predict +[\d.]+ ms/image", out), mode
