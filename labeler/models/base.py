@@ -20,7 +20,7 @@ import dataclasses
 import json
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -40,14 +40,26 @@ class Example:
 
 
 @dataclass(frozen=True)
+class ExampleImage:
+    """An image that examples are drawn on, other than the image labelled: key identifies
+    its content (embeddings of its boxes are cached by it: a hash of its bytes), pixels
+    (h, w, 3) uint8 RGB as decoded, width/height its full oriented size (the boxes' units)."""
+
+    key: str
+    pixels: np.ndarray = field(repr=False)
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
 class ImageInput:
     """pixels: (h, w, 3) uint8 RGB as decoded (maybe reduced on load), or what the adapter's
     cpu_transform made of it; width/height: the full oriented size that boxes refer to;
     prompt: this row's own prompt or queries (an input column, an HTTP request), which
     replaces the spec's; caption: the row's caption, for tasks that build queries from it
     (pseudo-label); examples: boxes drawn in this image whose objects the task finds
-    (detect-by-example; an HTTP request's `examples`). Clip tasks get pixels (T, h, w, 3): the
-    clip's frames in time order."""
+    (detect-by-example; an HTTP request's `examples`), or drawn on example_image when given.
+    Clip tasks get pixels (T, h, w, 3): the clip's frames in time order."""
 
     pixels: np.ndarray
     width: int
@@ -55,6 +67,7 @@ class ImageInput:
     prompt: str | None = None
     caption: str | None = None
     examples: tuple[Example, ...] = ()
+    example_image: ExampleImage | None = None
 
 
 def pick_device() -> torch.device:

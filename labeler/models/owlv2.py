@@ -38,7 +38,7 @@ from torchvision.ops import batched_nms, box_iou
 
 from labeler.config import InputSpec
 from labeler.media.image import decode_image
-from labeler.models.base import Adapter, ImageInput, resolve_dtype
+from labeler.models.base import Adapter, ExampleImage, ImageInput, resolve_dtype
 from labeler.models.tiling import Window, cut_windows, merge_windows, tile_windows
 from labeler.storage import is_s3, read_bytes, resolve_model_source
 
@@ -56,6 +56,9 @@ EXAMPLE_BEST_EPS = 1e-6
 # The query image is read whole, as the reference reads it, under the job's default
 # decompression-bomb limit.
 QUERY_MAX_PIXELS = InputSpec.model_fields["max_pixels"].default
+# Requests' example images kept embedded per replica: (image, boxes) pairs, a (L, D) tensor
+# each (a few KB); an annotation session reuses one example over many images.
+EXAMPLE_IMAGE_CACHE_SIZE = 256
 
 
 class _Owlv2Adapter(Adapter):
@@ -509,31 +512,57 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
     def setup(self, device: torch.device) -> None:
         super().setup(device)
         self.label, self.query_embeds = None, None
+        # Requests' example images: (image key, drawn boxes) -> (labels, queries (L, D)).
+        self._example_cache: OrderedDict[tuple, tuple[list[str], torch.Tensor]] = OrderedDict()
+        self._example_lock = threading.Lock()  # Serve runs batches in worker threads
         if self.spec.query_image:
             self.label = PurePosixPath(self.spec.query_image).stem
             query = decode_image(read_bytes(self.spec.query_image), QUERY_MAX_PIXELS)
-            target = None
-            if self.spec.query_box is not None:
+            pixel_values = self._processor_pixels(query.pixels)
+            if self.spec.query_box is None:
+                self.query_embeds = self._embed_query(pixel_values)
+            else:
                 check_query_box(self.spec.query_box, query.width, query.height)
                 target = unit_box(self.spec.query_box, query.width, query.height)
-            self.query_embeds = self._embed_query(self._processor_pixels(query.pixels), target)
+                _, embeds = self._embed_drawn(pixel_values, [(self.label, target)])
+                self.query_embeds = embeds[None]  # (1, 1, D)
 
     @torch.inference_mode()
-    def _embed_query(self, query_pixel_values: torch.Tensor,
-                     target: tuple[float, ...] | None = None) -> torch.Tensor:
+    def _embed_query(self, query_pixel_values: torch.Tensor) -> torch.Tensor:
         """query pixel_values (1, 3, S, S) -> class embedding (1, 1, D) of its most object-like
-        box (model.embed_image_query), or of the patch that fits `target` (x0, y0, x1, y1 in
-        [0, 1] of the padded square; example_patch)."""
+        box (model.embed_image_query)."""
         feats, feature_map = self._image_features(query_pixel_values.to(self.device, self.dtype))
-        if target is None:
-            query_embeds, _, _ = self.model.embed_image_query(feats, feature_map)
-            return query_embeds
-        boxes = self.model.box_predictor(feats, feature_map)
-        _, class_embeds = self.model.class_predictor(feats)
-        objectness = self.model.objectness_predictor(feats)
-        patch = example_patch(boxes[0], torch.tensor([target], device=boxes.device),
-                              objectness[0])
-        return class_embeds[:, patch]
+        query_embeds, _, _ = self.model.embed_image_query(feats, feature_map)
+        return query_embeds
+
+    @torch.inference_mode()
+    def _embed_drawn(self, pixel_values: torch.Tensor,
+                     drawn: list[tuple[str, tuple[float, ...]]]) -> tuple[list[str], torch.Tensor]:
+        """One image's pixel_values (1, 3, S, S) and boxes drawn on it (label, x0, y0, x1, y1
+        in [0, 1] of its padded square) -> (labels, queries (L, D)); see label_queries."""
+        feats, feature_map = self._image_features(pixel_values.to(self.device, self.dtype))
+        model = self.model
+        _, class_embeds = model.class_predictor(feats)
+        return label_queries(class_embeds[0], model.box_predictor(feats, feature_map)[0],
+                             model.objectness_predictor(feats)[0], drawn)
+
+    def _example_image_queries(self, image: ExampleImage, drawn: list[tuple[str, tuple]]
+                               ) -> tuple[list[str], torch.Tensor]:
+        """Queries of boxes drawn on another image than the one labelled: one forward pass of
+        it through the checkpoint's processor (as a query image), cached by (image.key,
+        drawn) so that the images a user labels one after the other with the same example
+        pay it once."""
+        key = (image.key, tuple(drawn))
+        with self._example_lock:
+            if key in self._example_cache:
+                self._example_cache.move_to_end(key)
+                return self._example_cache[key]
+        found = self._embed_drawn(self._processor_pixels(image.pixels), drawn)
+        with self._example_lock:
+            self._example_cache[key] = found
+            if len(self._example_cache) > EXAMPLE_IMAGE_CACHE_SIZE:
+                self._example_cache.popitem(last=False)
+        return found
 
     def parameters(self) -> dict:
         found = {"threshold": self.spec.threshold, "nms_threshold": self.spec.nms_threshold,
@@ -545,12 +574,18 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
     def preprocess(self, images: list[ImageInput], stacked: np.ndarray | None = None) -> dict:
         """Images as cpu_transform left them -> {"pixel_values": (B * T, 3, S, S) on the
         device, T model inputs an image (see _pixel_values); "examples": per image, its
-        examples' boxes as (label, (x0, y0, x1, y1) in [0, 1] of its padded square)}."""
-        examples = [[(ex.label, unit_box(ex.box, im.width, im.height)) for ex in im.examples]
-                    for im in images]
+        examples' boxes as (label, (x0, y0, x1, y1) in [0, 1] of the padded square of the
+        image they are drawn on); "example_images": per image, that image when it is not
+        the image itself (ImageInput.example_image), else None}."""
+        examples = []
+        for im in images:
+            drawn_on = im.example_image or im
+            examples.append([(ex.label, unit_box(ex.box, drawn_on.width, drawn_on.height))
+                             for ex in im.examples])
         if self.spec.tiles is not None and any(examples):
             raise ValueError("examples are drawn on the whole image; this model is tiled")
-        return {"pixel_values": self._pixel_values(images, stacked), "examples": examples}
+        return {"pixel_values": self._pixel_values(images, stacked), "examples": examples,
+                "example_images": [im.example_image for im in images]}
 
     @torch.inference_mode()
     def predict(self, inputs: dict) -> dict:
@@ -568,37 +603,35 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
             logits, _ = model.class_predictor(image_feats, queries)
             return {"logits": logits, "boxes": boxes,
                     "names": [[self.label]] * image_feats.shape[0]}
-        queries, mask, names = self._image_queries(image_feats, boxes, examples)
+        queries, mask, names = self._image_queries(image_feats, boxes, examples,
+                                                   inputs["example_images"])
         logits, _ = model.class_predictor(image_feats, queries, mask)
         return {"logits": logits, "boxes": boxes, "names": names}
 
     def _image_queries(self, image_feats: torch.Tensor, boxes: torch.Tensor,
-                       examples: list[list]) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
-        """Per image, its query embeddings: a label's examples averaged (see example_patch),
-        or the query image's. -> queries (B, Q, D), mask (B, Q) (1: a real query), names."""
-        _, class_embeds = self.model.class_predictor(image_feats)  # (B, P, D)
-        objectness = self.model.objectness_predictor(image_feats)  # (B, P)
+                       examples: list[list], example_images: list[ExampleImage | None],
+                       ) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
+        """Per image, its query embeddings: its examples' (label_queries; drawn on itself,
+        from this forward pass, or on an example image), or the query image's. -> queries
+        (B, Q, D), mask (B, Q) (True: a real query), names."""
+        own = [bool(drawn) and example_images[b] is None for b, drawn in enumerate(examples)]
+        if any(own):  # every patch's embedding and objectness, for boxes drawn on the image
+            _, class_embeds = self.model.class_predictor(image_feats)  # (B, P, D)
+            objectness = self.model.objectness_predictor(image_feats)  # (B, P)
         per_image, names = [], []
         for b, drawn in enumerate(examples):
             if not drawn:
                 if self.query_embeds is None:
                     raise ValueError("this model has no query_image: give each image examples")
-                per_image.append(self.query_embeds[0].to(class_embeds.dtype))
-                names.append([self.label])
-                continue
-            labels = list(dict.fromkeys(label for label, _ in drawn))
-            targets = torch.tensor([box for _, box in drawn], device=boxes.device)
-            patches = example_patch(boxes[b], targets, objectness[b])  # (E,)
-            owner = torch.tensor([labels.index(label) for label, _ in drawn],
-                                 device=boxes.device)
-            summed = torch.zeros(len(labels), class_embeds.shape[-1], dtype=torch.float32,
-                                 device=class_embeds.device)
-            summed.index_add_(0, owner, class_embeds[b, patches].float())
-            counts = torch.bincount(owner, minlength=len(labels)).to(summed.dtype)
-            per_image.append((summed / counts[:, None]).to(class_embeds.dtype))
+                labels, embeds = [self.label], self.query_embeds[0]
+            elif own[b]:
+                labels, embeds = label_queries(class_embeds[b], boxes[b], objectness[b], drawn)
+            else:
+                labels, embeds = self._example_image_queries(example_images[b], drawn)
+            per_image.append(embeds.to(image_feats.dtype))
             names.append(labels)
         width = max(q.shape[0] for q in per_image)
-        queries = class_embeds.new_zeros(len(per_image), width, class_embeds.shape[-1])
+        queries = image_feats.new_zeros(len(per_image), width, per_image[0].shape[-1])
         mask = torch.zeros(len(per_image), width, dtype=torch.bool, device=queries.device)
         for b, q in enumerate(per_image):
             queries[b, :q.shape[0]] = q
@@ -634,6 +667,23 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
 # this share of the best overlap (transformers' OWL-ViT embed_image_query uses 0.8 for its
 # whole-image query box); among them, the most object-like (OWLv2's choice).
 EXAMPLE_IOU_SHARE = 0.8
+
+
+def label_queries(class_embeds: torch.Tensor, boxes: torch.Tensor, objectness: torch.Tensor,
+                  drawn: list[tuple[str, tuple[float, ...]]]) -> tuple[list[str], torch.Tensor]:
+    """One image's patches (class_embeds (P, D), boxes (P, 4) cxcywh, objectness (P,)) and
+    boxes drawn on it (label, x0, y0, x1, y1 in [0, 1] of its padded square) -> (labels in
+    order of first appearance, queries (L, D)): each drawn box's patch (example_patch), a
+    label's patches' embeddings averaged (few-shot)."""
+    labels = list(dict.fromkeys(label for label, _ in drawn))
+    targets = torch.tensor([box for _, box in drawn], device=boxes.device)
+    patches = example_patch(boxes, targets, objectness)  # (E,)
+    owner = torch.tensor([labels.index(label) for label, _ in drawn], device=boxes.device)
+    summed = torch.zeros(len(labels), class_embeds.shape[-1], dtype=torch.float32,
+                         device=class_embeds.device)
+    summed.index_add_(0, owner, class_embeds[patches].float())
+    counts = torch.bincount(owner, minlength=len(labels)).to(summed.dtype)
+    return labels, (summed / counts[:, None]).to(class_embeds.dtype)
 
 
 def example_patch(boxes: torch.Tensor, targets: torch.Tensor,

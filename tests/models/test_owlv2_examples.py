@@ -9,7 +9,7 @@ from transformers import Owlv2ForObjectDetection, Owlv2Processor
 
 from labeler.config import TaskSpec
 from labeler.models import owlv2
-from labeler.models.base import Example, ImageInput
+from labeler.models.base import Example, ExampleImage, ImageInput
 from labeler.models.owlv2 import Owlv2ExampleDetector, example_patch, unit_box
 from labeler.serve.config import ServedModel
 from labeler.testing.samples import synthetic_image
@@ -189,3 +189,67 @@ def test_a_bad_query_box_is_refused_with_the_spec(tiny_owlv2, query_image, kwarg
             "query_image": str(query_image), "query_box": (1, 1, 9, 9), **kwargs}
     with pytest.raises(ValueError, match=message):
         TaskSpec.model_validate(spec)
+
+
+# ------------------------------------- examples drawn on another image (an example image)
+
+
+def _example_image(path) -> ExampleImage:
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    return ExampleImage(str(path), pixels, pixels.shape[1], pixels.shape[0])
+
+
+def test_boxes_drawn_on_an_example_image_equal_that_image_as_query_image_with_the_box(
+        tiny_owlv2, images, query_image):
+    """The same object found from either side: a served model given the image and box per
+    request, a job given them as query_image and query_box."""
+    box = (8.0, 10.0, 40.0, 60.0)
+    job = _adapter(tiny_owlv2, query_image, query_box=box, threshold=0.0)
+    served = _adapter(tiny_owlv2, threshold=0.0)
+    drawn = (Example("red_mug", box),)
+    example = _example_image(query_image)
+    want = job(_inputs(images))
+    got = served([ImageInput(im, im.shape[1], im.shape[0], examples=drawn, example_image=example)
+                  for im in images])
+    for a, b in zip(got, want):
+        assert len(a["detections"]) == len(b["detections"]) > 0
+        _assert_same(a["detections"], b["detections"])
+
+
+def test_an_example_image_is_embedded_once_per_set_of_boxes(tiny_owlv2, images, query_image,
+                                                            monkeypatch):
+    adapter = _adapter(tiny_owlv2)
+    calls = []
+    original = adapter._embed_drawn
+    monkeypatch.setattr(adapter, "_embed_drawn",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    example = _example_image(query_image)
+    cup, plate = Example("cup", (0, 0, 30, 30)), Example("plate", (20, 20, 60, 70))
+
+    def run(*drawn):
+        return adapter([ImageInput(im, im.shape[1], im.shape[0], examples=drawn,
+                                   example_image=example) for im in images[:2]])
+
+    first = run(cup)
+    assert run(cup) == first and len(calls) == 1  # two images, two calls: one embedding
+    run(cup, plate)
+    assert len(calls) == 2
+
+
+def test_a_batch_mixing_own_boxes_an_example_image_and_the_query_image(
+        tiny_owlv2, images, query_image):
+    adapter = _adapter(tiny_owlv2, query_image, threshold=0.0)
+    example = _example_image(query_image)
+    inputs = [
+        ImageInput(images[0], 200, 60, examples=(Example("cup", (0, 0, 40, 30)),)),
+        ImageInput(images[1], 50, 200, examples=(Example("plate", (5, 5, 60, 70)),),
+                   example_image=example),
+        ImageInput(images[2], 96, 96),
+    ]
+    together = adapter(inputs)
+    for one, result in zip(inputs, together):
+        (alone,) = adapter([one])
+        assert len(result["detections"]) == len(alone["detections"]) > 0
+        _assert_same(result["detections"], alone["detections"])
+    assert [{d["label"] for d in r["detections"]} for r in together] == [
+        {"cup"}, {"plate"}, {"red_mug"}]
