@@ -24,6 +24,7 @@ batches requests. A video is decoded and linked as a batch video job does it
 # annotations (Request) as objects to tell the request apart from query parameters.
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -42,7 +43,7 @@ from labeler import registry
 from labeler.config import (TRACKED_TASKS, ClipSpec, TrackingSpec, decode_side_for_tasks,
                             format_validation_error)
 from labeler.media.image import MediaError, decode_image
-from labeler.models.base import Example
+from labeler.models.base import Example, ExampleImage
 from labeler.schemas import Record
 from labeler.serve.auth import is_authorized
 from labeler.serve.config import ServedModel, ServeSpec
@@ -238,6 +239,36 @@ class Ingress:
             raise ApiError(422, f"image cannot be used: {err}") from None
         return decoded, (time.perf_counter() - start) * 1000.0
 
+    async def _drawn_on(self, params: dict, request: Params, served: ServedModel, decoded,
+                        where: str = "") -> dict:
+        """`params` with the request's example image (None: examples are drawn on the image
+        itself), its example boxes checked against the image they are drawn on (422)."""
+        example = await self._example_image(request, served, where)
+        size = (example or decoded).width, (example or decoded).height
+        check_example_boxes(params["examples"], *size, where)
+        return {**params, "example_image": example}
+
+    async def _example_image(self, request: Params, served: ServedModel,
+                             where: str) -> ExampleImage | None:
+        """The image a request's examples are drawn on, when it sends one (example_image or
+        example_uri), fetched and decoded as its image is; keyed by a hash of its bytes."""
+        encoded, uri = request.example_image, request.example_uri
+        if encoded is None and uri is None:
+            return None
+        if encoded is not None and uri is not None:
+            raise ApiError(422, f"{where}example_image: give it or example_uri, not both")
+        if request.examples is None:
+            raise ApiError(422, f"{where}example_image: send the `examples` drawn on it")
+        try:
+            data = (decode_base64(encoded, "the file") if encoded is not None else
+                    await asyncio.to_thread(fetch_uri, uri, self.spec.uri,
+                                            self.spec.limits.max_body_bytes))
+            decoded, _ = await self._image(data, None, [served])
+        except ApiError as err:
+            raise ApiError(err.status, f"{where}example_image: {err.message}") from None
+        return ExampleImage(f"sha256:{hashlib.sha256(data).hexdigest()}", decoded.pixels,
+                            decoded.width, decoded.height)
+
     async def _run(self, served: ServedModel, decoded, decode_ms: float, item_id: str,
                    uri: str, params: dict) -> dict:
         """The record of one decoded image (params: _item_params' of a request whose
@@ -262,7 +293,7 @@ class Ingress:
         params = self._item_params(served, req)
         data, uri = image_bytes_or_uri(req, upload)
         decoded, decode_ms = await self._image(data, uri, [served])
-        check_example_boxes(params["examples"], decoded.width, decoded.height)
+        params = await self._drawn_on(params, req, served, decoded)
         source = uri or (f"upload:{filename}" if upload is not None else "base64")
         record = await self._run(served, decoded, decode_ms, req.id or uuid.uuid4().hex,
                                  source, params)
@@ -326,8 +357,8 @@ class Ingress:
                 raise ApiError(err.status, f"tasks.{i}: {err.message}") from None
         data, uri = image_bytes_or_uri(req, upload)
         decoded, decode_ms = await self._image(data, uri, [served for served, _ in plan])
-        for i, (_, params) in enumerate(plan):
-            check_example_boxes(params["examples"], decoded.width, decoded.height, f"tasks.{i}.")
+        plan = [(served, await self._drawn_on(params, entry, served, decoded, f"tasks.{i}."))
+                for i, ((served, params), entry) in enumerate(zip(plan, req.tasks))]
         source = uri or (f"upload:{filename}" if upload is not None else "base64")
         item_id = req.id or uuid.uuid4().hex
         records = await asyncio.gather(*(self._run(served, decoded, decode_ms, item_id, source,
@@ -351,7 +382,8 @@ class Ingress:
             served = self.spec.models[0]  # the one model served need not be named
         else:
             served = self._served_for(req.task, req.model)
-        if req.examples is not None or served.examples_per_request:
+        if (req.examples is not None or req.example_image is not None
+                or req.example_uri is not None or served.examples_per_request):
             raise ApiError(422, "examples: boxes drawn on an image are not taken by /v1/video; "
                                 "a detect-by-example model labels a video with its query_image")
         params = self._item_params(served, req)
@@ -516,8 +548,8 @@ class Ingress:
             config = parse_label_config(xml)
         except ValueError as err:
             raise ApiError(422, str(err)) from None
-        context = (body.get("params") or {}).get("context") if isinstance(
-            body.get("params"), dict) else None
+        ls_params = body.get("params")
+        context = ls_params.get("context") if isinstance(ls_params, dict) else None
         drawn = self._ls_drawn(context, config, tasks) if context else None
         wanted = ("detect-by-example" if drawn else
                   "detect" if config.rectangle or config.video_rectangle else

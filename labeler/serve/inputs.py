@@ -48,8 +48,14 @@ class Params(BaseModel):
                                 "the queries (pseudo-label)")
     examples: list[ExampleBox] | None = Field(
         None, min_length=1, max_length=64,
-        description="boxes drawn in the image; detect-by-example finds more like them, a "
-                    "query per label (its boxes averaged), instead of the served query image")
+        description="boxes drawn in the image (or in example_image); detect-by-example finds "
+                    "more like them, a query per label (its boxes averaged), instead of the "
+                    "served query image")
+    example_image: str | None = Field(
+        None, description="the image `examples` are drawn on, when not the one labelled: its "
+                          "bytes, base64 (or a data: URL; multipart: a file field)")
+    example_uri: str | None = Field(
+        None, description="the image `examples` are drawn on, as an https:// or s3:// URI")
 
 
 class ImageRequest(Params):
@@ -89,6 +95,9 @@ class VideoRequest(Params):
                           "absent: the served model's settings, false: not linked")
 
 
+# Multipart file fields besides the main one: read into the field as base64, the form a JSON
+# body carries them in.
+_EXTRA_FILE_FIELDS = ("example_image",)
 # Multipart form fields that hold JSON (a list or an object; `track` also true / false).
 _JSON_FORM_FIELDS = ("tasks", "sampling", "clip", "track", "examples")
 
@@ -125,6 +134,8 @@ async def parse_request(request: Request, model: type[BaseModel], max_bytes: int
             values = form.getlist(key)
             if key == file_field and isinstance(values[0], UploadFile):
                 upload, filename = await values[0].read(), values[0].filename
+            elif key in _EXTRA_FILE_FIELDS and isinstance(values[0], UploadFile):
+                fields[key] = base64.b64encode(await values[0].read()).decode()
             elif key == "labels":
                 fields["labels"] = _form_labels(values)
             elif key in _JSON_FORM_FIELDS:

@@ -24,7 +24,7 @@ import numpy as np
 from ray import serve
 
 from labeler.actors.predictor import build_adapter
-from labeler.models.base import Adapter, Example, ImageInput
+from labeler.models.base import Adapter, Example, ExampleImage, ImageInput
 from labeler.serve.config import ServedModel
 from labeler.serve.variants import AdapterVariants
 
@@ -38,8 +38,8 @@ class Item:
     request's prompt or queries, None keeps the spec's; caption: the image's caption
     (pseudo-label builds its queries from it); error: set for an input that did not decode
     (a video's error row): the model is not run, the record carries the error, as a batch
-    job's row does; examples: boxes drawn in the image (detect-by-example), recorded in the
-    record's parameters."""
+    job's row does; examples: boxes drawn in the image, or in example_image
+    (detect-by-example), recorded in the record's parameters."""
 
     id: str
     uri: str
@@ -53,6 +53,7 @@ class Item:
     caption: str | None = None
     error: str | None = None
     examples: tuple[Example, ...] = ()
+    example_image: ExampleImage | None = None
 
 
 class ModelServer:
@@ -103,7 +104,8 @@ class ModelServer:
             return [self._record(adapter, it, {}, it.error, {}) if it.error is not None
                     else next(done) for it in items]
         images = [ImageInput(it.pixels, it.width, it.height, prompt=it.prompt,
-                             caption=it.caption, examples=it.examples) for it in items]
+                             caption=it.caption, examples=it.examples,
+                             example_image=it.example_image) for it in items]
         try:
             outputs, timings = adapter.run_timed(images, transformed=False)
             return [self._record(adapter, it, out, None, timings) for it, out in zip(items, outputs)]
@@ -125,9 +127,11 @@ class ModelServer:
         spec = adapter.spec
         parameters = adapter.parameters_json()
         if item.examples:  # this request's queries: what its boxes answer
-            parameters = json.dumps({**json.loads(parameters), "examples": [
-                {"label": ex.label, "box": list(ex.box)} for ex in item.examples]},
-                sort_keys=True)
+            drawn = {"examples": [{"label": ex.label, "box": list(ex.box)}
+                                  for ex in item.examples]}
+            if item.example_image is not None:
+                drawn["example_image"] = item.example_image.key
+            parameters = json.dumps({**json.loads(parameters), **drawn}, sort_keys=True)
         return {
             "id": item.id, "uri": item.uri, "width": item.width or None,
             "height": item.height or None,

@@ -10,6 +10,7 @@ each getting their own boxes.
 """
 
 import base64
+import hashlib
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ import requests
 import torch
 from PIL import Image
 
-from labeler.models.base import Example, ImageInput
+from labeler.models.base import Example, ExampleImage, ImageInput
 from labeler.models.owlv2 import Owlv2ExampleDetector
 from labeler.serve.config import ServedModel, ServeSpec
 from labeler.testing.ports import free_port
@@ -148,6 +149,44 @@ def test_examples_replace_a_served_query_image(url, adapters):
     assert {d["label"] for d in drawn.json()["detections"]} == {"cup"}
 
 
+def _want_drawn_on(adapter, data: bytes, example: bytes, examples: list[dict]) -> list[dict]:
+    """The adapter's detections in `data` for boxes drawn on the image `example`."""
+    pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    drawn_on = np.asarray(Image.open(io.BytesIO(example)).convert("RGB"))
+    image = ExampleImage("k", drawn_on, drawn_on.shape[1], drawn_on.shape[0])
+    drawn = tuple(Example(e["label"], tuple(e["box"])) for e in examples)
+    (out,) = adapter([ImageInput(pixels, pixels.shape[1], pixels.shape[0], examples=drawn,
+                                 example_image=image)])
+    return out["detections"]
+
+
+def test_boxes_drawn_on_another_image_find_the_object_in_this_one(url, adapters):
+    """An annotation session: one example image with a box, then image after image."""
+    example = jpeg_bytes(synthetic_image(200, 150, seed=42))
+    drawn = [{"label": "cup", "box": [120, 40, 190, 140]}]  # outside the 160x120 images
+    for seed in (20, 21):
+        data = _image(seed)
+        response = requests.post(f"{url}/v1/detect-by-example", timeout=60, files={
+            "image": ("x.jpg", data), "example_image": ("ex.jpg", example)},
+            data={"model": "finder", "examples": json.dumps(drawn)})
+        assert response.status_code == 200, response.text
+        want = _want_drawn_on(adapters["finder"], data, example, drawn)
+        assert want
+        _same(response.json()["detections"], want)
+        parameters = json.loads(response.json()["parameters"])
+        assert parameters["examples"] == drawn
+        assert parameters["example_image"] == f"sha256:{hashlib.sha256(example).hexdigest()}"
+    both = requests.post(f"{url}/v1/annotate", timeout=60, json={
+        "image": base64.b64encode(data).decode(), "tasks": [
+            {"model": "finder", "examples": drawn,
+             "example_image": base64.b64encode(example).decode()},
+            {"model": "finder", "examples": CUPS}]})
+    assert both.status_code == 200, both.text
+    other, own = both.json()["records"]
+    _same(other["detections"], want)
+    _same(own["detections"], _want(adapters["finder"], data, CUPS))
+
+
 def test_concurrent_requests_each_get_their_own_examples(url, adapters):
     """16 requests at once, four images with four sets of boxes: batched together, each
     answered with its own boxes' detections."""
@@ -240,6 +279,32 @@ BAD = [
         "image": base64.b64encode(_image(5)).decode(),
         "tasks": [{"model": "detector"}, {"model": "finder", "examples": [
             {"label": "cup", "box": [0, 0, 10, 500]}]}]}), "tasks.1.examples.0.box"),
+    ("an example image without examples", lambda u: requests.post(
+        f"{u}/v1/detect-by-example", files={"image": ("x.jpg", _image(5)),
+                                            "example_image": ("e.jpg", _image(6))},
+        data={"model": "mugs"}, timeout=30),
+     "example_image: send the `examples` drawn on it"),
+    ("an example image and an example uri", lambda u: requests.post(
+        f"{u}/v1/detect-by-example", files={"image": ("x.jpg", _image(5)),
+                                            "example_image": ("e.jpg", _image(6))},
+        data={"examples": json.dumps(CUPS), "example_uri": "https://a/b.jpg"}, timeout=30),
+     "example_image: give it or example_uri, not both"),
+    ("an example image that is not an image", lambda u: requests.post(
+        f"{u}/v1/detect-by-example", files={"image": ("x.jpg", _image(5)),
+                                            "example_image": ("e.jpg", b"not an image")},
+        data={"examples": json.dumps(CUPS)}, timeout=30),
+     "example_image: image cannot be used"),
+    ("a box outside the example image", lambda u: requests.post(
+        f"{u}/v1/detect-by-example", files={"image": ("x.jpg", _image(5)),
+                                            "example_image": ("e.jpg", jpeg_bytes(
+                                                synthetic_image(50, 40, seed=1)))},
+        data={"examples": json.dumps(CUPS)}, timeout=30),
+     "examples.0.box: [10.0, 20.0, 60.0, 70.0] is not a box inside the 50x40 image"),
+    ("an example image in bad base64", lambda u: requests.post(
+        f"{u}/v1/annotate", timeout=30, json={
+            "image": base64.b64encode(_image(5)).decode(),
+            "tasks": [{"model": "finder", "examples": CUPS, "example_image": "%%%"}]}),
+     "tasks.0.example_image: the file is not valid base64"),
     ("examples with a video", lambda u: requests.post(
         f"{u}/v1/video", files={"video": ("v.mp4", b"00")},
         data={"model": "mugs", "examples": json.dumps(CUPS)}, timeout=30),
