@@ -24,6 +24,7 @@ batches requests. A video is decoded and linked as a batch video job does it
 # annotations (Request) as objects to tell the request apart from query parameters.
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -31,6 +32,7 @@ import time
 import uuid
 
 import numpy as np
+import ray
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -242,7 +244,8 @@ class Ingress:
     async def _drawn_on(self, params: dict, request: Params, served: ServedModel, decoded,
                         where: str = "") -> dict:
         """`params` with the request's example image (None: examples are drawn on the image
-        itself), its example boxes checked against the image they are drawn on (422)."""
+        itself, `decoded`), its example boxes checked against the image they are drawn on
+        (422)."""
         example = await self._example_image(request, served, where)
         size = (example or decoded).width, (example or decoded).height
         check_example_boxes(params["examples"], *size, where)
@@ -382,11 +385,20 @@ class Ingress:
             served = self.spec.models[0]  # the one model served need not be named
         else:
             served = self._served_for(req.task, req.model)
-        if (req.examples is not None or req.example_image is not None
-                or req.example_uri is not None or served.examples_per_request):
-            raise ApiError(422, "examples: boxes drawn on an image are not taken by /v1/video; "
-                                "a detect-by-example model labels a video with its query_image")
+        drawn_on_image = req.example_image is not None or req.example_uri is not None
+        if (req.examples is not None or served.examples_per_request) and not drawn_on_image:
+            without = (f" (model {served.served_name!r} has no query_image)"
+                       if served.examples_per_request else "")
+            raise ApiError(422, f"examples: a video's examples are boxes drawn on an image (a "
+                                f"frame of it, say): send it as example_image or example_uri, "
+                                f"with the `examples` drawn on it{without}")
         params = self._item_params(served, req)
+        if drawn_on_image:
+            params = await self._drawn_on(params, req, served, None)
+            # Every frame's request carries the example image: as a reference to one copy in
+            # the object store (the model deployment resolves it), not its pixels each time.
+            example = params["example_image"]
+            params["example_image"] = dataclasses.replace(example, pixels=ray.put(example.pixels))
         track = video_track(served, req.track)
         clip = video_clip(served, req.clip, req.sampling is not None, self.spec.video_clip)
         data, uri = bytes_or_uri(req.video, req.uri, upload, "video")

@@ -15,12 +15,14 @@ the next batch keeps filling) while a batch is on the device.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+import ray
 from ray import serve
 
 from labeler.actors.predictor import build_adapter
@@ -39,7 +41,8 @@ class Item:
     (pseudo-label builds its queries from it); error: set for an input that did not decode
     (a video's error row): the model is not run, the record carries the error, as a batch
     job's row does; examples: boxes drawn in the image, or in example_image
-    (detect-by-example), recorded in the record's parameters."""
+    (detect-by-example), recorded in the record's parameters. A video's frames share one
+    example image: its pixels travel as an object-store reference (see resolved)."""
 
     id: str
     uri: str
@@ -54,6 +57,14 @@ class Item:
     error: str | None = None
     examples: tuple[Example, ...] = ()
     example_image: ExampleImage | None = None
+
+
+def resolved(image: ExampleImage | None) -> ExampleImage | None:
+    """`image` with its pixels in hand: a video request's frames carry a ray.ObjectRef to
+    them (one copy in the object store; getting it maps it, no copy) instead of the array."""
+    if image is None or isinstance(image.pixels, np.ndarray):
+        return image
+    return dataclasses.replace(image, pixels=ray.get(image.pixels))
 
 
 class ModelServer:
@@ -105,7 +116,7 @@ class ModelServer:
                     else next(done) for it in items]
         images = [ImageInput(it.pixels, it.width, it.height, prompt=it.prompt,
                              caption=it.caption, examples=it.examples,
-                             example_image=it.example_image) for it in items]
+                             example_image=resolved(it.example_image)) for it in items]
         try:
             outputs, timings = adapter.run_timed(images, transformed=False)
             return [self._record(adapter, it, out, None, timings) for it, out in zip(items, outputs)]

@@ -14,8 +14,10 @@ import hashlib
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
+import pyarrow.dataset as pads
 import pytest
 import requests
 import torch
@@ -63,8 +65,31 @@ def _model_specs(tiny_owlv2: str, query_image: str) -> dict:
     }
 
 
+QUERY_BOX = [8.0, 10.0, 40.0, 60.0]  # in the 64x80 query image
+
+
 @pytest.fixture(scope="module")
-def url(ray_local, tiny_owlv2, query_image):
+def video_rows(ray_local, tiny_owlv2, query_image, tmp_path_factory) -> tuple[bytes, list]:
+    """A video, and a tracked detect-by-example job's rows for it: query_image and
+    query_box, every 2nd frame (run before Serve takes its CPUs)."""
+    from labeler.cli import main
+    from labeler.testing.videos import encode_video
+
+    folder = tmp_path_factory.mktemp("example_video")
+    path = encode_video(folder / "clip.mp4", "libx264", count=20)
+    out = folder.parent / "example_video_job"
+    assert main(["run", "--input", path, "--media", "video", "--every-n-frames", "2",
+                 "--task", "detect-by-example", "--family", "owlv2", "--model", tiny_owlv2,
+                 "--query-image", query_image, "--query-box", ",".join(map(str, QUERY_BOX)),
+                 "--threshold", str(THRESHOLD), "--track", "--output", str(out),
+                 "--no-progress"]) == 0
+    rows = sorted(pads.dataset(out, format="parquet").to_table().to_pylist(),
+                  key=lambda r: r["frame_index"])
+    return Path(path).read_bytes(), rows
+
+
+@pytest.fixture(scope="module")
+def url(ray_local, tiny_owlv2, query_image, video_rows):
     from ray import serve
 
     from labeler.serve.server import start
@@ -187,6 +212,29 @@ def test_boxes_drawn_on_another_image_find_the_object_in_this_one(url, adapters)
     _same(own["detections"], _want(adapters["finder"], data, CUPS))
 
 
+def test_a_box_drawn_on_an_example_image_tracks_the_object_through_a_video(
+        url, video_rows, query_image):
+    """/v1/video with a box drawn on an image: every frame's boxes for it, linked into
+    tracks, as a tracked job with that image as query_image and the box as query_box."""
+    video, rows = video_rows
+    response = requests.post(f"{url}/v1/video", timeout=120, files={
+        "video": ("clip.mp4", video),
+        "example_image": ("red_mug.png", Path(query_image).read_bytes())}, data={
+        "model": "finder", "examples": json.dumps([{"label": "red_mug", "box": QUERY_BOX}]),
+        "sampling": json.dumps({"every_n_frames": 2})})
+    assert response.status_code == 200, response.text
+    records = response.json()["records"]
+    assert [r["frame_index"] for r in records] == [r["frame_index"] for r in rows] == list(
+        range(0, 20, 2))
+    assert sum(len(r["detections"]) for r in rows) > 0
+    for got, want in zip(records, rows):
+        _same(got["detections"], want["detections"])
+        assert [d["track_id"] for d in got["detections"]] == \
+            [d["track_id"] for d in want["detections"]]
+    assert response.json()["tracks"] == len({d["track_id"] for r in rows
+                                             for d in r["detections"]})
+
+
 def test_concurrent_requests_each_get_their_own_examples(url, adapters):
     """16 requests at once, four images with four sets of boxes: batched together, each
     answered with its own boxes' detections."""
@@ -305,10 +353,13 @@ BAD = [
             "image": base64.b64encode(_image(5)).decode(),
             "tasks": [{"model": "finder", "examples": CUPS, "example_image": "%%%"}]}),
      "tasks.0.example_image: the file is not valid base64"),
-    ("examples with a video", lambda u: requests.post(
+    ("examples with a video but no example image", lambda u: requests.post(
         f"{u}/v1/video", files={"video": ("v.mp4", b"00")},
         data={"model": "mugs", "examples": json.dumps(CUPS)}, timeout=30),
-     "examples: boxes drawn on an image are not taken by /v1/video"),
+     "examples: a video's examples are boxes drawn on an image"),
+    ("a video for a model without a query image, no examples", lambda u: requests.post(
+        f"{u}/v1/video", files={"video": ("v.mp4", b"00")}, data={"model": "finder"},
+        timeout=30), "drawn on it (model 'finder' has no query_image)"),
     ("a rotated box drawn in Label Studio", lambda u: _ls(u, _rect(rotation=30)),
      "context.result.0: a rotated rectangle cannot be an example"),
     ("a box drawn without a label", lambda u: _ls(u, _rect(rectanglelabels=[])),
