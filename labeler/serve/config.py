@@ -16,6 +16,9 @@ replicas or autoscaling, queue length and timeout. GPU and CPU shares come from 
         resources: {num_gpus: 0.5, num_cpus: 1}
         serving: {max_batch_size: 16, batch_wait_timeout_s: 0.01, num_replicas: 2}
         track: {iou: 0.3}  # how its video requests link boxes (default settings if absent)
+      - name: finder       # detect-by-example without a query_image: each request brings
+        task: detect-by-example   # the boxes to find more of (`examples`)
+        model: {family: owlv2, source: google/owlv2-base-patch16-ensemble}
     video_sampling: {fps: 1}  # frames of a video request labeled, unless it says
     video_clip: {seconds: 10, fps: 2}  # clips of a video request to a clip task's model
     limits: {max_body_bytes: 20971520, max_pixels: 50000000, max_video_bytes: 536870912,
@@ -95,7 +98,8 @@ class ServedModel(TaskSpec):
     """A job task (model, labels, threshold, prompt, generation, resources) plus serving.
 
     Unlike a job's task, a detector may be served without labels; every request must then
-    give its own (`labels_per_request`). `track` is how the model's video requests
+    give its own (`labels_per_request`); likewise detect-by-example without a query_image
+    (`examples_per_request`: requests bring boxes drawn on an image). `track` is how the model's video requests
     (/v1/video, Label Studio video tasks) link boxes into tracks; image requests ignore it."""
 
     serving: ServingSpec = ServingSpec()
