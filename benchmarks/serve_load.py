@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -56,9 +57,17 @@ def _check_loopback(url: str) -> None:
         sys.exit(f"refusing to load {url}: only loopback addresses are targets")
 
 
+def post_detect(session: requests.Session, url: str, images: list[bytes],
+                n: int) -> requests.Response:
+    """Request n: images[n] (cycling) uploaded to /v1/detect."""
+    return session.post(f"{url}/v1/detect", timeout=30,
+                        files={"image": (f"{n}.jpg", images[n % len(images)])})
+
+
 def run_level(url: str, images: list[bytes], clients: int, max_requests: int,
-              max_seconds: float) -> dict:
-    """Closed loop: `clients` threads send requests until max_requests or max_seconds."""
+              max_seconds: float, send: Callable = post_detect) -> dict:
+    """Closed loop: `clients` threads send requests (send(session, url, images, n)) until
+    max_requests or max_seconds."""
     latencies: list[float] = []
     failures: dict[int, int] = {}
     lock = threading.Lock()
@@ -74,8 +83,7 @@ def run_level(url: str, images: list[bytes], clients: int, max_requests: int,
                 n = sent[0]
                 sent[0] += 1
             start = time.perf_counter()
-            response = session.post(f"{url}/v1/detect", timeout=30,
-                                    files={"image": (f"{n}.jpg", images[n % len(images)])})
+            response = send(session, url, images, n)
             elapsed = time.perf_counter() - start
             with lock:
                 if response.status_code == 200:
