@@ -546,21 +546,35 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
         return label_queries(class_embeds[0], model.box_predictor(feats, feature_map)[0],
                              model.objectness_predictor(feats)[0], drawn)
 
-    def _example_image_queries(self, image: ExampleImage, drawn: list[tuple[str, tuple]]
-                               ) -> tuple[list[str], torch.Tensor]:
-        """Queries of boxes drawn on another image than the one labelled: one forward pass of
-        it through the checkpoint's processor (as a query image), cached by (image.key,
-        drawn) so that the images a user labels one after the other with the same example
-        pay it once."""
-        key = (image.key, tuple(drawn))
+    def _example_image_queries(self, wanted: dict[tuple, tuple[ExampleImage, list]]
+                               ) -> dict[tuple, tuple[list[str], torch.Tensor]]:
+        """Queries of boxes drawn on other images than the ones labelled: {(image key,
+        drawn): (example image, drawn)} -> {same key: (labels, queries (L, D))}. The ones not
+        cached are prepared as this model prepares the images it labels (model_inputs:
+        spec.preprocess, on the device) and embedded in one forward pass, then cached, so
+        that the images a user labels one after the other with one example pay it once."""
+        found, missing = {}, {}
         with self._example_lock:
-            if key in self._example_cache:
-                self._example_cache.move_to_end(key)
-                return self._example_cache[key]
-        found = self._embed_drawn(self._processor_pixels(image.pixels), drawn)
+            for key, item in wanted.items():
+                if key in self._example_cache:
+                    self._example_cache.move_to_end(key)
+                    found[key] = self._example_cache[key]
+                else:
+                    missing[key] = item
+        if not missing:
+            return found
+        inputs = self.model_inputs([ImageInput(image.pixels, image.width, image.height)
+                                    for image, _ in missing.values()])
+        feats, feature_map = self._image_features(inputs["pixel_values"])
+        _, class_embeds = self.model.class_predictor(feats)
+        boxes = self.model.box_predictor(feats, feature_map)
+        objectness = self.model.objectness_predictor(feats)
+        for i, (key, (_, drawn)) in enumerate(missing.items()):
+            found[key] = label_queries(class_embeds[i], boxes[i], objectness[i], drawn)
         with self._example_lock:
-            self._example_cache[key] = found
-            if len(self._example_cache) > EXAMPLE_IMAGE_CACHE_SIZE:
+            for key in missing:
+                self._example_cache[key] = found[key]
+            while len(self._example_cache) > EXAMPLE_IMAGE_CACHE_SIZE:
                 self._example_cache.popitem(last=False)
         return found
 
@@ -618,6 +632,10 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
         if any(own):  # every patch's embedding and objectness, for boxes drawn on the image
             _, class_embeds = self.model.class_predictor(image_feats)  # (B, P, D)
             objectness = self.model.objectness_predictor(image_feats)  # (B, P)
+        keys = [(example_images[b].key, tuple(drawn)) if drawn and not own[b] else None
+                for b, drawn in enumerate(examples)]
+        drawn_elsewhere = self._example_image_queries({
+            key: (example_images[b], examples[b]) for b, key in enumerate(keys) if key})
         per_image, names = [], []
         for b, drawn in enumerate(examples):
             if not drawn:
@@ -627,7 +645,7 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
             elif own[b]:
                 labels, embeds = label_queries(class_embeds[b], boxes[b], objectness[b], drawn)
             else:
-                labels, embeds = self._example_image_queries(example_images[b], drawn)
+                labels, embeds = drawn_elsewhere[keys[b]]
             per_image.append(embeds.to(image_feats.dtype))
             names.append(labels)
         width = max(q.shape[0] for q in per_image)

@@ -218,22 +218,27 @@ def test_boxes_drawn_on_an_example_image_equal_that_image_as_query_image_with_th
 
 def test_an_example_image_is_embedded_once_per_set_of_boxes(tiny_owlv2, images, query_image,
                                                             monkeypatch):
+    """Forward passes of the vision tower: the batch's, plus one for the example images not
+    yet cached (all of them in one)."""
     adapter = _adapter(tiny_owlv2)
-    calls = []
-    original = adapter._embed_drawn
-    monkeypatch.setattr(adapter, "_embed_drawn",
-                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    passes = []
+    original = adapter.model.image_embedder
+    monkeypatch.setattr(adapter.model, "image_embedder",
+                        lambda *a, **k: passes.append(k["pixel_values"].shape[0])
+                        or original(*a, **k))
     example = _example_image(query_image)
-    cup, plate = Example("cup", (0, 0, 30, 30)), Example("plate", (20, 20, 60, 70))
+    other = ExampleImage("other", images[3], images[3].shape[1], images[3].shape[0])
+    cup, plate = Example("cup", (0, 0, 30, 30)), Example("plate", (20, 20, 40, 30))
 
-    def run(*drawn):
+    def run(*drawn, on=(example, example)):
         return adapter([ImageInput(im, im.shape[1], im.shape[0], examples=drawn,
-                                   example_image=example) for im in images[:2]])
+                                   example_image=image) for im, image in zip(images, on)])
 
     first = run(cup)
-    assert run(cup) == first and len(calls) == 1  # two images, two calls: one embedding
-    run(cup, plate)
-    assert len(calls) == 2
+    assert passes == [2, 1]  # two images drawn on by one example image: embedded once
+    assert run(cup) == first and passes[2:] == [2]  # cached
+    run(cup, plate, on=(example, other))  # new boxes, a new image: both in one pass
+    assert passes[3:] == [2, 2]
 
 
 def test_a_batch_mixing_own_boxes_an_example_image_and_the_query_image(
