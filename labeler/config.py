@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
 
 from labeler import registry
 
@@ -158,6 +158,26 @@ TILED_FAMILY = "owlv2"
 MAX_TILES_PER_SIDE = 8
 
 
+class ExampleSpec(_Strict):
+    """A box drawn around an object in an image, for detect-by-example to find more of:
+    the job's few-shot queries (a label's boxes averaged, across images too)."""
+
+    image: str = Field(min_length=1, description="the image the box is drawn on: a path or "
+                                                 "s3:// URI")
+    box: tuple[float, float, float, float] = Field(
+        description="x0, y0, x1, y1 in pixels of the image as displayed")
+    label: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)] = Field(
+        description="the class the box shows: its detections' label")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ExampleSpec":
+        x0, y0, x1, y1 = self.box
+        if not (0 <= x0 < x1 and 0 <= y0 < y1):
+            raise ValueError(f"box {list(self.box)}: x0 < x1 and y0 < y1, pixels from the "
+                             f"image's top left")
+        return self
+
+
 class TilingSpec(_Strict):
     """Sliced inference (as SAHI does it) for objects too small to see once a large image is
     resized to the model's input (960 px for OWLv2 B/16): each image is also labelled as a
@@ -270,6 +290,9 @@ class TaskSpec(_Strict):
         None, description="detect-by-example: x0, y0, x1, y1 in pixels of query_image (as "
                           "displayed) around the object to find; default: the image's most "
                           "object-like box")
+    examples: list[ExampleSpec] | None = Field(
+        None, min_length=1, description="detect-by-example: boxes drawn on images, each with "
+                                        "its label, instead of a query_image (few-shot)")
     nms: Literal["none", "per-label", "all"] = Field(
         "none", description="detect, ground, regions: drop a box that overlaps a higher-scored "
                             "one by IoU > nms_threshold, among boxes of its label or among all")
@@ -379,6 +402,9 @@ class TaskSpec(_Strict):
             raise ValueError(f"track applies to tasks {', '.join(TRACKED_TASKS)} (boxes of "
                              f"named objects), not {self.task!r}")
         registry.adapter_path(self.task, self.model.family)  # raises with the valid pairs
+        if self.examples is not None and (self.query_image or self.task != "detect-by-example"):
+            raise ValueError("examples are detect-by-example's queries, instead of a "
+                             "query_image: give one or the other")
         if self.query_box is not None:
             if not self.query_image:
                 raise ValueError("query_box is a box in query_image: give the query_image")

@@ -24,7 +24,8 @@ IDENTITY_VERSION = 2
 # of every field that existed then, so the legacy fingerprint leaves these out when they are
 # at their defaults (a job that sets one cannot be an older labeler's job anyway).
 TASK_FIELDS_AFTER_V2 = frozenset({"queries", "label_thresholds", "templates", "nms",
-                                  "max_detections", "tiles", "track", "query_box"})
+                                  "max_detections", "tiles", "track", "query_box",
+                                  "examples"})
 SAMPLING_FIELDS_AFTER_V2 = frozenset({"min_change"})
 
 

@@ -487,9 +487,10 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
 
     @classmethod
     def check_spec(cls, spec) -> None:
-        if not spec.query_image:
+        if not spec.query_image and not spec.examples:
             raise ValueError("task 'detect-by-example' needs query_image: a path or s3:// URI "
-                             "of an image showing the object to find")
+                             "of an image showing the object to find (or examples: boxes "
+                             "drawn on images)")
         cls.check_served_spec(spec)
 
     @classmethod
@@ -503,6 +504,16 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
         if spec.query_box is not None and spec.query_image and not is_s3(spec.query_image):
             query = decode_image(read_bytes(spec.query_image), QUERY_MAX_PIXELS)
             check_query_box(spec.query_box, query.width, query.height)
+        local = {}  # each local example image read once (s3:// ones when setup reads them)
+        for i, example in enumerate(spec.examples or ()):
+            if is_s3(example.image):
+                continue
+            if not os.path.isfile(example.image):
+                raise ValueError(f"examples.{i}.image {example.image!r} is not a file")
+            if example.image not in local:
+                local[example.image] = decode_image(read_bytes(example.image), QUERY_MAX_PIXELS)
+            image = local[example.image]
+            check_query_box(example.box, image.width, image.height, f"examples.{i}.box ")
         if spec.prompt:
             raise ValueError("task 'detect-by-example' takes a query_image, not a prompt")
         if spec.labels:
@@ -511,12 +522,16 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
 
     def setup(self, device: torch.device) -> None:
         super().setup(device)
-        self.label, self.query_embeds = None, None
+        # The spec's queries: labels and embeddings (1, L, D); none when requests bring them.
+        self.query_labels, self.query_embeds = [], None
         # Requests' example images: (image key, drawn boxes) -> (labels, queries (L, D)).
         self._example_cache: OrderedDict[tuple, tuple[list[str], torch.Tensor]] = OrderedDict()
         self._example_lock = threading.Lock()  # Serve runs batches in worker threads
-        if self.spec.query_image:
-            self.label = PurePosixPath(self.spec.query_image).stem
+        if self.spec.examples:
+            self.query_labels, embeds = self._embed_spec_examples(self.spec.examples)
+            self.query_embeds = embeds[None]
+        elif self.spec.query_image:
+            self.query_labels = [PurePosixPath(self.spec.query_image).stem]
             query = decode_image(read_bytes(self.spec.query_image), QUERY_MAX_PIXELS)
             pixel_values = self._processor_pixels(query.pixels)
             if self.spec.query_box is None:
@@ -524,8 +539,32 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
             else:
                 check_query_box(self.spec.query_box, query.width, query.height)
                 target = unit_box(self.spec.query_box, query.width, query.height)
-                _, embeds = self._embed_drawn(pixel_values, [(self.label, target)])
+                _, embeds = self._embed_drawn(pixel_values, [(self.query_labels[0], target)])
                 self.query_embeds = embeds[None]  # (1, 1, D)
+
+    def _embed_spec_examples(self, examples) -> tuple[list[str], torch.Tensor]:
+        """spec.examples (boxes drawn on images, each with its label) -> (labels, queries
+        (L, D)): each image read whole and prepared as a query image (the processor, exact),
+        its boxes' patches found (example_patch), a label's boxes averaged across images."""
+        by_image: dict[str, list] = {}
+        for example in examples:
+            by_image.setdefault(example.image, []).append(example)
+        labels, embeds = [], []
+        for uri, drawn in by_image.items():
+            image = decode_image(read_bytes(uri), QUERY_MAX_PIXELS)
+            for example in drawn:
+                check_query_box(example.box, image.width, image.height, f"examples: {uri}: ")
+            with torch.inference_mode():
+                feats, feature_map = self._image_features(
+                    self._processor_pixels(image.pixels).to(self.device, self.dtype))
+                _, class_embeds = self.model.class_predictor(feats)
+                targets = torch.tensor([unit_box(ex.box, image.width, image.height)
+                                        for ex in drawn], device=self.device)
+                patches = example_patch(self.model.box_predictor(feats, feature_map)[0], targets,
+                                        self.model.objectness_predictor(feats)[0])
+            labels += [ex.label for ex in drawn]
+            embeds.append(class_embeds[0, patches])
+        return mean_by_label(labels, torch.cat(embeds))
 
     @torch.inference_mode()
     def _embed_query(self, query_pixel_values: torch.Tensor) -> torch.Tensor:
@@ -583,6 +622,8 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
                  "query_image": self.spec.query_image, "preprocess": self.spec.preprocess}
         if self.spec.query_box is not None:  # set only then: older rows read as before
             found["query_box"] = list(self.spec.query_box)
+        if self.spec.examples:
+            found["examples"] = [ex.model_dump(mode="json") for ex in self.spec.examples]
         return found
 
     def preprocess(self, images: list[ImageInput], stacked: np.ndarray | None = None) -> dict:
@@ -616,7 +657,7 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
             queries = self.query_embeds.to(image_feats.dtype).expand(image_feats.shape[0], -1, -1)
             logits, _ = model.class_predictor(image_feats, queries)
             return {"logits": logits, "boxes": boxes,
-                    "names": [[self.label]] * image_feats.shape[0]}
+                    "names": [self.query_labels] * image_feats.shape[0]}
         queries, mask, names = self._image_queries(image_feats, boxes, examples,
                                                    inputs["example_images"])
         logits, _ = model.class_predictor(image_feats, queries, mask)
@@ -641,7 +682,7 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
             if not drawn:
                 if self.query_embeds is None:
                     raise ValueError("this model has no query_image: give each image examples")
-                labels, embeds = [self.label], self.query_embeds[0]
+                labels, embeds = self.query_labels, self.query_embeds[0]
             elif own[b]:
                 labels, embeds = label_queries(class_embeds[b], boxes[b], objectness[b], drawn)
             else:
@@ -693,15 +734,21 @@ def label_queries(class_embeds: torch.Tensor, boxes: torch.Tensor, objectness: t
     boxes drawn on it (label, x0, y0, x1, y1 in [0, 1] of its padded square) -> (labels in
     order of first appearance, queries (L, D)): each drawn box's patch (example_patch), a
     label's patches' embeddings averaged (few-shot)."""
-    labels = list(dict.fromkeys(label for label, _ in drawn))
     targets = torch.tensor([box for _, box in drawn], device=boxes.device)
-    patches = example_patch(boxes, targets, objectness)  # (E,)
-    owner = torch.tensor([labels.index(label) for label, _ in drawn], device=boxes.device)
-    summed = torch.zeros(len(labels), class_embeds.shape[-1], dtype=torch.float32,
-                         device=class_embeds.device)
-    summed.index_add_(0, owner, class_embeds[patches].float())
-    counts = torch.bincount(owner, minlength=len(labels)).to(summed.dtype)
-    return labels, (summed / counts[:, None]).to(class_embeds.dtype)
+    embeds = class_embeds[example_patch(boxes, targets, objectness)]  # (E, D)
+    return mean_by_label([label for label, _ in drawn], embeds)
+
+
+def mean_by_label(labels: list[str], embeds: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+    """Embeddings (E, D) of E boxes and each box's label -> (the labels in order of first
+    appearance, each one's mean embedding (L, D), in embeds' dtype)."""
+    names = list(dict.fromkeys(labels))
+    owner = torch.tensor([names.index(label) for label in labels], device=embeds.device)
+    summed = torch.zeros(len(names), embeds.shape[-1], dtype=torch.float32,
+                         device=embeds.device)
+    summed.index_add_(0, owner, embeds.float())
+    counts = torch.bincount(owner, minlength=len(names)).to(summed.dtype)
+    return names, (summed / counts[:, None]).to(embeds.dtype)
 
 
 def example_patch(boxes: torch.Tensor, targets: torch.Tensor,
@@ -715,11 +762,13 @@ def example_patch(boxes: torch.Tensor, targets: torch.Tensor,
     return objectness.float()[None, :].masked_fill(~near, float("-inf")).argmax(dim=1)
 
 
-def check_query_box(box: tuple[float, ...], width: int, height: int) -> None:
-    """ValueError unless `box` (x0, y0, x1, y1 pixels) lies inside a width x height image."""
+def check_query_box(box: tuple[float, ...], width: int, height: int,
+                    where: str = "query_box ") -> None:
+    """ValueError unless `box` (x0, y0, x1, y1 pixels) lies inside a width x height image;
+    where: what the message names."""
     x0, y0, x1, y1 = box
     if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-        raise ValueError(f"query_box {list(box)} is not a box inside the {width}x{height} "
+        raise ValueError(f"{where}{list(box)} is not a box inside the {width}x{height} "
                          f"query image")
 
 

@@ -131,8 +131,9 @@ class ServedModel(TaskSpec):
 
     @property
     def examples_per_request(self) -> bool:
-        """detect-by-example served without a query_image: requests bring `examples`."""
-        return self.task == "detect-by-example" and not self.query_image
+        """detect-by-example served without a query_image or examples: requests bring
+        `examples`."""
+        return self.task == "detect-by-example" and not self.query_image and not self.examples
 
     @property
     def video_track(self) -> TrackingSpec | None:

@@ -258,3 +258,56 @@ def test_a_batch_mixing_own_boxes_an_example_image_and_the_query_image(
         _assert_same(result["detections"], alone["detections"])
     assert [{d["label"] for d in r["detections"]} for r in together] == [
         {"cup"}, {"plate"}, {"red_mug"}]
+
+
+# ------------------------------- a job's examples: boxes drawn on images, with their labels
+
+
+def test_a_jobs_examples_on_one_image_equal_its_query_image_and_box(
+        tiny_owlv2, images, query_image):
+    box = (8.0, 10.0, 40.0, 60.0)
+    by_box = _adapter(tiny_owlv2, query_image, query_box=box, threshold=0.0)
+    by_examples = _adapter(tiny_owlv2, threshold=0.0, examples=[
+        {"image": str(query_image), "box": box, "label": "red_mug"}])
+    assert by_examples.parameters()["examples"] == [
+        {"image": str(query_image), "box": list(box), "label": "red_mug"}]
+    for a, b in zip(by_examples(_inputs(images)), by_box(_inputs(images))):
+        assert len(a["detections"]) == len(b["detections"]) > 0
+        _assert_same(a["detections"], b["detections"])
+
+
+def test_a_jobs_examples_across_images_are_a_query_per_label(tiny_owlv2, images, query_image,
+                                                              tmp_path):
+    other = tmp_path / "kitchen.png"
+    Image.fromarray(images[2]).save(other)
+    cup = {"image": str(query_image), "box": (8, 10, 40, 60), "label": "cup"}
+    cup_too = {"image": str(other), "box": (10, 10, 50, 60), "label": "cup"}
+    plate = {"image": str(other), "box": (40, 40, 90, 90), "label": "plate"}
+    two = _adapter(tiny_owlv2, threshold=0.0, examples=[cup, cup_too, plate])
+    assert two.query_labels == ["cup", "plate"] and two.query_embeds.shape[:2] == (1, 2)
+    # The mean of a label's boxes, across images: the cup query is neither box's alone.
+    alone = _adapter(tiny_owlv2, threshold=0.0, examples=[cup]).query_embeds[0, 0]
+    assert not torch.allclose(two.query_embeds[0, 0], alone)
+    twice = _adapter(tiny_owlv2, threshold=0.0, examples=[cup, cup])
+    torch.testing.assert_close(twice.query_embeds[0, 0], alone)
+    labels = {d["label"] for r in two(_inputs(images)) for d in r["detections"]}
+    assert labels <= {"cup", "plate"} and labels
+
+
+@pytest.mark.parametrize("example, extra, message", [
+    ({}, {"query_image": "Q"}, "examples are detect-by-example's queries, instead of a "
+                               "query_image: give one or the other"),
+    ({"image": "/nonexistent/a.png"}, {}, "examples.0.image '/nonexistent/a.png' is not a file"),
+    ({"box": (10, 10, 70, 20)}, {}, r"examples.0.box \[10.0, 10.0, 70.0, 20.0\] is not a box "
+                                    r"inside the 64x80 query image"),
+    ({"box": (10, 10, 5, 20)}, {}, "x0 < x1 and y0 < y1"),
+    ({"label": " "}, {}, "examples.0.label"),
+])
+def test_bad_job_examples_are_refused_with_the_spec(tiny_owlv2, query_image, example, extra,
+                                                    message):
+    example = {"image": str(query_image), "box": (1, 1, 9, 9), "label": "cup", **example}
+    extra = {k: str(query_image) if v == "Q" else v for k, v in extra.items()}
+    task = {"task": "detect-by-example", "model": {"family": "owlv2", "source": tiny_owlv2},
+            "examples": [example], **extra}
+    with pytest.raises(ValueError, match=message):
+        TaskSpec.model_validate(task)
