@@ -23,17 +23,15 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import IMAGE_SIZE, _check_loopback, run_level  # noqa: E402
+from serve_load import IMAGE_SIZE, WORK, _check_loopback, run_level, tiny_owlv2  # noqa: E402
 
 from labeler.serve.config import ServeSpec  # noqa: E402
-from labeler.testing import build_tiny_model  # noqa: E402
 from labeler.testing.ports import free_port  # noqa: E402
 from labeler.testing.samples import jpeg_bytes, synthetic_image  # noqa: E402
 
@@ -87,11 +85,8 @@ def main() -> int:
 
     from labeler.serve.server import start
 
-    work = Path(tempfile.gettempdir()) / "labeler-serve-bench"
-    model_dir = work / f"owlv2-{args.image_size}"
-    if not (model_dir / "config.json").exists():
-        build_tiny_model("owlv2", model_dir, image_size=args.image_size)
-    query = work / "mug.png"
+    model_dir = tiny_owlv2(args.image_size)
+    query = WORK / "mug.png"
     synthetic_image(120, 100, seed=99).save(query)
     images = [jpeg_bytes(synthetic_image(*IMAGE_SIZE, seed=i)) for i in range(DISTINCT_IMAGES)]
 

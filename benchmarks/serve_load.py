@@ -51,6 +51,18 @@ DISTINCT_IMAGES = 16
 
 
 
+# Where the benchmarks keep their tiny models between runs.
+WORK = Path(tempfile.gettempdir()) / "labeler-serve-bench"
+
+
+def tiny_owlv2(image_size: int) -> Path:
+    """The tiny OWLv2 at `image_size` px input, built once under WORK."""
+    model_dir = WORK / f"owlv2-{image_size}"
+    if not (model_dir / "config.json").exists():
+        build_tiny_model("owlv2", model_dir, image_size=image_size)
+    return model_dir
+
+
 def _check_loopback(url: str) -> None:
     host = url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
     if not ipaddress.ip_address(host).is_loopback:
@@ -125,10 +137,7 @@ def main() -> int:
 
     from labeler.serve.server import start
 
-    work = Path(tempfile.gettempdir()) / "labeler-serve-bench"
-    model_dir = work / f"owlv2-{args.image_size}"
-    if not (model_dir / "config.json").exists():
-        build_tiny_model("owlv2", model_dir, image_size=args.image_size)
+    model_dir = tiny_owlv2(args.image_size)
     images = [jpeg_bytes(synthetic_image(*IMAGE_SIZE, seed=i)) for i in range(DISTINCT_IMAGES)]
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False,
