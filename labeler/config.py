@@ -372,14 +372,10 @@ class TaskSpec(_Strict):
         return thresholds
 
     @model_validator(mode="after")
-    def _pair_and_requirements(self, info: ValidationInfo) -> "TaskSpec":
+    def _pair_and_requirements(self) -> "TaskSpec":
         self.check_pairs()
-        # Each adapter states what it needs (labels, a prompt of a given form, ...); a served
-        # model's spec (validated with context {"served": True}) may leave to requests what
-        # they bring (check_served_spec).
-        cls = registry.load_adapter_class(self.task, self.model.family)
-        served = bool((info.context or {}).get("served"))
-        (cls.check_served_spec if served else cls.check_spec)(self)
+        # Each adapter states what it needs (labels, a prompt of a given form, ...).
+        registry.load_adapter_class(self.task, self.model.family).check_spec(self)
         return self
 
     def check_pairs(self) -> None:

@@ -16,6 +16,7 @@ import pyarrow as pa
 import torch
 
 from labeler.config import TaskSpec
+from labeler.jobs.examples import EXAMPLES_COLUMN, parse_examples
 from labeler.models.base import Adapter, ImageInput, pick_device
 from labeler.registry import load_adapter_class
 from labeler.schemas import RECORD_SCHEMA
@@ -85,13 +86,16 @@ class Predictor:
         good = [i for i in range(n) if errors[i] is None]
         prompts = batch.get("prompt")
         captions = self.captions(batch)
+        examples = self.examples(batch, good, errors)
+        good = [i for i in good if errors[i] is None]
         results: dict[int, dict] = {}
         timings = {"preprocess_ms": None, "predict_ms": None, "postprocess_ms": None}
         if good:
             column = batch[self.input_column]
             images = [ImageInput(column[i], int(batch["width"][i]), int(batch["height"][i]),
                                  prompt=(str(prompts[i]) or None) if prompts is not None else None,
-                                 caption=captions[i] if captions is not None else None)
+                                 caption=captions[i] if captions is not None else None,
+                                 examples=examples.get(i, ()))
                       for i in good]
             # Equal-shaped rows arrive as one (n, ...) array: hand it over without a copy.
             stacked = column if column.dtype != object and len(good) == n else None
@@ -105,7 +109,27 @@ class Predictor:
                         results[i] = self.adapter.run_timed([image])[0][0]
                     except Exception as err:  # noqa: BLE001 - becomes this row's error
                         errors[i] = f"model failed: {type(err).__name__}: {err}"
-        return [self._record(batch, i, results.get(i), errors[i], timings) for i in range(n)]
+        return [self._record(batch, i, results.get(i), errors[i], timings,
+                             examples.get(i)) for i in range(n)]
+
+    def examples(self, batch: dict[str, np.ndarray], rows: list[int],
+                 errors: list[str | None]) -> dict[int, tuple]:
+        """{row: its examples} for a detect-by-example task whose rows bring them (the
+        input's `examples`, labeler.jobs.examples); a row whose examples are not valid
+        for its image gets the reason in errors[row]."""
+        column = batch.get(EXAMPLES_COLUMN)
+        if column is None or self.task.task != "detect-by-example":
+            return {}
+        found = {}
+        for i in rows:
+            if not column[i]:
+                continue
+            try:
+                found[i] = parse_examples(str(column[i]), int(batch["width"][i]),
+                                          int(batch["height"][i]))
+            except ValueError as err:
+                errors[i] = str(err)
+        return found
 
     def captions(self, batch: dict[str, np.ndarray]) -> list[str | None] | None:
         """Each row's caption for pseudo-label: the text of the task named by caption_from
@@ -122,15 +146,21 @@ class Predictor:
         return [str(c) or None for c in column]
 
     def _record(self, batch, i: int, result: dict | None, error: str | None,
-                timings: dict[str, float | None]) -> dict:
+                timings: dict[str, float | None], examples: tuple | None = None) -> dict:
+        """Row i's record; examples: the row's own (its queries), added to its parameters
+        as the online API records a request's."""
         ok = error is None
         spec = self.task
+        parameters = self.parameters
+        if examples:
+            parameters = json.dumps({**json.loads(parameters), "examples": [
+                {"label": ex.label, "box": list(ex.box)} for ex in examples]}, sort_keys=True)
         return {
             "id": str(batch["id"][i]), "uri": str(batch["uri"][i]),
             "width": int(batch["width"][i]) or None, "height": int(batch["height"][i]) or None,
             "task": spec.task, "task_name": spec.output_name,
             "model": spec.model.source, "model_family": spec.model.family,
-            "model_revision": self.adapter.revision, "parameters": self.parameters,
+            "model_revision": self.adapter.revision, "parameters": parameters,
             **(result or {}),
             "error": error,
             "timings": {"decode_ms": float(batch["decode_ms"][i]), **(timings if ok else {})},

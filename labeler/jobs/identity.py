@@ -16,6 +16,7 @@ import hashlib
 import json
 
 from labeler.config import JobSpec
+from labeler.jobs.examples import EXAMPLES_COLUMN, examples_text
 from labeler.sources import InputItem
 
 # Bumped when the identity's layout changes in a way that old outputs cannot match.
@@ -30,8 +31,14 @@ SAMPLING_FIELDS_AFTER_V2 = frozenset({"min_change"})
 
 
 def input_identities(items: list[InputItem]) -> list:
-    """What identifies each input: its id, URI and own prompt."""
-    return [[i.id, i.uri, i.prompt] for i in items]
+    """What identifies each input: its id, URI and own prompt, and its examples when it has
+    them (left out otherwise, so that jobs written before them still resume)."""
+    identities = []
+    for i in items:
+        examples = examples_text(i.metadata.get(EXAMPLES_COLUMN))
+        identity = [i.id, i.uri, i.prompt]
+        identities.append([*identity, examples] if examples else identity)
+    return identities
 
 
 def job_identity(spec: JobSpec, inputs: list) -> dict:

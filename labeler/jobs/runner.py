@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from labeler.config import JobSpec, SpecError, TaskSpec
+from labeler.jobs.examples import EXAMPLES_COLUMN, examples_text
 from labeler.jobs.identity import (fingerprint, input_identities, job_identity,
                                    legacy_fingerprint)
 from labeler.pseudo.report import COLUMNS as REPORT_COLUMNS
@@ -244,6 +245,7 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
         expected[item.shard] = expected.get(item.shard, 0) + 1
     task_names = [t.output_name for t in spec.tasks]
     caption_columns = _caption_columns(spec, plan)
+    with_examples = _example_inputs(spec, items)
     if spec.ray.address is None:
         check_local_capacity(spec, _local_cpus(spec))
     metadata = plan.metadata
@@ -268,6 +270,8 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
         for column, source in caption_columns.items():
             caption = item.metadata.get(source)
             row[column] = "" if caption is None else str(caption)
+        if with_examples:
+            row[EXAMPLES_COLUMN] = examples_text(item.metadata.get(EXAMPLES_COLUMN))
     summary = JobSummary(output=sink.uri, inputs=len(items), media=media, unit=_unit(spec),
                          skipped_inputs=len(items) - len(todo),
                          retried_inputs=sum(len(ids) for ids in retrying.values()),
@@ -428,6 +432,29 @@ def _caption_columns(spec: JobSpec, plan) -> dict[str, str]:
                 f"set use_captions: false to label with the vocabulary alone")
         columns[caption_column(task)] = options.caption_column
     return columns
+
+
+def _example_inputs(spec: JobSpec, items: list) -> bool:
+    """Whether the rows carry their inputs' `examples` (labeler.jobs.examples), which a
+    detect-by-example task reads. SpecError for such a task that has no query of its own
+    (query_image, examples) while some input brings no examples, or that is tiled while
+    some do (examples are drawn on the whole image)."""
+    tasks = [(k, t) for k, t in enumerate(spec.tasks) if t.task == "detect-by-example"]
+    if not tasks:
+        return False
+    brings = [bool(examples_text(i.metadata.get(EXAMPLES_COLUMN))) for i in items]
+    for k, task in tasks:
+        if task.tiles is not None and any(brings):
+            raise SpecError(f"tasks.{k}.tiles: inputs bring examples, boxes drawn on the "
+                            f"whole image, which a tiled task cannot take")
+        if not task.query_image and not task.examples and not all(brings):
+            first = items[brings.index(False)].id
+            raise SpecError(
+                f"tasks.{k}: detect-by-example needs a query: query_image (a path or s3:// URI "
+                f"of an image showing the object), examples (boxes drawn on images), or an "
+                f"`examples` field on every input (a manifest column); {brings.count(False)} "
+                f"inputs have none (first: {first!r})")
+    return any(brings)
 
 
 def _execute(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink, summary: JobSummary,

@@ -154,12 +154,6 @@ class Adapter(ABC):
         """Raise ValueError saying what is wrong with `spec` for this adapter. Called while
         the job spec is validated, before Ray starts; must not load weights."""
 
-    @classmethod
-    def check_served_spec(cls, spec: TaskSpec) -> None:
-        """check_spec for a served model, whose requests may bring what a job's spec must
-        hold (detect-by-example: examples instead of a query_image). Default: check_spec."""
-        cls.check_spec(spec)
-
     def __init__(self, spec: TaskSpec):
         self.spec = spec
         self.device: torch.device | None = None

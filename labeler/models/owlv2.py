@@ -472,7 +472,8 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
     for those instead, from its own forward pass (no second one): each example's embedding is
     the class embedding of the patch whose predicted box matches the drawn box (see
     example_patch), and a label's examples are averaged into one query (few-shot, as in the
-    OWL-ViT paper). A served model may have no query_image; its requests bring examples.
+    OWL-ViT paper). A task may have no query_image: each image then brings its examples
+    (a request's `examples`, an input's `examples` field).
 
     Output per image: {"detections": [{label, score, x0..y1}]}; label: the query image's file
     stem ("s3://bucket/queries/red_mug.jpg" -> "red_mug"), or the example's label. score:
@@ -487,17 +488,10 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
 
     @classmethod
     def check_spec(cls, spec) -> None:
-        if not spec.query_image and not spec.examples:
-            raise ValueError("task 'detect-by-example' needs query_image: a path or s3:// URI "
-                             "of an image showing the object to find (or examples: boxes "
-                             "drawn on images)")
-        cls.check_served_spec(spec)
-
-    @classmethod
-    def check_served_spec(cls, spec) -> None:
-        """As check_spec, but the query_image may be left out: requests bring examples. A
-        local query image with a query_box is read to check the box lies inside it (an
-        s3:// one when setup reads it)."""
+        """The query image or examples given must be usable: files that exist, boxes inside
+        them (local images are read; s3:// ones when setup reads them). Giving none is for
+        the job's plan (every input then brings examples) or the server (every request
+        does) to check."""
         if (spec.query_image and not is_s3(spec.query_image)
                 and not os.path.isfile(spec.query_image)):
             raise ValueError(f"query_image {spec.query_image!r} is not a file")

@@ -110,8 +110,8 @@ class ServedModel(TaskSpec):
         # spec with a placeholder label when none is configured.
         self.check_pairs()
         cls = registry.load_adapter_class(self.task, self.model.family)
-        cls.check_served_spec(self if self.labels or not self.labels_per_request else
-                              self.model_copy(update={"labels": [PLACEHOLDER_LABEL]}))
+        cls.check_spec(self if self.labels or not self.labels_per_request else
+                       self.model_copy(update={"labels": [PLACEHOLDER_LABEL]}))
         return self
 
     @property
@@ -124,7 +124,7 @@ class ServedModel(TaskSpec):
         if self.labels:
             return False
         try:
-            registry.load_adapter_class(self.task, self.model.family).check_served_spec(self)
+            registry.load_adapter_class(self.task, self.model.family).check_spec(self)
         except ValueError:
             return True
         return False
@@ -150,7 +150,7 @@ class ServedModel(TaskSpec):
         data = self.model_dump(exclude={"serving", "track"})
         if self.labels_per_request:
             data["labels"] = [PLACEHOLDER_LABEL]
-        return TaskSpec.model_validate(data, context={"served": True})
+        return TaskSpec.model_validate(data)
 
 
 class LimitsSpec(_Strict):

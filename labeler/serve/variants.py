@@ -40,7 +40,7 @@ def variant_spec(base: TaskSpec, labels: list[str] | None, threshold: float | No
     if labels is not None:
         for key in ("queries", "label_thresholds"):
             data[key] = {label: value for label, value in data[key].items() if label in labels}
-    return TaskSpec.model_validate(data, context={"served": True})
+    return TaskSpec.model_validate(data)
 
 
 class AdapterVariants:

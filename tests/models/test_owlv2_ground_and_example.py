@@ -266,7 +266,6 @@ def test_the_query_image_is_embedded_once(tiny_owlv2, images, query_image, monke
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"query_image": ""}, "needs query_image"),
     ({"query_image": "/nonexistent/mug.png"}, "is not a file"),
     ({"prompt": "a mug"}, "not a prompt"),
     ({"labels": ["mug"]}, "takes no labels"),
