@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from numbers import Real
 
-from labeler.models.base import Example
+from labeler.models.base import Example, box_fits
 
 # The pipeline column and the input field.
 EXAMPLES_COLUMN = "examples"
@@ -56,9 +56,9 @@ def parse_examples(text: str, width: int, height: int) -> tuple[Example, ...]:
         if (not isinstance(box, list) or len(box) != 4
                 or not all(isinstance(v, Real) and not isinstance(v, bool) for v in box)):
             raise ValueError(f"examples.{i}.box: [x0, y0, x1, y1] in pixels is required")
-        x0, y0, x1, y1 = (float(v) for v in box)
-        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        pixels = tuple(float(v) for v in box)
+        if not box_fits(pixels, width, height):
             raise ValueError(f"examples.{i}.box: {box} is not a box inside the "
                              f"{width}x{height} image")
-        examples.append(Example(label.strip(), (x0, y0, x1, y1)))
+        examples.append(Example(label.strip(), pixels))
     return tuple(examples)

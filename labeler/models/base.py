@@ -39,6 +39,12 @@ class Example:
     box: tuple[float, float, float, float]
 
 
+def box_fits(box: tuple[float, ...], width: int, height: int) -> bool:
+    """Whether x0, y0, x1, y1 (pixels) is a box inside a width x height image."""
+    x0, y0, x1, y1 = box
+    return 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+
+
 @dataclass(frozen=True)
 class ExampleImage:
     """An image that examples are drawn on, other than the image labelled: key identifies

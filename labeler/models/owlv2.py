@@ -25,6 +25,7 @@ window of the image and clipped to it, and an image's T lists are merged into on
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import warnings
@@ -36,9 +37,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, box_iou
 
-from labeler.config import InputSpec
+from labeler.config import ExampleSpec, InputSpec
 from labeler.media.image import decode_image
-from labeler.models.base import Adapter, ExampleImage, ImageInput, resolve_dtype
+from labeler.models.base import Adapter, ExampleImage, ImageInput, box_fits, resolve_dtype
 from labeler.models.tiling import Window, cut_windows, merge_windows, tile_windows
 from labeler.storage import is_s3, read_bytes, resolve_model_source
 
@@ -496,18 +497,13 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
                 and not os.path.isfile(spec.query_image)):
             raise ValueError(f"query_image {spec.query_image!r} is not a file")
         if spec.query_box is not None and spec.query_image and not is_s3(spec.query_image):
-            query = decode_image(read_bytes(spec.query_image), QUERY_MAX_PIXELS)
-            check_query_box(spec.query_box, query.width, query.height)
-        local = {}  # each local example image read once (s3:// ones when setup reads them)
+            check_query_box(spec.query_box, *local_image_size(spec.query_image))
         for i, example in enumerate(spec.examples or ()):
             if is_s3(example.image):
                 continue
             if not os.path.isfile(example.image):
                 raise ValueError(f"examples.{i}.image {example.image!r} is not a file")
-            if example.image not in local:
-                local[example.image] = decode_image(read_bytes(example.image), QUERY_MAX_PIXELS)
-            image = local[example.image]
-            check_query_box(example.box, image.width, image.height, f"examples.{i}.box ")
+            check_query_box(example.box, *local_image_size(example.image), f"examples.{i}.box ")
         if spec.prompt:
             raise ValueError("task 'detect-by-example' takes a query_image, not a prompt")
         if spec.labels:
@@ -521,20 +517,17 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
         # Requests' example images: (image key, drawn boxes) -> (labels, queries (L, D)).
         self._example_cache: OrderedDict[tuple, tuple[list[str], torch.Tensor]] = OrderedDict()
         self._example_lock = threading.Lock()  # Serve runs batches in worker threads
-        if self.spec.examples:
-            self.query_labels, embeds = self._embed_spec_examples(self.spec.examples)
+        examples = self.spec.examples
+        if self.spec.query_image and self.spec.query_box is not None:  # a box in it: an example
+            examples = [ExampleSpec(image=self.spec.query_image, box=self.spec.query_box,
+                                    label=PurePosixPath(self.spec.query_image).stem)]
+        if examples:
+            self.query_labels, embeds = self._embed_spec_examples(examples)
             self.query_embeds = embeds[None]
         elif self.spec.query_image:
             self.query_labels = [PurePosixPath(self.spec.query_image).stem]
             query = decode_image(read_bytes(self.spec.query_image), QUERY_MAX_PIXELS)
-            pixel_values = self._processor_pixels(query.pixels)
-            if self.spec.query_box is None:
-                self.query_embeds = self._embed_query(pixel_values)
-            else:
-                check_query_box(self.spec.query_box, query.width, query.height)
-                target = unit_box(self.spec.query_box, query.width, query.height)
-                _, embeds = self._embed_drawn(pixel_values, [(self.query_labels[0], target)])
-                self.query_embeds = embeds[None]  # (1, 1, D)
+            self.query_embeds = self._embed_query(self._processor_pixels(query.pixels))
 
     def _embed_spec_examples(self, examples) -> tuple[list[str], torch.Tensor]:
         """spec.examples (boxes drawn on images, each with its label) -> (labels, queries
@@ -547,18 +540,24 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
         for uri, drawn in by_image.items():
             image = decode_image(read_bytes(uri), QUERY_MAX_PIXELS)
             for example in drawn:
-                check_query_box(example.box, image.width, image.height, f"examples: {uri}: ")
-            with torch.inference_mode():
-                feats, feature_map = self._image_features(
-                    self._processor_pixels(image.pixels).to(self.device, self.dtype))
-                _, class_embeds = self.model.class_predictor(feats)
-                targets = torch.tensor([unit_box(ex.box, image.width, image.height)
-                                        for ex in drawn], device=self.device)
-                patches = example_patch(self.model.box_predictor(feats, feature_map)[0], targets,
-                                        self.model.objectness_predictor(feats)[0])
+                check_query_box(example.box, image.width, image.height, f"{uri}: box ")
+            class_embeds, boxes, objectness = self._patch_heads(
+                self._processor_pixels(image.pixels).to(self.device, self.dtype))
+            targets = torch.tensor([unit_box(ex.box, image.width, image.height)
+                                    for ex in drawn], device=self.device)
             labels += [ex.label for ex in drawn]
-            embeds.append(class_embeds[0, patches])
+            embeds.append(class_embeds[0, example_patch(boxes[0], targets, objectness[0])])
         return mean_by_label(labels, torch.cat(embeds))
+
+    @torch.inference_mode()
+    def _patch_heads(self, pixel_values: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """pixel_values (N, 3, S, S) -> what a drawn box's query is picked from: every
+        patch's class embedding (N, P, D), box (N, P, 4) cxcywh and objectness (N, P)."""
+        feats, feature_map = self._image_features(pixel_values)
+        _, class_embeds = self.model.class_predictor(feats)
+        return (class_embeds, self.model.box_predictor(feats, feature_map),
+                self.model.objectness_predictor(feats))
 
     @torch.inference_mode()
     def _embed_query(self, query_pixel_values: torch.Tensor) -> torch.Tensor:
@@ -567,17 +566,6 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
         feats, feature_map = self._image_features(query_pixel_values.to(self.device, self.dtype))
         query_embeds, _, _ = self.model.embed_image_query(feats, feature_map)
         return query_embeds
-
-    @torch.inference_mode()
-    def _embed_drawn(self, pixel_values: torch.Tensor,
-                     drawn: list[tuple[str, tuple[float, ...]]]) -> tuple[list[str], torch.Tensor]:
-        """One image's pixel_values (1, 3, S, S) and boxes drawn on it (label, x0, y0, x1, y1
-        in [0, 1] of its padded square) -> (labels, queries (L, D)); see label_queries."""
-        feats, feature_map = self._image_features(pixel_values.to(self.device, self.dtype))
-        model = self.model
-        _, class_embeds = model.class_predictor(feats)
-        return label_queries(class_embeds[0], model.box_predictor(feats, feature_map)[0],
-                             model.objectness_predictor(feats)[0], drawn)
 
     def _example_image_queries(self, wanted: dict[tuple, tuple[ExampleImage, list]]
                                ) -> dict[tuple, tuple[list[str], torch.Tensor]]:
@@ -598,10 +586,7 @@ class Owlv2ExampleDetector(_Owlv2Adapter):
             return found
         inputs = self.model_inputs([ImageInput(image.pixels, image.width, image.height)
                                     for image, _ in missing.values()])
-        feats, feature_map = self._image_features(inputs["pixel_values"])
-        _, class_embeds = self.model.class_predictor(feats)
-        boxes = self.model.box_predictor(feats, feature_map)
-        objectness = self.model.objectness_predictor(feats)
+        class_embeds, boxes, objectness = self._patch_heads(inputs["pixel_values"])
         for i, (key, (_, drawn)) in enumerate(missing.items()):
             found[key] = label_queries(class_embeds[i], boxes[i], objectness[i], drawn)
         with self._example_lock:
@@ -760,10 +745,22 @@ def check_query_box(box: tuple[float, ...], width: int, height: int,
                     where: str = "query_box ") -> None:
     """ValueError unless `box` (x0, y0, x1, y1 pixels) lies inside a width x height image;
     where: what the message names."""
-    x0, y0, x1, y1 = box
-    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+    if not box_fits(box, width, height):
         raise ValueError(f"{where}{list(box)} is not a box inside the {width}x{height} "
                          f"query image")
+
+
+@functools.lru_cache(maxsize=256)
+def _image_size(path: str, modified: float) -> tuple[int, int]:
+    image = decode_image(read_bytes(path), QUERY_MAX_PIXELS)
+    return image.width, image.height
+
+
+def local_image_size(path: str) -> tuple[int, int]:
+    """(width, height) of a local image as displayed, decoded once per version of the file:
+    a served model's spec is checked again for every request (variant_spec), which must not
+    decode its query image each time."""
+    return _image_size(path, os.path.getmtime(path))
 
 
 def unit_box(box: tuple[float, float, float, float], width: int,

@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from labeler.config import ClipSpec, SamplingSpec, TrackingSpec, format_validation_error
+from labeler.models.base import box_fits
 from labeler.serve.errors import ApiError
 from labeler.serve.limits import read_body
 
@@ -208,7 +209,6 @@ def check_example_boxes(examples: tuple, width: int, height: int, where: str = "
     """422 naming the first of `examples` (labeler.models.base.Example) whose box is not a
     box inside the width x height image: x0 < x1, y0 < y1, all within the image."""
     for i, example in enumerate(examples):
-        x0, y0, x1, y1 = example.box
-        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        if not box_fits(example.box, width, height):
             raise ApiError(422, f"{where}examples.{i}.box: {list(example.box)} is not a box "
                                 f"inside the {width}x{height} image (x0 < x1, y0 < y1, pixels)")

@@ -312,3 +312,27 @@ def test_bad_job_examples_are_refused_with_the_spec(tiny_owlv2, query_image, exa
             "examples": [example], **extra}
     with pytest.raises(ValueError, match=message):
         TaskSpec.model_validate(task)
+
+
+def test_a_served_spec_check_decodes_its_query_image_once(tiny_owlv2, tmp_path, monkeypatch):
+    """A served model's spec is validated again for every request (variant_spec): the size
+    check of its query_box reads the image once per version of the file, not each time."""
+    import os
+
+    from labeler.serve.variants import variant_spec
+
+    path = tmp_path / "q.png"
+    synthetic_image(64, 80, seed=7).save(path)
+    decoded = []
+    original = owlv2.decode_image
+    monkeypatch.setattr(owlv2, "decode_image", lambda *a: decoded.append(1) or original(*a))
+    served = ServedModel.model_validate({
+        "task": "detect-by-example", "model": {"family": "owlv2", "source": tiny_owlv2},
+        "query_image": str(path), "query_box": (1, 1, 60, 70)})
+    for threshold in (0.1, 0.2, 0.3):
+        variant_spec(served, None, threshold)
+    assert len(decoded) == 1
+    synthetic_image(50, 50, seed=7).save(path)  # a new version, smaller than the box
+    os.utime(path, (1, 1))
+    with pytest.raises(ValueError, match="not a box inside the 50x50 query image"):
+        variant_spec(served, None, 0.4)
