@@ -151,10 +151,7 @@ class Predictor:
         as the online API records a request's."""
         ok = error is None
         spec = self.task
-        parameters = self.parameters
-        if examples:
-            parameters = json.dumps({**json.loads(parameters), "examples": [
-                {"label": ex.label, "box": list(ex.box)} for ex in examples]}, sort_keys=True)
+        parameters = self.adapter.parameters_json(examples) if examples else self.parameters
         return {
             "id": str(batch["id"][i]), "uri": str(batch["uri"][i]),
             "width": int(batch["width"][i]) or None, "height": int(batch["height"][i]) or None,

@@ -222,10 +222,18 @@ class Adapter(ABC):
         return {"threshold": self.spec.threshold, "labels": self.spec.labels,
                 "preprocess": self.spec.preprocess, **ontology_parameters(self.spec)}
 
-    def parameters_json(self) -> str:
+    def parameters_json(self, examples: tuple[Example, ...] = (),
+                        example_image: str | None = None) -> str:
+        """parameters() and the spec's options that shape rows, as a row stores them;
+        examples: an image's own (a request's or an input's), its queries, and
+        example_image: the key of the image they are drawn on, when not the row's."""
         # Set only when a task has them, so rows of jobs without them read as before.
         extras = {name: getattr(self.spec, name).model_dump(mode="json")
                   for name in ("tiles", "track") if getattr(self.spec, name) is not None}
+        if examples:
+            extras["examples"] = [{"label": ex.label, "box": list(ex.box)} for ex in examples]
+        if example_image is not None:
+            extras["example_image"] = example_image
         return json.dumps({**self.parameters(), **box_limit_parameters(self.spec), **extras},
                           sort_keys=True)
 

@@ -99,8 +99,9 @@ class ServedModel(TaskSpec):
 
     Unlike a job's task, a detector may be served without labels; every request must then
     give its own (`labels_per_request`); likewise detect-by-example without a query_image
-    (`examples_per_request`: requests bring boxes drawn on an image). `track` is how the model's video requests
-    (/v1/video, Label Studio video tasks) link boxes into tracks; image requests ignore it."""
+    (`examples_per_request`: requests bring boxes drawn on an image). `track` is how the
+    model's video requests (/v1/video, Label Studio video tasks) link boxes into tracks;
+    image requests ignore it."""
 
     serving: ServingSpec = ServingSpec()
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -136,13 +135,8 @@ class ModelServer:
                 timings: dict) -> dict:
         """The record a batch job would write for this image (same fields, same values)."""
         spec = adapter.spec
-        parameters = adapter.parameters_json()
-        if item.examples:  # this request's queries: what its boxes answer
-            drawn = {"examples": [{"label": ex.label, "box": list(ex.box)}
-                                  for ex in item.examples]}
-            if item.example_image is not None:
-                drawn["example_image"] = item.example_image.key
-            parameters = json.dumps({**json.loads(parameters), **drawn}, sort_keys=True)
+        parameters = adapter.parameters_json(  # with this request's queries, if it drew them
+            item.examples, item.example_image.key if item.example_image is not None else None)
         return {
             "id": item.id, "uri": item.uri, "width": item.width or None,
             "height": item.height or None,
