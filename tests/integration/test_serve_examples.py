@@ -348,6 +348,11 @@ BAD = [
                                                 synthetic_image(50, 40, seed=1)))},
         data={"examples": json.dumps(CUPS)}, timeout=30),
      "examples.0.box: [10.0, 20.0, 60.0, 70.0] is not a box inside the 50x40 image"),
+    ("an empty example image", lambda u: requests.post(
+        f"{u}/v1/detect-by-example", files={"image": ("x.jpg", _image(5)),
+                                            "example_image": ("e.jpg", b"")},
+        data={"examples": json.dumps(CUPS)}, timeout=30),
+     "example_image: image cannot be used: empty file"),
     ("an example image in bad base64", lambda u: requests.post(
         f"{u}/v1/annotate", timeout=30, json={
             "image": base64.b64encode(_image(5)).decode(),
@@ -379,3 +384,11 @@ def test_bad_examples_get_a_422_naming_the_field(url, case, send, message):
     response = send(url)
     assert response.status_code == 422, response.text
     assert message in response.json()["error"]
+
+
+def test_an_example_uri_the_server_may_not_fetch_is_refused_naming_it(url):
+    response = requests.post(f"{url}/v1/detect-by-example", timeout=30, json={
+        "image": base64.b64encode(_image(5)).decode(), "examples": CUPS,
+        "example_uri": "https://169.254.169.254/latest/meta-data/x.jpg"})
+    assert response.status_code == 403, response.text
+    assert response.json()["error"].startswith("example_image: ")
