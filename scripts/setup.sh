@@ -26,3 +26,9 @@ if ! "$VENV/bin/python" -c "import labeler" 2>/dev/null || [ -n "$EXTRAS" ] || [
   $PIP install -e "$target" 2>&1 | grep -v "^WARNING: Location" || true
   touch "$VENV/.labeler-installed"
 fi
+if [[ "$EXTRAS" == *test* ]] && ! "$VENV/bin/python" -c "import importlib.util as u; assert u.find_spec('ensemble_boxes')" 2>/dev/null; then
+  # The tests check labeler's weighted boxes fusion against the authors' implementation.
+  # Only its numpy module is used (loaded from its file); --no-deps keeps out numba, which
+  # its other modules need and which would pin numpy.
+  $PIP install --no-deps "ensemble-boxes==1.0.9" 2>&1 | grep -v "^WARNING: Location" || true
+fi
