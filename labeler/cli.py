@@ -1,4 +1,5 @@
-"""`labeler` command line: run, serve, export, preview, stats, eval, demo, tiny-models."""
+"""`labeler` command line: run, serve, export, track, fuse, preview, stats, eval, demo,
+tiny-models."""
 
 from __future__ import annotations
 
@@ -317,6 +318,40 @@ def cmd_track(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fuse(args: argparse.Namespace) -> int:
+    """Several box tasks of a job fused into one, image by image (docs/fuse.md)."""
+    from labeler.fusion import FuseOptions, run_fuse
+
+    settings = {name: getattr(args, name) for name in (
+        "tasks", "weights", "iou", "min_score", "conf_type", "min_models", "name")
+        if getattr(args, name) is not None}
+    if args.rename:
+        settings["rename"] = dict(args.rename)
+    summary = run_fuse(FuseOptions(output=args.job, out=args.out, settings=settings,
+                                   overwrite=args.overwrite))
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _numbers(text: str) -> list[float]:
+    try:
+        return [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated numbers, e.g. 2,1") from None
+
+
+def _renaming(text: str) -> tuple[str, str]:
+    old, sep, new = text.partition("=")
+    if not sep or not old.strip() or not new.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: a task's label, '=', the label to fuse it "
+                                         f"as, e.g. 'a person=person'")
+    return old.strip(), new.strip()
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     """The figures of a job's output per task: rows, errors, boxes per label (docs/stats.md)."""
     from labeler.stats import StatsOptions, run_stats
@@ -436,6 +471,31 @@ def build_parser() -> argparse.ArgumentParser:
     trk.add_argument("--per-label", dest="across_labels", action="store_false",
                      help="link boxes of one label only (the default)")
     trk.set_defaults(func=cmd_track)
+
+    fuse = sub.add_parser("fuse", help="fuse the boxes of several tasks of a job into one "
+                                       "(weighted boxes fusion), without labeling again")
+    fuse.add_argument("job", help="the job's output folder or s3:// prefix")
+    fuse.add_argument("--tasks", type=_names, required=True,
+                      help="the task folders to fuse, comma-separated: --tasks owlv2,florence2")
+    fuse.add_argument("--out", required=True,
+                      help="where the fused task goes (empty): <out>/<name>/part-NNNNN.parquet")
+    fuse.add_argument("--name", help="the fused task's folder and task_name (fused)")
+    fuse.add_argument("--weights", type=_numbers,
+                      help="a weight per task, comma-separated, in the order of --tasks (1 each)")
+    fuse.add_argument("--iou", type=float,
+                      help="a box joins a cluster whose fused box it overlaps by more (0.55)")
+    fuse.add_argument("--min-score", type=float,
+                      help="a task's boxes under this score are dropped before fusing (0)")
+    fuse.add_argument("--conf-type", choices=["avg", "max"],
+                      help="a fused box's score: its boxes' mean weighted score, scaled by the "
+                           "share of tasks that found it (avg, the default), or their best")
+    fuse.add_argument("--min-models", type=int,
+                      help="keep a fused box only when this many tasks found it (1)")
+    fuse.add_argument("--rename", type=_renaming, action="append", metavar="LABEL=AS",
+                      help="fuse a task's label as another (repeatable): "
+                           "--rename 'a person=person'")
+    fuse.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    fuse.set_defaults(func=cmd_fuse)
 
     pre = sub.add_parser("preview", help="draw a sample of a job's output on a static HTML page")
     pre.add_argument("output", help="the job's output folder or s3:// prefix")

@@ -1,0 +1,310 @@
+"""`labeler fuse`: the boxes of several tasks of one job (say OWLv2 and Florence-2 over the
+same images), fused image by image into one task (weighted boxes fusion, labeler.fusion.wbf),
+written as a job output that export, eval, stats and preview read like any other.
+
+    1. the job output and its task folders (labeler.export.rows.JobOutput); each task named
+       must hold boxes of one image or frame per row (FUSED_KINDS), the settings are checked
+       (FuseSettings), and every task must hold the same part files with the same rows
+       (id, and a video row's frame or clip): anything else is refused before a file is
+       written, naming the task, part and row
+    2. part by part, the tasks' rows of an input are fused into one row: the first task's
+       row with the fused boxes, task `detect` (or the tasks' kind when they share one),
+       task_name --name, model_family "fuse", model the task names joined by '+', and
+       `parameters` holding the fusion settings and each task's own parameters; a row whose
+       input failed in any task is an error row naming the task and its error
+    3. `<out>/<name>/part-NNNNN.parquet` (each staged and renamed, as a job's), and, when the
+       job had finished, `<out>/_SUCCESS` with the settings and the counts, written last
+
+Fusion reads the job output and writes a new one: trying other weights or thresholds
+(`labeler eval` after each) costs a read of the tasks, not a GPU job.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field, ValidationError, model_validator
+
+from labeler.config import SpecError, _Strict, format_validation_error
+from labeler.export.rows import JobOutput, TaskFolder
+from labeler.export.target import Target
+from labeler.fusion.wbf import ConfType, FusionCount, FusionRule, fuse_boxes
+from labeler.schemas.record import RECORD_SCHEMA
+from labeler.storage import storage_error
+
+SUCCESS = "_SUCCESS"
+# Task kinds whose rows each hold one image's (or frame's) boxes in pixels. Pseudo-label rows
+# are left out: their labels are a caption's words, and `kept` is a verdict per model.
+FUSED_KINDS = ("detect", "ground", "detect-by-example", "regions")
+# What tells an input's rows apart in a task: the input, and a video row's frame or clip.
+KEY_COLUMNS = ("id", "frame_index", "clip_start_s")
+# The columns read from the tasks after the first (the first task's row is the fused row's base).
+SOURCE_COLUMNS = ("detections", "error", "warnings", "parameters")
+MODEL_FAMILY = "fuse"
+
+
+class FuseSettings(_Strict):
+    """The fusion's settings, checked before anything is read (a bad one is named)."""
+
+    tasks: list[str] = Field(min_length=2, description="task folders to fuse, at least two")
+    weights: list[Annotated[float, Field(gt=0.0)]] | None = Field(
+        None, description="a weight per task, in the order of tasks (default: 1 each)")
+    iou: float = Field(0.55, gt=0.0, lt=1.0, description="a box joins a cluster whose fused "
+                                                         "box it overlaps by more than this")
+    min_score: float = Field(0.0, ge=0.0, le=1.0,
+                             description="a task's boxes under it are dropped before fusing")
+    conf_type: ConfType = "avg"
+    min_models: int = Field(1, ge=1, description="fewest tasks that found a kept box")
+    rename: dict[str, str] = Field(default_factory=dict,
+                                   description="a task's label -> the label it is fused as")
+    name: str = Field("fused", pattern=r"^[A-Za-z0-9_.-]+$",
+                      description="the fused task's folder and task_name")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FuseSettings:
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks: {self.tasks} names a task twice")
+        if self.weights is not None and len(self.weights) != len(self.tasks):
+            raise ValueError(f"weights: {len(self.weights)} given for {len(self.tasks)} tasks; "
+                             f"give one per task, in the order of tasks")
+        if self.min_models > len(self.tasks):
+            raise ValueError(f"min_models: {self.min_models} is more than the "
+                             f"{len(self.tasks)} tasks fused")
+        return self
+
+    def rule(self) -> FusionRule:
+        return FusionRule(tuple(self.weights or [1.0] * len(self.tasks)), self.iou,
+                          self.min_score, self.conf_type, self.min_models)
+
+    def recorded(self) -> dict:
+        """The settings as each fused row's `parameters` and _SUCCESS record them."""
+        return {"method": "wbf", **self.model_dump(exclude={"name"}),
+                "weights": list(self.rule().weights)}
+
+
+@dataclass(frozen=True)
+class FuseOptions:
+    """What `labeler fuse` was asked: output: the job output; out: where the fused task goes
+    (empty, or overwrite); settings: FuseSettings fields."""
+
+    output: str
+    out: str
+    settings: dict = field(default_factory=dict)
+    overwrite: bool = False
+
+
+@dataclass
+class FuseSummary:
+    settings: FuseSettings
+    files: int
+    rows: int
+    error_rows: int
+    count: FusionCount
+    output: str
+    finished: bool
+
+    def lines(self) -> list[str]:
+        s = self.settings
+        boxes_in = ", ".join(f"{t} {n}" for t, n in zip(s.tasks, self.count.boxes_in))
+        out = [f"fused {', '.join(s.tasks)} into {s.name}: {self.files} files, {self.rows} rows "
+               f"({self.error_rows} error rows)",
+               f"boxes in: {boxes_in}; out: {self.count.boxes_out}",
+               f"dropped: {self.count.under_min_score} under min score, {self.count.no_area} "
+               f"of no area, {self.count.too_few_models} found by fewer than {s.min_models} "
+               f"tasks"]
+        if not self.finished:
+            out.append("warning: the job has no _SUCCESS: it did not finish, so the fused "
+                       "output has none either")
+        return out + [f"output: {self.output}"]
+
+    def report(self) -> dict:
+        return {"fuse": self.settings.recorded(), "task": self.settings.name,
+                "files": self.files, "rows": self.rows, "error_rows": self.error_rows,
+                "boxes_in": dict(zip(self.settings.tasks, self.count.boxes_in)),
+                "boxes_out": self.count.boxes_out,
+                "dropped": {"under_min_score": self.count.under_min_score,
+                            "no_area": self.count.no_area,
+                            "too_few_models": self.count.too_few_models}}
+
+
+def run_fuse(options: FuseOptions) -> FuseSummary:
+    """Write the fused task (module docstring); SpecError when it cannot be done as asked,
+    StorageError when a location cannot be used."""
+    try:
+        settings = FuseSettings.model_validate(options.settings)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err).replace("invalid job spec",
+                                                             "invalid fuse settings")) from None
+    job = JobOutput(options.output)
+    folders = [_fusable(job.named(name)) for name in settings.tasks]
+    parts = _parts(folders)
+    _check_rows(job, folders, parts)
+
+    target = Target(options.out)
+    target.check_empty(options.overwrite, job.uri)
+    target.clear()
+    shard = ShardFuser(job, folders, settings)
+    try:
+        for part in parts:
+            table = shard.fuse(part)
+            with target.final(f"{settings.name}/{part}") as out:
+                pq.write_table(table, out, compression="zstd")  # as the job's sink writes
+    except OSError as err:
+        raise storage_error(job.uri, "read the job output", err) from None
+    summary = FuseSummary(settings, len(parts), shard.rows, shard.error_rows, shard.count,
+                          target.uri, job.finished)
+    if job.finished:
+        with target.final(SUCCESS) as out:
+            out.write(json.dumps(summary.report(), indent=2).encode())
+    return summary
+
+
+def _fusable(folder: TaskFolder) -> TaskFolder:
+    if folder.kind not in FUSED_KINDS:
+        raise SpecError(f"task {folder.name!r} is a {folder.kind} task; fuse takes tasks "
+                        f"whose rows hold an image's boxes: {', '.join(FUSED_KINDS)}")
+    return folder
+
+
+def _parts(folders: list[TaskFolder]) -> list[str]:
+    """The part file names every task holds; SpecError naming one that a task lacks."""
+    names = [{path.rpartition("/")[2] for path in folder.files} for folder in folders]
+    for folder, held in zip(folders[1:], names[1:]):
+        for missing, lacking in ((names[0] - held, folder), (held - names[0], folders[0])):
+            if missing:
+                raise SpecError(f"task {lacking.name!r} has no {sorted(missing)[0]} (of "
+                                f"{len(missing)} part files the other tasks hold): fuse "
+                                f"takes tasks of one job that has written them all (resume "
+                                f"it first)")
+    return sorted(names[0])
+
+
+def _check_rows(job: JobOutput, folders: list[TaskFolder], parts: list[str]) -> None:
+    """Every task's part holds the same rows (KEY_COLUMNS); SpecError naming one that is in
+    one task only. Reads the key columns alone, before anything is written."""
+    for part in parts:
+        keys = [_keys(job, folder, part) for folder in folders]
+        for folder, held in zip(folders[1:], keys[1:]):
+            for only, here in ((keys[0] - held, folders[0]), (held - keys[0], folder)):
+                if only:
+                    raise SpecError(f"{part} of task {here.name!r} holds {_describe(min(only))}"
+                                    f", which the other tasks do not ({len(only)} such rows): "
+                                    f"fuse takes tasks of one job over the same inputs and "
+                                    f"video frames")
+
+
+def _keys(job: JobOutput, folder: TaskFolder, part: str) -> set[tuple]:
+    path = _path(folder, part)
+    held = pq.read_schema(path, filesystem=job.fs).names
+    table = pq.read_table(path, columns=[c for c in KEY_COLUMNS if c in held],
+                          filesystem=job.fs)
+    columns = [column.to_pylist() for column in table.columns]
+    return {tuple((-1 if v is None else v) for v in row) for row in zip(*columns)}
+
+
+def _describe(key: tuple) -> str:
+    described = f"input {key[0]!r}"
+    if len(key) > 1 and key[1] != -1:
+        described += f" frame {key[1]}"
+    if len(key) > 2 and key[2] != -1:
+        described += f" clip at {key[2]} s"
+    return described
+
+
+def _path(folder: TaskFolder, part: str) -> str:
+    return next(p for p in folder.files if p.rpartition("/")[2] == part)
+
+
+class ShardFuser:
+    """Fuses the tasks' rows of one part file at a time; counts what it did."""
+
+    def __init__(self, job: JobOutput, folders: list[TaskFolder], settings: FuseSettings):
+        self.job, self.folders, self.settings = job, folders, settings
+        self.rule = settings.rule()
+        kinds = {folder.kind for folder in folders}
+        self.kind = kinds.pop() if len(kinds) == 1 else "detect"
+        self.model = "+".join(settings.tasks)
+        self.recorded = settings.recorded()
+        self._parameters: dict[tuple, str] = {}  # the tasks' parameters -> the fused row's
+        self.rows = self.error_rows = 0
+        self.count = FusionCount(boxes_in=[0] * len(folders))
+
+    def fuse(self, part: str) -> pa.Table:
+        """The part's fused rows: the first task's table with the record's columns replaced."""
+        base = pq.read_table(_path(self.folders[0], part), filesystem=self.job.fs)
+        names = [c for c in KEY_COLUMNS if c in base.schema.names]
+        first = base.select([*names, "width", "height", *SOURCE_COLUMNS]).to_pylist()
+        others = [self._rows_by_key(folder, part) for folder in self.folders[1:]]
+        fused: dict[str, list] = {c: [] for c in ("detections", "error", "warnings",
+                                                  "parameters")}
+        for row in first:
+            key = tuple(row[c] for c in names)
+            rows = [row, *(by_key[key] for by_key in others)]
+            self._fuse_row(rows, fused)
+        return self._table(base, fused)
+
+    def _rows_by_key(self, folder: TaskFolder, part: str) -> dict[tuple, dict]:
+        table = pq.read_table(_path(folder, part), filesystem=self.job.fs)
+        names = [c for c in KEY_COLUMNS if c in table.schema.names]
+        rows = table.select([*names, *SOURCE_COLUMNS]).to_pylist()
+        return {tuple(row[c] for c in names): row for row in rows}
+
+    def _fuse_row(self, rows: list[dict], fused: dict[str, list]) -> None:
+        self.rows += 1
+        tasks = self.settings.tasks
+        errors = [f"{task}: {row['error']}" for task, row in zip(tasks, rows) if row["error"]]
+        warnings = [f"{task}: {warning}" for task, row in zip(tasks, rows)
+                    for warning in row["warnings"] or []]
+        fused["warnings"].append(warnings or None)
+        fused["parameters"].append(self._parameters_of(rows))
+        if errors:
+            self.error_rows += 1
+            fused["error"].append("; ".join(errors))
+            fused["detections"].append(None)
+            return
+        rename = self.settings.rename
+        per_task = [[{**d, "label": rename.get(d["label"], d["label"])}
+                     for d in row["detections"] or []] for row in rows]
+        width, height = rows[0]["width"], rows[0]["height"]
+        fused["error"].append(None)
+        fused["detections"].append(fuse_boxes(
+            per_task, float("inf") if width is None else width,
+            float("inf") if height is None else height, self.rule, self.count))
+
+    def _parameters_of(self, rows: list[dict]) -> str:
+        """The fused row's `parameters` JSON: the fusion settings, the labels of the tasks
+        (renamed, in order) and each task's parameters; one string per distinct tasks'."""
+        key = tuple(row["parameters"] for row in rows)
+        if key not in self._parameters:
+            sources = {task: json.loads(p) if p else None
+                       for task, p in zip(self.settings.tasks, key)}
+            labels: list[str] = []
+            for params in sources.values():
+                listed = params.get("labels") if isinstance(params, dict) else None
+                for label in listed if isinstance(listed, list) else []:
+                    renamed = self.settings.rename.get(label, label)
+                    if renamed not in labels:
+                        labels.append(renamed)
+            self._parameters[key] = json.dumps({"fuse": self.recorded, "labels": labels,
+                                                "sources": sources})
+        return self._parameters[key]
+
+    def _table(self, base: pa.Table, fused: dict[str, list]) -> pa.Table:
+        n = base.num_rows
+        columns = {
+            "task": [self.kind] * n, "task_name": [self.settings.name] * n,
+            "model": [self.model] * n, "model_family": [MODEL_FAMILY] * n,
+            "model_revision": [None] * n, "prompt": [None] * n, "text": [None] * n,
+            "ocr_regions": [None] * n, "timings": [None] * n, "kept": [None] * n,
+            "filter_reason": [None] * n, **fused}
+        for name, values in columns.items():
+            schema_field = RECORD_SCHEMA.field(name)
+            array = pa.array(values, type=schema_field.type)
+            k = base.schema.get_field_index(name)
+            base = (base.set_column(k, schema_field, array) if k >= 0
+                    else base.append_column(schema_field, array))
+        return base

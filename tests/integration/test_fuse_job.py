@@ -1,0 +1,241 @@
+"""`labeler fuse` on the output of a real job with two tiny OWLv2 detect tasks: the fused rows
+are weighted boxes fusion of the tasks' rows (labeler.fusion.wbf, itself checked against the
+reference implementation), one per input, error rows naming the tasks; COCO export reads the
+fused output; bad requests are refused before anything is written; S3 both ways."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from labeler.cli import main
+from labeler.fusion import FusionRule, fuse_boxes
+from labeler.config import load_job_spec
+from labeler.jobs.images import run_image_job
+from labeler.testing.samples import make_sample_images
+
+
+@pytest.fixture(scope="module")
+def two_task_job(ray_local, tiny_owlv2, tmp_path_factory):
+    """6 sample images and 3 bad files, 4 per shard (3 part files), labeled by two OWLv2
+    detect tasks that ask differently -> (output folder, {task: {id: row}})."""
+    base = tmp_path_factory.mktemp("fuse_job")
+    make_sample_images(base / "images", count=6, bad=True)
+    spec = base / "job.yaml"
+    spec.write_text(f"""
+input: {{path: {base / "images"}, files_per_shard: 4}}
+output: {{path: {base / "out"}}}
+tasks:
+  - name: owl_a
+    task: detect
+    model: {{family: owlv2, source: {tiny_owlv2}}}
+    labels: [cat, dog]
+    threshold: 0.3
+    resources: {{batch_size: 4, num_cpus: 0.5}}
+  - name: owl_b
+    task: detect
+    model: {{family: owlv2, source: {tiny_owlv2}}}
+    labels: [cat, dog]
+    templates: ["a photo of a {{}}."]
+    threshold: 0.2
+    resources: {{batch_size: 4, num_cpus: 0.5}}
+""")
+    run_image_job(load_job_spec(spec), progress=False)
+    return str(base / "out"), {task: _rows(base / "out" / task) for task in ("owl_a", "owl_b")}
+
+
+def _rows(folder) -> dict[str, dict]:
+    return {r["id"]: r for r in pads.dataset(folder, format="parquet").to_table().to_pylist()}
+
+
+def _fuse(capsys, *args) -> tuple[int, str, str]:
+    code = main(["fuse", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _expected(rows: dict, rule: FusionRule, rename: dict | None = None) -> list[dict]:
+    rename = rename or {}
+    per_task = [[{**d, "label": rename.get(d["label"], d["label"])} for d in r["detections"]]
+                for r in rows]
+    return fuse_boxes(per_task, rows[0]["width"], rows[0]["height"], rule)
+
+
+def _same_boxes(got: list[dict], expected: list[dict]) -> None:
+    assert [d["label"] for d in got] == [d["label"] for d in expected]
+    for d, e in zip(got, expected):  # written as float32
+        assert [d[k] for k in ("score", "x0", "y0", "x1", "y1")] == pytest.approx(
+            [e[k] for k in ("score", "x0", "y0", "x1", "y1")], rel=1e-6, abs=1e-4)
+        assert d["track_id"] is None and d["polygon"] is None
+
+
+def test_fuse_writes_one_row_per_input_with_the_tasks_boxes_fused(two_task_job, tmp_path, capsys):
+    job, tasks = two_task_job
+    a, b = tasks["owl_a"], tasks["owl_b"]
+    good = [i for i, r in a.items() if r["error"] is None]
+    assert len(a) == 9 and len(good) == 6
+    assert sum(len(a[i]["detections"]) for i in good) and sum(len(b[i]["detections"]) for i in good)
+
+    code, out, _ = _fuse(capsys, job, "--tasks", "owl_a,owl_b", "--weights", "2,1",
+                         "--out", tmp_path / "fused")
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "fused" / "fused").iterdir()) == [
+        "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    fused = _rows(tmp_path / "fused" / "fused")
+    assert sorted(fused) == sorted(a)
+    rule = FusionRule(weights=(2.0, 1.0))
+    boxes_out = 0
+    for name, row in fused.items():
+        assert (row["task"], row["task_name"], row["model"], row["model_family"]) == (
+            "detect", "fused", "owl_a+owl_b", "fuse")
+        assert (row["uri"], row["width"], row["height"]) == (
+            a[name]["uri"], a[name]["width"], a[name]["height"])
+        parameters = json.loads(row["parameters"])
+        assert parameters["fuse"] == {"method": "wbf", "tasks": ["owl_a", "owl_b"],
+                                      "weights": [2.0, 1.0], "iou": 0.55, "min_score": 0.0,
+                                      "conf_type": "avg", "min_models": 1, "rename": {}}
+        assert parameters["sources"] == {t: json.loads(tasks[t][name]["parameters"])
+                                         for t in ("owl_a", "owl_b")}
+        assert parameters["labels"] == ["cat", "dog"]
+        if name in good:
+            assert row["error"] is None
+            _same_boxes(row["detections"], _expected([a[name], b[name]], rule))
+            boxes_out += len(row["detections"])
+        else:
+            assert row["error"] == f"owl_a: {a[name]['error']}; owl_b: {b[name]['error']}"
+            assert row["detections"] is None
+    boxes_in = [sum(len(t[i]["detections"]) for i in good) for t in (a, b)]
+    assert out.splitlines() == [
+        "fused owl_a, owl_b into fused: 3 files, 9 rows (3 error rows)",
+        f"boxes in: owl_a {boxes_in[0]}, owl_b {boxes_in[1]}; out: {boxes_out}",
+        "dropped: 0 under min score, 0 of no area, 0 found by fewer than 1 tasks",
+        f"output: {tmp_path / 'fused'}"]
+    report = json.loads((tmp_path / "fused" / "_SUCCESS").read_text())
+    assert report["boxes_in"] == {"owl_a": boxes_in[0], "owl_b": boxes_in[1]}
+    assert (report["rows"], report["error_rows"], report["boxes_out"]) == (9, 3, boxes_out)
+
+    # The fused output is a job output like any other: export takes its boxes.
+    assert main(["export", str(tmp_path / "fused"), "--format", "coco",
+                 "--out", str(tmp_path / "coco")]) == 0
+    coco = json.loads((tmp_path / "coco" / "annotations.json").read_text())
+    assert (len(coco["images"]), len(coco["annotations"])) == (6, boxes_out)
+    assert [c["name"] for c in coco["categories"]] == ["cat", "dog"]
+
+
+def test_consensus_renaming_and_the_other_settings_reach_the_fusion(two_task_job, tmp_path,
+                                                                     capsys):
+    job, tasks = two_task_job
+    a, b = tasks["owl_a"], tasks["owl_b"]
+    code, out, _ = _fuse(capsys, job, "--tasks", "owl_b,owl_a", "--min-models", "2",
+                         "--rename", "dog=canine", "--conf-type", "max", "--iou", "0.7",
+                         "--min-score", "0.35", "--name", "agreed", "--out", tmp_path / "f")
+    assert code == 0
+    fused = _rows(tmp_path / "f" / "agreed")
+    rule = FusionRule(weights=(1.0, 1.0), iou=0.7, min_score=0.35, conf_type="max",
+                      min_models=2)
+    kept = dropped = 0
+    for name, row in fused.items():
+        if row["error"] is None:
+            expected = _expected([b[name], a[name]], rule, {"dog": "canine"})
+            _same_boxes(row["detections"], expected)
+            kept += len(expected)
+            dropped += len(_expected([b[name], a[name]], FusionRule(
+                weights=(1.0, 1.0), iou=0.7, min_score=0.35, conf_type="max"))) - len(expected)
+    assert kept and dropped  # some boxes both tasks found, some only one did
+    assert {d["label"] for r in fused.values() for d in r["detections"] or []} <= {"cat", "canine"}
+    assert json.loads(next(iter(fused.values()))["parameters"])["labels"] == ["cat", "canine"]
+    assert "found by fewer than 2 tasks" in out and f"{dropped} found by fewer" in out
+
+
+def _copy(job: str, tmp_path) -> str:
+    copy = tmp_path / "job"
+    shutil.copytree(job, copy)
+    return str(copy)
+
+
+def _rewrite(path, transform) -> None:
+    pq.write_table(transform(pq.read_table(path)), path)
+
+
+@pytest.mark.parametrize("case, args, message", [
+    ("unknown task", ["--tasks", "owl_a,nope"], "no task folder 'nope'"),
+    ("one task", ["--tasks", "owl_a"], "tasks: List should have at least 2 items"),
+    ("a task twice", ["--tasks", "owl_a,owl_a"], "names a task twice"),
+    ("weights", ["--tasks", "owl_a,owl_b", "--weights", "2"],
+     "weights: 1 given for 2 tasks; give one per task"),
+    ("zero weight", ["--tasks", "owl_a,owl_b", "--weights", "1,0"],
+     "weights.1: Input should be greater than 0"),
+    ("min models", ["--tasks", "owl_a,owl_b", "--min-models", "3"],
+     "min_models: 3 is more than the 2 tasks fused"),
+    ("iou", ["--tasks", "owl_a,owl_b", "--iou", "1.5"], "iou: Input should be less than 1"),
+    ("name", ["--tasks", "owl_a,owl_b", "--name", "a/b"], "name: String should match pattern"),
+])
+def test_bad_settings_are_refused_naming_the_field_before_anything_is_written(
+        two_task_job, tmp_path, capsys, case, args, message):
+    job, _ = two_task_job
+    code, _, err = _fuse(capsys, job, *args, "--out", tmp_path / "out")
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_outputs_fuse_cannot_pair_are_refused_naming_the_task_part_and_row(two_task_job,
+                                                                         tmp_path, capsys):
+    job = _copy(two_task_job[0], tmp_path)
+    out = tmp_path / "out"
+    flags = ["--tasks", "owl_a,owl_b", "--out", out]
+
+    (out / "x").mkdir(parents=True)
+    code, _, err = _fuse(capsys, job, *flags)
+    assert code == 2 and f"--out {str(out)!r} is not empty; pass --overwrite" in err
+    shutil.rmtree(out)
+
+    part = f"{job}/owl_b/part-00001.parquet"
+    first = pq.read_table(part).column("id")[0].as_py()
+    _rewrite(part, lambda t: t.filter(pc.not_equal(t.column("id"), first)))
+    code, _, err = _fuse(capsys, job, *flags)
+    assert code == 2 and (f"part-00001.parquet of task 'owl_a' holds input {first!r}, which "
+                          f"the other tasks do not (1 such rows)") in err, err
+
+    shutil.move(part, tmp_path / "moved.parquet")
+    code, _, err = _fuse(capsys, job, *flags)
+    assert code == 2 and "task 'owl_b' has no part-00001.parquet" in err, err
+
+    for path in (f"{job}/owl_b/part-00000.parquet", f"{job}/owl_b/part-00002.parquet"):
+        _rewrite(path, lambda t: t.set_column(t.schema.get_field_index("task"), "task",
+                                              pa.array(["caption"] * t.num_rows)))
+    code, _, err = _fuse(capsys, job, *flags)
+    assert code == 2 and "task 'owl_b' is a caption task; fuse takes tasks" in err, err
+    assert not out.exists()
+
+    with pytest.raises(SystemExit):
+        main(["fuse", job, "--tasks", "owl_a,owl_b", "--rename", "dog", "--out", str(out)])
+    assert "'dog': a task's label, '=', the label to fuse it as" in capsys.readouterr().err
+
+
+def test_fuse_reads_and_writes_s3(two_task_job, s3_bucket, s3_env, tmp_path, capsys):
+    job, _ = two_task_job
+    client = s3_env.client()
+    for path in sorted(Path(job).rglob("*")):
+        if path.is_file():
+            client.put_object(Bucket=s3_bucket, Key=f"job/{path.relative_to(job).as_posix()}",
+                              Body=path.read_bytes())
+    code, out, _ = _fuse(capsys, f"s3://{s3_bucket}/job", "--tasks", "owl_a,owl_b",
+                         "--out", f"s3://{s3_bucket}/fused")
+    assert code == 0 and f"output: s3://{s3_bucket}/fused" in out
+    assert _fuse(capsys, job, "--tasks", "owl_a,owl_b", "--out", tmp_path / "local")[0] == 0
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket,
+                                                           Prefix="fused/")["Contents"])
+    assert keys == ["fused/_SUCCESS", "fused/fused/part-00000.parquet",
+                    "fused/fused/part-00001.parquet", "fused/fused/part-00002.parquet"]
+    for key in keys[1:]:
+        body = client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+        remote = pq.read_table(pa.BufferReader(body)).to_pylist()
+        assert remote == pq.read_table(tmp_path / "local" / key.removeprefix("fused/")).to_pylist()
+
