@@ -328,7 +328,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     if args.rename:
         settings["rename"] = dict(args.rename)
     summary = run_fuse(FuseOptions(output=args.job, out=args.out, settings=settings,
-                                   overwrite=args.overwrite))
+                                   overwrite=args.overwrite, workers=args.workers))
     print("\n".join(summary.lines()))
     return 0
 
@@ -342,6 +342,12 @@ def _numbers(text: str) -> list[float]:
         return [float(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: comma-separated numbers, e.g. 2,1") from None
+
+
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number, at least 1")
+    return int(text)
 
 
 def _renaming(text: str) -> tuple[str, str]:
@@ -494,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--rename", type=_renaming, action="append", metavar="LABEL=AS",
                       help="fuse a task's label as another (repeatable): "
                            "--rename 'a person=person'")
+    fuse.add_argument("--workers", type=_positive_int,
+                      help="processes fusing part files at once (default: one per CPU)")
     fuse.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     fuse.set_defaults(func=cmd_fuse)
 

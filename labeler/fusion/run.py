@@ -7,7 +7,8 @@ written as a job output that export, eval, stats and preview read like any other
        (FuseSettings), and every task must hold the same part files with the same rows
        (id, and a video row's frame or clip): anything else is refused before a file is
        written, naming the task, part and row
-    2. part by part, the tasks' rows of an input are fused into one row: the first task's
+    2. part by part (in worker processes, one per CPU by default: fusing is Python code),
+       the tasks' rows of an input are fused into one row: the first task's
        row with the fused boxes, task `detect` (or the tasks' kind when they share one),
        task_name --name, model_family "fuse", model the task names joined by '+', and
        `parameters` holding the fusion settings and each task's own parameters; a row whose
@@ -22,10 +23,15 @@ Fusion reads the job output and writes a new one: trying other weights or thresh
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field, ValidationError, model_validator
 
@@ -95,6 +101,7 @@ class FuseOptions:
     out: str
     settings: dict = field(default_factory=dict)
     overwrite: bool = False
+    workers: int | None = None  # processes fusing part files (None: one per CPU)
 
 
 @dataclass
@@ -147,20 +154,45 @@ def run_fuse(options: FuseOptions) -> FuseSummary:
     target = Target(options.out)
     target.check_empty(options.overwrite, job.uri)
     target.clear()
-    shard = ShardFuser(job, folders, settings)
+    fuser = PartFuser(job.fs, folders, settings, target)
+    done = PartCount(count=FusionCount(boxes_in=[0] * len(folders)))
     try:
-        for part in parts:
-            table = shard.fuse(part)
-            with target.final(f"{settings.name}/{part}") as out:
-                pq.write_table(table, out, compression="zstd")  # as the job's sink writes
+        for part_count in _map_parts(fuser, parts, options.workers):
+            done.add(part_count)
     except OSError as err:
         raise storage_error(job.uri, "read the job output", err) from None
-    summary = FuseSummary(settings, len(parts), shard.rows, shard.error_rows, shard.count,
+    summary = FuseSummary(settings, len(parts), done.rows, done.error_rows, done.count,
                           target.uri, job.finished)
     if job.finished:
         with target.final(SUCCESS) as out:
             out.write(json.dumps(summary.report(), indent=2).encode())
     return summary
+
+
+def _map_parts(fuser: PartFuser, parts: list[str], workers: int | None) -> Iterator[PartCount]:
+    """Each part fused and written, in worker processes (fusion is Python, held by the GIL):
+    `workers` of them, default one per CPU; in this process when one is enough."""
+    workers = min(workers or os.cpu_count() or 1, len(parts))
+    if workers <= 1:
+        yield from map(fuser.write, parts)
+        return
+    # spawn, not fork: this process may hold pyarrow's and Ray's threads.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_start_worker, initargs=(fuser,)) as pool:
+        yield from pool.map(_write_part, parts)
+
+
+_worker_fuser: PartFuser | None = None  # a worker process's PartFuser (_start_worker)
+
+
+def _start_worker(fuser: PartFuser) -> None:
+    global _worker_fuser
+    _worker_fuser = fuser
+
+
+def _write_part(part: str) -> PartCount:
+    assert _worker_fuser is not None, "_start_worker runs first in every worker"
+    return _worker_fuser.write(part)
 
 
 def _fusable(folder: TaskFolder) -> TaskFolder:
@@ -219,23 +251,45 @@ def _path(folder: TaskFolder, part: str) -> str:
     return next(p for p in folder.files if p.rpartition("/")[2] == part)
 
 
-class ShardFuser:
-    """Fuses the tasks' rows of one part file at a time; counts what it did."""
+@dataclass
+class PartCount:
+    """What fusing some part files did: rows written, error rows among them, boxes."""
 
-    def __init__(self, job: JobOutput, folders: list[TaskFolder], settings: FuseSettings):
-        self.job, self.folders, self.settings = job, folders, settings
+    rows: int = 0
+    error_rows: int = 0
+    count: FusionCount = field(default_factory=FusionCount)
+
+    def add(self, other: PartCount) -> None:
+        self.rows += other.rows
+        self.error_rows += other.error_rows
+        self.count.add(other.count)
+
+
+class PartFuser:
+    """Fuses the tasks' rows of one part file and writes them (picklable: it travels to
+    worker processes)."""
+
+    def __init__(self, fs: pafs.FileSystem, folders: list[TaskFolder], settings: FuseSettings,
+                 target: Target):
+        self.fs, self.folders, self.settings, self.target = fs, folders, settings, target
         self.rule = settings.rule()
         kinds = {folder.kind for folder in folders}
         self.kind = kinds.pop() if len(kinds) == 1 else "detect"
         self.model = "+".join(settings.tasks)
         self.recorded = settings.recorded()
         self._parameters: dict[tuple, str] = {}  # the tasks' parameters -> the fused row's
-        self.rows = self.error_rows = 0
-        self.count = FusionCount(boxes_in=[0] * len(folders))
 
-    def fuse(self, part: str) -> pa.Table:
+    def write(self, part: str) -> PartCount:
+        """`<out>/<name>/<part>`: the part's fused rows; what fusing them did."""
+        done = PartCount(count=FusionCount(boxes_in=[0] * len(self.folders)))
+        table = self.fuse(part, done)
+        with self.target.final(f"{self.settings.name}/{part}") as out:
+            pq.write_table(table, out, compression="zstd")  # as the job's sink writes
+        return done
+
+    def fuse(self, part: str, done: PartCount) -> pa.Table:
         """The part's fused rows: the first task's table with the record's columns replaced."""
-        base = pq.read_table(_path(self.folders[0], part), filesystem=self.job.fs)
+        base = pq.read_table(_path(self.folders[0], part), filesystem=self.fs)
         names = [c for c in KEY_COLUMNS if c in base.schema.names]
         first = base.select([*names, "width", "height", *SOURCE_COLUMNS]).to_pylist()
         others = [self._rows_by_key(folder, part) for folder in self.folders[1:]]
@@ -244,17 +298,17 @@ class ShardFuser:
         for row in first:
             key = tuple(row[c] for c in names)
             rows = [row, *(by_key[key] for by_key in others)]
-            self._fuse_row(rows, fused)
+            self._fuse_row(rows, fused, done)
         return self._table(base, fused)
 
     def _rows_by_key(self, folder: TaskFolder, part: str) -> dict[tuple, dict]:
-        table = pq.read_table(_path(folder, part), filesystem=self.job.fs)
+        table = pq.read_table(_path(folder, part), filesystem=self.fs)
         names = [c for c in KEY_COLUMNS if c in table.schema.names]
         rows = table.select([*names, *SOURCE_COLUMNS]).to_pylist()
         return {tuple(row[c] for c in names): row for row in rows}
 
-    def _fuse_row(self, rows: list[dict], fused: dict[str, list]) -> None:
-        self.rows += 1
+    def _fuse_row(self, rows: list[dict], fused: dict[str, list], done: PartCount) -> None:
+        done.rows += 1
         tasks = self.settings.tasks
         errors = [f"{task}: {row['error']}" for task, row in zip(tasks, rows) if row["error"]]
         warnings = [f"{task}: {warning}" for task, row in zip(tasks, rows)
@@ -262,7 +316,7 @@ class ShardFuser:
         fused["warnings"].append(warnings or None)
         fused["parameters"].append(self._parameters_of(rows))
         if errors:
-            self.error_rows += 1
+            done.error_rows += 1
             fused["error"].append("; ".join(errors))
             fused["detections"].append(None)
             return
@@ -273,7 +327,7 @@ class ShardFuser:
         fused["error"].append(None)
         fused["detections"].append(fuse_boxes(
             per_task, float("inf") if width is None else width,
-            float("inf") if height is None else height, self.rule, self.count))
+            float("inf") if height is None else height, self.rule, done.count))
 
     def _parameters_of(self, rows: list[dict]) -> str:
         """The fused row's `parameters` JSON: the fusion settings, the labels of the tasks

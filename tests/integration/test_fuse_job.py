@@ -219,7 +219,8 @@ def test_outputs_fuse_cannot_pair_are_refused_naming_the_task_part_and_row(two_t
     assert "'dog': a task's label, '=', the label to fuse it as" in capsys.readouterr().err
 
 
-def test_fuse_reads_and_writes_s3(two_task_job, s3_bucket, s3_env, tmp_path, capsys):
+def test_fuse_reads_and_writes_s3_in_worker_processes_as_in_one(two_task_job, s3_bucket,
+                                                                s3_env, tmp_path, capsys):
     job, _ = two_task_job
     client = s3_env.client()
     for path in sorted(Path(job).rglob("*")):
@@ -229,7 +230,9 @@ def test_fuse_reads_and_writes_s3(two_task_job, s3_bucket, s3_env, tmp_path, cap
     code, out, _ = _fuse(capsys, f"s3://{s3_bucket}/job", "--tasks", "owl_a,owl_b",
                          "--out", f"s3://{s3_bucket}/fused")
     assert code == 0 and f"output: s3://{s3_bucket}/fused" in out
-    assert _fuse(capsys, job, "--tasks", "owl_a,owl_b", "--out", tmp_path / "local")[0] == 0
+    # In this process (--workers 1) as in two worker processes (the default here).
+    assert _fuse(capsys, job, "--tasks", "owl_a,owl_b", "--workers", "1",
+                 "--out", tmp_path / "local")[0] == 0
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket,
                                                            Prefix="fused/")["Contents"])
     assert keys == ["fused/_SUCCESS", "fused/fused/part-00000.parquet",

@@ -1,0 +1,104 @@
+"""How fast `labeler fuse` fuses a job's tasks: rows/s and boxes/s end to end (read the
+tasks' Parquet, check that they pair, fuse, write), on a synthetic job output.
+
+The job output has --tasks detect tasks over --rows images in part files of --per-part rows;
+each image shows --objects objects of 20 labels, and each task finds each object with
+probability 0.8 (a box jittered by 5% of its size), plus 2 spurious boxes: about
+0.8 * objects + 2 boxes per task and image, as a detect task at threshold 0.1 gives.
+
+    python benchmarks/fuse.py                       # 20,000 rows, 2 tasks, 15 objects
+    python benchmarks/fuse.py --rows 100000 --tasks 3 --objects 30 --workers 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from labeler.fusion import FuseOptions, run_fuse
+from labeler.schemas.record import RECORD_SCHEMA
+
+LABELS = [f"label{k}" for k in range(20)]
+WIDTH, HEIGHT = 1280, 720
+
+
+def write_job(root: Path, rows: int, tasks: int, objects: int, per_part: int) -> int:
+    """The synthetic job output under root; the number of boxes written."""
+    rng = random.Random(0)
+    scenes = []
+    for _ in range(rows):
+        scene = []
+        for _ in range(objects):
+            x0, y0 = rng.uniform(0, WIDTH * 0.9), rng.uniform(0, HEIGHT * 0.9)
+            scene.append((rng.choice(LABELS), x0, y0, x0 + rng.uniform(10, 200),
+                          y0 + rng.uniform(10, 200)))
+        scenes.append(scene)
+    boxes = 0
+    for t in range(tasks):
+        folder = root / f"task{t}"
+        folder.mkdir(parents=True)
+        parameters = json.dumps({"labels": LABELS, "threshold": 0.1})
+        for part, start in enumerate(range(0, rows, per_part)):
+            records = []
+            for i in range(start, min(start + per_part, rows)):
+                detections = []
+                for label, x0, y0, x1, y1 in scenes[i]:
+                    if rng.random() < 0.8:
+                        j = [rng.gauss(0, 0.05 * (x1 - x0)) for _ in range(4)]
+                        detections.append({"label": label, "score": rng.uniform(0.1, 1.0),
+                                           "x0": x0 + j[0], "y0": y0 + j[1],
+                                           "x1": x1 + j[2], "y1": y1 + j[3]})
+                for _ in range(2):
+                    x0, y0 = rng.uniform(0, WIDTH - 50), rng.uniform(0, HEIGHT - 50)
+                    detections.append({"label": rng.choice(LABELS),
+                                       "score": rng.uniform(0.1, 0.4), "x0": x0, "y0": y0,
+                                       "x1": x0 + 40, "y1": y0 + 40})
+                boxes += len(detections)
+                records.append({"id": f"img{i:08d}.jpg", "uri": f"/data/img{i:08d}.jpg",
+                                "width": WIDTH, "height": HEIGHT, "task": "detect",
+                                "task_name": f"task{t}", "model": "m", "model_family": "owlv2",
+                                "parameters": parameters, "detections": detections})
+            pq.write_table(pa.Table.from_pylist(records, schema=RECORD_SCHEMA),
+                           folder / f"part-{part:05d}.parquet", compression="zstd")
+    (root / "_SUCCESS").write_text("{}")
+    return boxes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--tasks", type=int, default=2)
+    parser.add_argument("--objects", type=int, default=15)
+    parser.add_argument("--per-part", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes fusing part files (default: one per CPU)")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="fuse-bench-"))
+    try:
+        boxes = write_job(work / "job", args.rows, args.tasks, args.objects, args.per_part)
+        names = [f"task{t}" for t in range(args.tasks)]
+        start = time.perf_counter()
+        summary = run_fuse(FuseOptions(str(work / "job"), str(work / "fused"),
+                                       {"tasks": names}, workers=args.workers))
+        seconds = time.perf_counter() - start
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"rows: {args.rows}, tasks: {args.tasks}, workers: {args.workers or 'one per CPU'}, "
+          f"boxes in: {boxes} "
+          f"({boxes / args.rows / args.tasks:.1f} per task and image), "
+          f"out: {summary.count.boxes_out}")
+    print(f"fuse: {seconds:.2f} s, {args.rows / seconds:,.0f} rows/s, "
+          f"{boxes / seconds:,.0f} boxes in/s")
+
+
+if __name__ == "__main__":
+    main()
