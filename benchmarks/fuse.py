@@ -3,8 +3,10 @@ tasks' Parquet, check that they pair, fuse, write), on a synthetic job output.
 
 The job output has --tasks detect tasks over --rows images in part files of --per-part rows;
 each image shows --objects objects of 20 labels, and each task finds each object with
-probability 0.8 (a box jittered by 5% of its size), plus 2 spurious boxes: about
-0.8 * objects + 2 boxes per task and image, as a detect task at threshold 0.1 gives.
+probability 0.8 (a box jittered by 5% of its size, scored 0.1-1 at random), plus 2 spurious
+boxes (scored 0.1-0.4): about 0.8 * objects + 2 boxes per task and image, as a detect task
+at threshold 0.1 gives. It then prints the COCO AP of each task and of the fused one against
+the objects (`labeler eval`): what agreement between tasks is worth under this noise.
 
     python benchmarks/fuse.py                       # 20,000 rows, 2 tasks, 15 objects
     python benchmarks/fuse.py --rows 100000 --tasks 3 --objects 30 --workers 1
@@ -23,6 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from labeler.evaluate.run import EvalOptions, run_eval
 from labeler.fusion import FuseOptions, run_fuse
 from labeler.schemas.record import RECORD_SCHEMA
 
@@ -30,9 +33,9 @@ LABELS = [f"label{k}" for k in range(20)]
 WIDTH, HEIGHT = 1280, 720
 
 
-def write_job(root: Path, rows: int, tasks: int, objects: int, per_part: int) -> int:
-    """The synthetic job output under root; the number of boxes written."""
-    rng = random.Random(0)
+def make_scenes(rows: int, objects: int) -> list[list[tuple]]:
+    """Each image's objects: (label, x0, y0, x1, y1) in pixels."""
+    rng = random.Random(1)
     scenes = []
     for _ in range(rows):
         scene = []
@@ -41,6 +44,29 @@ def write_job(root: Path, rows: int, tasks: int, objects: int, per_part: int) ->
             scene.append((rng.choice(LABELS), x0, y0, x0 + rng.uniform(10, 200),
                           y0 + rng.uniform(10, 200)))
         scenes.append(scene)
+    return scenes
+
+
+def write_ground_truth(path: Path, scenes: list[list[tuple]]) -> None:
+    """The scenes' objects as a COCO file (what `labeler eval --coco` reads)."""
+    images, annotations = [], []
+    for i, scene in enumerate(scenes):
+        images.append({"id": i + 1, "file_name": f"img{i:08d}.jpg", "width": WIDTH,
+                       "height": HEIGHT})
+        for label, x0, y0, x1, y1 in scene:
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
+                                "category_id": LABELS.index(label) + 1,
+                                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
+                                "iscrowd": 0})
+    categories = [{"id": k + 1, "name": label} for k, label in enumerate(LABELS)]
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": categories}))
+
+
+def write_job(root: Path, scenes: list[list[tuple]], tasks: int, per_part: int) -> int:
+    """The synthetic job output under root; the number of boxes written."""
+    rng = random.Random(0)
+    rows = len(scenes)
     boxes = 0
     for t in range(tasks):
         folder = root / f"task{t}"
@@ -78,26 +104,39 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=2)
     parser.add_argument("--objects", type=int, default=15)
     parser.add_argument("--per-part", type=int, default=1000)
+    parser.add_argument("--eval-images", type=int, default=2000,
+                        help="COCO AP of each task and of the fused one against the synthetic "
+                             "objects of the first this many images (0: none)")
     parser.add_argument("--workers", type=int, default=None,
                         help="processes fusing part files (default: one per CPU)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="fuse-bench-"))
     try:
-        boxes = write_job(work / "job", args.rows, args.tasks, args.objects, args.per_part)
+        scenes = make_scenes(args.rows, args.objects)
+        boxes = write_job(work / "job", scenes, args.tasks, args.per_part)
         names = [f"task{t}" for t in range(args.tasks)]
         start = time.perf_counter()
         summary = run_fuse(FuseOptions(str(work / "job"), str(work / "fused"),
                                        {"tasks": names}, workers=args.workers))
         seconds = time.perf_counter() - start
+        print(f"rows: {args.rows}, tasks: {args.tasks}, workers: "
+              f"{args.workers or 'one per CPU'}, boxes in: {boxes} "
+              f"({boxes / args.rows / args.tasks:.1f} per task and image), "
+              f"out: {summary.count.boxes_out}")
+        print(f"fuse: {seconds:.2f} s, {args.rows / seconds:,.0f} rows/s, "
+              f"{boxes / seconds:,.0f} boxes in/s")
+        if args.eval_images:
+            truth = work / "truth.json"
+            write_ground_truth(truth, scenes[:args.eval_images])
+            for output, task in [*((work / "job", name) for name in names),
+                                 (work / "fused", "fused")]:
+                mean = run_eval(EvalOptions(str(output), coco=str(truth), task=task,
+                                            worst=0)).figures["mean"]
+                print(f"eval on {min(args.eval_images, args.rows)} images: {task}: "
+                      f"AP {mean['ap']:.3f}, AP50 {mean['ap50']:.3f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"rows: {args.rows}, tasks: {args.tasks}, workers: {args.workers or 'one per CPU'}, "
-          f"boxes in: {boxes} "
-          f"({boxes / args.rows / args.tasks:.1f} per task and image), "
-          f"out: {summary.count.boxes_out}")
-    print(f"fuse: {seconds:.2f} s, {args.rows / seconds:,.0f} rows/s, "
-          f"{boxes / seconds:,.0f} boxes in/s")
 
 
 if __name__ == "__main__":

@@ -327,6 +327,10 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None}
     if args.rename:
         settings["rename"] = dict(args.rename)
+    track = {name: getattr(args, f"track_{name}") for name in ("iou", "max_missed")
+             if getattr(args, f"track_{name}") is not None}
+    if args.track or track:
+        settings["track"] = track
     summary = run_fuse(FuseOptions(output=args.job, out=args.out, settings=settings,
                                    overwrite=args.overwrite, workers=args.workers))
     print("\n".join(summary.lines()))
@@ -500,6 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--rename", type=_renaming, action="append", metavar="LABEL=AS",
                       help="fuse a task's label as another (repeatable): "
                            "--rename 'a person=person'")
+    fuse.add_argument("--track", action="store_true",
+                      help="video frames: link each video's fused boxes into tracks")
+    fuse.add_argument("--track-iou", type=float, help="as for `labeler run`; implies --track")
+    fuse.add_argument("--track-max-missed", type=int,
+                      help="as for `labeler run`; implies --track")
     fuse.add_argument("--workers", type=_positive_int,
                       help="processes fusing part files at once (default: one per CPU)")
     fuse.add_argument("--overwrite", action="store_true", help="replace what --out holds")

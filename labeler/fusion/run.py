@@ -35,12 +35,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field, ValidationError, model_validator
 
-from labeler.config import SpecError, _Strict, format_validation_error
+from labeler.config import SpecError, TrackingSpec, _Strict, format_validation_error
 from labeler.export.rows import JobOutput, TaskFolder
 from labeler.export.target import Target
 from labeler.fusion.wbf import ConfType, FusionCount, FusionRule, fuse_boxes
 from labeler.schemas.record import RECORD_SCHEMA
 from labeler.storage import storage_error
+from labeler.tracking import add_track_ids, count_tracks
 
 SUCCESS = "_SUCCESS"
 # Task kinds whose rows each hold one image's (or frame's) boxes in pixels. Pseudo-label rows
@@ -69,6 +70,8 @@ class FuseSettings(_Strict):
                                    description="a task's label -> the label it is fused as")
     name: str = Field("fused", pattern=r"^[A-Za-z0-9_.-]+$",
                       description="the fused task's folder and task_name")
+    track: TrackingSpec | None = Field(None, description="video frames: link each video's "
+                                                         "fused boxes into tracks")
 
     @model_validator(mode="after")
     def _consistent(self) -> FuseSettings:
@@ -88,7 +91,7 @@ class FuseSettings(_Strict):
 
     def recorded(self) -> dict:
         """The settings as each fused row's `parameters` and _SUCCESS record them."""
-        return {"method": "wbf", **self.model_dump(exclude={"name"}),
+        return {"method": "wbf", **self.model_dump(exclude={"name", "track"}),
                 "weights": list(self.rule().weights)}
 
 
@@ -108,29 +111,36 @@ class FuseOptions:
 class FuseSummary:
     settings: FuseSettings
     files: int
-    rows: int
-    error_rows: int
-    count: FusionCount
+    done: PartCount
     output: str
     finished: bool
 
+    @property
+    def count(self) -> FusionCount:
+        return self.done.count
+
     def lines(self) -> list[str]:
-        s = self.settings
+        s, done = self.settings, self.done
         boxes_in = ", ".join(f"{t} {n}" for t, n in zip(s.tasks, self.count.boxes_in))
-        out = [f"fused {', '.join(s.tasks)} into {s.name}: {self.files} files, {self.rows} rows "
-               f"({self.error_rows} error rows)",
+        out = [f"fused {', '.join(s.tasks)} into {s.name}: {self.files} files, {done.rows} rows "
+               f"({done.error_rows} error rows)",
                f"boxes in: {boxes_in}; out: {self.count.boxes_out}",
                f"dropped: {self.count.under_min_score} under min score, {self.count.no_area} "
                f"of no area, {self.count.too_few_models} found by fewer than {s.min_models} "
                f"tasks"]
+        if s.track is not None:
+            out.append(f"tracks: {done.tracks} ({json.dumps(s.track.model_dump())})")
         if not self.finished:
             out.append("warning: the job has no _SUCCESS: it did not finish, so the fused "
                        "output has none either")
         return out + [f"output: {self.output}"]
 
     def report(self) -> dict:
+        track = self.settings.track
         return {"fuse": self.settings.recorded(), "task": self.settings.name,
-                "files": self.files, "rows": self.rows, "error_rows": self.error_rows,
+                "track": None if track is None else track.model_dump(mode="json"),
+                "tracks": None if track is None else self.done.tracks,
+                "files": self.files, "rows": self.done.rows, "error_rows": self.done.error_rows,
                 "boxes_in": dict(zip(self.settings.tasks, self.count.boxes_in)),
                 "boxes_out": self.count.boxes_out,
                 "dropped": {"under_min_score": self.count.under_min_score,
@@ -149,7 +159,10 @@ def run_fuse(options: FuseOptions) -> FuseSummary:
     job = JobOutput(options.output)
     folders = [_fusable(job.named(name)) for name in settings.tasks]
     parts = _parts(folders)
-    _check_rows(job, folders, parts)
+    frames = _check_rows(job, folders, parts)
+    if settings.track is not None and not frames:
+        raise SpecError("track: the tasks label no video frames; tracks link the boxes of a "
+                        "video job's frames (labeler run --media video)")
 
     target = Target(options.out)
     target.check_empty(options.overwrite, job.uri)
@@ -161,8 +174,7 @@ def run_fuse(options: FuseOptions) -> FuseSummary:
             done.add(part_count)
     except OSError as err:
         raise storage_error(job.uri, "read the job output", err) from None
-    summary = FuseSummary(settings, len(parts), done.rows, done.error_rows, done.count,
-                          target.uri, job.finished)
+    summary = FuseSummary(settings, len(parts), done, target.uri, job.finished)
     if job.finished:
         with target.final(SUCCESS) as out:
             out.write(json.dumps(summary.report(), indent=2).encode())
@@ -215,11 +227,14 @@ def _parts(folders: list[TaskFolder]) -> list[str]:
     return sorted(names[0])
 
 
-def _check_rows(job: JobOutput, folders: list[TaskFolder], parts: list[str]) -> None:
+def _check_rows(job: JobOutput, folders: list[TaskFolder], parts: list[str]) -> bool:
     """Every task's part holds the same rows (KEY_COLUMNS); SpecError naming one that is in
-    one task only. Reads the key columns alone, before anything is written."""
+    one task only. Reads the key columns alone, before anything is written. Whether some
+    row is a video frame."""
+    frames = False
     for part in parts:
         keys = [_keys(job, folder, part) for folder in folders]
+        frames = frames or any(len(key) > 1 and key[1] != -1 for key in keys[0])
         for folder, held in zip(folders[1:], keys[1:]):
             for only, here in ((keys[0] - held, folders[0]), (held - keys[0], folder)):
                 if only:
@@ -227,6 +242,7 @@ def _check_rows(job: JobOutput, folders: list[TaskFolder], parts: list[str]) -> 
                                     f", which the other tasks do not ({len(only)} such rows): "
                                     f"fuse takes tasks of one job over the same inputs and "
                                     f"video frames")
+    return frames
 
 
 def _keys(job: JobOutput, folder: TaskFolder, part: str) -> set[tuple]:
@@ -258,10 +274,12 @@ class PartCount:
     rows: int = 0
     error_rows: int = 0
     count: FusionCount = field(default_factory=FusionCount)
+    tracks: int = 0
 
     def add(self, other: PartCount) -> None:
         self.rows += other.rows
         self.error_rows += other.error_rows
+        self.tracks += other.tracks
         self.count.add(other.count)
 
 
@@ -283,6 +301,9 @@ class PartFuser:
         """`<out>/<name>/<part>`: the part's fused rows; what fusing them did."""
         done = PartCount(count=FusionCount(boxes_in=[0] * len(self.folders)))
         table = self.fuse(part, done)
+        if self.settings.track is not None:  # a part holds whole videos, in time order
+            table = add_track_ids(table, self.settings.track)
+            done.tracks = count_tracks(table)
         with self.target.final(f"{self.settings.name}/{part}") as out:
             pq.write_table(table, out, compression="zstd")  # as the job's sink writes
         return done
@@ -343,8 +364,10 @@ class PartFuser:
                     renamed = self.settings.rename.get(label, label)
                     if renamed not in labels:
                         labels.append(renamed)
-            self._parameters[key] = json.dumps({"fuse": self.recorded, "labels": labels,
-                                                "sources": sources})
+            parameters = {"fuse": self.recorded, "labels": labels, "sources": sources}
+            if self.settings.track is not None:  # as a tracked job's rows record it
+                parameters["track"] = self.settings.track.model_dump(mode="json")
+            self._parameters[key] = json.dumps(parameters)
         return self._parameters[key]
 
     def _table(self, base: pa.Table, fused: dict[str, list]) -> pa.Table:

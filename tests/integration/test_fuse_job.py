@@ -19,6 +19,7 @@ from labeler.cli import main
 from labeler.fusion import FusionRule, fuse_boxes
 from labeler.config import load_job_spec
 from labeler.jobs.images import run_image_job
+from labeler.jobs.runner import run_job
 from labeler.testing.samples import make_sample_images
 
 
@@ -242,3 +243,71 @@ def test_fuse_reads_and_writes_s3_in_worker_processes_as_in_one(two_task_job, s3
         remote = pq.read_table(pa.BufferReader(body)).to_pylist()
         assert remote == pq.read_table(tmp_path / "local" / key.removeprefix("fused/")).to_pylist()
 
+
+
+def test_a_video_jobs_tasks_fuse_frame_by_frame_and_link_into_tracks(ray_local, tiny_owlv2,
+                                                                      tmp_path, capsys):
+    """Frame rows pair by (video, frame); --track links the fused boxes as a tracked job
+    links its own (add_track_ids on the fused rows), and the tracks export as MOT."""
+    from labeler.config import TrackingSpec
+    from labeler.testing.videos import encode_video
+    from labeler.tracking import add_track_ids
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        encode_video(videos / name, "libx264", count=12)
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"""
+input: {{path: {videos}, media: video, sampling: {{every_n_frames: 2}}}}
+output: {{path: {tmp_path / "out"}}}
+tasks:
+  - name: owl_a
+    task: detect
+    model: {{family: owlv2, source: {tiny_owlv2}}}
+    labels: [cat, dog]
+    threshold: 0.3
+    resources: {{batch_size: 6, num_cpus: 0.5}}
+  - name: owl_b
+    task: detect
+    model: {{family: owlv2, source: {tiny_owlv2}}}
+    labels: [cat, dog]
+    templates: ["a photo of a {{}}."]
+    threshold: 0.2
+    resources: {{batch_size: 6, num_cpus: 0.5}}
+""")
+    run_job(load_job_spec(spec), progress=False)
+
+    code, plain, _ = _fuse(capsys, tmp_path / "out", "--tasks", "owl_a,owl_b",
+                           "--out", tmp_path / "plain")
+    assert code == 0 and "tracks:" not in plain
+    code, out, _ = _fuse(capsys, tmp_path / "out", "--tasks", "owl_a,owl_b", "--track",
+                         "--track-max-missed", "1", "--out", tmp_path / "tracked")
+    assert code == 0
+    track = TrackingSpec(max_missed=1)
+    untracked = pq.read_table(tmp_path / "plain" / "fused" / "part-00000.parquet")
+    tracked = pq.read_table(tmp_path / "tracked" / "fused" / "part-00000.parquet")
+    rows = tracked.to_pylist()
+    assert [(r["id"], r["frame_index"]) for r in rows] == [
+        (video, frame) for video in ("a.mp4", "b.mp4") for frame in range(0, 12, 2)]
+    assert tracked.column("detections").to_pylist() == add_track_ids(
+        untracked, track).column("detections").to_pylist()
+    tracks = len({(r["id"], d["track_id"]) for r in rows for d in r["detections"]
+                  if d["track_id"] is not None})
+    assert tracks and f"tracks: {tracks} (" in out
+    assert all(json.loads(r["parameters"])["track"] == track.model_dump() for r in rows)
+    assert json.loads((tmp_path / "tracked" / "_SUCCESS").read_text())["tracks"] == tracks
+
+    assert main(["export", str(tmp_path / "tracked"), "--format", "mot",
+                 "--out", str(tmp_path / "mot")]) == 0
+    lines = (tmp_path / "mot" / "a.mp4" / "gt" / "gt.txt").read_text().splitlines()
+    assert len(lines) == sum(1 for r in rows if r["id"] == "a.mp4" for d in r["detections"]
+                             if d["track_id"] is not None)
+
+
+def test_track_is_refused_for_tasks_that_label_no_video_frames(two_task_job, tmp_path,
+                                                               capsys):
+    code, _, err = _fuse(capsys, two_task_job[0], "--tasks", "owl_a,owl_b", "--track",
+                         "--out", tmp_path / "out")
+    assert code == 2 and "track: the tasks label no video frames" in err
+    assert not (tmp_path / "out").exists()
