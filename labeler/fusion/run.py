@@ -8,11 +8,9 @@ written as a job output that export, eval, stats and preview read like any other
        (id, and a video row's frame or clip): anything else is refused before a file is
        written, naming the task, part and row
     2. part by part (in worker processes, one per CPU by default: fusing is Python code),
-       the tasks' rows of an input are fused into one row: the first task's
-       row with the fused boxes, task `detect` (or the tasks' kind when they share one),
-       task_name --name, model_family "fuse", model the task names joined by '+', and
-       `parameters` holding the fusion settings and each task's own parameters; a row whose
-       input failed in any task is an error row naming the task and its error
+       the tasks' rows of an input are fused into one row (labeler.fusion.records: the
+       first task's row with the fused boxes, a row whose input failed in any task an error
+       row naming each task's error); with `track`, each video's fused boxes are linked
     3. `<out>/<name>/part-NNNNN.parquet` (each staged and renamed, as a job's), and, when the
        job had finished, `<out>/_SUCCESS` with the settings and the counts, written last
 
@@ -28,46 +26,33 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Annotated
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field, ValidationError, model_validator
 
-from labeler.config import SpecError, TrackingSpec, _Strict, format_validation_error
+from labeler.config import SpecError, TrackingSpec, format_validation_error
 from labeler.export.rows import JobOutput, TaskFolder
 from labeler.export.target import Target
-from labeler.fusion.wbf import ConfType, FusionCount, FusionRule, fuse_boxes
+from labeler.fusion.records import FUSED_KINDS, FusionSpec, RecordFuser, fused_kind
+from labeler.fusion.wbf import FusionCount
 from labeler.schemas.record import RECORD_SCHEMA
 from labeler.storage import storage_error
 from labeler.tracking import add_track_ids, count_tracks
 
 SUCCESS = "_SUCCESS"
-# Task kinds whose rows each hold one image's (or frame's) boxes in pixels. Pseudo-label rows
-# are left out: their labels are a caption's words, and `kept` is a verdict per model.
-FUSED_KINDS = ("detect", "ground", "detect-by-example", "regions")
 # What tells an input's rows apart in a task: the input, and a video row's frame or clip.
 KEY_COLUMNS = ("id", "frame_index", "clip_start_s")
-# The columns read from the tasks after the first (the first task's row is the fused row's base).
+# The columns of each task's rows that fusing reads and replaces (the first task's row is the
+# fused row's base).
 SOURCE_COLUMNS = ("detections", "error", "warnings", "parameters")
-MODEL_FAMILY = "fuse"
 
 
-class FuseSettings(_Strict):
+class FuseSettings(FusionSpec):
     """The fusion's settings, checked before anything is read (a bad one is named)."""
 
     tasks: list[str] = Field(min_length=2, description="task folders to fuse, at least two")
-    weights: list[Annotated[float, Field(gt=0.0)]] | None = Field(
-        None, description="a weight per task, in the order of tasks (default: 1 each)")
-    iou: float = Field(0.55, gt=0.0, lt=1.0, description="a box joins a cluster whose fused "
-                                                         "box it overlaps by more than this")
-    min_score: float = Field(0.0, ge=0.0, le=1.0,
-                             description="a task's boxes under it are dropped before fusing")
-    conf_type: ConfType = "avg"
-    min_models: int = Field(1, ge=1, description="fewest tasks that found a kept box")
-    rename: dict[str, str] = Field(default_factory=dict,
-                                   description="a task's label -> the label it is fused as")
     name: str = Field("fused", pattern=r"^[A-Za-z0-9_.-]+$",
                       description="the fused task's folder and task_name")
     track: TrackingSpec | None = Field(None, description="video frames: link each video's "
@@ -77,22 +62,8 @@ class FuseSettings(_Strict):
     def _consistent(self) -> FuseSettings:
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks: {self.tasks} names a task twice")
-        if self.weights is not None and len(self.weights) != len(self.tasks):
-            raise ValueError(f"weights: {len(self.weights)} given for {len(self.tasks)} tasks; "
-                             f"give one per task, in the order of tasks")
-        if self.min_models > len(self.tasks):
-            raise ValueError(f"min_models: {self.min_models} is more than the "
-                             f"{len(self.tasks)} tasks fused")
+        self.check_sources(len(self.tasks))
         return self
-
-    def rule(self) -> FusionRule:
-        return FusionRule(tuple(self.weights or [1.0] * len(self.tasks)), self.iou,
-                          self.min_score, self.conf_type, self.min_models)
-
-    def recorded(self) -> dict:
-        """The settings as each fused row's `parameters` and _SUCCESS record them."""
-        return {"method": "wbf", **self.model_dump(exclude={"name", "track"}),
-                "weights": list(self.rule().weights)}
 
 
 @dataclass(frozen=True)
@@ -137,7 +108,7 @@ class FuseSummary:
 
     def report(self) -> dict:
         track = self.settings.track
-        return {"fuse": self.settings.recorded(), "task": self.settings.name,
+        return {"fuse": self.settings.recorded(self.settings.tasks), "task": self.settings.name,
                 "track": None if track is None else track.model_dump(mode="json"),
                 "tracks": None if track is None else self.done.tracks,
                 "files": self.files, "rows": self.done.rows, "error_rows": self.done.error_rows,
@@ -290,12 +261,9 @@ class PartFuser:
     def __init__(self, fs: pafs.FileSystem, folders: list[TaskFolder], settings: FuseSettings,
                  target: Target):
         self.fs, self.folders, self.settings, self.target = fs, folders, settings, target
-        self.rule = settings.rule()
-        kinds = {folder.kind for folder in folders}
-        self.kind = kinds.pop() if len(kinds) == 1 else "detect"
-        self.model = "+".join(settings.tasks)
-        self.recorded = settings.recorded()
-        self._parameters: dict[tuple, str] = {}  # the tasks' parameters -> the fused row's
+        self.records = RecordFuser(settings.tasks, settings,
+                                   fused_kind([folder.kind for folder in folders]),
+                                   settings.name, settings.track)
 
     def write(self, part: str) -> PartCount:
         """`<out>/<name>/<part>`: the part's fused rows; what fusing them did."""
@@ -309,17 +277,21 @@ class PartFuser:
         return done
 
     def fuse(self, part: str, done: PartCount) -> pa.Table:
-        """The part's fused rows: the first task's table with the record's columns replaced."""
+        """The part's fused rows: the first task's table with the record's columns replaced
+        (labeler.fusion.records)."""
         base = pq.read_table(_path(self.folders[0], part), filesystem=self.fs)
         names = [c for c in KEY_COLUMNS if c in base.schema.names]
         first = base.select([*names, "width", "height", *SOURCE_COLUMNS]).to_pylist()
         others = [self._rows_by_key(folder, part) for folder in self.folders[1:]]
-        fused: dict[str, list] = {c: [] for c in ("detections", "error", "warnings",
-                                                  "parameters")}
+        fused: dict[str, list] = {c: [] for c in SOURCE_COLUMNS}
         for row in first:
             key = tuple(row[c] for c in names)
-            rows = [row, *(by_key[key] for by_key in others)]
-            self._fuse_row(rows, fused, done)
+            fields = self.records.fields([row, *(by_key[key] for by_key in others)],
+                                         done.count)
+            for column, values in fused.items():
+                values.append(fields[column])
+            done.rows += 1
+            done.error_rows += fields["error"] is not None
         return self._table(base, fused)
 
     def _rows_by_key(self, folder: TaskFolder, part: str) -> dict[tuple, dict]:
@@ -328,57 +300,10 @@ class PartFuser:
         rows = table.select([*names, *SOURCE_COLUMNS]).to_pylist()
         return {tuple(row[c] for c in names): row for row in rows}
 
-    def _fuse_row(self, rows: list[dict], fused: dict[str, list], done: PartCount) -> None:
-        done.rows += 1
-        tasks = self.settings.tasks
-        errors = [f"{task}: {row['error']}" for task, row in zip(tasks, rows) if row["error"]]
-        warnings = [f"{task}: {warning}" for task, row in zip(tasks, rows)
-                    for warning in row["warnings"] or []]
-        fused["warnings"].append(warnings or None)
-        fused["parameters"].append(self._parameters_of(rows))
-        if errors:
-            done.error_rows += 1
-            fused["error"].append("; ".join(errors))
-            fused["detections"].append(None)
-            return
-        rename = self.settings.rename
-        per_task = [[{**d, "label": rename.get(d["label"], d["label"])}
-                     for d in row["detections"] or []] for row in rows]
-        width, height = rows[0]["width"], rows[0]["height"]
-        fused["error"].append(None)
-        fused["detections"].append(fuse_boxes(
-            per_task, float("inf") if width is None else width,
-            float("inf") if height is None else height, self.rule, done.count))
-
-    def _parameters_of(self, rows: list[dict]) -> str:
-        """The fused row's `parameters` JSON: the fusion settings, the labels of the tasks
-        (renamed, in order) and each task's parameters; one string per distinct tasks'."""
-        key = tuple(row["parameters"] for row in rows)
-        if key not in self._parameters:
-            sources = {task: json.loads(p) if p else None
-                       for task, p in zip(self.settings.tasks, key)}
-            labels: list[str] = []
-            for params in sources.values():
-                listed = params.get("labels") if isinstance(params, dict) else None
-                for label in listed if isinstance(listed, list) else []:
-                    renamed = self.settings.rename.get(label, label)
-                    if renamed not in labels:
-                        labels.append(renamed)
-            parameters = {"fuse": self.recorded, "labels": labels, "sources": sources}
-            if self.settings.track is not None:  # as a tracked job's rows record it
-                parameters["track"] = self.settings.track.model_dump(mode="json")
-            self._parameters[key] = json.dumps(parameters)
-        return self._parameters[key]
-
     def _table(self, base: pa.Table, fused: dict[str, list]) -> pa.Table:
-        n = base.num_rows
-        columns = {
-            "task": [self.kind] * n, "task_name": [self.settings.name] * n,
-            "model": [self.model] * n, "model_family": [MODEL_FAMILY] * n,
-            "model_revision": [None] * n, "prompt": [None] * n, "text": [None] * n,
-            "ocr_regions": [None] * n, "timings": [None] * n, "kept": [None] * n,
-            "filter_reason": [None] * n, **fused}
-        for name, values in columns.items():
+        columns = {name: [value] * base.num_rows
+                   for name, value in self.records.constants.items()}
+        for name, values in {**columns, **fused}.items():
             schema_field = RECORD_SCHEMA.field(name)
             array = pa.array(values, type=schema_field.type)
             k = base.schema.get_field_index(name)
