@@ -6,6 +6,7 @@
                                                              the image (`examples`)
     POST /v1/pseudo-label                                    OWL-ST boxes from a caption
     POST /v1/annotate                                        one image, several tasks -> records
+                                                             (`fuse`: their boxes fused too)
     POST /v1/video                                           one video, one model -> a record
                                                              per sampled frame, boxes in tracks
     GET  /v1/models  /healthz  /readyz  /docs
@@ -44,6 +45,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from labeler import registry
 from labeler.config import (TRACKED_TASKS, ClipSpec, TrackingSpec, decode_side_for_tasks,
                             format_validation_error)
+from labeler.fusion.records import FUSED_KINDS, FusionSpec, RecordFuser, fused_kind
+from labeler.fusion.wbf import FusionCount
 from labeler.media.image import MediaError, decode_image
 from labeler.models.base import Example, ExampleImage
 from labeler.schemas import Record
@@ -105,6 +108,28 @@ async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
 async def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
     where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
     return _error(422, f"invalid request: {where}")
+
+
+def _record_fuser(spec: FusionSpec, sources: list[ServedModel]) -> RecordFuser:
+    """The fuser of an /v1/annotate request's records (labeler.fusion.records, as `labeler
+    fuse` fuses a job's tasks); 422 naming the field when the tasks cannot be fused. A
+    source is named by its model, the second entry of one model `name#2`, and so on."""
+    if len(sources) < 2:
+        raise ApiError(422, "fuse: fusing needs at least two entries in tasks")
+    for i, served in enumerate(sources):
+        if served.task not in FUSED_KINDS:
+            raise ApiError(422, f"fuse: tasks.{i} is a {served.task} task; fuse takes tasks "
+                                f"whose records hold boxes: {', '.join(FUSED_KINDS)}")
+    seen: dict[str, int] = {}
+    names = []
+    for served in sources:
+        seen[served.served_name] = seen.get(served.served_name, 0) + 1
+        times = seen[served.served_name]
+        names.append(served.served_name if times == 1 else f"{served.served_name}#{times}")
+    try:
+        return RecordFuser(names, spec, fused_kind([s.task for s in sources]), "fused")
+    except ValueError as err:
+        raise ApiError(422, f"fuse.{err}") from None
 
 
 def _body_doc(model, file_field: str = "image") -> dict:
@@ -347,7 +372,9 @@ class Ingress:
 
     @api.post("/v1/annotate", openapi_extra=_body_doc(AnnotateRequest))
     async def annotate(self, request: Request):
-        """One image, several tasks: {"records": [one record per entry of `tasks`]}."""
+        """One image, several tasks: {"records": [one record per entry of `tasks`]}; with
+        `fuse`, also "fused": the box tasks' records fused into one, as `labeler fuse` fuses
+        a job's tasks."""
         self._authorize(request)
         req, upload, filename = await parse_request(request, AnnotateRequest,
                                                     self.spec.limits.max_body_bytes)
@@ -358,6 +385,7 @@ class Ingress:
                 plan.append((served, self._item_params(served, entry)))
             except ApiError as err:
                 raise ApiError(err.status, f"tasks.{i}: {err.message}") from None
+        fuser = None if req.fuse is None else _record_fuser(req.fuse, [s for s, _ in plan])
         data, uri = image_bytes_or_uri(req, upload)
         decoded, decode_ms = await self._image(data, uri, [served for served, _ in plan])
         plan = [(served, await self._drawn_on(params, entry, served, decoded, f"tasks.{i}."))
@@ -367,7 +395,11 @@ class Ingress:
         records = await asyncio.gather(*(self._run(served, decoded, decode_ms, item_id, source,
                                                    params) for served, params in plan))
         status = 500 if any(r["error"] for r in records) else 200
-        return JSONResponse({"records": records}, status_code=status)
+        body = {"records": records}
+        if fuser is not None:
+            body["fused"] = {**records[0], **fuser.constants,
+                             **fuser.fields(records, FusionCount())}
+        return JSONResponse(body, status_code=status)
 
     @api.post("/v1/video", openapi_extra=_body_doc(VideoRequest, file_field="video"))
     async def video(self, request: Request):

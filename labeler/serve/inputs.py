@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from labeler.config import ClipSpec, SamplingSpec, TrackingSpec, format_validation_error
+from labeler.fusion.records import FusionSpec
 from labeler.models.base import box_fits
 from labeler.serve.errors import ApiError
 from labeler.serve.limits import read_body
@@ -75,6 +76,10 @@ class AnnotateRequest(ImageRequest):
     """One image for several tasks (each entry picks a model and its parameters)."""
 
     tasks: list[TaskParams] = Field(min_length=1)
+    fuse: FusionSpec | None = Field(
+        None, description="the box tasks' boxes fused into one record, `fused` in the "
+                          "response, as `labeler fuse` fuses a job's tasks (weighted boxes "
+                          "fusion); {} for the defaults")
 
 
 class VideoRequest(Params):
@@ -100,7 +105,7 @@ class VideoRequest(Params):
 # body carries them in.
 _EXTRA_FILE_FIELDS = ("example_image",)
 # Multipart form fields that hold JSON (a list or an object; `track` also true / false).
-_JSON_FORM_FIELDS = ("tasks", "sampling", "clip", "track", "examples")
+_JSON_FORM_FIELDS = ("tasks", "sampling", "clip", "track", "examples", "fuse")
 
 
 def _form_labels(values: list) -> list[str] | None:

@@ -300,6 +300,46 @@ def test_cvat_format_and_annotate_several_tasks(url, http, image_files):
     assert all(d["label"] == "car" and d["score"] > 0.5 for d in second["detections"])
 
 
+FUSED_TASKS = [{"model": "detector"}, {"model": "detector", "labels": ["a dog", "car"],
+                                       "threshold": 0.1}]
+
+
+def test_annotate_fuses_the_box_tasks_records_as_labeler_fuse_does(url, http, image_files):
+    """`fuse`: the records fused by labeler.fusion.records (the code of `labeler fuse`,
+    whose boxes are checked against the reference WBF): the same numbers as fusing the
+    records' boxes; the same in a multipart form."""
+    from labeler.fusion import FusionRule, fuse_boxes
+
+    data = image_files["wide.jpg"]
+    fuse = {"weights": [2, 1], "iou": 0.5}
+    response = http.post(f"{url}/v1/annotate", timeout=30, json={
+        "image": base64.b64encode(data).decode(), "id": "img-2", "tasks": FUSED_TASKS,
+        "fuse": fuse})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    first, second = body["records"]
+    fused = body["fused"]
+    expected = fuse_boxes([first["detections"], second["detections"]], first["width"],
+                          first["height"], FusionRule(weights=(2.0, 1.0), iou=0.5))
+    assert expected and len(expected) < len(first["detections"]) + len(second["detections"])
+    _same_detections(fused["detections"], expected)
+    assert (fused["id"], fused["width"], fused["height"], fused["error"]) == (
+        "img-2", first["width"], first["height"], None)
+    assert (fused["task"], fused["task_name"], fused["model"], fused["model_family"]) == (
+        "detect", "fused", "detector+detector#2", "fuse")
+    parameters = json.loads(fused["parameters"])
+    assert parameters["fuse"] == {"method": "wbf", "tasks": ["detector", "detector#2"],
+                                  "weights": [2.0, 1.0], "iou": 0.5, "min_score": 0.0,
+                                  "conf_type": "avg", "min_models": 1, "rename": {}}
+    assert parameters["sources"] == {"detector": json.loads(first["parameters"]),
+                                     "detector#2": json.loads(second["parameters"])}
+
+    form = http.post(f"{url}/v1/annotate", timeout=30, files={"image": ("w.jpg", data)},
+                     data={"tasks": json.dumps(FUSED_TASKS), "fuse": json.dumps(fuse)})
+    assert form.status_code == 200, form.text
+    _same_detections(form.json()["fused"]["detections"], expected)
+
+
 def test_service_endpoints(url, http):
     assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
     ready = requests.get(f"{url}/readyz", timeout=10)
@@ -388,12 +428,22 @@ def _png(width: int, height: int) -> bytes:
     ("unsupported content type", 415, "unsupported content type 'text/plain'"),
     ("unknown format", 422, "unknown format 'xml'"),
     ("annotate without tasks", 422, "tasks: Field required"),
+    ("fuse one task", 422, "fuse: fusing needs at least two entries in tasks"),
+    ("fuse a pseudo-label task", 422, "fuse: tasks.1 is a pseudo-label task; fuse takes"),
+    ("fuse weights", 422, "fuse.weights: 1 given for 2 tasks"),
+    ("fuse min models", 422, "fuse.min_models: 3 is more than the 2 tasks fused"),
+    ("fuse iou", 422, "fuse.iou: Input should be less than 1"),
+    ("fuse unknown field", 422, "fuse.method: Extra inputs are not permitted"),
     ("body too large", 413, f"over the limit of {MAX_BODY}"),
     ("body too large, chunked", 413, f"over the limit of {MAX_BODY} bytes"),
 ])
 def test_bad_input_gets_a_clear_4xx(url, http, image_files, case, status, message):
     good = base64.b64encode(image_files["wide.jpg"]).decode()
     jpeg = image_files["wide.jpg"]
+
+    def _annotate(**fields):
+        return http.post(f"{url}/v1/annotate", json={"image": good, **fields})
+
     send = {
         "malformed json": lambda: http.post(f"{url}/v1/detect", data=b'{"image": ',
                                             headers={"Content-Type": "application/json"}),
@@ -418,6 +468,13 @@ def test_bad_input_gets_a_clear_4xx(url, http, image_files, case, status, messag
                                                       headers={"Content-Type": "text/plain"}),
         "unknown format": lambda: http.post(f"{url}/v1/detect?format=xml", json={"image": good}),
         "annotate without tasks": lambda: http.post(f"{url}/v1/annotate", json={"image": good}),
+        "fuse one task": lambda: _annotate(tasks=FUSED_TASKS[:1], fuse={}),
+        "fuse a pseudo-label task": lambda: _annotate(
+            tasks=[{"model": "detector"}, {"model": "pseudo", "caption": "a dog"}], fuse={}),
+        "fuse weights": lambda: _annotate(tasks=FUSED_TASKS, fuse={"weights": [1]}),
+        "fuse min models": lambda: _annotate(tasks=FUSED_TASKS, fuse={"min_models": 3}),
+        "fuse iou": lambda: _annotate(tasks=FUSED_TASKS, fuse={"iou": 2}),
+        "fuse unknown field": lambda: _annotate(tasks=FUSED_TASKS, fuse={"method": "nms"}),
         "body too large": lambda: _detect(http, url, b"\xff" * (MAX_BODY + 1)),
         "body too large, chunked": lambda: http.post(
             f"{url}/v1/detect", headers={"Content-Type": "application/json"},
