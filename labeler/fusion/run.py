@@ -32,7 +32,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field, ValidationError, model_validator
 
-from labeler.config import SpecError, TrackingSpec, format_validation_error
+from labeler.config import SpecError, TrackingSpec
 from labeler.export.rows import JobOutput, TaskFolder
 from labeler.export.target import Target
 from labeler.fusion.records import FUSED_KINDS, FusionSpec, RecordFuser, fused_kind
@@ -125,8 +125,7 @@ def run_fuse(options: FuseOptions) -> FuseSummary:
     try:
         settings = FuseSettings.model_validate(options.settings)
     except ValidationError as err:
-        raise SpecError(format_validation_error(err).replace("invalid job spec",
-                                                             "invalid fuse settings")) from None
+        raise _settings_error(err) from None
     job = JobOutput(options.output)
     folders = [_fusable(job.named(name)) for name in settings.tasks]
     parts = _parts(folders)
@@ -176,6 +175,17 @@ def _start_worker(fuser: PartFuser) -> None:
 def _write_part(part: str) -> PartCount:
     assert _worker_fuser is not None, "_start_worker runs first in every worker"
     return _worker_fuser.write(part)
+
+
+def _settings_error(err: ValidationError) -> SpecError:
+    """One line per problem, `field: message` (a check across fields, such as the weights
+    against the tasks, names its field at the start of its message)."""
+    lines = []
+    for error in err.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        where = ".".join(str(part) for part in error["loc"])
+        lines.append(f"{where}: {message}" if where else message)
+    return SpecError("invalid fuse settings:\n  " + "\n  ".join(lines))
 
 
 def _fusable(folder: TaskFolder) -> TaskFolder:

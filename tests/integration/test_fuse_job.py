@@ -23,6 +23,25 @@ from labeler.jobs.runner import run_job
 from labeler.testing.samples import make_sample_images
 
 
+def _two_tasks(model: str, batch: int) -> str:
+    """A spec's `tasks`: two OWLv2 detect tasks, owl_a and owl_b, that ask differently."""
+    return f"""tasks:
+  - name: owl_a
+    task: detect
+    model: {{family: owlv2, source: {model}}}
+    labels: [cat, dog]
+    threshold: 0.3
+    resources: {{batch_size: {batch}, num_cpus: 0.5}}
+  - name: owl_b
+    task: detect
+    model: {{family: owlv2, source: {model}}}
+    labels: [cat, dog]
+    templates: ["a photo of a {{}}."]
+    threshold: 0.2
+    resources: {{batch_size: {batch}, num_cpus: 0.5}}
+"""
+
+
 @pytest.fixture(scope="module")
 def two_task_job(ray_local, tiny_owlv2, tmp_path_factory):
     """6 sample images and 3 bad files, 4 per shard (3 part files), labeled by two OWLv2
@@ -30,24 +49,8 @@ def two_task_job(ray_local, tiny_owlv2, tmp_path_factory):
     base = tmp_path_factory.mktemp("fuse_job")
     make_sample_images(base / "images", count=6, bad=True)
     spec = base / "job.yaml"
-    spec.write_text(f"""
-input: {{path: {base / "images"}, files_per_shard: 4}}
-output: {{path: {base / "out"}}}
-tasks:
-  - name: owl_a
-    task: detect
-    model: {{family: owlv2, source: {tiny_owlv2}}}
-    labels: [cat, dog]
-    threshold: 0.3
-    resources: {{batch_size: 4, num_cpus: 0.5}}
-  - name: owl_b
-    task: detect
-    model: {{family: owlv2, source: {tiny_owlv2}}}
-    labels: [cat, dog]
-    templates: ["a photo of a {{}}."]
-    threshold: 0.2
-    resources: {{batch_size: 4, num_cpus: 0.5}}
-""")
+    spec.write_text(f"input: {{path: {base / 'images'}, files_per_shard: 4}}\n"
+                    f"output: {{path: {base / 'out'}}}\n{_two_tasks(tiny_owlv2, batch=4)}")
     run_image_job(load_job_spec(spec), progress=False)
     return str(base / "out"), {task: _rows(base / "out" / task) for task in ("owl_a", "owl_b")}
 
@@ -168,9 +171,10 @@ def _rewrite(path, transform) -> None:
 @pytest.mark.parametrize("case, args, message", [
     ("unknown task", ["--tasks", "owl_a,nope"], "no task folder 'nope'"),
     ("one task", ["--tasks", "owl_a"], "tasks: List should have at least 2 items"),
-    ("a task twice", ["--tasks", "owl_a,owl_a"], "names a task twice"),
+    ("a task twice", ["--tasks", "owl_a,owl_a"],
+     "invalid fuse settings:\n  tasks: ['owl_a', 'owl_a'] names a task twice"),
     ("weights", ["--tasks", "owl_a,owl_b", "--weights", "2"],
-     "weights: 1 given for 2 tasks; give one per task"),
+     "\n  weights: 1 given for 2 tasks; give one per task"),
     ("zero weight", ["--tasks", "owl_a,owl_b", "--weights", "1,0"],
      "weights.1: Input should be greater than 0"),
     ("min models", ["--tasks", "owl_a,owl_b", "--min-models", "3"],
@@ -258,24 +262,8 @@ def test_a_video_jobs_tasks_fuse_frame_by_frame_and_link_into_tracks(ray_local, 
     for name in ("a.mp4", "b.mp4"):
         encode_video(videos / name, "libx264", count=12)
     spec = tmp_path / "job.yaml"
-    spec.write_text(f"""
-input: {{path: {videos}, media: video, sampling: {{every_n_frames: 2}}}}
-output: {{path: {tmp_path / "out"}}}
-tasks:
-  - name: owl_a
-    task: detect
-    model: {{family: owlv2, source: {tiny_owlv2}}}
-    labels: [cat, dog]
-    threshold: 0.3
-    resources: {{batch_size: 6, num_cpus: 0.5}}
-  - name: owl_b
-    task: detect
-    model: {{family: owlv2, source: {tiny_owlv2}}}
-    labels: [cat, dog]
-    templates: ["a photo of a {{}}."]
-    threshold: 0.2
-    resources: {{batch_size: 6, num_cpus: 0.5}}
-""")
+    spec.write_text(f"input: {{path: {videos}, media: video, sampling: {{every_n_frames: 2}}}}\n"
+                    f"output: {{path: {tmp_path / 'out'}}}\n{_two_tasks(tiny_owlv2, batch=6)}")
     run_job(load_job_spec(spec), progress=False)
 
     code, plain, _ = _fuse(capsys, tmp_path / "out", "--tasks", "owl_a,owl_b",
