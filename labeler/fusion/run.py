@@ -127,9 +127,7 @@ def run_fuse(options: FuseOptions) -> FuseSummary:
     except ValidationError as err:
         raise _settings_error(err) from None
     job = JobOutput(options.output)
-    folders = [_fusable(job.named(name)) for name in settings.tasks]
-    parts = _parts(folders)
-    frames = _check_rows(job, folders, parts)
+    folders, parts, frames = paired_tasks(job, settings.tasks)
     if settings.track is not None and not frames:
         raise SpecError("track: the tasks label no video frames; tracks link the boxes of a "
                         "video job's frames (labeler run --media video)")
@@ -186,6 +184,41 @@ def _settings_error(err: ValidationError) -> SpecError:
         where = ".".join(str(part) for part in error["loc"])
         lines.append(f"{where}: {message}" if where else message)
     return SpecError("invalid fuse settings:\n  " + "\n  ".join(lines))
+
+
+def paired_tasks(job: JobOutput, names: list[str]) -> tuple[list[TaskFolder], list[str], bool]:
+    """The task folders `names`, checked to hold boxes (FUSED_KINDS) and the same part
+    files with the same rows -> (folders, part file names, whether some row is a video
+    frame); SpecError naming the task, part or row otherwise. Reads the key columns alone."""
+    folders = [_fusable(job.named(name)) for name in names]
+    parts = _parts(folders)
+    return folders, parts, _check_rows(job, folders, parts)
+
+
+def paired_rows(fs: pafs.FileSystem, folders: list[TaskFolder], part: str,
+                columns: tuple[str, ...]) -> tuple[pa.Table, Iterator[list[dict]]]:
+    """One part file of paired tasks (paired_tasks) -> (the first task's whole table, each
+    input's rows of every task in `folders` order, as dicts of the key columns, `columns`,
+    and the first task's width and height), in the first task's row order."""
+    base = pq.read_table(_path(folders[0], part), filesystem=fs)
+    names = [c for c in KEY_COLUMNS if c in base.schema.names]
+    first = base.select([*names, "width", "height", *columns]).to_pylist()
+    others = [_rows_by_key(fs, folder, part, columns) for folder in folders[1:]]
+
+    def rows() -> Iterator[list[dict]]:
+        for row in first:
+            key = tuple(row[c] for c in names)
+            yield [row, *(by_key[key] for by_key in others)]
+
+    return base, rows()
+
+
+def _rows_by_key(fs: pafs.FileSystem, folder: TaskFolder, part: str,
+                 columns: tuple[str, ...]) -> dict[tuple, dict]:
+    table = pq.read_table(_path(folder, part), filesystem=fs)
+    names = [c for c in KEY_COLUMNS if c in table.schema.names]
+    rows = table.select([*names, *columns]).to_pylist()
+    return {tuple(row[c] for c in names): row for row in rows}
 
 
 def _fusable(folder: TaskFolder) -> TaskFolder:
@@ -289,26 +322,15 @@ class PartFuser:
     def fuse(self, part: str, done: PartCount) -> pa.Table:
         """The part's fused rows: the first task's table with the record's columns replaced
         (labeler.fusion.records)."""
-        base = pq.read_table(_path(self.folders[0], part), filesystem=self.fs)
-        names = [c for c in KEY_COLUMNS if c in base.schema.names]
-        first = base.select([*names, "width", "height", *SOURCE_COLUMNS]).to_pylist()
-        others = [self._rows_by_key(folder, part) for folder in self.folders[1:]]
+        base, inputs = paired_rows(self.fs, self.folders, part, SOURCE_COLUMNS)
         fused: dict[str, list] = {c: [] for c in SOURCE_COLUMNS}
-        for row in first:
-            key = tuple(row[c] for c in names)
-            fields = self.records.fields([row, *(by_key[key] for by_key in others)],
-                                         done.count)
+        for rows in inputs:
+            fields = self.records.fields(rows, done.count)
             for column, values in fused.items():
                 values.append(fields[column])
             done.rows += 1
             done.error_rows += fields["error"] is not None
         return self._table(base, fused)
-
-    def _rows_by_key(self, folder: TaskFolder, part: str) -> dict[tuple, dict]:
-        table = pq.read_table(_path(folder, part), filesystem=self.fs)
-        names = [c for c in KEY_COLUMNS if c in table.schema.names]
-        rows = table.select([*names, *SOURCE_COLUMNS]).to_pylist()
-        return {tuple(row[c] for c in names): row for row in rows}
 
     def _table(self, base: pa.Table, fused: dict[str, list]) -> pa.Table:
         columns = {name: [value] * base.num_rows

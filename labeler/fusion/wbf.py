@@ -68,10 +68,12 @@ _Member = tuple[float, float, int, float, float, float, float]
 
 
 def fuse_boxes(per_model: Sequence[Sequence[dict]], width: float, height: float,
-               rule: FusionRule, count: FusionCount | None = None) -> list[dict]:
+               rule: FusionRule, count: FusionCount | None = None,
+               support: bool = False) -> list[dict]:
     """One image's boxes, per model ({label, score, x0, y0, x1, y1} dicts, pixels), fused
     (module docstring) into {label, score, x0, y0, x1, y1} dicts, highest score first.
-    width, height: the image's size in pixels, which boxes are clipped to."""
+    width, height: the image's size in pixels, which boxes are clipped to. support: each
+    fused box also has `models`, the sorted indices of the models whose boxes it fuses."""
     count = count if count is not None else FusionCount()
     if not count.boxes_in:
         count.boxes_in = [0] * len(per_model)
@@ -98,11 +100,14 @@ def fuse_boxes(per_model: Sequence[Sequence[dict]], width: float, height: float,
     fused = []
     for label, members in by_label.items():
         for cluster, box in _clusters(members, rule):
-            if len({m[2] for m in cluster}) < rule.min_models:
+            models = {m[2] for m in cluster}
+            if len(models) < rule.min_models:
                 count.too_few_models += 1
                 continue
             fused.append({"label": label, "score": _score(cluster, box[0], rule),
                           "x0": box[1], "y0": box[2], "x1": box[3], "y1": box[4]})
+            if support:
+                fused[-1]["models"] = sorted(models)
     fused.sort(key=lambda d: -d["score"])
     count.boxes_out += len(fused)
     return fused
