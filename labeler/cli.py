@@ -1,5 +1,5 @@
-"""`labeler` command line: run, serve, export, track, fuse, preview, stats, eval, demo,
-tiny-models."""
+"""`labeler` command line: run, serve, export, track, fuse, select, preview, stats, eval,
+demo, tiny-models."""
 
 from __future__ import annotations
 
@@ -251,7 +251,21 @@ def cmd_export(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, val_fraction=args.val_fraction,
         image_url_prefix=args.image_url_prefix, slice_size=args.slice_size,
         slice_overlap=args.slice_overlap, slice_min_visible=args.slice_min_visible,
-        skip_empty_slices=args.skip_empty_slices, interpolate=args.interpolate))
+        skip_empty_slices=args.skip_empty_slices, interpolate=args.interpolate,
+        ids_file=args.ids_file))
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    """The rows of a job most worth a human's review, best first (docs/select.md)."""
+    from labeler.selection import SelectOptions, run_select
+
+    given = {name: getattr(args, name) for name in ("task", "limit", "iou", "ids_file", "json")
+             if getattr(args, name) is not None}
+    by = args.by or ("disagreement" if args.tasks else "uncertainty")
+    summary = run_select(SelectOptions(output=args.output, by=by,
+                                       tasks=tuple(args.tasks or ()), **given))
     print("\n".join(summary.lines()))
     return 0
 
@@ -444,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--interpolate", action="store_true",
                      help="mot: a box on every frame between two boxes of a track, moved "
                           "linearly (dense ground truth from sampled frames)")
+    exp.add_argument("--ids-file", help="export only the rows of these ids (a text file, one "
+                                        "a line: what `labeler select` writes)")
     exp.add_argument("--val-fraction", type=float, default=0.0,
                      help="hold out this share of the images as a validation split, chosen "
                           "by id (the same on every export); default 0: one set")
@@ -513,6 +529,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="processes fusing part files at once (default: one per CPU)")
     fuse.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     fuse.set_defaults(func=cmd_fuse)
+
+    sel = sub.add_parser("select", help="the rows most worth a human's review: where a task "
+                                        "is least sure, or where tasks disagree")
+    sel.add_argument("output", help="the job's output folder or s3:// prefix")
+    sel.add_argument("--by", choices=["uncertainty", "disagreement"],
+                     help="uncertainty: one task's least certain box (the default); "
+                          "disagreement: objects some of --tasks found and others missed "
+                          "(the default when --tasks is given)")
+    sel.add_argument("--task", help="by uncertainty: the task (default: the only one with boxes)")
+    sel.add_argument("--tasks", type=_names,
+                     help="by disagreement: the tasks compared, comma-separated")
+    sel.add_argument("--limit", type=int, help="rows selected (100)")
+    sel.add_argument("--iou", type=float,
+                     help="by disagreement: boxes of one object overlap by more (0.55)")
+    sel.add_argument("--ids-file", help="write the selected ids here, best first, one a line: "
+                                        "for labeler preview and export --ids-file")
+    sel.add_argument("--json", help="also write the selection with scores and reasons here")
+    sel.set_defaults(func=cmd_select)
 
     pre = sub.add_parser("preview", help="draw a sample of a job's output on a static HTML page")
     pre.add_argument("output", help="the job's output folder or s3:// prefix")

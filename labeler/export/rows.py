@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -260,27 +260,54 @@ class JobOutput:
         return found[0]
 
 
+def read_ids(path: str, error: type[SpecError]) -> dict[str, int]:
+    """{row id: position} of a local text file of ids, one a line (what `labeler select` and
+    `labeler eval --worst-ids` write; blank lines and repeats skipped); `error` when it
+    cannot be read or holds none."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"--ids-file {path!r}: cannot be read: {err}") from None
+    ids = {row_id: k for k, row_id in enumerate(dict.fromkeys(x for x in lines if x))}
+    if not ids:
+        raise error(f"--ids-file {path!r} holds no row id (one id a line)")
+    return ids
+
+
 class TaskRows:
     """The rows of one task folder to export, filtered (see the module docstring).
 
     min_score: boxes scoring under it are dropped (None: all kept); include_not_kept: export
-    pseudo-label rows with kept = false too."""
+    pseudo-label rows with kept = false too; ids: only the rows of these ids are read (None:
+    all)."""
 
     def __init__(self, job: JobOutput, folder: TaskFolder, min_score: float | None = None,
-                 include_not_kept: bool = False):
+                 include_not_kept: bool = False, ids: Collection[str] | None = None):
         self.job, self.folder = job, folder
         self.min_score = min_score
         self.include_not_kept = include_not_kept
+        self.ids = ids
+        self.ids_found: set[str] = set()  # those of `ids` that were rows, once scanned
 
     def scan(self, tally: Tally, wanted: Callable[[str], bool] | None = None) -> Iterator[Row]:
         """Every row to export, in file and row order; what is left out goes to `tally`.
         wanted: only rows whose id it accepts are read and counted; the others are dropped
         before their boxes become Python objects (eval reads a few images of a big job)."""
+        if self.ids is not None:
+            wanted = self._among_ids if wanted is None else (
+                lambda row_id, asked=wanted: self._among_ids(row_id) and asked(row_id))
         for batch in self.batches(COLUMNS):
             if wanted is not None:
                 ids = batch.column("id").to_pylist()
                 batch = batch.filter(pa.array([wanted(i) for i in ids], pa.bool_()))
             yield from self._rows(batch.to_pydict(), batch.num_rows, tally)
+
+    def _among_ids(self, row_id: str) -> bool:
+        if row_id in self.ids:
+            self.ids_found.add(row_id)
+            return True
+        return False
 
     def batches(self, columns: Iterable[str]) -> Iterator[pa.RecordBatch]:
         """The folder's rows, unfiltered, as record batches of at most READ_BATCH_ROWS rows in

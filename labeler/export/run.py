@@ -27,7 +27,7 @@ from labeler.export.label_studio_video import write_label_studio_video
 from labeler.export.mot import SEQMAP_FILE as MOT_FILE
 from labeler.export.mot import write_mot
 from labeler.export.rows import (ExportError, JobOutput, Reasons, Tally, TaskFolder, TaskRows,
-                                 TrackCount)
+                                 TrackCount, read_ids)
 from labeler.export.slices import SliceOptions
 from labeler.export.splits import TRAIN, VAL, split_of
 from labeler.export.target import Target
@@ -60,6 +60,7 @@ class ExportOptions:
     slice_min_visible: float | None = None
     skip_empty_slices: bool = False
     interpolate: bool = False  # mot: a line for every frame between a track's boxes
+    ids_file: str | None = None  # only the rows of these ids (`labeler select` writes one)
 
     def slices(self) -> SliceOptions | None:
         """The slicing asked for, or None."""
@@ -86,10 +87,16 @@ class ExportSummary:
     splits: dict[str, tuple[int, int]] = field(default_factory=dict)  # split: (images, boxes)
     sliced: SliceCount = field(default_factory=SliceCount)
     tracks: TrackCount | None = None  # tracked videos (mot, label-studio): what was written
+    ids: tuple[int, int] | None = None  # --ids-file: (ids in it, ids that were rows)
 
     def lines(self) -> list[str]:
         tally, min_score = self.tally, self.options.min_score
         out = [f"task: {self.task.name} ({self.task.kind}), {tally.rows} rows read"]
+        if self.ids is not None:
+            asked, found = self.ids
+            out.append(f"only the ids of {self.options.ids_file}: {found} of its {asked} are "
+                       f"rows of this task" + (f" ({asked - found} are not)" if asked > found
+                                               else ""))
         if not self.job_finished:
             out.append(f"warning: {self.options.job} has no _SUCCESS: the job did not finish, "
                        f"only its committed shards were exported")
@@ -209,7 +216,8 @@ def run_export(options: ExportOptions) -> ExportSummary:
     folder = job.pick(options.task)
     target = Target(options.out)
     target.check_empty(options.overwrite, job.uri)
-    rows = TaskRows(job, folder, options.min_score, options.include_not_kept)
+    ids = read_ids(options.ids_file, ExportError) if options.ids_file is not None else None
+    rows = TaskRows(job, folder, options.min_score, options.include_not_kept, ids)
 
     survey, labels, kinds = Tally(), set(), set()
     for row in rows.scan(survey):
@@ -244,6 +252,8 @@ def run_export(options: ExportOptions) -> ExportSummary:
     summary.images = sum(n for n, _ in counts.values())
     summary.boxes = sum(b for _, b in counts.values())
     summary.splits = counts if split else {}
+    if ids is not None:
+        summary.ids = (len(ids), len(rows.ids_found))
     return summary
 
 

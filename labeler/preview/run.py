@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labeler.config import SpecError
-from labeler.export.rows import JobOutput, TaskFolder
+from labeler.export.rows import JobOutput, TaskFolder, read_ids
 from labeler.preview.draw import MAX_SIDE, annotate, jpeg_bytes
 from labeler.preview.load import Loaded, Unavailable, load_image, load_video_rows
 from labeler.preview.page import Entry, PageInfo, render_page
@@ -114,20 +114,6 @@ def image_name(row: SampledRow) -> str:
     return f"{slug}-{digest}.jpg"
 
 
-def read_ids(path: str) -> dict[str, int]:
-    """{row id: position} of a text file of ids, one a line (blank lines and repeats
-    skipped); PreviewError when it cannot be read or holds none."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = [line.strip() for line in f]
-    except (OSError, UnicodeDecodeError) as err:
-        raise PreviewError(f"--ids-file {path!r}: cannot be read: {err}") from None
-    ids = {row_id: k for k, row_id in enumerate(dict.fromkeys(x for x in lines if x))}
-    if not ids:
-        raise PreviewError(f"--ids-file {path!r} holds no row id (one id a line)")
-    return ids
-
-
 def _check_options(options: PreviewOptions) -> Path:
     """The output folder, checked; PreviewError for bad options."""
     if options.limit < 1:
@@ -215,7 +201,8 @@ def run_preview(options: PreviewOptions) -> PreviewSummary:
     docstring); ExportError / PreviewError (SpecErrors) when it cannot be done as asked,
     StorageError when the job output cannot be read."""
     out = _check_options(options)
-    ids = read_ids(options.ids_file) if options.ids_file is not None else None
+    ids = (read_ids(options.ids_file, PreviewError) if options.ids_file is not None
+           else None)
     job = JobOutput(options.output)
     folder = pick_task(job, options.task)
     scan = scan_task(job, folder, options.limit, options.seed, options.errors, ids)

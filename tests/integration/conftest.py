@@ -47,3 +47,49 @@ def s3_bucket(s3_env) -> str:
     name = f"test-{os.getpid()}-{next(_bucket_counter)}"
     s3_env.client().create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def two_owlv2_tasks(tiny_owlv2):
+    """batch size -> a spec's `tasks`: two tiny OWLv2 detect tasks, owl_a and owl_b, that ask
+    differently (labeler fuse and select compare them)."""
+    def tasks(batch: int) -> str:
+        return f"""tasks:
+  - name: owl_a
+    task: detect
+    model: {{family: owlv2, source: {tiny_owlv2}}}
+    labels: [cat, dog]
+    threshold: 0.3
+    resources: {{batch_size: {batch}, num_cpus: 0.5}}
+  - name: owl_b
+    task: detect
+    model: {{family: owlv2, source: {tiny_owlv2}}}
+    labels: [cat, dog]
+    templates: ["a photo of a {{}}."]
+    threshold: 0.2
+    resources: {{batch_size: {batch}, num_cpus: 0.5}}
+"""
+    return tasks
+
+
+@pytest.fixture(scope="session")
+def two_task_job(ray_local, two_owlv2_tasks, tmp_path_factory):
+    """6 sample images and 3 bad files, 4 per shard (3 part files), labeled by the two tasks
+    of two_owlv2_tasks -> (output folder, {task: {id: row}})."""
+    import pyarrow.dataset as pads
+
+    from labeler.config import load_job_spec
+    from labeler.jobs.images import run_image_job
+    from labeler.testing.samples import make_sample_images
+
+    base = tmp_path_factory.mktemp("two_task_job")
+    make_sample_images(base / "images", count=6, bad=True)
+    spec = base / "job.yaml"
+    spec.write_text(f"input: {{path: {base / 'images'}, files_per_shard: 4}}\n"
+                    f"output: {{path: {base / 'out'}}}\n{two_owlv2_tasks(batch=4)}")
+    run_image_job(load_job_spec(spec), progress=False)
+    rows = {}
+    for task in ("owl_a", "owl_b"):
+        table = pads.dataset(base / "out" / task, format="parquet").to_table()
+        rows[task] = {r["id"]: r for r in table.to_pylist()}
+    return str(base / "out"), rows

@@ -16,43 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from labeler.cli import main
-from labeler.fusion import FusionRule, fuse_boxes
 from labeler.config import load_job_spec
-from labeler.jobs.images import run_image_job
+from labeler.fusion import FusionRule, fuse_boxes
 from labeler.jobs.runner import run_job
-from labeler.testing.samples import make_sample_images
-
-
-def _two_tasks(model: str, batch: int) -> str:
-    """A spec's `tasks`: two OWLv2 detect tasks, owl_a and owl_b, that ask differently."""
-    return f"""tasks:
-  - name: owl_a
-    task: detect
-    model: {{family: owlv2, source: {model}}}
-    labels: [cat, dog]
-    threshold: 0.3
-    resources: {{batch_size: {batch}, num_cpus: 0.5}}
-  - name: owl_b
-    task: detect
-    model: {{family: owlv2, source: {model}}}
-    labels: [cat, dog]
-    templates: ["a photo of a {{}}."]
-    threshold: 0.2
-    resources: {{batch_size: {batch}, num_cpus: 0.5}}
-"""
-
-
-@pytest.fixture(scope="module")
-def two_task_job(ray_local, tiny_owlv2, tmp_path_factory):
-    """6 sample images and 3 bad files, 4 per shard (3 part files), labeled by two OWLv2
-    detect tasks that ask differently -> (output folder, {task: {id: row}})."""
-    base = tmp_path_factory.mktemp("fuse_job")
-    make_sample_images(base / "images", count=6, bad=True)
-    spec = base / "job.yaml"
-    spec.write_text(f"input: {{path: {base / 'images'}, files_per_shard: 4}}\n"
-                    f"output: {{path: {base / 'out'}}}\n{_two_tasks(tiny_owlv2, batch=4)}")
-    run_image_job(load_job_spec(spec), progress=False)
-    return str(base / "out"), {task: _rows(base / "out" / task) for task in ("owl_a", "owl_b")}
 
 
 def _rows(folder) -> dict[str, dict]:
@@ -249,7 +215,7 @@ def test_fuse_reads_and_writes_s3_in_worker_processes_as_in_one(two_task_job, s3
 
 
 
-def test_a_video_jobs_tasks_fuse_frame_by_frame_and_link_into_tracks(ray_local, tiny_owlv2,
+def test_a_video_jobs_tasks_fuse_frame_by_frame_and_link_into_tracks(ray_local, two_owlv2_tasks,
                                                                       tmp_path, capsys):
     """Frame rows pair by (video, frame); --track links the fused boxes as a tracked job
     links its own (add_track_ids on the fused rows), and the tracks export as MOT."""
@@ -263,7 +229,7 @@ def test_a_video_jobs_tasks_fuse_frame_by_frame_and_link_into_tracks(ray_local, 
         encode_video(videos / name, "libx264", count=12)
     spec = tmp_path / "job.yaml"
     spec.write_text(f"input: {{path: {videos}, media: video, sampling: {{every_n_frames: 2}}}}\n"
-                    f"output: {{path: {tmp_path / 'out'}}}\n{_two_tasks(tiny_owlv2, batch=6)}")
+                    f"output: {{path: {tmp_path / 'out'}}}\n{two_owlv2_tasks(batch=6)}")
     run_job(load_job_spec(spec), progress=False)
 
     code, plain, _ = _fuse(capsys, tmp_path / "out", "--tasks", "owl_a,owl_b",

@@ -1,0 +1,57 @@
+"""How `labeler select` scores a row (labeler.selection.scores) and keeps one entry per input
+(a video's frames are one)."""
+
+from __future__ import annotations
+
+import pytest
+
+from labeler.selection.run import Selected, SelectOptions, SelectSummary, _per_input
+from labeler.selection.scores import disagreement, entropy_bits, uncertainty
+
+
+def _box(label, score, x0=10.0, y0=10.0, x1=60.0, y1=60.0):
+    return {"label": label, "score": score, "x0": x0, "y0": y0, "x1": x1, "y1": y1}
+
+
+def test_entropy_is_one_bit_at_half_and_none_at_the_ends():
+    assert entropy_bits(0.5) == pytest.approx(1.0)
+    assert entropy_bits(0.1) == pytest.approx(0.4690, abs=1e-4)
+    assert entropy_bits(0.9) == pytest.approx(entropy_bits(0.1))
+    assert entropy_bits(0.0) == entropy_bits(1.0) == 0.0
+
+
+def test_uncertainty_is_the_least_certain_boxs():
+    priority = uncertainty([("cat", 0.95), ("dog", 0.45), ("car", 0.2)])
+    assert priority.score == pytest.approx(entropy_bits(0.45))
+    assert priority.reason == "'dog' scored 0.450"
+    assert uncertainty([]).score == 0.0 and uncertainty([]).reason == "no box"
+
+
+def test_disagreement_is_a_missed_objects_score_times_the_share_that_missed_it():
+    names = ["a", "b", "c"]
+    agreed = [_box("cat", 0.9), _box("cat", 0.7, x0=12.0), _box("cat", 0.8, y1=58.0)]
+    priority = disagreement([[agreed[0]], [agreed[1]], [agreed[2]]], 640, 480, names, 0.55)
+    assert (priority.score, priority.reason) == (0.0, "every task found the same objects")
+
+    lone = _box("dog", 0.8, 300.0, 300.0, 400.0, 400.0)
+    half = _box("car", 0.6, 100.0, 300.0, 200.0, 400.0)
+    priority = disagreement([[agreed[0], lone, half], [agreed[1], half], [agreed[2]]],
+                            640, 480, names, 0.55)
+    assert priority.score == pytest.approx(0.8 * 2 / 3)  # > the car's 0.6 * 1 / 3
+    assert priority.reason == "'dog' scored 0.800 by a, missed by 2 of 3 tasks"
+
+    # The same place under two labels is two objects, each missed by one task.
+    priority = disagreement([[_box("cat", 0.9)], [_box("dog", 0.7)]], 640, 480, ["a", "b"], 0.5)
+    assert priority.score == pytest.approx(0.45)
+    assert disagreement([[], []], 640, 480, ["a", "b"], 0.5).reason == "no box"
+
+
+def test_a_videos_frames_are_one_input_scored_by_its_best_frame():
+    summary = SelectSummary(SelectOptions("out"), ["t"], finished=True)
+    scored = [Selected("a.mp4", 0.2, "frame 0"), Selected("a.mp4", 0.7, "frame 2"),
+              Selected("a.mp4", 0.5, "frame 4"), Selected("b.jpg", 0.1, "x"),
+              Selected("c.mp4", 0.3, "frame 0")]
+    assert list(_per_input(scored, summary)) == [
+        Selected("a.mp4", 0.7, "frame 2"), Selected("b.jpg", 0.1, "x"),
+        Selected("c.mp4", 0.3, "frame 0")]
+    assert summary.inputs == 3
