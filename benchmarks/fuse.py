@@ -63,8 +63,13 @@ def write_ground_truth(path: Path, scenes: list[list[tuple]]) -> None:
                                 "categories": categories}))
 
 
-def write_job(root: Path, scenes: list[list[tuple]], tasks: int, per_part: int) -> int:
-    """The synthetic job output under root; the number of boxes written."""
+def write_job(root: Path, scenes: list[list[tuple]], tasks: int, per_part: int,
+              difficulty: list[float] | None = None) -> int:
+    """The synthetic job output under root; the number of boxes written. difficulty: per
+    image, in [0, 1]: a task finds each object with probability 0.95 - 0.5 * difficulty,
+    scored about 0.9 - 0.6 * difficulty (sd 0.15), and adds 4 * difficulty spurious boxes
+    on average, scored 0.1 to 0.3 + 0.4 * difficulty: a detector is less sure where it errs
+    more. None: 0.8, scored 0.1-1 at random, and 2 spurious boxes in every image."""
     rng = random.Random(0)
     rows = len(scenes)
     boxes = 0
@@ -76,16 +81,23 @@ def write_job(root: Path, scenes: list[list[tuple]], tasks: int, per_part: int) 
             records = []
             for i in range(start, min(start + per_part, rows)):
                 detections = []
+                found, spurious, false_top = 0.8, 2, 0.4
+                if difficulty is not None:
+                    d = difficulty[i]
+                    found, false_top = 0.95 - 0.5 * d, 0.3 + 0.4 * d
+                    spurious = sum(rng.random() < d for _ in range(4))
                 for label, x0, y0, x1, y1 in scenes[i]:
-                    if rng.random() < 0.8:
+                    if rng.random() < found:
                         j = [rng.gauss(0, 0.05 * (x1 - x0)) for _ in range(4)]
-                        detections.append({"label": label, "score": rng.uniform(0.1, 1.0),
+                        score = (rng.uniform(0.1, 1.0) if difficulty is None else
+                                 min(max(rng.gauss(0.9 - 0.6 * difficulty[i], 0.15), 0.1), 1.0))
+                        detections.append({"label": label, "score": score,
                                            "x0": x0 + j[0], "y0": y0 + j[1],
                                            "x1": x1 + j[2], "y1": y1 + j[3]})
-                for _ in range(2):
+                for _ in range(spurious):
                     x0, y0 = rng.uniform(0, WIDTH - 50), rng.uniform(0, HEIGHT - 50)
                     detections.append({"label": rng.choice(LABELS),
-                                       "score": rng.uniform(0.1, 0.4), "x0": x0, "y0": y0,
+                                       "score": rng.uniform(0.1, false_top), "x0": x0, "y0": y0,
                                        "x1": x0 + 40, "y1": y0 + 40})
                 boxes += len(detections)
                 records.append({"id": f"img{i:08d}.jpg", "uri": f"/data/img{i:08d}.jpg",

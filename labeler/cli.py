@@ -261,8 +261,9 @@ def cmd_select(args: argparse.Namespace) -> int:
     """The rows of a job most worth a human's review, best first (docs/select.md)."""
     from labeler.selection import SelectOptions, run_select
 
-    given = {name: getattr(args, name) for name in ("task", "limit", "iou", "ids_file", "json")
-             if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in (
+        "task", "limit", "iou", "ids_file", "json")
+        if getattr(args, name) is not None}
     by = args.by or ("disagreement" if args.tasks else "uncertainty")
     summary = run_select(SelectOptions(output=args.output, by=by,
                                        tasks=tuple(args.tasks or ()), **given))
@@ -534,9 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "is least sure, or where tasks disagree")
     sel.add_argument("output", help="the job's output folder or s3:// prefix")
     sel.add_argument("--by", choices=["uncertainty", "disagreement"],
-                     help="uncertainty: one task's least certain box (the default); "
-                          "disagreement: objects some of --tasks found and others missed "
-                          "(the default when --tasks is given)")
+                     help="uncertainty: one task's low box scores (the default); "
+                          "disagreement: the share of objects some of --tasks found and "
+                          "others missed (the default when --tasks is given)")
     sel.add_argument("--task", help="by uncertainty: the task (default: the only one with boxes)")
     sel.add_argument("--tasks", type=_names,
                      help="by disagreement: the tasks compared, comma-separated")

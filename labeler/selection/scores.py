@@ -1,19 +1,22 @@
 """How much a row is worth a human's look, from its boxes (`labeler select`), each with a
-reason a reviewer can read.
+reason a reviewer can read. Both are shares in [0, 1], so a row's number of boxes does not
+decide its rank by itself.
 
-    uncertainty   one task: the binary entropy, in bits, of its least certain box's score:
-                  1.0 for a box scored 0.5 (the model cannot tell), near 0 for scores near 0
-                  or 1; 0 for a row without boxes. Least-confidence sampling, per box.
+    uncertainty   one task: 1 - the mean score of its boxes (least-confidence sampling,
+                  averaged over the row's detections). A detector scores lower where it errs
+                  more; a row without boxes scores 0.
     disagreement  several tasks: their boxes clustered as `labeler fuse` clusters them
-                  (weighted boxes fusion; the cluster's score is its best box's), and for each
-                  cluster some tasks missed, its score times the share of tasks that missed
-                  it; the row's is the largest. 0 when every task found every object the
+                  (weighted boxes fusion), one cluster per object some task found; the mean
+                  over the objects of the share of tasks that missed it (with two tasks: the
+                  share of objects only one found). 0 when every task found every object the
                   others did. Query by committee, the committee being the tasks.
+
+benchmarks/select_review.py measures what each finds against a random sample (and why these
+and not sums of box scores: a hard image's boxes are few and low-scored, so sums rank it low).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,7 +25,7 @@ from labeler.fusion.wbf import FusionRule, fuse_boxes
 
 @dataclass(frozen=True)
 class Priority:
-    """A row's worth of review in [0, 1] and why."""
+    """A row's worth of review in [0, 1] (higher first) and why."""
 
     score: float
     reason: str
@@ -31,34 +34,31 @@ class Priority:
 NOTHING = Priority(0.0, "no box")
 
 
-def entropy_bits(score: float) -> float:
-    """Binary entropy of a probability, in bits: 1 at 0.5, 0 at 0 and 1."""
-    if score <= 0.0 or score >= 1.0:
-        return 0.0
-    return -(score * math.log2(score) + (1 - score) * math.log2(1 - score))
-
-
 def uncertainty(boxes: Sequence[tuple[str, float]]) -> Priority:
-    """A row's (label, score) boxes -> the entropy of its least certain one."""
+    """A row's (label, score) boxes -> 1 - their mean score, naming the least sure box."""
     if not boxes:
         return NOTHING
-    label, score = max(boxes, key=lambda box: entropy_bits(box[1]))
-    return Priority(entropy_bits(score), f"{label!r} scored {score:.3f}")
+    mean = sum(score for _, score in boxes) / len(boxes)
+    label, score = min(boxes, key=lambda box: box[1])
+    return Priority(1.0 - mean, f"mean box score {mean:.3f} over {len(boxes)} boxes; the "
+                                f"least sure {label!r} scored {score:.3f}")
 
 
 def disagreement(per_task: Sequence[Sequence[dict]], width: float, height: float,
                  names: Sequence[str], iou: float) -> Priority:
-    """A row's boxes from each task ({label, score, x0, y0, x1, y1} dicts) -> its largest
-    disagreement (module docstring); names: the tasks', for the reason."""
+    """A row's boxes from each task ({label, score, x0, y0, x1, y1} dicts) -> the mean share
+    of tasks that missed each object (module docstring); names: the tasks', for the reason."""
     rule = FusionRule(weights=(1.0,) * len(per_task), iou=iou, conf_type="max")
-    best = NOTHING
-    for box in fuse_boxes(per_task, width, height, rule, support=True):
-        missed = len(per_task) - len(box["models"])
-        value = box["score"] * missed / len(per_task)
-        if value > best.score:
-            found = ", ".join(names[k] for k in box["models"])
-            best = Priority(value, f"{box['label']!r} scored {box['score']:.3f} by {found}, "
-                                   f"missed by {missed} of {len(per_task)} tasks")
-    if best is NOTHING and any(per_task):
-        return Priority(0.0, "every task found the same objects")
-    return best
+    objects = fuse_boxes(per_task, width, height, rule, support=True)
+    if not objects:
+        return NOTHING
+    missed = [len(per_task) - len(box["models"]) for box in objects]
+    disputed = [(box, m) for box, m in zip(objects, missed) if m]
+    if not disputed:
+        return Priority(0.0, f"every task found the same {len(objects)} objects")
+    box, m = max(disputed, key=lambda d: d[0]["score"])
+    found = ", ".join(names[k] for k in box["models"])
+    return Priority(sum(missed) / (len(objects) * len(per_task)),
+                    f"{len(disputed)} of {len(objects)} objects in dispute; the surest "
+                    f"{box['label']!r} scored {box['score']:.3f} by {found}, missed by {m} of "
+                    f"{len(per_task)} tasks")

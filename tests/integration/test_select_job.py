@@ -10,7 +10,7 @@ import json
 import pytest
 
 from labeler.cli import main
-from labeler.selection.scores import disagreement, entropy_bits
+from labeler.selection.scores import disagreement
 
 
 def _select(capsys, *args) -> tuple[int, str, str]:
@@ -19,13 +19,13 @@ def _select(capsys, *args) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_by_uncertainty_the_rows_whose_least_certain_box_is_nearest_half(two_task_job, tmp_path,
-                                                                         capsys):
+def test_by_uncertainty_the_rows_whose_boxes_score_lowest(two_task_job, tmp_path, capsys):
     job, tasks = two_task_job
     rows = tasks["owl_a"]
-    expected = sorted(
-        ((max((entropy_bits(d["score"]) for d in r["detections"]), default=0.0), i)
-         for i, r in rows.items() if r["error"] is None), key=lambda e: (-e[0], e[1]))[:4]
+    scores = {i: [d["score"] for d in r["detections"]] for i, r in rows.items()
+              if r["error"] is None}
+    expected = sorted(((1 - sum(s) / len(s) if s else 0.0, i) for i, s in scores.items()),
+                      key=lambda e: (-e[0], e[1]))[:4]
     ids, report = tmp_path / "ids.txt", tmp_path / "selection.json"
     code, out, _ = _select(capsys, job, "--task", "owl_a", "--limit", 4, "--ids-file", ids,
                            "--json", report)

@@ -6,43 +6,40 @@ from __future__ import annotations
 import pytest
 
 from labeler.selection.run import Selected, SelectOptions, SelectSummary, _per_input
-from labeler.selection.scores import disagreement, entropy_bits, uncertainty
+from labeler.selection.scores import disagreement, uncertainty
 
 
 def _box(label, score, x0=10.0, y0=10.0, x1=60.0, y1=60.0):
     return {"label": label, "score": score, "x0": x0, "y0": y0, "x1": x1, "y1": y1}
 
 
-def test_entropy_is_one_bit_at_half_and_none_at_the_ends():
-    assert entropy_bits(0.5) == pytest.approx(1.0)
-    assert entropy_bits(0.1) == pytest.approx(0.4690, abs=1e-4)
-    assert entropy_bits(0.9) == pytest.approx(entropy_bits(0.1))
-    assert entropy_bits(0.0) == entropy_bits(1.0) == 0.0
-
-
-def test_uncertainty_is_the_least_certain_boxs():
+def test_uncertainty_is_one_minus_the_mean_box_score_naming_the_least_sure_box():
     priority = uncertainty([("cat", 0.95), ("dog", 0.45), ("car", 0.2)])
-    assert priority.score == pytest.approx(entropy_bits(0.45))
-    assert priority.reason == "'dog' scored 0.450"
+    assert priority.score == pytest.approx(1 - (0.95 + 0.45 + 0.2) / 3)
+    assert priority.reason == ("mean box score 0.533 over 3 boxes; the least sure 'car' scored "
+                               "0.200")
     assert uncertainty([]).score == 0.0 and uncertainty([]).reason == "no box"
+    # The share, not the count: more boxes of the same scores rank the same.
+    assert uncertainty([("cat", 0.4)] * 5).score == pytest.approx(uncertainty([("cat", 0.4)]).score)
 
 
-def test_disagreement_is_a_missed_objects_score_times_the_share_that_missed_it():
+def test_disagreement_is_the_mean_share_of_tasks_that_missed_each_object():
     names = ["a", "b", "c"]
     agreed = [_box("cat", 0.9), _box("cat", 0.7, x0=12.0), _box("cat", 0.8, y1=58.0)]
     priority = disagreement([[agreed[0]], [agreed[1]], [agreed[2]]], 640, 480, names, 0.55)
-    assert (priority.score, priority.reason) == (0.0, "every task found the same objects")
+    assert (priority.score, priority.reason) == (0.0, "every task found the same 1 objects")
 
     lone = _box("dog", 0.8, 300.0, 300.0, 400.0, 400.0)
     half = _box("car", 0.6, 100.0, 300.0, 200.0, 400.0)
     priority = disagreement([[agreed[0], lone, half], [agreed[1], half], [agreed[2]]],
                             640, 480, names, 0.55)
-    assert priority.score == pytest.approx(0.8 * 2 / 3)  # > the car's 0.6 * 1 / 3
-    assert priority.reason == "'dog' scored 0.800 by a, missed by 2 of 3 tasks"
+    assert priority.score == pytest.approx((0 + 2 + 1) / (3 * 3))  # cat, dog, car
+    assert priority.reason == ("2 of 3 objects in dispute; the surest 'dog' scored 0.800 by a, "
+                               "missed by 2 of 3 tasks")
 
     # The same place under two labels is two objects, each missed by one task.
     priority = disagreement([[_box("cat", 0.9)], [_box("dog", 0.7)]], 640, 480, ["a", "b"], 0.5)
-    assert priority.score == pytest.approx(0.45)
+    assert priority.score == pytest.approx(0.5)
     assert disagreement([[], []], 640, 480, ["a", "b"], 0.5).reason == "no box"
 
 
