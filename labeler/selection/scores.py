@@ -40,8 +40,8 @@ def uncertainty(boxes: Sequence[tuple[str, float]]) -> Priority:
         return NOTHING
     mean = sum(score for _, score in boxes) / len(boxes)
     label, score = min(boxes, key=lambda box: box[1])
-    return Priority(1.0 - mean, f"mean box score {mean:.3f} over {len(boxes)} boxes; the "
-                                f"least sure {label!r} scored {score:.3f}")
+    return Priority(1.0 - mean, f"mean box score {mean:.3f} over {_count(len(boxes), 'box')}; "
+                                f"the least sure {label!r} scored {score:.3f}")
 
 
 def disagreement(per_task: Sequence[Sequence[dict]], width: float, height: float,
@@ -55,10 +55,14 @@ def disagreement(per_task: Sequence[Sequence[dict]], width: float, height: float
     missed = [len(per_task) - len(box["models"]) for box in objects]
     disputed = [(box, m) for box, m in zip(objects, missed) if m]
     if not disputed:
-        return Priority(0.0, f"every task found the same {len(objects)} objects")
+        return Priority(0.0, f"every task found the same {_count(len(objects), 'object')}")
     box, m = max(disputed, key=lambda d: d[0]["score"])
     found = ", ".join(names[k] for k in box["models"])
     return Priority(sum(missed) / (len(objects) * len(per_task)),
                     f"{len(disputed)} of {len(objects)} objects in dispute; the surest "
                     f"{box['label']!r} scored {box['score']:.3f} by {found}, missed by {m} of "
                     f"{len(per_task)} tasks")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('x') else 's'}"

@@ -19,6 +19,7 @@ def test_uncertainty_is_one_minus_the_mean_box_score_naming_the_least_sure_box()
     assert priority.reason == ("mean box score 0.533 over 3 boxes; the least sure 'car' scored "
                                "0.200")
     assert uncertainty([]).score == 0.0 and uncertainty([]).reason == "no box"
+    assert uncertainty([("cat", 0.4)]).reason.startswith("mean box score 0.400 over 1 box;")
     # The share, not the count: more boxes of the same scores rank the same.
     assert uncertainty([("cat", 0.4)] * 5).score == pytest.approx(uncertainty([("cat", 0.4)]).score)
 
@@ -27,7 +28,7 @@ def test_disagreement_is_the_mean_share_of_tasks_that_missed_each_object():
     names = ["a", "b", "c"]
     agreed = [_box("cat", 0.9), _box("cat", 0.7, x0=12.0), _box("cat", 0.8, y1=58.0)]
     priority = disagreement([[agreed[0]], [agreed[1]], [agreed[2]]], 640, 480, names, 0.55)
-    assert (priority.score, priority.reason) == (0.0, "every task found the same 1 objects")
+    assert (priority.score, priority.reason) == (0.0, "every task found the same 1 object")
 
     lone = _box("dog", 0.8, 300.0, 300.0, 400.0, 400.0)
     half = _box("car", 0.6, 100.0, 300.0, 200.0, 400.0)
