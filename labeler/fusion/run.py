@@ -196,21 +196,22 @@ def paired_tasks(job: JobOutput, names: list[str]) -> tuple[list[TaskFolder], li
 
 
 def paired_rows(fs: pafs.FileSystem, folders: list[TaskFolder], part: str,
-                columns: tuple[str, ...]) -> tuple[pa.Table, Iterator[list[dict]]]:
-    """One part file of paired tasks (paired_tasks) -> (the first task's whole table, each
-    input's rows of every task in `folders` order, as dicts of the key columns, `columns`,
-    and the first task's width and height), in the first task's row order."""
-    base = pq.read_table(_path(folders[0], part), filesystem=fs)
-    names = [c for c in KEY_COLUMNS if c in base.schema.names]
-    first = base.select([*names, "width", "height", *columns]).to_pylist()
+                columns: tuple[str, ...], first: pa.Table | None = None
+                ) -> Iterator[list[dict]]:
+    """One part file of paired tasks (paired_tasks) -> each input's rows of every task in
+    `folders` order, in the first task's row order, as dicts of the key columns and
+    `columns` (the first task's with its width and height too). first: the first task's
+    table of that part, when the caller has read it already."""
+    if first is None:
+        held = pq.read_schema(_path(folders[0], part), filesystem=fs).names
+        first = pq.read_table(_path(folders[0], part), filesystem=fs, columns=[
+            c for c in (*KEY_COLUMNS, "width", "height", *columns) if c in held])
+    names = [c for c in KEY_COLUMNS if c in first.schema.names]
+    firsts = first.select([*names, "width", "height", *columns]).to_pylist()
     others = [_rows_by_key(fs, folder, part, columns) for folder in folders[1:]]
-
-    def rows() -> Iterator[list[dict]]:
-        for row in first:
-            key = tuple(row[c] for c in names)
-            yield [row, *(by_key[key] for by_key in others)]
-
-    return base, rows()
+    for row in firsts:
+        key = tuple(row[c] for c in names)
+        yield [row, *(by_key[key] for by_key in others)]
 
 
 def _rows_by_key(fs: pafs.FileSystem, folder: TaskFolder, part: str,
@@ -322,9 +323,9 @@ class PartFuser:
     def fuse(self, part: str, done: PartCount) -> pa.Table:
         """The part's fused rows: the first task's table with the record's columns replaced
         (labeler.fusion.records)."""
-        base, inputs = paired_rows(self.fs, self.folders, part, SOURCE_COLUMNS)
+        base = pq.read_table(_path(self.folders[0], part), filesystem=self.fs)
         fused: dict[str, list] = {c: [] for c in SOURCE_COLUMNS}
-        for rows in inputs:
+        for rows in paired_rows(self.fs, self.folders, part, SOURCE_COLUMNS, base):
             fields = self.records.fields(rows, done.count)
             for column, values in fused.items():
                 values.append(fields[column])

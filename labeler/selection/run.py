@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from labeler.config import SpecError
-from labeler.export.rows import JobOutput, TaskRows, Tally
+from labeler.export.rows import JobOutput, TaskFolder, TaskRows, Tally
 from labeler.fusion.run import paired_rows, paired_tasks
 from labeler.json_report import check_report_path, write_report
 from labeler.selection.scores import Priority, disagreement, uncertainty
@@ -141,7 +141,8 @@ def _check_options(options: SelectOptions) -> None:
             check_report_path(path, SelectError, flag)
 
 
-def _by_uncertainty(job: JobOutput, folder, summary: SelectSummary) -> Iterator[Selected]:
+def _by_uncertainty(job: JobOutput, folder: TaskFolder,
+                    summary: SelectSummary) -> Iterator[Selected]:
     tally = Tally()
     try:
         for row in TaskRows(job, folder, include_not_kept=True).scan(tally):
@@ -151,12 +152,12 @@ def _by_uncertainty(job: JobOutput, folder, summary: SelectSummary) -> Iterator[
         summary.rows, summary.error_rows = tally.rows, tally.errors.total
 
 
-def _by_disagreement(job: JobOutput, folders, parts: list[str], iou: float,
+def _by_disagreement(job: JobOutput, folders: list[TaskFolder], parts: list[str], iou: float,
                      summary: SelectSummary) -> Iterator[Selected]:
     names = [folder.name for folder in folders]
     for part in parts:
         try:
-            _, inputs = paired_rows(job.fs, folders, part, ("detections", "error"))
+            inputs = list(paired_rows(job.fs, folders, part, ("detections", "error")))
         except OSError as err:
             raise storage_error(job.uri, "read the job output", err) from None
         for rows in inputs:
