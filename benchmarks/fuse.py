@@ -129,7 +129,7 @@ def main() -> None:
         boxes = write_job(work / "job", scenes, args.tasks, args.per_part)
         names = [f"task{t}" for t in range(args.tasks)]
         start = time.perf_counter()
-        summary = run_fuse(FuseOptions(str(work / "job"), str(work / "fused"),
+        summary = run_fuse(FuseOptions((str(work / "job"),), str(work / "fused"),
                                        {"tasks": names}, workers=args.workers))
         seconds = time.perf_counter() - start
         print(f"rows: {args.rows}, tasks: {args.tasks}, workers: "

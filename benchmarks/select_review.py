@@ -86,7 +86,8 @@ def main() -> None:
         for by, flags in (("uncertainty", {"task": "task0"}),
                           ("disagreement", {"tasks": ("task0", "task1")})):
             start = time.perf_counter()
-            summary = run_select(SelectOptions(str(work / "job"), by=by, limit=limit, **flags))
+            summary = run_select(SelectOptions((str(work / "job"),), by=by, limit=limit,
+                                               **flags))
             seconds = time.perf_counter() - start
             picks[by] = [s.id for s in summary.selected]
             print(f"select --by {by}: {seconds:.2f} s, {args.rows / seconds:,.0f} rows/s")

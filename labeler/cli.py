@@ -264,8 +264,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in (
         "task", "limit", "iou", "ids_file", "json")
         if getattr(args, name) is not None}
-    by = args.by or ("disagreement" if args.tasks else "uncertainty")
-    summary = run_select(SelectOptions(output=args.output, by=by,
+    by = args.by or ("disagreement" if args.tasks or len(args.outputs) > 1 else "uncertainty")
+    summary = run_select(SelectOptions(outputs=tuple(args.outputs), by=by,
                                        tasks=tuple(args.tasks or ()), **given))
     print("\n".join(summary.lines()))
     return 0
@@ -346,7 +346,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
              if getattr(args, f"track_{name}") is not None}
     if args.track or track:
         settings["track"] = track
-    summary = run_fuse(FuseOptions(output=args.job, out=args.out, settings=settings,
+    summary = run_fuse(FuseOptions(outputs=tuple(args.jobs), out=args.out, settings=settings,
                                    overwrite=args.overwrite, workers=args.workers))
     print("\n".join(summary.lines()))
     return 0
@@ -501,9 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     fuse = sub.add_parser("fuse", help="fuse the boxes of several tasks of a job into one "
                                        "(weighted boxes fusion), without labeling again")
-    fuse.add_argument("job", help="the job's output folder or s3:// prefix")
-    fuse.add_argument("--tasks", type=_names, required=True,
-                      help="the task folders to fuse, comma-separated: --tasks owlv2,florence2")
+    fuse.add_argument("jobs", nargs="+", metavar="job",
+                      help="the job's output folder or s3:// prefix; or several, one per task, "
+                           "of separate jobs over the same input")
+    fuse.add_argument("--tasks", type=_names,
+                      help="the task folders to fuse, comma-separated: --tasks owlv2,florence2; "
+                           "with several outputs one per output (default: each one's only task "
+                           "with boxes)")
     fuse.add_argument("--out", required=True,
                       help="where the fused task goes (empty): <out>/<name>/part-NNNNN.parquet")
     fuse.add_argument("--name", help="the fused task's folder and task_name (fused)")
@@ -533,11 +537,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sel = sub.add_parser("select", help="the rows most worth a human's review: where a task "
                                         "is least sure, or where tasks disagree")
-    sel.add_argument("output", help="the job's output folder or s3:// prefix")
+    sel.add_argument("outputs", nargs="+", metavar="output",
+                     help="the job's output folder or s3:// prefix; by disagreement, several "
+                          "(one task each), as labeler fuse takes them")
     sel.add_argument("--by", choices=["uncertainty", "disagreement"],
                      help="uncertainty: one task's low box scores (the default); "
-                          "disagreement: the share of objects some of --tasks found and "
-                          "others missed (the default when --tasks is given)")
+                          "disagreement: the share of objects some tasks found and others "
+                          "missed (the default with --tasks or several outputs)")
     sel.add_argument("--task", help="by uncertainty: the task (default: the only one with boxes)")
     sel.add_argument("--tasks", type=_names,
                      help="by disagreement: the tasks compared, comma-separated")

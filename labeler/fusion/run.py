@@ -1,20 +1,22 @@
-"""`labeler fuse`: the boxes of several tasks of one job (say OWLv2 and Florence-2 over the
-same images), fused image by image into one task (weighted boxes fusion, labeler.fusion.wbf),
-written as a job output that export, eval, stats and preview read like any other.
+"""`labeler fuse`: the boxes of several tasks over the same images (say OWLv2 and Florence-2,
+in one job or in separate jobs), fused image by image into one task (weighted boxes fusion,
+labeler.fusion.wbf), written as a job output that export, eval, stats and preview read like
+any other.
 
-    1. the job output and its task folders (labeler.export.rows.JobOutput); each task named
-       must hold boxes of one image or frame per row (FUSED_KINDS), the settings are checked
-       (FuseSettings), and every task must hold the same part files with the same rows
-       (id, and a video row's frame or clip): anything else is refused before a file is
-       written, naming the task, part and row
+    1. the job outputs and their task folders (labeler.export.rows.JobOutput): two or more
+       tasks of one output, or one task of each output; each must hold boxes of one image or
+       frame per row (FUSED_KINDS), the settings are checked (FuseSettings), and every task
+       must hold the same part files with the same rows (id, and a video row's frame or
+       clip; separate jobs over the same input with the same files_per_shard do): anything
+       else is refused before a file is written, naming the task, part and row
     2. part by part (in worker processes, one per CPU by default: fusing is Python code),
        the tasks' rows of an input are fused into one row (labeler.fusion.records: the
        first task's row with the fused boxes, a row whose input failed in any task an error
        row naming each task's error); with `track`, each video's fused boxes are linked
-    3. `<out>/<name>/part-NNNNN.parquet` (each staged and renamed, as a job's), and, when the
-       job had finished, `<out>/_SUCCESS` with the settings and the counts, written last
+    3. `<out>/<name>/part-NNNNN.parquet` (each staged and renamed, as a job's), and, when
+       every job had finished, `<out>/_SUCCESS` with the settings and the counts, written last
 
-Fusion reads the job output and writes a new one: trying other weights or thresholds
+Fusion reads job outputs and writes a new one: trying other weights or thresholds
 (`labeler eval` after each) costs a read of the tasks, not a GPU job.
 """
 
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError
 
 from labeler.config import SpecError, TrackingSpec
 from labeler.export.rows import JobOutput, TaskFolder
@@ -52,35 +54,47 @@ SOURCE_COLUMNS = ("detections", "error", "warnings", "parameters")
 class FuseSettings(FusionSpec):
     """The fusion's settings, checked before anything is read (a bad one is named)."""
 
-    tasks: list[str] = Field(min_length=2, description="task folders to fuse, at least two")
+    tasks: list[str] = Field(default_factory=list, description=(
+        "task folders to fuse: at least two of one job output, or one per job output given "
+        "(default then: each output's only task with boxes)"))
     name: str = Field("fused", pattern=r"^[A-Za-z0-9_.-]+$",
                       description="the fused task's folder and task_name")
     track: TrackingSpec | None = Field(None, description="video frames: link each video's "
                                                          "fused boxes into tracks")
 
-    @model_validator(mode="after")
-    def _consistent(self) -> FuseSettings:
-        if len(set(self.tasks)) != len(self.tasks):
-            raise ValueError(f"tasks: {self.tasks} names a task twice")
-        self.check_sources(len(self.tasks))
-        return self
-
 
 @dataclass(frozen=True)
 class FuseOptions:
-    """What `labeler fuse` was asked: output: the job output; out: where the fused task goes
+    """What `labeler fuse` was asked: outputs: the job outputs (one, or one per task when the
+    tasks were labeled by separate jobs over the same inputs); out: where the fused task goes
     (empty, or overwrite); settings: FuseSettings fields."""
 
-    output: str
+    outputs: tuple[str, ...]
     out: str
     settings: dict = field(default_factory=dict)
     overwrite: bool = False
     workers: int | None = None  # processes fusing part files (None: one per CPU)
 
 
+@dataclass(frozen=True)
+class Source:
+    """One task fused: its job output's file system and URI, its folder, and the name the
+    fused rows give it (the folder's; a second folder of that name, from another job output,
+    `name#2`). Picklable: it travels to worker processes."""
+
+    fs: pafs.FileSystem
+    uri: str
+    folder: TaskFolder
+    name: str
+
+    def path(self, part: str) -> str:
+        return next(p for p in self.folder.files if p.rpartition("/")[2] == part)
+
+
 @dataclass
 class FuseSummary:
     settings: FuseSettings
+    names: list[str]
     files: int
     done: PartCount
     output: str
@@ -92,9 +106,9 @@ class FuseSummary:
 
     def lines(self) -> list[str]:
         s, done = self.settings, self.done
-        boxes_in = ", ".join(f"{t} {n}" for t, n in zip(s.tasks, self.count.boxes_in))
-        out = [f"fused {', '.join(s.tasks)} into {s.name}: {self.files} files, {done.rows} rows "
-               f"({done.error_rows} error rows)",
+        boxes_in = ", ".join(f"{t} {n}" for t, n in zip(self.names, self.count.boxes_in))
+        out = [f"fused {', '.join(self.names)} into {s.name}: {self.files} files, {done.rows} "
+               f"rows ({done.error_rows} error rows)",
                f"boxes in: {boxes_in}; out: {self.count.boxes_out}",
                f"dropped: {self.count.under_min_score} under min score, {self.count.no_area} "
                f"of no area, {self.count.too_few_models} found by fewer than {s.min_models} "
@@ -102,17 +116,17 @@ class FuseSummary:
         if s.track is not None:
             out.append(f"tracks: {done.tracks} ({json.dumps(s.track.model_dump())})")
         if not self.finished:
-            out.append("warning: the job has no _SUCCESS: it did not finish, so the fused "
-                       "output has none either")
+            out.append("warning: a job output has no _SUCCESS: its job did not finish, so "
+                       "the fused output has none either")
         return out + [f"output: {self.output}"]
 
     def report(self) -> dict:
         track = self.settings.track
-        return {"fuse": self.settings.recorded(self.settings.tasks), "task": self.settings.name,
+        return {"fuse": self.settings.recorded(self.names), "task": self.settings.name,
                 "track": None if track is None else track.model_dump(mode="json"),
                 "tracks": None if track is None else self.done.tracks,
                 "files": self.files, "rows": self.done.rows, "error_rows": self.done.error_rows,
-                "boxes_in": dict(zip(self.settings.tasks, self.count.boxes_in)),
+                "boxes_in": dict(zip(self.names, self.count.boxes_in)),
                 "boxes_out": self.count.boxes_out,
                 "dropped": {"under_min_score": self.count.under_min_score,
                             "no_area": self.count.no_area,
@@ -126,27 +140,62 @@ def run_fuse(options: FuseOptions) -> FuseSummary:
         settings = FuseSettings.model_validate(options.settings)
     except ValidationError as err:
         raise _settings_error(err) from None
-    job = JobOutput(options.output)
-    folders, parts, frames = paired_tasks(job, settings.tasks)
+    jobs = [JobOutput(output) for output in options.outputs]
+    sources = task_sources(jobs, settings.tasks)
+    try:
+        settings.check_sources(len(sources))
+    except ValueError as err:
+        raise SpecError(f"invalid fuse settings:\n  {err}") from None
+    parts, frames = paired_sources(sources)
     if settings.track is not None and not frames:
         raise SpecError("track: the tasks label no video frames; tracks link the boxes of a "
                         "video job's frames (labeler run --media video)")
 
     target = Target(options.out)
-    target.check_empty(options.overwrite, job.uri)
+    for job in jobs:
+        target.check_empty(options.overwrite, job.uri)
     target.clear()
-    fuser = PartFuser(job.fs, folders, settings, target)
-    done = PartCount(count=FusionCount(boxes_in=[0] * len(folders)))
+    fuser = PartFuser(sources, settings, target)
+    done = PartCount(count=FusionCount(boxes_in=[0] * len(sources)))
     try:
         for part_count in _map_parts(fuser, parts, options.workers):
             done.add(part_count)
     except OSError as err:
-        raise storage_error(job.uri, "read the job output", err) from None
-    summary = FuseSummary(settings, len(parts), done, target.uri, job.finished)
-    if job.finished:
+        raise storage_error(" and ".join(job.uri for job in jobs), "read the job output",
+                            err) from None
+    finished = all(job.finished for job in jobs)
+    summary = FuseSummary(settings, [source.name for source in sources], len(parts), done,
+                          target.uri, finished)
+    if finished:
         with target.final(SUCCESS) as out:
             out.write(json.dumps(summary.report(), indent=2).encode())
     return summary
+
+
+def task_sources(jobs: list[JobOutput], tasks: list[str]) -> list[Source]:
+    """The tasks to fuse: `tasks` of the one job output, or one per output (`tasks` in their
+    order, or each one's only task with boxes); SpecError naming what is wrong."""
+    if len(jobs) == 1:
+        job = jobs[0]
+        if len(tasks) < 2 or len(set(tasks)) != len(tasks):
+            raise SpecError(f"tasks: two or more distinct tasks of {job.uri!r} are compared "
+                            f"(--tasks a,b), or one task of each of several job outputs (got "
+                            f"{', '.join(tasks) or 'none'})")
+        picked = [(job, fusable_task(job.named(name))) for name in tasks]
+    else:
+        if tasks and len(tasks) != len(jobs):
+            raise SpecError(f"tasks: {len(tasks)} given for {len(jobs)} job outputs; give one "
+                            f"per output, in their order, or none (each output's only task "
+                            f"with boxes)")
+        picked = [(job, fusable_task(job.named(tasks[k]) if tasks else _only_box_task(job)))
+                  for k, job in enumerate(jobs)]
+    seen: dict[str, int] = {}
+    sources = []
+    for job, folder in picked:
+        seen[folder.name] = seen.get(folder.name, 0) + 1
+        name = folder.name if seen[folder.name] == 1 else f"{folder.name}#{seen[folder.name]}"
+        sources.append(Source(job.fs, job.uri, folder, name))
+    return sources
 
 
 def _map_parts(fuser: PartFuser, parts: list[str], workers: int | None) -> Iterator[PartCount]:
@@ -186,85 +235,93 @@ def _settings_error(err: ValidationError) -> SpecError:
     return SpecError("invalid fuse settings:\n  " + "\n  ".join(lines))
 
 
-def paired_tasks(job: JobOutput, names: list[str]) -> tuple[list[TaskFolder], list[str], bool]:
-    """The task folders `names`, checked to hold boxes (FUSED_KINDS) and the same part
-    files with the same rows -> (folders, part file names, whether some row is a video
-    frame); SpecError naming the task, part or row otherwise. Reads the key columns alone."""
-    folders = [_fusable(job.named(name)) for name in names]
-    parts = _parts(folders)
-    return folders, parts, _check_rows(job, folders, parts)
+def paired_sources(sources: list[Source]) -> tuple[list[str], bool]:
+    """The tasks' part files, checked to be the same, with the same rows -> (part file names,
+    whether some row is a video frame); SpecError naming the task, part or row otherwise.
+    Reads the key columns alone."""
+    parts = _parts(sources)
+    return parts, _check_rows(sources, parts)
 
 
-def paired_rows(fs: pafs.FileSystem, folders: list[TaskFolder], part: str,
-                columns: tuple[str, ...], first: pa.Table | None = None
-                ) -> Iterator[list[dict]]:
-    """One part file of paired tasks (paired_tasks) -> each input's rows of every task in
-    `folders` order, in the first task's row order, as dicts of the key columns and
+def paired_rows(sources: list[Source], part: str, columns: tuple[str, ...],
+                first: pa.Table | None = None) -> Iterator[list[dict]]:
+    """One part file of paired tasks (paired_sources) -> each input's rows of every task in
+    `sources` order, in the first task's row order, as dicts of the key columns and
     `columns` (the first task's with its width and height too). first: the first task's
     table of that part, when the caller has read it already."""
     if first is None:
-        held = pq.read_schema(_path(folders[0], part), filesystem=fs).names
-        first = pq.read_table(_path(folders[0], part), filesystem=fs, columns=[
+        lead = sources[0]
+        held = pq.read_schema(lead.path(part), filesystem=lead.fs).names
+        first = pq.read_table(lead.path(part), filesystem=lead.fs, columns=[
             c for c in (*KEY_COLUMNS, "width", "height", *columns) if c in held])
     names = [c for c in KEY_COLUMNS if c in first.schema.names]
     firsts = first.select([*names, "width", "height", *columns]).to_pylist()
-    others = [_rows_by_key(fs, folder, part, columns) for folder in folders[1:]]
+    others = [_rows_by_key(source, part, columns) for source in sources[1:]]
     for row in firsts:
         key = tuple(row[c] for c in names)
         yield [row, *(by_key[key] for by_key in others)]
 
 
-def _rows_by_key(fs: pafs.FileSystem, folder: TaskFolder, part: str,
-                 columns: tuple[str, ...]) -> dict[tuple, dict]:
-    table = pq.read_table(_path(folder, part), filesystem=fs)
+def _rows_by_key(source: Source, part: str, columns: tuple[str, ...]) -> dict[tuple, dict]:
+    table = pq.read_table(source.path(part), filesystem=source.fs)
     names = [c for c in KEY_COLUMNS if c in table.schema.names]
     rows = table.select([*names, *columns]).to_pylist()
     return {tuple(row[c] for c in names): row for row in rows}
 
 
-def _fusable(folder: TaskFolder) -> TaskFolder:
+def _only_box_task(job: JobOutput) -> TaskFolder:
+    boxed = [folder for folder in job.tasks if folder.kind in FUSED_KINDS]
+    if len(boxed) != 1:
+        raise SpecError(f"{job.uri!r} holds {len(boxed)} tasks with boxes "
+                        f"({', '.join(f.name for f in boxed) or 'none'}): name one task of each "
+                        f"job output with --tasks, in their order")
+    return boxed[0]
+
+
+def fusable_task(folder: TaskFolder) -> TaskFolder:
+    """`folder`, when its rows hold an image's boxes (FUSED_KINDS); SpecError otherwise."""
     if folder.kind not in FUSED_KINDS:
         raise SpecError(f"task {folder.name!r} is a {folder.kind} task; fuse takes tasks "
                         f"whose rows hold an image's boxes: {', '.join(FUSED_KINDS)}")
     return folder
 
 
-def _parts(folders: list[TaskFolder]) -> list[str]:
+def _parts(sources: list[Source]) -> list[str]:
     """The part file names every task holds; SpecError naming one that a task lacks."""
-    names = [{path.rpartition("/")[2] for path in folder.files} for folder in folders]
-    for folder, held in zip(folders[1:], names[1:]):
-        for missing, lacking in ((names[0] - held, folder), (held - names[0], folders[0])):
+    names = [{path.rpartition("/")[2] for path in source.folder.files} for source in sources]
+    for source, held in zip(sources[1:], names[1:]):
+        for missing, lacking in ((names[0] - held, source), (held - names[0], sources[0])):
             if missing:
                 raise SpecError(f"task {lacking.name!r} has no {sorted(missing)[0]} (of "
                                 f"{len(missing)} part files the other tasks hold): fuse "
-                                f"takes tasks of one job that has written them all (resume "
-                                f"it first)")
+                                f"takes tasks over the same inputs, each written whole "
+                                f"(resume an unfinished job first, and give separate jobs "
+                                f"the same input and files_per_shard)")
     return sorted(names[0])
 
 
-def _check_rows(job: JobOutput, folders: list[TaskFolder], parts: list[str]) -> bool:
+def _check_rows(sources: list[Source], parts: list[str]) -> bool:
     """Every task's part holds the same rows (KEY_COLUMNS); SpecError naming one that is in
     one task only. Reads the key columns alone, before anything is written. Whether some
     row is a video frame."""
     frames = False
     for part in parts:
-        keys = [_keys(job, folder, part) for folder in folders]
+        keys = [_keys(source, part) for source in sources]
         frames = frames or any(len(key) > 1 and key[1] != -1 for key in keys[0])
-        for folder, held in zip(folders[1:], keys[1:]):
-            for only, here in ((keys[0] - held, folders[0]), (held - keys[0], folder)):
+        for source, held in zip(sources[1:], keys[1:]):
+            for only, here in ((keys[0] - held, sources[0]), (held - keys[0], source)):
                 if only:
                     raise SpecError(f"{part} of task {here.name!r} holds {_describe(min(only))}"
                                     f", which the other tasks do not ({len(only)} such rows): "
-                                    f"fuse takes tasks of one job over the same inputs and "
-                                    f"video frames")
+                                    f"fuse takes tasks over the same inputs and video frames")
     return frames
 
 
-def _keys(job: JobOutput, folder: TaskFolder, part: str) -> set[tuple]:
-    path = _path(folder, part)
-    held = pq.read_schema(path, filesystem=job.fs).names
+def _keys(source: Source, part: str) -> set[tuple]:
+    path = source.path(part)
+    held = pq.read_schema(path, filesystem=source.fs).names
     table = pq.read_table(path, columns=[c for c in KEY_COLUMNS if c in held],
-                          filesystem=job.fs)
+                          filesystem=source.fs)
     columns = [column.to_pylist() for column in table.columns]
     return {tuple((-1 if v is None else v) for v in row) for row in zip(*columns)}
 
@@ -276,10 +333,6 @@ def _describe(key: tuple) -> str:
     if len(key) > 2 and key[2] != -1:
         described += f" clip at {key[2]} s"
     return described
-
-
-def _path(folder: TaskFolder, part: str) -> str:
-    return next(p for p in folder.files if p.rpartition("/")[2] == part)
 
 
 @dataclass
@@ -302,16 +355,15 @@ class PartFuser:
     """Fuses the tasks' rows of one part file and writes them (picklable: it travels to
     worker processes)."""
 
-    def __init__(self, fs: pafs.FileSystem, folders: list[TaskFolder], settings: FuseSettings,
-                 target: Target):
-        self.fs, self.folders, self.settings, self.target = fs, folders, settings, target
-        self.records = RecordFuser(settings.tasks, settings,
-                                   fused_kind([folder.kind for folder in folders]),
+    def __init__(self, sources: list[Source], settings: FuseSettings, target: Target):
+        self.sources, self.settings, self.target = sources, settings, target
+        self.records = RecordFuser([source.name for source in sources], settings,
+                                   fused_kind([source.folder.kind for source in sources]),
                                    settings.name, settings.track)
 
     def write(self, part: str) -> PartCount:
         """`<out>/<name>/<part>`: the part's fused rows; what fusing them did."""
-        done = PartCount(count=FusionCount(boxes_in=[0] * len(self.folders)))
+        done = PartCount(count=FusionCount(boxes_in=[0] * len(self.sources)))
         table = self.fuse(part, done)
         if self.settings.track is not None:  # a part holds whole videos, in time order
             table = add_track_ids(table, self.settings.track)
@@ -323,9 +375,10 @@ class PartFuser:
     def fuse(self, part: str, done: PartCount) -> pa.Table:
         """The part's fused rows: the first task's table with the record's columns replaced
         (labeler.fusion.records)."""
-        base = pq.read_table(_path(self.folders[0], part), filesystem=self.fs)
+        lead = self.sources[0]
+        base = pq.read_table(lead.path(part), filesystem=lead.fs)
         fused: dict[str, list] = {c: [] for c in SOURCE_COLUMNS}
-        for rows in paired_rows(self.fs, self.folders, part, SOURCE_COLUMNS, base):
+        for rows in paired_rows(self.sources, part, SOURCE_COLUMNS, base):
             fields = self.records.fields(rows, done.count)
             for column, values in fused.items():
                 values.append(fields[column])

@@ -23,7 +23,7 @@ from typing import Literal
 
 from labeler.config import SpecError
 from labeler.export.rows import JobOutput, TaskFolder, TaskRows, Tally
-from labeler.fusion.run import paired_rows, paired_tasks
+from labeler.fusion.run import Source, paired_rows, paired_sources, task_sources
 from labeler.json_report import check_report_path, write_report
 from labeler.selection.scores import Priority, disagreement, uncertainty
 from labeler.storage import storage_error
@@ -38,11 +38,12 @@ class SelectError(SpecError):
 
 @dataclass(frozen=True)
 class SelectOptions:
-    """What `labeler select` was asked. by: uncertainty (one task: `task`, default the only
-    one with boxes) or disagreement (`tasks`, at least two, clustered at `iou`); limit: rows
-    selected; ids_file, json: local files written."""
+    """What `labeler select` was asked. by: uncertainty (one task of the one output: `task`,
+    default the only one with boxes) or disagreement (at least two tasks clustered at `iou`:
+    `tasks` of one output, or one task of each output, as `labeler fuse` takes them); limit:
+    rows selected; ids_file, json: local files written."""
 
-    output: str
+    outputs: tuple[str, ...]
     by: Literal["uncertainty", "disagreement"] = "uncertainty"
     task: str | None = None
     tasks: tuple[str, ...] = ()
@@ -74,8 +75,8 @@ class SelectSummary:
         out = [f"by {o.by} over {', '.join(self.tasks)}: {self.rows} rows, {self.inputs} "
                f"inputs scored, {self.error_rows} error rows skipped"]
         if not self.finished:
-            out.append(f"warning: {o.output} has no _SUCCESS: the job did not finish, its "
-                       f"committed shards were read")
+            out.append(f"warning: {', '.join(o.outputs)}: no _SUCCESS, a job did not "
+                       f"finish; its committed shards were read")
         out.append(f"selected: {len(self.selected)} (--limit {o.limit})")
         out += [f"  {s.score:.3f}  {s.id}  {s.reason}" for s in self.selected[:SHOWN]]
         if len(self.selected) > SHOWN:
@@ -88,7 +89,7 @@ class SelectSummary:
 
     def report(self) -> dict:
         o = self.options
-        return {"output": o.output, "by": o.by, "tasks": self.tasks,
+        return {"outputs": list(o.outputs), "by": o.by, "tasks": self.tasks,
                 **({"iou": o.iou} if o.by == "disagreement" else {}),
                 "rows": self.rows, "error_rows": self.error_rows, "inputs": self.inputs,
                 "limit": o.limit, "selected": [vars(s) for s in self.selected]}
@@ -98,15 +99,17 @@ def run_select(options: SelectOptions) -> SelectSummary:
     """The selection (module docstring); SelectError for bad options, SpecError for tasks
     that cannot be read as asked, StorageError when the output cannot be read."""
     _check_options(options)
-    job = JobOutput(options.output)
+    jobs = [JobOutput(output) for output in options.outputs]
+    finished = all(job.finished for job in jobs)
     if options.by == "uncertainty":
-        folder = job.pick(options.task)
-        summary = SelectSummary(options, [folder.name], job.finished)
-        scored = _by_uncertainty(job, folder, summary)
+        folder = jobs[0].pick(options.task)
+        summary = SelectSummary(options, [folder.name], finished)
+        scored = _by_uncertainty(jobs[0], folder, summary)
     else:
-        folders, parts, _ = paired_tasks(job, list(options.tasks))
-        summary = SelectSummary(options, [f.name for f in folders], job.finished)
-        scored = _by_disagreement(job, folders, parts, options.iou, summary)
+        sources = task_sources(jobs, list(options.tasks))
+        parts, _ = paired_sources(sources)
+        summary = SelectSummary(options, [source.name for source in sources], finished)
+        scored = _by_disagreement(sources, parts, options.iou, summary)
     best = heapq.nsmallest(options.limit, _per_input(scored, summary),
                            key=lambda s: (-s.score, s.id))
     summary.selected = best
@@ -124,13 +127,10 @@ def run_select(options: SelectOptions) -> SelectSummary:
 def _check_options(options: SelectOptions) -> None:
     if options.limit < 1:
         raise SelectError(f"--limit {options.limit}: the number of rows to select, at least 1")
-    if options.by == "uncertainty" and options.tasks:
-        raise SelectError("--tasks names the tasks compared by --by disagreement; by "
-                          "uncertainty, name one task with --task")
+    if options.by == "uncertainty" and (options.tasks or len(options.outputs) > 1):
+        raise SelectError("--tasks and several job outputs give the tasks compared by --by "
+                          "disagreement; by uncertainty, name one output and one --task")
     if options.by == "disagreement":
-        if len(options.tasks) < 2 or len(set(options.tasks)) != len(options.tasks):
-            raise SelectError(f"--by disagreement compares tasks: give two or more distinct "
-                              f"ones with --tasks (got {', '.join(options.tasks) or 'none'})")
         if options.task is not None:
             raise SelectError("--task picks the one task of --by uncertainty; by "
                               "disagreement, name the tasks with --tasks")
@@ -152,14 +152,15 @@ def _by_uncertainty(job: JobOutput, folder: TaskFolder,
         summary.rows, summary.error_rows = tally.rows, tally.errors.total
 
 
-def _by_disagreement(job: JobOutput, folders: list[TaskFolder], parts: list[str], iou: float,
+def _by_disagreement(sources: list[Source], parts: list[str], iou: float,
                      summary: SelectSummary) -> Iterator[Selected]:
-    names = [folder.name for folder in folders]
+    names = [source.name for source in sources]
     for part in parts:
         try:
-            inputs = list(paired_rows(job.fs, folders, part, ("detections", "error")))
+            inputs = list(paired_rows(sources, part, ("detections", "error")))
         except OSError as err:
-            raise storage_error(job.uri, "read the job output", err) from None
+            raise storage_error(" and ".join(dict.fromkeys(s.uri for s in sources)),
+                                "read the job output", err) from None
         for rows in inputs:
             summary.rows += 1
             if any(row["error"] for row in rows):

@@ -136,9 +136,10 @@ def _rewrite(path, transform) -> None:
 
 @pytest.mark.parametrize("case, args, message", [
     ("unknown task", ["--tasks", "owl_a,nope"], "no task folder 'nope'"),
-    ("one task", ["--tasks", "owl_a"], "tasks: List should have at least 2 items"),
-    ("a task twice", ["--tasks", "owl_a,owl_a"],
-     "invalid fuse settings:\n  tasks: ['owl_a', 'owl_a'] names a task twice"),
+    ("no task", [], "tasks: two or more distinct tasks of"),
+    ("one task", ["--tasks", "owl_a"], "(--tasks a,b), or one task of each of several job "
+                                       "outputs (got owl_a)"),
+    ("a task twice", ["--tasks", "owl_a,owl_a"], "(got owl_a, owl_a)"),
     ("weights", ["--tasks", "owl_a,owl_b", "--weights", "2"],
      "\n  weights: 1 given for 2 tasks; give one per task"),
     ("zero weight", ["--tasks", "owl_a,owl_b", "--weights", "1,0"],
@@ -265,3 +266,48 @@ def test_track_is_refused_for_tasks_that_label_no_video_frames(two_task_job, tmp
                          "--out", tmp_path / "out")
     assert code == 2 and "track: the tasks label no video frames" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_tasks_of_separate_jobs_over_the_same_input_fuse_as_one_jobs_do(
+        two_task_job, two_owlv2_tasks, tmp_path, capsys):
+    """A job that labeled the same input with the same files_per_shard writes the same part
+    files and rows: its task fuses with another job's as two tasks of one job do. Without
+    --tasks each output gives its only box task; two of one name are `name#2`."""
+    from labeler.config import load_job_spec
+    from labeler.jobs.images import run_image_job
+
+    job, _ = two_task_job
+    images = Path(job).parent / "images"
+    only_b = two_owlv2_tasks(batch=4).split("  - name: owl_b")[1]
+    spec = tmp_path / "job_b.yaml"
+    spec.write_text(f"input: {{path: {images}, files_per_shard: 4}}\n"
+                    f"output: {{path: {tmp_path / 'b'}}}\ntasks:\n  - name: owl_b{only_b}")
+    run_image_job(load_job_spec(spec), progress=False)
+
+    assert _fuse(capsys, job, "--tasks", "owl_a,owl_b", "--out", tmp_path / "one")[0] == 0
+    code, out, _ = _fuse(capsys, job, tmp_path / "b", "--tasks", "owl_a,owl_b",
+                         "--out", tmp_path / "two")
+    assert code == 0 and out.startswith("fused owl_a, owl_b into fused: 3 files, 9 rows")
+    one, two = _rows(tmp_path / "one" / "fused"), _rows(tmp_path / "two" / "fused")
+    assert sorted(one) == sorted(two)
+    for name, row in one.items():
+        assert two[name]["detections"] == row["detections"]
+        assert two[name]["error"] == row["error"]
+    assert (tmp_path / "two" / "_SUCCESS").exists()
+
+    code, out, _ = _fuse(capsys, tmp_path / "b", tmp_path / "b", "--out", tmp_path / "same")
+    assert code == 0 and out.startswith("fused owl_b, owl_b#2 into fused")
+    fused = _rows(tmp_path / "same" / "fused")
+    b = _rows(tmp_path / "b" / "owl_b")
+    good = next(i for i, r in b.items() if r["error"] is None and r["detections"])
+    assert json.loads(fused[good]["parameters"])["fuse"]["tasks"] == ["owl_b", "owl_b#2"]
+    # A task fused with itself: the same boxes (clusters of two equal boxes), same scores.
+    _same_boxes(fused[good]["detections"], _expected([b[good], b[good]], FusionRule((1.0, 1.0))))
+
+    code, _, err = _fuse(capsys, job, tmp_path / "b", "--tasks", "owl_a",
+                         "--out", tmp_path / "bad")
+    assert code == 2 and "tasks: 1 given for 2 job outputs; give one per output" in err
+    code, _, err = _fuse(capsys, job, tmp_path / "b", "--out", tmp_path / "bad")
+    assert code == 2 and (f"{job!r} holds 2 tasks with boxes (owl_a, owl_b): name one task "
+                          f"of each job output with --tasks") in err
+    assert not (tmp_path / "bad").exists()

@@ -6,6 +6,7 @@ options are refused before anything is read or written."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -76,12 +77,21 @@ def test_by_disagreement_the_rows_with_an_object_only_some_tasks_found(two_task_
     top = scores[expected[0]]
     assert f"  {top.score:.3f}  {expected[0]}  {top.reason}" in out
 
+    # The tasks may come from separate job outputs (one task each), as labeler fuse takes them.
+    shutil.copytree(f"{job}/owl_b", tmp_path / "b" / "owl_b")
+    code, out, _ = _select(capsys, job, tmp_path / "b", "--tasks", "owl_a,owl_b", "--iou", 0.6,
+                           "--ids-file", tmp_path / "ids_two.txt")
+    assert code == 0 and out.startswith("by disagreement over owl_a, owl_b: 9 rows")
+    assert (tmp_path / "ids_two.txt").read_text() == ids.read_text()
+
 
 @pytest.mark.parametrize("args, message", [
     (["--limit", "0"], "--limit 0: the number of rows to select, at least 1"),
-    (["--by", "uncertainty", "--tasks", "owl_a,owl_b"], "--tasks names the tasks compared"),
-    (["--by", "disagreement", "--task", "owl_a"], "give two or more distinct ones with --tasks"),
-    (["--tasks", "owl_a"], "give two or more distinct ones with --tasks (got owl_a)"),
+    (["--by", "uncertainty", "--tasks", "owl_a,owl_b"], "--tasks and several job outputs give "
+                                                        "the tasks compared by --by disagreement"),
+    (["--by", "disagreement", "--task", "owl_a"], "--task picks the one task of --by "
+                                                  "uncertainty"),
+    (["--tasks", "owl_a"], "two or more distinct tasks of"),
     (["--tasks", "owl_a,owl_b", "--iou", "1"], "--iou 1: an overlap in (0, 1)"),
     (["--task", "nope"], "no task folder 'nope'"),
     (["--tasks", "owl_a,nope"], "no task folder 'nope'"),

@@ -45,7 +45,7 @@ def test_disagreement_is_the_mean_share_of_tasks_that_missed_each_object():
 
 
 def test_a_videos_frames_are_one_input_scored_by_its_best_frame():
-    summary = SelectSummary(SelectOptions("out"), ["t"], finished=True)
+    summary = SelectSummary(SelectOptions(("out",)), ["t"], finished=True)
     scored = [Selected("a.mp4", 0.2, "frame 0"), Selected("a.mp4", 0.7, "frame 2"),
               Selected("a.mp4", 0.5, "frame 4"), Selected("b.jpg", 0.1, "x"),
               Selected("c.mp4", 0.3, "frame 0")]
