@@ -72,6 +72,17 @@ class FusionSpec(_Strict):
                 "weights": list(self.rule(len(names)).weights)}
 
 
+def distinct_names(names: list[str]) -> list[str]:
+    """Sources' names made distinct for the record: a name's second use `name#2`, and so on
+    (the same model twice in a request, or task folders of one name in two job outputs)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return out
+
+
 def fused_kind(kinds: list[str]) -> str:
     """The fused task's kind: the sources' when they share one, else `detect`."""
     return kinds[0] if len(set(kinds)) == 1 else "detect"

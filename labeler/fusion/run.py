@@ -37,7 +37,8 @@ from pydantic import Field, ValidationError
 from labeler.config import SpecError, TrackingSpec
 from labeler.export.rows import JobOutput, TaskFolder
 from labeler.export.target import Target
-from labeler.fusion.records import FUSED_KINDS, FusionSpec, RecordFuser, fused_kind
+from labeler.fusion.records import (FUSED_KINDS, FusionSpec, RecordFuser, distinct_names,
+                                    fused_kind)
 from labeler.fusion.wbf import FusionCount
 from labeler.schemas.record import RECORD_SCHEMA
 from labeler.storage import storage_error
@@ -189,13 +190,8 @@ def task_sources(jobs: list[JobOutput], tasks: list[str]) -> list[Source]:
                             f"with boxes)")
         picked = [(job, fusable_task(job.named(tasks[k]) if tasks else _only_box_task(job)))
                   for k, job in enumerate(jobs)]
-    seen: dict[str, int] = {}
-    sources = []
-    for job, folder in picked:
-        seen[folder.name] = seen.get(folder.name, 0) + 1
-        name = folder.name if seen[folder.name] == 1 else f"{folder.name}#{seen[folder.name]}"
-        sources.append(Source(job.fs, job.uri, folder, name))
-    return sources
+    names = distinct_names([folder.name for _, folder in picked])
+    return [Source(job.fs, job.uri, folder, name) for (job, folder), name in zip(picked, names)]
 
 
 def _map_parts(fuser: PartFuser, parts: list[str], workers: int | None) -> Iterator[PartCount]:

@@ -45,7 +45,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from labeler import registry
 from labeler.config import (TRACKED_TASKS, ClipSpec, TrackingSpec, decode_side_for_tasks,
                             format_validation_error)
-from labeler.fusion.records import FUSED_KINDS, FusionSpec, RecordFuser, fused_kind
+from labeler.fusion.records import (FUSED_KINDS, FusionSpec, RecordFuser, distinct_names,
+                                    fused_kind)
 from labeler.fusion.wbf import FusionCount
 from labeler.media.image import MediaError, decode_image
 from labeler.models.base import Example, ExampleImage
@@ -120,12 +121,7 @@ def _record_fuser(spec: FusionSpec, sources: list[ServedModel]) -> RecordFuser:
         if served.task not in FUSED_KINDS:
             raise ApiError(422, f"fuse: tasks.{i} is a {served.task} task; fuse takes tasks "
                                 f"whose records hold boxes: {', '.join(FUSED_KINDS)}")
-    seen: dict[str, int] = {}
-    names = []
-    for served in sources:
-        seen[served.served_name] = seen.get(served.served_name, 0) + 1
-        times = seen[served.served_name]
-        names.append(served.served_name if times == 1 else f"{served.served_name}#{times}")
+    names = distinct_names([served.served_name for served in sources])
     try:
         return RecordFuser(names, spec, fused_kind([s.task for s in sources]), "fused")
     except ValueError as err:
