@@ -30,6 +30,9 @@ from labeler.fusion.wbf import ConfType, FusionCount, FusionRule, fuse_boxes
 # are left out: their labels are a caption's words, and `kept` is a verdict per model.
 FUSED_KINDS = ("detect", "ground", "detect-by-example", "regions")
 MODEL_FAMILY = "fuse"
+# Distinct sources' parameters whose fused JSON is kept; most jobs have one per task, a job
+# whose inputs bring their own examples one per row, so the memory must stay bounded.
+PARAMETERS_KEPT = 1024
 # The record's fields a fused record empties: they belong to one model's answer.
 EMPTIED = ("model_revision", "prompt", "text", "ocr_regions", "timings", "kept",
            "filter_reason")
@@ -112,13 +115,13 @@ class RecordFuser:
         fused = {"warnings": warnings or None, "parameters": self._parameters_of(records),
                  "error": "; ".join(errors) or None, "detections": None}
         if not errors:
-            rename = self.spec.rename
-            per_source = [[{**d, "label": rename.get(d["label"], d["label"])}
-                           for d in r["detections"] or []] for r in records]
-            width, height = records[0]["width"], records[0]["height"]
-            fused["detections"] = fuse_boxes(
-                per_source, float("inf") if width is None else width,
-                float("inf") if height is None else height, self.rule, count)
+            per_source = [r["detections"] or [] for r in records]
+            if self.spec.rename:  # a copy of each box only when a label is renamed
+                rename = self.spec.rename
+                per_source = [[{**d, "label": rename.get(d["label"], d["label"])} for d in boxes]
+                              for boxes in per_source]
+            fused["detections"] = fuse_boxes(per_source, records[0]["width"],
+                                             records[0]["height"], self.rule, count)
         return fused
 
     def _parameters_of(self, records: list[dict]) -> str:
@@ -126,6 +129,8 @@ class RecordFuser:
         parameters, which are the same for most of a job's rows."""
         key = tuple(r["parameters"] for r in records)
         if key not in self._parameters:
+            if len(self._parameters) >= PARAMETERS_KEPT:  # rows' own examples: each differs
+                self._parameters.clear()
             sources = {name: json.loads(p) if p else None for name, p in zip(self.names, key)}
             labels: list[str] = []
             for params in sources.values():

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, ValidationError
 
 from labeler.config import SpecError, TrackingSpec
-from labeler.export.rows import JobOutput, TaskFolder
+from labeler.export.rows import JobOutput, TaskFolder, not_parquet
 from labeler.export.target import Target
 from labeler.fusion.records import (FUSED_KINDS, FusionSpec, RecordFuser, distinct_names,
                                     fused_kind)
@@ -147,7 +147,10 @@ def run_fuse(options: FuseOptions) -> FuseSummary:
         settings.check_sources(len(sources))
     except ValueError as err:
         raise SpecError(f"invalid fuse settings:\n  {err}") from None
-    parts, frames = paired_sources(sources)
+    try:
+        parts, frames = paired_sources(sources)
+    except pa.ArrowInvalid as err:  # read before anything is written
+        raise not_parquet(uris_of(jobs), err) from None
     if settings.track is not None and not frames:
         raise SpecError("track: the tasks label no video frames; tracks link the boxes of a "
                         "video job's frames (labeler run --media video)")
@@ -162,8 +165,9 @@ def run_fuse(options: FuseOptions) -> FuseSummary:
         for part_count in _map_parts(fuser, parts, options.workers):
             done.add(part_count)
     except OSError as err:
-        raise storage_error(" and ".join(job.uri for job in jobs), "read the job output",
-                            err) from None
+        raise storage_error(uris_of(jobs), "read the job output", err) from None
+    except pa.ArrowInvalid as err:
+        raise not_parquet(uris_of(jobs), err) from None
     finished = all(job.finished for job in jobs)
     summary = FuseSummary(settings, [source.name for source in sources], len(parts), done,
                           target.uri, finished)
@@ -171,6 +175,11 @@ def run_fuse(options: FuseOptions) -> FuseSummary:
         with target.final(SUCCESS) as out:
             out.write(json.dumps(summary.report(), indent=2).encode())
     return summary
+
+
+def uris_of(outputs: list[JobOutput] | list[Source]) -> str:
+    """The job outputs' URIs, each once, for a message."""
+    return " and ".join(dict.fromkeys(output.uri for output in outputs))
 
 
 def task_sources(jobs: list[JobOutput], tasks: list[str]) -> list[Source]:

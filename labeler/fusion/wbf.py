@@ -67,14 +67,18 @@ class FusionCount:
 _Member = tuple[float, float, int, float, float, float, float]
 
 
-def fuse_boxes(per_model: Sequence[Sequence[dict]], width: float, height: float,
+def fuse_boxes(per_model: Sequence[Sequence[dict]], width: float | None,
+               height: float | None,
                rule: FusionRule, count: FusionCount | None = None,
                support: bool = False) -> list[dict]:
     """One image's boxes, per model ({label, score, x0, y0, x1, y1} dicts, pixels), fused
     (module docstring) into {label, score, x0, y0, x1, y1} dicts, highest score first.
-    width, height: the image's size in pixels, which boxes are clipped to. support: each
+    width, height: the image's size in pixels, which boxes are clipped to (None: not
+    known, no clipping on that side). support: each
     fused box also has `models`, the sorted indices of the models whose boxes it fuses."""
     count = count if count is not None else FusionCount()
+    width = float("inf") if width is None else width
+    height = float("inf") if height is None else height
     if not count.boxes_in:
         count.boxes_in = [0] * len(per_model)
     by_label: dict[str, list[_Member]] = {}

@@ -21,9 +21,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+import pyarrow as pa
+
 from labeler.config import SpecError
-from labeler.export.rows import JobOutput, TaskFolder, TaskRows, Tally
-from labeler.fusion.run import Source, paired_rows, paired_sources, task_sources
+from labeler.export.rows import JobOutput, TaskFolder, TaskRows, Tally, not_parquet
+from labeler.fusion.run import Source, paired_rows, paired_sources, task_sources, uris_of
 from labeler.json_report import check_report_path, write_report
 from labeler.selection.scores import Priority, disagreement, uncertainty
 from labeler.storage import storage_error
@@ -107,7 +109,10 @@ def run_select(options: SelectOptions) -> SelectSummary:
         scored = _by_uncertainty(jobs[0], folder, summary)
     else:
         sources = task_sources(jobs, list(options.tasks))
-        parts, _ = paired_sources(sources)
+        try:
+            parts, _ = paired_sources(sources)
+        except pa.ArrowInvalid as err:
+            raise not_parquet(uris_of(sources), err) from None
         summary = SelectSummary(options, [source.name for source in sources], finished)
         scored = _by_disagreement(sources, parts, options.iou, summary)
     best = heapq.nsmallest(options.limit, _per_input(scored, summary),
@@ -159,8 +164,9 @@ def _by_disagreement(sources: list[Source], parts: list[str], iou: float,
         try:
             inputs = list(paired_rows(sources, part, ("detections", "error")))
         except OSError as err:
-            raise storage_error(" and ".join(dict.fromkeys(s.uri for s in sources)),
-                                "read the job output", err) from None
+            raise storage_error(uris_of(sources), "read the job output", err) from None
+        except pa.ArrowInvalid as err:
+            raise not_parquet(uris_of(sources), err) from None
         for rows in inputs:
             summary.rows += 1
             if any(row["error"] for row in rows):
@@ -168,12 +174,8 @@ def _by_disagreement(sources: list[Source], parts: list[str], iou: float,
                 continue
             first = rows[0]
             priority = disagreement([row["detections"] or [] for row in rows],
-                                    _size(first["width"]), _size(first["height"]), names, iou)
+                                    first["width"], first["height"], names, iou)
             yield _selected(first["id"], first.get("frame_index"), priority)
-
-
-def _size(pixels: int | None) -> float:
-    return float("inf") if pixels is None else float(pixels)
 
 
 def _selected(row_id: str, frame_index: int | None, priority: Priority) -> Selected:

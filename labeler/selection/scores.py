@@ -44,7 +44,7 @@ def uncertainty(boxes: Sequence[tuple[str, float]]) -> Priority:
                                 f"the least sure {label!r} scored {score:.3f}")
 
 
-def disagreement(per_task: Sequence[Sequence[dict]], width: float, height: float,
+def disagreement(per_task: Sequence[Sequence[dict]], width: float | None, height: float | None,
                  names: Sequence[str], iou: float) -> Priority:
     """A row's boxes from each task ({label, score, x0, y0, x1, y1} dicts) -> the mean share
     of tasks that missed each object (module docstring); names: the tasks', for the reason."""

@@ -31,6 +31,12 @@ def _fuse(capsys, *args) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def _select(capsys, *args) -> tuple[int, str, str]:
+    code = main(["select", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def _expected(rows: dict, rule: FusionRule, rename: dict | None = None) -> list[dict]:
     rename = rename or {}
     per_task = [[{**d, "label": rename.get(d["label"], d["label"])} for d in r["detections"]]
@@ -174,6 +180,14 @@ def test_outputs_fuse_cannot_pair_are_refused_naming_the_task_part_and_row(two_t
     code, _, err = _fuse(capsys, job, *flags)
     assert code == 2 and (f"part-00001.parquet of task 'owl_a' holds input {first!r}, which "
                           f"the other tasks do not (1 such rows)") in err, err
+
+    good = pq.read_table(part)
+    Path(part).write_bytes(b"PAR1 not a parquet file")  # corrupt, beyond the first part
+    code, _, err = _fuse(capsys, job, *flags)
+    assert code == 2 and "holds a file that is not readable Parquet" in err, err
+    code, _, err = _select(capsys, job, "--tasks", "owl_a,owl_b")
+    assert code == 2 and "holds a file that is not readable Parquet" in err, err
+    pq.write_table(good, part)
 
     shutil.move(part, tmp_path / "moved.parquet")
     code, _, err = _fuse(capsys, job, *flags)

@@ -1,0 +1,59 @@
+"""One input's records of several tasks made one (labeler.fusion.records): renamed labels,
+an image of unknown size, error rows, and parameters kept in bounded memory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from labeler.fusion import FusionCount, FusionRule, FusionSpec, RecordFuser, fuse_boxes
+from labeler.fusion.records import PARAMETERS_KEPT, distinct_names
+
+
+def _record(boxes, parameters='{"labels": ["cat"]}', error=None, width=640, height=480):
+    return {"detections": boxes, "parameters": parameters, "error": error, "warnings": None,
+            "width": width, "height": height}
+
+
+def _box(label, score, x0=10.0):
+    return {"label": label, "score": score, "x0": x0, "y0": 10.0, "x1": x0 + 50, "y1": 60.0}
+
+
+def test_labels_are_renamed_before_fusing_and_in_the_recorded_labels():
+    fuser = RecordFuser(["a", "b"], FusionSpec(rename={"a person": "person"}), "detect", "f")
+    fields = fuser.fields([_record([_box("person", 0.8)], '{"labels": ["person"]}'),
+                           _record([_box("a person", 0.6)], '{"labels": ["a person"]}')],
+                          FusionCount())
+    assert [(d["label"], round(d["score"], 6)) for d in fields["detections"]] == [("person", 0.7)]
+    assert json.loads(fields["parameters"])["labels"] == ["person"]
+
+
+def test_an_image_of_unknown_size_is_not_clipped():
+    boxes = [_box("cat", 0.9, x0=900.0)]
+    fields = RecordFuser(["a", "b"], FusionSpec(), "detect", "f").fields(
+        [_record(boxes, width=None, height=None), _record(boxes, width=None, height=None)],
+        FusionCount())
+    assert fields["detections"] == fuse_boxes([boxes, boxes], None, None,
+                                              FusionRule((1.0, 1.0)))
+    assert fields["detections"][0]["x1"] == pytest.approx(950.0)
+
+
+def test_a_failed_source_makes_an_error_row_naming_it():
+    fields = RecordFuser(["a", "b"], FusionSpec(), "detect", "f").fields(
+        [_record([_box("cat", 0.9)]), _record(None, error="empty file (0 bytes)")],
+        FusionCount())
+    assert (fields["error"], fields["detections"]) == ("b: empty file (0 bytes)", None)
+
+
+def test_rows_with_parameters_of_their_own_keep_memory_bounded():
+    fuser = RecordFuser(["a", "b"], FusionSpec(), "detect", "f")
+    for k in range(PARAMETERS_KEPT + 10):  # each row's examples: parameters of its own
+        own = json.dumps({"labels": ["cat"], "examples": [{"label": "cat", "box": [k, 0, 9, 9]}]})
+        fields = fuser.fields([_record([], own), _record([])], FusionCount())
+        assert json.loads(fields["parameters"])["sources"]["a"]["examples"][0]["box"][0] == k
+    assert len(fuser._parameters) <= PARAMETERS_KEPT
+
+
+def test_names_used_twice_are_numbered():
+    assert distinct_names(["owl", "owl", "flo", "owl"]) == ["owl", "owl#2", "flo", "owl#3"]
