@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Issue 8's whole device check in one call (the device tool's `run`, with `carry: [".whl"]`):
-# installs the carried wheels (docs/benchmarks.md says which), then runs
-# benchmarks/gpu_throughput.py one build at a time, each in its own process under its own
-# time cap (a case that hangs or fails costs its group, not the call), then the bf16 parity
-# test. Every log goes under $OUT (it comes back even when the call runs past its limit);
+# installs the carried wheels (docs/benchmarks.md says which), then runs groups of
+# benchmarks/gpu_throughput.py cases (and option variants), each in its own process under its
+# own time cap (a case that hangs or fails costs its group, not the call), and the bf16
+# parity test. Every log goes under $OUT (it comes back even when the call runs past its limit);
 # the RESULT lines are printed last.
 #
-#     bash benchmarks/gpu_run.sh               # on the GPU machine, from the repository root
-#     MIN_SECONDS=3 bash benchmarks/gpu_run.sh # longer timing per batch size
+#     bash benchmarks/gpu_run.sh                  # every group (about 15 minutes)
+#     bash benchmarks/gpu_run.sh qwen2 parity     # the groups named, in that order
+#     MIN_SECONDS=3 bash benchmarks/gpu_run.sh    # longer timing per batch size
 set -u
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 MIN_SECONDS=${MIN_SECONDS:-2}
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -26,23 +28,44 @@ python3 -c "import torch, transformers, pydantic; print('python', __import__('sy
 'torch', torch.__version__, 'transformers', transformers.__version__,
 'pydantic', pydantic.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/device.txt"
 
-# name  cap(s)  cases...
+# name  cap(s)  arguments of gpu_throughput.py
 run_group() {
     local name=$1 cap=$2
     shift 2
     echo "== $name (at most ${cap} s): $*"
-    timeout --kill-after=5 "$cap" python3 benchmarks/gpu_throughput.py --cases "$@" \
-        --min-seconds "$MIN_SECONDS" 2>&1 | tee "$OUT/$name.log"
+    timeout --kill-after=5 "$cap" python3 benchmarks/gpu_throughput.py \
+        --min-seconds "$MIN_SECONDS" "$@" 2>&1 | tee "$OUT/$name.log"
 }
-run_group owlv2_b16 ${CAP_B16:-100} owlv2-b16-960-q3 owlv2-b16-960-q300
-run_group florence2 ${CAP_FLORENCE:-120} florence2
-run_group qwen2 ${CAP_QWEN:-100} qwen2
-run_group owlv2_l14 ${CAP_L14:-110} owlv2-l14-1008-q3 owlv2-l14-1008-q300
-run_group tiled ${CAP_TILED:-50} tiled
 
-echo "== bf16 parity"
-timeout --kill-after=5 "${CAP_PARITY:-45}" python3 -m pytest -q -p no:cacheprovider \
-    tests/gpu/test_bf16_parity.py 2>&1 | tee "$OUT/parity.log"
+# Each group: a name, its cap in seconds, its arguments. Run the groups named on the command
+# line, in that order, or all of them.
+run() {
+    case $1 in
+    owlv2_b16) run_group "$1" 100 --cases owlv2-b16-960-q3 owlv2-b16-960-q300 ;;
+    owlv2_b16_cudnn) run_group "$1" 40 --cases owlv2-b16-960-q3 --batch-sizes 64 128 \
+        --sdpa cudnn ;;
+    # One compile per batch size (model.compile: dynamic=False), so one size.
+    owlv2_b16_compile) run_group "$1" 110 --cases owlv2-b16-960-q3 --batch-sizes 128 \
+        --compile ;;
+    owlv2_b16_compile_cudnn) run_group "$1" 90 --cases owlv2-b16-960-q3 --batch-sizes 128 \
+        --compile --sdpa cudnn ;;
+    florence2) run_group "$1" 120 --cases florence2 ;;
+    qwen2) run_group "$1" 100 --cases qwen2 ;;
+    owlv2_l14) run_group "$1" 110 --cases owlv2-l14-1008-q3 owlv2-l14-1008-q300 ;;
+    tiled) run_group "$1" 50 --cases tiled ;;
+    parity)
+        echo "== bf16 parity"
+        timeout --kill-after=5 60 python3 -m pytest -q -p no:cacheprovider \
+            tests/gpu/test_bf16_parity.py 2>&1 | tee "$OUT/parity.log" ;;
+    *) echo "unknown group $1" >&2; exit 2 ;;
+    esac
+}
+GROUPS_RUN=("$@")
+[ ${#GROUPS_RUN[@]} -gt 0 ] || GROUPS_RUN=(owlv2_b16 florence2 qwen2 owlv2_l14 tiled parity
+                                         owlv2_b16_cudnn owlv2_b16_compile owlv2_b16_compile_cudnn)
+for group in "${GROUPS_RUN[@]}"; do
+    run "$group"
+done
 
 echo "== results"
-grep -h "RESULT\|pipeline batch" "$OUT"/*.log
+grep -h "RESULT\|pipeline batch\|passed\|failed" "$OUT"/*.log

@@ -94,18 +94,19 @@ It imports neither Ray nor anything Ray needs (the GPU machine has no Ray).
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import gc
 import io
-import itertools
+import multiprocessing
 import os
-import queue
 import shlex
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -151,8 +152,6 @@ DEFAULT_DECODE_WORKERS = max(1, min((os.cpu_count() or 2) - 1, 15))
 DEFAULT_PREFETCH = 4
 # Batches timed in the pipeline run at least: two waits between batches, not one.
 PIPELINE_MIN_BATCHES = 3
-# How often a blocked queue call looks at the stop flag and at the workers' failures (s).
-POLL_S = 0.05
 # The job's decode defaults: the decompression-bomb guard, and the reduced JPEG decode.
 MAX_PIXELS = InputSpec.model_fields["max_pixels"].default
 DECODE_MIN_SIDE = InputSpec.model_fields["decode_min_side"].default
@@ -328,6 +327,24 @@ def prior_boxes(model) -> None:
         model.box_head.dense2.bias.zero_()
 
 
+# The class head's logit scale set by spread_scores: cosines of random embeddings (about
+# +-0.1) become logits of about +-2, scores spread around 0.5.
+OWL_LOGIT_SCALE = 20.0
+
+
+def spread_scores(model) -> None:
+    """Fix the class head's per-patch logit shift at 0 and its scale at OWL_LOGIT_SCALE, so
+    scores spread below 1. Random weights give logits in the hundreds: every sigmoid rounds
+    to 1.0 (seen in bf16 on an H200), no threshold keeps OWL_BOXES_PER_IMAGE boxes, and
+    postprocess would run on none. Same shapes and compute, as prior_boxes."""
+    head = model.class_head
+    with torch.no_grad():
+        for layer in (head.logit_shift, head.logit_scale):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        head.logit_scale.bias.fill_(OWL_LOGIT_SCALE - 1.0)  # elu(b) + 1 = b + 1 for b > 0
+
+
 def build_model_folder(build: Build, tiny_dir: Path, out_dir: Path, device: torch.device,
                        dtype: torch.dtype, small: bool) -> Path:
     """Random-weight model of `build` (full size, or the tiny config with SMALL_EXTRA_VOCAB
@@ -352,6 +369,7 @@ def build_model_folder(build: Build, tiny_dir: Path, out_dir: Path, device: torc
         model.generation_config = GenerationConfig.from_pretrained(tiny_dir)
     else:
         prior_boxes(model)
+        spread_scores(model)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     del model
@@ -364,10 +382,13 @@ def small_size(size: tuple[int, int]) -> tuple[int, int]:
     return size if scale >= 1 else (round(size[0] * scale), round(size[1] * scale))
 
 
-def make_spec(case: Case, build: Build, folder: Path, threshold: float = 0.1) -> TaskSpec:
-    """The TaskSpec a GPU actor of this case would get (num_gpus=1: device preprocessing)."""
+def make_spec(case: Case, build: Build, folder: Path, threshold: float = 0.1,
+              compile_model: bool = False) -> TaskSpec:
+    """The TaskSpec a GPU actor of this case would get (num_gpus=1: device preprocessing);
+    compile_model: model.compile, for OWLv2 (the only family that has it)."""
     spec = {"task": case.task, "model": {"family": build.family, "source": str(folder),
-                                         "dtype": "auto"},
+                                         "dtype": "auto",
+                                         "compile": compile_model and build.family == "owlv2"},
             "labels": list(case.labels), "threshold": threshold,
             "resources": {"num_gpus": 1}}
     if case.new_tokens:
@@ -391,22 +412,35 @@ def generated_lengths(case: Case, raw) -> set[int]:
     return {raw.shape[1]}
 
 
-def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    """FLOPs of the fused attention SDPA runs on CPU: the same count as the CUDA kernels'."""
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of one fused attention call, (B, H, S, D) operands. Grouped-query attention
+    (Qwen2-VL's text model: 12 query heads, 2 key/value heads, SDPA's enable_gqa) does the
+    work of a key and value per query head, so those are counted at the query's head count
+    (torch's own formula refuses such shapes)."""
+    heads = query_shape[1]
+    key_shape = (key_shape[0], heads, *key_shape[2:])
+    value_shape = (value_shape[0], heads, *value_shape[2:])
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
 # FlopCounterMode (torch 2.14) has formulas for the CUDA fused attention kernels but not for
 # the one SDPA dispatches to on CPU (--small, --full-on-cpu), whose FLOPs it would leave out:
-# 42% of OWLv2 B/16@960's 1.1 TFLOP per image.
-CPU_SDPA_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+# 42% of OWLv2 B/16@960's 1.1 TFLOP per image. Its formulas also refuse grouped-query shapes
+# (seen on an H200 with Qwen2-VL: "query/key/value shapes are incompatible").
+SDPA_FLOPS = {op: _sdpa_flops for op in (
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu,
+    torch.ops.aten._scaled_dot_product_flash_attention,
+    torch.ops.aten._scaled_dot_product_efficient_attention,
+    torch.ops.aten._scaled_dot_product_cudnn_attention)}
 
 
 def count_flops(adapter, images: list[ImageInput]):
     """(FLOPs of one adapter.predict on `images`, its output), by FlopCounterMode."""
-    with torch.inference_mode():
+    # force_eager: a compiled model (model.compile) runs its Python here, whose operations
+    # the counter sees; compiled kernels would hide them.
+    with torch.inference_mode(), torch.compiler.set_stance("force_eager"):
         inputs = adapter.model_inputs(images)
-        counter = FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS)
+        counter = FlopCounterMode(display=False, custom_mapping=SDPA_FLOPS)
         with counter:
             raw = adapter.predict(inputs)
     return counter.get_total_flops(), raw
@@ -487,92 +521,115 @@ class FedBatch:
     images: list[ImageInput]
     stacked: np.ndarray | None
 
+    def __reduce__(self):
+        # Pickled (from a decode process): the stacked pixels once, not once more per row.
+        if self.stacked is None:
+            return FedBatch, (self.images, None)
+        return _rows_of, (self.stacked, [(im.width, im.height) for im in self.images])
+
+
+# --- decode worker processes (the job's decode tasks) --------------------------------------
+_worker: dict = {}  # in each decode process: the task's transforms, column and decode side
+
+
+def _start_decode_worker(spec: TaskSpec, jpegs: list[bytes]) -> None:
+    """Decode process initializer: the task's cpu_transform, as a job's decode task has it."""
+    _worker.update(transforms=TaskTransforms([spec]), column=input_column(spec),
+                   decode_side=decode_side_for_tasks(DECODE_MIN_SIDE, [spec]), jpegs=jpegs)
+
+
+def _decode_batch(number: int, batch: int) -> tuple[FedBatch, float]:
+    """Batch `number`: `batch` JPEGs decoded and transformed in this process -> the batch
+    and the seconds that took. When the rows' shapes agree, only the stacked array and the
+    sizes cross the pipe (FedBatch.__reduce__): the rows are views into it."""
+    jpegs, clock = _worker["jpegs"], time.perf_counter
+    start = clock()
+    images = []
+    for k in range(number * batch, (number + 1) * batch):
+        decoded = decode_image(jpegs[k % len(jpegs)], MAX_PIXELS, _worker["decode_side"])
+        pixels = _worker["transforms"].apply(decoded.pixels)[_worker["column"]]
+        images.append(ImageInput(pixels, decoded.width, decoded.height))
+    stacked = np.stack([im.pixels for im in images]) if len(
+        {im.pixels.shape for im in images}) == 1 else None
+    return FedBatch(images, stacked), clock() - start
+
+
+def _rows_of(stacked: np.ndarray, sizes: list[tuple[int, int]]) -> FedBatch:
+    """A FedBatch whose rows are views into `stacked`, one per (width, height)."""
+    return FedBatch([ImageInput(pixels, w, h) for pixels, (w, h) in zip(stacked, sizes)],
+                    stacked)
+
 
 class DecodeFeed:
-    """`workers` threads that decode JPEG bytes into whole batches of `batch` ImageInputs,
-    as the job's decode stage makes rows (labeler.jobs.stages.decode_batch) and the actor
-    reads them (labeler.actors.predictor), into a queue of at most `prefetch` batches.
+    """`workers` processes that decode JPEG bytes into whole batches of `batch` ImageInputs,
+    as the job's decode tasks make rows (labeler.jobs.stages.decode_batch, each in a Ray
+    worker process) and the actor reads them (labeler.actors.predictor). Batches are made in
+    order, at most `workers + prefetch` ahead of the consumer: one being made per process
+    and `prefetch` made and waiting, as Ray Data keeps blocks queued for an actor.
 
-    A context manager: leaving it stops and joins the workers, however it is left. `get`
-    raises a worker's exception in the caller's thread.
+    Processes, not threads: threads' Python (decode_image, cpu_transform) would hold the GIL
+    against the consumer's, which a job's separate processes do not (measured on an H200:
+    with threads, OWLv2 B/16 ran at 115 images/s fed against 277 in the sweep, without ever
+    waiting for input). Batches come back pickled through a pipe, a copy that Ray's shared
+    object store would spare the actor: the figure errs on the slow side there.
+
+    A context manager: leaving it cancels what is queued and shuts the processes down,
+    however it is left. `get` raises a worker's exception in the caller's thread.
     """
 
     def __init__(self, spec: TaskSpec, jpegs: list[bytes], batch: int, workers: int,
                  prefetch: int):
-        self.transforms = TaskTransforms([spec])  # the task's cpu_transform, as in decode tasks
-        self.column = input_column(spec)  # the column the actor reads
-        self.decode_side = decode_side_for_tasks(DECODE_MIN_SIDE, [spec])  # as a job's
-        self.jpegs, self.batch, self.workers = jpegs, batch, workers
-        self.queue: queue.Queue[FedBatch] = queue.Queue(maxsize=prefetch)
-        self.stop = threading.Event()
-        self.failures: list[BaseException] = []
-        self.decode_s = [0.0] * workers  # per worker: seconds in decode + cpu_transform
-        self.decoded = [0] * workers  # per worker: images decoded
-        self.threads = [threading.Thread(target=self._work, args=(i,), name=f"decode-{i}",
-                                         daemon=True) for i in range(workers)]
+        self.spec, self.jpegs, self.batch, self.workers = spec, jpegs, batch, workers
+        self.ahead = workers + prefetch
+        self.pool: ProcessPoolExecutor | None = None
+        self.pending: collections.deque[Future] = collections.deque()
+        self.next_number = 0
+        self.decode_s = 0.0  # seconds in decode + cpu_transform, over the batches handed over
+        self.decoded = 0  # images handed over
         self.started = 0.0
 
     def __enter__(self) -> "DecodeFeed":
+        # spawn: the consumer may have CUDA initialised, which a forked child must not touch.
+        self.pool = ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_decode_worker, initargs=(self.spec, self.jpegs))
         self.started = time.perf_counter()
-        for thread in self.threads:
-            thread.start()
+        for _ in range(self.ahead):
+            self._submit()
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self.stop.set()
-        for thread in self.threads:  # each sees the flag within POLL_S or one image's decode
-            thread.join()
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def _work(self, index: int) -> None:
-        """Worker `index` makes batches index, index + workers, ... until stopped."""
-        clock = time.perf_counter
-        try:
-            for number in itertools.count(index, self.workers):
-                images = []
-                for k in range(number * self.batch, (number + 1) * self.batch):
-                    if self.stop.is_set():
-                        return
-                    start = clock()
-                    decoded = decode_image(self.jpegs[k % len(self.jpegs)], MAX_PIXELS,
-                                           self.decode_side)
-                    pixels = self.transforms.apply(decoded.pixels)[self.column]
-                    self.decode_s[index] += clock() - start
-                    self.decoded[index] += 1
-                    images.append(ImageInput(pixels, decoded.width, decoded.height))
-                shapes = {im.pixels.shape for im in images}
-                stacked = np.stack([im.pixels for im in images]) if len(shapes) == 1 else None
-                fed = FedBatch(images, stacked)
-                while not self.stop.is_set():
-                    try:
-                        self.queue.put(fed, timeout=POLL_S)
-                        break
-                    except queue.Full:
-                        continue
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer by get()
-            self.failures.append(err)
+    def _submit(self) -> None:
+        self.pending.append(self.pool.submit(_decode_batch, self.next_number, self.batch))
+        self.next_number += 1
 
     def empty(self) -> bool:
-        """Whether no batch is ready now (the consumer would wait)."""
-        return self.queue.empty()
+        """Whether the next batch is not ready now (the consumer would wait)."""
+        return not self.pending[0].done()
 
     def get(self) -> FedBatch:
         """The next batch, waiting for it; RuntimeError (from the worker's exception) when
         a worker failed."""
-        while True:
-            if self.failures:
-                raise RuntimeError("a decode worker failed") from self.failures[0]
-            try:
-                return self.queue.get(timeout=POLL_S)
-            except queue.Empty:
-                continue
+        future = self.pending.popleft()
+        try:
+            fed, seconds = future.result()
+        except Exception as err:
+            raise RuntimeError("a decode worker failed") from err
+        self._submit()
+        self.decode_s += seconds
+        self.decoded += len(fed.images)
+        return fed
 
     def busy_share(self) -> float:
-        """Share of the workers' time since the start spent decoding (0-1)."""
-        return sum(self.decode_s) / (self.workers * (time.perf_counter() - self.started))
+        """Share of the workers' time since the start spent decoding the batches handed
+        over (0-1)."""
+        return self.decode_s / (self.workers * (time.perf_counter() - self.started))
 
     def ms_per_image(self) -> float:
-        """Mean decode + cpu_transform time of one image on one worker, ms."""
-        return 1000.0 * sum(self.decode_s) / max(1, sum(self.decoded))
+        """Mean decode + cpu_transform time of one image in one process, ms."""
+        return 1000.0 * self.decode_s / max(1, self.decoded)
 
 
 def feed_model(adapter, feed: DecodeFeed, min_seconds: float, min_batches: int) -> dict:
@@ -586,7 +643,7 @@ def feed_model(adapter, feed: DecodeFeed, min_seconds: float, min_batches: int) 
     time blocked on the queue, 0-1), predict_share (0-1), batches, first_batch_s.
     """
     clock = time.perf_counter
-    stock = feed.queue.maxsize + feed.workers
+    stock = feed.ahead
     asked = clock()
     fed = feed.get()
     start = clock()
@@ -632,11 +689,13 @@ def run_pipeline(case: Case, adapter, batch: int, workers: int, prefetch: int,
 
 
 def run_case(case: Case, folder: Path, device: torch.device, batch_sizes, min_seconds: float,
-             min_iters: int, workers: int, prefetch: int) -> dict | None:
+             min_iters: int, workers: int, prefetch: int,
+             compile_model: bool = False) -> dict | None:
     """Set up the case's adapter on `folder`, count its FLOPs, sweep, run the pipeline at
-    the best batch size; the best row (with its pipeline figures) or None."""
+    the best batch size; the best row (with its pipeline figures) or None. compile_model:
+    the spec's model.compile (each batch size's warm-up batch compiles its graph)."""
     build = BUILDS[case.build]
-    spec = make_spec(case, build, folder)
+    spec = make_spec(case, build, folder, compile_model=compile_model)
     adapter = load_adapter_class(case.task, build.family)(spec)
     adapter.setup(device)
     print(f"case={case.name} attn={describe_attention(adapter.model.config)}", flush=True)
@@ -646,7 +705,7 @@ def run_case(case: Case, folder: Path, device: torch.device, batch_sizes, min_se
     flops, raw = count_flops(adapter, first)
     if case.task == "detect":
         adapter = adapter.with_spec(make_spec(case, build, folder,
-                                              owl_threshold(adapter, raw, first)))
+                                              owl_threshold(adapter, raw, first), compile_model))
         print(f"case={case.name} threshold={adapter.spec.threshold:.6f} "
               f"(keeps ~{OWL_BOXES_PER_IMAGE} boxes of the batch-1 image)")
     if case.new_tokens and generated_lengths(case, raw) != {case.new_tokens}:
@@ -666,6 +725,17 @@ def run_case(case: Case, folder: Path, device: torch.device, batch_sizes, min_se
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return best
+
+
+def sdpa_priority(name: str) -> contextlib.AbstractContextManager:
+    """--sdpa: a context that puts cuDNN's fused attention first in SDPA's order ("cudnn"),
+    or leaves torch's order ("default")."""
+    if name == "default":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+                        SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH], set_priority=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -688,6 +758,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f"one, at most 15; here {DEFAULT_DECODE_WORKERS})")
     parser.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH,
                         help="batches the pipeline may hold ready for the model (default 4)")
+    parser.add_argument("--compile", action="store_true",
+                        help="model.compile: OWLv2's vision tower through torch.compile "
+                             "(the other families have no such option and run as they are)")
+    parser.add_argument("--sdpa", choices=("default", "cudnn"), default="default",
+                        help="cudnn: torch's cuDNN fused attention first in SDPA's order of "
+                             "kernels (default: torch's own order, flash first)")
     parser.add_argument("--workdir", default=None, help="where model folders are written "
                         "(default: a temporary folder, removed at the end)")
     return parser.parse_args(argv)
@@ -727,25 +803,30 @@ def main(argv: list[str] | None = None) -> int:
     print("FLOPs: torch.utils.flop_counter.FlopCounterMode over adapter.predict on one image "
           "(generative: the whole generate); TFLOP/s = FLOPs/img x images/s", flush=True)
 
+    options = f"compile={args.compile} sdpa={args.sdpa}"
+    print(f"options: {options}", flush=True)
     root = Path(args.workdir or tempfile.mkdtemp(prefix="gpu_throughput_"))
     results = {}
-    try:
-        tiny_dirs: dict[str, Path] = {}
-        for build_name in dict.fromkeys(c.build for c in cases):
-            build = BUILDS[build_name]
-            if build.family not in tiny_dirs:
-                tiny_dirs[build.family] = build_tiny_model(build.family, root / f"tiny-{build.family}")
-            t0 = time.perf_counter()
-            folder = build_model_folder(build, tiny_dirs[build.family], root / build_name,
-                                        device, dtype, small)
-            print(f"built {build_name} in {time.perf_counter() - t0:.1f} s", flush=True)
-            for case in (c for c in cases if c.build == build_name):
-                results[case.name] = run_case(case, folder, device, batch_sizes, min_seconds,
-                                              min_iters, args.decode_workers, args.prefetch)
-            shutil.rmtree(folder)
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(root, ignore_errors=True)
+    with sdpa_priority(args.sdpa):  # the whole run: sweeps and pipelines
+        try:
+            tiny_dirs: dict[str, Path] = {}
+            for build_name in dict.fromkeys(c.build for c in cases):
+                build = BUILDS[build_name]
+                if build.family not in tiny_dirs:
+                    tiny_dirs[build.family] = build_tiny_model(build.family,
+                                                               root / f"tiny-{build.family}")
+                t0 = time.perf_counter()
+                folder = build_model_folder(build, tiny_dirs[build.family], root / build_name,
+                                            device, dtype, small)
+                print(f"built {build_name} in {time.perf_counter() - t0:.1f} s", flush=True)
+                for case in (c for c in cases if c.build == build_name):
+                    results[case.name] = run_case(case, folder, device, batch_sizes, min_seconds,
+                                                  min_iters, args.decode_workers, args.prefetch,
+                                                  args.compile)
+                shutil.rmtree(folder)
+        finally:
+            if args.workdir is None:
+                shutil.rmtree(root, ignore_errors=True)
     for case_name, best in results.items():
         if best is None:
             print(f"RESULT case={case_name} no batch size fit")
@@ -753,7 +834,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"RESULT case={case_name} images/s={best['images_per_s']:.2f} "
                   f"TFLOP/s={best['tflops']:.4g} batch={best['batch']} "
                   f"peak_mem_GiB={best['peak_gib']:.2f} "
-                  f"input_wait={100 * best['pipeline']['input_wait']:.1f}% device={name}")
+                  f"input_wait={100 * best['pipeline']['input_wait']:.1f}% device={name} "
+                  f"{options}")
     return 0
 
 

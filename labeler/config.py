@@ -42,6 +42,10 @@ class ModelSpec(_Strict):
     revision: str | None = None
     # "auto": bfloat16 on CUDA, float32 on CPU.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    compile: bool = Field(
+        False, description="torch.compile the vision tower (family owlv2): one compile of "
+                           "tens of seconds per batch shape, at its first batch, then faster "
+                           "batches on a GPU (docs/benchmarks.md)")
 
     @field_validator("family")
     @classmethod
@@ -380,6 +384,8 @@ class TaskSpec(_Strict):
 
     def check_pairs(self) -> None:
         """The options that apply to some tasks or families only, against this task's."""
+        if self.model.compile and self.model.family != "owlv2":
+            raise ValueError("model.compile applies to family 'owlv2' (its vision tower) only")
         if (self.queries or self.label_thresholds) and self.task != "detect":
             raise ValueError("queries and label_thresholds apply to task 'detect' only")
         if self.templates != QUERY_ALONE and self.task != "detect":

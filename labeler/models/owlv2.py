@@ -93,6 +93,11 @@ class _Owlv2Adapter(Adapter):
         self.dtype = resolve_dtype(self.spec.model.dtype, device)
         self.model = Owlv2ForObjectDetection.from_pretrained(source, dtype=self.dtype, **kwargs)
         self.model.to(device).eval()
+        # model.compile: the vision tower compiled, one graph per input shape (dynamic=False):
+        # a job's batches share one shape but its last; kernels for dynamic shapes would be
+        # slower for all of them. Compiled on its first call.
+        self.compiled_embedder = (torch.compile(self.model.image_embedder, dynamic=False)
+                                  if self.spec.model.compile else None)
         self.revision = getattr(self.model.config, "_commit_hash", None) or self.revision
 
     def _text_features(self, text) -> torch.Tensor:
@@ -221,7 +226,8 @@ class _Owlv2Adapter(Adapter):
         the vision tower, as the model's forward runs it."""
         if pixel_values.dtype == torch.uint8:
             pixel_values = self._normalize(pixel_values).to(self.dtype)
-        feature_map, _ = self.model.image_embedder(pixel_values=pixel_values)
+        embed = self.compiled_embedder or self.model.image_embedder
+        feature_map, _ = embed(pixel_values=pixel_values)
         batch, grid_h, grid_w, dim = feature_map.shape
         return feature_map.reshape(batch, grid_h * grid_w, dim), feature_map
 

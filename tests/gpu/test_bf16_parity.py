@@ -31,8 +31,9 @@ RELATIVE_TOLERANCE = 0.05  # of each output's largest magnitude, and of each ele
 SCORE_TOLERANCE = 0.1  # absolute, on sigmoid scores in [0, 1]
 
 
-def _adapter(folder: str, dtype: str, device: str):
-    spec = TaskSpec(task="detect", model={"family": "owlv2", "source": folder, "dtype": dtype},
+def _adapter(folder: str, dtype: str, device: str, compile: bool = False):
+    spec = TaskSpec(task="detect", model={"family": "owlv2", "source": folder, "dtype": dtype,
+                                          "compile": compile},
                     labels=LABELS, threshold=0.0, resources={"num_gpus": 1})
     adapter = load_adapter_class("detect", "owlv2")(spec)
     with torch.no_grad():
@@ -45,11 +46,14 @@ def _images() -> list[ImageInput]:
             for seed, (w, h) in enumerate(SIZES)]
 
 
-def test_owlv2_bf16_cuda_matches_float32(tiny_model):
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_owlv2_bf16_cuda_matches_float32(tiny_model, compile):
+    """compiled: model.compile, the vision tower through torch.compile (Inductor's kernels
+    on CUDA), held to the same bounds."""
     folder = tiny_model("owlv2")
     images = _images()
     reference = _adapter(folder, "float32", "cpu")
-    bf16 = _adapter(folder, "auto", "cuda")
+    bf16 = _adapter(folder, "auto", "cuda", compile)
     assert bf16.dtype == torch.bfloat16  # "auto" on CUDA
 
     with torch.inference_mode():

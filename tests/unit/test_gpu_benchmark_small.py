@@ -44,7 +44,7 @@ def test_small_mode_prints_a_figure_for_every_case(capsys, one_torch_thread):
                            re.MULTILINE)
         assert result, f"no RESULT line for {case.name}:\n{out}"
         assert float(result.group(1)) > 0 and float(result.group(2)) > 0
-        # The pipeline ran at the sweep's best batch size: JPEG bytes -> decode threads -> model.
+        # The pipeline ran at the sweep's best batch size: JPEG bytes -> decode processes -> model.
         pipeline = re.search(rf"^case={re.escape(case.name)} pipeline batch=(\d+) "
                              r"images/s=([0-9.]+) input_wait=([0-9.]+)% "
                              r"predict_share=([0-9.]+)% decode_workers=(\d+)", out, re.MULTILINE)
@@ -83,16 +83,25 @@ def test_feed_makes_decoded_batches_and_stops_when_the_consumer_raises():
             fed = feed.get()
             assert [(im.width, im.height) for im in fed.images] == [(64, 48)] * 3
             assert fed.stacked.shape == (3, 48, 64, 3) and fed.stacked.dtype == np.uint8
+            # the rows are the stacked array's rows, not copies made beside it
+            assert all(np.shares_memory(im.pixels, fed.stacked) for im in fed.images)
+            processes = _processes(feed)
             raise ValueError("consumer failed")
-    assert not any(thread.is_alive() for thread in feed.threads)
+    assert processes and not any(process.is_alive() for process in processes)
 
 
 def test_a_failing_decode_worker_raises_in_the_consumer():
     with pytest.raises(RuntimeError, match="decode worker failed") as failed:
         with _feed([b"not an image"]) as feed:
+            processes = _processes(feed)
             feed.get()
     assert "not a recognised image format" in str(failed.value.__cause__)
-    assert not any(thread.is_alive() for thread in feed.threads)
+    assert not any(process.is_alive() for process in processes)
+
+
+def _processes(feed) -> list:
+    """The feed's decode processes (the executor starts them on the first submit)."""
+    return list(feed.pool._processes.values())
 
 
 class _FixedCostModel:
