@@ -250,9 +250,9 @@ class Florence2Adapter(GenerativeAdapter):
         with warnings.catch_warnings():
             # Arrays from Ray's object store are read-only; the processor copies them.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            inputs = self.processor(
-                text=["".join(p) for p in prompts], images=[im.pixels for im in images],
-                padding=True, return_tensors="pt", input_data_format="channels_last")
+            inputs = self.processor(text=["".join(p) for p in prompts], padding=True,
+                                    return_tensors="pt",
+                                    **self.processor_images(images, stacked))
         return {"inputs": inputs.to(self.device, self.dtype), "prompts": prompts}
 
     @torch.inference_mode()

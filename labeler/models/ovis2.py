@@ -48,9 +48,8 @@ class _Ovis2Generator(GenerativeAdapter):
         with warnings.catch_warnings():
             # Arrays from Ray's object store are read-only; the processor copies them.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            inputs = self.processor(
-                text=texts, images=[im.pixels for im in images], padding=True,
-                return_tensors="pt", input_data_format="channels_last")
+            inputs = self.processor(text=texts, padding=True, return_tensors="pt",
+                                    **self.processor_images(images, stacked))
         return inputs.to(self.device, self.dtype)
 
     def postprocess(self, raw: torch.Tensor, images: list[ImageInput]) -> list[dict]:

@@ -29,7 +29,6 @@ decoding settings; with beam search they follow the chosen beam.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -73,17 +72,17 @@ class Qwen2VLGenerator(GenerativeAdapter):
         return self.processor.apply_chat_template(messages, add_generation_prompt=True,
                                                   tokenize=False)
 
-    def vision_inputs(self, images: list[ImageInput]) -> dict[str, Any]:
-        """The processor's keyword arguments for the batch's pictures: images=[(3, h, w)]."""
-        return {"images": [channels_first(im.pixels) for im in images]}
+    def vision_inputs(self, images: list[ImageInput],
+                      stacked: np.ndarray | None = None) -> dict[str, Any]:
+        """The processor's keyword arguments for the batch's pictures (processor_images)."""
+        return self.processor_images(images, stacked)
 
     def preprocess(self, images: list[ImageInput], stacked: np.ndarray | None = None) -> Any:
         """Images (clips) and their prompts -> one left-padded batch on the device: input_ids
         and attention_mask (B, T), pixel_values (pixel_values_videos): (sum of patches over the
-        batch, C*2*14*14), image_grid_thw (video_grid_thw): (B, 3). `stacked` is not needed:
-        each image or clip is resized on its own."""
+        batch, C*2*14*14), image_grid_thw (video_grid_thw): (B, 3)."""
         texts = [self.chat_text(self.prompt_for(im)) for im in images]
-        inputs = self.processor(text=texts, **self.vision_inputs(images), padding=True,
+        inputs = self.processor(text=texts, **self.vision_inputs(images, stacked), padding=True,
                                 return_tensors="pt")
         return inputs.to(self.device)
 
@@ -225,13 +224,3 @@ class Qwen2VLGrounder(Qwen2VLGenerator):
 
     def parameters(self) -> dict:
         return {**super().parameters(), "threshold": self.spec.threshold}
-
-
-def channels_first(pixels: np.ndarray) -> torch.Tensor:
-    """(h, w, 3) image or (T, h, w, 3) clip, uint8 -> (3, h, w) or (T, 3, h, w) uint8 tensor
-    view, without a copy. Channels first leaves the processor nothing to guess (an image or
-    frame 3 or 1 pixels tall would otherwise look channels-first to it)."""
-    with warnings.catch_warnings():
-        # Arrays from Ray's object store are read-only; nothing here writes to them.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(pixels).movedim(-1, -3)

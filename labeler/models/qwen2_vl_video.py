@@ -38,8 +38,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from labeler.models.base import ImageInput
-from labeler.models.qwen2_vl import Qwen2VLGenerator, channels_first
+from labeler.models.generative import channels_first
+from labeler.models.qwen2_vl import Qwen2VLGenerator
 
 
 class Qwen2VLVideoGenerator(Qwen2VLGenerator):
@@ -47,9 +50,11 @@ class Qwen2VLVideoGenerator(Qwen2VLGenerator):
 
     media = "video"
 
-    def vision_inputs(self, images: list[ImageInput]) -> dict[str, Any]:
+    def vision_inputs(self, images: list[ImageInput],
+                      stacked: np.ndarray | None = None) -> dict[str, Any]:
         """The processor's keyword arguments for the batch's clips: videos=[(T, 3, h, w)],
-        every frame kept (no resampling). ValueError for a row that is not a clip."""
+        every frame kept (no resampling), on the CPU. ValueError for a row that is not a
+        clip."""
         for im in images:
             shape = im.pixels.shape
             if len(shape) != 4 or shape[0] == 0 or shape[-1] != 3:
