@@ -31,7 +31,8 @@ What differs from the real checkpoints, and why the compute is the same:
 - OWLv2 keeps the boxes whose score passes a threshold; random weights score almost every
   box alike, so the threshold is set per case (on the batch-1 image) to keep about
   `OWL_BOXES_PER_IMAGE` boxes, as a trained model at its usual threshold keeps tens. The mean
-  kept per image is printed (dets/img);
+  kept per image is printed (dets/img). The class head's logit shift and scale are fixed
+  (`spread_scores`): random weights' logits round every bf16 score to 1.0 otherwise;
 - OWLv2's box head is set to predict each patch's prior box (`prior_boxes`): random weights
   give boxes of no size, which are dropped, so nothing would be left to postprocess;
 - the inputs are synthetic images (`labeler.testing.samples`), 640x480 for OWLv2 and
@@ -52,24 +53,25 @@ CUDA), "eager" the unfused matmul-softmax-matmul.
 
 Pipeline (input wait). At the sweep's best batch size each case is run again as the batch
 job feeds a model actor: the inputs are JPEG bytes (the synthetic scenes encoded once,
-quality 90, as files read from storage would be); `--decode-workers` threads (default one
+quality 90, as files read from storage would be); `--decode-workers` processes (default one
 per core but one, at most 15) do what the job's decode tasks do, `decode_image` with the
 job's default `max_pixels` / `decode_min_side`, then the task's `cpu_transform` through
-`labeler.jobs.stages.TaskTransforms` into the column the actor reads, and put whole batches
-(one array when the rows' shapes agree, as Ray Data hands them over) into a queue of
-`--prefetch` batches; the consumer, the "actor", runs `run_timed(batch, stacked)` (the
+`labeler.jobs.stages.TaskTransforms` into the column the actor reads, and make whole batches
+(one array when the rows' shapes agree, as Ray Data hands them over), at most `--prefetch`
+ready ahead of the consumer; the consumer, the "actor", runs `run_timed(batch, stacked)` (the
 images already transformed) for at least `--min-seconds` and PIPELINE_MIN_BATCHES batches.
 Printed: images/s; `input_wait`, the share of the consumer's wall time spent blocked on the
 queue, i.e. the model idle for want of input (issue 8: at most 10%); `predict_share`, the
 share in predict (the GPU busy; the rest is preprocess and postprocess on the actor);
-`decode_busy`, the share of the workers' time spent decoding (near 100%: decode is the
-bottleneck). The clock starts when the first batch arrives (filling the pipeline happens
-once a job), and restarts when the consumer finds the queue empty while it still eats the
-batches made during the fill, so those do not hide a decode shortfall.
-What it is not: Ray. Threads in one process emulate Ray Data's decode tasks (separate
-processes) and its object store; Pillow releases the GIL while it decodes, but the Python
-around it contends with the actor's Python (generate's loop, postprocess), which separate
-processes would not, so the figure errs on the slow side there. On the other side, the
+`decode_busy`, the share of the workers' time spent decoding the batches handed over
+(near 100%: decode is the bottleneck). The clock starts when the first batch arrives
+(filling the pipeline happens once a job), and restarts when the consumer finds no batch
+ready while it still eats the batches made during the fill, so those do not hide a decode
+shortfall.
+What it is not: Ray. A process pool emulates Ray Data's decode tasks (worker processes);
+batches come back pickled through a pipe, a copy Ray's shared-memory object store would
+spare the actor, so the figure errs on the slow side there. (Threads, as the first GPU run
+had, held the GIL against the actor: docs/benchmarks.md.) On the other side, the
 synthetic scenes are smooth: ~15 KB per 640x480 JPEG where a photo takes 100-200 KB, and a
 noisy 124 KB one decoded 2.2x slower here (2.2 vs 1.0 ms); read `decode_busy` with that
 margin. Object-store copies, task scheduling and reading from storage are not emulated.
@@ -87,6 +89,13 @@ adapters on them and the FLOP counts without a GPU; its speeds say nothing about
     .venv/bin/python benchmarks/gpu_throughput.py --small               # CPU, tiny, seconds
     .venv/bin/python benchmarks/gpu_throughput.py --full-on-cpu --cases owlv2-b16-960-q3
     PYTHONPATH=. python3 benchmarks/gpu_throughput.py --cases qwen2 --decode-workers 4 --prefetch 2
+    PYTHONPATH=. python3 benchmarks/gpu_throughput.py --cases owlv2-b16-960-q3 --compile \
+        --sdpa cudnn
+
+Variants: `--compile` sets the spec's model.compile (OWLv2's vision tower through
+torch.compile; each batch size's warm-up batch compiles its graph, outside the timing);
+`--sdpa cudnn` puts cuDNN's fused attention first in SDPA's order for the whole run. Both
+are printed on the `options:` line and on every RESULT line.
 
 It imports neither Ray nor anything Ray needs (the GPU machine has no Ray).
 """
