@@ -50,7 +50,10 @@ run() {
     owlv2_b16_compile_cudnn) run_group "$1" 90 --cases owlv2-b16-960-q3 --batch-sizes 128 \
         --compile --sdpa cudnn ;;
     florence2) run_group "$1" 120 --cases florence2 ;;
+    # A static cache and the decoding step compiled: one compile per batch and prompt shape.
+    florence2_compile) run_group "$1" 120 --cases florence2-base --batch-sizes 128 --compile ;;
     qwen2) run_group "$1" 100 --cases qwen2 ;;
+    qwen2_compile) run_group "$1" 120 --cases qwen2 --batch-sizes 128 --compile ;;
     owlv2_l14) run_group "$1" 110 --cases owlv2-l14-1008-q3 owlv2-l14-1008-q300 ;;
     tiled) run_group "$1" 50 --cases tiled ;;
     parity)
@@ -62,7 +65,8 @@ run() {
 }
 GROUPS_RUN=("$@")
 [ ${#GROUPS_RUN[@]} -gt 0 ] || GROUPS_RUN=(owlv2_b16 florence2 qwen2 owlv2_l14 tiled parity
-                                         owlv2_b16_cudnn owlv2_b16_compile owlv2_b16_compile_cudnn)
+                                         owlv2_b16_cudnn owlv2_b16_compile owlv2_b16_compile_cudnn
+                                         florence2_compile qwen2_compile)
 for group in "${GROUPS_RUN[@]}"; do
     run "$group"
 done

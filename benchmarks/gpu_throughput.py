@@ -93,7 +93,8 @@ adapters on them and the FLOP counts without a GPU; its speeds say nothing about
         --sdpa cudnn
 
 Variants: `--compile` sets the spec's model.compile (OWLv2's vision tower through
-torch.compile; each batch size's warm-up batch compiles its graph, outside the timing);
+torch.compile; the generative models' decoding step, with a static KV cache, which
+transformers compiles on CUDA; each batch size's warm-up batch compiles, outside the timing);
 `--sdpa cudnn` puts cuDNN's fused attention first in SDPA's order for the whole run. Both
 are printed on the `options:` line and on every RESULT line.
 
@@ -394,10 +395,9 @@ def small_size(size: tuple[int, int]) -> tuple[int, int]:
 def make_spec(case: Case, build: Build, folder: Path, threshold: float = 0.1,
               compile_model: bool = False) -> TaskSpec:
     """The TaskSpec a GPU actor of this case would get (num_gpus=1: device preprocessing);
-    compile_model: model.compile, for OWLv2 (the only family that has it)."""
+    compile_model: the spec's model.compile."""
     spec = {"task": case.task, "model": {"family": build.family, "source": str(folder),
-                                         "dtype": "auto",
-                                         "compile": compile_model and build.family == "owlv2"},
+                                         "dtype": "auto", "compile": compile_model},
             "labels": list(case.labels), "threshold": threshold,
             "resources": {"num_gpus": 1}}
     if case.new_tokens:
@@ -768,8 +768,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH,
                         help="batches the pipeline may hold ready for the model (default 4)")
     parser.add_argument("--compile", action="store_true",
-                        help="model.compile: OWLv2's vision tower through torch.compile "
-                             "(the other families have no such option and run as they are)")
+                        help="model.compile: OWLv2's vision tower through torch.compile; the "
+                             "generative models' decoding step, with a static KV cache")
     parser.add_argument("--sdpa", choices=("default", "cudnn"), default="default",
                         help="cudnn: torch's cuDNN fused attention first in SDPA's order of "
                              "kernels (default: torch's own order, flash first)")

@@ -43,9 +43,10 @@ class ModelSpec(_Strict):
     # "auto": bfloat16 on CUDA, float32 on CPU.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     compile: bool = Field(
-        False, description="torch.compile the vision tower (family owlv2): one compile of "
-                           "tens of seconds per batch shape, at its first batch, then faster "
-                           "batches on a GPU (docs/benchmarks.md)")
+        False, description="compile the model's hot path with torch.compile: OWLv2's vision "
+                           "tower; the generative families' decoding step, with a static KV "
+                           "cache (transformers compiles it on a GPU). One compile of tens of "
+                           "seconds per input shape, at its first batch; the same outputs")
 
     @field_validator("family")
     @classmethod
@@ -384,8 +385,6 @@ class TaskSpec(_Strict):
 
     def check_pairs(self) -> None:
         """The options that apply to some tasks or families only, against this task's."""
-        if self.model.compile and self.model.family != "owlv2":
-            raise ValueError("model.compile applies to family 'owlv2' (its vision tower) only")
         if (self.queries or self.label_thresholds) and self.task != "detect":
             raise ValueError("queries and label_thresholds apply to task 'detect' only")
         if self.templates != QUERY_ALONE and self.task != "detect":
@@ -614,7 +613,8 @@ class JobSpec(_Strict):
 # CLI flag -> where it lands in the spec. Task-level flags apply to every task of the spec
 # (and create the single task when there is no spec file).
 TASK_FLAGS = {"task": ("task",), "family": ("model", "family"), "model": ("model", "source"),
-              "revision": ("model", "revision"), "labels": ("labels",), "threshold": ("threshold",),
+              "revision": ("model", "revision"), "compile": ("model", "compile"),
+              "labels": ("labels",), "threshold": ("threshold",),
               "queries": ("queries",), "label_thresholds": ("label_thresholds",),
               "templates": ("templates",),
               "prompt": ("prompt",), "query_image": ("query_image",),

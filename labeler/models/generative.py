@@ -81,6 +81,11 @@ class GenerativeAdapter(Adapter):
                                   "do_sample": g.do_sample}
         if g.do_sample:
             kwargs.update(temperature=g.temperature, top_p=g.top_p)
+        if self.spec.model.compile:
+            # transformers' recipe: with a static cache, generate compiles the decoding step
+            # on a GPU (its CompileConfig: CUDA graphs), once per cache shape, i.e. per
+            # prompt length; on CPU the cache alone, uncompiled.
+            kwargs["cache_implementation"] = "static"
         return kwargs
 
     @torch.inference_mode()

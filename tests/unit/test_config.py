@@ -216,3 +216,28 @@ def test_actor_cpus_and_torch_threads_set_a_cpu_actors_threads(tmp_path, tiny_ow
         torch.set_num_threads(before)
     with pytest.raises(SpecError, match="torch_threads"):
         task("--torch-threads", "0")
+
+
+def test_compile_flag_reaches_the_model_spec_and_the_adapter(tmp_path, tiny_owlv2):
+    """--compile sets model.compile (default off); an OWLv2 actor built from it holds the
+    compiled vision tower; a generative task takes it too (its static cache:
+    tests/models/test_generative_compile.py)."""
+    import torch
+
+    from labeler.actors.predictor import build_adapter
+    from labeler.cli import _spec_from_args, build_parser
+
+    def task(*flags, family="owlv2", model=tiny_owlv2, extra=("--labels", "cat")):
+        args = build_parser().parse_args([
+            "run", "--input", str(tmp_path), "--output", str(tmp_path / "out"), "--task",
+            "detect" if family == "owlv2" else "caption", "--family", family, "--model", model,
+            *extra, *flags])
+        return _spec_from_args(args).tasks[0]
+
+    assert task().model.compile is False
+    compiled = task("--compile")
+    assert compiled.model.compile is True
+    assert build_adapter(compiled, torch.device("cpu")).compiled_embedder is not None
+    assert build_adapter(task(), torch.device("cpu")).compiled_embedder is None
+    caption = task("--compile", family="qwen2_vl", model="some/checkpoint", extra=())
+    assert caption.model.compile is True
