@@ -110,6 +110,13 @@ class ServedModel(TaskSpec):
         # Replaces TaskSpec's check of the same name: the same checks, the adapter's on the
         # spec with a placeholder label when none is configured.
         self.check_pairs()
+        if self.model.compile:
+            # A compiled model runs a graph per input shape, compiled at its first batch;
+            # dynamic batching makes a new size of almost every request count, and each
+            # would hold its requests for a compile of tens of seconds.
+            raise ValueError("model.compile is for batch jobs (one batch size): a served "
+                             "model's batches vary in size, and each new size would stall "
+                             "requests for a compile")
         cls = registry.load_adapter_class(self.task, self.model.family)
         cls.check_spec(self if self.labels or not self.labels_per_request else
                        self.model_copy(update={"labels": [PLACEHOLDER_LABEL]}))

@@ -70,6 +70,15 @@ def test_bad_configs_name_the_field(overrides, message):
     assert message in str(err.value)
 
 
+def test_a_compiled_model_is_refused_for_serving(tmp_path):
+    config = tmp_path / "serve.yaml"
+    config.write_text("models:\n  - task: detect\n    labels: [car]\n"
+                      "    model: {family: owlv2, source: m, compile: true}\n")
+    with pytest.raises(SpecError, match="invalid serve config") as err:
+        load_serve_spec(config)
+    assert "models.0: model.compile is for batch jobs" in str(err.value)
+
+
 def test_serving_limits():
     assert ServingSpec(max_batch_size=8, max_ongoing_requests=4).batch_limit_warning == (
         "max_ongoing_requests (4) is below max_batch_size (8): batches will hold at most 4")
