@@ -68,6 +68,19 @@ def test_small_mode_prints_a_figure_for_every_case(capsys, one_torch_thread):
     assert "out of GPU memory" not in out
 
 
+def test_the_compile_and_cudnn_variants_run_and_say_so(capsys, one_torch_thread):
+    """--compile reaches the spec (the vision tower is compiled: dynamo made a graph) and
+    --sdpa cudnn runs (on CPU it has no cuDNN kernel to put first; the order is still set);
+    both are printed on every RESULT line, so variants' figures cannot be mixed up."""
+    torch._dynamo.reset()
+    assert gpu_throughput.main(["--small", "--cases", "owlv2-b16-960-q3", "--batch-sizes", "1",
+                                "--compile", "--sdpa", "cudnn"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^RESULT case=owlv2-b16-960-q3 images/s=[0-9.]+ .* compile=True "
+                     r"sdpa=cudnn$", out, re.MULTILINE), out
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+
+
 def _feed(jpegs: list[bytes], batch: int = 3, workers: int = 2, prefetch: int = 2):
     """A DecodeFeed for a task without a cpu_transform (no weights or processor needed)."""
     from labeler.config import TaskSpec
