@@ -63,8 +63,9 @@ class GenerativeAdapter(Adapter):
         resizes and normalises them there. On the actor's CPU that took 9 ms an image for
         Florence-2 at 768 px (an H200 host's core, in the batch-64 sweep of
         benchmarks/gpu_throughput.py), more than the model's 5.8, and 8 ms for Qwen2-VL at
-        448 px (here). The processor runs the same operations on either device
-        (tests/models/test_device_preprocess.py). `stacked` (B, h, w, 3) crosses in one copy.
+        448 px (one core of the development machine). The processor runs the same operations
+        on either device (tests/models/test_device_preprocess.py). `stacked` (B, h, w, 3)
+        crosses in one copy.
         """
         if self.model_on_cpu:
             return {"images": [im.pixels for im in images], "input_data_format": "channels_last"}
