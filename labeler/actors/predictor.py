@@ -2,8 +2,9 @@
 
 Ray Data builds one per pool worker (`map_batches(Predictor, ...)`); the weights load in
 __init__, on the worker, and stay for every batch. Rows that failed to decode pass through as
-error rows; a batch that fails as a whole is retried row by row, so one bad input never takes
-its neighbours down with it.
+error rows; a batch that runs out of GPU memory runs in parts that fit (MemoryFit); a batch
+that fails otherwise is retried row by row, so one bad input never takes its neighbours down
+with it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from labeler.config import TaskSpec
 from labeler.jobs.examples import EXAMPLES_COLUMN, parse_examples
 from labeler.models.base import Adapter, ImageInput, pick_device
+from labeler.models.fitting import MemoryFit
 from labeler.registry import load_adapter_class
 from labeler.schemas import RECORD_SCHEMA
 from labeler.testing.faults import crash_if_marked
@@ -68,6 +70,7 @@ class Predictor:
         self.drop_columns = set(drop_columns)
         self.adapter = build_adapter(task)
         self.parameters = self.adapter.parameters_json()
+        self.fit = MemoryFit()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table | dict[str, np.ndarray]:
         crash_if_marked(batch["uri"], batch.get("frame_index"))  # tests: labeler.testing.faults
@@ -100,7 +103,7 @@ class Predictor:
             # Equal-shaped rows arrive as one (n, ...) array: hand it over without a copy.
             stacked = column if column.dtype != object and len(good) == n else None
             try:
-                outputs, timings = self.adapter.run_timed(images, stacked)
+                outputs, timings = self.fit.run_timed(self.adapter, images, stacked)
                 results = dict(zip(good, outputs))
             except Exception:  # noqa: BLE001 - isolate the failing row(s) below
                 log.warning("batch of %d failed; retrying row by row", len(good), exc_info=True)

@@ -26,6 +26,7 @@ from ray import serve
 
 from labeler.actors.predictor import build_adapter
 from labeler.models.base import Adapter, Example, ExampleImage, ImageInput
+from labeler.models.fitting import MemoryFit
 from labeler.serve.config import ServedModel
 from labeler.serve.variants import AdapterVariants
 
@@ -76,6 +77,7 @@ class ModelServer:
         self.task = served.task_spec()
         self.base = build_adapter(self.task)
         self.variants = AdapterVariants(self.base)
+        self.fit = MemoryFit()  # batches that run out of GPU memory run in parts
         self.annotate_batch.set_max_batch_size(served.serving.max_batch_size)
         self.annotate_batch.set_batch_wait_timeout_s(served.serving.batch_wait_timeout_s)
 
@@ -117,7 +119,7 @@ class ModelServer:
                              caption=it.caption, examples=it.examples,
                              example_image=resolved(it.example_image)) for it in items]
         try:
-            outputs, timings = adapter.run_timed(images, transformed=False)
+            outputs, timings = self.fit.run_timed(adapter, images, transformed=False)
             return [self._record(adapter, it, out, None, timings) for it, out in zip(items, outputs)]
         except Exception:  # noqa: BLE001 - isolate the failing image(s) below
             log.warning("batch of %d failed; retrying image by image", len(items), exc_info=True)
