@@ -55,6 +55,8 @@ run() {
     qwen2) run_group "$1" 100 --cases qwen2 ;;
     qwen2_compile) run_group "$1" 120 --cases qwen2 --batch-sizes 128 --compile ;;
     owlv2_l14) run_group "$1" 110 --cases owlv2-l14-1008-q3 owlv2-l14-1008-q300 ;;
+    owlv2_l14_compile_cudnn) run_group "$1" 120 --cases owlv2-l14-1008-q3 --batch-sizes 64 \
+        --compile --sdpa cudnn ;;
     tiled) run_group "$1" 50 --cases tiled ;;
     parity)
         echo "== bf16 parity"
@@ -66,7 +68,7 @@ run() {
 GROUPS_RUN=("$@")
 [ ${#GROUPS_RUN[@]} -gt 0 ] || GROUPS_RUN=(owlv2_b16 florence2 qwen2 owlv2_l14 tiled parity
                                          owlv2_b16_cudnn owlv2_b16_compile owlv2_b16_compile_cudnn
-                                         florence2_compile qwen2_compile)
+                                         florence2_compile qwen2_compile owlv2_l14_compile_cudnn)
 for group in "${GROUPS_RUN[@]}"; do
     run "$group"
 done
