@@ -1,7 +1,8 @@
 """What makes two runs the same job, so that a rerun resumes only its own output.
 
-A job's identity is what shapes its rows: the input options, each task's fields except its
-resources, and a digest of the inputs (each one's id, URI and own prompt). It is stored in
+A job's identity is what shapes its rows: the input options, each task's fields except how
+it runs (its resources and model.compile, which give the same rows), and a digest of the
+inputs (each one's id, URI and own prompt). It is stored in
 the output's `_job.json` beside its fingerprint (a SHA-256 of it); a rerun resumes when
 the fingerprints are equal and is refused otherwise, naming each field that differs.
 
@@ -28,6 +29,8 @@ TASK_FIELDS_AFTER_V2 = frozenset({"queries", "label_thresholds", "templates", "n
                                   "max_detections", "tiles", "track", "query_box",
                                   "examples"})
 SAMPLING_FIELDS_AFTER_V2 = frozenset({"min_change"})
+# A task's fields that say how it runs, not what it writes: never part of an identity.
+HOW_A_TASK_RUNS = {"resources": True, "model": {"compile": True}}
 
 
 def input_identities(items: list[InputItem]) -> list:
@@ -47,7 +50,8 @@ def job_identity(spec: JobSpec, inputs: list) -> dict:
         "version": IDENTITY_VERSION,
         "input": {**spec.input.model_dump(exclude={"path"}, exclude_defaults=True),
                   "files_per_shard": spec.input.effective_files_per_shard},
-        "tasks": [t.model_dump(exclude={"resources"}, exclude_defaults=True) for t in spec.tasks],
+        "tasks": [t.model_dump(exclude=HOW_A_TASK_RUNS, exclude_defaults=True)
+                  for t in spec.tasks],
         "inputs": {"count": len(inputs), "sha256": _sha256(inputs)},
     }
 
@@ -63,8 +67,8 @@ def legacy_fingerprint(spec: JobSpec, inputs: list) -> str:
         "input": {**spec.input.model_dump(exclude={"path": True, "sampling": _newer_defaults(
                       spec.input.sampling, SAMPLING_FIELDS_AFTER_V2)}),
                   "files_per_shard": spec.input.effective_files_per_shard},
-        "tasks": [t.model_dump(exclude={"resources"} | _newer_defaults(t, TASK_FIELDS_AFTER_V2))
-                  for t in spec.tasks],
+        "tasks": [t.model_dump(exclude={**HOW_A_TASK_RUNS, **dict.fromkeys(
+                      _newer_defaults(t, TASK_FIELDS_AFTER_V2), True)}) for t in spec.tasks],
         "uris": inputs,
     }
     return _sha256(shaping)

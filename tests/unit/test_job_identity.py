@@ -47,6 +47,20 @@ def test_fields_at_their_default_do_not_change_the_job(images, tmp_path):
     assert stored["identity"]["inputs"]["count"] == 3
 
 
+def test_how_a_task_runs_is_not_part_of_the_job(images, tmp_path):
+    """model.compile and the resources change how fast rows come, not the rows: a job
+    started without --compile resumes with it, and the other way round, and an output of an
+    older labeler resumes with it too."""
+    _sink(_spec(images, tmp_path))
+    assert _sink(_spec(images, tmp_path, compile=True, num_gpus=1,
+                       batch_size=64)).pending_shards() == {0}
+    plain, compiled = _spec(images, tmp_path), _spec(images, tmp_path, compile=True)
+    assert compiled.tasks[0].model.compile
+    inputs = [["a", "file:///a.jpg", None]]
+    assert job_identity(plain, inputs) == job_identity(compiled, inputs)
+    assert legacy_fingerprint(plain, inputs) == legacy_fingerprint(compiled, inputs)
+
+
 def test_another_job_is_refused_naming_what_differs(images, tmp_path):
     _sink(_spec(images, tmp_path))
     with pytest.raises(OutputConflict) as err:
