@@ -51,7 +51,8 @@ run() {
         --compile --sdpa cudnn ;;
     florence2) run_group "$1" 120 --cases florence2 ;;
     # A static cache and the decoding step compiled: one compile per batch and prompt shape.
-    florence2_compile) run_group "$1" 120 --cases florence2-base --batch-sizes 128 --compile ;;
+    florence2_compile) run_group "$1" 180 --cases florence2-base --batch-sizes 128 256 \
+        --compile ;;
     qwen2) run_group "$1" 100 --cases qwen2 ;;
     qwen2_compile) run_group "$1" 120 --cases qwen2 --batch-sizes 128 --compile ;;
     owlv2_l14) run_group "$1" 110 --cases owlv2-l14-1008-q3 owlv2-l14-1008-q300 ;;
