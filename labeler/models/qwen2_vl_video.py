@@ -53,15 +53,19 @@ class Qwen2VLVideoGenerator(Qwen2VLGenerator):
     def vision_inputs(self, images: list[ImageInput],
                       stacked: np.ndarray | None = None) -> dict[str, Any]:
         """The processor's keyword arguments for the batch's clips: videos=[(T, 3, h, w)],
-        every frame kept (no resampling), on the CPU. ValueError for a row that is not a
+        every frame kept (no resampling); a GPU actor's on its device, with the processor's
+        `device`, as processor_images hands images over. ValueError for a row that is not a
         clip."""
         for im in images:
             shape = im.pixels.shape
             if len(shape) != 4 or shape[0] == 0 or shape[-1] != 3:
                 raise ValueError(f"Qwen2-VL {self.task_name} takes clips of (T, h, w, 3) RGB "
                                  f"frames, T >= 1; got pixels of shape {shape}")
-        return {"videos": [channels_first(im.pixels) for im in images],
-                "do_sample_frames": False}
+        clips = [channels_first(im.pixels) for im in images]
+        if self.model_on_cpu:
+            return {"videos": clips, "do_sample_frames": False}
+        return {"videos": [clip.to(self.device) for clip in clips], "do_sample_frames": False,
+                "device": self.device}
 
 
 class Qwen2VLVideoCaption(Qwen2VLVideoGenerator):

@@ -74,6 +74,36 @@ def test_device_preprocessing_gives_the_documented_inputs(tiny_model, family):
                                        msg=lambda m: f"{family} {key}: {m}")
 
 
+def clip_sample() -> list[ImageInput]:
+    """Two clips of different lengths and sizes, (T, h, w, 3) uint8."""
+    rng = np.random.default_rng(0)
+    return [ImageInput(pixels=rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8),
+                       width=w, height=h) for t, w, h in [(4, 80, 60), (2, 56, 84)]]
+
+
+def clip_adapter(folder: str, num_gpus: float, device: str = "cpu"):
+    spec = TaskSpec(task="video-caption", resources={"num_gpus": num_gpus},
+                    model={"family": "qwen2_vl", "source": folder, "dtype": "float32"})
+    adapter = load_adapter_class("video-caption", "qwen2_vl")(spec)
+    adapter.setup(torch.device(device))
+    return adapter
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_clips_preprocessed_on_the_device_give_the_documented_inputs(tiny_model, device):
+    folder = tiny_model("qwen2_vl")
+    on_cpu, on_device = clip_adapter(folder, 0), clip_adapter(folder, 1, device)
+    clips = clip_sample()
+    expected = model_tensors(on_cpu.preprocess(clips))
+    actual = model_tensors(on_device.preprocess(clips))
+    assert expected.keys() == actual.keys() and "pixel_values_videos" in actual
+    for key, value in expected.items():
+        assert actual[key].device.type == device, key
+        torch.testing.assert_close(actual[key].cpu(), value, rtol=0,
+                                   atol=1e-4 if value.is_floating_point() else 0,
+                                   msg=lambda m: f"{key}: {m}")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cuda_preprocessing_matches_the_cpu(tiny_model, family):
