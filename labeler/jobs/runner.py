@@ -137,9 +137,10 @@ def _task_line(task: TaskSpec) -> str:
     res = task.resources
     track = ("" if task.track is None else
              f"; track {json.dumps(task.track.model_dump(exclude_defaults=True))}")
-    return (f"{task.output_name}: {task.task} with {task.model.family} {task.model.source}, "
-            f"batch {res.batch_size}, {_actors(res)} actor(s) x {res.num_cpus:g} CPU "
-            f"{res.num_gpus:g} GPU{track}")
+    compiled = " (compiled)" if task.model.compile else ""
+    return (f"{task.output_name}: {task.task} with {task.model.family} {task.model.source}"
+            f"{compiled}, batch {res.batch_size}, {_actors(res)} actor(s) x {res.num_cpus:g} "
+            f"CPU {res.num_gpus:g} GPU{track}")
 
 
 def _actors(res) -> str:

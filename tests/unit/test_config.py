@@ -238,6 +238,10 @@ def test_compile_flag_reaches_the_model_spec_and_the_adapter(tmp_path, tiny_owlv
     compiled = task("--compile")
     assert compiled.model.compile is True
     assert build_adapter(compiled, torch.device("cpu")).compiled_embedder is not None
+    from labeler.jobs.runner import _task_line  # what a dry run prints of the task
+
+    assert f"owlv2 {tiny_owlv2} (compiled), batch 8" in _task_line(compiled)
+    assert "(compiled)" not in _task_line(task())
     assert build_adapter(task(), torch.device("cpu")).compiled_embedder is None
     caption = task("--compile", family="qwen2_vl", model="some/checkpoint", extra=())
     assert caption.model.compile is True
