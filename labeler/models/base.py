@@ -1,6 +1,7 @@
 """The adapter contract that batch actors and (later) Serve deployments both drive.
 
     setup(device)              load weights on the worker, never at import time
+import warnings
     cpu_transform(pixels)      optional per-image work for the CPU stage (decode tasks)
     preprocess(images)         batch of (transformed) images -> model inputs on the device
     predict(inputs)            one batched forward or generate, no per-row Python loop
@@ -19,6 +20,7 @@ import copy
 import dataclasses
 import json
 import time
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -139,6 +141,16 @@ def suppress_overlaps(detections: list[dict], iou: float, per_label: bool) -> li
         groups = torch.zeros(len(detections), dtype=torch.long)
     keep = batched_nms(boxes, scores, groups, iou)
     return [detections[k] for k in sorted(keep.tolist())]
+
+
+def channels_first(pixels: np.ndarray) -> torch.Tensor:
+    """(..., h, w, 3) uint8 pixels (an image, a clip, a batch) -> (..., 3, h, w) uint8 tensor
+    view, without a copy. Channels first leaves a processor nothing to guess (an image or
+    frame 3 or 1 pixels tall would otherwise look channels-first to it)."""
+    with warnings.catch_warnings():
+        # Arrays from Ray's object store are read-only; nothing here writes to them.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(pixels).movedim(-1, -3)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -11,13 +11,12 @@ Florence-2 is encoder-decoder and pads on the right. Greedy by default.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from labeler.models.base import Adapter, ImageInput, resolve_dtype
+from labeler.models.base import Adapter, ImageInput, channels_first, resolve_dtype
 from labeler.storage import resolve_model_source
 
 
@@ -108,12 +107,3 @@ class GenerativeAdapter(Adapter):
     def parameters(self) -> dict:
         return {"prompt": self.spec.prompt, "generation": self.spec.generation.model_dump()}
 
-
-def channels_first(pixels: np.ndarray) -> torch.Tensor:
-    """(..., h, w, 3) uint8 pixels (an image, a clip, a batch) -> (..., 3, h, w) uint8 tensor
-    view, without a copy. Channels first leaves the processor nothing to guess (an image or
-    frame 3 or 1 pixels tall would otherwise look channels-first to it)."""
-    with warnings.catch_warnings():
-        # Arrays from Ray's object store are read-only; nothing here writes to them.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(pixels).movedim(-1, -3)

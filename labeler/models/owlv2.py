@@ -39,7 +39,8 @@ from torchvision.ops import batched_nms, box_iou
 
 from labeler.config import ExampleSpec, InputSpec
 from labeler.media.image import decode_image
-from labeler.models.base import Adapter, ExampleImage, ImageInput, box_fits, resolve_dtype
+from labeler.models.base import (Adapter, ExampleImage, ImageInput, box_fits, channels_first,
+                                 resolve_dtype)
 from labeler.models.tiling import Window, cut_windows, merge_windows, tile_windows
 from labeler.storage import is_s3, read_bytes, resolve_model_source
 
@@ -152,7 +153,7 @@ class _Owlv2Adapter(Adapter):
     def _processor_pixels(self, pixels: np.ndarray) -> torch.Tensor:
         """One (h, w, 3) uint8 image through the checkpoint's image processor -> (1, 3, S, S)."""
         return self.processor.image_processor(
-            images=[_as_chw_tensor(pixels)], return_tensors="pt")["pixel_values"]
+            images=[channels_first(pixels)], return_tensors="pt")["pixel_values"]
 
     def _normalize(self, canvas: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, S, S) -> float32 normalised, on the canvas's device.
@@ -192,7 +193,7 @@ class _Owlv2Adapter(Adapter):
             if pixels.dtype == torch.uint8:
                 return pixels
         else:
-            tensors = [_as_chw_tensor(window) for im in images for window in self._windows(im)]
+            tensors = [channels_first(window) for im in images for window in self._windows(im)]
             pixels = self.processor.image_processor(
                 images=tensors, return_tensors="pt", device=self.device)["pixel_values"]
         return pixels.to(self.device, self.dtype)
@@ -830,14 +831,6 @@ def ranked_detections(scores: torch.Tensor, keep: torch.Tensor, corners: torch.T
     return results
 
 
-def _as_chw_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """(h, w, 3) uint8 array -> (3, h, w) uint8 tensor view, without a copy."""
-    with warnings.catch_warnings():
-        # Arrays from Ray's object store are read-only; nothing here writes to them.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(pixels).permute(2, 0, 1)
-
-
 def padded_canvas(pixels: np.ndarray, size: int) -> np.ndarray:
     """The 'fast' OWLv2 geometry: (h, w, 3) uint8 -> (3, size, size) uint8, the image resized
     (bilinear, antialiased, in uint8) so its long side is `size`, at the top left, and the
@@ -849,7 +842,7 @@ def padded_canvas(pixels: np.ndarray, size: int) -> np.ndarray:
     h, w = pixels.shape[:2]
     scale = size / max(h, w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-    resized = F.interpolate(_as_chw_tensor(pixels)[None], size=(new_h, new_w), mode="bilinear",
+    resized = F.interpolate(channels_first(pixels)[None], size=(new_h, new_w), mode="bilinear",
                             antialias=True, align_corners=False)[0]
     canvas = np.zeros((3, size, size), dtype=np.uint8)
     canvas[:, :new_h, :new_w] = resized.numpy()

@@ -40,8 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from labeler.models.base import ImageInput
-from labeler.models.generative import channels_first
+from labeler.models.base import ImageInput, channels_first
 from labeler.models.qwen2_vl import Qwen2VLGenerator
 
 
