@@ -102,6 +102,9 @@ def test_clips_preprocessed_on_the_device_give_the_documented_inputs(tiny_model,
         torch.testing.assert_close(actual[key].cpu(), value, rtol=0,
                                    atol=1e-4 if value.is_floating_point() else 0,
                                    msg=lambda m: f"{key}: {m}")
+    frame = ImageInput(pixels=clips[0].pixels[0], width=80, height=60)  # not a clip
+    with pytest.raises(ValueError, match=r"takes clips of \(T, h, w, 3\)"):
+        on_device.preprocess([clips[0], frame])
 
 
 @pytest.mark.gpu
