@@ -71,6 +71,20 @@ class ResourceSpec(_Strict):
         None, ge=1, description="intra-op threads of an actor that runs its model on CPU "
                                 "(default: num_cpus, at least 1). More threads than reserved "
                                 "cores let an actor use the time decoding leaves idle")
+    concurrent_batches: int | None = Field(
+        None, ge=1, le=8,
+        description="batches an actor works on at once, each in its own thread: one runs "
+                    "the model while the others are postprocessed and turned into rows, so "
+                    "the GPU does not wait for that host work; one at a time on the device "
+                    "(default: 2 with a GPU, 1 on CPU, where the model already uses every "
+                    "reserved core)")
+
+    @property
+    def batches_at_once(self) -> int:
+        """concurrent_batches, or its default for this pool's device."""
+        if self.concurrent_batches is not None:
+            return self.concurrent_batches
+        return 2 if self.num_gpus > 0 else 1
 
     @field_validator("concurrency")
     @classmethod
@@ -631,6 +645,7 @@ TASK_FLAGS = {"task": ("task",), "family": ("model", "family"), "model": ("model
               "concurrency": ("resources", "concurrency"), "num_gpus": ("resources", "num_gpus"),
               "actor_cpus": ("resources", "num_cpus"),
               "torch_threads": ("resources", "torch_threads"),
+              "concurrent_batches": ("resources", "concurrent_batches"),
               "box_threshold": ("threshold",),
               "image_threshold": ("pseudo_label", "image_threshold"),
               "caption_column": ("pseudo_label", "caption_column"),

@@ -188,10 +188,19 @@ def _actor_pool(res, one_task_per_actor: bool = False):
     one_task_per_actor: Ray Data sends each actor its next batches while it works on one;
     when the actor dies, those queued batches fail with it, and each failure spends one of
     their MODEL_BATCH_ATTEMPTS. Relabeling lost rows one per batch must not let the row that
-    kills the worker take its queued neighbours down too, so there an actor holds one."""
+    kills the worker take its queued neighbours down too, so there an actor holds one.
+
+    resources.batches_at_once > 1: the actor runs that many batches at once in threads
+    (Ray Data's true multi-threading); Adapter.device_turn keeps their model time apart."""
     import ray
 
-    queued = {"max_tasks_in_flight_per_actor": 1} if one_task_per_actor else {}
+    if one_task_per_actor:
+        queued = {"max_tasks_in_flight_per_actor": 1}
+    elif res.batches_at_once > 1:
+        queued = {"max_concurrent_calls_per_actor": res.batches_at_once,
+                  "enable_true_multi_threading": True}
+    else:
+        queued = {}
     if res.min_actors == res.max_actors:
         return ray.data.ActorPoolStrategy(size=res.min_actors, **queued)
     return ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors, **queued)

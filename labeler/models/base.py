@@ -1,7 +1,6 @@
 """The adapter contract that batch actors and (later) Serve deployments both drive.
 
     setup(device)              load weights on the worker, never at import time
-import warnings
     cpu_transform(pixels)      optional per-image work for the CPU stage (decode tasks)
     preprocess(images)         batch of (transformed) images -> model inputs on the device
     predict(inputs)            one batched forward or generate, no per-row Python loop
@@ -12,6 +11,11 @@ weights), so per-image CPU work scales out over CPU workers instead of holding u
 actor; `model_inputs` chains it with preprocess for callers that run everything in one place.
 
 An adapter is built from a TaskSpec (small, picklable) and holds no weights until setup().
+
+Several threads may run one adapter at once (an actor or replica that holds more than one
+batch, so one batch's host-side work overlaps another's model time): `device_turn` lets one
+batch at a time preprocess and predict; postprocess, which only reads its own outputs, runs
+outside it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import threading
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -176,6 +181,10 @@ class Adapter(ABC):
         self.spec = spec
         self.device: torch.device | None = None
         self.revision: str | None = spec.model.revision
+        # Held from preprocess to the end of predict: one batch on the device at a time, so
+        # a second batch in flight adds its outputs to GPU memory, never its activations.
+        # with_spec's variants share it (a shallow copy), as they share the weights.
+        self.device_turn = threading.Lock()
 
     @abstractmethod
     def setup(self, device: torch.device) -> None: ...
@@ -198,13 +207,17 @@ class Adapter(ABC):
         tasks by it); 1 unless an adapter says otherwise. Needs the spec only, no setup."""
         return 1
 
-    def model_inputs(self, images: list[ImageInput]) -> Any:
-        """cpu_transform (when it applies) then preprocess: decoded images -> model inputs."""
-        transformed = []
+    def transformed(self, images: list[ImageInput]) -> list[ImageInput]:
+        """The images through cpu_transform, where it applies (host work only)."""
+        out = []
         for im in images:
             pixels = self.cpu_transform(im.pixels)
-            transformed.append(im if pixels is None else dataclasses.replace(im, pixels=pixels))
-        return self.preprocess(transformed)
+            out.append(im if pixels is None else dataclasses.replace(im, pixels=pixels))
+        return out
+
+    def model_inputs(self, images: list[ImageInput]) -> Any:
+        """cpu_transform (when it applies) then preprocess: decoded images -> model inputs."""
+        return self.preprocess(self.transformed(images))
 
     @abstractmethod
     def preprocess(self, images: list[ImageInput], stacked: np.ndarray | None = None) -> Any:
@@ -258,23 +271,30 @@ class Adapter(ABC):
         clock = time.perf_counter
         with torch.inference_mode():
             t0 = clock()
-            inputs = self.preprocess(images, stacked) if transformed else self.model_inputs(images)
-            t1 = clock()
-            raw = self.predict(inputs)
-            if self.device is not None and self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)  # so predict_ms is the GPU time
-            t2 = clock()
+            ready = images if transformed else self.transformed(images)
+            t_ready = clock()
+            with self.device_turn:  # the wait for it counts in no stage
+                t_turn = clock()
+                inputs = self.preprocess(ready, stacked if transformed else None)
+                t1 = clock()
+                raw = self.predict(inputs)
+                if self.device is not None and self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)  # so predict_ms is the GPU time
+                t2 = clock()
             outputs = self.finish(raw, images)
             t3 = clock()
         per_image = 1000.0 / len(images)
-        return outputs, {"preprocess_ms": (t1 - t0) * per_image,
+        return outputs, {"preprocess_ms": (t_ready - t0 + t1 - t_turn) * per_image,
                          "predict_ms": (t2 - t1) * per_image,
                          "postprocess_ms": (t3 - t2) * per_image}
 
     def __call__(self, images: list[ImageInput]) -> list[dict]:
         """preprocess -> predict -> postprocess, for callers that need no timings."""
         with torch.inference_mode():
-            return self.finish(self.predict(self.model_inputs(images)), images)
+            ready = self.transformed(images)
+            with self.device_turn:
+                raw = self.predict(self.preprocess(ready))
+            return self.finish(raw, images)
 
     def finish(self, raw: Any, images: list[ImageInput]) -> list[dict]:
         """postprocess, then the spec's `nms` and `max_detections` over each row's

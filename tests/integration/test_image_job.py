@@ -338,3 +338,24 @@ def test_retry_errors_relabels_only_the_failed_inputs(ray_local, tiny_owlv2, tmp
         assert after[id_] == before[id_]  # kept as written, timings included
     assert clean_shard.stat().st_mtime_ns == clean_mtime
     assert (out / "_SUCCESS").exists()
+
+
+def test_an_actor_running_two_batches_at_once_writes_the_same_rows(ray_local, image_folder,
+                                                                   tiny_owlv2, tmp_path):
+    """resources.concurrent_batches 2 (the default with a GPU): Ray Data runs two batches
+    in the actor at once, in threads; every input gets the row it gets one batch at a time."""
+    def rows(out, concurrent_batches):
+        spec = _spec(image_folder, out, tiny_owlv2).model_copy(update={"input": _spec(
+            image_folder, out, tiny_owlv2).input.model_copy(update={"files_per_shard": 2})})
+        task = spec.tasks[0]
+        spec = spec.model_copy(update={"tasks": [task.model_copy(update={
+            "resources": task.resources.model_copy(update={
+                "batch_size": 2, "concurrent_batches": concurrent_batches})})]})
+        summary = run_image_job(spec, progress=False)
+        assert (summary.rows, summary.errors) == (13, 3)
+        table = pads.dataset(out, format="parquet").to_table().drop_columns(["timings"])
+        return sorted(table.to_pylist(), key=lambda r: r["id"])
+
+    together = rows(tmp_path / "two", 2)
+    assert together == rows(tmp_path / "one", 1)
+    assert sum(bool(r["detections"]) for r in together) >= 8

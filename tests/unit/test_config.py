@@ -218,6 +218,24 @@ def test_actor_cpus_and_torch_threads_set_a_cpu_actors_threads(tmp_path, tiny_ow
         task("--torch-threads", "0")
 
 
+def test_concurrent_batches_flag_reaches_the_resources(tmp_path):
+    from labeler.cli import _spec_from_args, build_parser
+
+    def resources(*flags):
+        args = build_parser().parse_args([
+            "run", "--input", str(tmp_path), "--output", str(tmp_path / "out"), "--task",
+            "detect", "--family", "owlv2", "--model", "m", "--labels", "cat", *flags])
+        return _spec_from_args(args).tasks[0].resources
+
+    assert resources().batches_at_once == 1  # on CPU, by default
+    assert resources("--num-gpus", "1").batches_at_once == 2
+    given = resources("--num-gpus", "1", "--concurrent-batches", "3")
+    assert (given.concurrent_batches, given.batches_at_once) == (3, 3)
+    for bad in ("0", "9"):
+        with pytest.raises(SpecError, match="tasks.0.resources.concurrent_batches"):
+            resources("--concurrent-batches", bad)
+
+
 def test_compile_flag_reaches_the_model_spec_and_the_adapter(tmp_path, tiny_owlv2):
     """--compile sets model.compile (default off); an OWLv2 actor built from it holds the
     compiled vision tower; a generative task takes it too (its static cache:
