@@ -75,7 +75,13 @@ had, held the GIL against the actor: docs/benchmarks.md.) On the other side, the
 synthetic scenes are smooth: ~15 KB per 640x480 JPEG where a photo takes 100-200 KB, and a
 noisy 124 KB one decoded 2.2x slower here (2.2 vs 1.0 ms); read `decode_busy` with that
 margin. Object-store copies, task scheduling and reading from storage are not emulated.
-Each case ends with a `RESULT` line (best batch of the sweep, its input_wait).
+The pipeline runs once per `--concurrent-batches` value (default 1 and 2): that many
+consumer threads share the actor's adapter, as a job's actor with resources.concurrent_batches
+runs that many batches at once; Adapter.device_turn lets one at a time preprocess and
+predict, so one batch's postprocess (and a job's row building) overlaps the next one's model
+time. With several, `input_wait` is the share of time in which every consumer waited.
+Each case ends with a `RESULT` line: the sweep's best batch, the largest input_wait of its
+pipeline runs, and `pipeline_images/s=<concurrent batches>:<images/s>,...`.
 
 `--small` runs the same code at tiny size on CPU in seconds (for CI): the tiny checkpoints'
 own configs (generative vocabularies widened by `SMALL_EXTRA_VOCAB` ids so the
@@ -114,9 +120,10 @@ import shlex
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -157,8 +164,8 @@ JPEG_QUALITY = 90  # a common export quality of cameras and photo sites
 # One core for the actor's own thread, the others decode; 15 = a 16-core GPU machine's rest.
 DEFAULT_DECODE_WORKERS = max(1, min((os.cpu_count() or 2) - 1, 15))
 # Batches ready ahead of the actor. Ray Data 2.60 submits 2 tasks (each a batch) per actor
-# (max_concurrency x its factor 2) and keeps finished decode blocks queued before the pool
-# besides: "a few"; 4 stands for both.
+# (max_concurrency x its factor 2; 4 with concurrent_batches 2) and keeps finished decode
+# blocks queued before the pool besides: "a few"; 4 stands for both.
 DEFAULT_PREFETCH = 4
 # Batches timed in the pipeline run at least: two waits between batches, not one.
 PIPELINE_MIN_BATCHES = 3
@@ -596,6 +603,7 @@ class DecodeFeed:
         self.decode_s = 0.0  # seconds in decode + cpu_transform, over the batches handed over
         self.decoded = 0  # images handed over
         self.started = 0.0
+        self.taking = threading.Lock()  # get, from several consumer threads
 
     def __enter__(self) -> "DecodeFeed":
         # spawn: the consumer may have CUDA initialised, which a forked child must not touch.
@@ -620,16 +628,22 @@ class DecodeFeed:
 
     def get(self) -> FedBatch:
         """The next batch, waiting for it; RuntimeError (from the worker's exception) when
-        a worker failed."""
-        future = self.pending.popleft()
-        try:
-            fed, seconds = future.result()
-        except Exception as err:
-            raise RuntimeError("a decode worker failed") from err
-        self._submit()
-        self.decode_s += seconds
-        self.decoded += len(fed.images)
+        a worker failed. Consumer threads take batches in order, one at a time."""
+        with self.taking:
+            future = self.pending.popleft()
+            try:
+                fed, seconds = future.result()
+            except Exception as err:
+                raise RuntimeError("a decode worker failed") from err
+            self._submit()
+            self.decode_s += seconds
+            self.decoded += len(fed.images)
         return fed
+
+    def restart_counts(self) -> None:
+        """Count busy_share and ms_per_image from now (the next run on this feed)."""
+        with self.taking:
+            self.decode_s, self.decoded, self.started = 0.0, 0, time.perf_counter()
 
     def busy_share(self) -> float:
         """Share of the workers' time since the start spent decoding the batches handed
@@ -641,68 +655,132 @@ class DecodeFeed:
         return 1000.0 * self.decode_s / max(1, self.decoded)
 
 
-def feed_model(adapter, feed: DecodeFeed, min_seconds: float, min_batches: int) -> dict:
-    """The consumer: run `adapter` as a model actor on batches from `feed` (already through
-    cpu_transform) for at least `min_seconds` and `min_batches` batches.
+class _FeedClock:
+    """What feed_model's consumer threads measure together, under one lock: the timed
+    stretch's start, the images and batches done since, the time in predict, and the time
+    in which every consumer was blocked on the queue (the model idle for want of input)."""
 
-    The clock starts when the first batch arrives. While the consumer still eats the batches
+    def __init__(self, consumers: int):
+        self.lock = threading.Lock()
+        self.consumers = consumers
+        self.start: float | None = None  # when the first batch arrived
+        self.first_batch_s = 0.0
+        self.images = self.batches = self.taken = self.waiting = 0
+        self.predict_s = self.idle_s = 0.0
+        self.idle_since: float | None = None  # every consumer waiting since then
+        self.done = False
+        self.end = 0.0  # when the run reached its minimum batches and seconds
+
+    def restart(self, now: float) -> None:
+        """Count from `now`: what came before was the pipeline filling."""
+        self.start, self.images, self.batches, self.predict_s, self.idle_s = now, 0, 0, 0.0, 0.0
+        if self.idle_since is not None:
+            self.idle_since = now
+
+    def begin_wait(self, now: float) -> None:
+        self.waiting += 1
+        if self.waiting == self.consumers:
+            self.idle_since = now
+
+    def end_wait(self, now: float) -> None:
+        if self.idle_since is not None and self.start is not None:
+            self.idle_s += now - max(self.idle_since, self.start)
+        self.idle_since = None
+        self.waiting -= 1
+
+
+def feed_model(adapter, feed: DecodeFeed, min_seconds: float, min_batches: int,
+               consumers: int = 1) -> dict:
+    """The consumer: run `adapter` as a model actor on batches from `feed` (already through
+    cpu_transform) for at least `min_seconds` and `min_batches` batches. consumers: the
+    batches the actor works on at once, each in its own thread (resources.concurrent_batches
+    of a job; Adapter.device_turn gives one at a time the device, so one batch's
+    postprocess overlaps the next one's model time).
+
+    The clock starts when the first batch arrives. While the consumers still eat the batches
     the workers made during that fill (the first prefetch + workers), finding the queue
     empty restarts the clock and the counts from that moment, so a pre-filled queue does
-    not hide a decode shortfall. -> images_per_s, input_wait (share of the consumer's wall
-    time blocked on the queue, 0-1), predict_share (0-1), batches, first_batch_s.
+    not hide a decode shortfall. -> images_per_s, input_wait (share of the wall time in
+    which every consumer was blocked on the queue, 0-1), predict_share (0-1), batches,
+    first_batch_s. A batch still running when the others end the run is not counted.
     """
-    clock = time.perf_counter
-    stock = feed.ahead
+    clock, stock = time.perf_counter, feed.ahead
+    state = _FeedClock(consumers)
     asked = clock()
-    fed = feed.get()
-    start = clock()
-    first_batch_s = start - asked
-    taken, images, batches, waited, predict_s = 1, 0, 0, 0.0, 0.0
-    while True:
-        outputs, times = adapter.run_timed(fed.images, fed.stacked)
-        if len(outputs) != len(fed.images):
-            raise RuntimeError("postprocess must return one result per image")
-        images += len(fed.images)
-        batches += 1
-        predict_s += times["predict_ms"] * len(fed.images) / 1000.0
-        if batches >= min_batches and clock() - start >= min_seconds:
-            break
-        asked = clock()
-        if taken < stock and feed.empty():
-            start, images, batches, waited, predict_s = asked, 0, 0, 0.0, 0.0
-        fed = feed.get()
-        taken += 1
-        waited += clock() - asked
-    wall = clock() - start
-    return {"images_per_s": images / wall, "input_wait": waited / wall,
-            "predict_share": predict_s / wall, "batches": batches,
-            "first_batch_s": first_batch_s}
+
+    def consume() -> None:
+        while True:
+            with state.lock:
+                if state.done:
+                    return
+                now = clock()
+                if state.start is not None and state.taken < stock and feed.empty():
+                    state.restart(now)
+                state.begin_wait(now)
+            fed = feed.get()
+            with state.lock:
+                now = clock()
+                if state.start is None:
+                    state.start, state.first_batch_s = now, now - asked
+                state.end_wait(now)
+                state.taken += 1
+            outputs, times = adapter.run_timed(fed.images, fed.stacked)
+            if len(outputs) != len(fed.images):
+                raise RuntimeError("postprocess must return one result per image")
+            with state.lock:
+                if state.done:
+                    return
+                state.images += len(fed.images)
+                state.batches += 1
+                state.predict_s += times["predict_ms"] * len(fed.images) / 1000.0
+                if state.batches >= min_batches and clock() - state.start >= min_seconds:
+                    state.done, state.end = True, clock()
+
+    if consumers == 1:
+        consume()
+    else:
+        with ThreadPoolExecutor(consumers) as pool:
+            for future in [pool.submit(consume) for _ in range(consumers)]:
+                future.result()  # a consumer's exception, raised here
+    wall = state.end - state.start
+    return {"images_per_s": state.images / wall, "input_wait": state.idle_s / wall,
+            "predict_share": state.predict_s / wall, "batches": state.batches,
+            "first_batch_s": state.first_batch_s}
 
 
 def run_pipeline(case: Case, adapter, batch: int, workers: int, prefetch: int,
-                 min_seconds: float) -> dict:
-    """The case's adapter fed as by the batch job (see DecodeFeed, feed_model); printed."""
+                 min_seconds: float, concurrent_batches: tuple[int, ...] = (1,)) -> dict:
+    """The case's adapter fed as by the batch job (see DecodeFeed, feed_model), once per
+    value of concurrent_batches, from one set of decode processes (spawning them costs
+    seconds); printed. -> {concurrent batches: figures}."""
     jpegs = encode_jpegs(case.image_size)
+    results = {}
     with DecodeFeed(adapter.spec, jpegs, batch, workers, prefetch) as feed:
-        result = feed_model(adapter, feed, min_seconds, PIPELINE_MIN_BATCHES)
-        result.update(decode_busy=feed.busy_share(), decode_ms=feed.ms_per_image())
-    print(f"case={case.name} pipeline batch={batch} images/s={result['images_per_s']:.2f} "
-          f"input_wait={100 * result['input_wait']:.1f}% "
-          f"predict_share={100 * result['predict_share']:.1f}% decode_workers={workers} "
-          f"prefetch={prefetch} decode_busy={100 * result['decode_busy']:.1f}% "
-          f"decode_ms/img={result['decode_ms']:.2f} "
-          f"jpeg_KB/img={np.mean([len(j) for j in jpegs]) / 1024:.1f} "
-          f"batches={result['batches']} first_batch_s={result['first_batch_s']:.2f}",
-          flush=True)
-    return result
+        for consumers in concurrent_batches:
+            feed.restart_counts()
+            result = feed_model(adapter, feed, min_seconds, PIPELINE_MIN_BATCHES, consumers)
+            result.update(decode_busy=feed.busy_share(), decode_ms=feed.ms_per_image())
+            results[consumers] = result
+            print(f"case={case.name} pipeline batch={batch} "
+                  f"images/s={result['images_per_s']:.2f} "
+                  f"input_wait={100 * result['input_wait']:.1f}% "
+                  f"predict_share={100 * result['predict_share']:.1f}% decode_workers={workers} "
+                  f"prefetch={prefetch} concurrent_batches={consumers} "
+                  f"decode_busy={100 * result['decode_busy']:.1f}% "
+                  f"decode_ms/img={result['decode_ms']:.2f} "
+                  f"jpeg_KB/img={np.mean([len(j) for j in jpegs]) / 1024:.1f} "
+                  f"batches={result['batches']} first_batch_s={result['first_batch_s']:.2f}",
+                  flush=True)
+    return results
 
 
 def run_case(case: Case, folder: Path, device: torch.device, batch_sizes, min_seconds: float,
-             min_iters: int, workers: int, prefetch: int,
-             compile_model: bool = False) -> dict | None:
+             min_iters: int, workers: int, prefetch: int, compile_model: bool = False,
+             concurrent_batches: tuple[int, ...] = (1,)) -> dict | None:
     """Set up the case's adapter on `folder`, count its FLOPs, sweep, run the pipeline at
-    the best batch size; the best row (with its pipeline figures) or None. compile_model:
-    the spec's model.compile (each batch size's warm-up batch compiles its graph)."""
+    the best batch size once per value of concurrent_batches; the best row (with
+    "pipelines": {concurrent_batches: figures}) or None. compile_model: the spec's
+    model.compile (each batch size's warm-up batch compiles its graph)."""
     build = BUILDS[case.build]
     spec = make_spec(case, build, folder, compile_model=compile_model)
     adapter = load_adapter_class(case.task, build.family)(spec)
@@ -727,8 +805,8 @@ def run_case(case: Case, folder: Path, device: torch.device, batch_sizes, min_se
     if best is not None:
         if device.type == "cuda":  # what a sweep that ran out of memory left cached
             torch.cuda.empty_cache()
-        best["pipeline"] = run_pipeline(case, adapter, best["batch"], workers, prefetch,
-                                        min_seconds)
+        best["pipelines"] = run_pipeline(case, adapter, best["batch"], workers, prefetch,
+                                         min_seconds, concurrent_batches)
     del adapter
     gc.collect()
     if device.type == "cuda":
@@ -767,6 +845,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f"one, at most 15; here {DEFAULT_DECODE_WORKERS})")
     parser.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH,
                         help="batches the pipeline may hold ready for the model (default 4)")
+    parser.add_argument("--concurrent-batches", nargs="+", type=int, default=[1, 2],
+                        help="the pipeline run once per value: batches the actor works on at "
+                             "once, in threads (a job's resources.concurrent_batches; its "
+                             "default is 2 with a GPU); default: 1 and 2")
     parser.add_argument("--compile", action="store_true",
                         help="model.compile: OWLv2's vision tower through torch.compile; the "
                              "generative models' decoding step, with a static KV cache")
@@ -797,8 +879,9 @@ def main(argv: list[str] | None = None) -> int:
         # The tiny models' input is 96 px: a 1080p frame shrunk 20x costs the processor's
         # anti-aliasing blur seconds an image on CPU, where at full size (960 px) it is cheap.
         cases = [replace(c, image_size=small_size(c.image_size)) for c in cases]
-    if args.decode_workers < 1 or args.prefetch < 1:
-        raise SystemExit("--decode-workers and --prefetch must be at least 1")
+    if args.decode_workers < 1 or args.prefetch < 1 or min(args.concurrent_batches) < 1:
+        raise SystemExit("--decode-workers, --prefetch and --concurrent-batches must be at "
+                         "least 1")
     if not cases:
         raise SystemExit(f"no case matches {args.cases}; cases: {[c.name for c in CASES]}")
 
@@ -831,7 +914,7 @@ def main(argv: list[str] | None = None) -> int:
                 for case in (c for c in cases if c.build == build_name):
                     results[case.name] = run_case(case, folder, device, batch_sizes, min_seconds,
                                                   min_iters, args.decode_workers, args.prefetch,
-                                                  args.compile)
+                                                  args.compile, tuple(args.concurrent_batches))
                 shutil.rmtree(folder)
         finally:
             if args.workdir is None:
@@ -840,11 +923,13 @@ def main(argv: list[str] | None = None) -> int:
         if best is None:
             print(f"RESULT case={case_name} no batch size fit")
         else:
+            pipelines = best["pipelines"]
+            fed = ",".join(f"{n}:{figures['images_per_s']:.2f}" for n, figures in pipelines.items())
             print(f"RESULT case={case_name} images/s={best['images_per_s']:.2f} "
                   f"TFLOP/s={best['tflops']:.4g} batch={best['batch']} "
                   f"peak_mem_GiB={best['peak_gib']:.2f} "
-                  f"input_wait={100 * best['pipeline']['input_wait']:.1f}% device={name} "
-                  f"{options}")
+                  f"input_wait={100 * max(f['input_wait'] for f in pipelines.values()):.1f}% "
+                  f"pipeline_images/s={fed} device={name} {options}")
     return 0
 
 

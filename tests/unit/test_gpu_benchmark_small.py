@@ -44,18 +44,22 @@ def test_small_mode_prints_a_figure_for_every_case(capsys, one_torch_thread):
                            re.MULTILINE)
         assert result, f"no RESULT line for {case.name}:\n{out}"
         assert float(result.group(1)) > 0 and float(result.group(2)) > 0
-        # The pipeline ran at the sweep's best batch size: JPEG bytes -> decode processes -> model.
-        pipeline = re.search(rf"^case={re.escape(case.name)} pipeline batch=(\d+) "
-                             r"images/s=([0-9.]+) input_wait=([0-9.]+)% "
-                             r"predict_share=([0-9.]+)% decode_workers=(\d+)", out, re.MULTILINE)
-        assert pipeline, f"no pipeline line for {case.name}"
-        assert pipeline.group(1) == result.group(3)
-        assert float(pipeline.group(2)) > 0
-        wait, predict = float(pipeline.group(3)), float(pipeline.group(4))
-        # Disjoint shares of the consumer's wall time (0.1: the printed rounding).
-        assert 0 <= wait <= 100 and 0 <= predict <= 100 and wait + predict <= 100.1
-        assert pipeline.group(3) == result.group(4)
-        assert int(pipeline.group(5)) == gpu_throughput.DEFAULT_DECODE_WORKERS >= 1
+        # The pipeline ran at the sweep's best batch size: JPEG bytes -> decode processes ->
+        # model, once with one batch at a time and once with two.
+        pipelines = re.findall(rf"^case={re.escape(case.name)} pipeline batch=(\d+) "
+                               r"images/s=([0-9.]+) input_wait=([0-9.]+)% "
+                               r"predict_share=([0-9.]+)% decode_workers=(\d+) prefetch=\d+ "
+                               r"concurrent_batches=(\d+) ", out, re.MULTILINE)
+        assert [int(p[5]) for p in pipelines] == [1, 2], f"pipeline lines of {case.name}"
+        for batch, speed, wait, predict, workers, _ in pipelines:
+            assert batch == result.group(3) and float(speed) > 0
+            # Disjoint shares of the wall time (0.1: the printed rounding).
+            assert 0 <= float(wait) <= 100 and 0 <= float(predict) <= 100
+            assert float(wait) + float(predict) <= 100.1
+            assert int(workers) == gpu_throughput.DEFAULT_DECODE_WORKERS >= 1
+        assert float(result.group(4)) == max(float(p[2]) for p in pipelines)
+        assert re.search(rf"^RESULT case={re.escape(case.name)} .* pipeline_images/s="
+                         rf"1:{pipelines[0][1]},2:{pipelines[1][1]} ", out, re.MULTILINE)
         assert re.search(rf"^case={re.escape(case.name)} attn=sdpa$", out, re.MULTILINE)
         for batch in gpu_throughput.SMALL_BATCH_SIZES:  # every batch size of the sweep ran
             assert re.search(rf"^case={re.escape(case.name)} batch={batch} images/s=[0-9.]+ ",
@@ -142,6 +146,48 @@ def test_input_wait_is_the_share_spent_waiting_for_decode():
         fed = gpu_throughput.feed_model(_FixedCostModel(0.03), feed, 0.2, 3)
     assert fed["input_wait"] < 0.1 and fed["predict_share"] > 0.5  # sleep overshoots
     assert fed["batches"] >= 3 and 0 < fed["images_per_s"] <= 2 / 0.03
+
+
+class _SlowModel:
+    """An adapter (the real Adapter.run_timed and its device turn) whose predict takes
+    `device_s` and whose postprocess takes `host_s`, sleeping (no CPU, no GIL)."""
+
+    def __new__(cls, device_s: float, host_s: float):
+        from labeler.config import TaskSpec
+        from labeler.models.base import Adapter
+
+        class Slow(Adapter):
+            def setup(self, device):
+                pass
+
+            def preprocess(self, images, stacked=None):
+                return images
+
+            def predict(self, inputs):
+                time.sleep(device_s)
+                return inputs
+
+            def postprocess(self, raw, images):
+                time.sleep(host_s)
+                return [{}] * len(images)
+
+        return Slow(TaskSpec(task="caption", model={"family": "florence2", "source": "m"}))
+
+
+def test_two_batches_at_once_overlap_postprocess_with_the_next_predict():
+    """The pipeline's consumers share the adapter as a job's threaded actor does: with one,
+    a batch costs predict + postprocess; with two, about the longer of the two."""
+    thumbs = gpu_throughput.encode_jpegs((32, 24))
+    figures = {}
+    for consumers in (1, 2):
+        with _feed(thumbs, batch=2, workers=1, prefetch=4) as feed:
+            figures[consumers] = gpu_throughput.feed_model(_SlowModel(0.04, 0.04), feed, 0.6, 6,
+                                                           consumers)
+    one, two = figures[1], figures[2]
+    assert one["images_per_s"] <= 2 / 0.08 and one["predict_share"] < 0.55
+    assert two["images_per_s"] > 1.5 * one["images_per_s"]  # 2x less what sleep overshoots
+    assert 0.7 < two["predict_share"] <= 1.0  # the device turn keeps predicts apart
+    assert two["input_wait"] < 0.1
 
 
 def test_benchmark_and_adapters_import_without_ray():
