@@ -61,7 +61,7 @@ run() {
     tiled) run_group "$1" 50 --cases tiled ;;
     parity)
         echo "== bf16 parity"
-        timeout --kill-after=5 90 python3 -m pytest -q -p no:cacheprovider -m gpu \
+        timeout --kill-after=5 150 python3 -m pytest -q -p no:cacheprovider -m gpu \
             tests/gpu tests/models/test_device_preprocess.py 2>&1 | tee "$OUT/parity.log" ;;
     *) echo "unknown group $1" >&2; exit 2 ;;
     esac
