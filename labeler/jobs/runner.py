@@ -138,9 +138,10 @@ def _task_line(task: TaskSpec) -> str:
     track = ("" if task.track is None else
              f"; track {json.dumps(task.track.model_dump(exclude_defaults=True))}")
     compiled = " (compiled)" if task.model.compile else ""
+    at_once = f" ({res.batches_at_once} at once)" if res.batches_at_once > 1 else ""
     return (f"{task.output_name}: {task.task} with {task.model.family} {task.model.source}"
-            f"{compiled}, batch {res.batch_size}, {_actors(res)} actor(s) x {res.num_cpus:g} "
-            f"CPU {res.num_gpus:g} GPU{track}")
+            f"{compiled}, batch {res.batch_size}{at_once}, {_actors(res)} actor(s) x "
+            f"{res.num_cpus:g} CPU {res.num_gpus:g} GPU{track}")
 
 
 def _actors(res) -> str:

@@ -114,6 +114,18 @@ def test_the_actor_pool_runs_that_many_batches_at_once():
     assert (lost.max_tasks_in_flight_per_actor, lost.max_concurrent_calls_per_actor) == (1, None)
 
 
+def test_a_dry_run_says_how_many_batches_an_actor_runs_at_once():
+    from labeler.jobs.runner import _task_line
+
+    def line(**resources):
+        return _task_line(TaskSpec(task="detect", model={"family": "owlv2", "source": "m"},
+                                   labels=["cat"], resources=resources))
+
+    assert line(num_gpus=1, batch_size=64).endswith(
+        "batch 64 (2 at once), 1 actor(s) x 1 CPU 1 GPU")
+    assert line(batch_size=8).endswith("batch 8, 1 actor(s) x 1 CPU 0 GPU")
+
+
 def test_the_actor_writes_the_same_rows_for_batches_run_at_once(tiny_owlv2):
     """Predictor (a job's model actor) called from two threads at once, as Ray Data calls a
     threaded actor: each batch's records are those it gets alone (a real OWLv2 adapter,
