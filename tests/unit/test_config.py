@@ -172,14 +172,19 @@ def test_retry_errors_flag_reaches_the_spec(tmp_path):
     assert spec.output.retry_errors is True and spec.output.overwrite is False
 
 
-def test_concurrency_is_a_number_or_a_growing_range(tmp_path):
+def _resources_from_flags(tmp_path, *flags):
+    """The resources of `labeler run`'s task with these flags added."""
     from labeler.cli import _spec_from_args, build_parser
 
+    args = build_parser().parse_args([
+        "run", "--input", str(tmp_path), "--output", str(tmp_path / "out"), "--task",
+        "detect", "--family", "owlv2", "--model", "m", "--labels", "cat", *flags])
+    return _spec_from_args(args).tasks[0].resources
+
+
+def test_concurrency_is_a_number_or_a_growing_range(tmp_path):
     def resources(*flags):
-        args = build_parser().parse_args([
-            "run", "--input", str(tmp_path), "--output", str(tmp_path / "out"), "--task",
-            "detect", "--family", "owlv2", "--model", "m", "--labels", "cat", *flags])
-        return _spec_from_args(args).tasks[0].resources
+        return _resources_from_flags(tmp_path, *flags)
 
     fixed = resources("--concurrency", "3")
     assert (fixed.concurrency, fixed.min_actors, fixed.max_actors) == (3, 3, 3)
@@ -219,13 +224,8 @@ def test_actor_cpus_and_torch_threads_set_a_cpu_actors_threads(tmp_path, tiny_ow
 
 
 def test_concurrent_batches_flag_reaches_the_resources(tmp_path):
-    from labeler.cli import _spec_from_args, build_parser
-
     def resources(*flags):
-        args = build_parser().parse_args([
-            "run", "--input", str(tmp_path), "--output", str(tmp_path / "out"), "--task",
-            "detect", "--family", "owlv2", "--model", "m", "--labels", "cat", *flags])
-        return _spec_from_args(args).tasks[0].resources
+        return _resources_from_flags(tmp_path, *flags)
 
     assert resources().batches_at_once == 1  # on CPU, by default
     assert resources("--num-gpus", "1").batches_at_once == 2
