@@ -488,9 +488,9 @@ class Ingress:
             return {**await self._annotate(served, item), **position_fields(row)}
 
         limits = self.spec.limits
-        # One replica's worth of requests at once: a batch running and the next one filling.
+        # One replica's worth of requests at once: its batches running and the next one filling.
         video = await label_video(data, sampling, clip, limits.max_pixels,
-                                  limits.max_video_frames, frame, served.serving.ongoing_limit)
+                                  limits.max_video_frames, frame, served.ongoing_limit)
         return video if track is None else await asyncio.to_thread(link_records, video, track)
 
     @api.post("/v1/{task}", include_in_schema=False)
@@ -700,11 +700,11 @@ def build_app(spec: ServeSpec, tokens: list[str]):
     handles = {}
     for served in spec.models:
         serving, res = served.serving, served.resources
-        if serving.batch_limit_warning:
-            log.warning("model %s: %s", served.served_name, serving.batch_limit_warning)
+        if served.batch_limit_warning:
+            log.warning("model %s: %s", served.served_name, served.batch_limit_warning)
         options = {
             "name": f"model-{served.served_name}",
-            "max_ongoing_requests": serving.ongoing_limit,
+            "max_ongoing_requests": served.ongoing_limit,
             "max_queued_requests": serving.max_queued_requests,
             "ray_actor_options": {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus,
                                   **storage},

@@ -69,24 +69,12 @@ class ServingSpec(_Strict):
     num_replicas: int = Field(1, ge=1, description="fixed replicas; ignored with autoscaling")
     autoscaling: AutoscalingSpec | None = None
     max_ongoing_requests: int | None = Field(
-        None, ge=1, description="requests a replica holds at once; default 2 x max_batch_size "
-                                "(one batch running, the next one filling)")
+        None, ge=1, description="requests a replica holds at once; default max_batch_size x "
+                                "(the batches it runs at once + 1): those running, the next "
+                                "one filling")
     max_queued_requests: int = Field(
         256, ge=1, description="requests waiting for a replica; beyond: 503 with Retry-After")
     request_timeout_s: float = Field(30.0, gt=0, description="beyond: 504")
-
-    @property
-    def ongoing_limit(self) -> int:
-        return self.max_ongoing_requests or 2 * self.max_batch_size
-
-    @property
-    def batch_limit_warning(self) -> str | None:
-        """A replica never holds more than max_ongoing_requests, so a smaller value caps
-        the batch below max_batch_size (useful only to shed load early)."""
-        if self.ongoing_limit < self.max_batch_size:
-            return (f"max_ongoing_requests ({self.ongoing_limit}) is below max_batch_size "
-                    f"({self.max_batch_size}): batches will hold at most {self.ongoing_limit}")
-        return None
 
 
 # Stands in for the labels of a served model that takes them only from requests: its base
@@ -125,6 +113,26 @@ class ServedModel(TaskSpec):
     @property
     def served_name(self) -> str:
         return self.output_name
+
+    @property
+    def ongoing_limit(self) -> int:
+        """Requests a replica holds at once: serving.max_ongoing_requests, else room for
+        the batches it runs at once (resources.batches_at_once) and the next one filling."""
+        serving = self.serving
+        return (serving.max_ongoing_requests
+                or (self.resources.batches_at_once + 1) * serving.max_batch_size)
+
+    @property
+    def batch_limit_warning(self) -> str | None:
+        """A replica never holds more than ongoing_limit requests, so a smaller value caps
+        its batches below max_batch_size (useful only to shed load early)."""
+        batch, limit = self.serving.max_batch_size, self.ongoing_limit
+        at_once = self.resources.batches_at_once
+        if limit < batch * at_once:
+            return (f"max_ongoing_requests ({limit}) is below max_batch_size ({batch}) x "
+                    f"the {at_once} batch(es) run at once: batches will hold at most "
+                    f"{max(1, limit // at_once)}")
+        return None
 
     @property
     def labels_per_request(self) -> bool:

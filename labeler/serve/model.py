@@ -9,7 +9,9 @@ then preprocess), predict, postprocess, as in a job. A group that fails is retri
 image, so one bad image cannot fail the requests batched with it.
 
 The model runs in a worker thread, so the replica's event loop keeps taking requests (and
-the next batch keeps filling) while a batch is on the device.
+the next batch keeps filling) while a batch is on the device. A replica on a GPU runs two
+batches at once (resources.concurrent_batches, as a job's actor does): while one is on the
+device, the other is postprocessed and its records built.
 """
 
 from __future__ import annotations
@@ -78,8 +80,13 @@ class ModelServer:
         self.base = build_adapter(self.task)
         self.variants = AdapterVariants(self.base)
         self.fit = MemoryFit()  # batches that run out of GPU memory run in parts
-        self.annotate_batch.set_max_batch_size(served.serving.max_batch_size)
-        self.annotate_batch.set_batch_wait_timeout_s(served.serving.batch_wait_timeout_s)
+        # serve.batch fixes max_concurrent_batches when it wraps a function, so the batch
+        # handler is wrapped here, per replica: up to resources.batches_at_once batches run
+        # at once, in threads, one at a time on the device (Adapter.device_turn).
+        self.annotate_batch = serve.batch(
+            max_batch_size=served.serving.max_batch_size,
+            batch_wait_timeout_s=served.serving.batch_wait_timeout_s,
+            max_concurrent_batches=served.resources.batches_at_once)(self._batch_in_thread)
 
     async def ready(self) -> dict:
         """Answered once __init__ (model load) is done: what this replica serves."""
@@ -90,8 +97,8 @@ class ModelServer:
         """One item -> its record (labeler.schemas.Record fields)."""
         return await self.annotate_batch(item)
 
-    @serve.batch
-    async def annotate_batch(self, items: list[Item]) -> list[dict]:
+    async def _batch_in_thread(self, items: list[Item]) -> list[dict]:
+        """A batch gathered by annotate_batch (serve.batch), run in a worker thread."""
         return await asyncio.to_thread(self.run_batch, items)
 
     def run_batch(self, items: list[Item]) -> list[dict]:

@@ -13,6 +13,7 @@ Adapter.with_spec makes each variant; adapters that turn their labels into tenso
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 from labeler.config import TaskSpec
@@ -49,6 +50,7 @@ class AdapterVariants:
     def __init__(self, base: Adapter):
         self.base = base
         self._cache: OrderedDict[ParamKey, Adapter] = OrderedDict()
+        self._lock = threading.Lock()  # a replica's batches run in threads, several at once
 
     def adapter(self, labels: tuple[str, ...] | None, threshold: float | None) -> Adapter:
         # The served parameters, given explicitly, are the base adapter's, not a variant.
@@ -59,14 +61,15 @@ class AdapterVariants:
         if labels is None and threshold is None:
             return self.base
         key = (labels, threshold)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        variant = self._make(labels, threshold)
-        self._cache[key] = variant
-        if len(self._cache) > MAX_VARIANTS:
-            self._cache.popitem(last=False)
-        return variant
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            variant = self._make(labels, threshold)
+            self._cache[key] = variant
+            if len(self._cache) > MAX_VARIANTS:
+                self._cache.popitem(last=False)
+            return variant
 
     def _make(self, labels: tuple[str, ...] | None, threshold: float | None) -> Adapter:
         spec = variant_spec(self.base.spec, list(labels) if labels else None, threshold)

@@ -119,7 +119,9 @@ def url(ray_local, batch_rows, pseudo_rows, tiny_owlv2):
         "host": "127.0.0.1", "port": free_port(), "api_tokens": [TOKEN],
         "models": [
             {"name": "detector", "task": "detect", "model": model, "labels": LABELS,
-             "threshold": THRESHOLD, "resources": {"num_cpus": 0.5}, **BOX_OPTIONS,
+             "threshold": THRESHOLD, **BOX_OPTIONS,
+             # Two batches at once, as on a GPU: the other models run one at a time.
+             "resources": {"num_cpus": 0.5, "concurrent_batches": 2},
              # 20 ms: concurrent test requests land in shared batches.
              "serving": {"max_batch_size": 8, "batch_wait_timeout_s": 0.02}},
             {"name": "limited", "task": "detect", "model": model, "labels": LABELS,

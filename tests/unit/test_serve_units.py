@@ -8,7 +8,7 @@ import pytest
 from labeler.config import SpecError, TrackingSpec
 from labeler.media.video import Sampling
 from labeler.serve.auth import bind_host, configured_tokens, is_authorized, presented_token
-from labeler.serve.config import ServingSpec, UriSpec, load_serve_spec
+from labeler.serve.config import ServedModel, ServingSpec, UriSpec, load_serve_spec
 from labeler.serve.errors import ApiError
 from labeler.serve.fetch import check_address, check_uri
 from labeler.serve.formats import (cvat_shapes, label_studio_prediction, parse_label_config,
@@ -26,7 +26,8 @@ def test_flags_make_a_one_model_config(tmp_path):
     (model,) = spec.models
     assert (spec.host, spec.port, model.served_name) == ("0.0.0.0", 9000, "detect")
     assert (model.serving.max_batch_size, model.serving.batch_wait_timeout_s) == (4, 0.05)
-    assert model.serving.ongoing_limit == 8  # 2 x batch: one running, one filling
+    # on a GPU two batches run at once: 3 x batch, two running and one filling
+    assert model.ongoing_limit == 12 and model.resources.batches_at_once == 2
     assert model.resources.num_gpus == 0.5
     task = model.task_spec()
     assert type(task).__name__ == "TaskSpec" and task.labels == ["cat", "dog"]
@@ -80,9 +81,21 @@ def test_a_compiled_model_is_refused_for_serving(tmp_path):
 
 
 def test_serving_limits():
-    assert ServingSpec(max_batch_size=8, max_ongoing_requests=4).batch_limit_warning == (
-        "max_ongoing_requests (4) is below max_batch_size (8): batches will hold at most 4")
-    assert ServingSpec(max_batch_size=8).batch_limit_warning is None
+    def served(resources=None, **serving):
+        return ServedModel(task="detect", model={"family": "owlv2", "source": "m"},
+                           labels=["car"], serving=serving, resources=resources or {})
+
+    on_cpu = served(max_batch_size=8)
+    assert (on_cpu.ongoing_limit, on_cpu.batch_limit_warning) == (16, None)  # 1 running, 1 filling
+    assert served(max_batch_size=8, max_ongoing_requests=4).batch_limit_warning == (
+        "max_ongoing_requests (4) is below max_batch_size (8) x the 1 batch(es) run at once: "
+        "batches will hold at most 4")
+    gpu = {"num_gpus": 1}
+    assert served(gpu, max_batch_size=8).ongoing_limit == 24  # 2 running, 1 filling
+    assert served(gpu, max_batch_size=8, max_ongoing_requests=10).batch_limit_warning == (
+        "max_ongoing_requests (10) is below max_batch_size (8) x the 2 batch(es) run at once: "
+        "batches will hold at most 5")
+    assert served({"num_gpus": 1, "concurrent_batches": 1}, max_batch_size=8).ongoing_limit == 16
     with pytest.raises(ValueError, match="min_replicas must not exceed max_replicas"):
         ServingSpec(autoscaling={"min_replicas": 3, "max_replicas": 2})
 
@@ -301,7 +314,7 @@ def test_deployment_options_come_from_the_config(tmp_path):
     (model_app,) = app._bound_deployment.init_args[2].values()
     deployment = model_app._bound_deployment
     assert deployment.ray_actor_options == {"num_cpus": 1.0, "num_gpus": 0.25}
-    assert deployment._deployment_config.max_ongoing_requests == 24
+    assert deployment._deployment_config.max_ongoing_requests == 36  # 2 running, 1 filling
     assert deployment._deployment_config.max_queued_requests == 256
     assert deployment._deployment_config.autoscaling_config.max_replicas == 3
 
