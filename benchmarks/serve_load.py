@@ -130,6 +130,9 @@ def main() -> int:
     parser.add_argument("--preprocess", choices=["processor", "fast"], default="fast",
                         help="the task's preprocess mode (processor: transformers', exact)")
     parser.add_argument("--model-cpus", type=float, default=1.0, help="CPUs of the replica")
+    parser.add_argument("--concurrent-batches", type=int, nargs="+", default=[1, 2],
+                        help="dynamic batching once per value: batches the replica runs at "
+                             "once (resources.concurrent_batches; 2 by default on a GPU)")
     args = parser.parse_args()
 
     import ray
@@ -147,25 +150,31 @@ def main() -> int:
     print(f"# {os.cpu_count()} cores; tiny OWLv2 at {args.image_size} px, {len(LABELS)} labels; "
           f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG uploads; preprocess {args.preprocess}; "
           f"replica {args.model_cpus:g} CPU")
-    print(f"{'batching':<24} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'ok':>5}  failures")
+    print(f"{'batching':<32} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'ok':>5}  failures")
     try:
         capacity = 2 * args.max_batch_size  # the batching mode's default: 2 batches
+        # (label, max batch size, wait, replica capacity, batches at once); the capacity of
+        # N at once is the default (N + 1) x batch: those running and the next one filling.
         modes = [
-            (f"max {args.max_batch_size}, {args.batch_wait_timeout_s * 1000:g} ms wait",
-             args.max_batch_size, args.batch_wait_timeout_s, capacity),
-            # Same replica capacity as above: only batching differs.
-            (f"none, {capacity} in replica", 1, 0.0, capacity),
+            (f"max {args.max_batch_size}, {args.batch_wait_timeout_s * 1000:g} ms wait"
+             + (f", {n} at once" if n > 1 else ""),
+             args.max_batch_size, args.batch_wait_timeout_s, (n + 1) * args.max_batch_size, n)
+            for n in args.concurrent_batches]
+        modes += [
+            # Same replica capacity as the first: only batching differs.
+            (f"none, {capacity} in replica", 1, 0.0, capacity, 1),
             # What `--max-batch-size 1` gives by default: the rest wait in Serve's router.
-            ("none, 2 in replica", 1, 0.0, 2),
+            ("none, 2 in replica", 1, 0.0, 2, 1),
         ]
-        for label, batch, wait, ongoing in modes:
+        for label, batch, wait, ongoing, at_once in modes:
             spec = ServeSpec.model_validate({
                 "host": "127.0.0.1", "port": port,
                 "models": [{"name": "detector", "task": "detect",
                             "model": {"family": "owlv2", "source": str(model_dir)},
                             "labels": LABELS, "threshold": THRESHOLD,
                             "preprocess": args.preprocess,
-                            "resources": {"num_cpus": args.model_cpus},
+                            "resources": {"num_cpus": args.model_cpus,
+                                          "concurrent_batches": at_once},
                             "serving": {"max_batch_size": batch, "batch_wait_timeout_s": wait,
                                         "max_ongoing_requests": ongoing,
                                         "max_queued_requests": 1024}}]})
@@ -174,7 +183,7 @@ def main() -> int:
             run_level(url, images, 4, 40, 10.0)  # warm-up: threads, connections, first batches
             for clients in args.clients:
                 r = run_level(url, images, clients, args.requests, args.seconds)
-                print(f"{label:<24} {clients:>7} {r['rps']:>8.1f} {r['p50_ms']:>8.1f} "
+                print(f"{label:<32} {clients:>7} {r['rps']:>8.1f} {r['p50_ms']:>8.1f} "
                       f"{r['p99_ms']:>8.1f} {r['ok']:>5}  {r['failures'] or ''}", flush=True)
     finally:
         serve.shutdown()
