@@ -38,10 +38,11 @@ run_group() {
 }
 
 # Each group: a name, its cap in seconds, its arguments. Run the groups named on the command
-# line, in that order, or all of them.
+# line, in that order, or all of them. Every case's pipeline runs twice, with 1 and 2 batches
+# at once (gpu_throughput.py --concurrent-batches), within its group's cap.
 run() {
     case $1 in
-    owlv2_b16) run_group "$1" 100 --cases owlv2-b16-960-q3 owlv2-b16-960-q300 ;;
+    owlv2_b16) run_group "$1" 120 --cases owlv2-b16-960-q3 owlv2-b16-960-q300 ;;
     owlv2_b16_cudnn) run_group "$1" 40 --cases owlv2-b16-960-q3 --batch-sizes 64 128 \
         --sdpa cudnn ;;
     # One compile per batch size (model.compile: dynamic=False), so one size.
@@ -49,13 +50,13 @@ run() {
         --compile ;;
     owlv2_b16_compile_cudnn) run_group "$1" 90 --cases owlv2-b16-960-q3 --batch-sizes 128 \
         --compile --sdpa cudnn ;;
-    florence2) run_group "$1" 120 --cases florence2 ;;
+    florence2) run_group "$1" 140 --cases florence2 ;;
     # A static cache and the decoding step compiled: one compile per batch and prompt shape.
     florence2_compile) run_group "$1" 180 --cases florence2-base --batch-sizes 128 256 \
         --compile ;;
-    qwen2) run_group "$1" 100 --cases qwen2 ;;
+    qwen2) run_group "$1" 120 --cases qwen2 ;;
     qwen2_compile) run_group "$1" 120 --cases qwen2 --batch-sizes 128 --compile ;;
-    owlv2_l14) run_group "$1" 110 --cases owlv2-l14-1008-q3 owlv2-l14-1008-q300 ;;
+    owlv2_l14) run_group "$1" 130 --cases owlv2-l14-1008-q3 owlv2-l14-1008-q300 ;;
     owlv2_l14_compile_cudnn) run_group "$1" 120 --cases owlv2-l14-1008-q3 --batch-sizes 64 \
         --compile --sdpa cudnn ;;
     tiled) run_group "$1" 50 --cases tiled ;;
