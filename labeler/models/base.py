@@ -15,7 +15,7 @@ An adapter is built from a TaskSpec (small, picklable) and holds no weights unti
 Several threads may run one adapter at once (an actor or replica that holds more than one
 batch, so one batch's host-side work overlaps another's model time): `device_turn` lets one
 batch at a time preprocess and predict; postprocess, which only reads its own outputs, runs
-outside it.
+outside it, as does staging a batch's pixels in pinned memory on CUDA (`staged`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from labeler.config import QUERY_ALONE, TaskSpec
+from labeler.models.staging import stage_pixels
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,9 @@ class Adapter(ABC):
     #: The prompt used when neither the row nor the spec gives one. None: the task takes no
     #: free prompt (OWLv2 takes labels) or requires one (see check_spec).
     default_prompt: ClassVar[str | None] = None
+    #: On CUDA, copy a batch's pixels into pinned host memory before its device turn
+    #: (labeler.models.staging); False copies from where they are.
+    pin_pixels: bool = True
 
     @classmethod
     def check_spec(cls, spec: TaskSpec) -> None:
@@ -206,6 +210,14 @@ class Adapter(ABC):
         """How many model inputs cpu_transform makes of one image (the decode stage sizes its
         tasks by it); 1 unless an adapter says otherwise. Needs the spec only, no setup."""
         return 1
+
+    def staged(self, images: list[ImageInput], stacked: np.ndarray | None
+               ) -> tuple[list[ImageInput], np.ndarray | None]:
+        """The batch as it waits for its device turn: on CUDA its pixels in pinned memory
+        (labeler.models.staging), else as given."""
+        if self.pin_pixels and self.device is not None and self.device.type == "cuda":
+            return stage_pixels(images, stacked)
+        return images, stacked
 
     def transformed(self, images: list[ImageInput]) -> list[ImageInput]:
         """The images through cpu_transform, where it applies (host work only)."""
@@ -271,11 +283,12 @@ class Adapter(ABC):
         clock = time.perf_counter
         with torch.inference_mode():
             t0 = clock()
-            ready = images if transformed else self.transformed(images)
+            ready, stacked = self.staged(images if transformed else self.transformed(images),
+                                         stacked if transformed else None)
             t_ready = clock()
             with self.device_turn:  # the wait for it counts in no stage
                 t_turn = clock()
-                inputs = self.preprocess(ready, stacked if transformed else None)
+                inputs = self.preprocess(ready, stacked)
                 t1 = clock()
                 raw = self.predict(inputs)
                 if self.device is not None and self.device.type == "cuda":
@@ -291,7 +304,7 @@ class Adapter(ABC):
     def __call__(self, images: list[ImageInput]) -> list[dict]:
         """preprocess -> predict -> postprocess, for callers that need no timings."""
         with torch.inference_mode():
-            ready = self.transformed(images)
+            ready, _ = self.staged(self.transformed(images), None)
             with self.device_turn:
                 raw = self.predict(self.preprocess(ready))
             return self.finish(raw, images)
