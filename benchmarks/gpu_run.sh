@@ -60,6 +60,10 @@ run() {
     owlv2_l14_compile_cudnn) run_group "$1" 120 --cases owlv2-l14-1008-q3 --batch-sizes 64 \
         --compile --sdpa cudnn ;;
     tiled) run_group "$1" 50 --cases tiled ;;
+    # Pixels copied to the GPU from where they are, not from pinned memory: what staging gains.
+    owlv2_b16_unpinned) run_group "$1" 60 --cases owlv2-b16-960-q3 --batch-sizes 128 \
+        --pinned no ;;
+    tiled_unpinned) run_group "$1" 50 --cases tiled --batch-sizes 32 --pinned no ;;
     parity)
         echo "== bf16 parity"
         timeout --kill-after=5 150 python3 -m pytest -q -p no:cacheprovider -m gpu \
@@ -70,7 +74,8 @@ run() {
 GROUPS_RUN=("$@")
 [ ${#GROUPS_RUN[@]} -gt 0 ] || GROUPS_RUN=(owlv2_b16 florence2 qwen2 owlv2_l14 tiled parity
                                          owlv2_b16_cudnn owlv2_b16_compile owlv2_b16_compile_cudnn
-                                         florence2_compile qwen2_compile owlv2_l14_compile_cudnn)
+                                         florence2_compile qwen2_compile owlv2_l14_compile_cudnn
+                                         owlv2_b16_unpinned tiled_unpinned)
 for group in "${GROUPS_RUN[@]}"; do
     run "$group"
 done

@@ -101,8 +101,9 @@ adapters on them and the FLOP counts without a GPU; its speeds say nothing about
 Variants: `--compile` sets the spec's model.compile (OWLv2's vision tower through
 torch.compile; the generative models' decoding step, with a static KV cache, which
 transformers compiles on CUDA; each batch size's warm-up batch compiles, outside the timing);
-`--sdpa cudnn` puts cuDNN's fused attention first in SDPA's order for the whole run. Both
-are printed on the `options:` line and on every RESULT line.
+`--sdpa cudnn` puts cuDNN's fused attention first in SDPA's order for the whole run;
+`--pinned no` turns off the staging of pixels in pinned memory (labeler/models/staging.py),
+to measure what it gains. All are printed on the `options:` line and on every RESULT line.
 
 It imports neither Ray nor anything Ray needs (the GPU machine has no Ray).
 """
@@ -776,15 +777,17 @@ def run_pipeline(case: Case, adapter, batch: int, workers: int, prefetch: int,
 
 def run_case(case: Case, folder: Path, device: torch.device, batch_sizes, min_seconds: float,
              min_iters: int, workers: int, prefetch: int, compile_model: bool = False,
-             concurrent_batches: tuple[int, ...] = (1,)) -> dict | None:
+             concurrent_batches: tuple[int, ...] = (1,), pinned: bool = True) -> dict | None:
     """Set up the case's adapter on `folder`, count its FLOPs, sweep, run the pipeline at
     the best batch size once per value of concurrent_batches; the best row (with
     "pipelines": {concurrent_batches: figures}) or None. compile_model: the spec's
-    model.compile (each batch size's warm-up batch compiles its graph)."""
+    model.compile (each batch size's warm-up batch compiles its graph). pinned: the
+    adapter's pin_pixels (on CUDA, pixels staged in pinned memory before the device turn)."""
     build = BUILDS[case.build]
     spec = make_spec(case, build, folder, compile_model=compile_model)
     adapter = load_adapter_class(case.task, build.family)(spec)
     adapter.setup(device)
+    adapter.pin_pixels = pinned  # kept by with_spec's copy below
     print(f"case={case.name} attn={describe_attention(adapter.model.config)}", flush=True)
     if case.new_tokens:  # exactly new_tokens: the end token is masked until then
         adapter.model.generation_config.min_new_tokens = case.new_tokens
@@ -855,6 +858,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sdpa", choices=("default", "cudnn"), default="default",
                         help="cudnn: torch's cuDNN fused attention first in SDPA's order of "
                              "kernels (default: torch's own order, flash first)")
+    parser.add_argument("--pinned", choices=("yes", "no"), default="yes",
+                        help="no: the adapters copy pixels to the GPU from where they are, "
+                             "not from pinned memory (Adapter.pin_pixels), to measure what "
+                             "staging gains")
     parser.add_argument("--workdir", default=None, help="where model folders are written "
                         "(default: a temporary folder, removed at the end)")
     return parser.parse_args(argv)
@@ -895,7 +902,7 @@ def main(argv: list[str] | None = None) -> int:
     print("FLOPs: torch.utils.flop_counter.FlopCounterMode over adapter.predict on one image "
           "(generative: the whole generate); TFLOP/s = FLOPs/img x images/s", flush=True)
 
-    options = f"compile={args.compile} sdpa={args.sdpa}"
+    options = f"compile={args.compile} sdpa={args.sdpa} pinned={args.pinned}"
     print(f"options: {options}", flush=True)
     root = Path(args.workdir or tempfile.mkdtemp(prefix="gpu_throughput_"))
     results = {}
@@ -914,7 +921,8 @@ def main(argv: list[str] | None = None) -> int:
                 for case in (c for c in cases if c.build == build_name):
                     results[case.name] = run_case(case, folder, device, batch_sizes, min_seconds,
                                                   min_iters, args.decode_workers, args.prefetch,
-                                                  args.compile, tuple(args.concurrent_batches))
+                                                  args.compile, tuple(args.concurrent_batches),
+                                                  args.pinned == "yes")
                 shutil.rmtree(folder)
         finally:
             if args.workdir is None:

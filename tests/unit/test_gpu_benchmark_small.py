@@ -74,14 +74,15 @@ def test_small_mode_prints_a_figure_for_every_case(capsys, one_torch_thread):
 
 def test_the_compile_and_cudnn_variants_run_and_say_so(capsys, one_torch_thread):
     """--compile reaches the spec (the vision tower is compiled: dynamo made a graph) and
-    --sdpa cudnn runs (on CPU it has no cuDNN kernel to put first; the order is still set);
-    both are printed on every RESULT line, so variants' figures cannot be mixed up."""
+    --sdpa cudnn runs (on CPU it has no cuDNN kernel to put first; the order is still set),
+    as does --pinned no (pinning is CUDA's only); all are printed on every RESULT line, so
+    variants' figures cannot be mixed up."""
     torch._dynamo.reset()
     assert gpu_throughput.main(["--small", "--cases", "owlv2-b16-960-q3", "--batch-sizes", "1",
-                                "--compile", "--sdpa", "cudnn"]) == 0
+                                "--compile", "--sdpa", "cudnn", "--pinned", "no"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^RESULT case=owlv2-b16-960-q3 images/s=[0-9.]+ .* compile=True "
-                     r"sdpa=cudnn$", out, re.MULTILINE), out
+                     r"sdpa=cudnn pinned=no$", out, re.MULTILINE), out
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
 
 
