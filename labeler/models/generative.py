@@ -106,4 +106,3 @@ class GenerativeAdapter(Adapter):
 
     def parameters(self) -> dict:
         return {"prompt": self.spec.prompt, "generation": self.spec.generation.model_dump()}
-

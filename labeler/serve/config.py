@@ -184,9 +184,10 @@ class LimitsSpec(_Strict):
     # work (`labeler run --media video`), which resumes and does not hold an HTTP request.
     max_video_frames: int = Field(1800, ge=1)
     # Video requests an ingress replica runs at once; more get 503 + Retry-After before any
-    # work. 4 x one replica's worth of frames in flight (2 x max_batch_size each) stays
-    # within a model's default queue (max_queued_requests 256), so a running video is not
-    # refused frames half way.
+    # work. 4 x one replica's worth of frames in flight (ServedModel.ongoing_limit each:
+    # 32 at the default max_batch_size on CPU, 48 on a GPU, which runs two batches at once)
+    # stays within a model's default queue (max_queued_requests 256), so a running video is
+    # not refused frames half way.
     max_video_requests: int = Field(4, ge=1)
 
 
