@@ -73,4 +73,6 @@ class AdapterVariants:
 
     def _make(self, labels: tuple[str, ...] | None, threshold: float | None) -> Adapter:
         spec = variant_spec(self.base.spec, list(labels) if labels else None, threshold)
-        return self.base.with_spec(spec)
+        # OWLv2 encodes the variant's queries on the device: in its turn, like any batch.
+        with self.base.device_turn:
+            return self.base.with_spec(spec)

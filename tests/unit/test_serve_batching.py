@@ -87,3 +87,25 @@ def test_an_input_that_did_not_decode_gets_its_error_record_without_the_model(se
     assert failed["parameters"] == first["parameters"]
     assert failed["model_revision"] == first["model_revision"]
     assert failed["timings"] == {"decode_ms": 2.0}
+
+
+def test_a_new_variant_is_encoded_in_the_device_turn(server):
+    """OWLv2 encodes a variant's queries on the device: while a batch holds the turn, a new
+    variant waits for it, as the replica's other batch would."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    turn = server.base.device_turn
+    turn.acquire()
+    held = True
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            made = pool.submit(server.variants.adapter, ("a green kite",), None)
+            threading.Event().wait(0.3)
+            assert not made.done()
+            turn.release()
+            held = False
+            assert made.result(timeout=30).spec.labels == ["a green kite"]
+    finally:
+        if held:
+            turn.release()
