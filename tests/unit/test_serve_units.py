@@ -80,6 +80,17 @@ def test_a_compiled_model_is_refused_for_serving(tmp_path):
     assert "models.0: model.compile is for batch jobs" in str(err.value)
 
 
+def test_a_serve_config_with_too_many_batches_at_once_is_refused_naming_the_field(tmp_path):
+    config = tmp_path / "serve.yaml"
+    config.write_text("models:\n  - task: detect\n    labels: [car]\n"
+                      "    model: {family: owlv2, source: m}\n"
+                      "    resources: {num_gpus: 1, concurrent_batches: 9}\n")
+    with pytest.raises(SpecError, match="invalid serve config") as err:
+        load_serve_spec(config)
+    assert "models.0.resources.concurrent_batches" in str(err.value)
+    assert "less than or equal to 8" in str(err.value)
+
+
 def test_serving_limits():
     def served(resources=None, **serving):
         return ServedModel(task="detect", model={"family": "owlv2", "source": "m"},
