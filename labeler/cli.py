@@ -131,10 +131,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actor-cpus", type=float,
                    help="CPU cores each model actor reserves (0.5: two share a core)")
     p.add_argument("--torch-threads", type=int,
-                   help="threads of a model actor on CPU (default: its CPUs, at least 1)")
+                   help="torch threads of a model actor (default: its CPUs, at least 1)")
     p.add_argument("--concurrent-batches", type=int,
                    help="batches a model actor works on at once, one on the device while "
-                        "the others are postprocessed (default: 2 with a GPU, else 1)")
+                        "the others are postprocessed (default: 2 for OWLv2 with a GPU, "
+                        "else 1)")
     p.add_argument("--max-pixels", type=int, help="refuse images with more pixels")
     video = p.add_argument_group("video (--media video)")
     video.add_argument("--media", choices=["image", "video"], help="what the input holds")

@@ -68,23 +68,22 @@ class ResourceSpec(_Strict):
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractions share a GPU")
     num_cpus: float = Field(1.0, gt=0, description="CPU cores each actor reserves")
     torch_threads: int | None = Field(
-        None, ge=1, description="intra-op threads of an actor that runs its model on CPU "
-                                "(default: num_cpus, at least 1). More threads than reserved "
-                                "cores let an actor use the time decoding leaves idle")
+        None, ge=1, description="torch's intra-op threads in an actor (default: num_cpus, "
+                                "at least 1). More threads than reserved cores let a CPU "
+                                "actor use the time decoding leaves idle")
     concurrent_batches: int | None = Field(
         None, ge=1, le=8,
         description="batches an actor works on at once, each in its own thread: one runs "
                     "the model while the others are postprocessed and turned into rows, so "
                     "the GPU does not wait for that host work; one at a time on the device "
-                    "(default: 2 with a GPU, 1 on CPU, where the model already uses every "
-                    "reserved core)")
+                    "(default: 2 for OWLv2 with a GPU; 1 for the generative families, whose "
+                    "generate loop a second thread slows, and on CPU, where the model "
+                    "already uses every reserved core)")
 
     @property
-    def batches_at_once(self) -> int:
-        """concurrent_batches, or its default for this pool's device."""
-        if self.concurrent_batches is not None:
-            return self.concurrent_batches
-        return 2 if self.num_gpus > 0 else 1
+    def intra_op_threads(self) -> int:
+        """torch's intra-op threads in an actor: torch_threads, else one per reserved core."""
+        return self.torch_threads or max(1, int(self.num_cpus))
 
     @field_validator("concurrency")
     @classmethod
@@ -442,6 +441,18 @@ class TaskSpec(_Strict):
     @property
     def output_name(self) -> str:
         return self.name or self.task
+
+    @property
+    def batches_at_once(self) -> int:
+        """resources.concurrent_batches, or its default: 2 for a GPU actor of a family whose
+        host work (postprocess, row building) is worth overlapping with the next batch's
+        model time, 1 for the generative families and on CPU. Measured on an H200
+        (docs/benchmarks.md): OWLv2 B/16 fed as a job ran faster with 2, Florence-2 slower."""
+        resources = self.resources
+        if resources.concurrent_batches is not None:
+            return resources.concurrent_batches
+        overlaps = resources.num_gpus > 0 and self.model.family not in registry.GENERATIVE_FAMILIES
+        return 2 if overlaps else 1
 
     @property
     def takes_clips(self) -> bool:

@@ -15,6 +15,9 @@ TASKS = ("detect", "ground", "detect-by-example", "caption", "ocr", "regions", "
 # (or one sampled video frame) per row.
 CLIP_TASKS = ("video-caption", "video-ask")
 FAMILIES = ("owlv2", "florence2", "blip2", "qwen2_vl", "ovis2")
+# Families whose predict is a generate loop: a Python loop of small kernel launches, bound
+# by the host thread that issues them, whose postprocess is a small share of a batch.
+GENERATIVE_FAMILIES = ("florence2", "blip2", "qwen2_vl", "ovis2")
 
 # (task, family) -> "module:Class". Adding a family is one module and one line here.
 ADAPTERS: dict[tuple[str, str], str] = {

@@ -42,11 +42,13 @@ _VIDEO_COLUMNS = ("frame_index", "timestamp_s", "clip_start_s", "clip_end_s")
 def build_adapter(task: TaskSpec, device: torch.device | None = None) -> Adapter:
     """Instantiate and set up the adapter of a task on `device` (default: pick_device())."""
     device = device or pick_device()
-    if device.type == "cpu":
-        # By default one intra-op thread per reserved core, so the actor leaves the decode
-        # tasks their cores; torch_threads may ask for more where decoding leaves cores idle.
-        resources = task.resources
-        torch.set_num_threads(resources.torch_threads or max(1, int(resources.num_cpus)))
+    # By default one intra-op thread per reserved core, so the actor leaves the decode tasks
+    # their cores; torch_threads may ask for more where decoding leaves cores idle. A GPU
+    # actor too (Ray sets OMP_NUM_THREADS so unless the environment already has it): each
+    # thread that runs batches (concurrent_batches) gets its own OpenMP team of that size,
+    # whose threads spin while idle; teams of every core slowed the thread in predict
+    # (docs/benchmarks.md, "Second run").
+    torch.set_num_threads(task.resources.intra_op_threads)
     adapter = load_adapter_class(task.task, task.model.family)(task)
     adapter.setup(device)
     return adapter

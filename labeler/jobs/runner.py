@@ -138,7 +138,7 @@ def _task_line(task: TaskSpec) -> str:
     track = ("" if task.track is None else
              f"; track {json.dumps(task.track.model_dump(exclude_defaults=True))}")
     compiled = " (compiled)" if task.model.compile else ""
-    at_once = f" ({res.batches_at_once} at once)" if res.batches_at_once > 1 else ""
+    at_once = f" ({task.batches_at_once} at once)" if task.batches_at_once > 1 else ""
     return (f"{task.output_name}: {task.task} with {task.model.family} {task.model.source}"
             f"{compiled}, batch {res.batch_size}{at_once}, {_actors(res)} actor(s) x "
             f"{res.num_cpus:g} CPU {res.num_gpus:g} GPU{track}")
@@ -173,7 +173,8 @@ def _model_stages(ds, tasks: list[TaskSpec], one_task_per_actor: bool = False):
                 Predictor,
                 fn_constructor_kwargs={"task": task, "input_column": columns[k],
                                        "passthrough": len(tasks) > 1, "drop_columns": drop},
-                batch_size=res.batch_size, compute=_actor_pool(res, one_task_per_actor),
+                batch_size=res.batch_size, compute=_actor_pool(res, task.batches_at_once,
+                                                                one_task_per_actor),
                 num_gpus=res.num_gpus, num_cpus=res.num_cpus, batch_format="numpy",
                 max_restarts=-1, max_task_retries=MODEL_BATCH_ATTEMPTS - 1, **worker_env())
     if len(tasks) > 1:
@@ -182,7 +183,7 @@ def _model_stages(ds, tasks: list[TaskSpec], one_task_per_actor: bool = False):
     return ds
 
 
-def _actor_pool(res, one_task_per_actor: bool = False):
+def _actor_pool(res, batches_at_once: int = 1, one_task_per_actor: bool = False):
     """A fixed pool of `concurrency` actors, or one that Ray Data sizes between [min, max]
     (it adds actors while batches wait and the cluster has room, removes idle ones).
 
@@ -191,14 +192,15 @@ def _actor_pool(res, one_task_per_actor: bool = False):
     their MODEL_BATCH_ATTEMPTS. Relabeling lost rows one per batch must not let the row that
     kills the worker take its queued neighbours down too, so there an actor holds one.
 
-    resources.batches_at_once > 1: the actor runs that many batches at once in threads
-    (Ray Data's true multi-threading); Adapter.device_turn keeps their model time apart."""
+    batches_at_once > 1 (TaskSpec.batches_at_once): the actor runs that many batches at once
+    in threads (Ray Data's true multi-threading); Adapter.device_turn keeps their model time
+    apart."""
     import ray
 
     if one_task_per_actor:
         queued = {"max_tasks_in_flight_per_actor": 1}
-    elif res.batches_at_once > 1:
-        queued = {"max_concurrent_calls_per_actor": res.batches_at_once,
+    elif batches_at_once > 1:
+        queued = {"max_concurrent_calls_per_actor": batches_at_once,
                   "enable_true_multi_threading": True}
     else:
         queued = {}

@@ -117,17 +117,17 @@ class ServedModel(TaskSpec):
     @property
     def ongoing_limit(self) -> int:
         """Requests a replica holds at once: serving.max_ongoing_requests, else room for
-        the batches it runs at once (resources.batches_at_once) and the next one filling."""
+        the batches it runs at once (batches_at_once) and the next one filling."""
         serving = self.serving
         return (serving.max_ongoing_requests
-                or (self.resources.batches_at_once + 1) * serving.max_batch_size)
+                or (self.batches_at_once + 1) * serving.max_batch_size)
 
     @property
     def batch_limit_warning(self) -> str | None:
         """A replica never holds more than ongoing_limit requests, so a smaller value caps
         its batches below max_batch_size (useful only to shed load early)."""
         batch, limit = self.serving.max_batch_size, self.ongoing_limit
-        at_once = self.resources.batches_at_once
+        at_once = self.batches_at_once
         if limit < batch * at_once:
             return (f"max_ongoing_requests ({limit}) is below max_batch_size ({batch}) x "
                     f"the {at_once} batch(es) run at once: batches will hold at most "
@@ -185,7 +185,7 @@ class LimitsSpec(_Strict):
     max_video_frames: int = Field(1800, ge=1)
     # Video requests an ingress replica runs at once; more get 503 + Retry-After before any
     # work. 4 x one replica's worth of frames in flight (ServedModel.ongoing_limit each:
-    # 32 at the default max_batch_size on CPU, 48 on a GPU, which runs two batches at once)
+    # 32 at the default max_batch_size, 48 for OWLv2 on a GPU, which runs two batches at once)
     # stays within a model's default queue (max_queued_requests 256), so a running video is
     # not refused frames half way.
     max_video_requests: int = Field(4, ge=1)

@@ -81,12 +81,12 @@ class ModelServer:
         self.variants = AdapterVariants(self.base)
         self.fit = MemoryFit()  # batches that run out of GPU memory run in parts
         # serve.batch fixes max_concurrent_batches when it wraps a function, so the batch
-        # handler is wrapped here, per replica: up to resources.batches_at_once batches run
+        # handler is wrapped here, per replica: up to batches_at_once batches run
         # at once, in threads, one at a time on the device (Adapter.device_turn).
         self.annotate_batch = serve.batch(
             max_batch_size=served.serving.max_batch_size,
             batch_wait_timeout_s=served.serving.batch_wait_timeout_s,
-            max_concurrent_batches=served.resources.batches_at_once)(self._batch_in_thread)
+            max_concurrent_batches=served.batches_at_once)(self._batch_in_thread)
 
     async def ready(self) -> dict:
         """Answered once __init__ (model load) is done: what this replica serves."""

@@ -172,14 +172,19 @@ def test_retry_errors_flag_reaches_the_spec(tmp_path):
     assert spec.output.retry_errors is True and spec.output.overwrite is False
 
 
-def _resources_from_flags(tmp_path, *flags):
-    """The resources of `labeler run`'s task with these flags added."""
+def _task_from_flags(tmp_path, *flags):
+    """`labeler run`'s task (OWLv2 detect) with these flags added."""
     from labeler.cli import _spec_from_args, build_parser
 
     args = build_parser().parse_args([
         "run", "--input", str(tmp_path), "--output", str(tmp_path / "out"), "--task",
         "detect", "--family", "owlv2", "--model", "m", "--labels", "cat", *flags])
-    return _spec_from_args(args).tasks[0].resources
+    return _spec_from_args(args).tasks[0]
+
+
+def _resources_from_flags(tmp_path, *flags):
+    """The resources of `labeler run`'s task with these flags added."""
+    return _task_from_flags(tmp_path, *flags).resources
 
 
 def test_concurrency_is_a_number_or_a_growing_range(tmp_path):
@@ -194,9 +199,10 @@ def test_concurrency_is_a_number_or_a_growing_range(tmp_path):
         resources("--concurrency", "many")
 
 
-def test_actor_cpus_and_torch_threads_set_a_cpu_actors_threads(tmp_path, tiny_owlv2):
+def test_actor_cpus_and_torch_threads_set_an_actors_threads(tmp_path, tiny_owlv2):
     """--actor-cpus and --torch-threads reach the task's resources, and the model actor
-    runs torch with torch_threads, else with its reserved cores (at least 1)."""
+    runs torch with torch_threads, else with its reserved cores (at least 1); a GPU
+    actor's spec too (each of its batch threads gets a team of that size)."""
     import torch
 
     from labeler.actors.predictor import build_adapter
@@ -212,7 +218,8 @@ def test_actor_cpus_and_torch_threads_set_a_cpu_actors_threads(tmp_path, tiny_ow
     try:
         for flags, threads in [((), 1), (("--actor-cpus", "0.5"), 1),
                                (("--actor-cpus", "2"), 2), (("--torch-threads", "3"), 3),
-                               (("--actor-cpus", "0.5", "--torch-threads", "2"), 2)]:
+                               (("--actor-cpus", "0.5", "--torch-threads", "2"), 2),
+                               (("--num-gpus", "1", "--actor-cpus", "3"), 3)]:
             spec = task(*flags)
             build_adapter(spec, torch.device("cpu"))
             assert torch.get_num_threads() == threads, flags
@@ -224,16 +231,16 @@ def test_actor_cpus_and_torch_threads_set_a_cpu_actors_threads(tmp_path, tiny_ow
 
 
 def test_concurrent_batches_flag_reaches_the_resources(tmp_path):
-    def resources(*flags):
-        return _resources_from_flags(tmp_path, *flags)
+    def task(*flags):
+        return _task_from_flags(tmp_path, *flags)
 
-    assert resources().batches_at_once == 1  # on CPU, by default
-    assert resources("--num-gpus", "1").batches_at_once == 2
-    given = resources("--num-gpus", "1", "--concurrent-batches", "3")
-    assert (given.concurrent_batches, given.batches_at_once) == (3, 3)
+    assert task().batches_at_once == 1  # on CPU, by default
+    assert task("--num-gpus", "1").batches_at_once == 2
+    given = task("--num-gpus", "1", "--concurrent-batches", "3")
+    assert (given.resources.concurrent_batches, given.batches_at_once) == (3, 3)
     for bad in ("0", "9"):
         with pytest.raises(SpecError, match="tasks.0.resources.concurrent_batches"):
-            resources("--concurrent-batches", bad)
+            task("--concurrent-batches", bad)
 
 
 def test_compile_flag_reaches_the_model_spec_and_the_adapter(tmp_path, tiny_owlv2):

@@ -93,24 +93,31 @@ def test_variants_of_one_model_share_its_turn():
     assert variant.device_turn is adapter.device_turn
 
 
-@pytest.mark.parametrize(("num_gpus", "given", "expected"),
-                         [(0, None, 1), (1, None, 2), (0.5, None, 2), (1, 1, 1), (0, 3, 3)])
-def test_batches_at_once_default_to_two_with_a_gpu(num_gpus, given, expected):
-    resources = ResourceSpec(num_gpus=num_gpus, concurrent_batches=given)
-    assert resources.batches_at_once == expected
+@pytest.mark.parametrize(("family", "num_gpus", "given", "expected"), [
+    ("owlv2", 0, None, 1), ("owlv2", 1, None, 2), ("owlv2", 0.5, None, 2), ("owlv2", 1, 1, 1),
+    ("owlv2", 0, 3, 3),
+    # generate loops run one batch at a time by default, on a GPU too, unless asked
+    ("florence2", 1, None, 1), ("qwen2_vl", 1, None, 1), ("blip2", 1, None, 1),
+    ("ovis2", 1, None, 1), ("florence2", 1, 2, 2)])
+def test_batches_at_once_default_to_two_for_owlv2_with_a_gpu(family, num_gpus, given, expected):
+    task = TaskSpec(task="caption" if family != "owlv2" else "detect",
+                    model={"family": family, "source": "m"},
+                    labels=["cat"] if family == "owlv2" else [],
+                    resources={"num_gpus": num_gpus, "concurrent_batches": given})
+    assert task.batches_at_once == expected
 
 
 def test_the_actor_pool_runs_that_many_batches_at_once():
     from labeler.jobs.runner import _actor_pool
 
-    threaded = _actor_pool(ResourceSpec(num_gpus=1))
+    threaded = _actor_pool(ResourceSpec(num_gpus=1), 2)
     assert (threaded.max_concurrent_calls_per_actor, threaded.enable_true_multi_threading) == (
         2, True)
-    single = _actor_pool(ResourceSpec())
+    single = _actor_pool(ResourceSpec(num_gpus=1), 1)
     assert (single.max_concurrent_calls_per_actor, single.enable_true_multi_threading) == (
         None, False)
     # Relabeling lost rows: an actor holds one batch, whatever concurrent_batches says.
-    lost = _actor_pool(ResourceSpec(num_gpus=1, concurrent_batches=4), one_task_per_actor=True)
+    lost = _actor_pool(ResourceSpec(num_gpus=1, concurrent_batches=4), 4, one_task_per_actor=True)
     assert (lost.max_tasks_in_flight_per_actor, lost.max_concurrent_calls_per_actor) == (1, None)
 
 

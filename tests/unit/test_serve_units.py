@@ -27,7 +27,7 @@ def test_flags_make_a_one_model_config(tmp_path):
     assert (spec.host, spec.port, model.served_name) == ("0.0.0.0", 9000, "detect")
     assert (model.serving.max_batch_size, model.serving.batch_wait_timeout_s) == (4, 0.05)
     # on a GPU two batches run at once: 3 x batch, two running and one filling
-    assert model.ongoing_limit == 12 and model.resources.batches_at_once == 2
+    assert model.ongoing_limit == 12 and model.batches_at_once == 2
     assert model.resources.num_gpus == 0.5
     task = model.task_spec()
     assert type(task).__name__ == "TaskSpec" and task.labels == ["cat", "dog"]
