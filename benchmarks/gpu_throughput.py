@@ -29,10 +29,11 @@ What differs from the real checkpoints, and why the compute is the same:
   max_new_tokens` (set on the model's generation_config after setup; the end token is masked
   until then), and the benchmark checks that every row got exactly that many tokens;
 - OWLv2 keeps the boxes whose score passes a threshold; random weights score almost every
-  box alike, so the threshold is set per case (on the batch-1 image) to keep about
-  `OWL_BOXES_PER_IMAGE` boxes, as a trained model at its usual threshold keeps tens. The mean
-  kept per image is printed (dets/img). The class head's logit shift and scale are fixed
-  (`spread_scores`): random weights' logits round every bf16 score to 1.0 otherwise;
+  box alike, so the threshold is set per case (over its distinct scenes) to keep about
+  `OWL_BOXES_PER_IMAGE` boxes an image, as a trained model at its usual threshold keeps
+  tens. The mean kept per image is printed (dets/img). The class head's logit shift and
+  scale are fixed (`spread_scores`): random weights' logits round every bf16 score to 1.0
+  otherwise;
 - OWLv2's box head is set to predict each patch's prior box (`prior_boxes`): random weights
   give boxes of no size, which are dropped, so nothing would be left to postprocess;
 - the inputs are synthetic images (`labeler.testing.samples`), 640x480 for OWLv2 and
@@ -134,7 +135,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count  # noqa: E402
 
-from labeler.config import InputSpec, TaskSpec, decode_side_for_tasks  # noqa: E402
+from labeler.config import InputSpec, ResourceSpec, TaskSpec, decode_side_for_tasks  # noqa: E402
 from labeler.jobs.stages import TaskTransforms, input_column  # noqa: E402
 from labeler.media.image import decode_image  # noqa: E402
 from labeler.models.base import ImageInput, attention_implementations  # noqa: E402
@@ -463,13 +464,17 @@ def count_flops(adapter, images: list[ImageInput]):
     return counter.get_total_flops(), raw
 
 
-def owl_threshold(adapter, raw: dict, images: list[ImageInput]) -> float:
-    """A threshold between the OWL_BOXES_PER_IMAGE-th and the next best score of the boxes
-    the adapter would give the first image of a predict() output at threshold 0 (those in
-    the image: boxes wholly in the padding are dropped; merged, when tiled)."""
+def owl_threshold(adapter, images: list[ImageInput]) -> float:
+    """A threshold that keeps OWL_BOXES_PER_IMAGE boxes an image on average over `images`
+    (the case's distinct scenes): between the (OWL_BOXES_PER_IMAGE x len(images))-th best
+    score of the boxes the adapter gives them at threshold 0 and the next (boxes in the
+    image: those wholly in the padding are dropped; merged, when tiled). Calibrated on one
+    scene, the second H200 run kept 23 boxes of it and 426 an image of the others, whose
+    postprocess (and a tiled frame's merge, 160 ms) then measured nothing a real job does."""
     everything = adapter.with_spec(adapter.spec.model_copy(update={"threshold": 0.0}))
-    scores = [d["score"] for d in everything.postprocess(raw, images[:1])[0]["detections"]]
-    top = sorted(scores, reverse=True)[:OWL_BOXES_PER_IMAGE + 1]
+    scores = sorted((d["score"] for out in everything(images) for d in out["detections"]),
+                    reverse=True)
+    top = scores[:OWL_BOXES_PER_IMAGE * len(images) + 1]
     return (top[-2] + top[-1]) / 2 if len(top) > 1 else 0.0
 
 
@@ -666,8 +671,9 @@ class _FeedClock:
         self.consumers = consumers
         self.start: float | None = None  # when the first batch arrived
         self.first_batch_s = 0.0
-        self.images = self.batches = self.taken = self.waiting = 0
+        self.images = self.batches = self.taken = self.waiting = self.detections = 0
         self.predict_s = self.idle_s = 0.0
+        self.stage_s = {"preprocess_ms": 0.0, "predict_ms": 0.0, "postprocess_ms": 0.0}
         self.idle_since: float | None = None  # every consumer waiting since then
         self.done = False
         self.end = 0.0  # when the run reached its minimum batches and seconds
@@ -675,6 +681,8 @@ class _FeedClock:
     def restart(self, now: float) -> None:
         """Count from `now`: what came before was the pipeline filling."""
         self.start, self.images, self.batches, self.predict_s, self.idle_s = now, 0, 0, 0.0, 0.0
+        self.detections = 0
+        self.stage_s = dict.fromkeys(self.stage_s, 0.0)
         if self.idle_since is not None:
             self.idle_since = now
 
@@ -734,6 +742,9 @@ def feed_model(adapter, feed: DecodeFeed, min_seconds: float, min_batches: int,
                 state.images += len(fed.images)
                 state.batches += 1
                 state.predict_s += times["predict_ms"] * len(fed.images) / 1000.0
+                for stage, ms in times.items():
+                    state.stage_s[stage] += ms * len(fed.images) / 1000.0
+                state.detections += sum(len(o.get("detections", ())) for o in outputs)
                 if state.batches >= min_batches and clock() - state.start >= min_seconds:
                     state.done, state.end = True, clock()
 
@@ -744,9 +755,12 @@ def feed_model(adapter, feed: DecodeFeed, min_seconds: float, min_batches: int,
             for future in [pool.submit(consume) for _ in range(consumers)]:
                 future.result()  # a consumer's exception, raised here
     wall = state.end - state.start
+    images = max(state.images, 1)
     return {"images_per_s": state.images / wall, "input_wait": state.idle_s / wall,
             "predict_share": state.predict_s / wall, "batches": state.batches,
-            "first_batch_s": state.first_batch_s}
+            "first_batch_s": state.first_batch_s,
+            "detections_per_image": state.detections / images,
+            **{stage: 1000.0 * seconds / images for stage, seconds in state.stage_s.items()}}
 
 
 def run_pipeline(case: Case, adapter, batch: int, workers: int, prefetch: int,
@@ -759,7 +773,10 @@ def run_pipeline(case: Case, adapter, batch: int, workers: int, prefetch: int,
     with DecodeFeed(adapter.spec, jpegs, batch, workers, prefetch) as feed:
         for consumers in concurrent_batches:
             feed.restart_counts()
-            result = feed_model(adapter, feed, min_seconds, PIPELINE_MIN_BATCHES, consumers)
+            # Each consumer thread's first batch pays its one-time costs (a thread's first
+            # calls into torch): at least PIPELINE_MIN_BATCHES a consumer.
+            result = feed_model(adapter, feed, min_seconds, PIPELINE_MIN_BATCHES * consumers,
+                                consumers)
             result.update(decode_busy=feed.busy_share(), decode_ms=feed.ms_per_image())
             results[consumers] = result
             print(f"case={case.name} pipeline batch={batch} "
@@ -770,8 +787,11 @@ def run_pipeline(case: Case, adapter, batch: int, workers: int, prefetch: int,
                   f"decode_busy={100 * result['decode_busy']:.1f}% "
                   f"decode_ms/img={result['decode_ms']:.2f} "
                   f"jpeg_KB/img={np.mean([len(j) for j in jpegs]) / 1024:.1f} "
-                  f"batches={result['batches']} first_batch_s={result['first_batch_s']:.2f}",
-                  flush=True)
+                  f"batches={result['batches']} first_batch_s={result['first_batch_s']:.2f} "
+                  f"ms/img pre={result['preprocess_ms']:.2f} "
+                  f"predict={result['predict_ms']:.2f} post={result['postprocess_ms']:.2f}"
+                  + (f" dets/img={result['detections_per_image']:.1f}"
+                     if case.task == "detect" else ""), flush=True)
     return results
 
 
@@ -794,10 +814,10 @@ def run_case(case: Case, folder: Path, device: torch.device, batch_sizes, min_se
     first = sample_images(case.image_size, 1)
     flops, raw = count_flops(adapter, first)
     if case.task == "detect":
-        adapter = adapter.with_spec(make_spec(case, build, folder,
-                                              owl_threshold(adapter, raw, first), compile_model))
-        print(f"case={case.name} threshold={adapter.spec.threshold:.6f} "
-              f"(keeps ~{OWL_BOXES_PER_IMAGE} boxes of the batch-1 image)")
+        threshold = owl_threshold(adapter, sample_images(case.image_size, DISTINCT_IMAGES))
+        adapter = adapter.with_spec(make_spec(case, build, folder, threshold, compile_model))
+        print(f"case={case.name} threshold={threshold:.6f} (keeps ~{OWL_BOXES_PER_IMAGE} "
+              f"boxes an image over the {DISTINCT_IMAGES} scenes)")
     if case.new_tokens and generated_lengths(case, raw) != {case.new_tokens}:
         raise RuntimeError(f"{case.name}: generated {generated_lengths(case, raw)} tokens, "
                            f"not {case.new_tokens}")
@@ -862,6 +882,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="no: the adapters copy pixels to the GPU from where they are, "
                              "not from pinned memory (Adapter.pin_pixels), to measure what "
                              "staging gains")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch's intra-op threads while a case runs (default on a GPU: "
+                             "a job's GPU actor's, resources.intra_op_threads, 1 by default; "
+                             "on CPU torch's own, the small mode checks code, not speed)")
     parser.add_argument("--workdir", default=None, help="where model folders are written "
                         "(default: a temporary folder, removed at the end)")
     return parser.parse_args(argv)
@@ -902,7 +926,15 @@ def main(argv: list[str] | None = None) -> int:
     print("FLOPs: torch.utils.flop_counter.FlopCounterMode over adapter.predict on one image "
           "(generative: the whole generate); TFLOP/s = FLOPs/img x images/s", flush=True)
 
-    options = f"compile={args.compile} sdpa={args.sdpa} pinned={args.pinned}"
+    # A job's GPU actor runs torch with one thread per reserved core (build_adapter), and each
+    # of its batch threads gets a team of that size. The second H200 run had torch's default,
+    # 16 a team, and two batches at once cut Florence-2's figure to a third; on CPU two teams
+    # cost it 27% with 2 threads each and 8% with 1 (docs/benchmarks.md).
+    threads = args.torch_threads or (ResourceSpec().intra_op_threads if on_gpu else None)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    options = (f"compile={args.compile} sdpa={args.sdpa} pinned={args.pinned} "
+               f"torch_threads={torch.get_num_threads()}")
     print(f"options: {options}", flush=True)
     root = Path(args.workdir or tempfile.mkdtemp(prefix="gpu_throughput_"))
     results = {}

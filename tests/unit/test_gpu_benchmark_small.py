@@ -82,7 +82,7 @@ def test_the_compile_and_cudnn_variants_run_and_say_so(capsys, one_torch_thread)
                                 "--compile", "--sdpa", "cudnn", "--pinned", "no"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^RESULT case=owlv2-b16-960-q3 images/s=[0-9.]+ .* compile=True "
-                     r"sdpa=cudnn pinned=no$", out, re.MULTILINE), out
+                     r"sdpa=cudnn pinned=no torch_threads=[0-9]+$", out, re.MULTILINE), out
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
 
 
