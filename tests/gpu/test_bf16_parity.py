@@ -6,9 +6,13 @@ reference is the same tiny checkpoint in float32 on CPU, through the same adapte
 (model_inputs -> predict -> postprocess) with the same GPU-actor spec (num_gpus=1).
 
 Tolerance: each raw output within 5% of its own largest magnitude plus 5% of the element
-(rtol); scores (probabilities) within 0.1. Measured with bf16 on CPU, the tiny model's
-worst errors were 1.5% of the largest logit and objectness value and 0.018 of the padded
-square's side for boxes, 0.043 for scores: about 3x inside these bounds.
+(rtol); scores (probabilities) within 0.2 at most and 0.015 on average. Measured with bf16
+on CPU, the tiny model's worst errors were 1.5% of the largest logit and objectness value
+and 0.018 of the padded square's side for boxes. Scores: eager 0.047 at most, 0.0029 on
+average; compiled 0.137 at most, 0.0044 on average (0.135 at most on the H200), though its
+logits were closer (0.95 against 1.25 at most): Inductor rounds in another order, and a
+logit near 0, where the sigmoid is steepest, is the sum of terms up to 75, where bf16's
+step is 0.5. The average bound is about 3x the measured.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ pytestmark = pytest.mark.gpu
 LABELS = ["a photo of a cat", "a photo of a dog", "a car"]
 SIZES = [(640, 480), (480, 640), (301, 457)]  # wide, tall, odd: the padded square differs
 RELATIVE_TOLERANCE = 0.05  # of each output's largest magnitude, and of each element
-SCORE_TOLERANCE = 0.1  # absolute, on sigmoid scores in [0, 1]
+SCORE_TOLERANCE = 0.2  # absolute, on sigmoid scores in [0, 1], at most
+MEAN_SCORE_TOLERANCE = 0.015  # on average over every box
 
 
 def _adapter(folder: str, dtype: str, device: str, compile: bool = False):
@@ -74,6 +79,7 @@ def test_owlv2_bf16_cuda_matches_float32(tiny_model, compile):
     scores = torch.sigmoid(raw["logits"].float().max(dim=-1).values).cpu()
     ref_scores = torch.sigmoid(ref_raw["logits"].float().max(dim=-1).values)
     assert float((scores - ref_scores).abs().max()) <= SCORE_TOLERANCE
+    assert float((scores - ref_scores).abs().mean()) <= MEAN_SCORE_TOLERANCE
 
     # threshold 0: every patch's box is kept but those wholly in the padding (no area once
     # clipped). A box within the boxes' tolerance of that edge may be kept in one dtype and
