@@ -38,8 +38,9 @@ run_group() {
 }
 
 # Each group: a name, its cap in seconds, its arguments. Run the groups named on the command
-# line, in that order, or all of them. Every case's pipeline runs twice, with 1 and 2 batches
-# at once (gpu_throughput.py --concurrent-batches), within its group's cap.
+# line, in that order, or all of them. A case's pipeline runs twice, with 1 and 2 batches at
+# once (gpu_throughput.py --concurrent-batches), within its group's cap, unless its group
+# says otherwise.
 run() {
     case $1 in
     owlv2_b16) run_group "$1" 120 --cases owlv2-b16-960-q3 owlv2-b16-960-q300 ;;
@@ -50,11 +51,14 @@ run() {
         --compile ;;
     owlv2_b16_compile_cudnn) run_group "$1" 90 --cases owlv2-b16-960-q3 --batch-sizes 128 \
         --compile --sdpa cudnn ;;
-    florence2) run_group "$1" 140 --cases florence2 ;;
+    # Generative cases sweep 32..512 (GENERATIVE_BATCH_SIZES); their pipeline runs one batch
+    # at a time, their default (florence2_two_at_once measures two).
+    florence2) run_group "$1" 200 --cases florence2 --concurrent-batches 1 ;;
+    florence2_two_at_once) run_group "$1" 100 --cases florence2-base --batch-sizes 128 ;;
     # A static cache and the decoding step compiled: one compile per batch and prompt shape.
     florence2_compile) run_group "$1" 180 --cases florence2-base --batch-sizes 128 256 \
         --compile ;;
-    qwen2) run_group "$1" 120 --cases qwen2 ;;
+    qwen2) run_group "$1" 200 --cases qwen2 --concurrent-batches 1 ;;
     qwen2_compile) run_group "$1" 120 --cases qwen2 --batch-sizes 128 --compile ;;
     owlv2_l14) run_group "$1" 130 --cases owlv2-l14-1008-q3 owlv2-l14-1008-q300 ;;
     owlv2_l14_compile_cudnn) run_group "$1" 120 --cases owlv2-l14-1008-q3 --batch-sizes 64 \
@@ -75,7 +79,8 @@ GROUPS_RUN=("$@")
 [ ${#GROUPS_RUN[@]} -gt 0 ] || GROUPS_RUN=(owlv2_b16 florence2 qwen2 owlv2_l14 tiled parity
                                          owlv2_b16_cudnn owlv2_b16_compile owlv2_b16_compile_cudnn
                                          florence2_compile qwen2_compile owlv2_l14_compile_cudnn
-                                         owlv2_b16_unpinned tiled_unpinned)
+                                         owlv2_b16_unpinned tiled_unpinned
+                                         florence2_two_at_once)
 for group in "${GROUPS_RUN[@]}"; do
     run "$group"
 done
