@@ -1,13 +1,12 @@
 """torchvision's bicubic, antialiased resize of uint8 images on CUDA against the CPU's.
 
-The generative families' image processors resize this way (resample 3, bicubic), and a GPU
-actor runs them on its device (GenerativeAdapter.processor_images). On the second H200 run,
-tests/models/test_device_preprocess.py found the processors' CUDA outputs off the CPU's by
-up to 0.17-0.29 in normalised values (12-20 levels of 255) on 6-15% of the elements, where
-the same code path on CPU is exact. This test isolates the resize itself, on the same
-images and sizes: if it fails as much, the difference is torch's CUDA kernel (which
-converts to float32, interpolates, clamps and rounds) against the CPU's native uint8 one,
-not the device path's plumbing. Within one level of 255 is rounding.
+On a CPU uint8 image torchvision runs a native uint8 kernel that, as PIL does, rounds and
+clamps to 0..255 between its horizontal and vertical passes; on CUDA it converts to
+float32, resizes in one pass, then clamps and rounds. The generative families' processors
+resize this way on a GPU actor's device (tests/models/test_device_preprocess.py, whose CPU
+reference is made to resize in float32 for the comparison). Here the kernels alone: CUDA
+within one level of 255 of the CPU's float32 path, and, where bicubic overshoots, more than
+that from the native uint8 one, as the CPU shows (the second H200 run's failures).
 """
 
 from __future__ import annotations
@@ -25,18 +24,18 @@ TARGETS = [(64, 64), (112, 112), (56, 84)]  # (h, w): Florence-2 / BLIP-2 tiny, 
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_bicubic_antialiased_resize_on_cuda_matches_the_cpu(source):
+def test_bicubic_resize_on_cuda_is_the_cpus_float32_path(source):
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as F
+
+    def resize(image, size):
+        return F.resize(image, list(size), interpolation=InterpolationMode.BICUBIC,
+                        antialias=True)
 
     w, h = source
     image = torch.from_numpy(np.asarray(synthetic_image(w, h, 0)).copy()).permute(2, 0, 1)
     for target in TARGETS:
-        on_cpu = F.resize(image, list(target), interpolation=InterpolationMode.BICUBIC,
-                          antialias=True)
-        on_cuda = F.resize(image.cuda(), list(target), interpolation=InterpolationMode.BICUBIC,
-                           antialias=True).cpu()
-        levels = (on_cuda.int() - on_cpu.int()).abs()
-        assert int(levels.max()) <= 1, (
-            f"{source} -> {target}: up to {int(levels.max())} levels apart, "
-            f"{float((levels > 1).float().mean()):.1%} of values more than 1")
+        on_cuda = resize(image.cuda(), target).cpu().int()
+        in_float32 = resize(image.float(), target).clamp_(0, 255).round_().int()
+        levels = (on_cuda - in_float32).abs()
+        assert int(levels.max()) <= 1, f"{source} -> {target}: {int(levels.max())} levels"
