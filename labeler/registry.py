@@ -18,6 +18,12 @@ FAMILIES = ("owlv2", "florence2", "blip2", "qwen2_vl", "ovis2")
 # Families whose predict is a generate loop: a Python loop of small kernel launches, bound
 # by the host thread that issues them, whose postprocess is a small share of a batch.
 GENERATIVE_FAMILIES = ("florence2", "blip2", "qwen2_vl", "ovis2")
+# Model inputs per batch of a GPU actor whose spec names no batch_size. Measured on an H200
+# (docs/benchmarks.md, full-size architectures in bf16): OWLv2 B/16 reached 98% of its best
+# images/s at 64 (5.9 GiB), L/14 its best; Florence-2 and Qwen2-VL still gained up to 128
+# (Florence-2 large 49 GiB, base 25, Qwen2-VL 10 at 448 px). BLIP-2 and Ovis2, unmeasured,
+# take 32. A batch too large for a smaller GPU runs in halves (labeler.models.fitting).
+GPU_BATCH_INPUTS = {"owlv2": 64, "florence2": 128, "qwen2_vl": 128, "blip2": 32, "ovis2": 32}
 
 # (task, family) -> "module:Class". Adding a family is one module and one line here.
 ADAPTERS: dict[tuple[str, str], str] = {

@@ -230,6 +230,40 @@ def test_actor_cpus_and_torch_threads_set_an_actors_threads(tmp_path, tiny_owlv2
         task("--torch-threads", "0")
 
 
+@pytest.mark.parametrize(("task", "family", "extra", "resources", "batch"), [
+    ("detect", "owlv2", {"labels": ["cat"]}, {"num_gpus": 1}, 64),
+    ("caption", "florence2", {}, {"num_gpus": 1}, 128),
+    ("caption", "qwen2_vl", {}, {"num_gpus": 0.5}, 128),
+    ("caption", "blip2", {}, {"num_gpus": 1}, 32),
+    ("caption", "ovis2", {}, {"num_gpus": 1}, 32),
+    # a tiled image is 5 model inputs: 64 // 5
+    ("detect", "owlv2", {"labels": ["cat"], "tiles": {"grid": [2, 2]}}, {"num_gpus": 1}, 12),
+    ("caption", "florence2", {}, {"num_gpus": 1, "batch_size": 4}, 4),  # given: kept
+    ("caption", "florence2", {}, {}, 8),  # on CPU
+    ("video-caption", "qwen2_vl", {}, {"num_gpus": 1}, 8),  # rows are clips of frames
+])
+def test_a_gpu_actor_without_a_batch_size_gets_its_familys(task, family, extra, resources,
+                                                           batch):
+    from labeler.config import TaskSpec
+
+    spec = TaskSpec(task=task, model={"family": family, "source": "m"}, resources=resources,
+                    **extra)
+    assert spec.resources.batch_size == batch
+    # as a worker re-reads it
+    assert TaskSpec.model_validate_json(spec.model_dump_json()).resources.batch_size == batch
+
+
+def test_the_batch_size_flag_and_the_gpu_default(tmp_path):
+    def task(*flags):
+        return _task_from_flags(tmp_path, *flags)
+
+    assert task().resources.batch_size == 8
+    assert task("--num-gpus", "1").resources.batch_size == 64
+    assert task("--num-gpus", "1", "--batch-size", "16").resources.batch_size == 16
+    with pytest.raises(SpecError, match="tasks.0.resources.batch_size"):
+        task("--batch-size", "0")
+
+
 def test_concurrent_batches_flag_reaches_the_resources(tmp_path):
     def task(*flags):
         return _task_from_flags(tmp_path, *flags)
