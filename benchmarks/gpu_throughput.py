@@ -99,8 +99,8 @@ adapters on them and the FLOP counts without a GPU; its speeds say nothing about
     PYTHONPATH=. python3 benchmarks/gpu_throughput.py --cases owlv2-b16-960-q3 --compile \
         --sdpa cudnn
 
-Variants: `--compile` sets the spec's model.compile (OWLv2's vision tower through
-torch.compile; the generative models' decoding step, with a static KV cache, which
+Variants: `--compile` sets the spec's model.compile (OWLv2's and Florence-2's vision towers
+through torch.compile; the generative models' decoding step, with a static KV cache, which
 transformers compiles on CUDA; each batch size's warm-up batch compiles, outside the timing);
 `--sdpa cudnn` puts cuDNN's fused attention first in SDPA's order for the whole run;
 `--pinned no` turns off the staging of pixels in pinned memory (labeler/models/staging.py),
@@ -877,8 +877,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "once, in threads (a job's resources.concurrent_batches; its "
                              "default is 2 with a GPU); default: 1 and 2")
     parser.add_argument("--compile", action="store_true",
-                        help="model.compile: OWLv2's vision tower through torch.compile; the "
-                             "generative models' decoding step, with a static KV cache")
+                        help="model.compile: OWLv2's and Florence-2's vision towers through "
+                             "torch.compile; the generative models' decoding step, with a "
+                             "static KV cache")
     parser.add_argument("--sdpa", choices=("default", "cudnn"), default="default",
                         help="cudnn: torch's cuDNN fused attention first in SDPA's order of "
                              "kernels (default: torch's own order, flash first)")

@@ -107,9 +107,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="hub id, local folder or s3:// prefix")
     p.add_argument("--revision", help="model revision (hub branch, tag or commit)")
     p.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the model's hot path (OWLv2's vision tower; the "
-                        "generative models' decoding step, with a static cache): for GPU "
-                        "jobs of one input shape; a compile at the first batch of each shape")
+                   help="torch.compile the model's hot path (OWLv2's and Florence-2's vision "
+                        "towers; the generative models' decoding step, with a static cache): "
+                        "for GPU jobs of one input shape; a compile at the first batch of "
+                        "each shape")
     p.add_argument("--labels", type=_labels, help='comma-separated class names: "cat,dog"')
     p.add_argument("--threshold", type=float, help="minimum box score (default 0.1)")
     _add_box_flags(p)

@@ -43,10 +43,11 @@ class ModelSpec(_Strict):
     # "auto": bfloat16 on CUDA, float32 on CPU.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     compile: bool = Field(
-        False, description="compile the model's hot path with torch.compile: OWLv2's vision "
-                           "tower; the generative families' decoding step, with a static KV "
-                           "cache (transformers compiles it on a GPU). One compile of tens of "
-                           "seconds per input shape, at its first batch; the same outputs")
+        False, description="compile the model's hot path with torch.compile: OWLv2's and "
+                           "Florence-2's vision towers; the generative families' decoding "
+                           "step, with a static KV cache (transformers compiles it on a "
+                           "GPU). One compile of tens of seconds per input shape, at its "
+                           "first batch; the same outputs")
 
     @field_validator("family")
     @classmethod

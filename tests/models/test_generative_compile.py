@@ -1,6 +1,7 @@
 """model.compile for the generative families: a static KV cache, whose decoding step
 transformers compiles (on a GPU by itself; here on the CPU, where the test asks for it with
-CompileConfig._compile_all_devices), against the same adapter without it.
+CompileConfig._compile_all_devices), and Florence-2's vision tower compiled on any device,
+against the same adapter without them.
 
 Issue 8: a change in how a model computes keeps parity with the unmodified transformers
 model, float32 on CPU within 1e-5. Greedy decoding must write the same token ids, and the
@@ -48,7 +49,10 @@ def test_static_cache_and_compiled_decoding_give_the_same_captions(tiny_model, f
     assert "cache_implementation" not in plain.generation_kwargs()
     assert static.generation_kwargs()["cache_implementation"] == "static"
     expected = plain.predict(plain.model_inputs(images))
-    cached = static.predict(static.model_inputs(images))  # on CPU: the cache, not compiled
+    if family == "florence2":  # its vision tower is compiled (nn.Module.compile), on CPU too
+        assert static.model.model.vision_tower._compiled_call_impl is not None
+        assert plain.model.model.vision_tower._compiled_call_impl is None
+    cached = static.predict(static.model_inputs(images))  # on CPU: decoding not compiled
     forced = CompileConfig()
     forced._compile_all_devices = True  # what transformers does by itself on a GPU
     static.model.generation_config.compile_config = forced
