@@ -55,11 +55,13 @@ run() {
     # at a time, their default (florence2_two_at_once measures two).
     florence2) run_group "$1" 200 --cases florence2 --concurrent-batches 1 ;;
     florence2_two_at_once) run_group "$1" 100 --cases florence2-base --batch-sizes 128 ;;
-    # A static cache and the decoding step compiled: one compile per batch and prompt shape.
-    florence2_compile) run_group "$1" 180 --cases florence2-base --batch-sizes 128 256 \
-        --compile ;;
+    # The vision tower compiled, and a static cache with the decoding step compiled: one
+    # compile per batch and prompt shape; one batch at a time (the generative default).
+    florence2_compile) run_group "$1" 240 --cases florence2-base --batch-sizes 256 \
+        --compile --concurrent-batches 1 ;;
     qwen2) run_group "$1" 200 --cases qwen2 --concurrent-batches 1 ;;
-    qwen2_compile) run_group "$1" 120 --cases qwen2 --batch-sizes 128 --compile ;;
+    qwen2_compile) run_group "$1" 180 --cases qwen2 --batch-sizes 256 --compile \
+        --concurrent-batches 1 ;;
     owlv2_l14) run_group "$1" 130 --cases owlv2-l14-1008-q3 owlv2-l14-1008-q300 ;;
     owlv2_l14_compile_cudnn) run_group "$1" 120 --cases owlv2-l14-1008-q3 --batch-sizes 64 \
         --compile --sdpa cudnn ;;
