@@ -395,15 +395,16 @@ class TaskSpec(_Strict):
     @model_validator(mode="after")
     def _gpu_batch_size(self) -> "TaskSpec":
         """A GPU actor whose spec names no batch_size gets its family's
-        (registry.GPU_BATCH_INPUTS model inputs, divided among a tiled image's windows): 8,
+        (registry.GPU_BATCH_INPUTS model inputs, divided among a tiled image's windows, and
+        in proportion to a fraction of a GPU, whose memory the actors sharing it share): 8,
         the CPU's default, left Florence-2 base at 34 captions/s of the 163 it reached at 128
         on an H200. A clip task's rows are clips of many frames: those keep 8."""
         resources = self.resources
         if ("batch_size" not in resources.model_fields_set and resources.num_gpus > 0
                 and not self.takes_clips):
-            inputs = registry.GPU_BATCH_INPUTS[self.model.family]
+            inputs = registry.GPU_BATCH_INPUTS[self.model.family] * min(1.0, resources.num_gpus)
             per_image = self.tiles.inputs_per_image if self.tiles is not None else 1
-            batch = max(1, inputs // per_image)
+            batch = max(1, int(inputs) // per_image)
             # The spec is frozen once built; this is its building. The copy counts batch_size
             # among the fields set, as the spec a worker re-reads from its JSON does.
             object.__setattr__(self, "resources",

@@ -233,7 +233,9 @@ def test_actor_cpus_and_torch_threads_set_an_actors_threads(tmp_path, tiny_owlv2
 @pytest.mark.parametrize(("task", "family", "extra", "resources", "batch"), [
     ("detect", "owlv2", {"labels": ["cat"]}, {"num_gpus": 1}, 64),
     ("caption", "florence2", {}, {"num_gpus": 1}, 128),
-    ("caption", "qwen2_vl", {}, {"num_gpus": 0.5}, 128),
+    ("caption", "qwen2_vl", {}, {"num_gpus": 1}, 128),
+    ("caption", "qwen2_vl", {}, {"num_gpus": 0.5}, 64),  # two actors share the GPU's memory
+    ("detect", "owlv2", {"labels": ["cat"]}, {"num_gpus": 2}, 64),
     ("caption", "blip2", {}, {"num_gpus": 1}, 32),
     ("caption", "ovis2", {}, {"num_gpus": 1}, 32),
     # a tiled image is 5 model inputs: 64 // 5
