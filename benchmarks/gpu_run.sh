@@ -32,7 +32,7 @@ python3 -c "import torch, transformers, pydantic; print('python', __import__('sy
 run_group() {
     local name=$1 cap=$2
     shift 2
-    echo "== $name (at most ${cap} s): $*"
+    echo "== $name (at most ${cap} s; ${SECONDS} s into the call): $*"
     timeout --kill-after=5 "$cap" python3 benchmarks/gpu_throughput.py \
         --min-seconds "$MIN_SECONDS" "$@" 2>&1 | tee "$OUT/$name.log"
 }
