@@ -44,9 +44,9 @@ def build_adapter(task: TaskSpec, device: torch.device | None = None) -> Adapter
     device = device or pick_device()
     # By default one intra-op thread per reserved core, so the actor leaves the decode tasks
     # their cores; torch_threads may ask for more where decoding leaves cores idle. A GPU
-    # actor too (Ray sets OMP_NUM_THREADS so unless the environment already has it): each
-    # thread that runs batches (concurrent_batches) gets its own OpenMP team of that size,
-    # whose threads spin while idle; teams of every core slowed the thread in predict
+    # actor too, whatever OMP_NUM_THREADS the environment gives Ray's workers: each thread
+    # that runs batches (concurrent_batches) gets its own OpenMP team of that size, whose
+    # threads spin while idle, and teams of every core slowed the thread in predict
     # (docs/benchmarks.md, "Second run").
     torch.set_num_threads(task.resources.intra_op_threads)
     adapter = load_adapter_class(task.task, task.model.family)(task)
