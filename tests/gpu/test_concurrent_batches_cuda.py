@@ -1,4 +1,4 @@
-"""Two batches at once on CUDA (resources.concurrent_batches, 2 by default with a GPU): a
+"""Two batches at once on CUDA (resources.concurrent_batches; OWLv2's default on a GPU): a
 GPU actor's two threads share one adapter on one device, one at a time inside
 Adapter.device_turn; every batch gets the results it gets alone. OWLv2 preprocesses on the
 device; compiled Florence-2 decodes with a static cache through CUDA graphs, which torch
