@@ -132,7 +132,8 @@ def main() -> int:
     parser.add_argument("--model-cpus", type=float, default=1.0, help="CPUs of the replica")
     parser.add_argument("--concurrent-batches", type=int, nargs="+", default=[1, 2],
                         help="dynamic batching once per value: batches the replica runs at "
-                             "once (resources.concurrent_batches; 2 by default on a GPU)")
+                             "once (resources.concurrent_batches; 2 by default for OWLv2 "
+                             "on a GPU)")
     args = parser.parse_args()
 
     import ray

@@ -9,9 +9,9 @@ then preprocess), predict, postprocess, as in a job. A group that fails is retri
 image, so one bad image cannot fail the requests batched with it.
 
 The model runs in a worker thread, so the replica's event loop keeps taking requests (and
-the next batch keeps filling) while a batch is on the device. A replica on a GPU runs two
-batches at once (resources.concurrent_batches, as a job's actor does): while one is on the
-device, the other is postprocessed and its records built.
+the next batch keeps filling) while a batch is on the device. An OWLv2 replica on a GPU
+runs two batches at once (resources.concurrent_batches, as a job's actor does): while one
+is on the device, the other is postprocessed and its records built.
 """
 
 from __future__ import annotations
