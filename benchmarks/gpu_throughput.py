@@ -875,7 +875,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrent-batches", nargs="+", type=int, default=[1, 2],
                         help="the pipeline run once per value: batches the actor works on at "
                              "once, in threads (a job's resources.concurrent_batches; its "
-                             "default is 2 with a GPU); default: 1 and 2")
+                             "default is 2 for OWLv2 with a GPU); default: 1 and 2")
     parser.add_argument("--compile", action="store_true",
                         help="model.compile: OWLv2's and Florence-2's vision towers through "
                              "torch.compile; the generative models' decoding step, with a "
@@ -920,9 +920,10 @@ def main(argv: list[str] | None = None) -> int:
         # The tiny models' input is 96 px: a 1080p frame shrunk 20x costs the processor's
         # anti-aliasing blur seconds an image on CPU, where at full size (960 px) it is cheap.
         cases = [replace(c, image_size=small_size(c.image_size)) for c in cases]
-    if args.decode_workers < 1 or args.prefetch < 1 or min(args.concurrent_batches) < 1:
-        raise SystemExit("--decode-workers, --prefetch and --concurrent-batches must be at "
-                         "least 1")
+    if (args.decode_workers < 1 or args.prefetch < 1 or min(args.concurrent_batches) < 1
+            or (args.torch_threads is not None and args.torch_threads < 1)):
+        raise SystemExit("--decode-workers, --prefetch, --concurrent-batches and "
+                         "--torch-threads must be at least 1")
     if not cases:
         raise SystemExit(f"no case matches {args.cases}; cases: {[c.name for c in CASES]}")
 

@@ -240,3 +240,10 @@ def test_the_examples_benchmark_prints_each_mode(capsys, one_torch_thread):
     out = capsys.readouterr().out
     for mode in owlv2_examples.MODES:
         assert re.search(rf"{mode} +predict +[\d.]+ ms/image", out), mode
+
+
+@pytest.mark.parametrize("flag", ["--decode-workers", "--prefetch", "--concurrent-batches",
+                                  "--torch-threads"])
+def test_a_count_below_one_is_refused_before_anything_is_built(flag):
+    with pytest.raises(SystemExit, match="must be at least 1"):
+        gpu_throughput.main(["--small", flag, "0"])
