@@ -64,6 +64,16 @@ class Qwen2VLGenerator(GenerativeAdapter):
                     if cls.default_prompt else "")
             raise ValueError(f"Qwen2-VL {cls.task_name}: the prompt is empty{hint}")
 
+    def setup(self, device: torch.device) -> None:
+        # Imported here: it imports transformers' Qwen2-VL modelling (2.5 s), which checking
+        # a spec does not need.
+        from labeler.models.qwen2_vl_attention import batch_vision_attention
+
+        super().setup(device)
+        # One attention call a layer for equal-size images, not one per image
+        # (qwen2_vl_attention); the same numbers.
+        batch_vision_attention(self.model.model.visual)
+
     def chat_text(self, prompt: str) -> str:
         """One user turn of the picture (an image, or a video for clip tasks) and the prompt,
         through the checkpoint's chat template, ending with the assistant's turn opened."""

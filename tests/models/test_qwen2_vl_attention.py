@@ -1,0 +1,151 @@
+"""Qwen2-VL's vision attention by runs of equal-size images (qwen2_vl_attention) against
+transformers' own, image by image, on the same tiny checkpoint: the issue's float32 parity
+within 1e-5, and one attention call a layer for a batch of equal-size images."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+from labeler.config import TaskSpec
+from labeler.models.base import ImageInput
+from labeler.models.qwen2_vl import Qwen2VLCaption
+from labeler.models.qwen2_vl_attention import (
+    RunBatchedVisionAttention,
+    SegmentRunsCache,
+    batch_vision_attention,
+    segment_runs,
+)
+
+TOLERANCE = 1e-5
+EQUAL = [(56, 56)] * 4
+# Runs of 2, 1, 1 and 1: equal neighbours batch, a size seen again later starts a new run.
+MIXED = [(56, 56), (56, 56), (84, 56), (56, 56), (112, 84)]
+
+
+class CountAttentionCalls(TorchFunctionMode):
+    """Counts torch's scaled_dot_product_attention calls made while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.scaled_dot_product_attention:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model):
+    return tiny_model("qwen2_vl")
+
+
+@pytest.fixture(scope="module")
+def processor(model_dir):
+    return AutoProcessor.from_pretrained(model_dir)
+
+
+def _models(model_dir, attn_implementation):
+    """(transformers' model, a copy with its vision attention batched by runs)."""
+    original = Qwen2VLForConditionalGeneration.from_pretrained(
+        model_dir, attn_implementation=attn_implementation).eval()
+    batched = copy.deepcopy(original)
+    assert batch_vision_attention(batched.model.visual) == len(batched.model.visual.blocks)
+    return original, batched
+
+
+def _pixels(processor, sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for w, h in sizes]
+    return processor.image_processor(images=images, return_tensors="pt")
+
+
+def _vision(model, inputs, grid="image_grid_thw", pixels="pixel_values"):
+    """The vision tower's last hidden state (patches of the batch, embed_dim), with the
+    scaled_dot_product_attention calls it made."""
+    with torch.inference_mode(), CountAttentionCalls() as counter:
+        out = model.model.visual(inputs[pixels], grid_thw=inputs[grid]).last_hidden_state
+    return out, counter.calls
+
+
+def test_segment_runs_group_consecutive_equal_lengths():
+    assert segment_runs(torch.tensor([0, 4, 8, 11])) == [(4, 2), (3, 1)]
+    assert segment_runs(torch.tensor([0, 5, 10, 15])) == [(5, 3)]
+    assert segment_runs(torch.tensor([0, 2, 5, 7])) == [(2, 1), (3, 1), (2, 1)]
+    assert segment_runs(torch.tensor([0])) == []
+
+
+def test_the_runs_cache_answers_for_the_tensor_it_was_given():
+    cache = SegmentRunsCache()
+    first, second = torch.tensor([0, 4, 8]), torch.tensor([0, 4, 7])
+    assert cache.runs(first) == [(4, 2)]
+    assert cache.runs(second) == [(4, 1), (3, 1)]
+    # A new tensor with the first's values is a new batch: computed, not mistaken for second.
+    assert cache.runs(torch.tensor([0, 4, 8])) == [(4, 2)]
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("sizes", [EQUAL, MIXED], ids=["equal", "mixed"])
+def test_vision_tower_equals_transformers_within_float32_tolerance(
+        model_dir, processor, attn_implementation, sizes):
+    original, batched = _models(model_dir, attn_implementation)
+    inputs = _pixels(processor, sizes)
+    expected, _ = _vision(original, inputs)
+    got, _ = _vision(batched, inputs)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= TOLERANCE
+
+
+@pytest.mark.parametrize("sizes, runs", [(EQUAL, 1), (MIXED, 4)], ids=["equal", "mixed"])
+def test_one_attention_call_per_layer_and_run(model_dir, processor, sizes, runs):
+    original, batched = _models(model_dir, "sdpa")
+    inputs = _pixels(processor, sizes)
+    depth = len(batched.model.visual.blocks)
+    assert _vision(original, inputs)[1] == depth * len(sizes)  # transformers: one an image
+    assert _vision(batched, inputs)[1] == depth * runs
+
+
+def test_clips_attend_frame_pair_by_frame_pair_in_one_call(model_dir, processor):
+    """A clip's segments are its frame pairs (temporal patches): 4 frames of 56x56 are 2
+    equal segments, attended together, as transformers attends them one by one."""
+    original, batched = _models(model_dir, "sdpa")
+    rng = np.random.default_rng(1)
+    clips = [rng.integers(0, 256, (4, 56, 56, 3), dtype=np.uint8) for _ in range(2)]
+    inputs = processor.video_processor(videos=clips, do_sample_frames=False,
+                                       return_tensors="pt")
+    assert inputs["video_grid_thw"][:, 0].tolist() == [2, 2]
+    expected, expected_calls = _vision(original, inputs, "video_grid_thw", "pixel_values_videos")
+    got, calls = _vision(batched, inputs, "video_grid_thw", "pixel_values_videos")
+    assert (got - expected).abs().max().item() <= TOLERANCE
+    depth = len(batched.model.visual.blocks)
+    assert (expected_calls, calls) == (depth * 4, depth)
+
+
+def test_the_adapter_batches_vision_attention_with_the_same_log_probabilities(model_dir,
+                                                                              processor):
+    """Qwen2-VL adapters swap the attention at setup; a generate over equal-size images
+    scores every step as transformers' model does."""
+    spec = TaskSpec(task="caption", model={"family": "qwen2_vl", "source": model_dir},
+                    generation={"max_new_tokens": 6})
+    adapter = Qwen2VLCaption(spec)
+    adapter.setup(torch.device("cpu"))
+    assert all(isinstance(block.attn, RunBatchedVisionAttention)
+               for block in adapter.model.model.visual.blocks)
+    rng = np.random.default_rng(2)
+    images = [ImageInput(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8), 56, 56)
+              for _ in range(3)]
+    inputs = adapter.preprocess(images)
+    original = Qwen2VLForConditionalGeneration.from_pretrained(model_dir).eval()
+    with torch.inference_mode():
+        ours = adapter.model.generate(**inputs, max_new_tokens=6, do_sample=False,
+                                      output_scores=True, return_dict_in_generate=True)
+        theirs = original.generate(**inputs, max_new_tokens=6, do_sample=False,
+                                   output_scores=True, return_dict_in_generate=True)
+    assert torch.equal(ours.sequences, theirs.sequences)
+    for mine, reference in zip(ours.scores, theirs.scores):
+        assert torch.allclose(mine.log_softmax(-1), reference.log_softmax(-1), atol=TOLERANCE)
