@@ -66,6 +66,12 @@ run() {
     owlv2_l14_compile_cudnn) run_group "$1" 120 --cases owlv2-l14-1008-q3 --batch-sizes 64 \
         --compile --sdpa cudnn ;;
     tiled) run_group "$1" 50 --cases tiled ;;
+    # Qwen2-VL's vision tower at batch 128: transformers' attention image by image against
+    # ours by runs of equal-size images (benchmarks/qwen2_vl_vision.py).
+    qwen2_vision)
+        echo "== $1 (at most 60 s; ${SECONDS} s into the call)"
+        timeout --kill-after=5 60 python3 benchmarks/qwen2_vl_vision.py --full 2>&1 \
+            | tee "$OUT/$1.log" ;;
     # Pixels copied to the GPU from where they are, not from pinned memory: what staging gains.
     owlv2_b16_unpinned) run_group "$1" 60 --cases owlv2-b16-960-q3 --batch-sizes 128 \
         --pinned no ;;
@@ -82,7 +88,7 @@ GROUPS_RUN=("$@")
                                          owlv2_b16_cudnn owlv2_b16_compile owlv2_b16_compile_cudnn
                                          florence2_compile qwen2_compile owlv2_l14_compile_cudnn
                                          owlv2_b16_unpinned tiled_unpinned
-                                         florence2_two_at_once)
+                                         florence2_two_at_once qwen2_vision)
 for group in "${GROUPS_RUN[@]}"; do
     run "$group"
 done

@@ -1,0 +1,125 @@
+"""Qwen2-VL's vision tower: transformers' attention image by image against ours by runs of
+equal-size images (labeler/models/qwen2_vl_attention.py).
+
+Builds the vision tower of Qwen2-VL-2B (32 blocks) with random weights and times one forward
+over a batch of equal-size images both ways (448x448, 1,024 patches each, with `--full`), with
+the attention calls each made and the largest difference between their outputs.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python3 benchmarks/qwen2_vl_vision.py  # CPU: narrow
+    PYTHONPATH=. python3 benchmarks/qwen2_vl_vision.py --full  # the 2B's widths, on a GPU
+
+On CPU the default keeps the 2B's depth but narrows the widths (embed_dim 16, one head) and
+the images (112x112, 64 patches), so that compute is small and the figure is mostly what
+every forward costs the host: Python, dispatch, and the per-image split and calls, which do
+not grow with the image. A GPU pays that cost too, kernel launches on top, while the device
+waits for the host to issue the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+# Qwen/Qwen2-VL-2B-Instruct's vision config (as benchmarks/gpu_throughput.py's QWEN_2B).
+FULL = dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=1536,
+            patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+NARROW = dict(FULL, embed_dim=16, num_heads=1, hidden_size=32)
+
+
+class CountAttentionCalls(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.scaled_dot_product_attention:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def vision_tower(full: bool, device: torch.device, dtype: torch.dtype):
+    from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import (
+        Qwen2VisionTransformerPretrainedModel,
+    )
+
+    config = Qwen2VLVisionConfig(**(FULL if full else NARROW))
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(device):
+        return Qwen2VisionTransformerPretrainedModel(config).to(dtype).eval()
+
+
+def time_forward(tower, pixels, grid, repeats: int, device: torch.device):
+    """(median seconds of a forward, attention calls in one, its last hidden state)."""
+    seconds = []
+    with torch.inference_mode():
+        out = tower(pixels, grid_thw=grid).last_hidden_state  # warm-up
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            tower(pixels, grid_thw=grid)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - start)
+        with CountAttentionCalls() as counter:
+            tower(pixels, grid_thw=grid)
+    return statistics.median(seconds), counter.calls, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from labeler.models.qwen2_vl_attention import batch_vision_attention
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true",
+                        help="the 2B's widths, in bf16 on a GPU (float32 on CPU)")
+    parser.add_argument("--images", type=int, default=128, help="images in the batch")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="side of the square images in pixels, a multiple of 28 (default "
+                             "448 with --full, else 112)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed forwards of each")
+    args = parser.parse_args(argv)
+    if args.images < 1 or args.repeats < 1:
+        parser.error("--images and --repeats take 1 or more")
+    side = args.image_size or (448 if args.full else 112)
+    if side < 28 or side % 28:
+        parser.error(f"--image-size {side}: a multiple of 28 (two patches of 14 px)")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    original = vision_tower(args.full, device, dtype)
+    batched = copy.deepcopy(original)
+    batch_vision_attention(batched)
+    config = original.config
+    channels = config.in_channels * config.temporal_patch_size * config.patch_size ** 2
+    grid_row = (1, side // config.patch_size, side // config.patch_size)  # one temporal patch
+    patches = grid_row[1] * grid_row[2]
+    pixels = torch.randn(args.images * patches, channels, device=device, dtype=dtype)
+    grid = torch.tensor([grid_row] * args.images, device=device)
+    widths = "full" if args.full else "narrow"
+    print(f"device={device} dtype={str(dtype).removeprefix('torch.')} widths={widths} "
+          f"embed_dim={config.embed_dim} depth={config.depth} images={args.images} "
+          f"size={side}x{side} patches/img={patches}", flush=True)
+    figures = {}
+    for name, tower in (("transformers", original), ("runs", batched)):
+        seconds, calls, out = time_forward(tower, pixels, grid, args.repeats, device)
+        figures[name] = (seconds, out)
+        print(f"{name}: {seconds * 1e3:.1f} ms a forward ({seconds * 1e3 / args.images:.3f} ms "
+              f"an image), attention calls {calls}", flush=True)
+    difference = (figures["runs"][1].float() - figures["transformers"][1].float()).abs().max()
+    saved = figures["transformers"][0] - figures["runs"][0]
+    print(f"RESULT qwen2_vl_vision widths={widths} images={args.images} size={side} "
+          f"transformers_ms={figures['transformers'][0] * 1e3:.1f} "
+          f"runs_ms={figures['runs'][0] * 1e3:.1f} saved_ms/img={saved * 1e3 / args.images:.3f} "
+          f"max_abs_diff={difference.item():.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
