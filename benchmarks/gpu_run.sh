@@ -76,6 +76,15 @@ run() {
     owlv2_b16_unpinned) run_group "$1" 60 --cases owlv2-b16-960-q3 --batch-sizes 128 \
         --pinned no ;;
     tiled_unpinned) run_group "$1" 50 --cases tiled --batch-sizes 32 --pinned no ;;
+    # One batch of 128 under torch.profiler (benchmarks/gpu_profile.py): the GPU's busy share
+    # and the operations that take the time; Chrome traces under $OUT/traces.
+    profile_qwen2|profile_florence2|profile_owlv2_b16)
+        local cases=${1#profile_}
+        [ "$cases" = owlv2_b16 ] && cases=owlv2-b16-960-q3
+        [ "$cases" = florence2 ] && cases=florence2-base
+        echo "== $1 (at most 120 s; ${SECONDS} s into the call)"
+        timeout --kill-after=5 120 python3 benchmarks/gpu_profile.py --cases "$cases" \
+            --batch 128 --trace "$OUT/traces" 2>&1 | tee "$OUT/$1.log" ;;
     parity)
         echo "== bf16 parity"
         timeout --kill-after=5 150 python3 -m pytest -q -p no:cacheprovider -m gpu \
@@ -88,10 +97,11 @@ GROUPS_RUN=("$@")
                                          owlv2_b16_cudnn owlv2_b16_compile owlv2_b16_compile_cudnn
                                          florence2_compile qwen2_compile owlv2_l14_compile_cudnn
                                          owlv2_b16_unpinned tiled_unpinned
-                                         florence2_two_at_once qwen2_vision)
+                                         florence2_two_at_once qwen2_vision profile_qwen2
+                                         profile_florence2 profile_owlv2_b16)
 for group in "${GROUPS_RUN[@]}"; do
     run "$group"
 done
 
 echo "== results"
-grep -h "RESULT\|pipeline batch\|passed\|failed" "$OUT"/*.log
+grep -h "RESULT\|PROFILE\|pipeline batch\|passed\|failed" "$OUT"/*.log
