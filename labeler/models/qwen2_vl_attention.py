@@ -13,10 +13,17 @@ call, the run laid out as a batch: (count, heads, length, head_dim). A batch of 
 images, as a job of one camera or the benchmark gives, is one run: one call a layer.
 Segments attend only to themselves either way, so the result is the per-image one (float32
 within 1e-5, tests/models/test_qwen2_vl_attention.py).
+
+A batch of mixed sizes in no order (photos 640x480 and 480x640 alternating) would make a run
+of almost every image, so the tower puts equal sizes side by side first
+(`SizeGroupedVisionTower`): the images' patches are gathered in order of segment length, the
+tower runs, and its outputs are put back in the batch's order, three copies a forward in
+all. Each image keeps its own patches, grid and positions: only the order of work changes.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from transformers.models.qwen2_vl import modeling_qwen2_vl as qwen
@@ -90,13 +97,60 @@ class RunBatchedVisionAttention(qwen.VisionAttention):
         return self.proj(torch.cat(outputs) if len(outputs) > 1 else outputs[0])
 
 
+def size_grouping(grid_thw: list[list[int]]) -> list[int] | None:
+    """Images' (t, h, w) patch grids -> an order of the images that puts equal segment lengths
+    (h * w: a segment is one temporal patch) side by side, stable; None when the batch's
+    order already does."""
+    lengths = [h * w for _, h, w in grid_thw]
+    runs = sum(1 for i, length in enumerate(lengths) if i == 0 or lengths[i - 1] != length)
+    if runs == len(set(lengths)):
+        return None
+    return sorted(range(len(lengths)), key=lengths.__getitem__)
+
+
+def token_order(sizes: list[int], order: list[int]) -> np.ndarray:
+    """Rows of a packed sequence whose items have `sizes` rows each, item by item in `order`:
+    the gather that packs the items in that order."""
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    return np.concatenate([np.arange(starts[i], starts[i] + sizes[i]) for i in order])
+
+
+class SizeGroupedVisionTower(qwen.Qwen2VisionTransformerPretrainedModel):
+    """transformers' Qwen2-VL vision tower that runs a batch's images in size_grouping's
+    order and returns its outputs in the batch's."""
+
+    def forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **kwargs):
+        """hidden_states (S, C*2*14*14) packed patches, grid_thw (n, 3) -> transformers'
+        output: last_hidden_state (S, embed_dim), pooler_output (S / merge**2, hidden)."""
+        grids = grid_thw.tolist()  # one sync a forward; transformers' own makes more
+        order = size_grouping(grids)
+        if (order is None or kwargs.get("output_hidden_states")
+                or kwargs.get("output_attentions")):
+            return super().forward(hidden_states, grid_thw, **kwargs)
+        patches = [t * h * w for t, h, w in grids]
+        merged = [p // self.spatial_merge_size ** 2 for p in patches]
+        device = hidden_states.device
+        gather = torch.from_numpy(token_order(patches, order)).to(device)
+        gather_merged = torch.from_numpy(token_order(merged, order)).to(device)
+        out = super().forward(hidden_states[gather],
+                              grid_thw[torch.tensor(order, device=grid_thw.device)], **kwargs)
+        # Row k of the grouped output is row gather[k] of the batch's.
+        out.last_hidden_state = torch.empty_like(out.last_hidden_state).index_copy_(
+            0, gather, out.last_hidden_state)
+        out.pooler_output = torch.empty_like(out.pooler_output).index_copy_(
+            0, gather_merged, out.pooler_output)
+        return out
+
+
 def batch_vision_attention(visual: nn.Module) -> int:
     """Swap the attention of every block of a Qwen2-VL vision tower (model.model.visual) for
-    RunBatchedVisionAttention, in place (same parameters, same state dict) -> blocks swapped."""
+    RunBatchedVisionAttention, in place (same parameters, same state dict), and make the
+    tower group equal sizes (SizeGroupedVisionTower) -> blocks swapped."""
     cache = SegmentRunsCache()
     swapped = 0
     for block in visual.blocks:
         block.attn.__class__ = RunBatchedVisionAttention
         block.attn.runs_cache = cache
         swapped += 1
+    visual.__class__ = SizeGroupedVisionTower
     return swapped

@@ -17,13 +17,16 @@ from labeler.models.qwen2_vl import Qwen2VLCaption
 from labeler.models.qwen2_vl_attention import (
     RunBatchedVisionAttention,
     SegmentRunsCache,
+    SizeGroupedVisionTower,
     batch_vision_attention,
     segment_runs,
+    size_grouping,
+    token_order,
 )
 
 TOLERANCE = 1e-5
 EQUAL = [(56, 56)] * 4
-# Runs of 2, 1, 1 and 1: equal neighbours batch, a size seen again later starts a new run.
+# Three sizes, one of them apart from its like: grouped into 3 runs (16, 24 and 48 patches).
 MIXED = [(56, 56), (56, 56), (84, 56), (56, 56), (112, 84)]
 
 
@@ -66,11 +69,19 @@ def _pixels(processor, sizes, seed=0):
 
 
 def _vision(model, inputs, grid="image_grid_thw", pixels="pixel_values"):
-    """The vision tower's last hidden state (patches of the batch, embed_dim), with the
-    scaled_dot_product_attention calls it made."""
+    """The vision tower's output, with the scaled_dot_product_attention calls it made."""
     with torch.inference_mode(), CountAttentionCalls() as counter:
-        out = model.model.visual(inputs[pixels], grid_thw=inputs[grid]).last_hidden_state
+        out = model.model.visual(inputs[pixels], grid_thw=inputs[grid])
     return out, counter.calls
+
+
+def _difference(got, expected) -> float:
+    """Largest difference of the last hidden states (patches of the batch, embed_dim) and of
+    the merged features the language model reads (merged patches, hidden)."""
+    assert got.last_hidden_state.shape == expected.last_hidden_state.shape
+    assert got.pooler_output.shape == expected.pooler_output.shape
+    return max((got.last_hidden_state - expected.last_hidden_state).abs().max().item(),
+               (got.pooler_output - expected.pooler_output).abs().max().item())
 
 
 def test_segment_runs_group_consecutive_equal_lengths():
@@ -89,6 +100,18 @@ def test_the_runs_cache_answers_for_the_tensor_it_was_given():
     assert cache.runs(torch.tensor([0, 4, 8])) == [(4, 2)]
 
 
+def test_size_grouping_puts_equal_segment_lengths_side_by_side():
+    # (t, h, w): segments are h * w; a clip (t = 2) of 4x4 groups with 4x4 images.
+    assert size_grouping([[1, 4, 4], [1, 4, 4], [1, 6, 4]]) is None  # already grouped
+    assert size_grouping([[1, 4, 4], [1, 6, 4], [2, 4, 4], [1, 8, 6]]) == [0, 2, 1, 3]
+    assert size_grouping([[1, 6, 4], [1, 4, 6], [1, 4, 4]]) is None  # 24, 24, 16
+    assert size_grouping([]) is None
+
+
+def test_token_order_gathers_items_whole():
+    assert token_order([2, 3, 1], [2, 0, 1]).tolist() == [5, 0, 1, 2, 3, 4]
+
+
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 @pytest.mark.parametrize("sizes", [EQUAL, MIXED], ids=["equal", "mixed"])
 def test_vision_tower_equals_transformers_within_float32_tolerance(
@@ -97,11 +120,10 @@ def test_vision_tower_equals_transformers_within_float32_tolerance(
     inputs = _pixels(processor, sizes)
     expected, _ = _vision(original, inputs)
     got, _ = _vision(batched, inputs)
-    assert got.shape == expected.shape
-    assert (got - expected).abs().max().item() <= TOLERANCE
+    assert _difference(got, expected) <= TOLERANCE
 
 
-@pytest.mark.parametrize("sizes, runs", [(EQUAL, 1), (MIXED, 4)], ids=["equal", "mixed"])
+@pytest.mark.parametrize("sizes, runs", [(EQUAL, 1), (MIXED, 3)], ids=["equal", "mixed"])
 def test_one_attention_call_per_layer_and_run(model_dir, processor, sizes, runs):
     original, batched = _models(model_dir, "sdpa")
     inputs = _pixels(processor, sizes)
@@ -121,24 +143,25 @@ def test_clips_attend_frame_pair_by_frame_pair_in_one_call(model_dir, processor)
     assert inputs["video_grid_thw"][:, 0].tolist() == [2, 2]
     expected, expected_calls = _vision(original, inputs, "video_grid_thw", "pixel_values_videos")
     got, calls = _vision(batched, inputs, "video_grid_thw", "pixel_values_videos")
-    assert (got - expected).abs().max().item() <= TOLERANCE
+    assert _difference(got, expected) <= TOLERANCE
     depth = len(batched.model.visual.blocks)
     assert (expected_calls, calls) == (depth * 4, depth)
 
 
 def test_the_adapter_batches_vision_attention_with_the_same_log_probabilities(model_dir,
                                                                               processor):
-    """Qwen2-VL adapters swap the attention at setup; a generate over equal-size images
-    scores every step as transformers' model does."""
+    """Qwen2-VL adapters swap the tower and its attention at setup; a generate over images of
+    mixed sizes (regrouped inside the tower) scores every step as transformers' model does."""
     spec = TaskSpec(task="caption", model={"family": "qwen2_vl", "source": model_dir},
                     generation={"max_new_tokens": 6})
     adapter = Qwen2VLCaption(spec)
     adapter.setup(torch.device("cpu"))
-    assert all(isinstance(block.attn, RunBatchedVisionAttention)
-               for block in adapter.model.model.visual.blocks)
+    visual = adapter.model.model.visual
+    assert isinstance(visual, SizeGroupedVisionTower)
+    assert all(isinstance(block.attn, RunBatchedVisionAttention) for block in visual.blocks)
     rng = np.random.default_rng(2)
-    images = [ImageInput(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8), 56, 56)
-              for _ in range(3)]
+    images = [ImageInput(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), w, h)
+              for w, h in MIXED]
     inputs = adapter.preprocess(images)
     original = Qwen2VLForConditionalGeneration.from_pretrained(model_dir).eval()
     with torch.inference_mode():
