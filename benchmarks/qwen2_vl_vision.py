@@ -9,7 +9,7 @@ the attention calls each made and the largest difference between their outputs.
     PYTHONPATH=. python3 benchmarks/qwen2_vl_vision.py --full  # the 2B's widths, on a GPU
 
 On CPU the default keeps the 2B's depth but narrows the widths (embed_dim 16, one head) and
-the images (112x112, 64 patches), so that compute is small and the figure is mostly what
+the images (56x56, 16 patches), so that compute is small and the figure is mostly what
 every forward costs the host: Python, dispatch, and the per-image split and calls, which do
 not grow with the image. A GPU pays that cost too, kernel launches on top, while the device
 waits for the host to issue the work.
@@ -57,10 +57,11 @@ def vision_tower(full: bool, device: torch.device, dtype: torch.dtype):
 
 
 def time_forward(tower, pixels, grid, repeats: int, device: torch.device):
-    """(median seconds of a forward, attention calls in one, its last hidden state)."""
+    """(median seconds of a forward, attention calls in one, its output: last hidden state
+    and merged features)."""
     seconds = []
     with torch.inference_mode():
-        out = tower(pixels, grid_thw=grid).last_hidden_state  # warm-up
+        out = tower(pixels, grid_thw=grid)  # warm-up
         for _ in range(repeats):
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -83,12 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=128, help="images in the batch")
     parser.add_argument("--image-size", type=int, default=None,
                         help="side of the square images in pixels, a multiple of 28 (default "
-                             "448 with --full, else 112)")
+                             "448 with --full, else 56: at 112 the narrow model's own compute "
+                             "varied by a third between runs here)")
+    parser.add_argument("--mixed", action="store_true",
+                        help="alternate square images with 4:3 ones (side x 3/4 side), "
+                             "whose segment lengths differ: the tower groups them by size "
+                             "before its blocks")
     parser.add_argument("--repeats", type=int, default=5, help="timed forwards of each")
     args = parser.parse_args(argv)
     if args.images < 1 or args.repeats < 1:
         parser.error("--images and --repeats take 1 or more")
-    side = args.image_size or (448 if args.full else 112)
+    side = args.image_size or (448 if args.full else 56)
     if side < 28 or side % 28:
         parser.error(f"--image-size {side}: a multiple of 28 (two patches of 14 px)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -98,23 +104,37 @@ def main(argv: list[str] | None = None) -> int:
     batch_vision_attention(batched)
     config = original.config
     channels = config.in_channels * config.temporal_patch_size * config.patch_size ** 2
-    grid_row = (1, side // config.patch_size, side // config.patch_size)  # one temporal patch
-    patches = grid_row[1] * grid_row[2]
-    pixels = torch.randn(args.images * patches, channels, device=device, dtype=dtype)
-    grid = torch.tensor([grid_row] * args.images, device=device)
+    cells = side // config.patch_size  # patches a side; one temporal patch an image
+    # Square and 4:3 in turn: unequal segment lengths, each image its own run unless grouped
+    # (a landscape and a portrait photo of one size have equal lengths: one run already).
+    # 3/4 of the side, down to an even patch count (the 2x2 merge).
+    short = max(2, cells * 3 // 4 // 2 * 2)
+    if args.mixed and short == cells:
+        parser.error("--mixed needs --image-size 56 or more (a 4:3 grid of even sides)")
+    shapes = [(1, cells, cells), (1, short, cells)] if args.mixed else [(1, cells, cells)]
+    grid_rows = [shapes[i % len(shapes)] for i in range(args.images)]
+    total = sum(t * h * w for t, h, w in grid_rows)
+    patches = total / args.images  # on average
+    pixels = torch.randn(total, channels, device=device, dtype=dtype)
+    grid = torch.tensor(grid_rows, device=device)
     widths = "full" if args.full else "narrow"
     print(f"device={device} dtype={str(dtype).removeprefix('torch.')} widths={widths} "
           f"embed_dim={config.embed_dim} depth={config.depth} images={args.images} "
-          f"size={side}x{side} patches/img={patches}", flush=True)
+          f"size={side}x{side}{' mixed' if args.mixed else ''} grids={shapes} "
+          f"patches/img={patches:g}", flush=True)
     figures = {}
     for name, tower in (("transformers", original), ("runs", batched)):
         seconds, calls, out = time_forward(tower, pixels, grid, args.repeats, device)
         figures[name] = (seconds, out)
         print(f"{name}: {seconds * 1e3:.1f} ms a forward ({seconds * 1e3 / args.images:.3f} ms "
               f"an image), attention calls {calls}", flush=True)
-    difference = (figures["runs"][1].float() - figures["transformers"][1].float()).abs().max()
+    ours, theirs = figures["runs"][1], figures["transformers"][1]
+    difference = max((a.float() - b.float()).abs().max() for a, b in (
+        (ours.last_hidden_state, theirs.last_hidden_state),
+        (ours.pooler_output, theirs.pooler_output)))
     saved = figures["transformers"][0] - figures["runs"][0]
     print(f"RESULT qwen2_vl_vision widths={widths} images={args.images} size={side} "
+          f"mixed={args.mixed} "
           f"transformers_ms={figures['transformers'][0] * 1e3:.1f} "
           f"runs_ms={figures['runs'][0] * 1e3:.1f} saved_ms/img={saved * 1e3 / args.images:.3f} "
           f"max_abs_diff={difference.item():.3g}")

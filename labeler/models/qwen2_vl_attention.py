@@ -14,11 +14,13 @@ images, as a job of one camera or the benchmark gives, is one run: one call a la
 Segments attend only to themselves either way, so the result is the per-image one (float32
 within 1e-5, tests/models/test_qwen2_vl_attention.py).
 
-A batch of mixed sizes in no order (photos 640x480 and 480x640 alternating) would make a run
-of almost every image, so the tower puts equal sizes side by side first
-(`SizeGroupedVisionTower`): the images' patches are gathered in order of segment length, the
-tower runs, and its outputs are put back in the batch's order, three copies a forward in
-all. Each image keeps its own patches, grid and positions: only the order of work changes.
+Only the segment length (patches of one temporal patch) matters, so a landscape and a
+portrait photo of one size share a run. A batch of other sizes in no order (square and 4:3
+photos alternating) would make a run of almost every image, so the tower puts equal lengths
+side by side first (`SizeGroupedVisionTower`): the images' patches are gathered in order of
+segment length, the tower runs, and its outputs are put back in the batch's order, three
+copies a forward in all. Each image keeps its own patches, grid and positions: only the
+order of work changes.
 """
 
 from __future__ import annotations
