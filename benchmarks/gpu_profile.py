@@ -88,6 +88,7 @@ def profile_case(case: bench.Case, folder: Path, device: torch.device, batch: in
         start = time.perf_counter()
         _, stages = adapter.run_timed(images, transformed=False)  # synchronises on CUDA
         wall_us = (time.perf_counter() - start) * 1e6
+    parse_start = time.perf_counter()
     events = prof.events()
     busy_us, kernels = device_activity(events)
     launches = sum(1 for e in events if e.name in LAUNCH_CALLS)
@@ -99,6 +100,8 @@ def profile_case(case: bench.Case, folder: Path, device: torch.device, batch: in
                    f"launches={launches}" if on_gpu else "device_busy=n/a (CPU)")
     print(f"PROFILE case={case.name} batch={batch} compile={compile_model} "
           f"wall_ms={figures['wall_ms']:.1f} {device_text} ms/img {stage_text}", flush=True)
+    print(f"(profile of {len(events)} events read in {time.perf_counter() - parse_start:.1f} s)",
+          flush=True)
     averages = prof.key_averages()
     if on_gpu:
         print(averages.table(sort_by="self_device_time_total", row_limit=TABLE_ROWS))
