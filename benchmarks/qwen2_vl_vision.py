@@ -20,27 +20,19 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
-# Qwen/Qwen2-VL-2B-Instruct's vision config (as benchmarks/gpu_throughput.py's QWEN_2B).
-FULL = dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=1536,
-            patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+from labeler.testing.attention_calls import CountAttentionCalls
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_throughput import QWEN_2B  # noqa: E402  (the released 2B's configs)
+
+FULL = QWEN_2B["vision"]  # Qwen/Qwen2-VL-2B-Instruct's vision tower
 NARROW = dict(FULL, embed_dim=16, num_heads=1, hidden_size=32)
-
-
-class CountAttentionCalls(TorchFunctionMode):
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is F.scaled_dot_product_attention:
-            self.calls += 1
-        return func(*args, **(kwargs or {}))
 
 
 def vision_tower(full: bool, device: torch.device, dtype: torch.dtype):

@@ -7,8 +7,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
 from labeler.config import TaskSpec
@@ -23,24 +21,12 @@ from labeler.models.qwen2_vl_attention import (
     size_grouping,
     token_order,
 )
+from labeler.testing.attention_calls import CountAttentionCalls
 
 TOLERANCE = 1e-5
 EQUAL = [(56, 56)] * 4
 # Three sizes, one of them apart from its like: grouped into 3 runs (16, 24 and 48 patches).
 MIXED = [(56, 56), (56, 56), (84, 56), (56, 56), (112, 84)]
-
-
-class CountAttentionCalls(TorchFunctionMode):
-    """Counts torch's scaled_dot_product_attention calls made while it is active."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is F.scaled_dot_product_attention:
-            self.calls += 1
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture(scope="module")
