@@ -17,13 +17,15 @@ within 1e-5, tests/models/test_qwen2_vl_attention.py).
 Only the segment length (patches of one temporal patch) matters, so a landscape and a
 portrait photo of one size share a run. A batch of other sizes in no order (square and 4:3
 photos alternating) would make a run of almost every image, so the tower puts equal lengths
-side by side first (`SizeGroupedVisionTower`): the images' patches are gathered in order of
+side by side first (`grouped_forward`): the images' patches are gathered in order of
 segment length, the tower runs, and its outputs are put back in the batch's order, three
 copies a forward in all. Each image keeps its own patches, grid and positions: only the
 order of work changes.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -117,42 +119,48 @@ def token_order(sizes: list[int], order: list[int]) -> np.ndarray:
     return np.concatenate([np.arange(starts[i], starts[i] + sizes[i]) for i in order])
 
 
-class SizeGroupedVisionTower(qwen.Qwen2VisionTransformerPretrainedModel):
-    """transformers' Qwen2-VL vision tower that runs a batch's images in size_grouping's
-    order and returns its outputs in the batch's."""
+# Keyword arguments of the tower's forward tied to the order of the batch's patches.
+_IN_BATCH_ORDER = ("output_hidden_states", "output_attentions", "position_ids", "cu_seqlens")
 
-    def forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **kwargs):
-        """hidden_states (S, C*2*14*14) packed patches, grid_thw (n, 3) -> transformers'
-        output: last_hidden_state (S, embed_dim), pooler_output (S / merge**2, hidden)."""
-        grids = grid_thw.tolist()  # one sync a forward; transformers' own makes more
-        order = size_grouping(grids)
-        if (order is None or kwargs.get("output_hidden_states")
-                or kwargs.get("output_attentions")):
-            return super().forward(hidden_states, grid_thw, **kwargs)
-        patches = [t * h * w for t, h, w in grids]
-        merged = [p // self.spatial_merge_size ** 2 for p in patches]
-        device = hidden_states.device
-        gather = torch.from_numpy(token_order(patches, order)).to(device)
-        gather_merged = torch.from_numpy(token_order(merged, order)).to(device)
-        out = super().forward(hidden_states[gather],
-                              grid_thw[torch.tensor(order, device=grid_thw.device)], **kwargs)
-        # Row k of the grouped output is row gather[k] of the batch's.
-        out.last_hidden_state = torch.empty_like(out.last_hidden_state).index_copy_(
-            0, gather, out.last_hidden_state)
-        out.pooler_output = torch.empty_like(out.pooler_output).index_copy_(
-            0, gather_merged, out.pooler_output)
-        return out
+
+def grouped_forward(forward, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **kwargs):
+    """A Qwen2-VL vision tower's `forward` (bound) run on the batch's images in
+    size_grouping's order, its output in the batch's: hidden_states (S, C*2*14*14) packed
+    patches, grid_thw (n, 3) -> transformers' output, last_hidden_state (S, embed_dim) and
+    pooler_output (S / merge**2, hidden)."""
+    grids = grid_thw.tolist()  # one sync a forward; transformers' own makes more
+    order = size_grouping(grids)
+    # Per-layer outputs, or positions and lengths a caller computed for the batch's order,
+    # would come back in the grouped order: those forwards run as they are.
+    if order is None or any(kwargs.get(name) is not None for name in _IN_BATCH_ORDER):
+        return forward(hidden_states, grid_thw, **kwargs)
+    patches = [t * h * w for t, h, w in grids]
+    merged = [p // forward.__self__.spatial_merge_size ** 2 for p in patches]
+    device = hidden_states.device
+    gather = torch.from_numpy(token_order(patches, order)).to(device)
+    gather_merged = torch.from_numpy(token_order(merged, order)).to(device)
+    out = forward(hidden_states[gather], grid_thw[torch.tensor(order, device=grid_thw.device)],
+                  **kwargs)
+    # Row k of the grouped output is row gather[k] of the batch's.
+    out.last_hidden_state = torch.empty_like(out.last_hidden_state).index_copy_(
+        0, gather, out.last_hidden_state)
+    out.pooler_output = torch.empty_like(out.pooler_output).index_copy_(
+        0, gather_merged, out.pooler_output)
+    return out
 
 
 def batch_vision_attention(visual: nn.Module) -> int:
     """Swap the attention of every block of a Qwen2-VL vision tower (model.model.visual) for
     RunBatchedVisionAttention, in place (same parameters, same state dict), and make the
-    tower group equal sizes (SizeGroupedVisionTower) -> blocks swapped."""
+    tower group equal sizes (grouped_forward) -> blocks swapped."""
     cache = SegmentRunsCache()
     swapped = 0
     for block in visual.blocks:
         block.attn.__class__ = RunBatchedVisionAttention
         block.attn.runs_cache = cache
         swapped += 1
-    visual.__class__ = SizeGroupedVisionTower
+    # An instance attribute, which nn.Module.__call__ calls in place of the class's forward.
+    # The tower keeps its class: transformers finds what a model can record (output_...)
+    # by the model's class name. A deepcopy binds the copy's own forward.
+    visual.forward = functools.partial(grouped_forward, visual.forward)
     return swapped

@@ -15,7 +15,6 @@ from labeler.models.qwen2_vl import Qwen2VLCaption
 from labeler.models.qwen2_vl_attention import (
     RunBatchedVisionAttention,
     SegmentRunsCache,
-    SizeGroupedVisionTower,
     batch_vision_attention,
     segment_runs,
     size_grouping,
@@ -143,12 +142,14 @@ def test_the_adapter_batches_vision_attention_with_the_same_log_probabilities(mo
     adapter = Qwen2VLCaption(spec)
     adapter.setup(torch.device("cpu"))
     visual = adapter.model.model.visual
-    assert isinstance(visual, SizeGroupedVisionTower)
     assert all(isinstance(block.attn, RunBatchedVisionAttention) for block in visual.blocks)
     rng = np.random.default_rng(2)
     images = [ImageInput(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), w, h)
               for w, h in MIXED]
     inputs = adapter.preprocess(images)
+    with torch.inference_mode(), CountAttentionCalls() as counter:  # grouped: 3 sizes
+        visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+    assert counter.calls == len(visual.blocks) * 3
     original = Qwen2VLForConditionalGeneration.from_pretrained(model_dir).eval()
     with torch.inference_mode():
         ours = adapter.model.generate(**inputs, max_new_tokens=6, do_sample=False,
@@ -158,3 +159,36 @@ def test_the_adapter_batches_vision_attention_with_the_same_log_probabilities(mo
     assert torch.equal(ours.sequences, theirs.sequences)
     for mine, reference in zip(ours.scores, theirs.scores):
         assert torch.allclose(mine.log_softmax(-1), reference.log_softmax(-1), atol=TOLERANCE)
+
+
+def test_per_layer_outputs_keep_the_batch_order(model_dir, processor):
+    """Asked for every layer's hidden states, the tower does not regroup (they would come
+    back in the grouped order): the same outputs as transformers', runs as they come."""
+    original, batched = _models(model_dir, "sdpa")
+    inputs = _pixels(processor, MIXED)
+    with torch.inference_mode():
+        with CountAttentionCalls() as counter:
+            got = batched.model.visual(inputs["pixel_values"],
+                                       grid_thw=inputs["image_grid_thw"],
+                                       output_hidden_states=True)
+        expected = original.model.visual(inputs["pixel_values"],
+                                         grid_thw=inputs["image_grid_thw"],
+                                         output_hidden_states=True)
+    assert counter.calls == len(batched.model.visual.blocks) * 4  # runs 16x2, 24, 16, 48
+    assert _difference(got, expected) <= TOLERANCE
+    assert len(got.hidden_states) == len(expected.hidden_states)
+    for ours, theirs in zip(got.hidden_states, expected.hidden_states):
+        assert (ours - theirs).abs().max().item() <= TOLERANCE
+
+
+def test_a_deep_copy_groups_with_its_own_weights(model_dir, processor):
+    """The grouping forward is bound to its tower: a copy runs its own (changed) weights."""
+    _, batched = _models(model_dir, "sdpa")
+    copied = copy.deepcopy(batched)
+    with torch.no_grad():
+        for parameter in copied.model.visual.parameters():
+            parameter.mul_(0.5)
+    inputs = _pixels(processor, MIXED)
+    (mine, calls), (theirs, _) = _vision(copied, inputs), _vision(batched, inputs)
+    assert calls == len(copied.model.visual.blocks) * 3  # the copy still groups
+    assert _difference(mine, theirs) > 1e-3  # and computes with the copy's weights
