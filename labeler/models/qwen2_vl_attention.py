@@ -33,16 +33,22 @@ from torch import nn
 from transformers.models.qwen2_vl import modeling_qwen2_vl as qwen
 
 
-def segment_runs(cu_seqlens: torch.Tensor) -> list[tuple[int, int]]:
-    """Cumulative segment ends (n + 1,), starting at 0 -> runs of consecutive segments of
-    equal length, as (length, count) in order; e.g. [0, 4, 8, 11] -> [(4, 2), (3, 1)]."""
+def runs_of(lengths: list[int]) -> list[tuple[int, int]]:
+    """Runs of consecutive equal values, as (value, count) in order; e.g. [4, 4, 3] ->
+    [(4, 2), (3, 1)]."""
     runs: list[tuple[int, int]] = []
-    for length in torch.diff(cu_seqlens).tolist():
+    for length in lengths:
         if runs and runs[-1][0] == length:
             runs[-1] = (length, runs[-1][1] + 1)
         else:
             runs.append((length, 1))
     return runs
+
+
+def segment_runs(cu_seqlens: torch.Tensor) -> list[tuple[int, int]]:
+    """Cumulative segment ends (n + 1,), starting at 0 -> runs of consecutive segments of
+    equal length, as (length, count) in order; e.g. [0, 4, 8, 11] -> [(4, 2), (3, 1)]."""
+    return runs_of(torch.diff(cu_seqlens).tolist())
 
 
 class SegmentRunsCache:
@@ -106,8 +112,7 @@ def size_grouping(grid_thw: list[list[int]]) -> list[int] | None:
     (h * w: a segment is one temporal patch) side by side, stable; None when the batch's
     order already does."""
     lengths = [h * w for _, h, w in grid_thw]
-    runs = sum(1 for i, length in enumerate(lengths) if i == 0 or lengths[i - 1] != length)
-    if runs == len(set(lengths)):
+    if len(runs_of(lengths)) == len(set(lengths)):
         return None
     return sorted(range(len(lengths)), key=lengths.__getitem__)
 
@@ -115,8 +120,13 @@ def size_grouping(grid_thw: list[list[int]]) -> list[int] | None:
 def token_order(sizes: list[int], order: list[int]) -> np.ndarray:
     """Rows of a packed sequence whose items have `sizes` rows each, item by item in `order`:
     the gather that packs the items in that order."""
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    return np.concatenate([np.arange(starts[i], starts[i] + sizes[i]) for i in order])
+    sizes = np.asarray(sizes)
+    starts = np.cumsum(sizes) - sizes  # where each item begins in the packed sequence
+    counts = sizes[order]
+    # Row r of the gather lies in the item placed at position p: its source row is r shifted
+    # by (where p begins in the output - where its item begins in the input).
+    shift = np.repeat((np.cumsum(counts) - counts) - starts[order], counts)
+    return np.arange(int(counts.sum())) - shift
 
 
 # Keyword arguments of the tower's forward tied to the order of the batch's patches.

@@ -95,6 +95,12 @@ def test_size_grouping_puts_equal_segment_lengths_side_by_side():
 
 def test_token_order_gathers_items_whole():
     assert token_order([2, 3, 1], [2, 0, 1]).tolist() == [5, 0, 1, 2, 3, 4]
+    rng = np.random.default_rng(3)
+    sizes = rng.integers(1, 20, 50).tolist()
+    order = rng.permutation(50).tolist()
+    starts = np.cumsum([0] + sizes)
+    expected = [row for i in order for row in range(starts[i], starts[i] + sizes[i])]
+    assert token_order(sizes, order).tolist() == expected
 
 
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
