@@ -69,17 +69,7 @@ def profile_case(case: bench.Case, folder: Path, device: torch.device, batch: in
                  compile_model: bool, trace_dir: Path | None) -> dict:
     """One warm-up batch, then one profiled batch of `run_timed`; prints and returns its
     figures."""
-    build = bench.BUILDS[case.build]
-    adapter = bench.load_adapter_class(case.task, build.family)(
-        bench.make_spec(case, build, folder, compile_model=compile_model))
-    adapter.setup(device)
-    if case.new_tokens:  # exactly new_tokens, as the throughput benchmark generates
-        adapter.model.generation_config.min_new_tokens = case.new_tokens
-    if case.task == "detect":  # boxes kept as the throughput benchmark keeps them
-        threshold = bench.owl_threshold(
-            adapter, bench.sample_images(case.image_size, bench.DISTINCT_IMAGES))
-        adapter = adapter.with_spec(bench.make_spec(case, build, folder, threshold,
-                                                    compile_model))
+    adapter = bench.case_adapter(case, folder, device, compile_model)
     images = bench.sample_images(case.image_size, batch)
     adapter.run_timed(images, transformed=False)  # warm-up (and compile)
     on_gpu = device.type == "cuda"

@@ -799,29 +799,38 @@ def run_pipeline(case: Case, adapter, batch: int, workers: int, prefetch: int,
     return results
 
 
-def run_case(case: Case, folder: Path, device: torch.device, batch_sizes, min_seconds: float,
-             min_iters: int, workers: int, prefetch: int, compile_model: bool = False,
-             concurrent_batches: tuple[int, ...] = (1,), pinned: bool = True) -> dict | None:
-    """Set up the case's adapter on `folder`, count its FLOPs, sweep, run the pipeline at
-    the best batch size once per value of concurrent_batches; the best row (with
-    "pipelines": {concurrent_batches: figures}) or None. compile_model: the spec's
-    model.compile (each batch size's warm-up batch compiles its graph). pinned: the
+def case_adapter(case: Case, folder: Path, device: torch.device, compile_model: bool = False,
+                 pinned: bool = True):
+    """The case's adapter on `folder`, set up as a GPU actor's: generating exactly
+    new_tokens; a detector with the threshold that keeps about OWL_BOXES_PER_IMAGE boxes an
+    image over the case's scenes. compile_model: the spec's model.compile. pinned: the
     adapter's pin_pixels (on CUDA, pixels staged in pinned memory before the device turn)."""
     build = BUILDS[case.build]
-    spec = make_spec(case, build, folder, compile_model=compile_model)
-    adapter = load_adapter_class(case.task, build.family)(spec)
+    adapter = load_adapter_class(case.task, build.family)(
+        make_spec(case, build, folder, compile_model=compile_model))
     adapter.setup(device)
     adapter.pin_pixels = pinned  # kept by with_spec's copy below
-    print(f"case={case.name} attn={describe_attention(adapter.model.config)}", flush=True)
     if case.new_tokens:  # exactly new_tokens: the end token is masked until then
         adapter.model.generation_config.min_new_tokens = case.new_tokens
-    first = sample_images(case.image_size, 1)
-    flops, raw = count_flops(adapter, first)
     if case.task == "detect":
         threshold = owl_threshold(adapter, sample_images(case.image_size, DISTINCT_IMAGES))
         adapter = adapter.with_spec(make_spec(case, build, folder, threshold, compile_model))
         print(f"case={case.name} threshold={threshold:.6f} (keeps ~{OWL_BOXES_PER_IMAGE} "
               f"boxes an image over the {DISTINCT_IMAGES} scenes)")
+    return adapter
+
+
+def run_case(case: Case, folder: Path, device: torch.device, batch_sizes, min_seconds: float,
+             min_iters: int, workers: int, prefetch: int, compile_model: bool = False,
+             concurrent_batches: tuple[int, ...] = (1,), pinned: bool = True) -> dict | None:
+    """Set up the case's adapter on `folder`, count its FLOPs, sweep, run the pipeline at
+    the best batch size once per value of concurrent_batches; the best row (with
+    "pipelines": {concurrent_batches: figures}) or None. compile_model and pinned: as
+    case_adapter's (each batch size's warm-up batch compiles its graph)."""
+    adapter = case_adapter(case, folder, device, compile_model, pinned)
+    print(f"case={case.name} attn={describe_attention(adapter.model.config)}", flush=True)
+    first = sample_images(case.image_size, 1)
+    flops, raw = count_flops(adapter, first)
     if case.new_tokens and generated_lengths(case, raw) != {case.new_tokens}:
         raise RuntimeError(f"{case.name}: generated {generated_lengths(case, raw)} tokens, "
                            f"not {case.new_tokens}")
