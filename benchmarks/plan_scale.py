@@ -18,6 +18,10 @@ built but not run.
     .venv/bin/python benchmarks/plan_scale.py
     .venv/bin/python benchmarks/plan_scale.py --sizes 10000,100000 --folder-files 0
     .venv/bin/python benchmarks/plan_scale.py --ray --folder-files 0
+    .venv/bin/python benchmarks/plan_scale.py --sizes 1000000 --folder-files 0 --subset 1000
+
+--subset plans a job of a subset of the inputs (input.subset, `labeler run --subset`): every
+input is listed and hashed, only the subset is sharded and fingerprinted.
 """
 
 from __future__ import annotations
@@ -59,17 +63,19 @@ def peak_rss_kb() -> int:
         return int(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
 
 
-def plan_once(input_path: str, output: str, with_ray: bool) -> dict:
-    """In this process: a dry run of a detect job over `input_path`; with_ray: then the
-    decode dataset of all its inputs on a local Ray, timed apart."""
+def plan_once(input_path: str, output: str, with_ray: bool, subset: dict | None = None) -> dict:
+    """In this process: a dry run of a detect job over `input_path` (of its `subset`, an
+    input.subset, when given); with_ray: then the decode dataset of all its inputs on a
+    local Ray, timed apart."""
     from labeler.config import load_job_spec
     from labeler.jobs.runner import run_job
 
     spec = load_job_spec(None, input=input_path, output=output, task="detect",
-                         family="owlv2", model="m", labels=["cat"])
+                         family="owlv2", model="m", labels=["cat"], subset=subset)
     start = time.perf_counter()
     summary = run_job(spec, progress=False, dry_run=True)
-    result = {"inputs": summary.inputs, "shards": summary.shards,
+    result = {"inputs": summary.inputs, "listed": summary.listed_inputs,
+              "shards": summary.shards,
               "seconds": time.perf_counter() - start,
               "peak_rss_gb": peak_rss_kb() / 1e6}
     if with_ray:
@@ -86,11 +92,19 @@ def plan_once(input_path: str, output: str, with_ray: bool) -> dict:
     return result
 
 
-def measure(kind: str, input_path: str, output: str, with_ray: bool = False) -> dict:
-    command = [sys.executable, __file__, "--child", input_path, output]
-    out = subprocess.run(command + (["--ray"] if with_ray else []), capture_output=True,
-                         text=True, check=True)
+def measure(kind: str, input_path: str, output: str, with_ray: bool = False,
+            subset: str | None = None) -> dict:
+    command = [sys.executable, __file__, "--child", input_path, output,
+               *(["--ray"] if with_ray else []), *(["--subset", subset] if subset else [])]
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"{kind} of {input_path}: {out.stderr.strip().splitlines()[-1]}")
     return {"kind": kind, **json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+def _listed(result: dict) -> int:
+    """The inputs a dry run listed (all of them, with or without a subset)."""
+    return result["listed"] if result["listed"] is not None else result["inputs"]
 
 
 def main() -> None:
@@ -101,10 +115,17 @@ def main() -> None:
                         help="files of the folder case (0: skip it)")
     parser.add_argument("--ray", action="store_true",
                         help="also time the decode dataset of every input on a local Ray")
+    parser.add_argument("--subset", help="plan a subset of the inputs: N, P%% or a fraction "
+                                          "(as labeler run --subset)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ray and args.subset:
+        parser.error("--ray times the decode dataset of every input; leave out --subset")
     if args.child:
-        print(json.dumps(plan_once(*args.child, args.ray)))
+        from labeler.cli import _subset_size
+
+        subset = _subset_size(args.subset) if args.subset else None
+        print(json.dumps(plan_once(*args.child, args.ray, subset)))
         return
 
     print(f"$ {shlex.join([sys.executable, *sys.argv])}")
@@ -115,22 +136,24 @@ def main() -> None:
             manifest = tmp / f"manifest-{size}.parquet"
             write_manifest(manifest, size)
             results.append(measure("manifest", str(manifest), str(tmp / f"out-{size}"),
-                                   args.ray))
+                                   args.ray, args.subset))
         if args.folder_files:
             folder = tmp / "images"
             write_folder(folder, args.folder_files)
-            results.append(measure("folder", str(folder), str(tmp / "out-folder")))
+            results.append(measure("folder", str(folder), str(tmp / "out-folder"),
+                                   subset=args.subset))
     for r in results:
-        print(f"  {r['kind']:8s} {r['inputs']:>9d} inputs {r['shards']:>6d} shards  "
-              f"{r['seconds']:7.2f} s  {r['seconds'] / r['inputs'] * 1e6:6.1f} us/input  "
+        listed = f" of {r['listed']:>9d}" if r["listed"] is not None else ""
+        print(f"  {r['kind']:8s} {r['inputs']:>9d}{listed} inputs {r['shards']:>6d} shards  "
+              f"{r['seconds']:7.2f} s  {r['seconds'] / _listed(r) * 1e6:6.1f} us/input listed  "
               f"peak RSS {r['peak_rss_gb']:.2f} GB"
               + (f"; then the decode dataset {r['dataset_seconds']:.1f} s"
                  if "dataset_seconds" in r else ""))
     manifests = [r for r in results if r["kind"] == "manifest"]
     if len(manifests) > 1:
         small, large = manifests[0], manifests[-1]
-        ratio = (large["seconds"] / large["inputs"]) / (small["seconds"] / small["inputs"])
-        print(f"per-input time at {large['inputs']} vs {small['inputs']} inputs: {ratio:.2f}x "
+        ratio = (large["seconds"] / _listed(large)) / (small["seconds"] / _listed(small))
+        print(f"per-input time at {_listed(large)} vs {_listed(small)} inputs: {ratio:.2f}x "
               f"(1.0: linear)")
 
 

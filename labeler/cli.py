@@ -37,6 +37,20 @@ def _box(text: str) -> list[float]:
     return box
 
 
+def _subset_size(text: str) -> dict:
+    """'500' -> {"count": 500}; '1%' -> {"fraction": 0.01}; '0.01' -> {"fraction": 0.01}."""
+    value = text.strip()
+    try:
+        if value.endswith("%"):
+            return {"fraction": float(value[:-1]) / 100}
+        if value.isdigit():
+            return {"count": int(value)}
+        return {"fraction": float(value)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a number of inputs (500), a percentage (1%) or a fraction (0.01)") from None
+
+
 def _label_and_text(text: str) -> tuple[str, str]:
     """"LABEL=TEXT" -> (label, text), both stripped."""
     label, sep, value = text.partition("=")
@@ -138,6 +152,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                         "the others are postprocessed (default: 2 for OWLv2 with a GPU, "
                         "else 1)")
     p.add_argument("--max-pixels", type=int, help="refuse images with more pixels")
+    p.add_argument("--subset", type=_subset_size, metavar="N|P%%|F",
+                   help="label a reproducible random subset only: N inputs, P percent or a "
+                        "fraction F of them (a trial run; a larger one holds the smaller)")
+    p.add_argument("--subset-seed", type=int, help="another seed draws another subset (0)")
     video = p.add_argument_group("video (--media video)")
     video.add_argument("--media", choices=["image", "video"], help="what the input holds")
     video.add_argument("--sample-fps", type=float, help="frames per second (default 1)")

@@ -532,6 +532,27 @@ class ClipSpec(_Strict):
                                                   "most this many pixels (memory per clip)")
 
 
+class SubsetSpec(_Strict):
+    """A reproducible random subset of the inputs (labeler.sources.subset): `count` inputs,
+    or about `fraction` of them, chosen by a hash of each input's id and `seed`. The same
+    subset on every run; a larger one with the same seed holds the smaller."""
+
+    count: int | None = Field(None, ge=1, description="this many inputs (all, if fewer)")
+    fraction: float | None = Field(None, gt=0, le=1, description="about this share of inputs")
+    seed: int = Field(0, ge=0, description="another seed draws another subset")
+
+    @model_validator(mode="after")
+    def _one_size(self) -> "SubsetSpec":
+        if (self.count is None) == (self.fraction is None):
+            raise ValueError("give the subset's count or its fraction (one of them), e.g. "
+                             "{count: 500} or --subset 500, {fraction: 0.01} or --subset 1%")
+        return self
+
+    def describe(self) -> str:
+        size = f"count {self.count}" if self.count is not None else f"fraction {self.fraction:g}"
+        return f"{size}, seed {self.seed}"
+
+
 class InputSpec(_Strict):
     """What to label: a folder (searched recursively), a glob, an s3:// prefix or a manifest
     of image files, or of video files with media: video."""
@@ -549,6 +570,9 @@ class InputSpec(_Strict):
     decode_min_side: int | None = Field(1008, ge=1)
     files_per_shard: int | None = Field(
         None, ge=1, description="inputs per output Parquet file (default: 256 images, 4 videos)")
+    subset: SubsetSpec | None = Field(
+        None, description="label only a reproducible random subset of the inputs (videos, "
+        "with media: video): a trial before the whole set")
 
     @field_validator("path")
     @classmethod
@@ -686,6 +710,7 @@ TASK_FLAGS = {"task": ("task",), "family": ("model", "family"), "model": ("model
 JOB_FLAGS = {"input": ("input", "path"), "output": ("output", "path"),
              "overwrite": ("output", "overwrite"), "retry_errors": ("output", "retry_errors"),
              "max_pixels": ("input", "max_pixels"),
+             "subset": ("input", "subset"), "subset_seed": ("input", "subset", "seed"),
              "ray_address": ("ray", "address"), "media": ("input", "media"),
              "sample_fps": ("input", "sampling", "fps"),
              "every_n_frames": ("input", "sampling", "every_n_frames"),
@@ -721,6 +746,9 @@ def merge_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
             for task in _flag_tasks(raw):
                 if value and not task.get("track"):
                     task["track"] = {}
+        elif flag == "subset":
+            # --subset sets the size ({count} or {fraction}), keeping the spec's seed.
+            _set(raw, JOB_FLAGS[flag], {**_subset_seed(raw), **value})
         elif flag in JOB_FLAGS:
             _set(raw, JOB_FLAGS[flag], value)
         elif flag in TASK_FLAGS:
@@ -729,6 +757,12 @@ def merge_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
         else:
             raise KeyError(f"unknown override {flag!r}")
     return raw
+
+
+def _subset_seed(raw: dict) -> dict:
+    """{"seed": the spec's input.subset.seed}, or {} when it sets none."""
+    subset = (raw.get("input") or {}).get("subset") if isinstance(raw.get("input"), dict) else None
+    return {"seed": subset["seed"]} if isinstance(subset, dict) and "seed" in subset else {}
 
 
 def _flag_tasks(raw: dict) -> list[dict]:

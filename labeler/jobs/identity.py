@@ -29,6 +29,7 @@ TASK_FIELDS_AFTER_V2 = frozenset({"queries", "label_thresholds", "templates", "n
                                   "max_detections", "tiles", "track", "query_box",
                                   "examples"})
 SAMPLING_FIELDS_AFTER_V2 = frozenset({"min_change"})
+INPUT_FIELDS_AFTER_V2 = frozenset({"subset"})
 # A task's fields that say how it runs, not what it writes: never part of an identity.
 HOW_A_TASK_RUNS = {"resources": True, "model": {"compile": True}}
 
@@ -64,8 +65,11 @@ def legacy_fingerprint(spec: JobSpec, inputs: list) -> str:
     """The fingerprint outputs written before IDENTITY_VERSION 2 hold (every task field,
     defaults included, and the input list itself), so that they still resume."""
     shaping = {
-        "input": {**spec.input.model_dump(exclude={"path": True, "sampling": _newer_defaults(
-                      spec.input.sampling, SAMPLING_FIELDS_AFTER_V2)}),
+        "input": {**spec.input.model_dump(exclude={
+                      "path": True,
+                      **dict.fromkeys(_newer_defaults(spec.input, INPUT_FIELDS_AFTER_V2), True),
+                      "sampling": _newer_defaults(spec.input.sampling,
+                                                  SAMPLING_FIELDS_AFTER_V2)}),
                   "files_per_shard": spec.input.effective_files_per_shard},
         "tasks": [t.model_dump(exclude={**HOW_A_TASK_RUNS, **dict.fromkeys(
                       _newer_defaults(t, TASK_FIELDS_AFTER_V2), True)}) for t in spec.tasks],

@@ -68,6 +68,8 @@ class JobSummary:
     rows: int = 0
     errors: int = 0
     skipped_inputs: int = 0  # already committed by an earlier run of the same job
+    listed_inputs: int | None = None  # listed before input.subset chose `inputs` of them
+    subset: str | None = None  # input.subset, described ("count 500, seed 0")
     retried_inputs: int = 0  # had error rows in an earlier run, labeled again (retry_errors)
     ray_start_s: float = 0.0
     first_result_s: float = 0.0  # after Ray start: model load + the first batch
@@ -96,8 +98,8 @@ class JobSummary:
         inputs = "videos" if self.media == "video" else "inputs"
         retried = f", {self.retried_inputs} retried" if self.retried_inputs else ""
         return [
-            f"rows: {self.rows} ({self.inputs} {inputs}, {self.skipped_inputs} already done"
-            f"{retried}), errors: {self.errors}",
+            f"rows: {self.rows} ({self.inputs} {inputs}{self._of_listed()}, "
+            f"{self.skipped_inputs} already done{retried}), errors: {self.errors}",
             *([f"skipped {self.unchanged_frames} sampled frames that changed less than "
                f"min_change {self.min_change:g} (no row)"] if self.min_change is not None
               else []),
@@ -110,6 +112,12 @@ class JobSummary:
             *(line for report in self.reports.values() for line in report_lines(report)),
             f"output: {self.output}",
         ]
+
+    def _of_listed(self) -> str:
+        """' of N listed (subset ...)' when input.subset chose the inputs, else ''."""
+        if self.listed_inputs is None:
+            return ""
+        return f" of {self.listed_inputs} listed (subset {self.subset})"
 
     def plan_lines(self) -> list[str]:
         """What a dry run prints: the inputs, what is left to label, the tasks, the output."""
@@ -125,7 +133,7 @@ class JobSummary:
             state = "nothing committed yet"
         return [
             "dry run: nothing was labeled or written",
-            f"inputs: {self.inputs} {inputs} in {self.shards} shards",
+            f"inputs: {self.inputs} {inputs}{self._of_listed()} in {self.shards} shards",
             f"to label: {to_label} {inputs} ({self.skipped_inputs} already done{retried})",
             *(f"task {line}" for line in self.tasks),
             f"output: {self.output} ({state})",
@@ -249,10 +257,14 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
     (what is left to label, `summary.dry_run`), then return: no Ray, nothing written."""
     started = time.perf_counter()
     media = spec.input.media
-    plan = plan_source(spec.input.path, spec.input.effective_files_per_shard, media)
+    plan = plan_source(spec.input.path, spec.input.effective_files_per_shard, media,
+                       subset=spec.input.subset)
     items = plan.items
     if not items:
-        raise SpecError(f"input.path: no {media} files found under {spec.input.path!r}")
+        raise SpecError(f"input.path: no {media} files found under {spec.input.path!r}"
+                        if not plan.listed else
+                        f"input.subset: chose none of the {plan.listed} inputs under "
+                        f"{spec.input.path!r}; give a larger count or fraction")
     expected: dict[int, int] = {}
     for item in items:
         expected[item.shard] = expected.get(item.shard, 0) + 1
@@ -286,6 +298,8 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
         if with_examples:
             row[EXAMPLES_COLUMN] = examples_text(item.metadata.get(EXAMPLES_COLUMN))
     summary = JobSummary(output=sink.uri, inputs=len(items), media=media, unit=_unit(spec),
+                         listed_inputs=plan.listed,
+                         subset=spec.input.subset.describe() if spec.input.subset else None,
                          skipped_inputs=len(items) - len(todo),
                          retried_inputs=sum(len(ids) for ids in retrying.values()),
                          min_change=(spec.input.sampling.min_change

@@ -14,10 +14,11 @@ from __future__ import annotations
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 
-from labeler.config import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from labeler.config import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, SpecError, SubsetSpec
 from labeler.sources.files import list_files, relative_id, select_images, select_videos
-from labeler.sources.items import InputItem, InputPlan, assign_shards
+from labeler.sources.items import InputItem, InputPlan, assign_shards, check_unique_ids
 from labeler.sources.manifest import is_manifest, manifest_samples
+from labeler.sources.subset import choose_subset
 from labeler.sources.webdataset import is_tar, tar_samples
 from labeler.storage import read_bytes, storage_error
 
@@ -28,31 +29,54 @@ CAPTION_READERS = 16
 __all__ = ["InputItem", "InputPlan", "plan_source"]
 
 
-def plan_source(path: str, files_per_shard: int, media: str = "image") -> InputPlan:
+def plan_source(path: str, files_per_shard: int, media: str = "image",
+                subset: SubsetSpec | None = None) -> InputPlan:
     """Every input of `path` with a stable id and its shard number, in a deterministic order
     (sorted files; tar members and manifest rows in their stored order). media: "image" or
-    "video", which files of a listing are inputs (a manifest's rows are, either way)."""
+    "video", which files of a listing are inputs (a manifest's rows are, either way).
+    subset: keep only its inputs (labeler.sources.subset), in the same order, before shards
+    are numbered; `listed` then says how many there were."""
     root, files = list_files(path)
     manifests = [f for f in files if is_manifest(f)]
+    files_beside: set[str] = set()  # listed input files, which a .txt beside may caption
     if manifests and len(manifests) == len(files):
         entries = [e for m in manifests for e in manifest_samples(m)]
     else:
         video = media == "video"
         wanted = set((select_videos if video else select_images)(path, files))
-        captions = sidecar_captions(files, wanted)
         entries = []
         for uri in files:
             if uri in wanted:
-                meta = {"caption": captions[uri]} if uri in captions else {}
-                entries.append((relative_id(root, uri), uri, None, meta))
+                entries.append((relative_id(root, uri), uri, None, {}))
             elif is_tar(uri):
                 entries.extend(tar_samples(uri, relative_id(root, uri),
                                            VIDEO_EXTENSIONS if video else IMAGE_EXTENSIONS))
-    try:
-        return assign_shards(entries, files_per_shard)
-    except ValueError as err:
-        from labeler.config import SpecError
+        files_beside = wanted
+    listed = None
+    if subset is not None:
+        _check(check_unique_ids, entries, path)  # in all of them, as the whole job would
+        listed = len(entries)
+        chosen = choose_subset([e[0] for e in entries], count=subset.count,
+                               fraction=subset.fraction, seed=subset.seed)
+        entries = [entries[k] for k in chosen]
+    if files_beside:
+        # After the subset: on S3 each caption is a GET, and a trial of 500 inputs should
+        # not read a million of them.
+        captions = sidecar_captions(files, {uri for _, uri, _, _ in entries
+                                            if uri in files_beside})
+        for _, uri, _, meta in entries:
+            if uri in captions:
+                meta["caption"] = captions[uri]
+    plan = _check(assign_shards, entries, path, files_per_shard)
+    plan.listed = listed
+    return plan
 
+
+def _check(function, entries: list, path: str, *args):
+    """function(entries, *args), its ValueError raised as a SpecError naming input.path."""
+    try:
+        return function(entries, *args)
+    except ValueError as err:
         raise SpecError(f"input.path: {err} (in {path})") from None
 
 

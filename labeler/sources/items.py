@@ -39,6 +39,7 @@ class InputPlan:
 
     items: list[InputItem]
     metadata: pa.Table | None = None
+    listed: int | None = None  # inputs listed before input.subset chose these; None: all
 
     @property
     def has_prompts(self) -> bool:
@@ -48,15 +49,20 @@ class InputPlan:
 def assign_shards(entries: list[tuple[str, str, str | None, dict]],
                   files_per_shard: int) -> InputPlan:
     """(id, uri, prompt, metadata) in listing order -> an InputPlan; ids must be unique."""
+    check_unique_ids(entries)
+    items = [InputItem(id=id_, uri=uri, shard=i // files_per_shard, prompt=prompt,
+                       metadata=meta)
+             for i, (id_, uri, prompt, meta) in enumerate(entries)]
+    return InputPlan(items, metadata_table(items))
+
+
+def check_unique_ids(entries: list[tuple[str, str, str | None, dict]]) -> None:
+    """ValueError naming the first id that (id, uri, prompt, metadata) entries repeat."""
     seen: set[str] = set()
     for id_, *_ in entries:
         if id_ in seen:
             raise ValueError(f"input id {id_!r} appears twice; ids must be unique")
         seen.add(id_)
-    items = [InputItem(id=id_, uri=uri, shard=i // files_per_shard, prompt=prompt,
-                       metadata=meta)
-             for i, (id_, uri, prompt, meta) in enumerate(entries)]
-    return InputPlan(items, metadata_table(items))
 
 
 def metadata_table(items: list[InputItem]) -> pa.Table | None:

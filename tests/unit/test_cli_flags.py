@@ -55,6 +55,7 @@ def test_run_flags_replace_the_spec_files_mapping(tmp_path):
      "argument --label-threshold: 'car=high': the score after '=' must be a number"),
     (["--tiles", "3by2"], "argument --tiles: '3by2': give COLUMNSxROWS, e.g. 2x2 or 3x2"),
     (["--tiles", "x2"], "argument --tiles: 'x2': give COLUMNSxROWS"),
+    (["--subset", "some"], "argument --subset: 'some': a number of inputs (500), a percentage"),
 ])
 def test_malformed_pairs_exit_2_naming_the_flag(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -70,6 +71,19 @@ def test_pairs_the_spec_refuses_name_the_field(tmp_path):
         _run_spec(tmp_path, "--labels", "car", "--query", "bike=bicycle")
     with pytest.raises(SpecError, match=r"tasks\.0\.label_thresholds\.car"):
         _run_spec(tmp_path, "--labels", "car", "--label-threshold", "car=1.5")
+
+
+@pytest.mark.parametrize(("value", "count", "fraction"), [
+    ("500", 500, None), ("2.5%", None, 0.025), ("0.01", None, 0.01), ("1.0", None, 1.0)])
+def test_subset_flag_takes_a_count_a_percentage_or_a_fraction(tmp_path, value, count, fraction):
+    subset = _run_spec(tmp_path, "--labels", "car", "--subset", value,
+                       "--subset-seed", "4").input.subset
+    assert (subset.count, subset.fraction, subset.seed) == (count, fraction, 4)
+
+
+def test_a_subset_over_the_whole_names_the_field(tmp_path):
+    with pytest.raises(SpecError, match=r"input\.subset\.fraction: .*less than or equal to 1"):
+        _run_spec(tmp_path, "--labels", "car", "--subset", "150%")
 
 
 def test_serve_flags_reach_the_served_model():
