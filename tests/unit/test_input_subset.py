@@ -119,3 +119,28 @@ def test_a_repeated_id_is_refused_even_outside_the_subset(tmp_path):
     assert "3" not in _chosen([str(k) for k in range(30)], count=2)  # outside it
     with pytest.raises(SpecError, match="input.path: input id '3' appears twice"):
         plan_source(str(tmp_path / "m.jsonl"), 4, subset=subset)
+
+
+def test_a_video_jobs_subset_is_of_videos_and_the_tars_members_count_as_inputs(tmp_path):
+    import tarfile
+
+    for k in range(12):
+        (tmp_path / f"v{k:02d}.mp4").write_bytes(b"x")
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        for k in range(8):
+            (tmp_path / f"m{k}.mp4").write_bytes(b"y")
+            tar.add(tmp_path / f"m{k}.mp4", arcname=f"m{k}.mp4")
+            (tmp_path / f"m{k}.mp4").unlink()
+    subset = _spec(tmp_path, subset={"fraction": 0.5}).input.subset
+    whole = plan_source(str(tmp_path), 4, media="video")
+    captioned = next(i.id for i in whole.items
+                     if i.id in _chosen([i.id for i in whole.items], fraction=0.5)
+                     and not i.id.startswith("shard.tar/"))
+    (tmp_path / captioned.replace(".mp4", ".txt")).write_text("a cat")
+    plan = plan_source(str(tmp_path), 4, media="video", subset=subset)
+    assert plan.listed == len(whole.items) == 20
+    assert {i.id for i in plan.items} == _chosen([i.id for i in whole.items], fraction=0.5)
+    assert any(i.id.startswith("shard.tar/") for i in plan.items)
+    captions = {i.id: i.metadata.get("caption") for i in plan.items}
+    assert captions[captioned] == "a cat"
+    assert sum(caption is not None for caption in captions.values()) == 1
