@@ -106,12 +106,24 @@ class JobSummary:
             f"throughput: {steady} "
             f"(ray start {self.ray_start_s:.1f}s, model load + first batch {self.first_result_s:.1f}s, "
             f"wall {self.wall_s:.1f}s)",
+            *self._whole_input_estimate(),
             *(f"  error x{n}: {reason}" for reason, n in sorted(self.error_reasons.items())[:10]),
             *(f"tracks: {n} in task {task}'s videos labeled in this run"
               for task, n in self.tracks.items()),
             *(line for report in self.reports.values() for line in report_lines(report)),
             f"output: {self.output}",
         ]
+
+    def _whole_input_estimate(self) -> list[str]:
+        """After a subset run with a steady rate: how long every listed input would take at
+        it, on the same resources ([] otherwise). A video's rows per video are this run's."""
+        labeled = self.inputs - self.skipped_inputs
+        if self.listed_inputs is None or not self.steady_images_per_s or not labeled:
+            return []
+        seconds = self.listed_inputs * (self.rows / labeled) / self.steady_images_per_s
+        inputs = "videos" if self.media == "video" else "inputs"
+        return [f"all {self.listed_inputs} listed {inputs} at this rate: about "
+                f"{_duration(seconds)} (the same resources; add the model load)"]
 
     def _of_listed(self) -> str:
         """' of N listed (subset ...)' when input.subset chose the inputs, else ''."""
@@ -138,6 +150,17 @@ class JobSummary:
             *(f"task {line}" for line in self.tasks),
             f"output: {self.output} ({state})",
         ]
+
+
+def _duration(seconds: float) -> str:
+    """A duration for a person: '40 s', '12 min', '3.5 h', '2.1 days'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
 
 
 def _task_line(task: TaskSpec) -> str:

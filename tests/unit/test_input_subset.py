@@ -144,3 +144,28 @@ def test_a_video_jobs_subset_is_of_videos_and_the_tars_members_count_as_inputs(t
     captions = {i.id: i.metadata.get("caption") for i in plan.items}
     assert captions[captioned] == "a cat"
     assert sum(caption is not None for caption in captions.values()) == 1
+
+
+def test_a_subset_runs_summary_estimates_the_whole_input_at_its_steady_rate():
+    from labeler.jobs.runner import JobSummary
+
+    # Two tasks: 1,000 rows of 500 images at 40 rows/s is 20 images/s, 120,000 in 6,000 s.
+    summary = JobSummary(output="o", inputs=500, rows=1000, listed_inputs=120_000,
+                         subset="count 500, seed 0", steady_images_per_s=40.0)
+    lines = summary.lines()
+    assert lines[0] == ("rows: 1000 (500 inputs of 120000 listed (subset count 500, seed 0), "
+                        "0 already done), errors: 0")
+    assert "all 120000 listed inputs at this rate: about 1.7 h (the same resources; add the " \
+        "model load)" in lines
+    # Videos: this run's frames per video. 4 videos gave 400 frames at 20 frames/s: 100,000
+    # frames of 1,000 videos in 5,000 s.
+    video = JobSummary(output="o", inputs=4, media="video", unit="frames", rows=400,
+                       listed_inputs=1_000, subset="count 4, seed 0", steady_images_per_s=20.0)
+    assert "all 1000 listed videos at this rate: about 83 min (the same resources; add the " \
+        "model load)" in video.lines()
+    # No estimate without a steady rate, when nothing was labeled, or without a subset.
+    for quiet in (JobSummary(output="o", inputs=5, rows=5, listed_inputs=9),
+                  JobSummary(output="o", inputs=5, rows=0, skipped_inputs=5, listed_inputs=9,
+                             steady_images_per_s=3.0),
+                  JobSummary(output="o", inputs=5, rows=5, steady_images_per_s=3.0)):
+        assert not any("at this rate" in line for line in quiet.lines())
