@@ -145,7 +145,8 @@ class JobSummary:
             state = "nothing committed yet"
         return [
             "dry run: nothing was labeled or written",
-            f"inputs: {self.inputs} {inputs}{self._of_listed()} in {self.shards} shards",
+            f"inputs: {self.inputs} {inputs}{self._of_listed()} in {self.shards} "
+            f"shard{'' if self.shards == 1 else 's'}",
             f"to label: {to_label} {inputs} ({self.skipped_inputs} already done{retried})",
             *(f"task {line}" for line in self.tasks),
             f"output: {self.output} ({state})",

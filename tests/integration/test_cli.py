@@ -63,7 +63,7 @@ def test_dry_run_plans_without_writing(tmp_path, tiny_owlv2, capsys):
     fresh = dry_run()
     assert not out.exists()
     assert "dry run: nothing was labeled or written" in fresh
-    assert "inputs: 7 inputs in 1 shards" in fresh
+    assert "inputs: 7 inputs in 1 shard\n" in fresh
     assert "to label: 7 inputs (0 already done)" in fresh
     assert (f"task detect: detect with owlv2 {tiny_owlv2}, batch 4, 1 actor(s) x 1 CPU 0 GPU"
             in fresh)
