@@ -774,12 +774,13 @@ def _flag_tasks(raw: dict) -> list[dict]:
 
 
 def format_validation_error(err: ValidationError) -> str:
-    """One line per problem: `field.path: message`."""
+    """One line per problem: `field.path: message`, or the message alone when it is about
+    the whole (a check across fields, whose message names them)."""
     lines = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "spec"
+        where = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{where}: {msg}")
+        lines.append(f"{where}: {msg}" if where else msg)
     return "invalid job spec:\n  " + "\n  ".join(lines)
 
 

@@ -81,10 +81,12 @@ def decode_image(data: bytes, max_pixels: int, decode_min_side: int | None = Non
         raise MediaError(
             f"image has {raw_w}x{raw_h} = {raw_w * raw_h} pixels, over the limit of {max_pixels}"
         )
-    orientation = img.getexif().get(0x0112, 1)
-    width, height = (raw_h, raw_w) if orientation in _TRANSPOSED_ORIENTATIONS else (raw_w, raw_h)
-
     try:
+        # A PNG's EXIF may follow its image data: reading it loads the image, which for a
+        # truncated file fails here.
+        orientation = img.getexif().get(0x0112, 1)
+        width, height = ((raw_h, raw_w) if orientation in _TRANSPOSED_ORIENTATIONS
+                         else (raw_w, raw_h))
         if decode_min_side and img.format == "JPEG":
             img.draft("RGB", _draft_request(raw_w, raw_h, decode_min_side))
         img.load()

@@ -45,6 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from labeler import registry
 from labeler.config import (TRACKED_TASKS, ClipSpec, TrackingSpec, decode_side_for_tasks,
                             format_validation_error)
+from labeler.export.rows import BOX_TASKS
 from labeler.fusion.records import (FUSED_KINDS, FusionSpec, RecordFuser, distinct_names,
                                     fused_kind)
 from labeler.fusion.wbf import FusionCount
@@ -109,6 +110,15 @@ async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
 async def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
     where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
     return _error(422, f"invalid request: {where}")
+
+
+# The module's functions that Ingress calls are defined before it: a replica built from the
+# class decorated by serve.ingress did not find one defined after it (NameError).
+def _fills_label_config(task: str, config) -> bool:
+    """Whether a task's records fill a control of an image label_config
+    (labeler.serve.formats.label_studio_prediction: boxes, or OCR lines)."""
+    return bool((config.rectangle and task in BOX_TASKS)
+                or ((config.polygon or config.textarea) and task == "ocr"))
 
 
 def _record_fuser(spec: FusionSpec, sources: list[ServedModel]) -> RecordFuser:
@@ -598,6 +608,11 @@ class Ingress:
             raise ApiError(422, "label_config has no RectangleLabels, VideoRectangle, Polygon or "
                                 "TextArea to fill")
         served = self._image_model(self._served_for(wanted if model is None else None, model))
+        if not (config.video_rectangle or _fills_label_config(served.task, config)):
+            raise ApiError(422, f"model {served.served_name!r} does task {served.task!r}, "
+                                f"whose records fill no control of this label_config: a "
+                                f"RectangleLabels takes the boxes of {', '.join(BOX_TASKS)}; "
+                                f"a Polygon or TextArea the lines of ocr")
         labels = config.labels if served.task == "detect" and config.labels else None
         # Drawn boxes are in percent here; _ls_task makes them pixels of the decoded image.
         examples = [ExampleBox(label=label, box=box) for label, box in drawn or ()]
@@ -646,17 +661,23 @@ class Ingress:
         """One image task's prediction; drawn: the boxes the user drew on it (percent), the
         model's examples."""
         url = self._ls_url(config.image_key, i, task)
-        if url.startswith("data:"):
-            decoded, decode_ms = await self._image(decode_base64(url), None, [served])
-        else:
-            decoded, decode_ms = await self._image(None, url, [served])
-        if drawn:
-            params = {**params, "examples": tuple(
-                Example(label, percent_to_pixels(box, decoded.width, decoded.height))
-                for label, box in drawn)}
-            check_example_boxes(params["examples"], decoded.width, decoded.height, "context: ")
-        record = await self._run(served, decoded, decode_ms, str(task.get("id", i)),
-                                 url[:200], params)  # 200 chars: data: URLs can be megabytes
+        try:
+            if url.startswith("data:"):
+                decoded, decode_ms = await self._image(decode_base64(url), None, [served])
+            else:
+                decoded, decode_ms = await self._image(None, url, [served])
+            if drawn:
+                params = {**params, "examples": tuple(
+                    Example(label, percent_to_pixels(box, decoded.width, decoded.height))
+                    for label, box in drawn)}
+                check_example_boxes(params["examples"], decoded.width, decoded.height,
+                                    "context: ")
+            record = await self._run(served, decoded, decode_ms, str(task.get("id", i)),
+                                     url[:200], params)  # 200 chars: data: URLs are long
+        except ApiError as err:
+            raise ApiError(err.status, f"tasks.{i}: {err.message}", err.headers) from None
+        if record["error"]:
+            raise ApiError(500, f"tasks.{i}: {record['error']}")
         version = model_version(served.model.family, served.model.source,
                                 record["model_revision"])
         return label_studio_prediction(record, config, version)

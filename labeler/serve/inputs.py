@@ -14,7 +14,8 @@ import binascii
 import json
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, ValidationError,
+                      model_validator)
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
@@ -60,22 +61,45 @@ class Params(BaseModel):
         None, description="the image `examples` are drawn on, as an https:// or s3:// URI")
 
 
-class ImageRequest(Params):
-    """One image for one task."""
+class ImageSource(BaseModel):
+    """Where a request's image comes from: exactly one of image and uri (or an upload)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     image: str | None = Field(None, description="the image file's bytes, base64 (or a data: URL)")
     uri: str | None = Field(None, description="https:// or s3:// URI, within the server's allow lists")
     id: str | None = Field(None, description="your id for the image, echoed in the record")
 
 
+class ImageRequest(ImageSource, Params):
+    """One image for one task."""
+
+
 class TaskParams(Params):
     task: str | None = Field(None, description="task; default: the named model's task")
 
 
-class AnnotateRequest(ImageRequest):
-    """One image for several tasks (each entry picks a model and its parameters)."""
+# Entries of one /v1/annotate request: each is a request to a model's queue, so a request of
+# many could fill a queue on its own (a 503 that no retry cures).
+MAX_ANNOTATE_TASKS = 32
 
-    tasks: list[TaskParams] = Field(min_length=1)
+
+class AnnotateRequest(ImageSource):
+    """One image for several tasks. Each entry picks a model and its parameters; there are
+    no parameters outside them (an unknown field, 422, rather than one silently unused)."""
+
+    tasks: list[TaskParams] = Field(min_length=1, max_length=MAX_ANNOTATE_TASKS)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parameters_in_entries(cls, fields):
+        misplaced = [name for name in Params.model_fields if isinstance(fields, dict)
+                     and name in fields]
+        if misplaced:
+            raise ValueError(f"{', '.join(misplaced)}: a task's parameters go in its entry of "
+                             f"tasks (tasks: [{{\"model\": ..., \"{misplaced[0]}\": ...}}]), "
+                             f"not beside tasks")
+        return fields
     fuse: FusionSpec | None = Field(
         None, description="the box tasks' boxes fused into one record, `fused` in the "
                           "response, as `labeler fuse` fuses a job's tasks (weighted boxes "
@@ -138,6 +162,10 @@ async def parse_request(request: Request, model: type[BaseModel], max_bytes: int
         fields: dict = {}
         for key in form:
             values = form.getlist(key)
+            if len(values) > 1 and key != "labels":
+                # Only the first would be used: a second image or threshold silently ignored.
+                raise ApiError(422, f"{key}: sent {len(values)} times; send it once (only "
+                                    f"labels may repeat; one {file_field} per request)")
             if key == file_field and isinstance(values[0], UploadFile):
                 upload, filename = await values[0].read(), values[0].filename
             elif key in _EXTRA_FILE_FIELDS and isinstance(values[0], UploadFile):
@@ -171,7 +199,7 @@ async def parse_request(request: Request, model: type[BaseModel], max_bytes: int
     return parsed, upload, filename
 
 
-def image_bytes_or_uri(req: ImageRequest, upload: bytes | None) -> tuple[bytes | None, str | None]:
+def image_bytes_or_uri(req: ImageSource, upload: bytes | None) -> tuple[bytes | None, str | None]:
     """(bytes, None) for an upload or base64, (None, uri) for a uri; 422 unless exactly one."""
     return bytes_or_uri(req.image, req.uri, upload, "image")
 

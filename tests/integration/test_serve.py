@@ -436,6 +436,16 @@ def _png(width: int, height: int) -> bytes:
     ("fuse min models", 422, "fuse.min_models: 3 is more than the 2 tasks fused"),
     ("fuse iou", 422, "fuse.iou: Input should be less than 1"),
     ("fuse unknown field", 422, "fuse.method: Extra inputs are not permitted"),
+    ("truncated png", 422, "corrupt image data"),
+    ("two images", 422, "image: sent 2 times; send it once"),
+    ("a field twice", 422, "threshold: sent 2 times; send it once"),
+    ("annotate parameters beside tasks", 422,
+     "labels, threshold: a task's parameters go in its entry of tasks"),
+    ("annotate too many tasks", 422, "tasks: List should have at most 32 items"),
+    ("label studio task undecodable", 422,
+     "tasks.1: image cannot be used: corrupt image data"),
+    ("label studio model fills nothing", 422,
+     "model 'detector' does task 'detect', whose records fill no control of this label_config"),
     ("body too large", 413, f"over the limit of {MAX_BODY}"),
     ("body too large, chunked", 413, f"over the limit of {MAX_BODY} bytes"),
 ])
@@ -445,6 +455,15 @@ def test_bad_input_gets_a_clear_4xx(url, http, image_files, case, status, messag
 
     def _annotate(**fields):
         return http.post(f"{url}/v1/annotate", json={"image": good, **fields})
+
+    def _data_url(data: bytes) -> str:
+        return "data:image/jpeg;base64," + base64.b64encode(data).decode()
+
+    png = _png(120, 90)
+    ls_boxes = ('<View><Image name="img" value="$photo"/><RectangleLabels name="box" '
+                'toName="img"><Label value="car"/></RectangleLabels></View>')
+    ls_ocr = ('<View><Image name="img" value="$photo"/><Polygon name="poly" toName="img"/>'
+              '<TextArea name="text" toName="img"/></View>')
 
     send = {
         "malformed json": lambda: http.post(f"{url}/v1/detect", data=b'{"image": ',
@@ -477,6 +496,20 @@ def test_bad_input_gets_a_clear_4xx(url, http, image_files, case, status, messag
         "fuse min models": lambda: _annotate(tasks=FUSED_TASKS, fuse={"min_models": 3}),
         "fuse iou": lambda: _annotate(tasks=FUSED_TASKS, fuse={"iou": 2}),
         "fuse unknown field": lambda: _annotate(tasks=FUSED_TASKS, fuse={"method": "nms"}),
+        "truncated png": lambda: _detect(http, url, png[: len(png) // 2], "cut.png"),
+        "two images": lambda: http.post(f"{url}/v1/detect", files=[
+            ("image", ("a.jpg", jpeg)), ("image", ("b.jpg", jpeg))]),
+        "a field twice": lambda: http.post(f"{url}/v1/detect", files={"image": ("a.jpg", jpeg)},
+                                           data=[("threshold", "0.2"), ("threshold", "0.9")]),
+        "annotate parameters beside tasks": lambda: _annotate(
+            tasks=[{"model": "detector"}], labels=["zebra"], threshold=0.99),
+        "annotate too many tasks": lambda: _annotate(tasks=[{"model": "detector"}] * 33),
+        "label studio task undecodable": lambda: http.post(f"{url}/predict", json={
+            "label_config": ls_boxes, "tasks": [{"data": {"photo": _data_url(jpeg)}},
+                                                {"data": {"photo": _data_url(jpeg[: len(jpeg) // 3])}}]}),
+        "label studio model fills nothing": lambda: http.post(
+            f"{url}/predict?model=detector", json={
+                "label_config": ls_ocr, "tasks": [{"data": {"photo": _data_url(jpeg)}}]}),
         "body too large": lambda: _detect(http, url, b"\xff" * (MAX_BODY + 1)),
         "body too large, chunked": lambda: http.post(
             f"{url}/v1/detect", headers={"Content-Type": "application/json"},
