@@ -253,6 +253,38 @@ def check_local_capacity(spec: JobSpec, cpus: float) -> None:
             f"share a core)")
 
 
+def check_local_gpus(spec: JobSpec, gpus: float) -> None:
+    """A local Ray cannot add GPUs either: an actor asking for more than the machine has
+    waits forever for a node that never comes. Fail at once, naming the task. A pool that
+    may grow counts at its smallest (it grows only as far as the GPUs go)."""
+    for k, task in enumerate(spec.tasks):
+        res = task.resources
+        if res.num_gpus and (res.num_gpus > gpus or res.num_gpus * res.min_actors > gpus):
+            have = f"{gpus:g}" if gpus else "0 (no CUDA device is visible)"
+            raise SpecError(
+                f"tasks.{k}.resources.num_gpus: {res.min_actors} model actor(s) of "
+                f"{res.num_gpus:g} GPU each, but this machine's Ray has {have}; lower "
+                f"num_gpus or concurrency, set num_gpus: 0 to run on the CPU, or join a "
+                f"cluster with GPUs (ray.address)")
+    needed = sum(t.resources.num_gpus * t.resources.min_actors for t in spec.tasks)
+    if needed > gpus:
+        raise SpecError(f"tasks.*.resources.num_gpus: the tasks' model actors need {needed:g} "
+                        f"GPUs together, but this machine's Ray has {gpus:g}; lower "
+                        f"num_gpus (fractions share a GPU) or concurrency")
+
+
+def _local_gpus(spec: JobSpec) -> float:
+    """GPUs of the local Ray this job runs on: Ray's count once started, else the CUDA
+    devices this process sees (as Ray counts them: CUDA_VISIBLE_DEVICES applies)."""
+    import ray
+
+    if ray.is_initialized():
+        return ray.cluster_resources().get("GPU", 0)
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def _local_cpus(spec: JobSpec) -> float:
     """CPUs of the local Ray this job runs on (already started, or about to be)."""
     import ray
@@ -297,6 +329,8 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
     with_examples = _example_inputs(spec, items)
     if spec.ray.address is None:
         check_local_capacity(spec, _local_cpus(spec))
+        if any(t.resources.num_gpus for t in spec.tasks):
+            check_local_gpus(spec, _local_gpus(spec))
     metadata = plan.metadata
     if metadata is not None:
         metadata = metadata.append_column("shard", pa.array([i.shard for i in items], pa.int64()))

@@ -239,6 +239,31 @@ def test_actors_that_leave_no_cpu_for_decoding_are_refused(ray_local, image_fold
     assert not (tmp_path / "out").exists()  # refused before any output was made
 
 
+def test_actors_asking_for_more_gpus_than_the_machine_has_are_refused(ray_local, image_folder,
+                                                                     tiny_owlv2, tmp_path):
+    """Ray would wait forever for a GPU node a local Ray never gets."""
+    import ray
+
+    from labeler.config import SpecError
+    from labeler.jobs.runner import check_local_gpus
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    spec = _spec(image_folder, tmp_path / "out", tiny_owlv2, num_gpus=gpus + 1)
+    with pytest.raises(SpecError, match=rf"tasks\.0\.resources\.num_gpus: 1 model actor\(s\) "
+                                        rf"of {gpus + 1} GPU each, but this machine's Ray has"):
+        run_image_job(spec, progress=False)
+    two = _spec(image_folder, tmp_path / "out", tiny_owlv2, num_gpus=0.75, actor_cpus=0.5)
+    two = two.model_copy(update={"tasks": [two.tasks[0], two.tasks[0].model_copy(
+        update={"name": "again"})]})
+    assert not (tmp_path / "out").exists()  # refused before any output was made
+    # Each fits a GPU alone; together they need two (the check of a machine with one GPU).
+    with pytest.raises(SpecError, match=r"tasks\.\*\.resources\.num_gpus: the tasks' model "
+                                        r"actors need 1\.5 GPUs together, but this machine's "
+                                        r"Ray has 1"):
+        check_local_gpus(two, 1)
+    check_local_gpus(two, 2)
+
+
 def test_a_pool_that_may_grow_labels_every_input(ray_local, image_folder, tiny_owlv2, tmp_path):
     """concurrency [min, max]: Ray Data's autoscaling actor pool, the same rows."""
     spec = _spec(image_folder, tmp_path / "out", tiny_owlv2, concurrency=[1, 2])
