@@ -80,12 +80,13 @@ class JobSummary:
     error_reasons: dict[str, int] = field(default_factory=dict)
     reports: dict[str, dict] = field(default_factory=dict)  # per pseudo-label task
     tracks: dict[str, int] = field(default_factory=dict)  # tracked task -> tracks linked
-    # A dry run (run_job(dry_run=True)) plans and stops: these describe the plan.
-    dry_run: bool = False
     shards: int = 0  # output files per task
-    committed_shards: int = 0  # shards every task has committed (resume skips them)
-    overwritten_files: int = 0  # files --overwrite would delete
+    committed_shards: int = 0  # committed by every task before this run (resume skips them)
+    reopened_shards: int = 0  # of those, reopened by retry_errors for their error rows
     tasks: list[str] = field(default_factory=list)  # one line per task: model and resources
+    # A dry run (run_job(dry_run=True)) plans and stops: the fields above describe the plan.
+    dry_run: bool = False
+    overwritten_files: int = 0  # files --overwrite would delete
 
     def lines(self) -> list[str]:
         if self.dry_run:
@@ -140,7 +141,10 @@ class JobSummary:
         if self.overwritten_files:
             state = f"--overwrite would delete its {self.overwritten_files} files"
         elif self.committed_shards:
-            state = f"resuming: {self.committed_shards} of {self.shards} shards committed"
+            state = (f"resuming: {self.committed_shards} of {self.shards} "
+                     f"shard{'' if self.shards == 1 else 's'} committed")
+            if self.reopened_shards:
+                state += f", {self.reopened_shards} reopened for their error rows"
         else:
             state = "nothing committed yet"
         return [
@@ -363,11 +367,13 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
                          min_change=(spec.input.sampling.min_change
                                      if spec.input.media == "video" else None),
                          tracks=tracks)
+    summary.shards = len(expected)
+    # Shards reopened for their error rows (retry_errors) are pending and committed.
+    summary.committed_shards = len(expected) - len(pending) + len(retrying)
+    summary.reopened_shards = len(retrying)
+    summary.tasks = [_task_line(t) for t in spec.tasks]
     if dry_run:
-        summary.dry_run, summary.shards = True, len(expected)
-        summary.committed_shards = len(expected) - len(pending)
-        summary.overwritten_files = sink.overwritten_files
-        summary.tasks = [_task_line(t) for t in spec.tasks]
+        summary.dry_run, summary.overwritten_files = True, sink.overwritten_files
         return summary
     if todo:
         _execute(spec, todo, sink, summary, progress)

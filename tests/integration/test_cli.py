@@ -42,6 +42,9 @@ def test_run_from_flags_writes_parquet_and_a_summary(tmp_path, tiny_owlv2):
     assert "Progress bars disabled" not in result.stderr
     summary = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
     assert (summary["rows"], summary["errors"]) == (7, 3)
+    assert (summary["shards"], summary["committed_shards"], summary["dry_run"]) == (1, 0, False)
+    assert summary["tasks"] == [f"detect: detect with owlv2 {tiny_owlv2}, batch 2, 1 actor(s) "
+                                f"x 1 CPU 0 GPU"]
 
 
 def test_dry_run_plans_without_writing(tmp_path, tiny_owlv2, capsys):
@@ -75,9 +78,11 @@ def test_dry_run_plans_without_writing(tmp_path, tiny_owlv2, capsys):
 
     resumed = dry_run()
     assert "to label: 0 inputs (7 already done)" in resumed
-    assert f"output: {out} (resuming: 1 of 1 shards committed)" in resumed
+    assert f"output: {out} (resuming: 1 of 1 shard committed)" in resumed
     retry = dry_run("--retry-errors")
     assert "to label: 3 inputs (4 already done; 3 with error rows, labeled again)" in retry
+    assert (f"output: {out} (resuming: 1 of 1 shard committed, 1 reopened for their error "
+            f"rows)") in retry
     assert main([*job, "--dry-run", "--threshold", "0.5"]) == 2  # another job: refused
     refused = capsys.readouterr().err
     assert "holds results of a different job (tasks.0.threshold: the default there, 0.5 now)" \
