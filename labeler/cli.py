@@ -152,7 +152,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                         "the others are postprocessed (default: 2 for OWLv2 with a GPU, "
                         "else 1)")
     p.add_argument("--max-pixels", type=int, help="refuse images with more pixels")
-    p.add_argument("--subset", type=_subset_size, metavar="N|P%%|F",
+    p.add_argument("--subset", type=_subset_size, metavar="N|P%|F",
                    help="label a reproducible random subset only: N inputs, P percent or a "
                         "fraction F of them (a trial run; a larger one holds the smaller)")
     p.add_argument("--subset-seed", type=int, help="another seed draws another subset (0)")
