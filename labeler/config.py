@@ -7,6 +7,7 @@ a flag is checked exactly like the same field in a file.
 
 from __future__ import annotations
 
+import difflib
 import glob
 import math
 import os
@@ -773,15 +774,54 @@ def _flag_tasks(raw: dict) -> list[dict]:
     return [task for task in tasks if isinstance(task, dict)]
 
 
-def format_validation_error(err: ValidationError) -> str:
+def format_validation_error(err: ValidationError, model: type[BaseModel] | None = None) -> str:
     """One line per problem: `field.path: message`, or the message alone when it is about
-    the whole (a check across fields, whose message names them)."""
+    the whole (a check across fields, whose message names them). model: the class that was
+    validated; an unknown field is then answered with the likeliest one meant, or the
+    valid ones."""
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden" and model is not None:
+            msg = _unknown_field(str(e["loc"][-1]), _fields_at(model, e["loc"][:-1])) or msg
         lines.append(f"{where}: {msg}" if where else msg)
     return "invalid job spec:\n  " + "\n  ".join(lines)
+
+
+def _fields_at(model: type[BaseModel], path: tuple) -> list[str] | None:
+    """The field names of the model found at `path` (field names and list indices) from
+    `model`, or None where the path leaves the models."""
+    for part in path:
+        if isinstance(part, int):
+            continue  # an item of a list: the list's model
+        field = model.model_fields.get(str(part))
+        found = field and _model_in(field.annotation)
+        if found is None:
+            return None
+        model = found
+    return list(model.model_fields)
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds: itself, or inside Optional, list, dict..."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _unknown_field(name: str, valid: list[str] | None) -> str | None:
+    """'unknown field; did you mean "threshold"?', or the valid fields when none is close."""
+    if not valid:
+        return None
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    if close:
+        return f"unknown field; did you mean {close[0]!r}?"
+    return f"unknown field; valid fields here: {', '.join(valid)}"
 
 
 def load_job_spec(path: str | Path | None = None, **overrides: Any) -> JobSpec:
@@ -800,4 +840,4 @@ def load_job_spec(path: str | Path | None = None, **overrides: Any) -> JobSpec:
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as err:
-        raise SpecError(format_validation_error(err)) from None
+        raise SpecError(format_validation_error(err, JobSpec)) from None

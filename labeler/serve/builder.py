@@ -47,7 +47,7 @@ def serve_spec_from_args(args: dict) -> ServeSpec:
     try:
         return ServeSpec.model_validate(args)
     except ValidationError as err:
-        raise SpecError(format_validation_error(err).replace(
+        raise SpecError(format_validation_error(err, ServeSpec).replace(
             "invalid job spec", "invalid serve application args")) from None
 
 

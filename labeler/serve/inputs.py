@@ -195,7 +195,8 @@ async def parse_request(request: Request, model: type[BaseModel], max_bytes: int
     try:
         parsed = model.model_validate(fields)
     except ValidationError as err:
-        raise ApiError(422, format_validation_error(err).replace("invalid job spec", "invalid request")) from None
+        raise ApiError(422, format_validation_error(err, model).replace(
+            "invalid job spec", "invalid request")) from None
     return parsed, upload, filename
 
 

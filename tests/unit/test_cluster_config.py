@@ -107,7 +107,7 @@ def test_serve_application_args_are_checked_field_by_field(monkeypatch):
     cases = [
         ({"models": [{**model, "threshold": 2}]}, "models.0.threshold: Input should be less than or equal to 1"),
         ({"models": [{**model, "task": "dance"}]}, "models.0.task: unknown task 'dance'"),
-        ({"models": [model], "limits": {"max_pixel": 5}}, "limits.max_pixel: Extra inputs are not permitted"),
+        ({"models": [model], "limits": {"max_pixel": 5}}, "limits.max_pixel: unknown field; did you mean 'max_pixels'?"),
         ({"models": [model], "port": 8000}, "port: where Serve listens is set by the Serve config's http_options"),
         ({}, "models: Field required"),
     ]

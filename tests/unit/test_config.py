@@ -74,10 +74,17 @@ def test_bad_fields_are_named(tmp_path, overrides, field, says):
     assert f"{field}: " in message and says in message, message
 
 
-def test_unknown_yaml_field_is_rejected_with_its_path(tmp_path):
-    spec_file = _detect_spec_file(tmp_path, "    labels: [cat]\n    thresold: 0.3")
-    with pytest.raises(SpecError, match=r"tasks\.0\.thresold: Extra inputs are not permitted"):
+def test_unknown_yaml_field_is_rejected_with_its_path_and_what_was_meant(tmp_path):
+    spec_file = _detect_spec_file(tmp_path, "    labels: [cat]\n    thresold: 0.3\n"
+                                            "    resources: {batch: 4}\n    colour: red")
+    with pytest.raises(SpecError) as err:
         load_job_spec(spec_file)
+    lines = str(err.value).splitlines()
+    assert "  tasks.0.thresold: unknown field; did you mean 'threshold'?" in lines
+    assert "  tasks.0.resources.batch: unknown field; did you mean 'batch_size'?" in lines
+    (colour,) = [line for line in lines if "colour" in line]
+    assert colour.startswith("  tasks.0.colour: unknown field; valid fields here: task, model, ")
+    assert "threshold" in colour and "resources" in colour
 
 
 def test_missing_and_malformed_spec_files(tmp_path):
