@@ -7,9 +7,10 @@ decide its rank by itself.
                   more; a row without boxes scores 0.
     disagreement  several tasks: their boxes clustered as `labeler fuse` clusters them
                   (weighted boxes fusion), one cluster per object some task found; the mean
-                  over the objects of the share of tasks that missed it (with two tasks: the
-                  share of objects only one found). 0 when every task found every object the
-                  others did. Query by committee, the committee being the tasks.
+                  over the objects of the tasks that missed it / (tasks - 1): 1 for an object
+                  only one task found, 0 for one every task found (with two tasks: the share
+                  of objects only one found). Query by committee, the committee being the
+                  tasks.
 
 benchmarks/select_review.py measures what each finds against a random sample (and why these
 and not sums of box scores: a hard image's boxes are few and low-scored, so sums rank it low).
@@ -46,8 +47,9 @@ def uncertainty(boxes: Sequence[tuple[str, float]]) -> Priority:
 
 def disagreement(per_task: Sequence[Sequence[dict]], width: float | None, height: float | None,
                  names: Sequence[str], iou: float) -> Priority:
-    """A row's boxes from each task ({label, score, x0, y0, x1, y1} dicts) -> the mean share
-    of tasks that missed each object (module docstring); names: the tasks', for the reason."""
+    """A row's boxes from each task ({label, score, x0, y0, x1, y1} dicts), two tasks or
+    more -> the mean over its objects of the tasks that missed each / (tasks - 1) (module
+    docstring); names: the tasks', for the reason."""
     rule = FusionRule(weights=(1.0,) * len(per_task), iou=iou, conf_type="max")
     objects = fuse_boxes(per_task, width, height, rule, support=True)
     if not objects:
@@ -58,7 +60,8 @@ def disagreement(per_task: Sequence[Sequence[dict]], width: float | None, height
         return Priority(0.0, f"every task found the same {_count(len(objects), 'object')}")
     box, m = max(disputed, key=lambda d: d[0]["score"])
     found = ", ".join(names[k] for k in box["models"])
-    return Priority(sum(missed) / (len(objects) * len(per_task)),
+    # At most tasks - 1 miss an object (one found it): that many make it a full dispute.
+    return Priority(sum(missed) / (len(objects) * (len(per_task) - 1)),
                     f"{len(disputed)} of {len(objects)} objects in dispute; the surest "
                     f"{box['label']!r} scored {box['score']:.3f} by {found}, missed by {m} of "
                     f"{len(per_task)} tasks")

@@ -24,7 +24,7 @@ def test_uncertainty_is_one_minus_the_mean_box_score_naming_the_least_sure_box()
     assert uncertainty([("cat", 0.4)] * 5).score == pytest.approx(uncertainty([("cat", 0.4)]).score)
 
 
-def test_disagreement_is_the_mean_share_of_tasks_that_missed_each_object():
+def test_disagreement_is_the_mean_over_objects_of_the_tasks_that_missed_each_of_all_but_one():
     names = ["a", "b", "c"]
     agreed = [_box("cat", 0.9), _box("cat", 0.7, x0=12.0), _box("cat", 0.8, y1=58.0)]
     priority = disagreement([[agreed[0]], [agreed[1]], [agreed[2]]], 640, 480, names, 0.55)
@@ -34,12 +34,16 @@ def test_disagreement_is_the_mean_share_of_tasks_that_missed_each_object():
     half = _box("car", 0.6, 100.0, 300.0, 200.0, 400.0)
     priority = disagreement([[agreed[0], lone, half], [agreed[1], half], [agreed[2]]],
                             640, 480, names, 0.55)
-    assert priority.score == pytest.approx((0 + 2 + 1) / (3 * 3))  # cat, dog, car
+    assert priority.score == pytest.approx((0 / 2 + 2 / 2 + 1 / 2) / 3)  # cat, dog, car
     assert priority.reason == ("2 of 3 objects in dispute; the surest 'dog' scored 0.800 by a, "
                                "missed by 2 of 3 tasks")
 
-    # The same place under two labels is two objects, each missed by one task.
+    # The same place under two labels is two objects, each missed by the other task: with two
+    # tasks, the score is the share of objects only one found.
     priority = disagreement([[_box("cat", 0.9)], [_box("dog", 0.7)]], 640, 480, ["a", "b"], 0.5)
+    assert priority.score == pytest.approx(1.0)
+    priority = disagreement([[_box("cat", 0.9), lone], [_box("cat", 0.8)]], 640, 480,
+                            ["a", "b"], 0.5)
     assert priority.score == pytest.approx(0.5)
     assert disagreement([[], []], 640, 480, ["a", "b"], 0.5).reason == "no box"
 
