@@ -199,6 +199,15 @@ def task_sources(jobs: list[JobOutput], tasks: list[str]) -> list[Source]:
                             f"with boxes)")
         picked = [(job, fusable_task(job.named(tasks[k]) if tasks else _only_box_task(job)))
                   for k, job in enumerate(jobs)]
+        # The same task reached twice (one output given twice, or by two spellings of its
+        # path): its boxes would agree with themselves. Its files say it is the same.
+        seen: dict[tuple[str, ...], int] = {}
+        for k, (job, folder) in enumerate(picked):
+            if folder.files in seen:
+                first = seen[folder.files]
+                raise SpecError(f"task {folder.name!r} of {job.uri!r} is given twice (job "
+                                f"outputs {first + 1} and {k + 1}); fuse distinct tasks")
+            seen[folder.files] = k
     names = distinct_names([folder.name for _, folder in picked])
     return [Source(job.fs, job.uri, folder, name) for (job, folder), name in zip(picked, names)]
 

@@ -163,6 +163,18 @@ def test_bad_settings_are_refused_naming_the_field_before_anything_is_written(
     assert not (tmp_path / "out").exists()
 
 
+def test_one_task_given_twice_through_two_outputs_is_refused(two_task_job, tmp_path, capsys,
+                                                              monkeypatch):
+    job, _ = two_task_job
+    monkeypatch.chdir(Path(job).parent)
+    # The same output, once by its path and once relative: its task would agree with itself.
+    code, _, err = _fuse(capsys, job, Path(job).name, "--tasks", "owl_a,owl_a",
+                         "--out", tmp_path / "out")
+    assert code == 2 and (f"task 'owl_a' of {Path(job).name!r} is given twice (job outputs 1 "
+                          f"and 2); fuse distinct tasks") in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_outputs_fuse_cannot_pair_are_refused_naming_the_task_part_and_row(two_task_job,
                                                                          tmp_path, capsys):
     job = _copy(two_task_job[0], tmp_path)
@@ -309,13 +321,16 @@ def test_tasks_of_separate_jobs_over_the_same_input_fuse_as_one_jobs_do(
         assert two[name]["error"] == row["error"]
     assert (tmp_path / "two" / "_SUCCESS").exists()
 
-    code, out, _ = _fuse(capsys, tmp_path / "b", tmp_path / "b", "--out", tmp_path / "same")
+    # The same job run twice (here: its output copied) fuses as two outputs of one name.
+    shutil.copytree(tmp_path / "b", tmp_path / "b_again")
+    code, out, _ = _fuse(capsys, tmp_path / "b", tmp_path / "b_again", "--out",
+                         tmp_path / "same")
     assert code == 0 and out.startswith("fused owl_b, owl_b#2 into fused")
     fused = _rows(tmp_path / "same" / "fused")
     b = _rows(tmp_path / "b" / "owl_b")
     good = next(i for i, r in b.items() if r["error"] is None and r["detections"])
     assert json.loads(fused[good]["parameters"])["fuse"]["tasks"] == ["owl_b", "owl_b#2"]
-    # A task fused with itself: the same boxes (clusters of two equal boxes), same scores.
+    # A task fused with its copy: the same boxes (clusters of two equal boxes), same scores.
     _same_boxes(fused[good]["detections"], _expected([b[good], b[good]], FusionRule((1.0, 1.0))))
 
     code, _, err = _fuse(capsys, job, tmp_path / "b", "--tasks", "owl_a",
