@@ -321,8 +321,9 @@ class Ingress:
         self._authorize(request)
         if fmt not in ("record", "cvat"):
             raise ApiError(422, f"unknown format {fmt!r}; valid: record, cvat")
-        req, upload, filename = await parse_request(request, ImageRequest,
-                                                    self.spec.limits.max_body_bytes)
+        limits = self.spec.limits
+        req, upload, filename = await parse_request(request, ImageRequest, limits.max_body_bytes,
+                                                    limits.body_idle_timeout_s)
         served = self._image_model(self._served_for(task, req.model))
         params = self._item_params(served, req)
         data, uri = image_bytes_or_uri(req, upload)
@@ -382,8 +383,10 @@ class Ingress:
         `fuse`, also "fused": the box tasks' records fused into one, as `labeler fuse` fuses
         a job's tasks."""
         self._authorize(request)
+        limits = self.spec.limits
         req, upload, filename = await parse_request(request, AnnotateRequest,
-                                                    self.spec.limits.max_body_bytes)
+                                                    limits.max_body_bytes,
+                                                    limits.body_idle_timeout_s)
         plan = []
         for i, entry in enumerate(req.tasks):
             try:
@@ -418,7 +421,9 @@ class Ingress:
         self._authorize(request)
         limits = self.spec.limits
         req, upload, filename = await parse_request(request, VideoRequest,
-                                                    limits.max_video_bytes, file_field="video")
+                                                    limits.max_video_bytes,
+                                                    limits.body_idle_timeout_s,
+                                                    file_field="video")
         if req.task is None and req.model is None and len(self.spec.models) == 1:
             served = self.spec.models[0]  # the one model served need not be named
         else:
@@ -703,7 +708,8 @@ class Ingress:
         return label_studio_video_prediction(video, config, task["data"], version)
 
     async def _json_object(self, request: Request) -> dict:
-        body = await read_body(request, self.spec.limits.max_body_bytes)
+        limits = self.spec.limits
+        body = await read_body(request, limits.max_body_bytes, limits.body_idle_timeout_s)
         try:
             parsed = json.loads(body or b"{}")
         except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -172,6 +172,9 @@ class ServedModel(TaskSpec):
 class LimitsSpec(_Strict):
     # 20 MiB: a 24-megapixel JPEG at high quality, base64-encoded (x4/3), fits.
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    # Seconds a request body may stall (no byte arriving) before a 408: a slow upload keeps
+    # going, a client that stopped sending does not hold a request open for ever.
+    body_idle_timeout_s: float = Field(30.0, gt=0)
     # 50 megapixels: larger than any camera image people label, far below a decompression bomb.
     max_pixels: int = Field(50_000_000, ge=1)
     # As in a job (InputSpec.decode_min_side), so both decode an image to the same pixels.

@@ -148,11 +148,12 @@ def _form_labels(values: list) -> list[str] | None:
 
 
 async def parse_request(request: Request, model: type[BaseModel], max_bytes: int,
-                        file_field: str = "image") -> tuple[BaseModel, bytes | None, str | None]:
+                        idle_s: float, file_field: str = "image"
+                        ) -> tuple[BaseModel, bytes | None, str | None]:
     """-> (validated request, uploaded file bytes or None, uploaded file name or None);
-    file_field: the multipart field that carries the file."""
+    max_bytes, idle_s: read_body's limits; file_field: the multipart field with the file."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    body = await read_body(request, max_bytes)
+    body = await read_body(request, max_bytes, idle_s)
     upload, filename = None, None
     if content_type == "multipart/form-data":
         try:

@@ -20,14 +20,24 @@ from labeler.serve.errors import ApiError
 RETRY_AFTER_S = 1
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
+async def read_body(request: Request, max_bytes: int, idle_s: float) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed `max_bytes`:
-    from Content-Length before reading, or while streaming a body sent without one."""
+    from Content-Length before reading, or while streaming a body sent without one; with
+    408 when no byte of it arrives for `idle_s` seconds (a client that stalled, or declared
+    more than it sends, would otherwise hold the request open for ever)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, f"request body of {declared} bytes is over the limit of {max_bytes}")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), idle_s)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"request body stalled: no byte for {idle_s:g} s after "
+                                f"{size} of {declared or 'an unknown number of'} bytes") from None
         size += len(chunk)
         if size > max_bytes:
             raise ApiError(413, f"request body is over the limit of {max_bytes} bytes")

@@ -9,6 +9,8 @@ Parquet rows.
 import base64
 import io
 import json
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -37,6 +39,7 @@ BOX_OPTIONS = {"queries": {"car": ["car", "automobile"]}, "label_thresholds": {"
                "nms": "per-label", "nms_threshold": 0.5, "max_detections": 6}
 MAX_BODY = 256 * 1024  # small, so that a 413 needs no big payload
 MAX_PIXELS = 600_000  # above every test image, below the one sent to see a 422
+BODY_IDLE_S = 2.0  # a body that stalls this long gets a 408
 # (name, width, height, format): wide, tall, square; one JPEG carries an EXIF rotation.
 IMAGES = [("wide.jpg", 200, 100, "JPEG"), ("tall.png", 90, 160, "PNG"),
           ("square.webp", 120, 120, "WEBP"), ("rotated.jpg", 160, 120, "JPEG")]
@@ -139,7 +142,8 @@ def url(ray_local, batch_rows, pseudo_rows, tiny_owlv2):
              "threshold": PSEUDO_THRESHOLD,
              "pseudo_label": {**PSEUDO, "use_captions": False},
              "resources": {"num_cpus": 0.25}}],
-        "limits": {"max_body_bytes": MAX_BODY, "max_pixels": MAX_PIXELS},
+        "limits": {"max_body_bytes": MAX_BODY, "max_pixels": MAX_PIXELS,
+                   "body_idle_timeout_s": BODY_IDLE_S},
         "uri": {"allowed_hosts": ["localhost", "127.0.0.1", "169.254.169.254", "10.1.2.3",
                                   "::ffff:127.0.0.1"],
                 "allowed_s3_buckets": ["images"]},
@@ -555,4 +559,27 @@ def test_full_queue_gets_503_and_slow_requests_504(url, http, image_files):
             assert r.headers["Retry-After"] == "1" and "full queue" in r.json()["error"]
         else:
             assert "did not answer within 0.5 s" in r.json()["error"]
+    assert _detect(http, url, image_files["wide.jpg"]).status_code == 200
+
+
+def test_a_body_that_stalls_gets_408_and_does_not_hold_the_request(url, http, image_files):
+    """A client that declares more bytes than it sends (or stops sending) is answered."""
+    host, port = url.removeprefix("http://").split(":")
+    head = (f"POST /v1/detect HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        started = time.perf_counter()
+        conn.sendall(head.encode() + b'{"image": "')  # 11 of the 1000 bytes declared
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        waited = time.perf_counter() - started
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"408", answer
+    assert BODY_IDLE_S <= waited < BODY_IDLE_S + 15
+    body = json.loads(rest.split(b"\r\n\r\n", 1)[1])
+    assert body["error"] == "request body stalled: no byte for 2 s after 11 of 1000 bytes"
     assert _detect(http, url, image_files["wide.jpg"]).status_code == 200
