@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 
+from labeler.config import SpecError
 from labeler.serve.auth import bind_host, configured_tokens
 from labeler.serve.config import ServeSpec
 
@@ -20,11 +22,35 @@ def start(spec: ServeSpec) -> tuple[str, list[str]]:
 
     tokens = configured_tokens(spec.api_tokens)
     host, notice = bind_host(spec.host, tokens)
+    # A Ray started here is this machine alone: what it lacks, no node will bring.
+    local = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
         ray.init(configure_logging=False)
+    if local:
+        check_local_gpus(spec, ray.cluster_resources().get("GPU", 0))
     serve.start(http_options={"host": host, "port": spec.port})
     serve.run(build_app(spec, tokens), name=APP_NAME, route_prefix="/")
     return f"http://{host}:{spec.port}", [notice] if notice else []
+
+
+def check_local_gpus(spec: ServeSpec, gpus: float) -> None:
+    """SpecError naming the model whose replicas ask for more GPUs than a local Ray has:
+    Serve would wait for ever for them to be placed (at their fewest, for autoscaling)."""
+    needed = 0.0
+    for k, model in enumerate(spec.models):
+        per_replica = model.resources.num_gpus
+        replicas = (model.serving.autoscaling.min_replicas if model.serving.autoscaling
+                    else model.serving.num_replicas)
+        needed += per_replica * replicas
+        have = f"{gpus:g}" if gpus else "0 (no CUDA device is visible)"
+        advice = "lower num_gpus or replicas, or set num_gpus: 0 to serve on the CPU"
+        if per_replica > gpus:  # not even one replica, however it scales
+            raise SpecError(f"models.{k}.resources.num_gpus: a replica needs {per_replica:g} "
+                            f"GPU, but this machine's Ray has {have}; {advice}")
+        if needed > gpus:
+            raise SpecError(f"models.{k}.resources.num_gpus: {replicas} replica(s) of "
+                            f"{per_replica:g} GPU each (with the models before it, {needed:g} "
+                            f"GPUs), but this machine's Ray has {have}; {advice}")
 
 
 def serve_forever(spec: ServeSpec) -> int:

@@ -62,3 +62,21 @@ def test_serve_command_answers_detect_with_a_token(tiny_owlv2):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_serve_refuses_replicas_asking_for_more_gpus_than_the_machine_has(tiny_owlv2):
+    """On a Ray of its own, Serve would wait for ever to place them: refused at once."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    result = subprocess.run(
+        [sys.executable, "-m", "labeler.cli", "serve", "--family", "owlv2", "--model",
+         tiny_owlv2, "--task", "detect", "--labels", "cat", "--host", "127.0.0.1",
+         "--port", str(free_port()), "--num-gpus", str(gpus + 1)],
+        capture_output=True, text=True, env={**env, "RAY_AUTH_MODE": "disabled"},
+        timeout=READY_WITHIN_S)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert (f"models.0.resources.num_gpus: a replica needs {gpus + 1} GPU, but this "
+            f"machine's Ray has") in result.stderr
+    assert "Traceback" not in result.stderr

@@ -463,3 +463,22 @@ def test_example_boxes_must_lie_inside_the_image():
         with pytest.raises(ApiError, match=r"tasks.2.examples.1.box: .* inside the 200x100"):
             check_example_boxes((Example("a", (0, 0, 1, 1)), Example("b", box)), 200, 100,
                                 "tasks.2.")
+
+
+def test_models_needing_more_gpus_together_than_a_local_ray_has_are_named():
+    from labeler.serve.config import ServeSpec
+    from labeler.serve.server import check_local_gpus
+
+    model = {"task": "detect", "model": {"family": "owlv2", "source": "some/owlv2"},
+             "labels": ["cat"], "resources": {"num_gpus": 0.75}}
+    spec = ServeSpec.model_validate({"models": [model, {**model, "name": "second"}]})
+    check_local_gpus(spec, 2)
+    with pytest.raises(SpecError, match=r"models\.1\.resources\.num_gpus: 1 replica\(s\) of "
+                                        r"0\.75 GPU each \(with the models before it, 1\.5 GPUs\)"):
+        check_local_gpus(spec, 1)
+    scaled = ServeSpec.model_validate({"models": [{**model, "serving": {
+        "autoscaling": {"min_replicas": 0, "max_replicas": 4}}}]})
+    check_local_gpus(scaled, 1)  # no replica until requests come, then one that fits
+    with pytest.raises(SpecError, match=r"models\.0\.resources\.num_gpus: a replica needs "
+                                        r"0\.75 GPU, but this machine's Ray has 0 \(no CUDA"):
+        check_local_gpus(scaled, 0)
