@@ -510,15 +510,16 @@ def _caption_columns(spec: JobSpec, plan) -> dict[str, str]:
     input. An input column that no input has is a spec error: every image would get no
     queries, which is a typo far more often than an intent."""
     columns = {}
-    present = set(plan.metadata.column_names) if plan.metadata is not None else set()
+    present = None  # the inputs' fields: a scan of every input, done when needed
     for k, task in enumerate(spec.tasks):
         options = task.pseudo_label
         if task.task != "pseudo-label" or not options.use_captions or options.caption_from:
             continue
+        present = plan.fields if present is None else present
         if options.caption_column not in present:
             raise SpecError(
                 f"tasks.{k}.pseudo_label.caption_column: no input has a column "
-                f"{options.caption_column!r} (input columns: {sorted(present - {'id'}) or 'none'}; "
+                f"{options.caption_column!r} (input columns: {sorted(present) or 'none'}; "
                 f"a folder gives `caption` from a .txt file beside each image, same stem); "
                 f"set use_captions: false to label with the vocabulary alone")
         columns[caption_column(task)] = options.caption_column

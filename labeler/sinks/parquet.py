@@ -47,8 +47,6 @@ from labeler.config import SpecError
 from labeler.schemas import RECORD_SCHEMA
 from labeler.storage import filesystem_for, is_s3, storage_error
 
-# Carried input columns named like a record field get this prefix in the output.
-CARRIED_PREFIX = "input_"
 # Columns that route rows to files and order them; dropped before writing.
 ROUTING_COLUMNS = ("shard", "part_index", "last_part", "unchanged_frames")
 
@@ -429,7 +427,8 @@ def _split_by_shard(metadata: pa.Table | None) -> dict[int, pa.Table]:
 
 
 def _with_carried_columns(rows: pa.Table, metadata: pa.Table | None) -> pa.Table:
-    """`rows` plus the inputs' carried columns, matched by id (prefixed on a name clash)."""
+    """`rows` plus the inputs' carried columns, matched by id (named apart from the record's
+    fields when planned: labeler.sources.items.carried_names)."""
     if metadata is None:
         return rows
     index = pc.index_in(rows.column("id"), value_set=metadata.column("id"))
@@ -437,6 +436,5 @@ def _with_carried_columns(rows: pa.Table, metadata: pa.Table | None) -> pa.Table
     for name in metadata.column_names:
         if name == "id":
             continue
-        out_name = CARRIED_PREFIX + name if name in RECORD_SCHEMA.names else name
-        rows = rows.append_column(out_name, matched.column(name))
+        rows = rows.append_column(name, matched.column(name))
     return rows

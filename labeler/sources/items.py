@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from labeler.schemas import RECORD_SCHEMA
+
+# Carried input fields named like a record field (or `shard`) get this prefix in the output.
+CARRIED_PREFIX = "input_"
+
 
 @dataclass(frozen=True)
 class InputItem:
@@ -42,6 +47,11 @@ class InputPlan:
     listed: int | None = None  # inputs listed before input.subset chose these; None: all
 
     @property
+    def fields(self) -> set[str]:
+        """The names of the inputs' other fields, as the inputs give them."""
+        return {name for item in self.items for name in item.metadata}
+
+    @property
     def has_prompts(self) -> bool:
         return any(i.prompt for i in self.items)
 
@@ -66,19 +76,37 @@ def check_unique_ids(entries: list[tuple[str, str, str | None, dict]]) -> None:
 
 
 def metadata_table(items: list[InputItem]) -> pa.Table | None:
-    """The items' metadata as a table with an `id` column; None if no item has any.
-    A field whose values Arrow cannot put in one column (mixed types) is kept as JSON text."""
+    """The items' metadata as a table with an `id` column, each field under its output
+    column name (carried_names); None if no item has any. A field whose values Arrow cannot
+    put in one column (mixed types) is kept as JSON text."""
     names: dict[str, None] = {}
     for item in items:
         names.update(dict.fromkeys(item.metadata))
     if not names:
         return None
     columns = {"id": pa.array([i.id for i in items], pa.string())}
-    for name in names:
+    for name, column in carried_names(list(names)).items():
         values = [i.metadata.get(name) for i in items]
         try:
-            columns[name] = pa.array(values)
+            columns[column] = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-            columns[name] = pa.array([None if v is None else json.dumps(v) for v in values],
-                                     pa.string())
+            columns[column] = pa.array([None if v is None else json.dumps(v) for v in values],
+                                       pa.string())
     return pa.table(columns)
+
+
+def carried_names(fields: list[str]) -> dict[str, str]:
+    """{input field: the output column it is carried in}: its own name, prefixed with
+    CARRIED_PREFIX (again, if need be) while that names a record field, the `shard` the
+    job routes rows by, or another carried field (`width` and `input_width` both given)."""
+    taken = set(RECORD_SCHEMA.names) | {"shard"} | set(fields)
+    columns = {}
+    for name in fields:
+        column = name
+        if column in RECORD_SCHEMA.names or column == "shard":
+            column = CARRIED_PREFIX + column
+            while column in taken:
+                column = CARRIED_PREFIX + column
+            taken.add(column)
+        columns[name] = column
+    return columns

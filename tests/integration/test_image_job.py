@@ -384,3 +384,42 @@ def test_an_actor_running_two_batches_at_once_writes_the_same_rows(ray_local, im
     together = rows(tmp_path / "two", 2)
     assert together == rows(tmp_path / "one", 1)
     assert sum(bool(r["detections"]) for r in together) >= 8
+
+
+def test_input_fields_named_like_record_or_routing_columns_are_carried_apart(
+        ray_local, tiny_owlv2, tmp_path):
+    """A manifest's `shard`, `width` beside `input_width`, a WebDataset .json's `id`: each
+    gets a column of its own, and the output reads back as one dataset."""
+    import io
+    import tarfile
+
+    make_sample_images(tmp_path / "img", count=2, bad=False)
+    names = sorted(p.name for p in (tmp_path / "img").iterdir())
+    manifest = tmp_path / "in" / "m.jsonl"
+    manifest.parent.mkdir()
+    manifest.write_text("".join(json.dumps(
+        {"id": f"m{k}", "uri": str(tmp_path / "img" / name), "shard": "train", "width": 999,
+         "input_width": k, "text": "note"}) + "\n" for k, name in enumerate(names)))
+    out = tmp_path / "out"
+    run_image_job(_spec(manifest, out, tiny_owlv2), progress=False)
+    rows = {r["id"]: r for r in pads.dataset(out, format="parquet").to_table().to_pylist()}
+    assert set(rows) == {"m0", "m1"}
+    for k in range(2):
+        row = rows[f"m{k}"]
+        assert (row["input_shard"], row["input_input_width"], row["input_width"],
+                row["input_text"]) == ("train", 999, k, "note")
+        assert row["width"] == 480 and row["text"] is None  # the record's own fields
+
+    (tmp_path / "wds").mkdir()
+    with tarfile.open(tmp_path / "wds" / "s.tar", "w") as tar:
+        for k, name in enumerate(names):
+            for member, data in ((f"{k:04d}.jpg", (tmp_path / "img" / name).read_bytes()),
+                                 (f"{k:04d}.json", json.dumps({"id": f"orig{k}",
+                                                               "src": k}).encode())):
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    run_image_job(_spec(tmp_path / "wds", tmp_path / "out_wds", tiny_owlv2), progress=False)
+    rows = pads.dataset(tmp_path / "out_wds", format="parquet").to_table().to_pylist()
+    assert sorted((r["id"], r["input_id"], r["src"]) for r in rows) == [
+        ("s.tar/0000", "orig0", 0), ("s.tar/0001", "orig1", 1)]
