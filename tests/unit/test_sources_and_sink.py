@@ -158,8 +158,12 @@ def test_manifest_without_uri_column_or_with_duplicate_ids_is_refused(tmp_path):
 
 
 def test_carried_columns_are_written_beside_the_records(tmp_path):
-    meta = pa.table({"id": ["a", "b", "c"], "source": ["s1", "s2", "s3"], "uri": ["u1", "u2", "u3"],
-                     "shard": [0, 0, 1]})
+    from labeler.sources.items import InputItem, metadata_table
+
+    items = [InputItem(id_, f"/in/{id_}", shard, metadata={"source": f"s{k}", "uri": f"u{k}"})
+             for k, (id_, shard) in enumerate([("a", 0), ("b", 0), ("c", 1)], start=1)]
+    meta = metadata_table(items)  # the input's `uri` field is carried as input_uri
+    meta = meta.append_column("shard", pa.array([i.shard for i in items], pa.int64()))
     sink = ShardedParquetSink(tmp_path / "out", {0: 2, 1: 1}, ["detect"], "fp", metadata=meta)
     sink.add(pa.concat_tables([_rows(["b", "a"], 0), _rows(["c"], 1)]))
     table = pads.dataset(tmp_path / "out", format="parquet").to_table()
