@@ -40,7 +40,9 @@ def plan_source(path: str, files_per_shard: int, media: str = "image",
     manifests = [f for f in files if is_manifest(f)]
     files_beside: set[str] = set()  # listed input files, which a .txt beside may caption
     if manifests and len(manifests) == len(files):
-        entries = [e for m in manifests for e in manifest_samples(m)]
+        # Rows without ids are named by the manifest's path under the root, so that
+        # train/0000.parquet and test/0000.parquet name theirs apart.
+        entries = [e for m in manifests for e in manifest_samples(m, relative_id(root, m))]
     else:
         video = media == "video"
         wanted = set((select_videos if video else select_images)(path, files))

@@ -53,9 +53,12 @@ def is_manifest(uri: str) -> bool:
     return uri.lower().endswith(MANIFEST_EXTENSIONS)
 
 
-def manifest_samples(uri: str) -> list[Sample]:
+def manifest_samples(uri: str, manifest_id: str | None = None) -> list[Sample]:
     """(id, uri, prompt, metadata) of every row of one manifest, in row order. StorageError
-    if the manifest cannot be read or parsed, or names its images in no known column."""
+    if the manifest cannot be read or parsed, or names its images in no known column.
+    manifest_id: the manifest's path relative to the input root (default: its file name),
+    which a row without an id of its own is named after: `<manifest_id>/<row>`."""
+    manifest_name = manifest_id or uri.rpartition("/")[2]
     if uri.lower().endswith(".parquet"):
         rows, bytes_column = _parquet_rows(uri)
         lines = None
@@ -66,7 +69,6 @@ def manifest_samples(uri: str) -> list[Sample]:
     names = list(dict.fromkeys(k for row in rows for k in row))
     id_column = next((c for c in ID_COLUMNS if c in names), None)
     if bytes_column is not None:
-        manifest_name = uri.rpartition("/")[2]
         targets = [manifest_cell_uri(uri, n, bytes_column, lines[n] if lines else None)
                    for n in range(len(rows))]
         return [_sample(row, target, id_column, (), f"{manifest_name}/{n}")
@@ -77,7 +79,6 @@ def manifest_samples(uri: str) -> list[Sample]:
             f"it has no URI column (one of {', '.join(URI_COLUMNS)}) and no image bytes "
             f"(Parquet: one of {', '.join(BYTES_COLUMNS)}; JSONL: {', '.join(BASE64_FIELDS)}); "
             f"columns: {names}"))
-    manifest_name = uri.rpartition("/")[2]
     samples = []
     for number, row in enumerate(rows):
         value = row.get(uri_column)

@@ -49,6 +49,20 @@ def test_img2dataset_parquet_reads_each_cell_and_carries_the_other_columns(tmp_p
         "error: row 2 of the manifest has no image bytes (jpg is empty)", images[3], images[4]]
 
 
+def test_rows_without_ids_are_named_by_their_manifests_path_under_the_root(tmp_path):
+    """One file name in two split folders (train/0000.parquet, test/0000.parquet)."""
+    for split in ("train", "test"):
+        (tmp_path / split).mkdir()
+        pq.write_table(pa.table({"image": [f"{split}-0".encode(), f"{split}-1".encode()]}),
+                       tmp_path / split / "0000.parquet")
+    plan = plan_source(str(tmp_path), files_per_shard=10)
+    assert [i.id for i in plan.items] == ["test/0000.parquet/0", "test/0000.parquet/1",
+                                          "train/0000.parquet/0", "train/0000.parquet/1"]
+    assert [_read(i.uri) for i in plan.items] == [b"test-0", b"test-1", b"train-0", b"train-1"]
+    one = plan_source(str(tmp_path / "train" / "0000.parquet"), files_per_shard=10)
+    assert [i.id for i in one.items] == ["0000.parquet/0", "0000.parquet/1"]
+
+
 def test_hf_datasets_image_struct_and_ids_from_the_row_number(tmp_path):
     table = pa.table({"image": pa.array([{"bytes": b"img-0", "path": "a.jpg"}, None,
                                          {"bytes": None, "path": "c.jpg"},
