@@ -189,6 +189,8 @@ class ShardedParquetSink:
                 self.overwritten_files = len(self._list())
             elif overwrite:
                 self._delete_all()
+            if dry_run and self.s3:
+                self._check_bucket()  # what the run's first write would find out
             self._existing = set() if overwrite and dry_run else self._list()
             self._check_or_write_manifest(fingerprint, identity, legacy_fingerprint,
                                           write=not dry_run)
@@ -210,6 +212,13 @@ class ShardedParquetSink:
                 self._reopen_shards_with_errors(keep_rows=not dry_run)
             except OSError as err:
                 raise storage_error(self.uri, "read earlier results from", err) from None
+
+    def _check_bucket(self) -> None:
+        """FileNotFoundError when the output's bucket does not exist (listing a prefix of a
+        missing bucket finds nothing, as if it were empty)."""
+        bucket = self.path.split("/", 1)[0]
+        if self.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"bucket does not exist: {bucket!r}")
 
     def _list(self) -> set[str]:
         """Paths of every file under the output root now."""

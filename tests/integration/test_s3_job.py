@@ -15,6 +15,7 @@ import pytest
 
 from labeler.config import load_job_spec
 from labeler.jobs.images import run_image_job
+from labeler.jobs.runner import run_job
 from labeler.storage import StorageError, filesystem_for, resolve_model_source
 from labeler.testing.samples import jpeg_bytes, make_sample_images, synthetic_image
 
@@ -196,9 +197,16 @@ def test_unusable_input_fails_before_any_work(s3_env, s3_bucket, case, tiny_owlv
 
 def test_output_to_a_missing_bucket_fails_before_any_work(s3_env, s3_bucket, sample_folder,
                                                           tiny_owlv2):
+    spec = _spec(str(sample_folder), "s3://no-such-out/x", tiny_owlv2)
     with pytest.raises(StorageError, match="cannot write the output to s3://no-such-out/x: .*"
                                            "bucket does not exist"):
-        run_image_job(_spec(str(sample_folder), "s3://no-such-out/x", tiny_owlv2), progress=False)
+        run_image_job(spec, progress=False)
+    # A dry run finds it too, though it writes nothing.
+    with pytest.raises(StorageError, match="cannot write the output to s3://no-such-out/x: "
+                                           "bucket does not exist: 'no-such-out'"):
+        run_job(spec, progress=False, dry_run=True)
+    assert run_job(_spec(str(sample_folder), f"s3://{s3_bucket}/x", tiny_owlv2),
+                   progress=False, dry_run=True).dry_run  # an existing one passes
 
 
 def test_model_from_s3_is_downloaded_once_for_concurrent_callers(s3_env, s3_bucket, tiny_owlv2,
