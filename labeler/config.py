@@ -579,6 +579,10 @@ class InputSpec(_Strict):
     @classmethod
     def _exists(cls, path: str) -> str:
         if path.startswith("s3://"):
+            if "*" in path:  # not ? or [, which an S3 key may hold
+                raise ValueError(f"{path!r}: globs match local files only; give an "
+                                 f"s3:// prefix (every image under it is an input) or a "
+                                 f"manifest listing the objects")
             return path
         if glob.has_magic(path):
             if not glob.glob(path, recursive=True):

@@ -66,6 +66,7 @@ def test_flags_override_the_yaml(tmp_path):
     (dict(concurrency=0), "tasks.0.resources.concurrency", "a number of actors >= 1"),
     (dict(concurrency=[4, 1]), "tasks.0.resources.concurrency", "1 <= min <= max"),
     (dict(input="/no/such/folder"), "input.path", "does not exist"),
+    (dict(input="s3://bucket/images/*.png"), "input.path", "globs match local files only"),
 ])
 def test_bad_fields_are_named(tmp_path, overrides, field, says):
     with pytest.raises(SpecError) as err:
