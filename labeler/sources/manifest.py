@@ -174,6 +174,14 @@ def _resolve(manifest: str, value: str) -> str:
     """A manifest's URI cell as an absolute local path or s3:// URI."""
     if is_s3(value) or posixpath.isabs(value):
         return value
-    folder = manifest.rpartition("/")[0] if is_s3(manifest) else posixpath.dirname(
-        filesystem_for(manifest)[1])
+    if is_s3(manifest):
+        folder = manifest.rpartition("/")[0]
+        if ".." not in value.split("/"):
+            return f"{folder}/{value}"  # the key as written (S3 keys may hold // or ./)
+        # Keys have no folders, but `..` in a manifest means the one above, as it does for
+        # a local manifest; a key never starts above its bucket.
+        bucket, _, key = manifest.removeprefix("s3://").partition("/")
+        joined = posixpath.normpath(posixpath.join("/", posixpath.dirname(key), value))
+        return f"s3://{bucket}{joined}"
+    folder = posixpath.dirname(filesystem_for(manifest)[1])
     return posixpath.join(folder, value)

@@ -286,3 +286,16 @@ def test_retry_errors_and_overwrite_together_are_refused():
     with pytest.raises(SpecError, match="output: .*retry_errors"):
         load_job_spec(None, input="in", output="out", task="detect", family="owlv2",
                       model="m", labels=["cat"], overwrite=True, retry_errors=True)
+
+
+def test_relative_uris_of_a_manifest_on_s3_resolve_as_a_local_manifests_do():
+    from labeler.sources.manifest import _resolve
+
+    manifest = "s3://b/manifests/m.jsonl"
+    assert _resolve(manifest, "a.jpg") == "s3://b/manifests/a.jpg"
+    assert _resolve(manifest, "../images/x.jpg") == "s3://b/images/x.jpg"
+    assert _resolve(manifest, "../../../x.jpg") == "s3://b/x.jpg"  # not above the bucket
+    assert _resolve(manifest, "odd//key.jpg") == "s3://b/manifests/odd//key.jpg"  # as written
+    assert _resolve(manifest, "s3://other/y.jpg") == "s3://other/y.jpg"
+    # Locally the file system resolves `..` (kept as written: a symlinked folder's parent).
+    assert _resolve("/data/m/m.jsonl", "../images/x.jpg") == "/data/m/../images/x.jpg"
