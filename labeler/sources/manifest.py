@@ -82,6 +82,11 @@ def manifest_samples(uri: str, manifest_id: str | None = None) -> list[Sample]:
     samples = []
     for number, row in enumerate(rows):
         value = row.get(uri_column)
+        if isinstance(value, str) and value.lower().startswith(("http://", "https://")):
+            raise storage_error(uri, "use the manifest", ValueError(
+                f"row {number} names a web URL in column {uri_column!r} ({value[:80]}); jobs "
+                f"read local paths and s3:// URIs: download the images first (img2dataset "
+                f"writes Parquet with the images in it, which a job reads as it is)"))
         # A row without a URI still gets an id and a row: it fails to read -> an error row.
         target = _resolve(uri, str(value)) if value else missing_uri(uri, number, uri_column)
         default_id = target if value else f"{manifest_name}#row={number}"

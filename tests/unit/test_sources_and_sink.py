@@ -299,3 +299,13 @@ def test_relative_uris_of_a_manifest_on_s3_resolve_as_a_local_manifests_do():
     assert _resolve(manifest, "s3://other/y.jpg") == "s3://other/y.jpg"
     # Locally the file system resolves `..` (kept as written: a symlinked folder's parent).
     assert _resolve("/data/m/m.jsonl", "../images/x.jpg") == "/data/m/../images/x.jpg"
+
+
+def test_a_manifest_of_web_urls_is_refused_before_any_work(tmp_path):
+    from labeler.sources import plan_source
+    from labeler.storage import StorageError
+
+    (tmp_path / "m.jsonl").write_text('{"url": "a.jpg"}\n{"url": "https://example.com/b.jpg"}\n')
+    with pytest.raises(StorageError, match=r"row 1 names a web URL in column 'url' "
+                                           r"\(https://example.com/b.jpg\); jobs read local"):
+        plan_source(str(tmp_path / "m.jsonl"), 4)
