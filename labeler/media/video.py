@@ -9,8 +9,10 @@ and to the probed size.
 How sampling works: one demux-only pass over the packets (no decoding, cheap next to decoding)
 lists every frame's pts and which ones are key frames. The sampling mode turns that list into
 the exact set of wanted frames; decoding then walks forward, seeking to the key frame before
-the next wanted frame when that skips enough frames (SEEK_MIN_SKIP_S), and yields the wanted
-frames as they decode. Decoding uses FFmpeg's frame and slice threads (thread_type AUTO).
+the next wanted frame when that skips enough frames (SEEK_MIN_SKIP_S) and the container seeks
+precisely (SEEKABLE_FORMATS: MP4, Matroska, MPEG-TS), and yields the wanted frames as they
+decode. AVI holds no presentation times: its frames are timed by their order out of the
+decoder. Decoding uses FFmpeg's frame and slice threads (thread_type AUTO).
 With min_change, a wanted frame too like the last one yielded (a static camera, a slide held
 on screen) is dropped after decoding, before its conversion to RGB.
 
@@ -46,6 +48,12 @@ SamplingMode = Literal["all", "fps", "every_n_frames", "keyframes", "uniform"]
 # CPU-s a minute of video against 4.9 decoding through; a threshold of 2 s, never met there,
 # saved nothing.
 SEEK_MIN_SKIP_S = 0.5
+# Containers whose seek lands on the key frame asked for (by the pts the packet index holds);
+# the others decode straight through. AVI seeks by decode time (a B-frame video lands on the
+# wrong key frame and loses frames), MPEG program streams land near the file's start.
+SEEKABLE_FORMATS = frozenset({"mov", "mp4", "matroska", "webm", "mpegts"})
+# Containers whose frames are timed by their order out of the decoder (_decode_wanted).
+ORDER_TIMED_FORMATS = frozenset({"avi"})
 # Side of the grey thumbnail that min_change compares frames by: FFmpeg's area scaling
 # averages 60x34 pixel cells of a 1080p frame, which evens out sensor noise and compression
 # grain while a person walking into view (a few cells) still shows. Cheap next to decoding
@@ -268,7 +276,10 @@ def _index_packets(container, stream) -> _PacketIndex:
         # Two frame intervals of slack: containers count the last frame's duration or not.
         step = float((pts[-1] - pts[-2]) * stream.time_base)
         end = float(_seconds(pts[-1], stream))
-        if end + 2 * step < declared:
+        # Some containers (Matroska) declare the end time, counted from 0, not the length:
+        # a stream starting at 5 s is whole when its last frame is at the declared end.
+        end_time = float(pts[-1] * stream.time_base)
+        if max(end, end_time) + 2 * step < declared:
             reason = f"the header declares {declared:.3f} s, the data ends at {end:.3f} s"
     return _PacketIndex(pts=pts, keyframe_pts=keys, truncated_reason=reason)
 
@@ -364,14 +375,19 @@ def sample_video(
         container.close()
 
 
-def _should_seek(index: _PacketIndex, cursor: int | None, target: int, min_skip: float) -> bool:
-    """Seek when the key frame at or before the next wanted frame (pts target) lies more than
-    min_skip (pts units) past the decoder's position: decoding would go through those frames
-    for nothing, while after the seek it starts at that key frame. cursor: pts of the last
-    decoded frame, None before the first."""
+def _seek_target(index: _PacketIndex, cursor: int | None, target: int, min_skip: float,
+                 sought: int | None) -> int | None:
+    """The key frame to seek to before decoding the next wanted frame (pts target), or None
+    to decode on. Seek when the key frame at or before it lies more than min_skip (pts units)
+    past the decoder's position: decoding would go through those frames for nothing, while
+    after the seek it starts at that key frame. cursor: pts of the last decoded frame, None
+    before the first. sought: the last key frame sought; never seek to it or one before it
+    again (a seek that lands short of its key frame would otherwise be asked for ever)."""
     here = index.pts[0] if cursor is None else cursor
     key = _keyframe_at_or_before(index, target)
-    return key is not None and key - here > min_skip
+    if key is None or key - here <= min_skip or (sought is not None and key <= sought):
+        return None
+    return key
 
 
 def _decoded_frames(container, stream) -> Iterator[av.VideoFrame]:
@@ -435,20 +451,35 @@ def _decode_wanted(container, index: _PacketIndex, sampling: Sampling, seek_min_
     wanted = _wanted_positions(index, stream, sampling)
     counts.selected = len(wanted)
     changes = _ChangeFilter(sampling.min_change)
+    formats = set(container.format.name.split(","))
+    if not SEEKABLE_FORMATS & formats:
+        seek_min_skip_s = float("inf")
+    # AVI stores no presentation times: a frame's pts is its packet's, in decode order, so
+    # B-frames come out with another frame's pts. Frames come out in presentation order,
+    # and the sorted packet times are the presentation times (AVI's rate is constant).
+    by_order = bool(formats & ORDER_TIMED_FORMATS)
+    decoded = 0  # frames out of the decoder, for by_order
     min_skip = seek_min_skip_s / float(stream.time_base)  # in pts units; inf never seeks
+    sought: int | None = None  # the last key frame sought: never again, nor one before it
     done = 0  # wanted[:done] are yielded or known lost
     lost = 0  # wanted frames the decoder never produced
     cursor: int | None = None  # pts of the last decoded frame
     problem = None
     try:
         while done < len(wanted):
-            if _should_seek(index, cursor, index.pts[wanted[done]], min_skip):
-                key = _keyframe_at_or_before(index, index.pts[wanted[done]])
+            key = _seek_target(index, cursor, index.pts[wanted[done]], min_skip, sought)
+            if key is not None:
                 container.seek(key, backward=True, any_frame=False, stream=stream)
+                sought = key
             for frame in _decoded_frames(container, stream):
-                if frame.pts is None:
+                if by_order:  # the k-th frame out is the k-th in time (never seeks)
+                    if decoded >= len(index.pts):
+                        break
+                    cursor, decoded = index.pts[decoded], decoded + 1
+                elif frame.pts is None:
                     continue
-                cursor = frame.pts
+                else:
+                    cursor = frame.pts
                 while done < len(wanted) and index.pts[wanted[done]] < cursor:
                     done, lost = done + 1, lost + 1  # the decoder dropped it (corrupt data)
                 if done < len(wanted) and index.pts[wanted[done]] == cursor:
@@ -460,7 +491,8 @@ def _decode_wanted(container, index: _PacketIndex, sampling: Sampling, seek_min_
                     done += 1
                 if done >= len(wanted):
                     break
-                if _should_seek(index, cursor, index.pts[wanted[done]], min_skip):
+                if _seek_target(index, cursor, index.pts[wanted[done]], min_skip,
+                                sought) is not None:
                     break
             else:  # the data ended with wanted frames left
                 lost, done = lost + len(wanted) - done, len(wanted)

@@ -257,3 +257,28 @@ def test_file_like_source(videos):
 def test_sampling_validation(options, message):
     with pytest.raises(ValueError, match=message):
         Sampling(**options)
+
+
+@pytest.mark.parametrize(("name", "codec", "options"), [
+    # An MPEG program stream: a seek lands near the file's start, short of its key frame
+    # (the sampler sought it again for ever).
+    ("dvd.mpg", "mpeg2video", {"qmin": "1", "qmax": "4", "bf": "2", "g": "12"}),
+    # AVI seeks by decode time: with B-frames a seek lands on another key frame (frames lost).
+    ("xvid.avi", "mpeg4", {"qmin": "1", "qmax": "4", "bf": "2", "g": "12"}),
+    # ... and times frames by their packets, in decode order: frames are counted instead.
+    ("h264.avi", "libx264", X264_GOP),
+])
+def test_containers_that_seek_imprecisely_give_every_sampled_frame(tmp_path, name, codec,
+                                                                   options):
+    path = encode_video(tmp_path / name, codec, count=100, rate=25, options=options)
+    assert _take(path, "fps", fps=1)[0] == [0, 25, 50, 75]
+    assert _take(path, "every_n_frames", every_n_frames=30)[0] == [0, 30, 60, 90]
+    assert _take(path)[0] == list(range(100))
+
+
+def test_a_stream_that_starts_late_is_whole_when_its_header_declares_its_end_time(tmp_path):
+    """Matroska declares the end time (6 s here), counted from 0, not the 1 s length."""
+    path = encode_video(tmp_path / "late.mkv", "libx264", count=10, options=X264_GOP,
+                        pts_ms=[5000 + 100 * i for i in range(10)])
+    indices, times = _take(path, "fps", fps=5)  # raised VideoDecodeError ("truncated")
+    assert indices == [0, 2, 4, 6, 8] and times == [0.0, 0.2, 0.4, 0.6, 0.8]
