@@ -486,13 +486,16 @@ class SamplingSpec(_Strict):
     """Which frames of each video per-frame tasks label. At most one of fps, every_n_frames,
     keyframes, frames_per_video; none given means 1 frame per second."""
 
-    fps: float | None = Field(None, gt=0, le=1000, description="frames per second")
+    # 1e-6: a frame every 11.6 days, the finest rate `exact` keeps apart from 0.
+    fps: float | None = Field(None, ge=1e-6, le=1000, description="frames per second")
     every_n_frames: int | None = Field(None, ge=1, description="every n-th frame")
     keyframes: bool = Field(False, description="key frames only (never decodes the others)")
     frames_per_video: int | None = Field(None, ge=1, description="n frames spread uniformly")
     max_frames: int | None = Field(None, ge=1, description="at most this many per video")
-    start_s: float | None = Field(None, ge=0, description="range start, seconds, inclusive")
-    end_s: float | None = Field(None, gt=0, description="range end, seconds, exclusive")
+    start_s: float | None = Field(None, ge=0, allow_inf_nan=False,
+                                  description="range start, seconds, inclusive")
+    end_s: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                description="range end, seconds, exclusive")
     min_change: float | None = Field(
         None, gt=0, le=1, description="skip a sampled frame whose grey 32x32 thumbnail differs "
         "from the last labeled frame's by less than this mean absolute difference (fraction of "
@@ -527,7 +530,7 @@ class ClipSpec(_Strict):
     """How clip tasks (video-caption, video-ask) cut each video: consecutive windows of
     `seconds` (the last one may be shorter), frames sampled at `fps` inside each."""
 
-    seconds: float = Field(gt=0, description="clip length in seconds")
+    seconds: float = Field(gt=0, allow_inf_nan=False, description="clip length in seconds")
     fps: float = Field(1.0, gt=0, le=30, description="frames per second inside a clip")
     max_side: int = Field(448, ge=28, description="frames are scaled so their long side is at "
                                                   "most this many pixels (memory per clip)")

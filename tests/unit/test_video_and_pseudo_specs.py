@@ -16,6 +16,12 @@ def _spec(tmp_path, **overrides):
     ({"media": "video", "sample_fps": 2.0, "keyframes": True},
      "input.sampling: give one sampling mode, not fps and keyframes"),
     ({"media": "video", "start_s": 5.0, "end_s": 2.0}, "end_s (2.0) must be after start_s"),
+    # Accepted, these failed every video later (a Fraction of infinity, a rate rounded to 0).
+    ({"media": "video", "end_s": float("inf")}, "input.sampling.end_s: Input should be a finite"),
+    ({"media": "video", "start_s": float("inf")}, "input.sampling.start_s: Input should be a "
+                                                  "finite"),
+    ({"media": "video", "sample_fps": 1e-7}, "input.sampling.fps: Input should be greater than "
+                                             "or equal to 0.000001"),
     ({"sample_fps": 2.0}, "input.sampling and input.clip apply to media: video only"),
     ({"task": "video-caption", "family": "qwen2_vl", "labels": None},
      "labels video clips; set input.media: video"),
