@@ -97,6 +97,7 @@ def run_track(options: TrackOptions) -> TrackSummary:
             with job.fs.open_input_stream(f"{job.path}/{SUCCESS}") as f:
                 summary = json.loads(f.read())
             summary["tracks"] = {**(summary.get("tracks") or {}), folder.name: tracks}
+            summary["output"] = target.uri  # this copy, not the job output it came from
             with target.final(SUCCESS) as out:
                 out.write(json.dumps(summary, indent=2).encode())
     except OSError as err:

@@ -3,6 +3,7 @@ without labeling again. The output is written by the job's own sink (test_export
 job: cam/a.mp4 and b.mp4, labeled without tracking)."""
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -65,7 +66,8 @@ def test_an_untracked_job_gets_tracks_without_labeling_again(untracked, tmp_path
     assert manifest["identity"]["tasks"][0]["track"] == {"new_track_score": 0.5,
                                                          "max_missed": 1}
     assert manifest["fingerprint"] == fingerprint(manifest["identity"])
-    assert json.loads((out / "_SUCCESS").read_text())["tracks"] == {"detect": 3}
+    success = json.loads((out / "_SUCCESS").read_text())
+    assert success["tracks"] == {"detect": 3} and Path(success["output"]) == out.resolve()
     assert (out / "notes" / "readme.txt").read_text() == "kept as it is"
 
     # Tracked again from the tracked copy: its stored settings stay, those given change.
