@@ -458,6 +458,8 @@ def _decode_wanted(container, index: _PacketIndex, sampling: Sampling, seek_min_
     # B-frames come out with another frame's pts. Frames come out in presentation order,
     # and the sorted packet times are the presentation times (AVI's rate is constant).
     by_order = bool(formats & ORDER_TIMED_FORMATS)
+    # With skip_frame NONKEY only key frames come out: the k-th is the k-th key frame.
+    order_pts = index.keyframe_pts if sampling.mode == "keyframes" else index.pts
     decoded = 0  # frames out of the decoder, for by_order
     min_skip = seek_min_skip_s / float(stream.time_base)  # in pts units; inf never seeks
     sought: int | None = None  # the last key frame sought: never again, nor one before it
@@ -473,9 +475,9 @@ def _decode_wanted(container, index: _PacketIndex, sampling: Sampling, seek_min_
                 sought = key
             for frame in _decoded_frames(container, stream):
                 if by_order:  # the k-th frame out is the k-th in time (never seeks)
-                    if decoded >= len(index.pts):
+                    if decoded >= len(order_pts):
                         break
-                    cursor, decoded = index.pts[decoded], decoded + 1
+                    cursor, decoded = order_pts[decoded], decoded + 1
                 elif frame.pts is None:
                     continue
                 else:

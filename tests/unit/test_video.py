@@ -274,6 +274,8 @@ def test_containers_that_seek_imprecisely_give_every_sampled_frame(tmp_path, nam
     assert _take(path, "fps", fps=1)[0] == [0, 25, 50, 75]
     assert _take(path, "every_n_frames", every_n_frames=30)[0] == [0, 30, 60, 90]
     assert _take(path)[0] == list(range(100))
+    keys = _take(path, "keyframes")[0]  # _take checks each one's picture is its frame's
+    assert keys[0] == 0 and len(keys) >= 100 // 12
 
 
 def test_a_stream_that_starts_late_is_whole_when_its_header_declares_its_end_time(tmp_path):
