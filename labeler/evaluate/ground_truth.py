@@ -4,8 +4,10 @@ row is.
 A COCO detection file (instances_*.json, what CVAT, Label Studio, Roboflow and
 `labeler export --format coco` write) holds `images` [{id, file_name, width, height}],
 `categories` [{id, name}] and `annotations` [{id, image_id, category_id, bbox [x, y, w, h]
-in pixels, area, iscrowd}]. Only what evaluation needs is required; a missing annotation
-`id`, `area` or `iscrowd` is filled in (area = w * h) as pycocotools needs them.
+in pixels, area, iscrowd}]. Only what evaluation needs is required; a missing `area` or
+`iscrowd` is filled in (area = w * h) as pycocotools needs them. Annotations are numbered
+1..N whatever their `id`: pycocotools takes a matched ground-truth id of 0 for "no match",
+and files numbering from 0 (or with string ids) are common.
 
 Matching rows to images: a row's `id` is its path relative to the job's input root, and an
 image's `file_name` is usually relative to the images folder, so they are compared first
@@ -16,6 +18,7 @@ both the images and the rows (`train/cat.jpg` against `cat.jpg`).
 from __future__ import annotations
 
 import json
+import math
 import posixpath
 from dataclasses import dataclass
 
@@ -90,6 +93,11 @@ def _checked(uri: str, dataset) -> tuple[dict, dict[int, str], dict[int, dict]]:
     images = {}
     for k, image in enumerate(dataset["images"]):
         _require(where, f"images[{k}]", image, {"id": int, "file_name": str})
+        for key in ("width", "height"):
+            value = image.get(key)
+            if value is not None and (not _is_number(value, int) or value < 1):
+                raise EvalError(f"{where}: images[{k}].{key} must be a whole number of "
+                                f"pixels, got {value!r}")
         images[image["id"]] = image
     names = {}
     for k, category in enumerate(dataset["categories"]):
@@ -100,22 +108,32 @@ def _checked(uri: str, dataset) -> tuple[dict, dict[int, str], dict[int, dict]]:
         field = f"annotations[{k}]"
         _require(where, field, ann, {"image_id": int, "category_id": int, "bbox": list})
         bbox = ann["bbox"]
-        if len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
-            raise EvalError(f"{where}: {field}.bbox must be [x, y, width, height] in pixels, "
-                            f"got {bbox!r}")
+        if (len(bbox) != 4 or not all(_is_number(v) for v in bbox)
+                or bbox[2] < 0 or bbox[3] < 0):
+            raise EvalError(f"{where}: {field}.bbox must be [x, y, width, height] in pixels "
+                            f"(finite numbers, width and height 0 or more), got {bbox!r}")
         if ann["image_id"] not in images:
             raise EvalError(f"{where}: {field}.image_id {ann['image_id']} is not an image's id")
         if ann["category_id"] not in names:
             raise EvalError(f"{where}: {field}.category_id {ann['category_id']} is not a "
                             f"category's id")
-        annotations.append({**ann, "id": ann.get("id", k + 1),
-                            "area": ann.get("area", bbox[2] * bbox[3]),
-                            "iscrowd": int(ann.get("iscrowd", 0))})
-    ids = [a["id"] for a in annotations]
-    if len(set(ids)) != len(ids):
-        raise EvalError(f"{where}: annotation ids repeat; each annotation needs its own id")
+        area = ann.get("area", bbox[2] * bbox[3])
+        if not _is_number(area) or area < 0:
+            raise EvalError(f"{where}: {field}.area must be a number of square pixels, 0 or "
+                            f"more, got {area!r}")
+        iscrowd = ann.get("iscrowd", 0)
+        if iscrowd not in (0, 1):  # also true, false (bool is an int) and 1.0
+            raise EvalError(f"{where}: {field}.iscrowd must be 0 or 1, got {iscrowd!r}")
+        annotations.append({**ann, "id": k + 1, "area": area, "iscrowd": int(iscrowd)})
     return ({"images": list(images.values()), "categories": dataset["categories"],
              "annotations": annotations}, names, images)
+
+
+def _is_number(value, kind: type = float) -> bool:
+    """A finite JSON number (`kind` int: a whole one); not a bool, string or null."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and (kind is float or float(value).is_integer())
 
 
 _KINDS = {int: "an integer", str: "a string", list: "a list"}

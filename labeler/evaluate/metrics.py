@@ -83,7 +83,8 @@ def evaluate(dataset: dict, image_ids: list[int], category_ids: list[int],
                               for k, d in enumerate(detections)]})
         coco_eval = COCOeval(gt, dt, iouType="bbox")
         coco_eval.params.imgIds = sorted(image_ids)
-        coco_eval.params.catIds = list(category_ids)
+        # COCOeval sorts catIds (np.unique): the K axis of its arrays is in sorted order.
+        coco_eval.params.catIds = sorted(category_ids)
         coco_eval.params.maxDets = [1, 10, MAX_DETECTIONS]
         # Area "all" only: the small / medium / large ranges would each cost as much again
         # (evaluateImg runs per image, category and range) for figures not reported.
@@ -97,8 +98,10 @@ def evaluate(dataset: dict, image_ids: list[int], category_ids: list[int],
     for e in coco_eval.evalImgs:
         if e is not None:
             by_category.setdefault(e["category_id"], []).append(e)
+    column = {category_id: k for k, category_id in enumerate(sorted(category_ids))}
     out = []
-    for k, category_id in enumerate(category_ids):
+    for category_id in category_ids:
+        k = column[category_id]
         curve = _ranked_curve(by_category.get(category_id, []), t)
         out.append(CategoryScores(
             category_id=category_id,

@@ -174,6 +174,14 @@ def run_eval(options: EvalOptions) -> EvalSummary:
         raise EvalError(_nothing_matched(truth, list(candidates) or _some_ids(job, folder)))
     rows, other_size = _same_size(truth, {candidates[r]: image for r, image in matched.items()
                                           if r in candidates})
+    if not rows:
+        unlabeled = len(matched) - len(other_size)
+        raise EvalError(
+            f"no ground-truth image is a labeled row of this task of the same size: "
+            f"{len(matched)} images are named by rows; {unlabeled} of those rows are error "
+            f"rows" + ("" if options.include_not_kept else " or pseudo-label rows not kept")
+            + (f", {len(other_size)} have another size ("
+               + "; ".join(other_size[:EXAMPLES]) + ")" if other_size else ""))
     labels = _labels(tally, rows)
     categories = _categories(truth, labels, options.match)
     if not categories:

@@ -10,21 +10,26 @@ in [0, 1] of the image's width or height. An image's file is its label file's pa
 YOLO stores no image sizes: the boxes become pixels with the width and height of the
 matched row (the oriented image, which labeler's boxes refer to), so a size mismatch
 cannot be seen here, as it can with COCO. Each label file is an image of the ground truth,
-an empty one an image without objects.
+an empty one an image without objects; so is each image under `DIR/images/` without a label
+file (Ultralytics' and Roboflow's background images: no file, no objects), named by its path
+under `images/` less its suffix.
 """
 
 from __future__ import annotations
 
 import math
+import posixpath
 
 import pyarrow.fs as pafs
 import yaml
 
+from labeler.config import IMAGE_EXTENSIONS
 from labeler.evaluate.ground_truth import EvalError, GroundTruth
 from labeler.storage import filesystem_for, storage_error
 
 DATA_FILES = ("data.yaml", "dataset.yaml")
 LABELS_FOLDER = "labels"
+IMAGES_FOLDER = "images"
 # How far outside [0, 1] a normalised coordinate may be: writers round (6 decimals) and some
 # do not clip; further out is a broken file, not rounding.
 SLACK = 0.01
@@ -43,13 +48,14 @@ def load_yolo_ground_truth(uri: str) -> GroundTruth:
                                      allow_not_found=True)
         files = sorted(f.path for f in fs.get_file_info(selector)
                        if f.type == pafs.FileType.File and f.path.endswith(".txt"))
-        if not files:
+        prefix = f"{root}/{LABELS_FOLDER}/"
+        keys = [path[len(prefix):].removesuffix(".txt") for path in files]
+        backgrounds = _background_images(fs, root, set(keys))
+        if not files and not backgrounds:
             raise EvalError(f"{where}: no label files under {LABELS_FOLDER}/ (a YOLO dataset "
                             f"holds {LABELS_FOLDER}/<image stem>.txt beside data.yaml)")
         images, annotations = {}, []
-        prefix = f"{root}/{LABELS_FOLDER}/"
-        for image_id, path in enumerate(files, start=1):
-            key = path[len(prefix):].removesuffix(".txt")
+        for image_id, (key, path) in enumerate(zip(keys, files), start=1):
             images[image_id] = {"id": image_id, "file_name": key}
             with fs.open_input_stream(path) as f:
                 text = f.read().decode("utf-8", errors="replace")
@@ -57,6 +63,8 @@ def load_yolo_ground_truth(uri: str) -> GroundTruth:
                 if line.strip():
                     annotations.append(_box(line, names, image_id, len(annotations) + 1,
                                             f"{where}: {LABELS_FOLDER}/{key}.txt line {line_no}"))
+        for image_id, key in enumerate(backgrounds, start=len(images) + 1):
+            images[image_id] = {"id": image_id, "file_name": key}
     except OSError as err:
         raise storage_error(uri, "read the ground truth", err) from None
     categories = [{"id": k + 1, "name": name} for k, name in enumerate(names)]
@@ -64,6 +72,21 @@ def load_yolo_ground_truth(uri: str) -> GroundTruth:
                "annotations": annotations}
     return GroundTruth(uri, dataset, {c["id"]: c["name"] for c in categories}, images,
                        flag="--yolo", normalized=True)
+
+
+def _background_images(fs: pafs.FileSystem, root: str, label_keys: set[str]) -> list[str]:
+    """The images under `root`/images/ that no label file names (by its path less its
+    suffix, or whole), as their paths under images/ less the suffix, sorted."""
+    selector = pafs.FileSelector(f"{root}/{IMAGES_FOLDER}", recursive=True, allow_not_found=True)
+    prefix = f"{root}/{IMAGES_FOLDER}/"
+    found = []
+    for info in fs.get_file_info(selector):
+        name = info.path[len(prefix):]
+        stem, suffix = posixpath.splitext(name)
+        if (info.type == pafs.FileType.File and suffix.lower() in IMAGE_EXTENSIONS
+                and stem not in label_keys and name not in label_keys):
+            found.append(stem)
+    return sorted(set(found))  # a.jpg and a.png are one image to Ultralytics' labels
 
 
 def _names(fs: pafs.FileSystem, root: str, where: str) -> list[str]:

@@ -413,3 +413,96 @@ def test_yolo_folder_without_class_names_is_named(tmp_path):
     with pytest.raises(EvalError, match=re.escape("no data.yaml or dataset.yaml (a YOLO "
                                                   "dataset's class names)")):
         run_eval(EvalOptions(_output(tmp_path / "again"), yolo=str(truth)))
+
+
+def test_categories_listed_out_of_id_order_keep_their_own_figures(tmp_path):
+    """COCOeval sorts category ids: a file listing dog (2) before cat (1) must still give
+    each category its own AP, as it does listed in order."""
+    in_order = run_eval(EvalOptions(_output(tmp_path), _coco(tmp_path))).figures
+    shuffled = run_eval(EvalOptions(_output(tmp_path / "s"), _coco(
+        tmp_path, categories=CATEGORIES[::-1]))).figures
+    assert [c["category"] for c in shuffled["categories"]] == ["Traffic  Light", "dog", "cat"]
+    by_name = {c["category"]: c for c in in_order["categories"]}
+    for got in shuffled["categories"]:
+        assert got == by_name[got["category"]]
+    assert shuffled["categories"][2]["ap"] == pytest.approx(0.5)
+    assert shuffled["categories"][1]["ap"] == pytest.approx(DOG_AP)
+
+
+@pytest.mark.parametrize("ids", [[0, 1, 2, 3, 4, 5], ["a", "b", "c", "d", "e", "f"],
+                                 [7, 7, 7, 7, 7, 7]])
+def test_annotation_ids_from_zero_strings_or_repeated_change_nothing(tmp_path, ids):
+    """pycocotools reads a matched ground-truth id of 0 as "no match": annotations are
+    numbered afresh, so files numbering from 0 (common) score as the same boxes with ids
+    from 1."""
+    expected = run_eval(EvalOptions(_output(tmp_path), _coco(tmp_path))).figures
+    annotations = [{**a, "id": i} for a, i in zip(ANNOTATIONS, ids)]
+    got = run_eval(EvalOptions(_output(tmp_path / "z"),
+                               _coco(tmp_path, annotations=annotations))).figures
+    for key in ("categories", "mean", "label_thresholds", "worst"):
+        assert got[key] == expected[key], key
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("iscrowd", None, "annotations[0].iscrowd must be 0 or 1, got None"),
+    ("iscrowd", "no", "annotations[0].iscrowd must be 0 or 1, got 'no'"),
+    ("area", None, "annotations[0].area must be a number of square pixels, 0 or more, got None"),
+    ("area", "1600", "annotations[0].area must be a number of square pixels"),
+    ("bbox", [10, 10, -40, 40], "annotations[0].bbox must be [x, y, width, height] in pixels "
+                                "(finite numbers, width and height 0 or more), got [10, 10, -40"),
+    ("bbox", [float("nan"), 10, 40, 40], "annotations[0].bbox must be"),
+    ("bbox", [10, "10", 40, 40], "annotations[0].bbox must be"),
+])
+def test_bad_annotation_fields_are_named(tmp_path, field, value, message):
+    annotations = [{**ANNOTATIONS[0], field: value}, *ANNOTATIONS[1:]]
+    with pytest.raises(EvalError, match=re.escape(message)):
+        run_eval(EvalOptions(_output(tmp_path), _coco(tmp_path, annotations=annotations)))
+
+
+@pytest.mark.parametrize("value", ["100", 100.5, 0, True])
+def test_an_image_size_that_is_not_a_pixel_count_is_named(tmp_path, value):
+    images = [{**IMAGES[0], "width": value}, *IMAGES[1:]]
+    with pytest.raises(EvalError, match=re.escape(
+            f"images[0].width must be a whole number of pixels, got {value!r}")):
+        run_eval(EvalOptions(_output(tmp_path), _coco(tmp_path, images=images)))
+
+
+def test_only_error_rows_or_other_sizes_matched_is_an_error(tmp_path, capsys):
+    """Rows named like ground-truth images, none of them a labeled row of the image's size:
+    nothing to evaluate, said as such (not an empty table and exit 0)."""
+    job = _output(tmp_path, rows={"d.jpg": ROWS["d.jpg"], "e.jpg": ROWS["e.jpg"]})
+    assert main(["eval", job, "--coco", _coco(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert ("no ground-truth image is a labeled row of this task of the same size: 2 images "
+            "are named by rows; 1 of those rows are error rows or pseudo-label rows not kept, "
+            "1 have another size (e.jpg is 80x60, its row 60x80") in err
+
+
+def test_yolo_images_without_a_label_file_are_background_images(tmp_path):
+    """Ultralytics and Roboflow write no label file for an image without objects: such an
+    image under images/ is ground truth with no boxes, so a box on it is a false one."""
+    truth = Path(_yolo(tmp_path))
+    for name in ("photos/a.jpg", "photos/b.jpg", "c.jpg", "d.jpg", "z.jpg", "z.png",
+                 "notes.txt"):
+        (truth / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        (truth / "images" / name).write_bytes(b"")
+    rows = {**ROWS, "z.jpg": (100, 100, [("cat", 0.92, 0, 0, 10, 10)])}
+    figures = run_eval(EvalOptions(_output(tmp_path, rows=rows), yolo=str(truth))).figures
+    assert figures["images"]["ground_truth"] == 5  # a, b, c, d and z (z.jpg and z.png: one)
+    assert figures["images"]["evaluated"] == 4
+    cat = figures["categories"][0]
+    # z.jpg's cat is now a false box ranked second: 0.95 F, 0.92 F, 0.9 T, 0.5 F, 0.3 T:
+    # precision 1/3 at recall 1/2, 2/5 at recall 1 -> interpolated 2/5 everywhere (without
+    # z: 0.5), and the best F1 keeps all five: 2 * 0.4 * 1 / 1.4.
+    assert cat["detections"] == 5
+    assert cat["ap"] == pytest.approx(0.4)
+    assert cat["best_f1"] == pytest.approx(0.8 / 1.4)
+    # Only background images under images/ (no labels/ at all) are a ground truth too.
+    bare = tmp_path / "bare"
+    (bare / "images").mkdir(parents=True)
+    (bare / "data.yaml").write_text(yaml.safe_dump({"names": ["cat"]}))
+    (bare / "images" / "z.jpg").write_bytes(b"")
+    figures = run_eval(EvalOptions(_output(tmp_path / "b"), yolo=str(bare))).figures
+    assert figures["images"] == {"ground_truth": 1, "evaluated": 1, "without_row": 0,
+                                 "other_size": 0, "other_size_examples": []}
+    assert figures["categories"][0]["ground_truth"] == 0
