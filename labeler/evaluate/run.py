@@ -25,6 +25,7 @@ from labeler.evaluate.metrics import (IOU_THRESHOLDS, CategoryScores, Detection,
 from labeler.evaluate.yolo_truth import load_yolo_ground_truth
 from labeler.export.rows import JobOutput, Row, Tally, TaskRows
 from labeler.json_report import check_report_path, write_report
+from labeler.schemas.labels import label_key
 
 # Image names quoted in a message, of those that did not match or differ in size.
 EXAMPLES = 3
@@ -147,11 +148,6 @@ def _check_options(options: EvalOptions) -> None:
             check_report_path(path, EvalError, flag)
 
 
-def name_key(name: str) -> str:
-    """How a label and a category name are compared: case and runs of spaces aside."""
-    return " ".join(name.split()).casefold()
-
-
 def run_eval(options: EvalOptions) -> EvalSummary:
     """The figures of `options.output`'s task against its ground truth (module docstring),
     written to `options.json` too when set."""
@@ -266,23 +262,23 @@ def _labels(tally: Tally, rows: dict[Row, int]) -> list[str]:
 
 
 def _categories(truth: GroundTruth, labels: list[str], match: dict[str, str]) -> dict[str, int]:
-    """label -> category id, by name (name_key) or by `match`; EvalError for a --match
+    """label -> category id, by name (label_key) or by `match`; EvalError for a --match
     naming a label or category that is not there, or two categories of one name."""
     by_key: dict[str, int] = {}
     for category_id, name in truth.names.items():
-        if name_key(name) in by_key:
+        if label_key(name) in by_key:
             raise EvalError(f"{truth.flag} {truth.uri!r}: two categories are named {name!r} "
                             f"(case and spaces aside); labels could not tell them apart")
-        by_key[name_key(name)] = category_id
+        by_key[label_key(name)] = category_id
     for label, category in match.items():
         if label not in labels:
             raise EvalError(f"--match {label}={category}: the task has no label {label!r} "
                             f"(its labels: {', '.join(labels) or 'none'})")
-        if name_key(category) not in by_key:
+        if label_key(category) not in by_key:
             raise EvalError(f"--match {label}={category}: no ground-truth category "
                             f"{category!r} (categories: {', '.join(truth.names.values())})")
-    return {label: by_key[name_key(match.get(label, label))] for label in labels
-            if name_key(match.get(label, label)) in by_key}
+    return {label: by_key[label_key(match.get(label, label))] for label in labels
+            if label_key(match.get(label, label)) in by_key}
 
 
 def _figures(options: EvalOptions, job: JobOutput, folder, truth: GroundTruth, tally: Tally,

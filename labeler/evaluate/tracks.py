@@ -25,7 +25,7 @@ import numpy as np
 from labeler.evaluate.ground_truth import EvalError
 from labeler.evaluate.mot_metrics import FrameTracks, TrackScores, score_video
 from labeler.evaluate.mot_truth import MotSequence, load_mot_truth
-from labeler.evaluate.run import name_key
+from labeler.schemas.labels import label_key
 from labeler.export.rows import JobOutput, Row, Tally, TaskRows, videos_of
 from labeler.json_report import check_report_path, write_report
 
@@ -100,7 +100,7 @@ def run_track_eval(options: TrackEvalOptions) -> TrackEvalSummary:
         sequence = truth.get(rows[0].id)
         if sequence is None:
             continue
-        classes = ({name_key(c): k for k, c in enumerate(sequence.classes, start=1)}
+        classes = ({label_key(c): k for k, c in enumerate(sequence.classes, start=1)}
                    if sequence.classes is not None else None)  # class name -> id
         frames = [_frame(row, sequence, classes, counts, options.match) for row in rows]
         counts["frames"] += len(frames)
@@ -126,7 +126,7 @@ def run_track_eval(options: TrackEvalOptions) -> TrackEvalSummary:
 def _frame(row: Row, sequence: MotSequence, classes: dict[str, int] | None, counts: dict,
            match: dict[str, str]) -> FrameTracks:
     """A labeled frame against its ground truth; boxes left out are counted. A box's class
-    is the one (classes: name_key of a class name -> its id; None: no classes) named like
+    is the one (classes: label_key of a class name -> its id; None: no classes) named like
     its label, or like what `match` pairs its label with."""
     objects = sequence.frames.get(row.frame_index + 1, [])
     boxes, ids, box_classes = [], [], []
@@ -134,7 +134,7 @@ def _frame(row: Row, sequence: MotSequence, classes: dict[str, int] | None, coun
         if box.track_id is None:
             counts["untracked_boxes"] += 1
             continue
-        cls = 0 if classes is None else classes.get(name_key(match.get(box.label, box.label)))
+        cls = 0 if classes is None else classes.get(label_key(match.get(box.label, box.label)))
         if cls is None:
             counts["boxes_without_class"] += 1
             continue

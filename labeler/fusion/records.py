@@ -6,7 +6,8 @@ A fused record is the first source's record with:
     task            the sources' kind when they share one, else `detect`
     task_name       the fused task's name
     model           the sources' names joined by '+'; model_family `fuse`
-    detections      weighted boxes fusion of the sources' boxes (labels renamed first)
+    detections      weighted boxes fusion of the sources' boxes (labels renamed first;
+                    labels and rename entries compared case and spaces aside)
     error           when any source failed: each failing source's `name: error`, joined by
                     '; ', and no detections (fusing the others would pass off some models'
                     boxes as the consensus)
@@ -25,6 +26,7 @@ from pydantic import Field
 
 from labeler.config import TrackingSpec, _Strict
 from labeler.fusion.wbf import ConfType, FusionCount, FusionRule, fuse_boxes
+from labeler.schemas.labels import label_key
 
 # Task kinds whose rows each hold one image's (or frame's) boxes in pixels. Pseudo-label rows
 # are left out: their labels are a caption's words, and `kept` is a verdict per model.
@@ -104,6 +106,7 @@ class RecordFuser:
                           "model_family": MODEL_FAMILY, **dict.fromkeys(EMPTIED)}
         self._recorded = spec.recorded(names)
         self._parameters: dict[tuple, str] = {}  # the sources' parameters -> the fused ones
+        self._rename_keys = {label_key(label): label for label in spec.rename}
 
     def fields(self, records: list[dict], count: FusionCount) -> dict:
         """The fused record's detections, error, warnings and parameters, from the sources'
@@ -117,12 +120,19 @@ class RecordFuser:
         if not errors:
             per_source = [r["detections"] or [] for r in records]
             if self.spec.rename:  # a copy of each box only when a label is renamed
-                rename = self.spec.rename
-                per_source = [[{**d, "label": rename.get(d["label"], d["label"])} for d in boxes]
-                              for boxes in per_source]
+                per_source = [[self._renamed(d, count) for d in boxes] for boxes in per_source]
             fused["detections"] = fuse_boxes(per_source, records[0]["width"],
                                              records[0]["height"], self.rule, count)
         return fused
+
+    def _renamed(self, box: dict, count: FusionCount) -> dict:
+        """`box`, or a copy under its new label when a `rename` entry names its label
+        (label_key: case and spaces aside), counted under that entry."""
+        entry = self._rename_keys.get(label_key(box["label"]))
+        if entry is None:
+            return box
+        count.renamed[entry] = count.renamed.get(entry, 0) + 1
+        return {**box, "label": self.spec.rename[entry]}
 
     def _parameters_of(self, records: list[dict]) -> str:
         """The fused `parameters` JSON (module docstring); one string per distinct sources'
@@ -136,7 +146,8 @@ class RecordFuser:
             for params in sources.values():
                 listed = params.get("labels") if isinstance(params, dict) else None
                 for label in listed if isinstance(listed, list) else []:
-                    renamed = self.spec.rename.get(label, label)
+                    entry = self._rename_keys.get(label_key(label))
+                    renamed = label if entry is None else self.spec.rename[entry]
                     if renamed not in labels:
                         labels.append(renamed)
             parameters = {"fuse": self._recorded, "labels": labels, "sources": sources}

@@ -116,6 +116,10 @@ class FuseSummary:
                f"tasks"]
         if s.track is not None:
             out.append(f"tracks: {done.tracks} ({json.dumps(s.track.model_dump())})")
+        unused = [label for label in s.rename if not self.count.renamed.get(label)]
+        if unused:
+            out.append(f"warning: --rename {', '.join(unused)}: no box of the tasks had that "
+                       f"label (is it spelled as the tasks' labels are?)")
         if not self.finished:
             out.append("warning: a job output has no _SUCCESS: its job did not finish, so "
                        "the fused output has none either")
@@ -129,6 +133,8 @@ class FuseSummary:
                 "files": self.files, "rows": self.done.rows, "error_rows": self.done.error_rows,
                 "boxes_in": dict(zip(self.names, self.count.boxes_in)),
                 "boxes_out": self.count.boxes_out,
+                "renamed": {label: self.count.renamed.get(label, 0)
+                            for label in self.settings.rename},
                 "dropped": {"under_min_score": self.count.under_min_score,
                             "no_area": self.count.no_area,
                             "too_few_models": self.count.too_few_models}}

@@ -9,7 +9,9 @@ weighted means do not depend on the scale):
     1. a model's boxes scoring under `min_score` are dropped; the others are clipped to the
        image, their corners put in order (x0 <= x1, y0 <= y1), those left with no area
        dropped, and their scores multiplied by the model's weight;
-    2. per label, boxes in order of weighted score, highest first, each joins the cluster
+    2. per label (labels compared as labeler.schemas.labels.label_key compares them: `Dog`
+       and `dog` are one label, written as the first model's spelling), boxes in order
+       of weighted score, highest first, each joins the cluster
        whose fused box it overlaps most, when that IoU is over `iou`, or starts a new one;
        a cluster's fused box is the mean of its boxes' corners weighted by their scores,
        recomputed as each box joins;
@@ -25,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+from labeler.schemas.labels import label_key
 
 ConfType = Literal["avg", "max"]
 
@@ -45,13 +49,15 @@ class FusionRule:
 @dataclass
 class FusionCount:
     """What fusing some images did to their boxes: read per model, dropped under min_score,
-    dropped for having no area, clusters dropped for too few models, fused boxes written."""
+    dropped for having no area, clusters dropped for too few models, fused boxes written,
+    and boxes renamed per `rename` entry (FusionSpec.rename)."""
 
     boxes_in: list[int] = field(default_factory=list)
     under_min_score: int = 0
     no_area: int = 0
     too_few_models: int = 0
     boxes_out: int = 0
+    renamed: dict[str, int] = field(default_factory=dict)  # a rename's label -> boxes renamed
 
     def add(self, other: FusionCount) -> None:
         if not self.boxes_in:
@@ -61,6 +67,8 @@ class FusionCount:
         self.no_area += other.no_area
         self.too_few_models += other.too_few_models
         self.boxes_out += other.boxes_out
+        for label, boxes in other.renamed.items():
+            self.renamed[label] = self.renamed.get(label, 0) + boxes
 
 
 # A box in a cluster: weighted score, model's weight, model index, x0, y0, x1, y1.
@@ -81,7 +89,9 @@ def fuse_boxes(per_model: Sequence[Sequence[dict]], width: float | None,
     height = float("inf") if height is None else height
     if not count.boxes_in:
         count.boxes_in = [0] * len(per_model)
-    by_label: dict[str, list[_Member]] = {}
+    by_label: dict[str, list[_Member]] = {}  # label_key -> boxes
+    spelling: dict[str, str] = {}  # label_key -> the label as first seen
+    keys: dict[str, str] = {}  # label -> label_key
     for model, (boxes, weight) in enumerate(zip(per_model, rule.weights, strict=True)):
         count.boxes_in[model] += len(boxes)
         for box in boxes:
@@ -99,10 +109,14 @@ def fuse_boxes(per_model: Sequence[Sequence[dict]], width: float | None,
             if x1 <= x0 or y1 <= y0:
                 count.no_area += 1
                 continue
-            by_label.setdefault(box["label"], []).append(
-                (score * weight, weight, model, x0, y0, x1, y1))
+            key = keys.get(box["label"])
+            if key is None:  # label_key once per distinct label: this loop is the hot path
+                key = keys[box["label"]] = label_key(box["label"])
+                spelling.setdefault(key, box["label"])
+            by_label.setdefault(key, []).append((score * weight, weight, model, x0, y0, x1, y1))
     fused = []
-    for label, members in by_label.items():
+    for key, members in by_label.items():
+        label = spelling[key]
         for cluster, box in _clusters(members, rule):
             models = {m[2] for m in cluster}
             if len(models) < rule.min_models:

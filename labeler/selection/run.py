@@ -32,6 +32,8 @@ from labeler.storage import storage_error
 
 # Selected rows printed; the rest are in --ids-file and --json.
 SHOWN = 20
+# By disagreement: boxes of two tasks are one object when they overlap by more (as fuse's iou).
+DEFAULT_IOU = 0.55
 
 
 class SelectError(SpecError):
@@ -50,9 +52,13 @@ class SelectOptions:
     task: str | None = None
     tasks: tuple[str, ...] = ()
     limit: int = 100
-    iou: float = 0.55
+    iou: float | None = None  # None: DEFAULT_IOU (by disagreement only)
     ids_file: str | None = None
     json: str | None = None
+
+    @property
+    def cluster_iou(self) -> float:
+        return DEFAULT_IOU if self.iou is None else self.iou
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,7 @@ class SelectSummary:
     def report(self) -> dict:
         o = self.options
         return {"outputs": list(o.outputs), "by": o.by, "tasks": self.tasks,
-                **({"iou": o.iou} if o.by == "disagreement" else {}),
+                **({"iou": o.cluster_iou} if o.by == "disagreement" else {}),
                 "rows": self.rows, "error_rows": self.error_rows, "inputs": self.inputs,
                 "limit": o.limit, "selected": [vars(s) for s in self.selected]}
 
@@ -114,7 +120,7 @@ def run_select(options: SelectOptions) -> SelectSummary:
         except pa.ArrowInvalid as err:
             raise not_parquet(uris_of(sources), err) from None
         summary = SelectSummary(options, [source.name for source in sources], finished)
-        scored = _by_disagreement(sources, parts, options.iou, summary)
+        scored = _by_disagreement(sources, parts, options.cluster_iou, summary)
     best = heapq.nsmallest(options.limit, _per_input(scored, summary),
                            key=lambda s: (-s.score, s.id))
     summary.selected = best
@@ -135,12 +141,15 @@ def _check_options(options: SelectOptions) -> None:
     if options.by == "uncertainty" and (options.tasks or len(options.outputs) > 1):
         raise SelectError("--tasks and several job outputs give the tasks compared by --by "
                           "disagreement; by uncertainty, name one output and one --task")
+    if options.by == "uncertainty" and options.iou is not None:
+        raise SelectError("--iou is where --by disagreement clusters the tasks' boxes; by "
+                          "uncertainty, one task's scores alone rank the rows")
     if options.by == "disagreement":
         if options.task is not None:
             raise SelectError("--task picks the one task of --by uncertainty; by "
                               "disagreement, name the tasks with --tasks")
-        if not 0 < options.iou < 1:
-            raise SelectError(f"--iou {options.iou:g}: an overlap in (0, 1)")
+        if not 0 < options.cluster_iou < 1:
+            raise SelectError(f"--iou {options.cluster_iou:g}: an overlap in (0, 1)")
     for flag, path in (("--ids-file", options.ids_file), ("--json", options.json)):
         if path is not None:
             check_report_path(path, SelectError, flag)

@@ -110,7 +110,8 @@ def test_consensus_renaming_and_the_other_settings_reach_the_fusion(two_task_job
     job, tasks = two_task_job
     a, b = tasks["owl_a"], tasks["owl_b"]
     code, out, _ = _fuse(capsys, job, "--tasks", "owl_b,owl_a", "--min-models", "2",
-                         "--rename", "dog=canine", "--conf-type", "max", "--iou", "0.7",
+                         "--rename", "dog=canine", "--rename", "dgo=canine",
+                         "--conf-type", "max", "--iou", "0.7",
                          "--min-score", "0.35", "--name", "agreed", "--out", tmp_path / "f")
     assert code == 0
     fused = _rows(tmp_path / "f" / "agreed")
@@ -128,6 +129,10 @@ def test_consensus_renaming_and_the_other_settings_reach_the_fusion(two_task_job
     assert {d["label"] for r in fused.values() for d in r["detections"] or []} <= {"cat", "canine"}
     assert json.loads(next(iter(fused.values()))["parameters"])["labels"] == ["cat", "canine"]
     assert "found by fewer than 2 tasks" in out and f"{dropped} found by fewer" in out
+    # A rename no box's label matched is said (a typo would otherwise go unseen).
+    assert ("warning: --rename dgo: no box of the tasks had that label (is it spelled as the "
+            "tasks' labels are?)") in out
+    assert "--rename dog" not in out
 
 
 def _copy(job: str, tmp_path) -> str:

@@ -57,3 +57,18 @@ def test_rows_with_parameters_of_their_own_keep_memory_bounded():
 
 def test_names_used_twice_are_numbered():
     assert distinct_names(["owl", "owl", "flo", "owl"]) == ["owl", "owl#2", "flo", "owl#3"]
+
+
+def test_renames_match_case_and_spaces_aside_and_count_the_boxes_they_renamed():
+    fuser = RecordFuser(["a", "b"], FusionSpec(rename={"A  Person": "person", "cyclist": "x"}),
+                        "detect", "f")
+    count = FusionCount()
+    fields = fuser.fields([_record([_box("person", 0.8)], '{"labels": ["person"]}'),
+                           _record([_box("a person", 0.6)], '{"labels": ["a person"]}')], count)
+    assert [d["label"] for d in fields["detections"]] == ["person"]
+    assert json.loads(fields["parameters"])["labels"] == ["person"]
+    assert count.renamed == {"A  Person": 1}
+    total = FusionCount()
+    total.add(count)
+    total.add(count)
+    assert total.renamed == {"A  Person": 2}

@@ -146,3 +146,15 @@ def test_boxes_are_clipped_to_the_image_and_dropped_under_min_score_or_without_a
     fused = fuse_boxes([a, []], 640, 480, FusionRule(weights=(1, 1), min_score=0.1), count)
     assert [(d["x0"], d["y0"], d["x1"], d["y1"]) for d in fused] == [(0, 0, 100, 480)]
     assert (count.under_min_score, count.no_area, count.boxes_out) == (1, 1, 1)
+
+
+def test_labels_differing_only_in_case_or_spaces_are_one_label_in_the_first_spelling():
+    """One model's `Dog` and another's `dog` are one object (as eval matches names), not two
+    boxes each scored as found by half the models."""
+    a = [_box("Dog", 0.8, 0, 0, 100, 100)]
+    b = [_box("dog ", 0.6, 0, 0, 100, 100), _box("Traffic  light", 0.5, 200, 0, 300, 100)]
+    c = [_box("traffic light", 0.7, 200, 0, 300, 100)]
+    fused = fuse_boxes([a, b, c], 640, 480, FusionRule(weights=(1, 1, 1)))
+    assert [(d["label"], round(d["score"], 6)) for d in fused] == [
+        ("Dog", round((0.8 + 0.6) / 2 * 2 / 3, 6)),
+        ("Traffic  light", round((0.5 + 0.7) / 2 * 2 / 3, 6))]

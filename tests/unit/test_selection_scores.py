@@ -57,3 +57,11 @@ def test_a_videos_frames_are_one_input_scored_by_its_best_frame():
         Selected("a.mp4", 0.7, "frame 2"), Selected("b.jpg", 0.1, "x"),
         Selected("c.mp4", 0.3, "frame 0")]
     assert summary.inputs == 3
+
+
+def test_iou_is_refused_by_uncertainty_and_defaults_by_disagreement():
+    from labeler.selection.run import DEFAULT_IOU, SelectError, _check_options
+    with pytest.raises(SelectError, match="--iou is where --by disagreement clusters"):
+        _check_options(SelectOptions(outputs=("o",), iou=0.3))
+    assert SelectOptions(outputs=("o",), by="disagreement").cluster_iou == DEFAULT_IOU == 0.55
+    _check_options(SelectOptions(outputs=("o",), by="disagreement", iou=0.3))
