@@ -287,8 +287,10 @@ class TaskSpec(_Strict):
 
     task: str
     model: ModelSpec
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
-                             description="output name (a folder name); defaults to the task")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                             description="output name, a folder name: letters, digits, _ . "
+                                         "and -, starting with a letter or digit (_ and . "
+                                         "mark staging and reports); defaults to the task")
     labels: list[str] = Field(default_factory=list, description="class names for detect")
     threshold: float = Field(0.1, ge=0.0, le=1.0, description="minimum box score")
     # An ontology in the manner of autodistill's CaptionOntology: what the model is asked

@@ -6,9 +6,10 @@ Names. An image is written to `images/<key><suffix>`, its YOLO label to
 replacing the last `/images/` of its path with `/labels/`, so a folder of the id named
 `images` is written `images_`. An id without one of Ultralytics' image suffixes (a WebDataset
 key `shard.tar/k1`, a manifest key) gets the suffix of the written format. Two ids that
-differ only in their image suffix (`a.jpg`, `a.png`) would share one label file: the second
-is not exported (a failure with its reason). To know, the copy keeps an 8-byte digest of each
-key: about 100 bytes per image in Python, the only state that grows with the images.
+differ only in their image suffix (`a.jpg`, `a.png`) would share one YOLO label file (in one
+split) or one slice name: the second is not exported (a failure with its reason); a COCO copy
+writes both. To know, the copy keeps an 8-byte digest of each name: about 100 bytes per image
+in Python, the only state that grows with the images.
 
 Bytes. Boxes, `width` and `height` refer to the image as its EXIF orientation shows it
 (labeler.media.image). Bytes without an orientation other than 1, in a format Ultralytics
@@ -89,10 +90,6 @@ class ImageName:
         if suffix.lower() not in IMAGE_SUFFIXES:
             return cls("/".join([*folders, parts[-1]]), None)
         return cls("/".join([*folders, parts[-1][:-len(suffix)]]), suffix)
-
-    @property
-    def digest(self) -> bytes:
-        return hashlib.blake2b(self.key.encode(), digest_size=8).digest()
 
 
 @dataclass(frozen=True)
@@ -186,9 +183,11 @@ def copy_slices(row: Row, name: ImageName, target: Target, folder: str,
     slices written, as rows with their image files; the count); ImageCopyError as copy_image."""
     data = _source_bytes(row)
     try:
-        # The job's default limit: a source replaced by a larger image is then reported
-        # by its size below, not as a decompression bomb.
-        decoded = decode_image(data, max_pixels=InputSpec.model_fields["max_pixels"].default)
+        # The job labeled row.width x row.height pixels (its own max_pixels allowed them);
+        # at least the default limit, so that a source replaced by a larger image is
+        # reported by its size below, not as a decompression bomb.
+        limit = max(row.width * row.height, InputSpec.model_fields["max_pixels"].default)
+        decoded = decode_image(data, max_pixels=limit)
         lossy = _is_lossy(data)
     except (MediaError, OSError) as err:
         raise ImageCopyError(str(err) or "not an image Pillow reads") from None
@@ -217,12 +216,14 @@ def copy_images(rows: Iterable[Row], target: Target, failures: Reasons,
                 after: Callable[[Row, ImageFile], None] | None = None,
                 folder_of: Callable[[Row], str] = lambda row: "images",
                 slices: SliceOptions | None = None, sliced: SliceCount | None = None,
-                ) -> Iterator[tuple[Row, ImageFile]]:
+                label_files: bool = False) -> Iterator[tuple[Row, ImageFile]]:
     """Copy each row's image into folder_of(row) (on COPY_THREADS threads, then
     `after(row, image)` on the same thread); yields (row, image) in row order. Rows whose
     image cannot be exported are not yielded: their reasons go to `failures`. Errors writing
     the output propagate. With `slices`, each row's slices are written instead and yielded
-    as rows of their own (copy_slices), in order, and counted into `sliced`."""
+    as rows of their own (copy_slices), in order, and counted into `sliced`. label_files:
+    each image gets a label file named by its key (YOLO), so keys must differ, not only
+    names (module docstring)."""
 
     lock = threading.Lock()  # the copy threads add their slice counts to `sliced`
 
@@ -242,12 +243,22 @@ def copy_images(rows: Iterable[Row], target: Target, failures: Reasons,
                 after(part, image)
         return written
 
-    yield from _copy_all(rows, work, failures)
+    def taken_name(row: Row, name: ImageName) -> str:
+        """What two rows must not share, as the message names it."""
+        if label_files:
+            labels = "labels" + folder_of(row).removeprefix("images")
+            return f"label file {labels}/{name.key}.txt"
+        if slices is not None:  # slices are named by the key and their window
+            return f"slice names {folder_of(row)}/{name.key}_*"
+        return f"file name {folder_of(row)}/{name.key}{name.suffix or ''}"
+
+    yield from _copy_all(rows, work, failures, taken_name)
 
 
-def _copy_all(rows: Iterable[Row], work, failures: Reasons) -> Iterator[tuple[Row, ImageFile]]:
-    """work(row, name) for each row whose name is free, on the copy threads; yields what
-    each returns, in row order."""
+def _copy_all(rows: Iterable[Row], work, failures: Reasons,
+              taken_name: Callable[[Row, ImageName], str]) -> Iterator[tuple[Row, ImageFile]]:
+    """work(row, name) for each row whose taken_name is free, on the copy threads; yields
+    what each returns, in row order."""
 
     seen: set[bytes] = set()
     pending: deque[tuple[Row, Future]] = deque()
@@ -258,11 +269,13 @@ def _copy_all(rows: Iterable[Row], work, failures: Reasons) -> Iterator[tuple[Ro
             except ImageCopyError as err:
                 failures.add(str(err))
                 continue
-            if name.digest in seen:
-                failures.add(f"{row.id!r} would share its file name (labels/{name.key}.txt) "
-                             f"with an image exported before it")
+            taken = taken_name(row, name)
+            digest = hashlib.blake2b(taken.encode(), digest_size=8).digest()
+            if digest in seen:
+                failures.add(f"{row.id!r} would share its {taken} with an image exported "
+                             f"before it")
                 continue
-            seen.add(name.digest)
+            seen.add(digest)
             pending.append((row, pool.submit(work, row, name)))
             while len(pending) >= IN_FLIGHT or (pending and pending[0][1].done()):
                 yield from _finished(*pending.popleft(), failures)

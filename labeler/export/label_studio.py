@@ -14,7 +14,10 @@ job and imported, or sent to the backend.
 URL: the row's `uri` (an s3:// or https URI is what Label Studio's cloud storage and URL
 tasks read), or with an `image_url_prefix` that prefix followed by the row id, for images
 served elsewhere: `/data/local-files/?d=photos/` for Label Studio's local file serving,
-`https://cdn.example.com/photos/` for a web server over the input folder.
+`https://cdn.example.com/photos/` for a web server over the input folder. Behind a web
+prefix (`/...`, `http(s)://`) the id is percent-encoded (`my photo #1.jpg` ->
+`my%20photo%20%231.jpg`: a `#` or `&` would end the path or the `?d=` value); behind a
+cloud storage prefix (`s3://bucket/photos/`) it is the object key as it is.
 
 The list is written as a stream, one task per line, so memory holds one batch of rows.
 """
@@ -22,6 +25,7 @@ The list is written as a stream, one task per line, so memory holds one batch of
 from __future__ import annotations
 
 from collections.abc import Iterable
+from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from labeler.export.categories import Categories
@@ -45,12 +49,19 @@ def label_config_xml(categories: Categories) -> str:
             f'  </RectangleLabels>\n</View>\n')
 
 
+def media_url(prefix: str, row_id: str) -> str:
+    """The URL of a row's image or video under `prefix` (see the module docstring)."""
+    if prefix.startswith(("/", "http://", "https://")):
+        return prefix + quote(row_id, safe="/")
+    return prefix + row_id
+
+
 def label_studio_task(row: Row, version: str, image_url_prefix: str | None) -> dict:
     """The Label Studio task of one exported row (see the module docstring)."""
     record = {"width": row.width, "height": row.height, "detections": [
         {"label": b.label, "score": b.score, "x0": b.x0, "y0": b.y0, "x1": b.x1, "y1": b.y1}
         for b in row.boxes]}
-    url = row.uri if image_url_prefix is None else image_url_prefix + row.id
+    url = row.uri if image_url_prefix is None else media_url(image_url_prefix, row.id)
     return {"data": {IMAGE_TAG: url, "labeler_id": row.id},
             "predictions": [label_studio_prediction(record, _CONFIG, version)]}
 

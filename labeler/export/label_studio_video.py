@@ -33,7 +33,7 @@ from xml.sax.saxutils import quoteattr
 
 from labeler.export.categories import Categories
 from labeler.export.coco import json_line
-from labeler.export.label_studio import CONFIG_FILE, TASKS_FILE
+from labeler.export.label_studio import CONFIG_FILE, TASKS_FILE, media_url
 from labeler.export.rows import Box, Row, TrackCount, videos_of
 from labeler.export.target import Target
 from labeler.serve.formats import model_version
@@ -119,7 +119,7 @@ def video_task(frames: list[Row], version: str,
     frame_rate = probed_frame_rate(frames)
     prediction, boxes, untracked = video_prediction(frames, version, frame_rate)
     first = frames[0]
-    url = first.uri if url_prefix is None else url_prefix + first.id
+    url = first.uri if url_prefix is None else media_url(url_prefix, first.id)
     task = {"data": {VIDEO_TAG: url, "labeler_id": first.id, FPS_KEY: frame_rate},
             "predictions": [prediction]}
     return task, boxes, untracked

@@ -22,6 +22,7 @@ so memory holds one video's lines; seqmap.txt is written last.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from labeler.export.categories import Categories
@@ -86,7 +87,9 @@ def seqinfo(frames: list[Row]) -> str:
     length = max(row.frame_index for row in frames) + 1
     if fps and duration:
         length = max(length, round(fps * duration))
-    fields = {"name": first.id, "imDir": "img1", "frameRate": round(fps) if fps else None,
+    # An integer in MOT's files; half up (12.5 -> 13, not Python's 12) and at least 1.
+    rate = max(1, math.floor(fps + 0.5)) if fps else None
+    fields = {"name": first.id, "imDir": "img1", "frameRate": rate,
               "seqLength": length, "imWidth": first.width, "imHeight": first.height,
               "imExt": ".jpg"}
     return "[Sequence]\n" + "".join(f"{k}={v}\n" for k, v in fields.items() if v is not None)

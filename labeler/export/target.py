@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -48,9 +48,15 @@ class Target:
             raise ExportError(f"--out {self.uri!r} is not empty; pass --overwrite to replace "
                               f"its contents or choose another folder")
         _, job_path = filesystem_for(job_uri)
-        if is_s3(job_uri) == self.s3 and (job_path.rstrip("/") + "/").startswith(self.path + "/"):
+        job_path = job_path.rstrip("/")
+        if is_s3(job_uri) == self.s3 and (job_path + "/").startswith(self.path + "/"):
             raise ExportError(f"--out {self.uri!r} holds the job output {job_uri!r}; "
                               f"--overwrite would delete it: choose another folder")
+        if is_s3(job_uri) == self.s3 and (self.path + "/").startswith(job_path + "/"):
+            # A task folder, or a folder the job's readers may list: never emptied.
+            raise ExportError(f"--out {self.uri!r} is inside the job output {job_uri!r}; "
+                              f"--overwrite would delete files of it: choose a folder "
+                              f"outside it")
 
     def clear(self) -> None:
         """Delete everything under the location (check_empty allowed it)."""
@@ -86,8 +92,18 @@ class Target:
         staging = full if self.s3 else f"{folder}/.{name}.tmp"
         try:
             self._parent(full)
-            with self.fs.open_output_stream(staging) as f:
-                yield f
+            stream = self.fs.open_output_stream(staging)
+            try:
+                yield stream
+            except BaseException:
+                # An export stopped part-way (an error, Ctrl-C) leaves no main file: closing
+                # an S3 stream completes its upload, so what it wrote is deleted again.
+                with suppress(OSError):
+                    stream.close()
+                with suppress(OSError):
+                    self.fs.delete_file(staging)
+                raise
+            stream.close()
             if staging != full:
                 self.fs.move(staging, full)
         except OSError as err:

@@ -75,7 +75,8 @@ def write_yolo(rows: Iterable[Row], categories: Categories, target: Target,
 
     counts = {TRAIN: [0, 0], VAL: [0, 0]} if split else {"all": [0, 0]}
     for row, image in copy_images(rows, target, failures, after=write_label,
-                                  folder_of=folder_of, slices=slices, sliced=sliced):
+                                  folder_of=folder_of, slices=slices, sliced=sliced,
+                                  label_files=True):
         count = counts[image.folder.removeprefix("images/") if split else "all"]
         count[0] += 1
         count[1] += len(row.boxes)

@@ -58,7 +58,7 @@ class FuseSettings(FusionSpec):
     tasks: list[str] = Field(default_factory=list, description=(
         "task folders to fuse: at least two of one job output, or one per job output given "
         "(default then: each output's only task with boxes)"))
-    name: str = Field("fused", pattern=r"^[A-Za-z0-9_.-]+$",
+    name: str = Field("fused", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
                       description="the fused task's folder and task_name")
     track: TrackingSpec | None = Field(None, description="video frames: link each video's "
                                                          "fused boxes into tracks")

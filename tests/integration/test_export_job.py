@@ -226,3 +226,26 @@ def test_eval_against_a_yolo_export_equals_eval_against_the_coco_export(owlv2_jo
             (expected["category"], expected["ground_truth"], expected["detections"])
         for key in ("ap", "ap50", "best_f1"):
             assert got[key] == pytest.approx(expected[key], abs=1e-3), (got["category"], key)
+
+
+def test_an_export_stopped_part_way_leaves_no_main_file_on_s3_or_on_disk(s3_bucket, s3_env,
+                                                                         tmp_path):
+    """Closing an S3 stream completes its upload: an export stopped while writing its main
+    file (an error, Ctrl-C) must not leave a cut-off annotations.json that looks finished."""
+    import pyarrow.fs as pafs
+
+    from labeler.export.target import Target
+
+    for uri in (f"s3://{s3_bucket}/stopped", str(tmp_path / "stopped")):
+        target = Target(uri)
+        with pytest.raises(KeyboardInterrupt):
+            with target.final("annotations.json") as out:
+                out.write(b'{"images": [' + b'{"id": 1}, ' * 100_000)
+                raise KeyboardInterrupt
+        listed = target.fs.get_file_info(pafs.FileSelector(target.path, recursive=True,
+                                                           allow_not_found=True))
+        assert [i.path for i in listed if i.type == pafs.FileType.File] == [], uri
+        with target.final("annotations.json") as out:
+            out.write(b"{}")
+        with target.fs.open_input_stream(f"{target.path}/annotations.json") as f:
+            assert f.read() == b"{}"

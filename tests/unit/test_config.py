@@ -314,3 +314,14 @@ def test_compile_flag_reaches_the_model_spec_and_the_adapter(tmp_path, tiny_owlv
     assert build_adapter(task(), torch.device("cpu")).compiled_embedder is None
     caption = task("--compile", family="qwen2_vl", model="some/checkpoint", extra=())
     assert caption.model.compile is True
+
+
+@pytest.mark.parametrize("name", ["_boxes", ".hidden", "..", "a/b", ""])
+def test_a_task_name_readers_would_skip_or_that_leaves_the_output_is_refused(tmp_path, name):
+    """Readers (export, stats, eval, ...) skip folders starting with _ or . (staging and
+    reports), and '..' would write outside the output."""
+    spec_file = _detect_spec_file(tmp_path, f"    labels: [cat]\n    name: '{name}'")
+    with pytest.raises(SpecError, match=r"tasks\.0\.name: String should match pattern"):
+        load_job_spec(spec_file)
+    assert load_job_spec(_detect_spec_file(
+        tmp_path, "    labels: [cat]\n    name: 0_boxes.v2-x")).tasks[0].name == "0_boxes.v2-x"

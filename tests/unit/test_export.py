@@ -443,10 +443,23 @@ def test_ids_that_would_share_a_label_file_are_reported(tmp_path, capsys):
     code, out, _ = _export(capsys, path, "--format", "yolo", "--out", tmp_path / "y")
     assert code == 0 and "images: 1, boxes: 1\n" in out
     assert "skipped 2 rows whose image could not be exported\n" in out
-    assert "x1: 'c.png' would share its file name (labels/c.txt) with an image exported " \
+    assert "x1: 'c.png' would share its label file labels/c.txt with an image exported " \
            "before it\n" in out
     assert f"x1: cannot read {tmp_path / 'gone.jpg'}: " in out
     assert sorted(p.name for p in (tmp_path / "y" / "labels").iterdir()) == ["c.txt"]
+    # COCO writes no label files: both images are copied.
+    code, out, _ = _export(capsys, path, "--format", "coco", "--out", tmp_path / "c",
+                           "--copy-images")
+    assert code == 0 and "skipped 1 rows whose image could not be exported\n" in out
+    assert sorted(p.name for p in (tmp_path / "c" / "images").iterdir()) == ["c.jpg", "c.png"]
+    # Nor do two splits' label files meet: with a validation share of 0.7, c.jpg goes to
+    # val and c.png to train (split_of hashes the id).
+    code, out, _ = _export(capsys, path, "--format", "yolo", "--out", tmp_path / "s",
+                           "--val-fraction", "0.7")
+    assert code == 0 and "would share" not in out
+    assert sorted(str(p.relative_to(tmp_path / "s" / "labels"))
+                  for p in (tmp_path / "s" / "labels").rglob("*.txt")) == ["train/c.txt",
+                                                                           "val/c.txt"]
 
 
 def test_phone_and_web_formats_in_an_export():
@@ -469,3 +482,45 @@ def test_phone_and_web_formats_in_an_export():
             written = Image.open(io.BytesIO(data))
             assert written.format == "PNG" and written.size == (30, 40)
             assert np.array_equal(np.asarray(written), decode_image(buffer.getvalue(), 10**6).pixels)
+
+
+def test_overwrite_never_empties_a_folder_inside_the_job_output(tmp_path, capsys):
+    """--out job/detect --overwrite would delete the task's part files before reading them."""
+    (tmp_path / "a.jpg").write_bytes(_encode((8, 8), "JPEG", None, 0))
+    path = _write_job(tmp_path / "out", [_record("a.jpg", str(tmp_path / "a.jpg"), "detect",
+                                                 "detect", {"labels": ["x"]}, (8, 8), [])],
+                      ["detect"], 1)
+    parts = sorted((tmp_path / "out" / "detect").iterdir())
+    for out in (tmp_path / "out" / "detect", tmp_path / "out"):
+        code, _, err = _export(capsys, path, "--format", "coco", "--out", out, "--overwrite")
+        assert code == 2, err
+        assert sorted((tmp_path / "out" / "detect").iterdir()) == parts
+    assert "is inside the job output" in _export(
+        capsys, path, "--format", "coco", "--out", tmp_path / "out" / "detect",
+        "--overwrite")[2]
+    # An empty folder inside it is no danger: nothing is deleted.
+    code, _, err = _export(capsys, path, "--format", "coco", "--out", tmp_path / "out" / "coco")
+    assert code == 0, err
+
+
+def test_label_studio_urls_percent_encode_ids_behind_a_web_prefix_only():
+    """`#` would end the URL's path (a fragment), `&` the local-files `d=` value."""
+    from labeler.export.label_studio import media_url
+
+    assert media_url("/data/local-files/?d=photos/", "my photo #1.jpg") == (
+        "/data/local-files/?d=photos/my%20photo%20%231.jpg")
+    assert media_url("https://cdn.example.com/p/", "a&b?/c%.jpg") == (
+        "https://cdn.example.com/p/a%26b%3F/c%25.jpg")
+    # Cloud storage URIs name the object key as it is.
+    assert media_url("s3://bucket/photos/", "my photo #1.jpg") == (
+        "s3://bucket/photos/my photo #1.jpg")
+
+
+def test_mot_frame_rate_is_a_whole_number_rounded_half_up_and_at_least_one():
+    from labeler.export.mot import seqinfo
+    from labeler.export.rows import Row
+
+    for fps, rate in ((12.5, 13), (29.97, 30), (0.5, 1), (25.0, 25)):
+        frame = Row("v.mp4", "v.mp4", 64, 48, (), frame_index=0,
+                    video={"fps": fps, "duration_s": 2.0})
+        assert f"frameRate={rate}\n" in seqinfo([frame]), fps

@@ -202,3 +202,18 @@ def test_images_that_cannot_be_sliced_are_skipped_with_their_reason(tmp_path, ca
     assert f"sliced 1 images into {len(windows)} slices of 64 px" in stdout
     assert sorted(p.stem for p in (tmp_path / "yolo" / "images").iterdir()) == sorted(
         f"good_{x0}_{y0}_{x1}_{y1}" for x0, y0, x1, y1 in windows)
+
+
+def test_an_image_over_the_default_pixel_limit_that_the_job_labeled_is_sliced(job, tmp_path,
+                                                                            capsys, monkeypatch):
+    """A job with a raised input.max_pixels labeled an image over the default limit (an
+    orthophoto, what slices are for): the export decodes what the job decoded. Here the
+    default limit is lowered under the 300x200 image instead of writing 100 megapixels."""
+    from labeler.config import InputSpec
+    monkeypatch.setattr(InputSpec.model_fields["max_pixels"], "default", 300 * 200 - 1)
+    out = tmp_path / "big"
+    code, stdout, _ = _export(capsys, job["path"], "--format", "yolo", "--out", out,
+                              "--slice", SIZE, "--slice-overlap", OVERLAP)
+    assert code == 0 and "could not be exported" not in stdout
+    assert len(list((out / "images").glob("field_*.png"))) == len(
+        slice_windows(300, 200, SliceOptions(SIZE, OVERLAP)))
