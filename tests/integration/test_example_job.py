@@ -61,8 +61,11 @@ def _adapter_detections(task, path, examples=()) -> list[dict]:
 def _same(got, want):
     assert [d["label"] for d in got] == [d["label"] for d in want]
     for a, b in zip(got, want):
-        for key in ("score", "x0", "y0", "x1", "y1"):
-            assert a[key] == pytest.approx(b[key], abs=1e-4), key
+        assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+        # Pixels: float32 sums in another order (a batch of another size, other threads)
+        # moved a corner of 77.49 px by 1.07e-4 in one CI run.
+        for key in ("x0", "y0", "x1", "y1"):
+            assert a[key] == pytest.approx(b[key], abs=1e-3), key
 
 
 def test_each_input_is_searched_for_its_own_boxes(job):
