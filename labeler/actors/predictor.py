@@ -90,7 +90,7 @@ class Predictor:
         errors: list[str | None] = [str(e) or None for e in batch["error"]]
         good = [i for i in range(n) if errors[i] is None]
         prompts = batch.get("prompt")
-        captions = self.captions(batch)
+        captions = self.captions(batch, errors)
         examples = self.examples(batch, good, errors)
         good = [i for i in good if errors[i] is None]
         results: dict[int, dict] = {}
@@ -136,15 +136,22 @@ class Predictor:
                 errors[i] = str(err)
         return found
 
-    def captions(self, batch: dict[str, np.ndarray]) -> list[str | None] | None:
+    def captions(self, batch: dict[str, np.ndarray],
+                 errors: list[str | None]) -> list[str | None] | None:
         """Each row's caption for pseudo-label: the text of the task named by caption_from
         (its record in this batch), else the column `caption__<task name>` ("" = none);
-        None when the task takes no caption."""
+        None when the task takes no caption. A row whose caption task failed gets that
+        failure in errors[row]: labeling it from no caption would pass the failure off as
+        an image without objects."""
         if self.task.task != "pseudo-label":
             return None
         source = self.task.pseudo_label.caption_from
         if source is not None:
-            return [json.loads(str(r)).get("text") for r in batch[f"record__{source}"]]
+            records = [json.loads(str(r)) for r in batch[f"record__{source}"]]
+            for i, record in enumerate(records):
+                if errors[i] is None and record.get("error"):
+                    errors[i] = f"caption task {source!r} failed: {record['error']}"
+            return [record.get("text") for record in records]
         column = batch.get(f"caption__{self.task.output_name}")
         if column is None:
             return [None] * len(batch["id"])

@@ -364,3 +364,35 @@ def test_check_spec_accepts_captions_alone_and_an_s3_vocabulary(tiny_owlv2):
     TaskSpec(task="pseudo-label", model={"family": "owlv2", "source": tiny_owlv2})
     TaskSpec(task="pseudo-label", model={"family": "owlv2", "source": tiny_owlv2},
              pseudo_label={"use_captions": False, "vocabulary_file": "s3://bucket/lvis.txt"})
+
+
+def test_a_row_whose_caption_task_failed_is_an_error_row_naming_it(tiny_owlv2):
+    """caption_from: the caption task's failure on a row makes the pseudo-label row an error
+    row (counted as an error), not an image 'without queries' or labeled from the vocabulary
+    alone; the other rows are labeled from their captions."""
+    import json
+
+    from labeler.actors.predictor import Predictor
+    from labeler.jobs.stages import TaskTransforms, input_column
+
+    task = _spec(tiny_owlv2, caption_from="caption", threshold=0.0)
+    transforms, column = TaskTransforms([task]), input_column(task)
+    pixels = [np.asarray(synthetic_image(64, 48, k)) for k in range(3)]
+    records = [{"text": "a cat on a sofa", "error": None},
+               {"text": None, "error": "model failed: CUDA out of memory"},
+               {"text": "a dog", "error": None}]
+    batch = {"id": np.array(["a", "b", "c"], dtype=object),
+             "uri": np.array(["a", "b", "c"], dtype=object),
+             "error": np.array([""] * 3, dtype=object), "width": np.full(3, 64),
+             "height": np.full(3, 48), "decode_ms": np.zeros(3),
+             "shard": np.zeros(3, dtype=np.int64),
+             "record__caption": np.array([json.dumps(r) for r in records], dtype=object),
+             column: np.stack([transforms.apply(p)[column] for p in pixels])}
+    rows = Predictor(task, input_column=column).records(batch)
+    assert rows[1]["error"] == ("caption task 'caption' failed: model failed: CUDA out of "
+                                "memory")
+    assert rows[1].get("detections") is None and rows[1].get("kept") is None
+    assert rows[0]["error"] is None and rows[2]["error"] is None
+    words = shipped_word_list(STOP_WORDS_FILE), shipped_word_list(GENERIC_WORDS_FILE)
+    assert rows[0]["detections"] and {d["label"] for d in rows[0]["detections"]} <= {
+        *caption_queries("a cat on a sofa", *words), *VOCABULARY}
