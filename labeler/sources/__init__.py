@@ -4,13 +4,16 @@ the driver before any work starts.
 `path` may be a folder, a glob or an s3:// prefix (every image file under it is an input,
 and every `.tar` under it is a WebDataset shard whose image members are inputs), or a
 Parquet / JSONL manifest (or a folder / prefix holding only manifests). In a folder or
-prefix, a `.txt` file beside an image with the same stem (`cat.jpg`, `cat.txt`) is its
-caption: the column `caption`, as a WebDataset `.txt` member is. With media "video" the
-same holds for video files and video members (config.VIDEO_EXTENSIONS) instead of images.
+prefix (and beside an image a glob or a file path names), a `.txt` file with the image's
+stem (`cat.jpg`, `cat.txt`) is its caption: the column `caption`, as a WebDataset `.txt`
+member is. With media "video" the same holds for video files and video members
+(config.VIDEO_EXTENSIONS) instead of images.
 """
 
 from __future__ import annotations
 
+import glob
+import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,7 +23,7 @@ from labeler.sources.items import InputItem, InputPlan, assign_shards, check_uni
 from labeler.sources.manifest import is_manifest, manifest_samples
 from labeler.sources.subset import choose_subset
 from labeler.sources.webdataset import is_tar, tar_samples
-from labeler.storage import read_bytes, storage_error
+from labeler.storage import is_s3, read_bytes, storage_error
 
 # Sidecar captions are small objects read during planning; on S3 each is one GET, so they are
 # fetched this many at a time (latency-bound, not bandwidth-bound).
@@ -65,13 +68,23 @@ def plan_source(path: str, files_per_shard: int, media: str = "image",
         # After the subset: on S3 each caption is a GET, and a trial of 500 inputs should
         # not read a million of them.
         captions = sidecar_captions(files, {uri for _, uri, _, _ in entries
-                                            if uri in files_beside})
+                                            if uri in files_beside},
+                                    whole_folders=not _names_files(path))
         for _, uri, _, meta in entries:
             if uri in captions:
                 meta["caption"] = captions[uri]
     plan = _check(assign_shards, entries, path, files_per_shard)
     plan.listed = listed
     return plan
+
+
+def _names_files(path: str) -> bool:
+    """Whether `path` lists only the files it names (a glob, a single file), not whole
+    folders."""
+    if is_s3(path):
+        return not path.endswith("/") and not is_manifest(path) and posixpath.splitext(
+            path)[1].lower() in (*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS)
+    return glob.has_magic(path) or os.path.isfile(path)
 
 
 def _check(function, entries: list, path: str, *args):
@@ -82,21 +95,35 @@ def _check(function, entries: list, path: str, *args):
         raise SpecError(f"input.path: {err} (in {path})") from None
 
 
-def sidecar_captions(files: list[str], inputs: set[str]) -> dict[str, str]:
+def sidecar_captions(files: list[str], inputs: set[str],
+                     whole_folders: bool = True) -> dict[str, str]:
     """{input uri: the text of the `.txt` file with the same stem in the same folder},
-    stripped, for the inputs that have one. An unreadable caption file raises StorageError
-    (before any work starts)."""
+    stripped, for the inputs that have one. files: the listing; whole_folders: it holds
+    every file of the inputs' folders (False for a glob or a single file, which name only
+    the images: each input's `<stem>.txt` is then looked for itself). An unreadable caption
+    file raises StorageError, one that is not UTF-8 text SpecError (before any work
+    starts)."""
     texts = {posixpath.splitext(f)[0]: f for f in files if f.lower().endswith(".txt")}
     pairs = {uri: texts[posixpath.splitext(uri)[0]] for uri in inputs
              if posixpath.splitext(uri)[0] in texts}
-    if not pairs:
+    unlisted = [] if whole_folders else [uri for uri in inputs if uri not in pairs]
+    if not pairs and not unlisted:
         return {}
 
-    def read(txt: str) -> str:
+    def read(txt: str) -> str | None:
         try:
-            return read_bytes(txt).decode("utf-8", errors="replace").strip()
+            data = read_bytes(txt)
+        except FileNotFoundError:
+            return None
         except OSError as err:
             raise storage_error(txt, "read the caption", err) from None
+        try:
+            return data.decode("utf-8-sig").strip()  # a byte-order mark is no caption text
+        except UnicodeDecodeError as err:
+            raise SpecError(f"input.path: the caption file {txt} is not UTF-8 text "
+                            f"({err.reason} at byte {err.start}); save it as UTF-8") from None
 
+    pairs.update({uri: posixpath.splitext(uri)[0] + ".txt" for uri in unlisted})
     with ThreadPoolExecutor(CAPTION_READERS) as pool:
-        return dict(zip(pairs, pool.map(read, pairs.values())))
+        texts_read = dict(zip(pairs, pool.map(read, pairs.values())))
+    return {uri: text for uri, text in texts_read.items() if text is not None}

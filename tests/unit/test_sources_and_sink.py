@@ -1,11 +1,14 @@
 """Input planning and the sharded Parquet sink: names, commit, resume, conflicts."""
 
+import re
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pyarrow.dataset as pads
 import pytest
 
 from labeler.actors.predictor import OUTPUT_SCHEMA
+from labeler.config import SpecError
 from labeler.sinks.parquet import MissingParts, OutputConflict, ShardedParquetSink
 from labeler.sources.files import plan_inputs
 
@@ -178,12 +181,22 @@ def test_a_text_file_beside_an_image_is_its_caption(tmp_path):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "a.txt").write_text("  A dog on a beach.\n")
-    (tmp_path / "sub" / "c.txt").write_text("Zwei Katzen, café")
     (tmp_path / "notes.txt").write_text("no image has this stem")
+    (tmp_path / "sub" / "c.txt").write_bytes("\ufeffZwei Katzen, café".encode("utf-8"))  # a BOM
     plan = plan_source(str(tmp_path), files_per_shard=10)
     assert [i.id for i in plan.items] == ["a.jpg", "b.png", "sub/c.jpg"]
     assert plan.metadata.column("caption").to_pylist() == ["A dog on a beach.", None,
                                                           "Zwei Katzen, café"]
+    # A glob or a file path names the images only: their captions are found all the same.
+    plan = plan_source(str(tmp_path / "*.*g"), files_per_shard=10)
+    assert plan.metadata.column("caption").to_pylist() == ["A dog on a beach.", None]
+    plan = plan_source(str(tmp_path / "sub" / "c.jpg"), files_per_shard=10)
+    assert plan.metadata.column("caption").to_pylist() == ["Zwei Katzen, café"]
+    # Text in another encoding would become other queries: refused, naming the file.
+    (tmp_path / "a.txt").write_bytes("un café".encode("latin-1"))
+    with pytest.raises(SpecError, match=re.escape(f"the caption file {tmp_path / 'a.txt'} is "
+                                                  f"not UTF-8 text")):
+        plan_source(str(tmp_path), files_per_shard=10)
 
 
 def test_inputs_that_never_arrived_become_the_error_rows_given_for_them(tmp_path):
