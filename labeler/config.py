@@ -131,6 +131,11 @@ def check_templates(templates: list[str]) -> list[str]:
 QUERY_ALONE = ["{}"]
 
 
+# Tasks whose rows' `text` is a caption of the whole image, which pseudo-label may take its
+# queries from (pseudo_label.caption_from).
+CAPTION_SOURCE_TASKS = ("caption", "ocr", "ask")
+
+
 class PseudoLabelSpec(_Strict):
     """OWL-ST pseudo-annotation (task pseudo-label): queries from each image's caption and/or
     a curated vocabulary; see labeler.pseudo. The box threshold is the task's `threshold`."""
@@ -164,9 +169,28 @@ class PseudoLabelSpec(_Strict):
     @field_validator("vocabulary_file", "generic_words_file")
     @classmethod
     def _file_exists(cls, path: str | None) -> str | None:
-        if path is not None and not path.startswith("s3://") and not os.path.isfile(path):
-            raise ValueError(f"file {path!r} does not exist")
+        if path is not None and not path.startswith("s3://"):
+            if not os.path.isfile(path):
+                raise ValueError(f"file {path!r} does not exist")
+            try:  # read on every actor: a file it cannot read must stop the job here
+                with open(path, encoding="utf-8-sig") as f:
+                    f.read()
+            except UnicodeDecodeError as err:
+                raise ValueError(f"file {path!r} is not UTF-8 text ({err.reason} at byte "
+                                 f"{err.start})") from None
+            except OSError as err:
+                raise ValueError(f"file {path!r} cannot be read: {err}") from None
         return path
+
+    @model_validator(mode="after")
+    def _caption_options(self) -> "PseudoLabelSpec":
+        if self.caption_from is not None and not self.use_captions:
+            raise ValueError("caption_from: a caption task is named but use_captions is false "
+                             "(the vocabulary alone): drop one of them")
+        if self.caption_from is not None and self.caption_column != "caption":
+            raise ValueError("caption_column: the captions come from the caption_from task, "
+                             "not from an input column: give one of them")
+        return self
 
 
 # Tasks whose boxes `nms` and `max_detections` may thin out (detect-by-example has its
@@ -453,6 +477,23 @@ class TaskSpec(_Strict):
                                  f"pixels from the image's top left")
         if self.task != "pseudo-label" and self.pseudo_label != PseudoLabelSpec():
             raise ValueError("pseudo_label options apply only to task 'pseudo-label'")
+        # Options the task would accept and never read (they would also enter the job's
+        # identity, blocking a resume for nothing).
+        if (self.query_image or self.query_box is not None) and self.task != "detect-by-example":
+            raise ValueError(f"task {self.task!r} takes no query_image (query_image and "
+                             f"query_box are detect-by-example's query)")
+        if (self.model.family not in registry.GENERATIVE_FAMILIES
+                and self.generation != GenerationSpec()):
+            raise ValueError(f"generation applies to the generative families "
+                             f"({', '.join(registry.GENERATIVE_FAMILIES)}), not "
+                             f"{self.model.family!r}, which generates no text")
+        if (self.nms == "none" and self.task != "detect-by-example"
+                and self.nms_threshold != TaskSpec.model_fields["nms_threshold"].default):
+            raise ValueError("nms_threshold is the IoU of nms, which is 'none': set nms "
+                             "(per-label or all) too")
+        if self.preprocess != "processor" and self.model.family != "owlv2":
+            raise ValueError(f"preprocess: {self.preprocess!r} applies to family owlv2 "
+                             f"(the other families have one way to preprocess)")
 
     def label_queries(self) -> list[list[str]]:
         """The text queries of each label, in label order: its `queries` entry, else the
@@ -685,9 +726,16 @@ class JobSpec(_Strict):
         names = [t.output_name for t in self.tasks]
         for k, task in enumerate(self.tasks):
             source = task.pseudo_label.caption_from
-            if task.task == "pseudo-label" and source is not None and source not in names[:k]:
+            if task.task != "pseudo-label" or source is None:
+                continue
+            if source not in names[:k]:
                 raise ValueError(f"tasks.{k}.pseudo_label.caption_from: {source!r} is not an "
                                  f"earlier task of this job (earlier tasks: {names[:k] or 'none'})")
+            kind = self.tasks[names.index(source)].task
+            if kind not in CAPTION_SOURCE_TASKS:
+                raise ValueError(f"tasks.{k}.pseudo_label.caption_from: {source!r} is a {kind} "
+                                 f"task, which writes no caption; name a task of kind "
+                                 f"{', '.join(CAPTION_SOURCE_TASKS)}")
         return self
 
 
@@ -717,6 +765,24 @@ TASK_FLAGS = {"task": ("task",), "family": ("model", "family"), "model": ("model
               "image_threshold": ("pseudo_label", "image_threshold"),
               "caption_column": ("pseudo_label", "caption_column"),
               "vocabulary": ("pseudo_label", "vocabulary_file")}
+
+
+def _family_of(task: dict) -> Any:
+    model = task.get("model")
+    return model.get("family") if isinstance(model, dict) else None
+
+
+# Task flags that set an option only some tasks take -> (those tasks, which they are): they
+# apply to those tasks of the job only (in the README's caption + pseudo-label job, the
+# caption task refuses pseudo_label options and the OWLv2 task generation options; a detect
+# task's threshold is not the box threshold).
+_PSEUDO_LABEL = (lambda task: task.get("task") == "pseudo-label", "pseudo-label")
+_GENERATIVE = (lambda task: _family_of(task) in registry.GENERATIVE_FAMILIES,
+               f"generative ({', '.join(registry.GENERATIVE_FAMILIES)})")
+PARTIAL_FLAGS = {"box_threshold": _PSEUDO_LABEL, "image_threshold": _PSEUDO_LABEL,
+                 "caption_column": _PSEUDO_LABEL, "vocabulary": _PSEUDO_LABEL,
+                 "max_new_tokens": _GENERATIVE, "num_beams": _GENERATIVE, "seed": _GENERATIVE,
+                 "preprocess": (lambda task: _family_of(task) == "owlv2", "owlv2")}
 JOB_FLAGS = {"input": ("input", "path"), "output": ("output", "path"),
              "overwrite": ("output", "overwrite"), "retry_errors": ("output", "retry_errors"),
              "max_pixels": ("input", "max_pixels"),
@@ -732,9 +798,18 @@ JOB_FLAGS = {"input": ("input", "path"), "output": ("output", "path"),
              "clip_seconds": ("input", "clip", "seconds"), "clip_fps": ("input", "clip", "fps")}
 
 
-def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
+def _set(tree: dict, path: tuple[str, ...], value: Any, where: str = "") -> None:
+    """tree[path] = value, making the mappings on the way (an empty `resources:` line is
+    null: one); SpecError naming the field when one on the way is no mapping."""
+    for k, key in enumerate(path[:-1]):
+        if tree.get(key) is None:
+            tree[key] = {}
+        if not isinstance(tree[key], dict):
+            field = ".".join((where, *path[:k + 1]) if where else path[:k + 1])
+            raise SpecError(f"invalid job spec:\n  {field}: {tree[key]!r} is not a mapping, "
+                            f"so a flag cannot set {'.'.join(path[k + 1:])} in it (write "
+                            f"{path[k]}: {{...}})")
+        tree = tree[key]
     tree[path[-1]] = value
 
 
@@ -748,9 +823,10 @@ def merge_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
                                                   for t in tasks):
             raise SpecError("--tile-overlap sets the overlap of tiles; give the grid too "
                             "(--tiles 2x2), or tiles: in the spec")
-    for flag, value in overrides.items():
-        if value is None:
-            continue
+    # PARTIAL_FLAGS last: which tasks they apply to follows from --task and --family.
+    given = sorted(((flag, value) for flag, value in overrides.items() if value is not None),
+                   key=lambda item: item[0] in PARTIAL_FLAGS)
+    for flag, value in given:
         if flag == "track":
             # --track turns tracking on with the spec's settings, or the defaults.
             for task in _flag_tasks(raw):
@@ -762,8 +838,16 @@ def merge_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
         elif flag in JOB_FLAGS:
             _set(raw, JOB_FLAGS[flag], value)
         elif flag in TASK_FLAGS:
-            for task in _flag_tasks(raw):
-                _set(task, TASK_FLAGS[flag], value)
+            tasks = _flag_tasks(raw)
+            if flag in PARTIAL_FLAGS:
+                takes, which = PARTIAL_FLAGS[flag]
+                tasks = [task for task in tasks if takes(task)]
+                if not tasks:
+                    raise SpecError(f"--{flag.replace('_', '-')} applies to {which} tasks, and "
+                                    f"the job has none")
+            for task in tasks:
+                k = next(k for k, t in enumerate(raw["tasks"]) if t is task)
+                _set(task, TASK_FLAGS[flag], value, f"tasks.{k}")
         else:
             raise KeyError(f"unknown override {flag!r}")
     return raw

@@ -32,7 +32,7 @@ from torch.overrides import TorchFunctionMode
 
 from labeler.config import TaskSpec
 from labeler.models.base import ImageInput, attention_implementations
-from labeler.registry import load_adapter_class
+from labeler.registry import GENERATIVE_FAMILIES, load_adapter_class
 from labeler.testing.samples import synthetic_image
 
 TOLERANCE = 1e-5  # issue 8: float32 on CPU; relative, and absolute per unit of scale
@@ -66,8 +66,9 @@ class FusedAttentionCalls(TorchFunctionMode):
 
 def _adapter(family: str, folder: str):
     task, fields = FAMILIES[family]
+    generation = {"max_new_tokens": NEW_TOKENS} if family in GENERATIVE_FAMILIES else {}
     spec = TaskSpec(task=task, model={"family": family, "source": folder, "dtype": "float32"},
-                    generation={"max_new_tokens": NEW_TOKENS}, **fields)
+                    generation=generation, **fields)
     adapter = load_adapter_class(task, family)(spec)
     adapter.setup(torch.device("cpu"))
     return adapter

@@ -7,7 +7,7 @@ import torch
 
 from labeler.config import TaskSpec
 from labeler.models.base import ImageInput
-from labeler.registry import ADAPTERS, CLIP_TASKS, load_adapter_class
+from labeler.registry import ADAPTERS, CLIP_TASKS, GENERATIVE_FAMILIES, load_adapter_class
 from labeler.testing.samples import synthetic_image
 
 # (task, family) -> (extra TaskSpec fields, the record field the output must fill)
@@ -52,8 +52,9 @@ def test_example_runs_and_fills_its_field(key, tiny_model, query_image):
     task, family = key
     fields, output_field = EXAMPLES[key]
     fields = {k: (query_image if v == "QUERY" else v) for k, v in fields.items()}
+    generation = {"max_new_tokens": 12} if family in GENERATIVE_FAMILIES else {}
     spec = TaskSpec(task=task, model={"family": family, "source": tiny_model(family)},
-                    generation={"max_new_tokens": 12}, **fields)
+                    generation=generation, **fields)
     adapter = load_adapter_class(task, family)(spec)
     adapter.setup(torch.device("cpu"))
     images = [np.asarray(synthetic_image(w, h, seed=i)) for i, (w, h) in enumerate([(96, 64), (50, 80)])]
