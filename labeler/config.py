@@ -468,6 +468,9 @@ class TaskSpec(_Strict):
         if self.examples is not None and (self.query_image or self.task != "detect-by-example"):
             raise ValueError("examples are detect-by-example's queries, instead of a "
                              "query_image: give one or the other")
+        if (self.query_image or self.query_box is not None) and self.task != "detect-by-example":
+            raise ValueError(f"task {self.task!r} takes no query_image (query_image and "
+                             f"query_box are detect-by-example's query)")
         if self.query_box is not None:
             if not self.query_image:
                 raise ValueError("query_box is a box in query_image: give the query_image")
@@ -479,9 +482,6 @@ class TaskSpec(_Strict):
             raise ValueError("pseudo_label options apply only to task 'pseudo-label'")
         # Options the task would accept and never read (they would also enter the job's
         # identity, blocking a resume for nothing).
-        if (self.query_image or self.query_box is not None) and self.task != "detect-by-example":
-            raise ValueError(f"task {self.task!r} takes no query_image (query_image and "
-                             f"query_box are detect-by-example's query)")
         if (self.model.family not in registry.GENERATIVE_FAMILIES
                 and self.generation != GenerationSpec()):
             raise ValueError(f"generation applies to the generative families "

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import re
+
 import pytest
 
 from labeler.config import SpecError, load_job_spec
@@ -325,3 +327,47 @@ def test_a_task_name_readers_would_skip_or_that_leaves_the_output_is_refused(tmp
         load_job_spec(spec_file)
     assert load_job_spec(_detect_spec_file(
         tmp_path, "    labels: [cat]\n    name: 0_boxes.v2-x")).tasks[0].name == "0_boxes.v2-x"
+
+
+@pytest.mark.parametrize("task_lines, says", [
+    ("    labels: [cat]\n    query_image: cat.jpg", "task 'detect' takes no query_image"),
+    ("    labels: [cat]\n    query_box: [0, 0, 5, 5]", "task 'detect' takes no query_image"),
+    ("    labels: [cat]\n    generation: {max_new_tokens: 20}",
+     "generation applies to the generative families"),
+    ("    labels: [cat]\n    nms_threshold: 0.5", "nms_threshold is the IoU of nms, which is "
+                                                 "'none': set nms"),
+])
+def test_options_the_task_would_never_read_are_refused(tmp_path, task_lines, says):
+    """Accepted, they changed nothing but the job's identity (blocking a resume)."""
+    with pytest.raises(SpecError, match=re.escape(says)):
+        load_job_spec(_detect_spec_file(tmp_path, task_lines))
+    spec = load_job_spec(_detect_spec_file(tmp_path, "    labels: [cat]\n    nms: all\n"
+                                                     "    nms_threshold: 0.5"))
+    assert spec.tasks[0].nms_threshold == 0.5
+
+
+def test_generation_and_preprocess_flags_apply_to_the_families_that_take_them(tmp_path):
+    spec_file = tmp_path / "two.yaml"
+    spec_file.write_text(f"""
+input: {{path: {tmp_path}}}
+output: {{path: {tmp_path}/out}}
+tasks:
+  - {{task: caption, model: {{family: florence2, source: m}}}}
+  - {{task: detect, labels: [cat], model: {{family: owlv2, source: m}}}}
+""")
+    caption, detect = load_job_spec(spec_file, max_new_tokens=20, preprocess="fast").tasks
+    assert (caption.generation.max_new_tokens, caption.preprocess) == (20, "processor")
+    assert detect.preprocess == "fast"
+    with pytest.raises(SpecError, match=re.escape("--max-new-tokens applies to generative "
+                                                  "(florence2, blip2, qwen2_vl, ovis2) tasks, "
+                                                  "and the job has none")):
+        load_job_spec(None, **_flags(tmp_path, max_new_tokens=20))
+    with pytest.raises(SpecError, match=re.escape("--preprocess applies to owlv2 tasks, and the "
+                                                  "job has none")):
+        load_job_spec(None, **_flags(tmp_path, task="caption", family="florence2", labels=None,
+                                     preprocess="fast"))
+    spec_file.write_text(spec_file.read_text().replace("florence2, source: m}",
+                                                       "florence2, source: m}, preprocess: fast"))
+    with pytest.raises(SpecError, match=re.escape("tasks.0: preprocess: 'fast' applies to "
+                                                  "family owlv2")):
+        load_job_spec(spec_file)
