@@ -13,6 +13,7 @@ the same order (labeler.export.rows), so ids match between them and between runs
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Literal
@@ -26,7 +27,7 @@ from labeler.export.label_studio import write_label_studio
 from labeler.export.label_studio_video import write_label_studio_video
 from labeler.export.mot import SEQMAP_FILE as MOT_FILE
 from labeler.export.mot import write_mot
-from labeler.export.rows import (ExportError, JobOutput, Reasons, Tally, TaskFolder, TaskRows,
+from labeler.export.rows import (ExportError, JobOutput, Reasons, Row, Tally, TaskFolder, TaskRows,
                                  TrackCount, read_ids)
 from labeler.export.slices import SliceOptions
 from labeler.export.splits import TRAIN, VAL, split_of
@@ -245,8 +246,13 @@ def run_export(options: ExportOptions) -> ExportSummary:
             options.image_url_prefix)
         counts = {"all": (summary.tracks.frames, summary.tracks.boxes)}
     elif options.format == "label-studio":
-        counts = {"all": write_label_studio(rows.scan(summary.tally), categories, target,
-                                            folder.model, options.image_url_prefix)}
+        scanned: Iterable[Row] = rows.scan(summary.tally)
+        if ids is not None:
+            # Label Studio shows tasks in import order: a review queue (`labeler select`,
+            # best first) keeps the file's order. The rows of a selection are held at once.
+            scanned = sorted(scanned, key=lambda row: ids[row.id])
+        counts = {"all": write_label_studio(scanned, categories, target, folder.model,
+                                            options.image_url_prefix)}
     else:
         counts = _write_coco_splits(rows, folder, job, categories, target, options, summary)
     summary.images = sum(n for n, _ in counts.values())

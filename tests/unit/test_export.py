@@ -524,3 +524,15 @@ def test_mot_frame_rate_is_a_whole_number_rounded_half_up_and_at_least_one():
         frame = Row("v.mp4", "v.mp4", 64, 48, (), frame_index=0,
                     video={"fps": fps, "duration_s": 2.0})
         assert f"frameRate={rate}\n" in seqinfo([frame]), fps
+
+
+def test_label_studio_tasks_follow_the_ids_files_order(job, tmp_path, capsys):
+    """Label Studio shows tasks in import order: a review queue written best first by
+    `labeler select` stays in that order, not the job's."""
+    ids = tmp_path / "queue.txt"
+    ids.write_text("sub/b.png\nrot.jpg\nmissing.jpg\na.jpg\n")
+    code, stdout, _ = _export(capsys, job["path"], "--format", "label-studio", "--out",
+                              tmp_path / "ls", "--task", "detect", "--ids-file", ids)
+    assert code == 0, stdout
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
+    assert [t["data"]["labeler_id"] for t in tasks] == ["sub/b.png", "rot.jpg", "a.jpg"]
