@@ -371,3 +371,14 @@ tasks:
     with pytest.raises(SpecError, match=re.escape("tasks.0: preprocess: 'fast' applies to "
                                                   "family owlv2")):
         load_job_spec(spec_file)
+
+
+@pytest.mark.parametrize("task_lines, field", [
+    ("    labels: [cat]\n    threshold: true", "tasks.0.threshold"),
+    ("    labels: [cat]\n    resources: {batch_size: true}", "tasks.0.resources.batch_size"),
+    ("    labels: [cat]\n    max_detections: false", "tasks.0.max_detections"),
+])
+def test_true_or_false_for_a_number_is_refused(tmp_path, task_lines, field):
+    """pydantic reads true as 1: `threshold: true` would keep only boxes scoring above 1."""
+    with pytest.raises(SpecError, match=re.escape(f"{field}: a number is needed, not ")):
+        load_job_spec(_detect_spec_file(tmp_path, task_lines))
