@@ -268,6 +268,8 @@ class Owlv2Detector(_Owlv2Adapter):
         if (spec.label_queries(), spec.templates) != (self.spec.label_queries(),
                                                       self.spec.templates):
             variant._set_vocabulary(spec)  # new queries, same text tower
+        else:  # the same queries may name other labels (a request naming a query as one)
+            variant.labels = list(spec.labels)
         return variant
 
     @torch.inference_mode()

@@ -274,6 +274,20 @@ def test_a_variant_with_other_queries_encodes_them(tiny_owlv2, detector, images)
     fresh.setup(torch.device("cpu"))
     assert torch.equal(ensembled.query_embeds, fresh.query_embeds)
     assert not torch.allclose(ensembled.query_embeds, detector.query_embeds)
+    # The same query texts under other label names (a request naming a served label's query
+    # as its label): the boxes carry the request's names, as a fresh model's would.
+    model = {"family": "owlv2", "source": tiny_owlv2}
+    served = TaskSpec(task="detect", model=model, threshold=0.0, labels=["person", "car"],
+                      queries={"person": ["a pedestrian"]})
+    named = TaskSpec(task="detect", model=model, threshold=0.0, labels=["a pedestrian", "car"])
+    base = detector.with_spec(served)
+    renamed = base.with_spec(named)
+    assert renamed.query_embeds is base.query_embeds
+    fresh = Owlv2Detector(named)
+    fresh.setup(torch.device("cpu"))
+    got = renamed(inputs)
+    assert got == fresh(inputs) and {d["label"] for out in got for d in out["detections"]} == {
+        "a pedestrian", "car"}
 
 
 def test_boxes_lie_inside_non_square_images(detector, images):
