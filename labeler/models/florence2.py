@@ -276,8 +276,7 @@ class Florence2Adapter(GenerativeAdapter):
         """Decode each row up to its end token, parse it with its task token's parser (boxes
         in pixels of the original width x height), keep boxes scoring >= threshold."""
         tokenizer = self.processor.tokenizer
-        label_of = {query.casefold(): label for label, queries in
-                    zip(self.spec.labels, self.spec.label_queries()) for query in queries}
+        label_of = query_labels(self.spec)
         results = []
         for row, (image, (token, text_input)) in enumerate(zip(images, raw["prompts"])):
             ids = raw["sequences"][row].tolist()
@@ -309,6 +308,26 @@ class Florence2Adapter(GenerativeAdapter):
             if det["score"] >= self.spec.threshold_for(det["label"]):
                 kept.append(det)
         return kept
+
+
+def query_labels(spec) -> dict[str, str]:
+    """{casefolded text the model may name a box with: the label it asks for}: each query,
+    and each query less its non-ASCII characters, which the documented parsing drops from a
+    box's phrase (`café` comes back `caf`, `猫` as ''); a stripped form two labels share is
+    left out (the box keeps the phrase)."""
+    label_of: dict[str, str] = {}
+    for label, queries in zip(spec.labels, spec.label_queries()):
+        for query in queries:
+            label_of.setdefault(query.strip().casefold(), label)
+    stripped: dict[str, set[str]] = {}
+    for label, queries in zip(spec.labels, spec.label_queries()):
+        for query in queries:
+            ascii_only = query.encode("ascii", "ignore").decode("ascii").strip().casefold()
+            stripped.setdefault(ascii_only, set()).add(label)
+    for text, labels in stripped.items():
+        if len(labels) == 1:
+            label_of.setdefault(text, next(iter(labels)))
+    return label_of
 
 
 def flat_queries(spec) -> list[str]:

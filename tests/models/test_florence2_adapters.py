@@ -386,3 +386,18 @@ def test_a_bad_row_prompt_raises_before_any_model_work(model_dir, images):
 def test_registry_resolves_every_task():
     for task, cls in ADAPTERS.items():
         assert registry.load_adapter_class(task, "florence2") is cls
+
+
+def test_a_box_named_by_a_non_ascii_query_gets_its_label():
+    """The documented parsing drops non-ASCII characters from a box's phrase (`café` comes
+    back `caf`, `猫` as ''): the phrase is mapped back to the one label it can be."""
+    from labeler.models.florence2 import query_labels
+
+    ontology = TaskSpec(task="detect", model={"family": "florence2", "source": "m"},
+                        labels=["café", "猫", "dog"], queries={"dog": ["Jalapeño dog"]})
+    label_of = query_labels(ontology)
+    assert label_of["caf"] == label_of["café"] == "café"
+    assert label_of[""] == "猫" and label_of["jalapeo dog"] == "dog"
+    two = TaskSpec(task="detect", model={"family": "florence2", "source": "m"},
+                   labels=["猫", "犬"])
+    assert "" not in query_labels(two)  # either could be meant: the box keeps its phrase
