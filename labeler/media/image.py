@@ -87,7 +87,8 @@ def decode_image(data: bytes, max_pixels: int, decode_min_side: int | None = Non
         orientation = img.getexif().get(0x0112, 1)
         width, height = ((raw_h, raw_w) if orientation in _TRANSPOSED_ORIENTATIONS
                          else (raw_w, raw_h))
-        if decode_min_side and img.format == "JPEG":
+        # MPO: a JPEG with more pictures after it (many cameras' files), decoded alike.
+        if decode_min_side and img.format in ("JPEG", "MPO"):
             img.draft("RGB", _draft_request(raw_w, raw_h, decode_min_side))
         img.load()
         if orientation != 1:  # exif_transpose copies even an upright image (0.5 ms at 720p)
@@ -102,18 +103,21 @@ def decode_image(data: bytes, max_pixels: int, decode_min_side: int | None = Non
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB. Transparent pixels become white, not black garbage."""
+    """Any Pillow mode -> RGB. Transparent pixels become white, not black garbage (an alpha
+    channel, a palette's or a PNG key colour's transparency). 16-bit greyscale keeps its
+    brightness: 65535 is white, as 255 is in 8 bits."""
+    if img.mode == "P" or "transparency" in img.info:  # a key colour (tRNS) is transparency
+        img = img.convert("RGBA")
     if img.mode == "RGB":
         return img
-    if img.mode == "P":
-        img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, img).convert("RGB")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit greyscale: scale to 8 bits rather than clipping everything to white.
-        arr = np.asarray(img, dtype=np.float64)
-        peak = arr.max() if arr.size and arr.max() > 0 else 1.0
-        return Image.fromarray((arr / peak * 255.0).astype(np.uint8)).convert("RGB")
+        # 16-bit greyscale (Pillow opens some as 32-bit "I"): 0..65535 to 0..255. Values
+        # past 16 bits (a 32-bit image of no stated range) scale by the image's own peak.
+        arr = np.clip(np.asarray(img, dtype=np.float64), 0, None)
+        peak = max(65535.0, float(arr.max()) if arr.size else 0.0)
+        return Image.fromarray(np.rint(arr / peak * 255.0).astype(np.uint8)).convert("RGB")
     return img.convert("RGB")

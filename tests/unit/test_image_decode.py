@@ -86,6 +86,28 @@ def test_reduce_on_load_keeps_the_long_side_and_reports_full_size():
     assert out.pixels.shape == (750, 1000, 3)  # 1/4 scale: the largest with long side >= 960
     full = decode_image(data, 10**8, decode_min_side=None)
     assert full.pixels.shape == (3000, 4000, 3)
+    # An MPO (a JPEG with a second picture after it, as many cameras write) alike.
+    mpo = _encode(Image.new("RGB", (4000, 3000), (90, 90, 90)), "MPO", save_all=True,
+                  append_images=[Image.new("RGB", (400, 300))])
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    out = decode_image(mpo, 10**8, decode_min_side=960)
+    assert (out.width, out.height) == (4000, 3000) and out.pixels.shape == (750, 1000, 3)
+
+
+def test_sixteen_bit_grey_keeps_its_brightness_and_key_colour_transparency_is_white():
+    """65535 is white as 255 is: a uniform mid grey stays mid grey (it became white when
+    scaled by its own brightest pixel), and one saturated pixel darkens nothing."""
+    grey = np.full((4, 6), 32768, np.uint16)
+    out = decode_image(_encode(Image.fromarray(grey), "PNG"), 10**6)
+    assert (out.pixels == 128).all()
+    grey[0, 0] = 65535
+    out = decode_image(_encode(Image.fromarray(grey), "PNG"), 10**6)
+    assert out.pixels[0, 0, 0] == 255 and (out.pixels[1:] == 128).all()
+    # An RGB PNG whose transparency is a key colour (tRNS): those pixels become white.
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[:2] = (200, 10, 10)
+    out = decode_image(_encode(Image.fromarray(rgb), "PNG", transparency=(0, 0, 0)), 10**6)
+    assert (out.pixels[2:] == 255).all() and tuple(out.pixels[0, 0]) == (200, 10, 10)
 
 
 def _halves() -> np.ndarray:
