@@ -134,6 +134,10 @@ class GenerationSpec(_Strict):
     do_sample: bool = Field(False, description="sample instead of greedy / beam search")
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    # Passed whenever sampling, so that the spec, not the checkpoint, says how: Qwen2-VL's
+    # Instruct checkpoints ship top_k 1, which made every sample the greedy text.
+    top_k: int = Field(50, ge=0, description="sample among the k likeliest tokens (0: no "
+                                             "cut); transformers' default 50")
     seed: int | None = Field(None, description="seed for sampling; fixed seed, same text")
 
 

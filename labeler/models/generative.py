@@ -80,7 +80,7 @@ class GenerativeAdapter(Adapter):
         kwargs: dict[str, Any] = {"max_new_tokens": g.max_new_tokens, "num_beams": g.num_beams,
                                   "do_sample": g.do_sample}
         if g.do_sample:
-            kwargs.update(temperature=g.temperature, top_p=g.top_p)
+            kwargs.update(temperature=g.temperature, top_p=g.top_p, top_k=g.top_k)
         if self.spec.model.compile:
             # transformers' recipe: with a static cache, generate compiles the decoding step
             # on a GPU (its CompileConfig: CUDA graphs), once per cache shape, i.e. per

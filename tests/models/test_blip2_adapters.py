@@ -158,3 +158,14 @@ def test_defaults_caption_unprompted_ask_without_default():
     assert Blip2Caption.default_prompt is None
     assert Blip2Ask.default_prompt is None
     Blip2Caption.check_spec(_spec("unused", "caption"))  # no prompt needed
+
+
+def test_sampling_follows_the_specs_top_k_not_the_checkpoints(model_dir, images):
+    """A checkpoint whose generation_config sets top_k 1 (Qwen2-VL's Instruct ones do)
+    sampled the greedy text whatever the seed: the spec's top_k is passed every time."""
+    greedy = make_adapter(_spec(model_dir, "caption"))(rows(images))
+    for top_k, same_as_greedy in ((50, False), (1, True)):
+        adapter = make_adapter(_spec(model_dir, "caption", generation={
+            "do_sample": True, "seed": 7, "top_k": top_k}))
+        adapter.model.generation_config.top_k = 1  # as such a checkpoint ships
+        assert (adapter(rows(images)) == greedy) is same_as_greedy, top_k
