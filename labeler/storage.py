@@ -60,6 +60,8 @@ STORAGE_ENV_VARS = (
 )
 # Values never shown in a message (the ids too: they name an account).
 SECRET_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+# Set to 1 to send the keys in the runtime_env of a cluster's workers too (worker_env).
+FORWARD_CREDENTIALS_ENV = "LABELER_FORWARD_CREDENTIALS"
 # Retries per request (the SDK's default strategy counts its `max_attempts` as retries), with
 # its fixed exponential backoff (no jitter: an immediate first retry, then 50 ms doubling):
 # 9 retries wait 0.05 + 0.1 + ... + 6.4 = 12.75 s in all. That rides
@@ -118,20 +120,37 @@ def storage_error(uri: str, action: str, err: BaseException) -> StorageError:
     return StorageError(redact(f"cannot {action} {uri}: {cause or err}"))
 
 
-def storage_env() -> dict[str, str]:
-    """The storage variables set here, to give Ray workers the same view of storage as the
-    driver (they travel in the tasks' runtime_env; on a cluster prefer instance roles to
-    keys, which then stay out of it)."""
-    return {k: os.environ[k] for k in STORAGE_ENV_VARS if os.environ.get(k)}
+def storage_env(secrets: bool = True) -> dict[str, str]:
+    """The storage variables set here (secrets: the keys too), to give Ray workers the same
+    view of storage as the driver."""
+    return {k: os.environ[k] for k in STORAGE_ENV_VARS
+            if os.environ.get(k) and (secrets or k not in SECRET_ENV_VARS)}
 
 
 def worker_env(extra: dict[str, str] | None = None) -> dict:
     """Remote args (Ray tasks, actors, Serve's ray_actor_options) that give workers the
-    driver's storage settings (storage_env: S3 endpoint, region, keys, model cache), so
-    `s3://` inputs and models resolve the same way on every node, plus the `extra`
-    variables a stage sets for its own workers; none when there are none."""
-    env = {**storage_env(), **(extra or {})}
+    driver's storage settings (storage_env: S3 endpoint, region, model cache), so `s3://`
+    inputs and models resolve the same way on every node, plus the `extra` variables a
+    stage sets for its own workers; none when there are none.
+
+    The keys (SECRET_ENV_VARS) go only to a Ray this process started, on this machine: a
+    runtime_env is shown by the Ray dashboard and its job and Serve APIs to whoever reaches
+    them. A cluster's nodes have their own (instance role, Kubernetes secret);
+    LABELER_FORWARD_CREDENTIALS=1 sends this shell's keys anyway."""
+    env = {**storage_env(secrets=_forwards_credentials()), **(extra or {})}
     return {"runtime_env": {"env_vars": env}} if env else {}
+
+
+def _forwards_credentials() -> bool:
+    if os.environ.get(FORWARD_CREDENTIALS_ENV, "").lower() in ("1", "true", "yes"):
+        return True
+    try:  # Ray is not installed everywhere this module is (the GPU benchmark machine)
+        from ray._private import worker as ray_worker
+    except ImportError:
+        return False
+    node = getattr(ray_worker, "_global_node", None)
+    # ray.init() without an address starts a head node in this process: a local Ray.
+    return bool(node is not None and getattr(node, "head", False))
 
 
 def _s3_settings() -> tuple[tuple[str, str], ...]:
