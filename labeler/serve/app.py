@@ -121,6 +121,28 @@ def _fills_label_config(task: str, config) -> bool:
                 or ((config.polygon or config.textarea) and task == "ocr"))
 
 
+def _in_flight_limit(served) -> int:
+    """Tasks of one Label Studio request sent to a model at once: what its replicas hold,
+    and no more than its queue takes (a request waits in the queue until a replica takes
+    it). Label Studio sends every selected task in one request; sent all at once, hundreds
+    overflowed the model's queue and the whole request failed with 503."""
+    serving = served.serving
+    replicas = (serving.autoscaling.max_replicas if serving.autoscaling is not None
+                else serving.num_replicas)
+    return max(1, min(served.ongoing_limit * replicas, serving.max_queued_requests))
+
+
+async def _bounded_gather(coroutines: list, limit: int) -> list:
+    """asyncio.gather of `coroutines`, at most `limit` running at once; results in order."""
+    slots = asyncio.Semaphore(limit)
+
+    async def bounded(coroutine):
+        async with slots:
+            return await coroutine
+
+    return await asyncio.gather(*(bounded(c) for c in coroutines))
+
+
 def _record_fuser(spec: FusionSpec, sources: list[ServedModel]) -> RecordFuser:
     """The fuser of an /v1/annotate request's records (labeler.fusion.records, as `labeler
     fuse` fuses a job's tasks); 422 naming the field when the tasks cannot be fused. A
@@ -630,9 +652,9 @@ class Ingress:
             with self._video_slot():  # one slot, the tasks' videos one after the other
                 return {"results": [await self._ls_video_task(served, params, config, i, task)
                                     for i, task in enumerate(tasks)]}
-        answers = (self._ls_task(served, params, config, i, task, drawn)
-                   for i, task in enumerate(tasks))
-        return {"results": await asyncio.gather(*answers)}
+        answers = [self._ls_task(served, params, config, i, task, drawn)
+                   for i, task in enumerate(tasks)]
+        return {"results": await _bounded_gather(answers, _in_flight_limit(served))}
 
     @staticmethod
     def _ls_drawn(context, config, tasks: list) -> list[tuple[str, tuple[float, ...]]]:

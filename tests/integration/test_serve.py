@@ -2,7 +2,8 @@
 
 One application for the module: `detector` (the model under test, dynamic batching) and
 `limited` (same checkpoint; a tiny queue, a long batch wait and a short timeout, to see 503
-and 504). A batch job over the same images runs first, so responses can be compared with its
+and 504), `narrow` (2 requests a replica, 1 queued: a Label Studio request of many tasks
+must not overflow it). A batch job over the same images runs first, so responses can be compared with its
 Parquet rows.
 """
 
@@ -135,6 +136,10 @@ def url(ray_local, batch_rows, pseudo_rows, tiny_owlv2):
              "serving": {"max_batch_size": 8, "batch_wait_timeout_s": 3.0,
                          "max_ongoing_requests": 2, "max_queued_requests": 1,
                          "request_timeout_s": 0.5}},
+            {"name": "narrow", "task": "detect", "model": model, "labels": LABELS,
+             "resources": {"num_cpus": 0.25},
+             "serving": {"max_batch_size": 2, "max_ongoing_requests": 2,
+                         "max_queued_requests": 1}},
             {"name": "pseudo", "task": "pseudo-label", "model": model,
              "threshold": PSEUDO_THRESHOLD, "pseudo_label": PSEUDO,
              "resources": {"num_cpus": 0.25}},
@@ -350,10 +355,12 @@ def test_service_endpoints(url, http):
     assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
     ready = requests.get(f"{url}/readyz", timeout=10)
     assert ready.status_code == 200 and ready.json()["ready"] is True
-    assert set(ready.json()["models"]) == {"detector", "limited", "pseudo", "pseudo-vocabulary"}
+    assert set(ready.json()["models"]) == {"detector", "limited", "narrow", "pseudo",
+                                           "pseudo-vocabulary"}
     models = http.get(f"{url}/v1/models", timeout=10).json()["models"]
     assert [(m["name"], m["task"], m["labels"], m["endpoint"]) for m in models] == [
         ("detector", "detect", LABELS, "/v1/detect"), ("limited", "detect", LABELS, "/v1/detect"),
+        ("narrow", "detect", LABELS, "/v1/detect"),
         ("pseudo", "pseudo-label", [], "/v1/pseudo-label"),
         ("pseudo-vocabulary", "pseudo-label", [], "/v1/pseudo-label")]
     assert models[0]["serving"]["max_batch_size"] == 8
@@ -387,6 +394,16 @@ def test_label_studio_backend(url, http, image_files):
         assert res["value"]["x"] == pytest.approx(d["x0"] / 200 * 100, abs=1e-4)
         assert res["value"]["height"] == pytest.approx((d["y1"] - d["y0"]) / 100 * 100, abs=1e-4)
         assert res["score"] == pytest.approx(d["score"], abs=1e-6)
+    # Label Studio sends every selected task in one request: 12 tasks to a model that holds
+    # 2 and queues 1 are sent a replica's worth at a time (all at once, 9 were refused: 503).
+    def narrow(count: int) -> requests.Response:
+        return http.post(f"{url}/predict?model=narrow", timeout=60, json={
+            "label_config": config, "tasks": [{"id": k, "data": {"photo": data_url}}
+                                              for k in range(count)]})
+
+    one, many = narrow(1), narrow(12)
+    assert many.status_code == 200, many.text
+    assert many.json()["results"] == one.json()["results"] * 12
     relative = http.post(f"{url}/predict", timeout=10, json={
         "label_config": config, "tasks": [{"data": {"photo": "/data/upload/1/a.jpg"}}]})
     assert relative.status_code == 422 and "cloud storage" in relative.json()["error"]
