@@ -27,6 +27,18 @@ def test_cluster_launcher_config_has_head_gpu_and_cpu_workers():
             assert 0 <= node["min_workers"] <= node["max_workers"] <= config["max_workers"]
     assert any("pip install" in c and "labeler" in c for c in config["setup_commands"])
     assert any("ray start --head" in c for c in config["head_start_ray_commands"])
+    # Ray's own launcher schema, shipped in the ray package.
+    import json
+
+    import jsonschema
+    import ray
+
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    jsonschema.validate(config, schema)
+    # The checkout is copied to every node without the virtual environment (gigabytes).
+    assert ".gitignore" in config["rsync_filter"] and ".venv/" in (ROOT / ".gitignore").read_text()
+    # The head keeps Ray's own role (EC2 access the autoscaler needs): no profile of ours.
+    assert "IamInstanceProfile" not in types[config["head_node_type"]]["node_config"]
 
 
 def test_kuberay_rayjob_runs_the_labeler_cli():
@@ -35,6 +47,7 @@ def test_kuberay_rayjob_runs_the_labeler_cli():
     spec = job["spec"]
     assert spec["entrypoint"].startswith("labeler run --ray-address auto")
     cluster = spec["rayClusterSpec"]
+    assert cluster["enableInTreeAutoscaling"] is True  # else min/maxReplicas change nothing
     head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert head["image"] and "rayStartParams" in cluster["headGroupSpec"]
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
