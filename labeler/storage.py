@@ -144,13 +144,9 @@ def worker_env(extra: dict[str, str] | None = None) -> dict:
 def _forwards_credentials() -> bool:
     if os.environ.get(FORWARD_CREDENTIALS_ENV, "").lower() in ("1", "true", "yes"):
         return True
-    try:  # Ray is not installed everywhere this module is (the GPU benchmark machine)
-        from ray._private import worker as ray_worker
-    except ImportError:
-        return False
-    node = getattr(ray_worker, "_global_node", None)
-    # ray.init() without an address starts a head node in this process: a local Ray.
-    return bool(node is not None and getattr(node, "head", False))
+    from labeler.ray_node import ray_started_here
+
+    return ray_started_here()
 
 
 def _s3_settings() -> tuple[tuple[str, str], ...]:

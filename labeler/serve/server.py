@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import time
 
+from labeler.ray_node import ray_started_here
 from labeler.config import SpecError
 from labeler.serve.auth import bind_host, configured_tokens
 from labeler.serve.config import ServeSpec
@@ -22,11 +22,12 @@ def start(spec: ServeSpec) -> tuple[str, list[str]]:
 
     tokens = configured_tokens(spec.api_tokens)
     host, notice = bind_host(spec.host, tokens)
-    # A Ray started here is this machine alone: what it lacks, no node will bring.
-    local = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
         ray.init(configure_logging=False)
-    if local:
+    # A Ray started here is this machine alone: what it lacks, no node will bring. A
+    # cluster joined (on a `ray up` head, ray.init joins the cluster `ray start` left) may
+    # have no GPU node yet: its autoscaler adds them as replicas ask.
+    if ray_started_here():
         check_local_gpus(spec, ray.cluster_resources().get("GPU", 0))
     serve.start(http_options={"host": host, "port": spec.port})
     serve.run(build_app(spec, tokens), name=APP_NAME, route_prefix="/")

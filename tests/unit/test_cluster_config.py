@@ -131,3 +131,27 @@ def test_serve_application_args_are_checked_field_by_field(monkeypatch):
     monkeypatch.delenv("LABELER_API_TOKENS", raising=False)
     with pytest.raises(SpecError, match="api_tokens: no API token configured"):
         build_app({"models": [model]})
+
+
+def test_the_image_the_manifests_run_is_built_on_their_ray_version():
+    """Dockerfile: FROM the Ray image of the version the manifests' clusters run (KubeRay
+    starts that Ray in the image) and of the installed one, which the tests ran against;
+    what it copies is what the package needs to install."""
+    import re
+
+    import ray
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    base = re.search(r"^FROM rayproject/ray:(\S+)-py(\d)(\d+)-gpu$", dockerfile, re.M)
+    assert base and base.group(1) == ray.__version__
+    for name in ("rayjob.yaml", "rayservice.yaml"):
+        manifest = yaml.safe_load((ROOT / "deploy" / name).read_text())
+        cluster = manifest["spec"].get("rayClusterSpec") or manifest["spec"]["rayClusterConfig"]
+        assert cluster["rayVersion"] == ray.__version__, name
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    torch_pins = re.search(r'TORCH_SPEC=\$\{LABELER_TORCH:-"([^"]+)"\}', setup).group(1).split()
+    assert all(f'"{pin}"' in dockerfile for pin in torch_pins)
+    for copied in ("pyproject.toml", "README.md", "labeler"):
+        assert (ROOT / copied).exists() and copied in dockerfile
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv/" in ignored and ".git/" in ignored
