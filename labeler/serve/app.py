@@ -121,6 +121,14 @@ def _fills_label_config(task: str, config) -> bool:
                 or ((config.polygon or config.textarea) and task == "ocr"))
 
 
+def _ls_task_kind(config) -> str | None:
+    """The task whose records fill a Label Studio config: boxes for a RectangleLabels or a
+    VideoRectangle, OCR for a Polygon or TextArea; None for neither."""
+    if config.rectangle or config.video_rectangle:
+        return "detect"
+    return "ocr" if (config.polygon or config.textarea) else None
+
+
 def _in_flight_limit(served) -> int:
     """Tasks of one Label Studio request sent to a model at once: what its replicas hold,
     and no more than its queue takes (a request waits in the queue until a replica takes
@@ -588,22 +596,35 @@ class Ingress:
         return {"status": "UP", "model_class": "labeler"}
 
     @api.post("/setup")
-    async def ls_setup(self, request: Request):
-        """Label Studio connects a project: remember its labeling config."""
+    async def ls_setup(self, request: Request, model: str | None = None):
+        """Label Studio connects a project: remember its labeling config, and answer the
+        version of the model /predict will use for it (Label Studio compares it with its
+        predictions' to know which tasks it has predicted already)."""
         self._authorize(request)
         body = await self._json_object(request)
         schema = body.get("schema") or body.get("label_config")
+        served = self.spec.models[0]
         if isinstance(schema, str):
             try:
-                parse_label_config(schema)
+                config = parse_label_config(schema)
             except ValueError as err:
                 raise ApiError(422, str(err)) from None
             if len(self.label_configs) >= MAX_PROJECTS:
                 self.label_configs.pop(next(iter(self.label_configs)))
             self.label_configs[str(body.get("project", ""))] = schema
-        served = self.spec.models[0]
+            wanted = _ls_task_kind(config)
+            if model is not None or wanted is not None:
+                served = self._served_for(wanted if model is None else None, model)
         return {"model_version": model_version(served.model.family, served.model.source,
                                                served.model.revision)}
+
+    @api.post("/webhook")
+    async def ls_webhook(self, request: Request):
+        """Label Studio's training webhooks (annotation created, "Start Training"): these
+        models are not trained from annotations; acknowledged so Label Studio shows no
+        error."""
+        self._authorize(request)
+        return {"status": "ok", "trained": False}
 
     @api.post("/predict")
     async def ls_predict(self, request: Request, model: str | None = None):
@@ -628,9 +649,7 @@ class Ingress:
         ls_params = body.get("params")
         context = ls_params.get("context") if isinstance(ls_params, dict) else None
         drawn = self._ls_drawn(context, config, tasks) if context else None
-        wanted = ("detect-by-example" if drawn else
-                  "detect" if config.rectangle or config.video_rectangle else
-                  "ocr" if (config.polygon or config.textarea) else None)
+        wanted = "detect-by-example" if drawn else _ls_task_kind(config)
         if model is None and wanted is None:
             raise ApiError(422, "label_config has no RectangleLabels, VideoRectangle, Polygon or "
                                 "TextArea to fill")

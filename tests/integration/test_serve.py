@@ -381,6 +381,15 @@ def test_label_studio_backend(url, http, image_files):
               '<Label value="car"/><Label value="bus"/></RectangleLabels></View>')
     setup = http.post(f"{url}/setup", json={"project": "7", "schema": config}, timeout=10)
     assert setup.status_code == 200 and setup.json()["model_version"].startswith("owlv2:")
+    # /setup answers for the model /predict would use: an OCR config, none served here.
+    ocr = ('<View><Image name="img" value="$photo"/><Polygon name="poly" toName="img"/>'
+           '<TextArea name="text" toName="img" perRegion="true"/></View>')
+    refused = http.post(f"{url}/setup", json={"project": "8", "schema": ocr}, timeout=10)
+    assert refused.status_code == 404 and "no served model does task 'ocr'" in refused.text
+    # Training webhooks are acknowledged (these models do not train from annotations).
+    hook = http.post(f"{url}/webhook", json={"action": "START_TRAINING", "project": {"id": 7}},
+                     timeout=10)
+    assert hook.status_code == 200 and hook.json()["trained"] is False
     data_url = "data:image/jpeg;base64," + base64.b64encode(image_files["wide.jpg"]).decode()
     answer = http.post(f"{url}/predict", timeout=30, json={
         "project": "7", "tasks": [{"id": 11, "data": {"photo": data_url}}]})
