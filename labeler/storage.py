@@ -360,6 +360,41 @@ def resolve_model_source(source: str, cache_dir: Path | None = None) -> str:
     return str(target)
 
 
+def model_source_problem(source: str, revision: str | None = None) -> str | None:
+    """Why `source` cannot be loaded as a model, found without loading it, or None: a local
+    folder that does not exist or holds no config.json, an s3:// prefix without one, a hub
+    id not in the hub cache when HF_HUB_OFFLINE is set. A hub id online is not looked up
+    (that is the workers' download). Sources that look like paths (`/`, `./`, `~`, more than
+    one `/`) are paths; `org/name` is a hub id unless such a folder exists."""
+    if is_s3(source):
+        fs, prefix = filesystem_for(source.rstrip("/"))
+        try:
+            found = fs.get_file_info(f"{prefix}/config.json").type == pafs.FileType.File
+        except OSError as err:
+            raise storage_error(source, "read the model", err) from None
+        return None if found else f"{source} holds no config.json (a model folder's)"
+    path = os.path.expanduser(source)
+    looks_like_a_path = source.startswith(("/", "./", "../", "~")) or source.count("/") > 1
+    if os.path.exists(path) or looks_like_a_path:
+        if not os.path.isdir(path):
+            return f"no such model folder {source!r}"
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            return f"{source!r} holds no config.json (a model folder's)"
+        return None
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on"):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(source, "config.json", revision=revision)
+    except ValueError as err:  # not a valid repository id
+        return f"{source!r} is neither a folder nor a hub id ({err})"
+    if not isinstance(cached, str):
+        return (f"hub model {source!r} is not in the hub cache, and HF_HUB_OFFLINE is set "
+                f"(download it first, or give a local folder)")
+    return None
+
+
 # Read size of open_input on S3 and byte ranges: each read is one ranged GET (~10-50 ms), so
 # reads are buffered; 2 MiB is ~2 s of 1080p H.264 (~8 Mbit/s) per GET, and all a seek can
 # waste.

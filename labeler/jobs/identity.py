@@ -28,6 +28,7 @@ IDENTITY_VERSION = 2
 TASK_FIELDS_AFTER_V2 = frozenset({"queries", "label_thresholds", "templates", "nms",
                                   "max_detections", "tiles", "track", "query_box",
                                   "examples"})
+GENERATION_FIELDS_AFTER_V2 = frozenset({"top_k"})
 SAMPLING_FIELDS_AFTER_V2 = frozenset({"min_change"})
 INPUT_FIELDS_AFTER_V2 = frozenset({"subset"})
 # A task's fields that say how it runs, not what it writes: never part of an identity.
@@ -72,7 +73,9 @@ def legacy_fingerprint(spec: JobSpec, inputs: list) -> str:
                                                   SAMPLING_FIELDS_AFTER_V2)}),
                   "files_per_shard": spec.input.effective_files_per_shard},
         "tasks": [t.model_dump(exclude={**HOW_A_TASK_RUNS, **dict.fromkeys(
-                      _newer_defaults(t, TASK_FIELDS_AFTER_V2), True)}) for t in spec.tasks],
+                      _newer_defaults(t, TASK_FIELDS_AFTER_V2), True),
+                      "generation": _newer_defaults(t.generation, GENERATION_FIELDS_AFTER_V2)})
+                  for t in spec.tasks],
         "uris": inputs,
     }
     return _sha256(shaping)

@@ -34,7 +34,7 @@ from labeler.pseudo.report import COLUMNS as REPORT_COLUMNS
 from labeler.pseudo.report import pseudo_label_report, report_lines, write_report
 from labeler.sinks.parquet import MissingParts, ShardedParquetSink
 from labeler.sources import plan_source
-from labeler.storage import worker_env
+from labeler.storage import model_source_problem, worker_env
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +277,16 @@ def check_local_gpus(spec: JobSpec, gpus: float) -> None:
                         f"num_gpus (fractions share a GPU) or concurrency")
 
 
+def check_model_sources(tasks, field: str) -> None:
+    """SpecError naming the first task whose model cannot be loaded, as far as that shows
+    without loading it (storage.model_source_problem): otherwise every actor would fail to
+    start, and every row would become an error row blaming a dead worker."""
+    for k, task in enumerate(tasks):
+        problem = model_source_problem(task.model.source, task.model.revision)
+        if problem is not None:
+            raise SpecError(f"{field}.{k}.model.source: {problem}")
+
+
 def _local_gpus(spec: JobSpec) -> float:
     """GPUs of the local Ray this job runs on: Ray's count once started, else the CUDA
     devices this process sees (as Ray counts them: CUDA_VISIBLE_DEVICES applies)."""
@@ -335,6 +345,7 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
         check_local_capacity(spec, _local_cpus(spec))
         if any(t.resources.num_gpus for t in spec.tasks):
             check_local_gpus(spec, _local_gpus(spec))
+    check_model_sources(spec.tasks, "tasks")
     metadata = plan.metadata
     if metadata is not None:
         metadata = metadata.append_column("shard", pa.array([i.shard for i in items], pa.int64()))

@@ -6,6 +6,7 @@ import time
 
 from labeler.ray_node import ray_started_here
 from labeler.config import SpecError
+from labeler.jobs.runner import check_model_sources
 from labeler.serve.auth import bind_host, configured_tokens
 from labeler.serve.config import ServeSpec
 
@@ -22,6 +23,7 @@ def start(spec: ServeSpec) -> tuple[str, list[str]]:
 
     tokens = configured_tokens(spec.api_tokens)
     host, notice = bind_host(spec.host, tokens)
+    check_model_sources(spec.models, "models")  # else replicas that never start, unnamed
     if not ray.is_initialized():
         ray.init(configure_logging=False)
     # A Ray started here is this machine alone: what it lacks, no node will bring. A

@@ -80,3 +80,16 @@ def test_serve_refuses_replicas_asking_for_more_gpus_than_the_machine_has(tiny_o
     assert (f"models.0.resources.num_gpus: a replica needs {gpus + 1} GPU, but this "
             f"machine's Ray has") in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_model_that_cannot_load_before_starting_ray(tmp_path):
+    """Its replicas would never start: refused at once, naming the field."""
+    missing = tmp_path / "no-such-model"
+    result = subprocess.run(
+        [sys.executable, "-m", "labeler.cli", "serve", "--family", "owlv2", "--model",
+         str(missing), "--task", "detect", "--labels", "cat", "--host", "127.0.0.1",
+         "--port", str(free_port())],
+        capture_output=True, text=True, timeout=READY_WITHIN_S)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"models.0.model.source: no such model folder {str(missing)!r}" in result.stderr
+    assert "Traceback" not in result.stderr and "Started a local Ray" not in result.stderr

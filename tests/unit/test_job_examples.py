@@ -62,8 +62,11 @@ def _manifest(tmp_path, rows) -> str:
 
 
 def _dry_run(tmp_path, manifest, **task):
+    model = tmp_path / "model"  # a dry run loads no weights, but checks the folder is one
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text("{}")
     spec = load_job_spec(None, input=manifest, output=str(tmp_path / "out"),
-                         task="detect-by-example", family="owlv2", model="m")
+                         task="detect-by-example", family="owlv2", model=str(model))
     spec = spec.model_copy(update={"tasks": [spec.tasks[0].model_copy(update=task)]})
     return run_job(spec, progress=False, dry_run=True)
 
