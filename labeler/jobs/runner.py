@@ -15,9 +15,12 @@ the same.
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import logging
 import os
+import posixpath
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -26,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from labeler.config import JobSpec, SpecError, TaskSpec
+from labeler.config import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, JobSpec, SpecError, TaskSpec
 from labeler.jobs.examples import EXAMPLES_COLUMN, examples_text
 from labeler.jobs.identity import (fingerprint, input_identities, job_identity,
                                    legacy_fingerprint)
@@ -34,7 +37,8 @@ from labeler.pseudo.report import COLUMNS as REPORT_COLUMNS
 from labeler.pseudo.report import pseudo_label_report, report_lines, write_report
 from labeler.sinks.parquet import MissingParts, ShardedParquetSink
 from labeler.sources import plan_source
-from labeler.storage import model_source_problem, worker_env
+from labeler.sources.manifest import MANIFEST_EXTENSIONS
+from labeler.storage import is_s3, model_source_problem, worker_env
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +281,35 @@ def check_local_gpus(spec: JobSpec, gpus: float) -> None:
                         f"num_gpus (fractions share a GPU) or concurrency")
 
 
+def check_input_apart_from_output(input_path: str, output_path: str) -> None:
+    """SpecError when the output is the input, holds it, or lies inside the folder it lists:
+    --overwrite would delete the inputs, and a later run would list the output's files
+    (manifests, a recursive glob's matches) as inputs."""
+    if is_s3(input_path) != is_s3(output_path):
+        return
+    listed, output = _comparable(input_path), _comparable(output_path)
+    suffix = posixpath.splitext(input_path.rstrip("/"))[1].lower()
+    is_file = (os.path.isfile(input_path) if not is_s3(input_path)
+               else suffix in (*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS, *MANIFEST_EXTENSIONS, ".tar"))
+    if listed == output or (listed + "/").startswith(output + "/"):
+        raise SpecError(f"output.path: {output_path!r} holds the input {input_path!r}; "
+                        f"--overwrite would delete it: write the output elsewhere")
+    if not is_file and (output + "/").startswith(listed + "/"):
+        raise SpecError(f"output.path: {output_path!r} lies inside the input {input_path!r}; "
+                        f"a later run would list its files as inputs: write the output "
+                        f"outside it")
+
+
+def _comparable(path: str) -> str:
+    """A path as compared: S3 without the trailing '/'; local resolved (links, '..'), and a
+    glob cut to the folder before its first wildcard."""
+    if is_s3(path):
+        return path.rstrip("/")
+    if glob.has_magic(path):
+        path = os.path.dirname(re.split(r"[*?\[]", path, maxsplit=1)[0] + "x")
+    return os.path.realpath(path).rstrip("/") or "/"
+
+
 def check_model_sources(tasks, field: str) -> None:
     """SpecError naming the first task whose model cannot be loaded, as far as that shows
     without loading it (storage.model_source_problem): otherwise every actor would fail to
@@ -327,6 +360,7 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
     (what is left to label, `summary.dry_run`), then return: no Ray, nothing written."""
     started = time.perf_counter()
     media = spec.input.media
+    check_input_apart_from_output(spec.input.path, spec.output.path)
     plan = plan_source(spec.input.path, spec.input.effective_files_per_shard, media,
                        subset=spec.input.subset)
     items = plan.items

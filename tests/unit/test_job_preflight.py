@@ -1,0 +1,89 @@
+"""Checks a job passes before any work (labeler.jobs.runner): a model that cannot load is
+refused naming the task's field (otherwise every actor fails to start and every row becomes
+an error row blaming a dead worker, exit 0, the cause only in Ray's logs); an output that
+holds the input, or lies inside the folder it lists, is refused (--overwrite deleted the
+inputs)."""
+
+import re
+
+import pytest
+
+from labeler.config import SpecError, load_job_spec
+from labeler.jobs.runner import run_job
+from labeler.storage import model_source_problem
+
+
+def test_sources_that_cannot_be_a_model_say_why(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    assert model_source_problem(str(model)) == (
+        f"{str(model)!r} holds no config.json (a model folder's)")
+    (model / "config.json").write_text("{}")
+    assert model_source_problem(str(model)) is None
+    assert model_source_problem(str(tmp_path / "missing")) == (
+        f"no such model folder {str(tmp_path / 'missing')!r}")
+    assert model_source_problem("./models/owlv2") == "no such model folder './models/owlv2'"
+    # Offline (the tests' HF_HUB_OFFLINE=1), a hub id must be in the hub cache.
+    assert "is not in the hub cache, and HF_HUB_OFFLINE is set" in model_source_problem(
+        "google/owlv2-base-patch16-ensembl")
+    assert "is neither a folder nor a hub id" in model_source_problem("not a repo id!")
+
+
+def test_a_job_with_a_model_that_cannot_load_is_refused_before_any_work(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"not decoded before the check")
+    for dry_run in (True, False):
+        spec = load_job_spec(None, input=str(tmp_path / "images"), output=str(tmp_path / "out"),
+                             task="detect", family="owlv2", labels=["cat"],
+                             model=str(tmp_path / "no-such-model"))
+        with pytest.raises(SpecError, match=re.escape(
+                f"tasks.0.model.source: no such model folder {str(tmp_path / 'no-such-model')!r}")):
+            run_job(spec, progress=False, dry_run=dry_run)
+        assert not (tmp_path / "out").exists()  # nothing written, Ray never started
+
+
+@pytest.mark.parametrize("input_path, output_path, says", [
+    ("data", "data", "holds the input"),
+    ("data/images", "data", "holds the input"),
+    ("data/images/", "./data/../data", "holds the input"),
+    ("data/*.png", "data", "holds the input"),
+    ("data/images", "data/images/labels", "lies inside the input"),
+    ("data/**", "data/labels", "lies inside the input"),
+    ("s3://b/images", "s3://b/images/labels", "lies inside the input"),
+    ("s3://b/images/", "s3://b", "holds the input"),
+])
+def test_an_output_that_holds_the_input_or_lies_inside_it_is_refused(
+        tmp_path, monkeypatch, input_path, output_path, says):
+    """--overwrite deleted the input images with the output (input == output, or inside
+    it); an output inside the input folder is listed as input by the next run."""
+    from labeler.jobs.runner import check_input_apart_from_output
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    with pytest.raises(SpecError, match=re.escape(f"output.path: {output_path!r} {says}")):
+        check_input_apart_from_output(input_path, output_path)
+
+
+@pytest.mark.parametrize("input_path, output_path", [
+    ("data/images", "data/labels"), ("data/images", "data/images-labels"),
+    ("data/manifest.jsonl", "data/labels"), ("s3://b/images", "s3://b/labels"),
+    ("s3://b/m.parquet", "s3://b/labels"), ("data/images", "s3://b/data/images"),
+])
+def test_outputs_beside_the_input_are_fine(tmp_path, monkeypatch, input_path, output_path):
+    from labeler.jobs.runner import check_input_apart_from_output
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "manifest.jsonl").write_text("")
+    check_input_apart_from_output(input_path, output_path)
+
+
+def test_overwrite_into_the_input_folder_deletes_nothing(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"an input")
+    spec = load_job_spec(None, input=str(images), output=str(images), overwrite=True,
+                         task="detect", family="owlv2", labels=["cat"], model="m")
+    with pytest.raises(SpecError, match="holds the input"):
+        run_job(spec, progress=False)
+    assert (images / "a.png").read_bytes() == b"an input"
