@@ -63,12 +63,14 @@ class JobSummary:
     """What a finished job reports; also written to <output>/_SUCCESS.
 
     inputs: images or videos; rows: output rows (one per image, sampled frame or clip, and
-    task); unit: what a row labels, "images", "frames" or "clips"."""
+    task); unit: what a row labels, "images", "frames" or "clips"; rates are of those
+    labeled by every task (rows / task_count per second)."""
 
     output: str
     inputs: int
     media: str = "image"
     unit: str = "images"
+    task_count: int = 1
     rows: int = 0
     errors: int = 0
     skipped_inputs: int = 0  # already committed by an earlier run of the same job
@@ -98,8 +100,8 @@ class JobSummary:
         after_start = max(self.wall_s - self.ray_start_s, 1e-9)
         steady = (f"{self.steady_images_per_s:.1f} {self.unit}/s steady"
                   if self.steady_images_per_s
-                  else f"{self.rows / after_start:.1f} {self.unit}/s with model load "
-                       f"(too few batches for a steady rate)")
+                  else f"{self.rows / self.task_count / after_start:.1f} {self.unit}/s with "
+                       f"model load (too few batches for a steady rate)")
         inputs = "videos" if self.media == "video" else "inputs"
         retried = f", {self.retried_inputs} retried" if self.retried_inputs else ""
         return [
@@ -108,9 +110,9 @@ class JobSummary:
             *([f"skipped {self.unchanged_frames} sampled frames that changed less than "
                f"min_change {self.min_change:g} (no row)"] if self.min_change is not None
               else []),
-            f"throughput: {steady} "
-            f"(ray start {self.ray_start_s:.1f}s, model load + first batch {self.first_result_s:.1f}s, "
-            f"wall {self.wall_s:.1f}s)",
+            *([f"throughput: {steady} (ray start {self.ray_start_s:.1f}s, model load + first "
+               f"batch {self.first_result_s:.1f}s, wall {self.wall_s:.1f}s)"]
+              if self.rows else []),  # nothing was left to label: no rate to give
             *self._whole_input_estimate(),
             *(f"  error x{n}: {reason}" for reason, n in sorted(self.error_reasons.items())[:10]),
             *(f"tracks: {n} in task {task}'s videos labeled in this run"
@@ -125,7 +127,8 @@ class JobSummary:
         labeled = self.inputs - self.skipped_inputs
         if self.listed_inputs is None or not self.steady_images_per_s or not labeled:
             return []
-        seconds = self.listed_inputs * (self.rows / labeled) / self.steady_images_per_s
+        seconds = (self.listed_inputs * (self.rows / self.task_count / labeled)
+                   / self.steady_images_per_s)
         inputs = "videos" if self.media == "video" else "inputs"
         return [f"all {self.listed_inputs} listed {inputs} at this rate: about "
                 f"{_duration(seconds)} (the same resources; add the model load)"]
@@ -405,6 +408,7 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
         if with_examples:
             row[EXAMPLES_COLUMN] = examples_text(item.metadata.get(EXAMPLES_COLUMN))
     summary = JobSummary(output=sink.uri, inputs=len(items), media=media, unit=_unit(spec),
+                         task_count=len(spec.tasks),
                          listed_inputs=plan.listed,
                          subset=spec.input.subset.describe() if spec.input.subset else None,
                          skipped_inputs=len(items) - len(todo),
@@ -637,7 +641,7 @@ def _execute(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink, summary:
     # A rate over a handful of result batches measures Ray's output buffering, not the
     # pipeline: report it only when enough batches arrived after the first one.
     if batches > MIN_BATCHES_FOR_RATE and steady_s > 0:
-        summary.steady_images_per_s = steady_rows / steady_s
+        summary.steady_images_per_s = steady_rows / len(spec.tasks) / steady_s
 
     again = _labeling_lost_again(spec, todo, sink)
     if again is not None:
@@ -648,9 +652,10 @@ def _execute(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink, summary:
     bar.close()
     lost = lost_input_rows(spec, todo, sink, alone=again is not None)
     if lost.num_rows:
+        # A row per task (and per frame): the inputs are the distinct ids.
         log.warning("%d inputs were lost with model actors that died %d times on them; they "
                     "are error rows (labeler run --retry-errors labels them again)",
-                    lost.num_rows, MODEL_BATCH_ATTEMPTS)
+                    len(pc.unique(lost.column("id"))), MODEL_BATCH_ATTEMPTS)
         sink.add_lost(lost)
         _count(summary, lost, first_task)
 
