@@ -32,6 +32,7 @@ the progress bar, writes the files.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections import defaultdict
 from collections.abc import Callable
@@ -189,8 +190,10 @@ class ShardedParquetSink:
                 self.overwritten_files = len(self._list())
             elif overwrite:
                 self._delete_all()
-            if dry_run and self.s3:
-                self._check_bucket()  # what the run's first write would find out
+            if dry_run and self.s3:  # what the run's first write would find out
+                self._check_bucket()
+            elif dry_run:
+                self._check_local_folder()
             self._existing = set() if overwrite and dry_run else self._list()
             self._check_or_write_manifest(fingerprint, identity, legacy_fingerprint,
                                           write=not dry_run)
@@ -219,6 +222,17 @@ class ShardedParquetSink:
         bucket = self.path.split("/", 1)[0]
         if self.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
             raise FileNotFoundError(f"bucket does not exist: {bucket!r}")
+
+    def _check_local_folder(self) -> None:
+        """OSError when the output folder could not be made: the nearest existing folder on
+        its path is a file, or not writable."""
+        path = os.path.abspath(self.path)
+        while not os.path.exists(path):
+            path = os.path.dirname(path)
+        if not os.path.isdir(path):
+            raise NotADirectoryError(f"{path} is a file, not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(f"{path} is not writable")
 
     def _list(self) -> set[str]:
         """Paths of every file under the output root now."""

@@ -87,3 +87,27 @@ def test_overwrite_into_the_input_folder_deletes_nothing(tmp_path):
     with pytest.raises(SpecError, match="holds the input"):
         run_job(spec, progress=False)
     assert (images / "a.png").read_bytes() == b"an input"
+
+
+
+def test_a_dry_run_refuses_a_local_output_the_run_could_not_write(tmp_path):
+    """The run would fail at its first write (a file on the output's path): the dry run
+    says so too, instead of `output: ... (nothing committed yet)`."""
+    from labeler.storage import StorageError
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"x")
+    (tmp_path / "afile").write_text("")
+    spec = load_job_spec(None, input=str(tmp_path / "images"),
+                         output=str(tmp_path / "afile" / "sub"), task="detect",
+                         family="owlv2", labels=["cat"], model=str(model))
+    with pytest.raises(StorageError, match=re.escape(
+            f"cannot write the output to {tmp_path / 'afile' / 'sub'}: {tmp_path / 'afile'} "
+            f"is a file, not a folder")):
+        run_job(spec, progress=False, dry_run=True)
+    ok = spec.model_copy(update={"output": spec.output.model_copy(
+        update={"path": str(tmp_path / "new" / "out")})})
+    assert run_job(ok, progress=False, dry_run=True).dry_run
