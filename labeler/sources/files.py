@@ -11,7 +11,7 @@ import os
 
 import pyarrow.fs as pafs
 
-from labeler.config import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from labeler.config import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, SpecError
 from labeler.sources.items import InputItem, assign_shards
 from labeler.sources.webdataset import is_tar
 from labeler.storage import filesystem_for, is_s3, storage_error
@@ -24,14 +24,20 @@ def list_files(path: str) -> tuple[str, list[str]]:
     """(root, sorted URIs of every file under `path`): a folder or prefix searched
     recursively, a glob, or a single file. An s3:// location that cannot be listed (no such
     bucket, credentials refused, endpoint not answering) raises StorageError; a prefix with
-    no objects is an empty listing."""
+    no objects is an empty listing. A local folder's links are followed, each folder once
+    (a link to a folder above would list its files again and again), and a link to nothing
+    is listed (its input becomes an error row). SpecError for a local file name that is not
+    UTF-8 (it could be no id)."""
     if not is_s3(path) and glob.has_magic(path):
         root = os.path.abspath(path.split("*")[0].split("?")[0].split("[")[0])
         root = root if os.path.isdir(root) else os.path.dirname(root)
-        return root, sorted(os.path.abspath(p) for p in glob.glob(path, recursive=True)
-                            if os.path.isfile(p))
+        return root, _utf8(sorted(os.path.abspath(p) for p in glob.glob(path, recursive=True)
+                                  if os.path.isfile(p) or _dangling(p)))
     if not is_s3(path) and os.path.isfile(path):
-        return os.path.dirname(os.path.abspath(path)), [os.path.abspath(path)]
+        return os.path.dirname(os.path.abspath(path)), _utf8([os.path.abspath(path)])
+    if not is_s3(path) and os.path.isdir(path):
+        root = os.path.abspath(path).rstrip("/") or "/"
+        return root, _utf8(sorted(_walk(root)))
     fs, root = filesystem_for(path)
     root = root.rstrip("/")
     scheme = "s3://" if is_s3(path) else ""
@@ -51,6 +57,39 @@ def list_files(path: str) -> tuple[str, list[str]]:
         except OSError as err:
             raise storage_error(path, "read", err) from None
     return scheme + root, sorted(files)
+
+
+def _walk(root: str) -> list[str]:
+    """Every file under `root`, links followed, each real folder entered once."""
+    seen: set[str] = set()
+    files = []
+    for folder, folders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a loop, or a folder already listed through another link
+            folders[:] = []
+            continue
+        seen.add(real)
+        files.extend(os.path.join(folder, name) for name in names
+                     if os.path.isfile(os.path.join(folder, name))
+                     or _dangling(os.path.join(folder, name)))
+    return files
+
+
+def _dangling(path: str) -> bool:
+    """A link whose target does not exist."""
+    return os.path.islink(path) and not os.path.exists(path)
+
+
+def _utf8(paths: list[str]) -> list[str]:
+    """`paths`; SpecError naming the first whose name is not UTF-8 (Python holds its bytes
+    as surrogates, which no id, Parquet file or JSON can carry)."""
+    for path in paths:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SpecError(f"input.path: the file name {os.fsencode(path)!r} is not UTF-8; "
+                            f"rename it (convmv -f latin1 -t utf8 does whole folders)") from None
+    return paths
 
 
 def list_image_uris(path: str) -> tuple[str, list[str]]:

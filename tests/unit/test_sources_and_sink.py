@@ -322,3 +322,36 @@ def test_a_manifest_of_web_urls_is_refused_before_any_work(tmp_path):
     with pytest.raises(StorageError, match=r"row 1 names a web URL in column 'url' "
                                            r"\(https://example.com/b.jpg\); jobs read local"):
         plan_source(str(tmp_path / "m.jsonl"), 4)
+
+
+def test_links_are_followed_once_and_a_link_to_nothing_is_an_input(tmp_path):
+    """A link to a folder above listed its files again and again (485 inputs of 10); a link
+    to nothing had no row at all."""
+    from labeler.sources import plan_source
+
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    for name in ("a.png", "sub/b.png"):
+        (root / name).write_bytes(b"x")
+    (root / "sub" / "loop").symlink_to("..")  # back to root: its files once, not again
+    (root / "broken.png").symlink_to("nowhere.png")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "c.png").write_bytes(b"x")
+    (root / "more").symlink_to(tmp_path / "elsewhere")  # a folder outside: followed
+    plan = plan_source(str(root), files_per_shard=10)
+    assert [i.id for i in plan.items] == ["a.png", "broken.png", "more/c.png", "sub/b.png"]
+    assert [i.id for i in plan_source(str(root / "*.png"), files_per_shard=10).items] == [
+        "a.png", "broken.png"]
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_naming_it(tmp_path):
+    import os
+
+    from labeler.sources import plan_source
+
+    os.makedirs(tmp_path / "in")
+    open(os.fsencode(tmp_path / "in") + b"/caf\xe9.png", "wb").close()
+    for path in (str(tmp_path / "in"), str(tmp_path / "in" / "*")):
+        with pytest.raises(SpecError, match=re.escape("input.path: the file name b'")
+                           + r".*caf\\xe9\.png' is not UTF-8"):
+            plan_source(path, files_per_shard=10)
