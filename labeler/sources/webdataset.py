@@ -61,11 +61,15 @@ def tar_samples(uri: str, tar_id: str,
     """(id, uri, prompt, metadata) of every member of one tar whose extension is one of
     `extensions` (lower case, with the dot), in tar order, plus one error row for the
     remainder of a tar whose stream breaks (see the module docstring).
-    id: `<tar_id>/<key>`; metadata: the fields of `<key>.json`, plus `caption` from
+    id: `<tar_id>/<key>` (a key's other media members: `<tar_id>/<member name>`);
+    metadata: the fields of `<key>.json`, plus `caption` from
     `<key>.txt`; prompt: metadata's `prompt` field (taken out of metadata). StorageError if
     the tar cannot be opened or read (a missing object, a storage failure)."""
     fs, path = filesystem_for(uri)
-    media: dict[str, tuple[int, int]] = {}
+    # sample name -> (its key, data offset, size). A key's first media member is the sample
+    # `key`; another one of the same key (`s1.left.png`, `s1.right.png`) is a sample of its
+    # own, named by its member name, with the key's metadata: none is dropped.
+    media: dict[str, tuple[str, int, int]] = {}
     meta: dict[str, dict] = {}
     tar = last = None
     try:
@@ -76,7 +80,8 @@ def tar_samples(uri: str, tar_id: str,
                         continue
                     key, ext = sample_key(last.name)
                     if ("." + ext.rsplit(".", 1)[-1]) in extensions:
-                        media.setdefault(key, (last.offset_data, last.size))
+                        name = key if key not in media else last.name
+                        media.setdefault(name, (key, last.offset_data, last.size))
                     elif ext in ("json", "txt") and last.size <= MAX_METADATA_BYTES:
                         data = tar.extractfile(last).read()
                         meta.setdefault(key, {}).update(_metadata(data, ext, uri, last.name))
@@ -88,10 +93,10 @@ def tar_samples(uri: str, tar_id: str,
     except OSError as err:
         raise storage_error(uri, "read", err) from None
     samples = []
-    for key, (offset, size) in media.items():
+    for name, (key, offset, size) in media.items():
         fields = dict(meta.get(key, {}))
         prompt = fields.pop("prompt", None)
-        samples.append((f"{tar_id}/{key}", byte_range_uri(uri, offset, size),
+        samples.append((f"{tar_id}/{name}", byte_range_uri(uri, offset, size),
                         str(prompt) if prompt else None, fields))
     if broken is not None:
         offset, reason = broken
@@ -123,8 +128,8 @@ def _broken_at(err: tarfile.ReadError, tar: tarfile.TarFile | None,
     if tar is None:  # the first header: empty, or not a tar at all
         return 0, "empty" if str(err) == "empty file" else "invalid_header"
     if last is not None and "unexpected end of data" in str(err):
-        key, _ = sample_key(last.name)
-        if media.get(key) == (last.offset_data, last.size):
+        if any((offset, size) == (last.offset_data, last.size)
+               for _, offset, size in media.values()):
             return None
         return last.offset, "unexpected_end"
     return tar.offset, "invalid_header"

@@ -355,3 +355,21 @@ def test_a_file_name_that_is_not_utf8_is_refused_naming_it(tmp_path):
         with pytest.raises(SpecError, match=re.escape("input.path: the file name b'")
                            + r".*caf\\xe9\.png' is not UTF-8"):
             plan_source(path, files_per_shard=10)
+
+
+def test_a_webdataset_samples_second_image_is_an_input_of_its_own(tmp_path):
+    """s1.left.png and s1.right.png, s2.png and s2.jpg: 3 inputs of 5 images before (the
+    key's first image only, the others silently dropped)."""
+    import json
+
+    from labeler.sources import plan_source
+    from labeler.storage import read_bytes
+
+    _tar(tmp_path / "00000.tar", {"s1.left.png": b"L", "s1.right.png": b"R",
+                                  "s1.json": json.dumps({"scene": 7}).encode(),
+                                  "s2.png": b"P", "s2.jpg": b"J", "s3.png": b"3"})
+    plan = plan_source(str(tmp_path), files_per_shard=10)
+    assert [i.id for i in plan.items] == ["00000.tar/s1", "00000.tar/s1.right.png",
+                                          "00000.tar/s2", "00000.tar/s2.jpg", "00000.tar/s3"]
+    assert [read_bytes(i.uri) for i in plan.items] == [b"L", b"R", b"P", b"J", b"3"]
+    assert plan.metadata.column("scene").to_pylist() == [7, 7, None, None, None]
