@@ -137,11 +137,13 @@ def worker_env(extra: dict[str, str] | None = None) -> dict:
     runtime_env is shown by the Ray dashboard and its job and Serve APIs to whoever reaches
     them. A cluster's nodes have their own (instance role, Kubernetes secret);
     LABELER_FORWARD_CREDENTIALS=1 sends this shell's keys anyway."""
-    env = {**storage_env(secrets=_forwards_credentials()), **(extra or {})}
+    env = {**storage_env(secrets=forwards_credentials()), **(extra or {})}
     return {"runtime_env": {"env_vars": env}} if env else {}
 
 
-def _forwards_credentials() -> bool:
+def forwards_credentials() -> bool:
+    """Whether keys may travel in a runtime_env (worker_env's rule): to a Ray this process
+    started, or with LABELER_FORWARD_CREDENTIALS=1."""
     if os.environ.get(FORWARD_CREDENTIALS_ENV, "").lower() in ("1", "true", "yes"):
         return True
     from labeler.ray_node import ray_started_here

@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 import uuid
 
@@ -55,7 +56,8 @@ from labeler.schemas import Record
 from labeler.serve.auth import is_authorized
 from labeler.serve.config import ServedModel, ServeSpec
 from labeler.serve.errors import ApiError
-from labeler.serve.fetch import check_uri, fetch_uri
+from labeler.serve.fetch import (LABEL_STUDIO_KEY_ENV, LABEL_STUDIO_URL_ENV, check_uri,
+                                 fetch_label_studio_file, fetch_uri)
 from labeler.serve.formats import (cvat_shapes, drawn_rectangles, label_studio_prediction,
                                    model_version, parse_label_config, percent_to_pixels)
 from labeler.serve.inputs import (AnnotateRequest, ExampleBox, ImageRequest, Params,
@@ -66,7 +68,7 @@ from labeler.serve.model import Item, ModelServer
 from labeler.serve.variants import variant_spec
 from labeler.serve.video import (LabeledVideo, label_studio_video_prediction, label_video,
                                  link_records, position_fields, video_clip, video_track)
-from labeler.storage import worker_env
+from labeler.storage import forwards_credentials, worker_env
 
 log = logging.getLogger(__name__)
 
@@ -697,10 +699,17 @@ class Ingress:
         url = data.get(key) if isinstance(data, dict) else None
         if not isinstance(url, str):
             raise ApiError(422, f"tasks.{i}.data.{key}: missing URL")
-        if url.startswith("/"):
-            raise ApiError(422, f"tasks.{i}: {url!r} is a file inside Label Studio; use cloud "
-                                f"storage (s3://) or https URLs the server is allowed to fetch")
         return url
+
+    async def _ls_bytes(self, url: str, max_bytes: int, kind: str) -> bytes | None:
+        """The bytes of a task's data: URL or file inside Label Studio (a path: its
+        uploads, its local files), else None (a URL fetched as any request's uri)."""
+        if url.startswith("data:"):
+            return decode_base64(url, kind)
+        if url.startswith("/"):
+            return await asyncio.to_thread(fetch_label_studio_file, url, self.spec.uri,
+                                           max_bytes, kind)
+        return None
 
     async def _ls_task(self, served: ServedModel, params: dict, config, i: int, task,
                        drawn: list | None = None) -> dict:
@@ -708,10 +717,9 @@ class Ingress:
         model's examples."""
         url = self._ls_url(config.image_key, i, task)
         try:
-            if url.startswith("data:"):
-                decoded, decode_ms = await self._image(decode_base64(url), None, [served])
-            else:
-                decoded, decode_ms = await self._image(None, url, [served])
+            data = await self._ls_bytes(url, self.spec.limits.max_body_bytes, "image")
+            decoded, decode_ms = await self._image(data, None if data is not None else url,
+                                                   [served])
             if drawn:
                 params = {**params, "examples": tuple(
                     Example(label, percent_to_pixels(box, decoded.width, decoded.height))
@@ -732,8 +740,9 @@ class Ingress:
                              task) -> dict:
         url = self._ls_url(config.video_key, i, task)
         try:
-            data = (decode_base64(url, "video") if url.startswith("data:") else
-                    await self._video_at(url))
+            data = await self._ls_bytes(url, self.spec.limits.max_video_bytes, "video")
+            if data is None:
+                data = await self._video_at(url)
             video = await self._video(served, data, self.spec.video_sampling.sampling(), None,
                                       served.video_track, str(task.get("id", i)), url[:200],
                                       params)
@@ -766,6 +775,12 @@ def build_app(spec: ServeSpec, tokens: list[str]):
     replicas load `s3://` models, the ingress fetches `s3://` inputs, from the same S3."""
     storage = worker_env()
     handles = {}
+    # The ingress fetches the files of Label Studio tasks (labeler.serve.fetch), with the
+    # token under the same rule as the storage keys.
+    label_studio = {k: os.environ[k] for k in (LABEL_STUDIO_URL_ENV, LABEL_STUDIO_KEY_ENV)
+                    if os.environ.get(k)}
+    if not forwards_credentials():
+        label_studio.pop(LABEL_STUDIO_KEY_ENV, None)
     for served in spec.models:
         serving, res = served.serving, served.resources
         if served.batch_limit_warning:
@@ -784,7 +799,8 @@ def build_app(spec: ServeSpec, tokens: list[str]):
         handles[served.served_name] = serve.deployment(ModelServer).options(**options).bind(
             served.model_dump_json())
     ingress = serve.deployment(Ingress).options(
-        name="ingress", ray_actor_options={"num_cpus": spec.ingress_num_cpus, **storage},
+        name="ingress", ray_actor_options={"num_cpus": spec.ingress_num_cpus,
+                                           **worker_env(label_studio)},
         # The ingress only parses, decodes and waits: many requests at once cost it little,
         # and the models' own queues are the limit that answers 503.
         max_ongoing_requests=1000)

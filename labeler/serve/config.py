@@ -200,6 +200,12 @@ class UriSpec(_Strict):
     allowed_hosts: list[str] = Field(default_factory=list, description="https hosts, exact names")
     allowed_s3_buckets: list[str] = Field(default_factory=list)
     fetch_timeout_s: float = Field(10.0, gt=0)
+    label_studio_url: str | None = Field(
+        None, pattern=r"^https?://[^/?#]+/?$",
+        description="Label Studio's own address (http(s)://host:port), where the images of "
+                    "its tasks that are files inside it (/data/upload/..., "
+                    "/data/local-files/?d=...) are fetched, with the API token in "
+                    "LABEL_STUDIO_API_KEY; default: LABEL_STUDIO_URL")
 
 
 class ServeSpec(_Strict):

@@ -11,12 +11,16 @@ Rules, in order:
 - the connection goes to the address that was checked, with the host name kept for TLS
   (SNI and certificate), so a second DNS answer cannot swap in an internal address;
 - redirects are not followed (422); the body is cut off past `max_bytes` (413).
+
+Files inside Label Studio (a task's `/data/upload/...`) come from the operator's Label
+Studio only (fetch_label_studio_file): its address is configured, never the caller's.
 """
 
 from __future__ import annotations
 
 import http.client
 import ipaddress
+import os
 import socket
 import ssl
 from urllib.parse import urlsplit
@@ -116,6 +120,60 @@ def fetch_uri(uri: str, policy: UriSpec, max_bytes: int, kind: str = "image") ->
         conn.close()
     if len(data) > max_bytes:
         raise ApiError(413, f"{kind} at uri is larger than {max_bytes} bytes")
+    return data
+
+
+# Label Studio's paths for the files it holds: uploads, and its local-files serving.
+LABEL_STUDIO_FILE_PATHS = ("/data/upload/", "/data/local-files/")
+LABEL_STUDIO_URL_ENV, LABEL_STUDIO_KEY_ENV = "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"
+
+
+def label_studio_url(policy: UriSpec) -> str | None:
+    """The configured Label Studio address, or LABEL_STUDIO_URL's; None for neither."""
+    url = policy.label_studio_url or os.environ.get(LABEL_STUDIO_URL_ENV) or None
+    return url.rstrip("/") if url else None
+
+
+def fetch_label_studio_file(path: str, policy: UriSpec, max_bytes: int,
+                            kind: str = "image") -> bytes:
+    """The bytes of a file inside Label Studio (a task's `/data/upload/...` or
+    `/data/local-files/?d=...`), from the operator's Label Studio (label_studio_url) with
+    its API token, as Label Studio's own ML backend SDK fetches them. The address is the
+    operator's, never the caller's: only the path comes from the task, and only these
+    paths (422 otherwise, or without a configured Label Studio)."""
+    base = label_studio_url(policy)
+    if not path.startswith(LABEL_STUDIO_FILE_PATHS):
+        raise ApiError(422, f"{path[:100]!r} is a path inside Label Studio that is not one of "
+                            f"its files ({', '.join(LABEL_STUDIO_FILE_PATHS)})")
+    if base is None:
+        raise ApiError(422, f"{path[:100]!r} is a file inside Label Studio, and the server "
+                            f"knows no Label Studio to fetch it from: set uri.label_studio_url "
+                            f"(or {LABEL_STUDIO_URL_ENV}) and {LABEL_STUDIO_KEY_ENV}, or use "
+                            f"cloud storage (s3://) or https URLs")
+    parts = urlsplit(base)
+    connection = (http.client.HTTPSConnection if parts.scheme == "https"
+                  else http.client.HTTPConnection)
+    conn = connection(parts.hostname, parts.port, timeout=policy.fetch_timeout_s)
+    headers = {"Accept": f"{kind}/*"}
+    token = os.environ.get(LABEL_STUDIO_KEY_ENV)
+    if token:
+        headers["Authorization"] = f"Token {token}"
+    try:
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        if response.status != 200:
+            raise ApiError(422, f"Label Studio answered HTTP {response.status} "
+                                f"{response.reason} for {path[:100]!r}"
+                                + (f" (is {LABEL_STUDIO_KEY_ENV} a valid token?)"
+                                   if response.status in (401, 403) else ""))
+        data = response.read(max_bytes + 1)
+    except (OSError, http.client.HTTPException) as err:
+        raise ApiError(422, f"cannot fetch {path[:100]!r} from Label Studio at {base}: "
+                            f"{type(err).__name__}: {err}") from None
+    finally:
+        conn.close()
+    if len(data) > max_bytes:
+        raise ApiError(413, f"{kind} at {path[:100]!r} is larger than {max_bytes} bytes")
     return data
 
 

@@ -10,6 +10,7 @@ Parquet rows.
 import base64
 import io
 import json
+import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -112,8 +113,42 @@ def pseudo_rows(ray_local, image_files, tiny_owlv2, tmp_path_factory) -> dict[st
     return {r["id"]: r for r in table.to_pylist()}
 
 
+LABEL_STUDIO_TOKEN = "ls-token-0123"
+
+
 @pytest.fixture(scope="module")
-def url(ray_local, batch_rows, pseudo_rows, tiny_owlv2):
+def label_studio(image_files):
+    """A stand-in for Label Studio's file serving on 127.0.0.1 (a real HTTP server): its
+    uploads under /data/upload/, answered only with its API token, as Label Studio does."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class Files(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            seen.append(self.path)
+            name = self.path.removeprefix("/data/upload/1/")
+            if self.headers.get("Authorization") != f"Token {LABEL_STUDIO_TOKEN}":
+                self.send_error(401)
+            elif name in image_files and not name.startswith("_"):
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(image_files[name])
+            else:
+                self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", seen
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def url(ray_local, batch_rows, pseudo_rows, tiny_owlv2, label_studio):
     from ray import serve
 
     from labeler.serve.server import start
@@ -151,10 +186,14 @@ def url(ray_local, batch_rows, pseudo_rows, tiny_owlv2):
                    "body_idle_timeout_s": BODY_IDLE_S},
         "uri": {"allowed_hosts": ["localhost", "127.0.0.1", "169.254.169.254", "10.1.2.3",
                                   "::ffff:127.0.0.1"],
-                "allowed_s3_buckets": ["images"]},
+                "allowed_s3_buckets": ["images"], "label_studio_url": label_studio[0]},
         "ingress_num_cpus": 0.25,
     })
-    base, notices = start(spec)
+    os.environ["LABEL_STUDIO_API_KEY"] = LABEL_STUDIO_TOKEN  # the ingress gets it from here
+    try:
+        base, notices = start(spec)
+    finally:
+        del os.environ["LABEL_STUDIO_API_KEY"]
     assert notices == []  # a token is configured
     yield base
     serve.shutdown()
@@ -375,7 +414,7 @@ def test_service_endpoints(url, http):
     assert "multipart/form-data" in paths["/v1/detect"]["post"]["requestBody"]["content"]
 
 
-def test_label_studio_backend(url, http, image_files):
+def test_label_studio_backend(url, http, image_files, label_studio):
     assert http.get(f"{url}/health", timeout=10).json()["status"] == "UP"
     config = ('<View><Image name="img" value="$photo"/><RectangleLabels name="box" toName="img">'
               '<Label value="car"/><Label value="bus"/></RectangleLabels></View>')
@@ -413,9 +452,20 @@ def test_label_studio_backend(url, http, image_files):
     one, many = narrow(1), narrow(12)
     assert many.status_code == 200, many.text
     assert many.json()["results"] == one.json()["results"] * 12
-    relative = http.post(f"{url}/predict", timeout=10, json={
-        "label_config": config, "tasks": [{"data": {"photo": "/data/upload/1/a.jpg"}}]})
-    assert relative.status_code == 422 and "cloud storage" in relative.json()["error"]
+    # An image uploaded into Label Studio: fetched from the configured Label Studio with its
+    # token, the same prediction as the same bytes sent inline.
+    uploaded = http.post(f"{url}/predict", timeout=30, json={
+        "label_config": config, "tasks": [{"id": 11, "data": {"photo": "/data/upload/1/wide.jpg"}}]})
+    assert uploaded.status_code == 200, uploaded.text
+    assert uploaded.json()["results"] == answer.json()["results"]
+    assert label_studio[1][-1] == "/data/upload/1/wide.jpg"
+    for path, says in (("/data/upload/1/missing.jpg", "Label Studio answered HTTP 404"),
+                       ("/api/projects/", "is a path inside Label Studio that is not one of its "
+                                          "files")):
+        refused = http.post(f"{url}/predict", timeout=10, json={
+            "label_config": config, "tasks": [{"data": {"photo": path}}]})
+        assert refused.status_code == 422 and says in refused.json()["error"], refused.text
+    assert "/api/projects/" not in label_studio[1]  # never asked for
 
 
 def test_auth(url, image_files):
