@@ -114,21 +114,31 @@ async def _validation_error(_: Request, err: RequestValidationError) -> JSONResp
     return _error(422, f"invalid request: {where}")
 
 
+# Tasks whose records' `text` is about the whole image: a TextArea not per region takes it.
+WHOLE_IMAGE_TEXT_TASKS = ("caption", "ask", "ocr")
+
 # The module's functions that Ingress calls are defined before it: a replica built from the
 # class decorated by serve.ingress did not find one defined after it (NameError).
 def _fills_label_config(task: str, config) -> bool:
     """Whether a task's records fill a control of an image label_config
-    (labeler.serve.formats.label_studio_prediction: boxes, or OCR lines)."""
+    (labeler.serve.formats.label_studio_prediction: boxes, OCR lines, or a whole-image
+    TextArea's text)."""
     return bool((config.rectangle and task in BOX_TASKS)
-                or ((config.polygon or config.textarea) and task == "ocr"))
+                or ((config.polygon or (config.textarea and config.textarea_per_region))
+                    and task == "ocr")
+                or (config.textarea and not config.textarea_per_region
+                    and task in WHOLE_IMAGE_TEXT_TASKS))
 
 
 def _ls_task_kind(config) -> str | None:
     """The task whose records fill a Label Studio config: boxes for a RectangleLabels or a
-    VideoRectangle, OCR for a Polygon or TextArea; None for neither."""
+    VideoRectangle, OCR for a Polygon or a per-region TextArea, a caption for a TextArea
+    about the whole image; None for none of them."""
     if config.rectangle or config.video_rectangle:
         return "detect"
-    return "ocr" if (config.polygon or config.textarea) else None
+    if config.polygon or (config.textarea and config.textarea_per_region):
+        return "ocr"
+    return "caption" if config.textarea else None
 
 
 def _in_flight_limit(served) -> int:
@@ -660,7 +670,9 @@ class Ingress:
             raise ApiError(422, f"model {served.served_name!r} does task {served.task!r}, "
                                 f"whose records fill no control of this label_config: a "
                                 f"RectangleLabels takes the boxes of {', '.join(BOX_TASKS)}; "
-                                f"a Polygon or TextArea the lines of ocr")
+                                f"a Polygon or a per-region TextArea the lines of ocr; a "
+                                f"TextArea about the whole image the text of "
+                                f"{', '.join(WHOLE_IMAGE_TEXT_TASKS)}")
         labels = config.labels if served.task == "detect" and config.labels else None
         # Drawn boxes are in percent here; _ls_task makes them pixels of the decoded image.
         examples = [ExampleBox(label=label, box=box) for label, box in drawn or ()]

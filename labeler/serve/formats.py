@@ -31,9 +31,14 @@ class LabelConfig:
     rectangle: str | None = None
     rectangle_type: str = "rectanglelabels"
     labels: list[str] = field(default_factory=list)
+    # Several RectangleLabels on the image (animals: cat, dog; vehicles: car, bus): every
+    # label is asked for, and a box goes to the control offering its label.
+    rectangle_of: dict[str, str] = field(default_factory=dict)
     polygon: str | None = None
     polygon_type: str = "polygon"
     textarea: str | None = None
+    # A TextArea not per region is text about the whole image: a caption or an answer.
+    textarea_per_region: bool = True
     # Video object tracking: the Video tag's name, data key and frameRate attribute as
     # written ("$fps", "25" or None), and the VideoRectangle's name; `labels` then come
     # from the Labels tag on the video.
@@ -50,10 +55,17 @@ def parse_label_config(xml: str) -> LabelConfig:
     except ET.ParseError as err:
         raise ValueError(f"label_config is not valid XML: {err}") from None
     config = LabelConfig()
-    image = next((el for el in root.iter() if el.tag.lower() == "image"), None)
-    if image is not None:
-        config.image_name = image.get("name", config.image_name)
-        config.image_key = image.get("value", "$" + config.image_key).lstrip("$")
+    images = [el for el in root.iter() if el.tag.lower() == "image"]
+    # The image the controls label: the one the first box, polygon or text control names
+    # in its toName (a config may show several images), else the first.
+    controls = [el for el in root.iter()
+                if el.tag.lower() in (*_RECTANGLE_TAGS, *_POLYGON_TAGS, "textarea")]
+    named = {el.get("name"): el for el in images}
+    target = next((named[el.get("toName")] for el in controls if el.get("toName") in named),
+                  images[0] if images else None)
+    if target is not None:
+        config.image_name = target.get("name", config.image_name)
+        config.image_key = target.get("value", "$" + config.image_key).lstrip("$")
     video = next((el for el in root.iter() if el.tag.lower() == "video"), None)
     if video is not None:
         config.video_name = video.get("name", config.video_name)
@@ -66,14 +78,28 @@ def parse_label_config(xml: str) -> LabelConfig:
         elif (tag == "labels" and video is not None and not config.labels
               and config.video_name in (el.get("toName") or "").split(",")):
             config.labels = [lab.get("value") for lab in el if lab.get("value")]
-        elif tag in _RECTANGLE_TAGS and config.rectangle is None:
-            config.rectangle, config.rectangle_type = el.get("name"), tag
-            config.labels = [lab.get("value") for lab in el if lab.get("value")]
+        elif tag in _RECTANGLE_TAGS and _labels_image(el, config, images):
+            if config.rectangle is None:
+                config.rectangle, config.rectangle_type = el.get("name"), tag
+            elif tag != config.rectangle_type:
+                continue  # a plain Rectangle beside RectangleLabels: the labelled one fills
+            for label in (lab.get("value") for lab in el if lab.get("value")):
+                if label not in config.rectangle_of:
+                    config.rectangle_of[label] = el.get("name")
+                    config.labels.append(label)
         elif tag in _POLYGON_TAGS and config.polygon is None:
             config.polygon, config.polygon_type = el.get("name"), tag
         elif tag == "textarea" and config.textarea is None:
             config.textarea = el.get("name")
+            config.textarea_per_region = (el.get("perRegion") or "").lower() == "true"
     return config
+
+
+def _labels_image(control, config: LabelConfig, images: list) -> bool:
+    """Whether a control labels the config's image (its toName; with one image or none
+    named, any control does)."""
+    to_name = control.get("toName")
+    return len(images) <= 1 or to_name is None or config.image_name in to_name.split(",")
 
 
 def video_frame_rate(config: LabelConfig, data: dict, probed_fps: float | None,
@@ -119,17 +145,21 @@ def label_studio_prediction(record: dict, config: LabelConfig, model_version: st
                      "rotation": 0}
             if config.rectangle_type == "rectanglelabels":
                 value["rectanglelabels"] = [d["label"]]
-            results.append({"id": f"det{i}", "from_name": config.rectangle,
+            results.append({"id": f"det{i}",
+                            "from_name": config.rectangle_of.get(d["label"], config.rectangle),
                             "type": config.rectangle_type, "value": value, "score": d["score"],
                             **common})
             scores.append(d["score"])
+    if config.textarea and not config.textarea_per_region and record.get("text"):
+        results.append({"id": "text", "from_name": config.textarea, "type": "textarea",
+                        "value": {"text": [record["text"]]}, **common})
     for i, r in enumerate(record.get("ocr_regions") or []):
         points = [[_pct(r[f"x{k}"], w), _pct(r[f"y{k}"], h)] for k in range(4)]
         if config.polygon:
             results.append({"id": f"ocr{i}", "from_name": config.polygon,
                             "type": config.polygon_type,
                             "value": {"points": points, "closed": True}, **common})
-        if config.textarea:
+        if config.textarea and config.textarea_per_region:
             results.append({"id": f"ocr{i}", "from_name": config.textarea, "type": "textarea",
                             "value": {"points": points, "text": [r["text"]]}, **common})
     prediction = {"model_version": model_version, "result": results}

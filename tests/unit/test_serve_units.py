@@ -241,6 +241,38 @@ def test_label_studio_ocr_as_polygon_plus_textarea():
     assert text["type"] == "textarea" and text["value"]["text"] == ["EXIT"]
 
 
+def test_label_studio_configs_of_several_controls_and_images():
+    """Several RectangleLabels: every label asked for, each box under the control offering
+    its label; the image is the one the controls name (toName), not the first; a TextArea
+    about the whole image (not per region) takes a caption's text."""
+    from labeler.serve.app import _fills_label_config, _ls_task_kind
+
+    config = parse_label_config(
+        '<View><Image name="left" value="$a"/><Image name="right" value="$b"/>'
+        '<RectangleLabels name="animals" toName="right"><Label value="cat"/>'
+        '<Label value="dog"/></RectangleLabels>'
+        '<RectangleLabels name="vehicles" toName="right"><Label value="car"/></RectangleLabels>'
+        '<RectangleLabels name="other" toName="left"><Label value="bus"/></RectangleLabels>'
+        '</View>')
+    assert (config.image_name, config.image_key) == ("right", "b")
+    assert config.labels == ["cat", "dog", "car"]
+    record = {**RECORD, "detections": [
+        {"label": "car", "score": 0.5, "x0": 0.0, "y0": 0.0, "x1": 10.0, "y1": 10.0},
+        *RECORD["detections"]]}
+    car, cat = label_studio_prediction(record, config, "v")["result"]
+    assert (car["from_name"], cat["from_name"]) == ("vehicles", "animals")
+    assert car["to_name"] == cat["to_name"] == "right"
+
+    caption = parse_label_config('<View><Image name="im" value="$img"/>'
+                                 '<TextArea name="caption" toName="im"/></View>')
+    assert _ls_task_kind(caption) == "caption"
+    assert _fills_label_config("caption", caption) and not _fills_label_config("detect", caption)
+    (text,) = label_studio_prediction({**RECORD, "text": "a cat on a mat"}, caption,
+                                      "v")["result"]
+    assert (text["from_name"], text["type"], text["value"]) == (
+        "caption", "textarea", {"text": ["a cat on a mat"]})
+
+
 VIDEO_CONFIG = ('<View><Header value="Track"/><Video name="clip" value="$movie" frameRate="$fps"/>'
                 '<VideoRectangle name="box" toName="clip"/><Labels name="kinds" toName="clip">'
                 '<Label value="car"/><Label value="person"/></Labels></View>')
