@@ -383,9 +383,11 @@ def model_source_problem(source: str, revision: str | None = None) -> str | None
         if not os.path.isfile(os.path.join(path, "config.json")):
             return f"{source!r} holds no config.json (a model folder's)"
         return None
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on"):
-        return None
     from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.constants import is_offline_mode
+
+    if not is_offline_mode():
+        return None
 
     try:
         cached = try_to_load_from_cache(source, "config.json", revision=revision)
@@ -395,6 +397,16 @@ def model_source_problem(source: str, revision: str | None = None) -> str | None
         return (f"hub model {source!r} is not in the hub cache, and HF_HUB_OFFLINE is set "
                 f"(download it first, or give a local folder)")
     return None
+
+
+def check_model_sources(tasks, field: str) -> None:
+    """SpecError naming the first task whose model cannot be loaded, as far as that shows
+    without loading it (model_source_problem): otherwise every actor would fail to
+    start, and every row would become an error row blaming a dead worker."""
+    for k, task in enumerate(tasks):
+        problem = model_source_problem(task.model.source, task.model.revision)
+        if problem is not None:
+            raise SpecError(f"{field}.{k}.model.source: {problem}")
 
 
 # Read size of open_input on S3 and byte ranges: each read is one ranged GET (~10-50 ms), so

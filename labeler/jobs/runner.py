@@ -19,7 +19,6 @@ import glob
 import json
 import logging
 import os
-import posixpath
 import re
 import time
 import warnings
@@ -29,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from labeler.config import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, JobSpec, SpecError, TaskSpec
+from labeler.config import JobSpec, SpecError, TaskSpec
 from labeler.jobs.examples import EXAMPLES_COLUMN, examples_text
 from labeler.jobs.identity import (fingerprint, input_identities, job_identity,
                                    legacy_fingerprint)
@@ -37,8 +36,8 @@ from labeler.pseudo.report import COLUMNS as REPORT_COLUMNS
 from labeler.pseudo.report import pseudo_label_report, report_lines, write_report
 from labeler.sinks.parquet import MissingParts, ShardedParquetSink
 from labeler.sources import plan_source
-from labeler.sources.manifest import MANIFEST_EXTENSIONS
-from labeler.storage import is_s3, model_source_problem, worker_env
+from labeler.sources.files import names_one_file
+from labeler.storage import check_model_sources, is_s3, worker_env
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,6 @@ class JobSummary:
     inputs: int
     media: str = "image"
     unit: str = "images"
-    task_count: int = 1
     rows: int = 0
     errors: int = 0
     skipped_inputs: int = 0  # already committed by an earlier run of the same job
@@ -93,6 +91,10 @@ class JobSummary:
     # A dry run (run_job(dry_run=True)) plans and stops: the fields above describe the plan.
     dry_run: bool = False
     overwritten_files: int = 0  # files --overwrite would delete
+
+    @property
+    def task_count(self) -> int:
+        return max(1, len(self.tasks))
 
     def lines(self) -> list[str]:
         if self.dry_run:
@@ -291,9 +293,7 @@ def check_input_apart_from_output(input_path: str, output_path: str) -> None:
     if is_s3(input_path) != is_s3(output_path):
         return
     listed, output = _comparable(input_path), _comparable(output_path)
-    suffix = posixpath.splitext(input_path.rstrip("/"))[1].lower()
-    is_file = (os.path.isfile(input_path) if not is_s3(input_path)
-               else suffix in (*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS, *MANIFEST_EXTENSIONS, ".tar"))
+    is_file = names_one_file(input_path)
     if listed == output or (listed + "/").startswith(output + "/"):
         raise SpecError(f"output.path: {output_path!r} holds the input {input_path!r}; "
                         f"--overwrite would delete it: write the output elsewhere")
@@ -311,16 +311,6 @@ def _comparable(path: str) -> str:
     if glob.has_magic(path):
         path = os.path.dirname(re.split(r"[*?\[]", path, maxsplit=1)[0] + "x")
     return os.path.realpath(path).rstrip("/") or "/"
-
-
-def check_model_sources(tasks, field: str) -> None:
-    """SpecError naming the first task whose model cannot be loaded, as far as that shows
-    without loading it (storage.model_source_problem): otherwise every actor would fail to
-    start, and every row would become an error row blaming a dead worker."""
-    for k, task in enumerate(tasks):
-        problem = model_source_problem(task.model.source, task.model.revision)
-        if problem is not None:
-            raise SpecError(f"{field}.{k}.model.source: {problem}")
 
 
 def _local_gpus(spec: JobSpec) -> float:
@@ -408,7 +398,6 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
         if with_examples:
             row[EXAMPLES_COLUMN] = examples_text(item.metadata.get(EXAMPLES_COLUMN))
     summary = JobSummary(output=sink.uri, inputs=len(items), media=media, unit=_unit(spec),
-                         task_count=len(spec.tasks),
                          listed_inputs=plan.listed,
                          subset=spec.input.subset.describe() if spec.input.subset else None,
                          skipped_inputs=len(items) - len(todo),

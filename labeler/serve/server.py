@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-from labeler.ray_node import ray_started_here
 from labeler.config import SpecError
-from labeler.jobs.runner import check_model_sources
+from labeler.ray_node import ray_started_here
 from labeler.serve.auth import bind_host, configured_tokens
 from labeler.serve.config import ServeSpec
+from labeler.storage import check_model_sources
 
 APP_NAME = "labeler"
 

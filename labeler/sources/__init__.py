@@ -13,12 +13,12 @@ member is. With media "video" the same holds for video files and video members
 from __future__ import annotations
 
 import glob
-import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 
 from labeler.config import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, SpecError, SubsetSpec
-from labeler.sources.files import list_files, relative_id, select_images, select_videos
+from labeler.sources.files import (list_files, names_one_file, relative_id, select_images,
+                                   select_videos)
 from labeler.sources.items import InputItem, InputPlan, assign_shards, check_unique_ids
 from labeler.sources.manifest import is_manifest, manifest_samples
 from labeler.sources.subset import choose_subset
@@ -81,10 +81,7 @@ def plan_source(path: str, files_per_shard: int, media: str = "image",
 def _names_files(path: str) -> bool:
     """Whether `path` lists only the files it names (a glob, a single file), not whole
     folders."""
-    if is_s3(path):
-        return not path.endswith("/") and not is_manifest(path) and posixpath.splitext(
-            path)[1].lower() in (*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS)
-    return glob.has_magic(path) or os.path.isfile(path)
+    return (not is_s3(path) and glob.has_magic(path)) or names_one_file(path)
 
 
 def _check(function, entries: list, path: str, *args):

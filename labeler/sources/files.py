@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import glob
 import os
+import posixpath
 
 import pyarrow.fs as pafs
 
 from labeler.config import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, SpecError
 from labeler.sources.items import InputItem, assign_shards
+from labeler.sources.manifest import MANIFEST_EXTENSIONS
 from labeler.sources.webdataset import is_tar
 from labeler.storage import filesystem_for, is_s3, storage_error
 
@@ -37,7 +39,10 @@ def list_files(path: str) -> tuple[str, list[str]]:
         return os.path.dirname(os.path.abspath(path)), _utf8([os.path.abspath(path)])
     if not is_s3(path) and os.path.isdir(path):
         root = os.path.abspath(path).rstrip("/") or "/"
-        return root, _utf8(sorted(_walk(root)))
+        try:
+            return root, _utf8(sorted(_walk(root)))
+        except OSError as err:  # a folder that cannot be read
+            raise storage_error(path, "list", err) from None
     fs, root = filesystem_for(path)
     root = root.rstrip("/")
     scheme = "s3://" if is_s3(path) else ""
@@ -59,19 +64,32 @@ def list_files(path: str) -> tuple[str, list[str]]:
     return scheme + root, sorted(files)
 
 
+def names_one_file(path: str) -> bool:
+    """Whether `path` names one file (a local file, or an s3:// key with the suffix of an
+    input file: image, video, manifest, tar), not a folder, prefix or glob."""
+    if is_s3(path):
+        suffix = posixpath.splitext(path.rstrip("/"))[1].lower()
+        return suffix in (*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS, *MANIFEST_EXTENSIONS, ".tar")
+    return os.path.isfile(path)
+
+
 def _walk(root: str) -> list[str]:
-    """Every file under `root`, links followed, each real folder entered once."""
+    """Every file under `root`, links followed, each real folder entered once, and every
+    link to nothing (os.scandir's entries know their type: one stat per link only)."""
     seen: set[str] = set()
-    files = []
-    for folder, folders, names in os.walk(root, followlinks=True):
+    files, folders = [], [root]
+    while folders:
+        folder = folders.pop()
         real = os.path.realpath(folder)
         if real in seen:  # a loop, or a folder already listed through another link
-            folders[:] = []
             continue
         seen.add(real)
-        files.extend(os.path.join(folder, name) for name in names
-                     if os.path.isfile(os.path.join(folder, name))
-                     or _dangling(os.path.join(folder, name)))
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir():  # follows links
+                    folders.append(entry.path)
+                elif entry.is_file() or entry.is_symlink():  # a link to nothing too
+                    files.append(entry.path)
     return files
 
 

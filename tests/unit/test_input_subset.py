@@ -152,12 +152,12 @@ def test_a_subset_runs_summary_estimates_the_whole_input_at_its_steady_rate():
     # Two tasks: 1,000 rows of 500 images, each labeled by both at 20 images/s (40 rows/s),
     # 120,000 in 6,000 s.
     summary = JobSummary(output="o", inputs=500, rows=1000, listed_inputs=120_000,
-                         subset="count 500, seed 0", steady_images_per_s=20.0, task_count=2,
+                         subset="count 500, seed 0", steady_images_per_s=20.0, tasks=["a", "b"],
                          wall_s=10.0, ray_start_s=2.0)
     lines = summary.lines()
     assert lines[1].startswith("throughput: 20.0 images/s steady")
     # Without a steady rate: rows over the tasks, per second after Ray started.
-    unsteady = JobSummary(output="o", inputs=500, rows=1000, task_count=2, wall_s=27.0,
+    unsteady = JobSummary(output="o", inputs=500, rows=1000, tasks=["a", "b"], wall_s=27.0,
                           ray_start_s=2.0).lines()
     assert unsteady[1].startswith("throughput: 20.0 images/s with model load")
     # A rerun with nothing left to label gives no rate at all.
