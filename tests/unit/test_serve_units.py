@@ -514,3 +514,45 @@ def test_models_needing_more_gpus_together_than_a_local_ray_has_are_named():
     with pytest.raises(SpecError, match=r"models\.0\.resources\.num_gpus: a replica needs "
                                         r"0\.75 GPU, but this machine's Ray has 0 \(no CUDA"):
         check_local_gpus(scaled, 0)
+
+
+def test_label_studio_files_come_from_the_configured_label_studio_only(monkeypatch):
+    """No Label Studio configured: 422 saying what to set; a file over the limit: 413; a
+    wrong token: 422 naming LABEL_STUDIO_API_KEY (a real HTTP server on 127.0.0.1)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from labeler.serve.config import UriSpec
+    from labeler.serve.errors import ApiError
+    from labeler.serve.fetch import fetch_label_studio_file
+
+    class Files(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            if self.headers.get("Authorization") != "Token good":
+                self.send_error(401)
+                return
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"x" * 2048)
+
+        def log_message(self, *args):
+            pass
+
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "good")
+    with pytest.raises(ApiError, match="knows no Label Studio to fetch it from") as err:
+        fetch_label_studio_file("/data/upload/1/a.jpg", UriSpec(), 10_000)
+    assert err.value.status == 422
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        policy = UriSpec(label_studio_url=f"http://127.0.0.1:{server.server_port}")
+        assert fetch_label_studio_file("/data/upload/1/a.jpg", policy, 10_000) == b"x" * 2048
+        with pytest.raises(ApiError, match="is larger than 1024 bytes") as err:
+            fetch_label_studio_file("/data/upload/1/a.jpg", policy, 1024)
+        assert err.value.status == 413
+        monkeypatch.setenv("LABEL_STUDIO_API_KEY", "bad")
+        with pytest.raises(ApiError, match="HTTP 401 .*is LABEL_STUDIO_API_KEY a valid token"):
+            fetch_label_studio_file("/data/local-files/?d=a.jpg", policy, 10_000)
+    finally:
+        server.shutdown()
