@@ -34,6 +34,9 @@ class LabelConfig:
     # Several RectangleLabels on the image (animals: cat, dog; vehicles: car, bus): every
     # label is asked for, and a box goes to the control offering its label.
     rectangle_of: dict[str, str] = field(default_factory=dict)
+    # A plain Rectangle with a Labels on the same image (Label Studio's split format): the
+    # Labels' name; each box is then two results with one id, the rectangle and its label.
+    region_labels: str | None = None
     polygon: str | None = None
     polygon_type: str = "polygon"
     textarea: str | None = None
@@ -87,11 +90,19 @@ def parse_label_config(xml: str) -> LabelConfig:
                 if label not in config.rectangle_of:
                     config.rectangle_of[label] = el.get("name")
                     config.labels.append(label)
+        elif (tag == "labels" and video is None and config.region_labels is None
+              and config.image_name in (el.get("toName") or "").split(",")):
+            config.region_labels = el.get("name")
         elif tag in _POLYGON_TAGS and config.polygon is None:
             config.polygon, config.polygon_type = el.get("name"), tag
         elif tag == "textarea" and config.textarea is None:
             config.textarea = el.get("name")
             config.textarea_per_region = (el.get("perRegion") or "").lower() == "true"
+    if config.rectangle_type == "rectangle" and config.region_labels is not None:
+        labels = next(el for el in root.iter() if el.get("name") == config.region_labels)
+        config.labels = [lab.get("value") for lab in labels if lab.get("value")]
+    else:
+        config.region_labels = None  # a RectangleLabels carries its own labels
     return config
 
 
@@ -149,6 +160,10 @@ def label_studio_prediction(record: dict, config: LabelConfig, model_version: st
                             "from_name": config.rectangle_of.get(d["label"], config.rectangle),
                             "type": config.rectangle_type, "value": value, "score": d["score"],
                             **common})
+            if config.region_labels:
+                results.append({"id": f"det{i}", "from_name": config.region_labels,
+                                "type": "labels", "value": {**value, "labels": [d["label"]]},
+                                "score": d["score"], **common})
             scores.append(d["score"])
     if config.textarea and not config.textarea_per_region and record.get("text"):
         results.append({"id": "text", "from_name": config.textarea, "type": "textarea",
@@ -181,6 +196,12 @@ def drawn_rectangles(context, config: LabelConfig) -> list[tuple[str, tuple[floa
     results = context.get("result") if isinstance(context, dict) else None
     if not isinstance(results, list):
         raise ValueError("context.result: a list of the regions drawn is required")
+    # Split format: a plain rectangle's label is in a `labels` result with its id.
+    companion_labels = {region.get("id"): region.get("value", {}).get("labels")
+                        for region in results if isinstance(region, dict)
+                        and region.get("type") == "labels" and config.region_labels
+                        and region.get("from_name") == config.region_labels
+                        and isinstance(region.get("value"), dict)}
     drawn = []
     for i, region in enumerate(results):
         value = region.get("value") if isinstance(region, dict) else None
@@ -200,7 +221,11 @@ def drawn_rectangles(context, config: LabelConfig) -> list[tuple[str, tuple[floa
         if region["type"] == "rectanglelabels" and not (isinstance(labels, list) and labels):
             raise ValueError(f"context.result.{i}.value.rectanglelabels: pick the label the "
                              f"box shows")
-        label = str(labels[0]) if region["type"] == "rectanglelabels" else DRAWN_BOX_LABEL
+        if region["type"] == "rectanglelabels":
+            label = str(labels[0])
+        else:
+            picked = companion_labels.get(region.get("id"))
+            label = str(picked[0]) if isinstance(picked, list) and picked else DRAWN_BOX_LABEL
         drawn.append((label, (x, y, x + w, y + h)))
     if not drawn:
         raise ValueError("context.result: no rectangle drawn; draw a box around an object to "

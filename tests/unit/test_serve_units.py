@@ -11,8 +11,8 @@ from labeler.serve.auth import bind_host, configured_tokens, is_authorized, pres
 from labeler.serve.config import ServedModel, ServingSpec, UriSpec, load_serve_spec
 from labeler.serve.errors import ApiError
 from labeler.serve.fetch import check_address, check_uri
-from labeler.serve.formats import (cvat_shapes, label_studio_prediction, parse_label_config,
-                                   video_frame_rate)
+from labeler.serve.formats import (cvat_shapes, drawn_rectangles, label_studio_prediction,
+                                   parse_label_config, percent_to_pixels, video_frame_rate)
 from labeler.serve.inputs import (ImageRequest, VideoRequest, bytes_or_uri, decode_base64,
                                   image_bytes_or_uri)
 
@@ -273,6 +273,45 @@ def test_label_studio_configs_of_several_controls_and_images():
         "caption", "textarea", {"text": ["a cat on a mat"]})
 
 
+def test_label_studio_split_format_labels_beside_a_plain_rectangle():
+    """<Labels> + <Rectangle> on one image (Label Studio's split format): the Labels' labels
+    are asked for, and each box is a `rectangle` and a `labels` result sharing one id (the
+    rectangles had no label); a drawn rectangle's label is its companion's."""
+    config = parse_label_config(
+        '<View><Image name="im" value="$img"/><Labels name="kind" toName="im">'
+        '<Label value="cat"/><Label value="dog"/></Labels>'
+        '<Rectangle name="box" toName="im"/></View>')
+    assert (config.rectangle, config.region_labels, config.labels) == ("box", "kind",
+                                                                      ["cat", "dog"])
+    rectangle, label = label_studio_prediction(RECORD, config, "v")["result"]
+    assert rectangle["id"] == label["id"]
+    assert (rectangle["type"], rectangle["from_name"]) == ("rectangle", "box")
+    assert "rectanglelabels" not in rectangle["value"]
+    assert (label["type"], label["from_name"], label["to_name"]) == ("labels", "kind", "im")
+    assert label["value"] == {"x": 10.0, "y": 10.0, "width": 50.0, "height": 50.0,
+                              "rotation": 0, "labels": ["cat"]}
+    context = {"result": [
+        {"id": "a", "type": "rectangle", "from_name": "box",
+         "value": {"x": 10, "y": 20, "width": 30, "height": 40}},
+        {"id": "a", "type": "labels", "from_name": "kind",
+         "value": {"x": 10, "y": 20, "width": 30, "height": 40, "labels": ["dog"]}},
+        {"id": "b", "type": "rectangle", "from_name": "box",
+         "value": {"x": 0, "y": 0, "width": 5, "height": 5}}]}
+    assert drawn_rectangles(context, config) == [("dog", (10.0, 20.0, 40.0, 60.0)),
+                                                 ("object", (0.0, 0.0, 5.0, 5.0))]
+    # Labels on a text beside the image, or a RectangleLabels carrying its own: unchanged.
+    for xml in ('<View><Image name="im" value="$img"/><Text name="t" value="$txt"/>'
+                '<Labels name="ner" toName="t"><Label value="PER"/></Labels>'
+                '<Rectangle name="box" toName="im"/></View>',
+                '<View><Image name="im" value="$img"/><Labels name="kind" toName="im">'
+                '<Label value="dog"/></Labels><RectangleLabels name="box" toName="im">'
+                '<Label value="cat"/></RectangleLabels></View>'):
+        other = parse_label_config(xml)
+        assert other.region_labels is None
+        assert [r["type"] for r in label_studio_prediction(RECORD, other, "v")["result"]] == [
+            other.rectangle_type]
+
+
 VIDEO_CONFIG = ('<View><Header value="Track"/><Video name="clip" value="$movie" frameRate="$fps"/>'
                 '<VideoRectangle name="box" toName="clip"/><Labels name="kinds" toName="clip">'
                 '<Label value="car"/><Label value="person"/></Labels></View>')
@@ -458,8 +497,6 @@ def test_a_video_requests_track_and_clip_options_against_its_model():
 
 
 def test_drawn_rectangles_of_a_label_studio_context():
-    from labeler.serve.formats import drawn_rectangles, percent_to_pixels
-
     config = parse_label_config(
         '<View><Image name="img" value="$image"/><RectangleLabels name="box" toName="img">'
         '<Label value="cup"/></RectangleLabels><KeyPointLabels name="kp" toName="img"/></View>')
