@@ -52,6 +52,10 @@ SEEK_MIN_SKIP_S = 0.5
 # the others decode straight through. AVI seeks by decode time (a B-frame video lands on the
 # wrong key frame and loses frames), MPEG program streams land near the file's start.
 SEEKABLE_FORMATS = frozenset({"mov", "mp4", "matroska", "webm", "mpegts"})
+# Containers whose seek compares the target with decode times (MPEG-TS reads the PES DTS):
+# a B-frame stream's key frame is sought by its DTS; by its PTS (a few frames later) the
+# seek lands on the NEXT key frame and the GOP between is lost.
+SEEK_BY_DTS_FORMATS = frozenset({"mpegts"})
 # Containers whose frames are timed by their order out of the decoder (_decode_wanted).
 ORDER_TIMED_FORMATS = frozenset({"avi"})
 # Side of the grey thumbnail that min_change compares frames by: FFmpeg's area scaling
@@ -159,6 +163,7 @@ class _PacketIndex:
     pts: list[int]
     keyframe_pts: list[int]
     truncated_reason: str | None
+    keyframe_dts: dict[int, int] | None = None  # key frame pts -> its packet's dts
 
 
 def _open(source: VideoSource) -> av.container.InputContainer:
@@ -247,8 +252,10 @@ def _index_packets(container, stream) -> _PacketIndex:
     """Demux (no decoding) every packet of the stream; list frame pts and key frames."""
     pts: list[int] = []
     keys: list[int] = []
+    key_dts: dict[int, int] = {}
     error = None
     corrupt = 0
+    discarded = 0
     try:
         for packet in container.demux(stream):
             stamp = packet.pts if packet.pts is not None else packet.dts
@@ -257,9 +264,15 @@ def _index_packets(container, stream) -> _PacketIndex:
             if packet.is_corrupt:  # cut short by the end of the file, or flagged by the demuxer
                 corrupt += 1
                 continue
+            if packet.is_discard:
+                # Before the start of an MP4 edit list (a cut made without re-encoding): the
+                # decoder needs it as a reference but outputs no frame for it.
+                discarded += 1
+                continue
             pts.append(stamp)
             if packet.is_keyframe:
                 keys.append(stamp)
+                key_dts[stamp] = packet.dts if packet.dts is not None else stamp
     except av.error.FFmpegError as err:
         error = str(err)
     pts.sort()
@@ -269,7 +282,7 @@ def _index_packets(container, stream) -> _PacketIndex:
         reason = f"{corrupt} packet(s) cut short or corrupt"
     if reason is None and not pts:
         reason = "the data holds no video frame"
-    if reason is None and stream.frames and len(pts) < stream.frames:
+    if reason is None and stream.frames and len(pts) + discarded < stream.frames:
         reason = f"the header declares {stream.frames} frames, the data holds {len(pts)}"
     declared = _declared_duration_s(container, stream)
     if reason is None and declared is not None and len(pts) >= 2:
@@ -281,7 +294,8 @@ def _index_packets(container, stream) -> _PacketIndex:
         end_time = float(pts[-1] * stream.time_base)
         if max(end, end_time) + 2 * step < declared:
             reason = f"the header declares {declared:.3f} s, the data ends at {end:.3f} s"
-    return _PacketIndex(pts=pts, keyframe_pts=keys, truncated_reason=reason)
+    return _PacketIndex(pts=pts, keyframe_pts=keys, truncated_reason=reason,
+                        keyframe_dts=key_dts)
 
 
 def _wanted_positions(index: _PacketIndex, stream, sampling: Sampling) -> list[int]:
@@ -310,9 +324,13 @@ def _wanted_positions(index: _PacketIndex, stream, sampling: Sampling) -> list[i
             origin = exact(sampling.start_s)
         else:
             origin = times[lo] if in_range else Fraction(0)
+        # A frame within half a tick of the stream's time base of a target is at it: muxers
+        # round times to their tick (Matroska: 1 ms, so 30 fps frames sit at 33, 67, 100 ms,
+        # and the frame at 33 ms is the one meant for 1/30 s).
+        slack = Fraction(stream.time_base) / 2
         wanted, k = [], 0
         while in_range:
-            pos = bisect_left(times, origin + k * step, lo, in_range.stop)
+            pos = bisect_left(times, origin + k * step - slack, lo, in_range.stop)
             if pos >= in_range.stop:
                 break
             if not wanted or wanted[-1] != pos:  # several targets in one long VFR frame
@@ -390,20 +408,48 @@ def _seek_target(index: _PacketIndex, cursor: int | None, target: int, min_skip:
     return key
 
 
-def _decoded_frames(container, stream) -> Iterator[av.VideoFrame]:
+def _decoded_frames(container, stream, damage: list | None = None) -> Iterator[av.VideoFrame]:
     """Decode forward from the demuxer's position. On bad data, first drain the frames the
-    decoder still holds (B-frame reordering keeps a few back), then raise _BadData."""
+    decoder still holds (B-frame reordering keeps a few back), then raise _BadData.
+
+    damage: when given, a packet the decoder refuses (InvalidDataError: one damaged packet
+    in the middle of the file) does not end decoding: the frames the decoder holds are
+    drained, (pts of the last frame before it, FFmpeg's message) is appended to `damage`,
+    and decoding resumes at the next key frame, so that the frames between are never given
+    concealed pixels; they are counted lost by the caller."""
     error = None
+    skipping = False
+    last = None
     try:
         for packet in container.demux(stream):
             if packet.is_corrupt:
                 continue  # fed to the decoder, it can make it drop the frames it holds back
+            if skipping:
+                if not packet.is_keyframe:
+                    continue
+                skipping = False
             try:
                 frames = stream.decode(packet)  # the empty packet at the end flushes
+            except av.error.InvalidDataError as err:
+                if damage is None or packet.size == 0:
+                    error = err
+                    break
+                try:
+                    for frame in stream.decode(None):
+                        last = frame.pts if frame.pts is not None else last
+                        yield frame
+                except av.error.FFmpegError:
+                    pass
+                stream.codec_context.flush_buffers()  # out of draining, for the key frame
+                damage.append((last, str(err)))
+                skipping = True
+                continue
             except av.error.FFmpegError as err:
                 error = err
                 break
-            yield from frames
+            for frame in frames:
+                last = frame.pts if frame.pts is not None else last
+                yield frame
     except av.error.FFmpegError as err:  # the demuxer's own read errors
         error = err
     if error is not None:
@@ -454,6 +500,7 @@ def _decode_wanted(container, index: _PacketIndex, sampling: Sampling, seek_min_
     formats = set(container.format.name.split(","))
     if not SEEKABLE_FORMATS & formats:
         seek_min_skip_s = float("inf")
+    by_dts = bool(formats & SEEK_BY_DTS_FORMATS) and index.keyframe_dts is not None
     # AVI stores no presentation times: a frame's pts is its packet's, in decode order, so
     # B-frames come out with another frame's pts. Frames come out in presentation order,
     # and the sorted packet times are the presentation times (AVI's rate is constant).
@@ -467,13 +514,16 @@ def _decode_wanted(container, index: _PacketIndex, sampling: Sampling, seek_min_
     lost = 0  # wanted frames the decoder never produced
     cursor: int | None = None  # pts of the last decoded frame
     problem = None
+    damage: list[tuple[int | None, str]] = []  # packets the decoder refused (skipped past)
     try:
         while done < len(wanted):
             key = _seek_target(index, cursor, index.pts[wanted[done]], min_skip, sought)
             if key is not None:
-                container.seek(key, backward=True, any_frame=False, stream=stream)
+                container.seek(index.keyframe_dts.get(key, key) if by_dts else key,
+                               backward=True, any_frame=False, stream=stream)
                 sought = key
-            for frame in _decoded_frames(container, stream):
+            # Order-timed frames cannot skip: the k-th frame out must be the k-th in time.
+            for frame in _decoded_frames(container, stream, None if by_order else damage):
                 if by_order:  # the k-th frame out is the k-th in time (never seeks)
                     if decoded >= len(order_pts):
                         break
@@ -503,6 +553,14 @@ def _decode_wanted(container, index: _PacketIndex, sampling: Sampling, seek_min_
     data_end = float(_seconds(index.pts[-1], stream)) if index.pts else 0.0
     reached_cap = sampling.max_frames is not None and done >= sampling.max_frames
     range_past_end = sampling.end_s is None or sampling.end_s > data_end
+    if problem is None and damage:
+        first, message = damage[0]
+        where = ("before the first frame" if first is None
+                 else f"after the frame at {float(_seconds(first, stream)):.3f} s")
+        raise VideoDecodeError(
+            f"corrupt video: {len(damage)} damaged packet(s), the first {where} ({message}); "
+            f"decoding resumed at the next key frame; {lost} sampled frame(s) did not decode",
+            None if first is None else float(_seconds(first, stream)))
     if problem is None and lost:
         problem = f"{lost} sampled frame(s) did not decode"
     if problem is None and index.truncated_reason and range_past_end and not reached_cap:

@@ -284,3 +284,78 @@ def test_a_stream_that_starts_late_is_whole_when_its_header_declares_its_end_tim
                         pts_ms=[5000 + 100 * i for i in range(10)])
     indices, times = _take(path, "fps", fps=5)  # raised VideoDecodeError ("truncated")
     assert indices == [0, 2, 4, 6, 8] and times == [0.0, 0.2, 0.4, 0.6, 0.8]
+
+
+def _remux_shifted(src, dst, frames_cut, rate=10):
+    """`src` remuxed with its times moved back by `frames_cut` frames: MP4 then writes an edit
+    list that starts at that frame, as `ffmpeg -ss T -c copy` does when T is no key frame (the
+    packets before it are demuxed, flagged discard, and decode to no frame)."""
+    import av
+    with av.open(src) as i, av.open(str(dst), "w") as o:
+        si = i.streams.video[0]
+        so = o.add_stream_from_template(si)
+        shift = int(frames_cut / rate / si.time_base)
+        for packet in i.demux(si):
+            if packet.dts is None:
+                continue
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = so
+            o.mux(packet)
+    return str(dst)
+
+
+def test_an_edit_list_that_starts_after_the_first_frame(videos, tmp_path):
+    cut = _remux_shifted(videos["h264"], tmp_path / "cut.mp4", frames_cut=3)
+    frames = list(sample_frames(cut))  # raised "3 sampled frame(s) did not decode"
+    # The 27 frames shown (those of the source from its frame 3), numbered and timed from 0.
+    assert [f.index for f in frames] == list(range(27))
+    assert [f.timestamp_s for f in frames] == [i / 10 for i in range(27)]
+    assert [level_index(f.pixels) for f in frames] == list(range(3, 30))
+    picked = list(sample_frames(cut, "fps", fps=1))  # was [10, 20] (0.7 s, 1.7 s), then error
+    assert [(f.index, f.timestamp_s, level_index(f.pixels)) for f in picked] == [
+        (0, 0.0, 3), (10, 1.0, 13), (20, 2.0, 23)]
+
+
+def test_an_mpegts_stream_with_b_frames_seeks_to_the_key_frame_asked_for(tmp_path):
+    # x264's default B-frames: a key frame's DTS is 2 frames before its PTS. TS seeks by DTS.
+    path = encode_video(tmp_path / "bframes.ts", "libx264", count=80,
+                        options={"x264-params": f"{X264_GOP['x264-params']}:bframes=3"})
+    assert _take(path, "fps", fps=1) == (list(range(0, 80, 10)), [k * 1.0 for k in range(8)])
+    assert _take(path, "fps", fps=0.25)[0] == [0, 40]  # was [0] and "1 sampled frame(s) ..."
+    assert _take(path, "keyframes")[0] == list(range(0, 80, 10))
+
+
+@pytest.mark.parametrize("name", ["ms.mkv", "ms.webm"])
+def test_fps_sampling_of_times_rounded_to_milliseconds(tmp_path, name):
+    """Matroska times frames in ms: 30 fps frames sit at 0, 33, 67, 100 ms ..."""
+    codec, options = ("libvpx-vp9", VP9_GOP) if name.endswith("webm") else ("libx264", X264_GOP)
+    path = encode_video(tmp_path / name, codec, count=30, rate=30, options=options)
+    assert _take(path, "fps", fps=30)[0] == list(range(30))  # was 20 frames: 0, 2, 3, 5, ...
+    assert _take(path, "fps", fps=15)[0] == list(range(0, 30, 2))  # was 0, 2, 5, 6, 8, 11 ...
+    assert _take(path, "fps", fps=10)[0] == list(range(0, 30, 3))
+
+
+def test_a_damaged_packet_mid_stream_loses_only_its_gop(tmp_path):
+    """One packet the decoder refuses (bytes overwritten in the middle of an MP4): the frames
+    before it, and those from the next key frame on, are yielded; the error says which."""
+    import random
+
+    import av
+    src = encode_video(tmp_path / "src.mp4", "libx264", count=60, options=X264_GOP)
+    with av.open(src) as container:
+        packets = sorted((p.pos, p.size) for p in container.demux(container.streams.video[0])
+                         if p.size)
+    data = bytearray(open(src, "rb").read())
+    pos, _ = packets[25]  # frame 25 in decode order, in the GOP of frames 20-29
+    rnd = random.Random(0)
+    for i in range(pos, pos + 64):
+        data[i] = rnd.randrange(256)
+    got = []
+    with pytest.raises(VideoDecodeError, match=r"corrupt video: 1 damaged packet") as err:
+        for frame in sample_frames(bytes(data)):
+            got.append(frame.index)
+            assert level_index(frame.pixels) == frame.index % LEVELS
+    # Was: frames 0-22 only, "decoding stopped after the frame at 2.200 s".
+    assert got[:23] == list(range(23)) and got[23:] == list(range(30, 60))
+    assert err.value.stopped_at_s == pytest.approx(2.2)
