@@ -29,6 +29,26 @@ def test_exif_orientation_is_applied_and_size_is_the_oriented_one():
     assert tuple(out.pixels[37, 10]) == (0, 0, 255)
 
 
+# Where the stored top-left pixel is shown, per EXIF orientation: (row, column), 0 = first,
+# 1 = last. 5-8 swap width and height; 2, 4, 5 and 7 are mirrored.
+SHOWN_CORNER = {1: (0, 0), 2: (0, 1), 3: (1, 1), 4: (1, 0), 5: (0, 0), 6: (0, 1), 7: (1, 1),
+                8: (1, 0)}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_applied(orientation):
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:4, :4] = (255, 0, 0)  # a red mark on the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = decode_image(_encode(Image.fromarray(stored), "PNG", exif=exif), 10**6)
+    width, height = (20, 40) if orientation >= 5 else (40, 20)
+    assert (out.width, out.height) == (width, height)
+    assert out.pixels.shape == (height, width, 3)
+    row, column = SHOWN_CORNER[orientation]
+    assert tuple(out.pixels[row * (height - 1), column * (width - 1)]) == (255, 0, 0)
+
+
 @pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "1"])
 def test_every_mode_becomes_rgb(mode):
     img = Image.new("RGB", (16, 8), (10, 200, 30)).convert(mode)

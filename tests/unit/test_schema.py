@@ -15,7 +15,12 @@ def test_contract_columns_and_types():
     assert isinstance(det, pa.ListType)
     assert [f.name for f in det.value_type] == ["label", "score", "x0", "y0", "x1", "y1", "polygon",
                                              "objectness", "track_id"]
-    assert det.value_type.field("score").type == pa.float32()
+    for name in ("score", "x0", "y0", "x1", "y1", "objectness"):  # docs/schema.md: float32
+        assert det.value_type.field(name).type == pa.float32(), name
+    assert det.value_type.field("polygon").type.value_type == pa.float32()
+    ocr = s.field("ocr_regions").type.value_type
+    for name in ("x0", "y0", "x1", "y1", "x2", "y2", "x3", "y3"):
+        assert ocr.field(name).type == pa.float32(), name
     assert det.value_type.field("track_id").type == pa.int32()
     assert det.value_type.field("track_id").nullable
     assert s.metadata[b"labeler.schema_version"] == b"2"
