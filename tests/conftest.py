@@ -49,11 +49,15 @@ def tiny_model(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked gpu run only where CUDA is."""
+    """Tests marked gpu run only where CUDA is. With LABELER_REQUIRE_GPU=1 (the GPU run sets
+    it) no CUDA is a failure: a driver problem must not pass as "skipped, needs CUDA"."""
     import torch
 
     if torch.cuda.is_available():
         return
+    if os.environ.get("LABELER_REQUIRE_GPU") == "1":
+        raise pytest.UsageError("LABELER_REQUIRE_GPU=1, and torch sees no CUDA device "
+                                "(torch.cuda.is_available() is False)")
     skip = pytest.mark.skip(reason="needs CUDA")
     for item in items:
         if "gpu" in item.keywords:
