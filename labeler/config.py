@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import json
 import math
 import os
 from pathlib import Path
@@ -326,6 +327,11 @@ class TrackingSpec(_Strict):
                            "call an object 'car' in one frame and 'truck' in the next; a track "
                            "then holds boxes of several labels (nms: all keeps one box per "
                            "object and frame)")
+
+    def summary_text(self) -> str:
+        """How a job summary's task line names these settings: 'track {...}', the fields
+        that differ from the defaults."""
+        return f"track {json.dumps(self.model_dump(exclude_defaults=True))}"
 
 
 class TaskSpec(_Strict):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import glob
-import json
 import logging
 import os
 import re
@@ -180,8 +179,7 @@ def _duration(seconds: float) -> str:
 def _task_line(task: TaskSpec) -> str:
     """A task's name, model and resources, as a dry run prints them, and its tracking."""
     res = task.resources
-    track = ("" if task.track is None else
-             f"; track {json.dumps(task.track.model_dump(exclude_defaults=True))}")
+    track = "" if task.track is None else f"; {task.track.summary_text()}"
     compiled = " (compiled)" if task.model.compile else ""
     at_once = f" ({task.batches_at_once} at once)" if task.batches_at_once > 1 else ""
     return (f"{task.output_name}: {task.task} with {task.model.family} {task.model.source}"

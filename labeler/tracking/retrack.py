@@ -98,11 +98,21 @@ def run_track(options: TrackOptions) -> TrackSummary:
                 summary = json.loads(f.read())
             summary["tracks"] = {**(summary.get("tracks") or {}), folder.name: tracks}
             summary["output"] = target.uri  # this copy, not the job output it came from
+            summary["tasks"] = [_with_tracking(line, folder.name, spec)
+                                for line in summary.get("tasks") or []]
             with target.final(SUCCESS) as out:
                 out.write(json.dumps(summary, indent=2).encode())
     except OSError as err:
         raise storage_error(job.uri, "copy the job output", err) from None
     return TrackSummary(folder.name, spec, len(folder.files), tracks, target.uri)
+
+
+def _with_tracking(line: str, task: str, spec: TrackingSpec) -> str:
+    """A summary's task line (labeler.jobs.runner: '<task>: ...; track {...}') with the
+    tracked task's settings the ones this copy was linked with."""
+    if not line.startswith(f"{task}: "):
+        return line
+    return f"{line.split('; track {')[0]}; {spec.summary_text()}"
 
 
 def _manifest(job: JobOutput) -> dict:

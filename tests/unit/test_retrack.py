@@ -42,6 +42,9 @@ def untracked(tmp_path):
 
 def test_an_untracked_job_gets_tracks_without_labeling_again(untracked, tmp_path, capsys):
     out = tmp_path / "tracked"
+    finished = json.loads((tmp_path / "job" / "_SUCCESS").read_text())
+    line = "detect: detect with owlv2 tiny, batch 8, 1 actor(s) x 1 CPU 0 GPU"  # as run writes
+    (tmp_path / "job" / "_SUCCESS").write_text(json.dumps({**finished, "tasks": [line]}))
     code, printed, _ = _track(capsys, untracked, "--out", out, "--new-track-score", "0.5",
                               "--max-missed", "1")
     assert code == 0, printed
@@ -68,6 +71,7 @@ def test_an_untracked_job_gets_tracks_without_labeling_again(untracked, tmp_path
     assert manifest["fingerprint"] == fingerprint(manifest["identity"])
     success = json.loads((out / "_SUCCESS").read_text())
     assert success["tracks"] == {"detect": 3} and Path(success["output"]) == out.resolve()
+    assert success["tasks"] == [f"{line}; track {json.dumps(spec.model_dump(exclude_defaults=True))}"]
     assert (out / "notes" / "readme.txt").read_text() == "kept as it is"
 
     # Tracked again from the tracked copy: its stored settings stay, those given change.
@@ -76,6 +80,9 @@ def test_an_untracked_job_gets_tracks_without_labeling_again(untracked, tmp_path
     again = json.loads((tmp_path / "again" / "_job.json").read_text())
     assert again["identity"]["tasks"][0]["track"] == {"new_track_score": 0.5,
                                                       "max_missed": 5}
+    # The summary names the settings of this copy's tracks, not those it was copied from.
+    assert json.loads((tmp_path / "again" / "_SUCCESS").read_text())["tasks"] == [
+        f'{line}; track {{"max_missed": 5, "new_track_score": 0.5}}']
 
 
 def test_bad_settings_and_outputs_are_refused_before_anything_is_written(untracked, tmp_path,
