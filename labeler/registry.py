@@ -78,3 +78,10 @@ def load_adapter_class(task: str, family: str) -> type:
     """Import and return the adapter class for (task, family)."""
     module_name, class_name = adapter_path(task, family).split(":")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def input_refusal(spec, width: int, height: int, max_pixels: int) -> str | None:
+    """Why a task (a TaskSpec) cannot take a decoded width x height image, else None
+    (the adapter's input_refusal: e.g. what its processor would build passes max_pixels)."""
+    adapter = load_adapter_class(spec.task, spec.model.family)
+    return adapter.input_refusal(spec, width, height, max_pixels)

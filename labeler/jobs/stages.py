@@ -13,7 +13,7 @@ import numpy as np
 from labeler.config import TaskSpec
 from labeler.media.image import MediaError, decode_image
 from labeler.models.base import Adapter
-from labeler.registry import load_adapter_class
+from labeler.registry import input_refusal, load_adapter_class
 from labeler.storage import read_bytes
 
 
@@ -119,6 +119,7 @@ def decode_batch(batch: dict[str, np.ndarray], max_pixels: int, decode_min_side:
         start = time.perf_counter()
         try:
             decoded = decode_image(read_bytes(str(uri)), max_pixels, decode_min_side)
+            _check_tasks_take(tasks, decoded.pixels, max_pixels)
             prepared = transforms.apply(decoded.pixels)
         except Exception as err:  # noqa: BLE001 - becomes this row's error
             reason, prepared = failure_reason(err), None
@@ -133,6 +134,16 @@ def decode_batch(batch: dict[str, np.ndarray], max_pixels: int, decode_min_side:
                decode_ms=np.array(times, np.float32))
     out.update(transforms.columns(images))
     return out
+
+
+def _check_tasks_take(tasks: list[TaskSpec], pixels: np.ndarray, max_pixels: int) -> None:
+    """MediaError naming the first task that cannot take these decoded (h, w, 3) pixels
+    (labeler.registry.input_refusal), before any preprocessing runs on them."""
+    height, width = pixels.shape[:2]
+    for task in tasks:
+        refusal = input_refusal(task, width, height, max_pixels)
+        if refusal is not None:
+            raise MediaError(f"task {task.output_name!r} cannot take this image: {refusal}")
 
 
 def _object_column(arrays: list[np.ndarray]) -> np.ndarray:

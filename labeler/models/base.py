@@ -250,6 +250,16 @@ class Adapter(ABC):
         variant.spec = spec
         return variant
 
+    @classmethod
+    def input_refusal(cls, spec: TaskSpec, width: int, height: int,
+                      max_pixels: int) -> str | None:
+        """Why a decoded width x height image cannot go through this task's preprocessing
+        (what the model's processor would build from it passes `max_pixels`, or the
+        processor refuses it), else None. Checked where images are decoded, a job's decode
+        stage and the online API, so such an image is an error row or a 422 before it
+        reaches a model."""
+        return None
+
     def prompt_for(self, image: ImageInput) -> str | None:
         """The row's prompt, else the spec's, else the adapter's default."""
         return image.prompt or self.spec.prompt or self.default_prompt

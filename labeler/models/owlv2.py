@@ -67,6 +67,25 @@ class _Owlv2Adapter(Adapter):
     """Loading, image preprocessing (both modes, CPU stage or device) and box geometry,
     shared by the OWLv2 tasks. Subclasses add their queries, predict and postprocess."""
 
+    @classmethod
+    def input_refusal(cls, spec, width: int, height: int, max_pixels: int) -> str | None:
+        """The processor pads each input (the image, or each tile window) to a max(w, h)
+        square of float32 before resizing it: a 20000 x 20 strip (400k pixels, 1.4 KB as a
+        PNG) became a 20000 x 20000 canvas (4.8 GB and minutes of blur; the replica was
+        killed for memory). Fast mode resizes first, then pads the small image."""
+        if spec.preprocess == "fast":
+            return None
+        windows = ([(0, 0, width, height)] if spec.tiles is None
+                   else tile_windows(width, height, spec.tiles))
+        side = max(max(x1 - x0, y1 - y0) for x0, y0, x1, y1 in windows)
+        if side * side <= max_pixels:
+            return None
+        what = f"a {width}x{height} image" if spec.tiles is None else \
+            f"the tiles of a {width}x{height} image"
+        return (f"OWLv2's processor pads {what} to a {side}x{side} square ({side * side} "
+                f"pixels), over the limit of {max_pixels} pixels; preprocess: fast resizes "
+                f"before padding")
+
     def __init__(self, spec):
         super().__init__(spec)
         # Per-thread scratch tensors (see _normalize): Serve runs batches in worker threads.

@@ -64,6 +64,17 @@ class Qwen2VLGenerator(GenerativeAdapter):
                     if cls.default_prompt else "")
             raise ValueError(f"Qwen2-VL {cls.task_name}: the prompt is empty{hint}")
 
+    # Qwen2-VL's processor (smart_resize) raises for a longer side over 200x the shorter.
+    MAX_ASPECT_RATIO = 200
+
+    @classmethod
+    def input_refusal(cls, spec, width: int, height: int, max_pixels: int) -> str | None:
+        if max(width, height) <= cls.MAX_ASPECT_RATIO * min(width, height):
+            return None
+        return (f"Qwen2-VL takes images whose long side is at most {cls.MAX_ASPECT_RATIO} "
+                f"times the short one; {width}x{height} is "
+                f"{max(width, height) / min(width, height):g} times")
+
     def setup(self, device: torch.device) -> None:
         # Imported here: it imports transformers' Qwen2-VL modelling (2.5 s), which checking
         # a spec does not need.

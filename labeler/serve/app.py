@@ -312,6 +312,12 @@ class Ingress:
                                                                     served))
         except MediaError as err:
             raise ApiError(422, f"image cannot be used: {err}") from None
+        height, width = decoded.pixels.shape[:2]
+        for model in served:  # before the image reaches a replica that cannot take it
+            refusal = registry.input_refusal(model, width, height, limits.max_pixels)
+            if refusal is not None:
+                raise ApiError(422, f"image cannot be used by model {model.served_name!r}: "
+                                    f"{refusal}")
         return decoded, (time.perf_counter() - start) * 1000.0
 
     async def _drawn_on(self, params: dict, request: Params, served: ServedModel, decoded,
