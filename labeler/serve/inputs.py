@@ -159,7 +159,9 @@ async def parse_request(request: Request, model: type[BaseModel], max_bytes: int
         try:
             form = await request.form()
         except Exception as err:  # noqa: BLE001 - python-multipart raises several types
-            raise ApiError(400, f"malformed multipart body: {err}") from None
+            # Starlette wraps the parser's message in an HTTPException ("400: ..."): its detail.
+            raise ApiError(400, f"malformed multipart body: "
+                                f"{getattr(err, 'detail', None) or err}") from None
         fields: dict = {}
         for key in form:
             values = form.getlist(key)

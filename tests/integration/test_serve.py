@@ -490,6 +490,8 @@ def _png(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize("case, status, message", [
     ("malformed json", 400, "malformed JSON body"),
+    ("malformed multipart", 400, "malformed multipart body: Missing boundary in multipart"),
+    ("label studio malformed json", 400, "malformed JSON body"),
     ("json array", 422, "must be an object"),
     ("empty body", 422, "empty body"),
     ("missing image", 422, "missing image"),
@@ -548,6 +550,11 @@ def test_bad_input_gets_a_clear_4xx(url, http, image_files, case, status, messag
     send = {
         "malformed json": lambda: http.post(f"{url}/v1/detect", data=b'{"image": ',
                                             headers={"Content-Type": "application/json"}),
+        "malformed multipart": lambda: http.post(
+            f"{url}/v1/detect", data=b'--x\r\nContent-Disposition: form-data; name="a"\r\n\r\n',
+            headers={"Content-Type": "multipart/form-data"}),
+        "label studio malformed json": lambda: http.post(
+            f"{url}/setup", data=b'{"schema": ', headers={"Content-Type": "application/json"}),
         "json array": lambda: http.post(f"{url}/v1/detect", json=[good]),
         "empty body": lambda: http.post(f"{url}/v1/detect"),
         "missing image": lambda: http.post(f"{url}/v1/detect", json={"labels": ["cat"]}),
