@@ -88,10 +88,38 @@ class GenerativeAdapter(Adapter):
             kwargs["cache_implementation"] = "static"
         return kwargs
 
+    @property
+    def seeded_sampling(self) -> bool:
+        """Sampling with a fixed seed: rows then run one at a time (run_timed)."""
+        g = self.spec.generation
+        return g.do_sample and g.seed is not None
+
+    def run_timed(self, images: list[ImageInput], stacked: np.ndarray | None = None,
+                  transformed: bool = True) -> tuple[list[dict], dict[str, float]]:
+        """As Adapter.run_timed. With sampling and a seed, image by image, the generator
+        seeded for each: a row's text then depends on its image and prompt alone, not on
+        the rows batched with it (a job's batch, a server's dynamic batch), so a fixed seed
+        gives the same text in a job and over HTTP whatever else is in flight (seeded once
+        per batch, the same image got other text beside another request)."""
+        if not self.seeded_sampling or len(images) < 2:
+            return super().run_timed(images, stacked, transformed)
+        outputs, totals = [], {}
+        for image in images:
+            (out,), timings = super().run_timed([image], None, transformed)
+            outputs.append(out)
+            for key, value in timings.items():
+                totals[key] = totals.get(key, 0.0) + value / len(images)
+        return outputs, totals
+
+    def __call__(self, images: list[ImageInput]) -> list[dict]:
+        if not self.seeded_sampling or len(images) < 2:
+            return super().__call__(images)
+        return [super(GenerativeAdapter, self).__call__([image])[0] for image in images]
+
     @torch.inference_mode()
     def generate(self, inputs: dict[str, Any], **extra: Any) -> Any:
         """model.generate on a prepared batch. With sampling and a seed, the generator is
-        seeded per batch: the same batch gives the same text."""
+        seeded first (a batch of one image, see run_timed)."""
         g = self.spec.generation
         if g.do_sample and g.seed is not None:
             torch.manual_seed(g.seed)
