@@ -18,6 +18,9 @@ from labeler.preview.sample import SampledRow
 
 # Detections listed under an image (the strongest); the others are counted.
 LABELS_LISTED = 40
+# In every page's head: what tells an earlier preview (whose images a new one may replace)
+# from someone's own index.html.
+PREVIEW_MARK = '<meta name="generator" content="labeler preview">'
 # Error reasons shown with their counts.
 TOP_REASONS = 20
 
@@ -87,6 +90,7 @@ def render_page(info: PageInfo, entries: list[Entry]) -> str:
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        PREVIEW_MARK,
         f"<title>labeler preview: {_e(info.task)}</title>",
         f"<style>{STYLE}</style></head><body>",
         f"<h1>Preview of task {_e(info.task)} <span class=small>({_e(info.kind)})</span></h1>",

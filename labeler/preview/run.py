@@ -24,7 +24,7 @@ from labeler.config import SpecError
 from labeler.export.rows import JobOutput, TaskFolder, read_ids
 from labeler.preview.draw import MAX_SIDE, annotate, jpeg_bytes
 from labeler.preview.load import Loaded, Unavailable, load_image, load_video_rows
-from labeler.preview.page import Entry, PageInfo, render_page
+from labeler.preview.page import PREVIEW_MARK, Entry, PageInfo, render_page
 from labeler.preview.sample import SampledRow, Scan, pick_task, scan_task
 from labeler.storage import is_s3
 
@@ -126,11 +126,21 @@ def _check_options(options: PreviewOptions) -> Path:
     out = Path(options.out)
     if out.exists() and not out.is_dir():
         raise PreviewError(f"--out {options.out!r} is a file; give a folder")
-    images = out / IMAGES_FOLDER
-    if images.exists() and not (out / PAGE_FILE).is_file():
-        raise PreviewError(f"--out {options.out!r} holds an {IMAGES_FOLDER}/ folder but no "
-                           f"{PAGE_FILE}: it is no preview; choose an empty or new folder")
+    if out.is_dir() and any(out.iterdir()) and not _is_preview(out / PAGE_FILE):
+        # Its index.html would be replaced and its images/*.jpg deleted.
+        raise PreviewError(f"--out {options.out!r} is not empty and is no earlier preview "
+                           f"(an {PAGE_FILE} written by labeler preview); choose an empty "
+                           f"or new folder")
     return out
+
+
+def _is_preview(page: Path) -> bool:
+    """Whether `page` is an index.html that labeler preview wrote (its head has the mark)."""
+    try:
+        with page.open(encoding="utf-8", errors="replace") as f:
+            return PREVIEW_MARK in f.read(4096)
+    except OSError:  # none, or not a readable file
+        return False
 
 
 def _prepare(out: Path) -> Path:

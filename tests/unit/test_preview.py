@@ -310,6 +310,28 @@ def test_bad_input_exits_2_with_the_reason(job, tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # nothing written
 
 
+def test_out_is_new_empty_or_an_earlier_preview_never_someone_elses_folder(job, tmp_path,
+                                                                            capsys):
+    """A folder with its own index.html and images/logo.jpg had both replaced and deleted."""
+    site = tmp_path / "site"
+    (site / "images").mkdir(parents=True)
+    (site / "index.html").write_text("<h1>my site</h1>")
+    (site / "images" / "logo.jpg").write_bytes(b"\xff\xd8 my logo")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep")
+    for folder in (site, tmp_path / "notes"):
+        assert main(["preview", job["images"], "--out", str(folder), "--task", "detect"]) == 2
+        assert "is not empty and is no earlier preview" in capsys.readouterr().err
+    assert (site / "index.html").read_text() == "<h1>my site</h1>"
+    assert (site / "images" / "logo.jpg").read_bytes() == b"\xff\xd8 my logo"
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["todo.txt"]
+    (tmp_path / "empty").mkdir()
+    for folder in ("empty", "empty"):  # an empty folder, then the preview written there
+        assert main(["preview", job["images"], "--out", str(tmp_path / folder),
+                     "--task", "detect"]) == 0
+    assert (tmp_path / "empty" / "index.html").is_file()
+
+
 def test_images_changed_after_the_job_are_entries_with_their_reason(tmp_path):
     """A file now truncated, emptied or of another size: each is an entry with its reason
     (the resized one is shown, without boxes, which would be misplaced), never a crash."""
