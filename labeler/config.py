@@ -807,10 +807,13 @@ def _family_of(task: dict) -> Any:
 _PSEUDO_LABEL = (lambda task: task.get("task") == "pseudo-label", "pseudo-label")
 _GENERATIVE = (lambda task: _family_of(task) in registry.GENERATIVE_FAMILIES,
                f"generative ({', '.join(registry.GENERATIVE_FAMILIES)})")
+_TRACKED = (lambda task: task.get("task") in TRACKED_TASKS, f"box ({', '.join(TRACKED_TASKS)})")
 PARTIAL_FLAGS = {"box_threshold": _PSEUDO_LABEL, "image_threshold": _PSEUDO_LABEL,
                  "caption_column": _PSEUDO_LABEL, "vocabulary": _PSEUDO_LABEL,
                  "max_new_tokens": _GENERATIVE, "num_beams": _GENERATIVE, "seed": _GENERATIVE,
-                 "preprocess": (lambda task: _family_of(task) == "owlv2", "owlv2")}
+                 "preprocess": (lambda task: _family_of(task) == "owlv2", "owlv2"),
+                 "track": _TRACKED, "track_iou": _TRACKED, "track_max_missed": _TRACKED,
+                 "track_across_labels": _TRACKED}
 JOB_FLAGS = {"input": ("input", "path"), "output": ("output", "path"),
              "overwrite": ("output", "overwrite"), "retry_errors": ("output", "retry_errors"),
              "max_pixels": ("input", "max_pixels"),
@@ -857,7 +860,7 @@ def merge_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
     for flag, value in given:
         if flag == "track":
             # --track turns tracking on with the spec's settings, or the defaults.
-            for task in _flag_tasks(raw):
+            for task in _partial_flag_tasks(raw, flag):
                 if value and not task.get("track"):
                     task["track"] = {}
         elif flag == "subset":
@@ -866,13 +869,7 @@ def merge_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
         elif flag in JOB_FLAGS:
             _set(raw, JOB_FLAGS[flag], value)
         elif flag in TASK_FLAGS:
-            tasks = _flag_tasks(raw)
-            if flag in PARTIAL_FLAGS:
-                takes, which = PARTIAL_FLAGS[flag]
-                tasks = [task for task in tasks if takes(task)]
-                if not tasks:
-                    raise SpecError(f"--{flag.replace('_', '-')} applies to {which} tasks, and "
-                                    f"the job has none")
+            tasks = _partial_flag_tasks(raw, flag) if flag in PARTIAL_FLAGS else _flag_tasks(raw)
             for task in tasks:
                 k = next(k for k, t in enumerate(raw["tasks"]) if t is task)
                 _set(task, TASK_FLAGS[flag], value, f"tasks.{k}")
@@ -885,6 +882,16 @@ def _subset_seed(raw: dict) -> dict:
     """{"seed": the spec's input.subset.seed}, or {} when it sets none."""
     subset = (raw.get("input") or {}).get("subset") if isinstance(raw.get("input"), dict) else None
     return {"seed": subset["seed"]} if isinstance(subset, dict) and "seed" in subset else {}
+
+
+def _partial_flag_tasks(raw: dict, flag: str) -> list[dict]:
+    """The tasks a PARTIAL_FLAGS flag applies to; SpecError when the job has none."""
+    takes, which = PARTIAL_FLAGS[flag]
+    tasks = [task for task in _flag_tasks(raw) if takes(task)]
+    if not tasks:
+        raise SpecError(f"--{flag.replace('_', '-')} applies to {which} tasks, and the job "
+                        f"has none")
+    return tasks
 
 
 def _flag_tasks(raw: dict) -> list[dict]:

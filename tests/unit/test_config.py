@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from labeler.config import SpecError, load_job_spec
+from labeler.config import SpecError, TrackingSpec, load_job_spec
 
 
 def _flags(tmp_path, **kw):
@@ -371,6 +371,31 @@ tasks:
     with pytest.raises(SpecError, match=re.escape("tasks.0: preprocess: 'fast' applies to "
                                                   "family owlv2")):
         load_job_spec(spec_file)
+
+
+def test_track_flags_apply_to_the_box_tasks_of_a_video_job(tmp_path):
+    """--track and its settings on a video job with a caption task beside the detector: the
+    detector is tracked (every task was given `track`, which a caption task refuses)."""
+    spec_file = tmp_path / "video.yaml"
+    spec_file.write_text(f"""
+input: {{path: {tmp_path}, media: video}}
+output: {{path: {tmp_path}/out}}
+tasks:
+  - {{task: detect, labels: [car], model: {{family: owlv2, source: m}}}}
+  - {{task: caption, model: {{family: florence2, source: m}}}}
+""")
+    detect, caption = load_job_spec(spec_file, track=True, track_max_missed=5).tasks
+    assert detect.track == TrackingSpec(max_missed=5) and caption.track is None
+    detect, caption = load_job_spec(spec_file, track_iou=0.5).tasks  # implies --track
+    assert detect.track == TrackingSpec(iou=0.5) and caption.track is None
+    assert load_job_spec(spec_file, track=None).tasks[0].track is None
+    spec_file.write_text(spec_file.read_text().replace("  - {task: detect, labels: [car], "
+                                                       "model: {family: owlv2, source: m}}\n",
+                                                       ""))
+    with pytest.raises(SpecError, match=re.escape(
+            "--track applies to box (detect, ground, detect-by-example) tasks, and the job "
+            "has none")):
+        load_job_spec(spec_file, track=True)
 
 
 @pytest.mark.parametrize("task_lines, field", [
