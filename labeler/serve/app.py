@@ -114,6 +114,8 @@ async def _validation_error(_: Request, err: RequestValidationError) -> JSONResp
     return _error(422, f"invalid request: {where}")
 
 
+# Tasks whose records hold text and no scored boxes: a request's `threshold` has no use.
+TEXT_ONLY_TASKS = ("caption", "ocr", "ask", "video-caption", "video-ask")
 # Tasks whose records' `text` is about the whole image: a TextArea not per region takes it.
 WHOLE_IMAGE_TEXT_TASKS = ("caption", "ask", "ocr")
 
@@ -267,6 +269,9 @@ class Ingress:
         except ValidationError as err:
             raise ApiError(422, format_validation_error(err).replace(
                 "invalid job spec", f"invalid parameters for model {served.served_name!r}")) from None
+        if params.threshold is not None and served.task in TEXT_ONLY_TASKS:
+            raise ApiError(422, f"threshold: model {served.served_name!r} does task "
+                                f"{served.task!r}, whose records hold no scored boxes")
         if params.caption is not None and served.task != "pseudo-label":
             raise ApiError(422, f"caption: model {served.served_name!r} does task "
                                 f"{served.task!r}, which takes no caption (pseudo-label does)")

@@ -593,3 +593,21 @@ def test_label_studio_files_come_from_the_configured_label_studio_only(monkeypat
             fetch_label_studio_file("/data/local-files/?d=a.jpg", policy, 10_000)
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("task, family", [("caption", "blip2"), ("ask", "qwen2_vl"),
+                                          ("ocr", "florence2")])
+def test_a_threshold_for_a_text_task_is_refused_naming_the_field(task, family):
+    """A caption's, answer's or OCR line's record holds no scored box: a `threshold` there
+    was accepted and ignored (and Florence-2 stored it in the record's parameters)."""
+    from types import SimpleNamespace
+
+    from labeler.serve.app import Ingress
+    from labeler.serve.inputs import Params
+
+    served = ServedModel.model_validate({"name": "text", "task": task, "prompt": (
+        "what is it?" if task == "ask" else None), "model": {"family": family, "source": "x"}})
+    with pytest.raises(ApiError) as err:
+        Ingress._item_params(SimpleNamespace(), served, Params(threshold=0.7))
+    assert (err.value.status, err.value.message) == (
+        422, f"threshold: model 'text' does task '{task}', whose records hold no scored boxes")
