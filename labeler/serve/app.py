@@ -165,6 +165,19 @@ async def _bounded_gather(coroutines: list, limit: int) -> list:
     return await asyncio.gather(*(bounded(c) for c in coroutines))
 
 
+# Serve's deployment statuses that mean a model cannot answer (UPDATING, UPSCALING and
+# DOWNSCALING deployments still serve); None: the deployment is gone.
+NOT_READY_STATUSES = (None, "UNHEALTHY", "DEPLOY_FAILED")
+
+
+def _deployment_status(deployment: str) -> str | None:
+    """Serve's status of a deployment of this replica's application (HEALTHY, UPSCALING,
+    UNHEALTHY, ...), from the controller: no request reaches the deployment's replicas."""
+    application = serve.status().applications.get(serve.get_replica_context().app_name)
+    found = application.deployments.get(deployment) if application is not None else None
+    return None if found is None else str(getattr(found.status, "value", found.status))
+
+
 def _record_fuser(spec: FusionSpec, sources: list[ServedModel]) -> RecordFuser:
     """The fuser of an /v1/annotate request's records (labeler.fusion.records, as `labeler
     fuse` fuses a job's tasks); 422 naming the field when the tasks cannot be fused. A
@@ -226,6 +239,7 @@ class Ingress:
         self.tokens = tokens
         self.handles = handles
         self.label_configs: dict[str, str] = {}
+        self.ready_models: dict[str, dict] = {}  # each model's first answer to `ready`
         self.videos_running = 0
 
     # -- plumbing -------------------------------------------------------------------------
@@ -598,8 +612,8 @@ class Ingress:
     async def readyz(self):
         """200 once every model deployment has loaded its model and answers; else 503."""
         names = list(self.handles)
-        results = await asyncio.gather(*(asyncio.wait_for(self._ready(self.handles[n]), READY_TIMEOUT_S)
-                                         for n in names), return_exceptions=True)
+        results = await asyncio.gather(*(self._model_ready(n) for n in names),
+                                       return_exceptions=True)
         status = {n: (r if not isinstance(r, BaseException) else f"not ready: {type(r).__name__}")
                   for n, r in zip(names, results)}
         if any(isinstance(r, BaseException) for r in results):
@@ -607,9 +621,22 @@ class Ingress:
                                 headers={"Retry-After": str(RETRY_AFTER_S)})
         return {"ready": True, "models": status}
 
-    @staticmethod
-    async def _ready(handle: DeploymentHandle) -> dict:
-        return await handle.ready.remote()
+    async def _model_ready(self, name: str) -> dict:
+        """A model's readiness: until it has answered once, a `ready` call to it (its model
+        loaded); after that, Serve's health of its deployment, asked of the controller. A
+        `ready` call waits for a free slot like any request, so a model busy with a full
+        batch or queue read as not ready exactly under load, and a readiness probe took
+        the server out of rotation when it was needed most."""
+        answer = self.ready_models.get(name)
+        if answer is None:
+            answer = await asyncio.wait_for(self.handles[name].ready.remote(), READY_TIMEOUT_S)
+            self.ready_models[name] = answer
+            return answer
+        status = await asyncio.wait_for(asyncio.to_thread(_deployment_status,
+                                                          f"model-{name}"), READY_TIMEOUT_S)
+        if status in NOT_READY_STATUSES:
+            raise RuntimeError(status)
+        return answer
 
     # -- Label Studio ML backend ----------------------------------------------------------
 

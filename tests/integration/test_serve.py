@@ -629,11 +629,18 @@ def test_uri_inputs_cannot_reach_the_server_or_its_network(url, http, uri, statu
 
 
 def test_full_queue_gets_503_and_slow_requests_504(url, http, image_files):
-    """`limited`: batches that wait 3 s to fill, 2 slots, 1 queued, a 0.5 s timeout."""
+    """`limited`: batches that wait 3 s to fill, 2 slots, 1 queued, a 0.5 s timeout. The
+    server stays ready meanwhile: a model busy is not a model down (a readiness probe sent
+    `ready` to it, which waited behind the full queue: 503 under load)."""
     body = {"image": base64.b64encode(image_files["wide.jpg"]).decode(), "model": "limited"}
+    assert requests.get(f"{url}/readyz", timeout=10).status_code == 200  # loaded, answered
     with ThreadPoolExecutor(8) as pool:
-        responses = list(pool.map(lambda _: http.post(f"{url}/v1/detect", json=body, timeout=20),
-                                  range(8)))
+        sent = [pool.submit(http.post, f"{url}/v1/detect", json=body, timeout=20)
+                for _ in range(8)]
+        time.sleep(0.3)  # the slots and the queue taken
+        ready = requests.get(f"{url}/readyz", timeout=10)
+        responses = [request.result() for request in sent]
+    assert ready.status_code == 200 and ready.json()["ready"] is True, ready.text
     statuses = sorted(r.status_code for r in responses)
     assert set(statuses) == {503, 504}, statuses
     assert statuses.count(504) >= 2  # the replica's 2 slots held, then timed out
