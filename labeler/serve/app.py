@@ -38,7 +38,7 @@ import ray
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -84,6 +84,23 @@ MAX_PROJECTS = 256
 NO_PIXELS = np.zeros((0, 0, 3), np.uint8)
 # Seconds a video request refused for load is asked to wait: one takes seconds to minutes.
 VIDEO_RETRY_AFTER_S = 5
+
+class ErrorBody(BaseModel):
+    """Every error answer's body, whatever its status."""
+
+    error: str = Field(description="what went wrong, naming the field or limit concerned")
+
+
+# Statuses a request may get besides 200, each with ErrorBody (FastAPI would document 422
+# as its own {"detail": [...]}, which this server never sends).
+_ERROR_DOC = {status: {"model": ErrorBody, "description": meaning} for status, meaning in (
+    (400, "malformed body (JSON, multipart)"), (401, "missing or wrong token"),
+    (403, "a uri the server may not fetch"), (404, "unknown model, task or path"),
+    (408, "the body stalled"), (413, "body, image or video over the server's limits"),
+    (415, "unsupported content type"), (422, "invalid request, or an image or video that "
+                                              "cannot be used"),
+    (503, "the model's queue is full (Retry-After)"),
+    (504, "the model did not answer in time"))}
 
 api = FastAPI(
     title="labeler online API",
@@ -226,7 +243,8 @@ def _inlined(schema: dict) -> dict:
 
 
 _RECORD_DOC = {200: {"model": Record, "description": "the record, as a Parquet row of a batch "
-                                                      "job; a list of shapes with ?format=cvat"}}
+                                                      "job; a list of shapes with ?format=cvat"},
+               **_ERROR_DOC}
 
 
 @serve.ingress(api)
@@ -444,7 +462,7 @@ class Ingress:
         the image threshold."""
         return await self._one(request, "pseudo-label", format)
 
-    @api.post("/v1/annotate", openapi_extra=_body_doc(AnnotateRequest))
+    @api.post("/v1/annotate", responses=_ERROR_DOC, openapi_extra=_body_doc(AnnotateRequest))
     async def annotate(self, request: Request):
         """One image, several tasks: {"records": [one record per entry of `tasks`]}; with
         `fuse`, also "fused": the box tasks' records fused into one, as `labeler fuse` fuses
@@ -477,7 +495,8 @@ class Ingress:
                              **fuser.fields(records, FusionCount())}
         return JSONResponse(body, status_code=status)
 
-    @api.post("/v1/video", openapi_extra=_body_doc(VideoRequest, file_field="video"))
+    @api.post("/v1/video", responses=_ERROR_DOC,
+              openapi_extra=_body_doc(VideoRequest, file_field="video"))
     async def video(self, request: Request):
         """One video, one model: a record per sampled frame (`sampling`, default the
         server's video_sampling), or per clip for video-caption and video-ask (`clip`,
@@ -645,7 +664,7 @@ class Ingress:
         """Label Studio's health probe."""
         return {"status": "UP", "model_class": "labeler"}
 
-    @api.post("/setup")
+    @api.post("/setup", responses=_ERROR_DOC)
     async def ls_setup(self, request: Request, model: str | None = None):
         """Label Studio connects a project: remember its labeling config, and answer the
         version of the model /predict will use for it (Label Studio compares it with its
@@ -668,7 +687,7 @@ class Ingress:
         return {"model_version": model_version(served.model.family, served.model.source,
                                                served.model.revision)}
 
-    @api.post("/webhook")
+    @api.post("/webhook", responses=_ERROR_DOC)
     async def ls_webhook(self, request: Request):
         """Label Studio's training webhooks (annotation created, "Start Training"): these
         models are not trained from annotations; acknowledged so Label Studio shows no
@@ -676,7 +695,7 @@ class Ingress:
         self._authorize(request)
         return {"status": "ok", "trained": False}
 
-    @api.post("/predict")
+    @api.post("/predict", responses=_ERROR_DOC)
     async def ls_predict(self, request: Request, model: str | None = None):
         """Label Studio asks for predictions: {"tasks": [...], "label_config": "<View>..."}.
         Boxes go to the config's RectangleLabels (its labels become the queries), OCR to

@@ -611,3 +611,18 @@ def test_a_threshold_for_a_text_task_is_refused_naming_the_field(task, family):
         Ingress._item_params(SimpleNamespace(), served, Params(threshold=0.7))
     assert (err.value.status, err.value.message) == (
         422, f"threshold: model 'text' does task '{task}', whose records hold no scored boxes")
+
+
+def test_openapi_documents_the_error_body_the_server_sends():
+    """Generated clients read errors as OpenAPI says: {"error": "..."} for every error status
+    (FastAPI documented 422 as its own {"detail": [...]}, which this server never sends)."""
+    from labeler.serve.app import api
+
+    spec = api.openapi()
+    assert spec["components"]["schemas"]["ErrorBody"]["required"] == ["error"]
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    for path in ("/v1/detect", "/v1/caption", "/v1/annotate", "/v1/video", "/predict"):
+        responses = spec["paths"][path]["post"]["responses"]
+        for status in ("400", "413", "422", "503"):
+            schema = responses[status]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (path, status)
