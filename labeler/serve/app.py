@@ -125,6 +125,14 @@ async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
     return _error(err.status_code, str(err.detail), getattr(err, "headers", None))
 
 
+@api.exception_handler(Exception)
+async def _unexpected_error(_: Request, err: Exception) -> JSONResponse:
+    """A fault of the server's own: still the JSON every answer has (Starlette answered
+    plain-text "Internal Server Error"); the traceback goes to the log."""
+    log.exception("unhandled error")
+    return _error(500, f"internal server error: {type(err).__name__}")
+
+
 @api.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
     where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())

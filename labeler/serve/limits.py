@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from starlette.requests import Request
 
@@ -64,3 +65,7 @@ async def call_with_limits(response, timeout_s: float, model: str):
     except BackPressureError:
         raise ApiError(503, f"model {model!r} has a full queue; retry in {RETRY_AFTER_S} s",
                        {"Retry-After": str(RETRY_AFTER_S)}) from None
+    except RayActorError as err:  # the replica died (out of memory, a crash): Serve restarts it
+        raise ApiError(503, f"model {model!r}: the replica answering stopped "
+                            f"({type(err).__name__}); Serve restarts it, retry in "
+                            f"{RETRY_AFTER_S} s", {"Retry-After": str(RETRY_AFTER_S)}) from None

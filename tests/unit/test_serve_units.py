@@ -1,6 +1,7 @@
 """The online API's pure parts: config, tokens, URI rules, request bodies, tool formats,
 and the frame flow of a video request."""
 
+import asyncio
 import base64
 
 import pytest
@@ -626,3 +627,26 @@ def test_openapi_documents_the_error_body_the_server_sends():
         for status in ("400", "413", "422", "503"):
             schema = responses[status]["content"]["application/json"]["schema"]
             assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (path, status)
+
+
+def test_a_replica_that_died_is_a_503_and_any_fault_a_json_500():
+    """A model replica killed (out of memory) answered a plain-text "Internal Server Error";
+    it is a 503 with Retry-After (Serve restarts it), and any unexpected fault a JSON 500."""
+    import json
+
+    from ray.exceptions import ActorDiedError
+
+    from labeler.serve.app import _unexpected_error
+    from labeler.serve.limits import call_with_limits
+
+    async def died():
+        raise ActorDiedError()
+
+    with pytest.raises(ApiError) as err:
+        asyncio.run(call_with_limits(died(), 5.0, "owl"))
+    assert (err.value.status, err.value.headers) == (503, {"Retry-After": "1"})
+    assert err.value.message.startswith("model 'owl': the replica answering stopped "
+                                        "(ActorDiedError)")
+    response = asyncio.run(_unexpected_error(None, KeyError("x")))
+    assert response.status_code == 500
+    assert json.loads(response.body) == {"error": "internal server error: KeyError"}
