@@ -272,7 +272,11 @@ def load_serve_spec(path: str | Path | None = None, **overrides: Any) -> ServeSp
     # merge_overrides writes task flags under "tasks"; a serve config calls them "models".
     if "models" in raw:
         raw["tasks"] = raw.pop("models")
-    raw = merge_overrides(raw, task_overrides)
+    try:
+        raw = merge_overrides(raw, task_overrides)
+    except SpecError as err:  # a flag for some tasks only (--track), and none is served
+        raise SpecError(str(err).replace("the job has none", "no served model does one")) \
+            from None
     if "tasks" in raw:
         raw["models"] = raw.pop("tasks")
     if serving:

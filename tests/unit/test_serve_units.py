@@ -3,6 +3,7 @@ and the frame flow of a video request."""
 
 import asyncio
 import base64
+import re
 
 import pytest
 
@@ -63,13 +64,18 @@ models:
     # The options of some tasks only, checked as a job's (not when a replica starts).
     ({"task": "caption", "family": "florence2", "model": "m", "nms": "per-label"},
      "models.0: nms applies to tasks detect, ground, regions"),
-    ({"task": "caption", "family": "florence2", "model": "m", "track": True},
-     "models.0: track applies to tasks detect, ground, detect-by-example"),
 ])
 def test_bad_configs_name_the_field(overrides, message):
     with pytest.raises(SpecError, match="invalid serve config") as err:
         load_serve_spec(None, **overrides)
     assert message in str(err.value)
+
+
+def test_track_for_a_server_without_a_box_model_is_refused():
+    with pytest.raises(SpecError, match=re.escape(
+            "--track applies to box (detect, ground, detect-by-example) tasks, and no served "
+            "model does one")):
+        load_serve_spec(None, task="caption", family="florence2", model="m", track=True)
 
 
 def test_a_compiled_model_is_refused_for_serving(tmp_path):
