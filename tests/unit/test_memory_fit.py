@@ -70,7 +70,9 @@ def test_a_batch_that_fits_is_one_call_and_an_image_that_does_not_raises():
         MemoryFit().run_timed(_FitsUpTo(0), images, None, transformed=False)
 
 
-def test_the_actor_writes_the_same_rows_when_its_batch_does_not_fit(tiny_owlv2, monkeypatch):
+def _owlv2_actor_batch(tiny_owlv2: str, sizes: list[tuple[int, int]]):
+    """(Predictor, its expected records, the batch) of an OWLv2 detect actor over
+    synthetic images of these (w, h) sizes, as a job's decode stage hands it over."""
     from labeler.actors.predictor import Predictor
     from labeler.config import TaskSpec
     from labeler.jobs.stages import TaskTransforms, input_column
@@ -78,7 +80,6 @@ def test_the_actor_writes_the_same_rows_when_its_batch_does_not_fit(tiny_owlv2, 
 
     task = TaskSpec(task="detect", model={"family": "owlv2", "source": tiny_owlv2},
                     labels=["a cat", "a dog"], threshold=0.0, max_detections=5)
-    sizes = [(64, 48), (48, 64), (50, 50), (70, 40), (30, 90)]
     pixels = [np.asarray(synthetic_image(w, h, seed)) for seed, (w, h) in enumerate(sizes)]
     transforms = TaskTransforms([task])
     column = input_column(task)
@@ -90,8 +91,12 @@ def test_the_actor_writes_the_same_rows_when_its_batch_does_not_fit(tiny_owlv2, 
              "decode_ms": np.zeros(n), "shard": np.zeros(n, dtype=np.int64),
              column: np.stack([transforms.apply(p)[column] for p in pixels])}
     predictor = Predictor(task, input_column=column)
-    expected = predictor.records(batch)
+    return predictor, predictor.records(batch), batch
 
+
+def test_the_actor_writes_the_same_rows_when_its_batch_does_not_fit(tiny_owlv2, monkeypatch):
+    predictor, expected, batch = _owlv2_actor_batch(
+        tiny_owlv2, [(64, 48), (48, 64), (50, 50), (70, 40), (30, 90)])
     run_timed = predictor.adapter.run_timed
     sizes_run = []
 
@@ -110,3 +115,22 @@ def test_the_actor_writes_the_same_rows_when_its_batch_does_not_fit(tiny_owlv2, 
 
 def _untimed(record: dict) -> dict:
     return {key: value for key, value in record.items() if key != "timings"}
+
+
+def test_a_row_the_model_raises_on_is_the_only_error_row(tiny_owlv2, monkeypatch):
+    """A batch that raises is retried row by row: the one bad row is the only error row and
+    its neighbours keep the detections they get without it (no test failed when the retry
+    was broken)."""
+    predictor, expected, batch = _owlv2_actor_batch(tiny_owlv2, [(64, 48), (48, 64), (50, 50)])
+    run_timed = predictor.adapter.run_timed
+
+    def poisoned(images, *args, **kwargs):  # the model raises whenever the 50x50 image is in
+        if any(im.width == 50 for im in images):
+            raise RuntimeError("boom")
+        return run_timed(images, *args, **kwargs)
+
+    monkeypatch.setattr(predictor.adapter, "run_timed", poisoned)
+    rows = predictor.records(batch)
+    assert [r["error"] for r in rows] == [None, None, "model failed: RuntimeError: boom"]
+    for got, want in zip(rows[:2], expected[:2]):
+        assert got["detections"] == want["detections"] and got["detections"]
