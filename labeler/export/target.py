@@ -40,23 +40,28 @@ class Target:
         if info.type == pafs.FileType.File:
             raise ExportError(f"--out {self.uri!r} is a file; give a folder or an s3:// prefix")
 
+    def check_outside(self, job_uri: str) -> None:
+        """Refuse the job output itself or a folder inside it: what is written there would
+        read as part of the job (a task folder to its readers, files `labeler track` copies),
+        and --overwrite would delete the job's files."""
+        out, job = _compared(self.uri), _compared(job_uri)
+        if is_s3(job_uri) == self.s3 and _within(out, job):
+            where = "is" if out == job else "is inside"
+            raise ExportError(f"--out {self.uri!r} {where} the job output {job_uri!r}: choose "
+                              f"a folder outside it")
+
     def check_empty(self, overwrite: bool, job_uri: str) -> None:
-        """Refuse a non-empty location unless `overwrite`, and never one holding the job."""
+        """Refuse a location inside the job output (check_outside), a non-empty one unless
+        `overwrite`, and never one holding the job."""
+        self.check_outside(job_uri)
         if self.empty:
             return
         if not overwrite:
             raise ExportError(f"--out {self.uri!r} is not empty; pass --overwrite to replace "
                               f"its contents or choose another folder")
-        _, job_path = filesystem_for(job_uri)
-        job_path = job_path.rstrip("/")
-        if is_s3(job_uri) == self.s3 and (job_path + "/").startswith(self.path + "/"):
+        if is_s3(job_uri) == self.s3 and _within(_compared(job_uri), _compared(self.uri)):
             raise ExportError(f"--out {self.uri!r} holds the job output {job_uri!r}; "
                               f"--overwrite would delete it: choose another folder")
-        if is_s3(job_uri) == self.s3 and (self.path + "/").startswith(job_path + "/"):
-            # A task folder, or a folder the job's readers may list: never emptied.
-            raise ExportError(f"--out {self.uri!r} is inside the job output {job_uri!r}; "
-                              f"--overwrite would delete files of it: choose a folder "
-                              f"outside it")
 
     def clear(self) -> None:
         """Delete everything under the location (check_empty allowed it)."""
@@ -108,3 +113,14 @@ class Target:
                 self.fs.move(staging, full)
         except OSError as err:
             raise storage_error(self.uri, f"write {relative} to", err) from None
+
+
+def _compared(uri: str) -> str:
+    """The path of `uri` as locations are compared: a local one with its links resolved."""
+    _, path = filesystem_for(uri)
+    return path.rstrip("/") if is_s3(uri) else os.path.realpath(path)
+
+
+def _within(path: str, folder: str) -> bool:
+    """`path` is `folder` or below it."""
+    return (path + "/").startswith(folder.rstrip("/") + "/")

@@ -4,9 +4,10 @@ settings would have written and resumes.
 
     1. the job output (labeler.export.rows.JobOutput), its _job.json identity, and the task:
        its stored `track`, with the settings given over it (checked as a spec's)
-    2. every file of the output copied to --out as it is, except the task's part files: each
-       read whole (a shard holds whole videos), linked (add_track_ids), each row's
-       `parameters` given the new `track` (as a job writes it), written
+    2. the files of the job's tasks (part files, reports) copied to --out as they are, except
+       the task's part files: each read whole (a shard holds whole videos), linked
+       (add_track_ids), each row's `parameters` given the new `track` (as a job writes it),
+       written; what else the output holds (a preview, notes) is not copied
     3. _job.json with the task's `track` in the identity and that identity's fingerprint;
        _SUCCESS, when the job had finished, with the tracks counted, written last
 
@@ -79,10 +80,8 @@ def run_track(options: TrackOptions) -> TrackSummary:
     target.clear()
     tracks = 0
     try:
-        for path in _files(job):
+        for path in _files(job, manifest["tasks"]):
             relative = path[len(job.path) + 1:]
-            if relative in (MANIFEST, SUCCESS):
-                continue
             if path in folder.files:
                 rows = add_track_ids(pq.read_table(path, filesystem=job.fs), spec)
                 tracks += count_tracks(rows)
@@ -154,9 +153,18 @@ def _check_frames(job: JobOutput, folder: TaskFolder) -> None:
                     f"a video job's frames (labeler run --media video)")
 
 
-def _files(job: JobOutput) -> list[str]:
-    infos = job.fs.get_file_info(pafs.FileSelector(job.path, recursive=True))
-    return sorted(i.path for i in infos if i.type == pafs.FileType.File)
+def _files(job: JobOutput, tasks: list[str]) -> list[str]:
+    """The files of the job's tasks (labeler.sinks.parquet): each task folder's part files
+    and reports (_report.json), not its staging files (.name.tmp) nor any folder in it;
+    _job.json and _SUCCESS are written apart. What else the output holds (a preview, an
+    export, notes) is no part of the job and stays behind."""
+    files = []
+    for task in tasks:
+        infos = job.fs.get_file_info(pafs.FileSelector(f"{job.path}/{task}",
+                                                       allow_not_found=True))
+        files += [i.path for i in infos
+                  if i.type == pafs.FileType.File and not i.base_name.startswith(".")]
+    return sorted(files)
 
 
 def _parquet_bytes(rows: pa.Table) -> bytes:

@@ -499,9 +499,32 @@ def test_overwrite_never_empties_a_folder_inside_the_job_output(tmp_path, capsys
     assert "is inside the job output" in _export(
         capsys, path, "--format", "coco", "--out", tmp_path / "out" / "detect",
         "--overwrite")[2]
-    # An empty folder inside it is no danger: nothing is deleted.
-    code, _, err = _export(capsys, path, "--format", "coco", "--out", tmp_path / "out" / "coco")
-    assert code == 0, err
+
+
+@pytest.mark.parametrize("command, flags", [("export", ["--format", "coco", "--task", "a"]),
+                                            ("fuse", ["--tasks", "a,b"])])
+def test_an_out_inside_the_job_output_is_refused_before_anything_is_written(
+        tmp_path, capsys, command, flags):
+    """A folder inside the job output would read as a task folder to the job's readers and
+    travel into `labeler track`'s copies, even when it is empty or new."""
+    (tmp_path / "a.jpg").write_bytes(_encode((8, 8), "JPEG", None, 0))
+    path = _write_job(tmp_path / "out", [
+        _record("a.jpg", str(tmp_path / "a.jpg"), "detect", name, {"labels": ["x"]}, (8, 8), [])
+        for name in ("a", "b")], ["a", "b"], 1)
+    (tmp_path / "out" / "empty").mkdir()
+    files = sorted((tmp_path / "out").rglob("*"))
+    for out, where in ((tmp_path / "out" / "new", "is inside"),
+                       (tmp_path / "out" / "empty", "is inside"),
+                       (tmp_path / "out" / "a" / "new", "is inside"), (tmp_path / "out", "is")):
+        for overwrite in ([], ["--overwrite"]):
+            code = main([command, path, *flags, "--out", str(out), *overwrite])
+            printed, err = capsys.readouterr()
+            assert (code, printed) == (2, "")
+            assert err == (f"error: --out {str(out)!r} {where} the job output {path!r}: choose "
+                           f"a folder outside it\n")
+    assert sorted((tmp_path / "out").rglob("*")) == files
+    code = main([command, path, *flags, "--out", str(tmp_path / "beside")])
+    assert code == 0, capsys.readouterr().err
 
 
 def test_label_studio_urls_percent_encode_ids_behind_a_web_prefix_only():

@@ -36,7 +36,7 @@ def _track(capsys, *args):
 def untracked(tmp_path):
     root = _job(tmp_path / "job", params=PARAMS, track=None, identity=IDENTITY)
     (tmp_path / "job" / "notes").mkdir()
-    (tmp_path / "job" / "notes" / "readme.txt").write_text("kept as it is")
+    (tmp_path / "job" / "notes" / "readme.txt").write_text("a person's notes")
     return root
 
 
@@ -72,7 +72,7 @@ def test_an_untracked_job_gets_tracks_without_labeling_again(untracked, tmp_path
     success = json.loads((out / "_SUCCESS").read_text())
     assert success["tracks"] == {"detect": 3} and Path(success["output"]) == out.resolve()
     assert success["tasks"] == [f"{line}; track {json.dumps(spec.model_dump(exclude_defaults=True))}"]
-    assert (out / "notes" / "readme.txt").read_text() == "kept as it is"
+    assert not (out / "notes").exists()  # no part of the job: not copied
 
     # Tracked again from the tracked copy: its stored settings stay, those given change.
     code, printed, _ = _track(capsys, out, "--out", tmp_path / "again", "--max-missed", "5")
@@ -94,7 +94,7 @@ def test_bad_settings_and_outputs_are_refused_before_anything_is_written(untrack
     assert code == 2 and "nothing" in err
     assert not out.exists()
     code, _, err = _track(capsys, untracked, "--out", untracked)
-    assert code == 2 and "is not empty" in err
+    assert code == 2 and f"error: --out {untracked!r} is the job output" in err
     images = ShardedParquetSink(tmp_path / "images", {0: 1}, ["detect"], "fingerprint",
                                 identity=IDENTITY)
     images.add(pa.Table.from_pylist([_record("a.jpg", "/a.jpg", "detect", "detect", PARAMS,
@@ -109,3 +109,28 @@ def test_bad_settings_and_outputs_are_refused_before_anything_is_written(untrack
     code, _, err = _track(capsys, older, "--out", out)
     assert code == 2 and "holds no readable _job.json" in err
     assert not out.exists()
+
+
+def test_the_copy_holds_the_jobs_files_only_and_never_goes_inside_the_job(untracked, tmp_path,
+                                                                         capsys):
+    """A folder inside the job output would travel into every later copy (and read as a task
+    folder); a preview or export a person put there is no part of the job."""
+    job = tmp_path / "job"
+    (job / "detect" / "_report.json").write_text("{}")  # a task's report: the job's
+    (job / "detect" / ".part-00002.parquet.tmp").write_bytes(b"a shard being written")
+    (job / "detect" / "preview").mkdir()
+    (job / "detect" / "preview" / "index.html").write_text("<html>")
+    for out in (job / "tracked", job / "detect" / "tracked", job / "notes"):
+        code, printed, err = _track(capsys, untracked, "--out", out, "--overwrite")
+        assert (code, printed) == (2, "")
+        assert err == (f"error: --out {str(out)!r} is inside the job output {untracked!r}: "
+                       f"choose a folder outside it\n")
+    assert not (job / "tracked").exists() and not (job / "detect" / "tracked").exists()
+    assert (job / "notes" / "readme.txt").exists()
+
+    out = tmp_path / "copy"
+    code, _, err = _track(capsys, untracked, "--out", out)
+    assert code == 0, err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "_SUCCESS", "_job.json", "detect/_report.json", "detect/part-00000.parquet",
+        "detect/part-00001.parquet"]
