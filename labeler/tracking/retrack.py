@@ -69,6 +69,10 @@ def run_track(options: TrackOptions) -> TrackSummary:
     job = JobOutput(options.output)
     folder = job.pick(options.task)
     manifest = _manifest(job)
+    if folder.name not in manifest["tasks"]:  # a folder put there, a fused task say
+        raise SpecError(f"{folder.name!r} is no task of the job that wrote {job.uri!r} (its "
+                        f"{MANIFEST} names {', '.join(manifest['tasks'])}): choose one of them "
+                        f"with --task")
     k = manifest["tasks"].index(folder.name)
     identity = manifest["identity"]
     stored = identity["tasks"][k].get("track") or {}

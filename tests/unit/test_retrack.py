@@ -3,6 +3,7 @@ without labeling again. The output is written by the job's own sink (test_export
 job: cam/a.mp4 and b.mp4, labeled without tracking)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -134,3 +135,14 @@ def test_the_copy_holds_the_jobs_files_only_and_never_goes_inside_the_job(untrac
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         "_SUCCESS", "_job.json", "detect/_report.json", "detect/part-00000.parquet",
         "detect/part-00001.parquet"]
+
+
+def test_a_folder_that_is_no_task_of_the_job_is_refused(untracked, tmp_path, capsys):
+    """A task folder its _job.json does not name (a fused task put in the output by an older
+    labeler fuse) has no stored settings to track it with."""
+    shutil.copytree(tmp_path / "job" / "detect", tmp_path / "job" / "fused")
+    code, printed, err = _track(capsys, untracked, "--task", "fused", "--out", tmp_path / "out")
+    assert (code, printed) == (2, "")
+    assert err == (f"error: 'fused' is no task of the job that wrote {untracked!r} (its "
+                   f"_job.json names detect): choose one of them with --task\n")
+    assert not (tmp_path / "out").exists()
