@@ -38,6 +38,8 @@ READ_BATCH_ROWS = 1024
 # Distinct error reasons counted one by one; further ones are counted together, so reasons
 # that name a path each (`cannot read input: ...`) cannot grow the tally without bound.
 ERROR_REASONS_KEPT = 100
+# What a job writes first (labeler.sinks.parquet), its identity, before any shard.
+MANIFEST = "_job.json"
 # The category of boxes with an empty label (Florence-2 `<REGION_PROPOSAL>`: class-agnostic).
 UNNAMED_LABEL = "object"
 
@@ -208,6 +210,9 @@ class JobOutput:
             raise storage_error(self.uri, "read the job output", err) from None
         except pa.ArrowInvalid as err:
             raise not_parquet(self.uri, err) from None
+        if not self.tasks and any(entry.base_name == MANIFEST for entry in entries):
+            raise ExportError(f"no shard is committed yet in {self.uri!r}: its job is running, "
+                              f"or stopped before its first shard (a rerun resumes it)")
         if not self.tasks:
             raise ExportError(f"no task folders in {self.uri!r}: a job output holds "
                               f"<task>/part-NNNNN.parquet (pass the job's --output)")

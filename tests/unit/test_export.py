@@ -560,3 +560,23 @@ def test_label_studio_tasks_follow_the_ids_files_order(job, tmp_path, capsys):
     assert code == 0, stdout
     tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
     assert [t["data"]["labeler_id"] for t in tasks] == ["sub/b.png", "rot.jpg", "a.jpg"]
+
+
+@pytest.mark.parametrize("command", [["stats"], ["select"], ["preview", "--out", "{tmp}/p"],
+                                     ["export", "--format", "coco", "--out", "{tmp}/e"]])
+def test_a_job_with_no_shard_committed_yet_is_not_called_a_wrong_path(tmp_path, capsys,
+                                                                      command):
+    """A running job's output holds _job.json (and staged shards) until its first commit."""
+    job = tmp_path / "job"
+    ShardedParquetSink(job, {0: 1}, ["detect"], "fingerprint")  # writes _job.json
+    (job / "detect").mkdir()
+    for staged in ([], [".part-00000.parquet.tmp"]):
+        for name in staged:
+            (job / "detect" / name).write_bytes(b"being written")
+        name, *flags = command
+        code = main([name, str(job), *(flag.format(tmp=tmp_path) for flag in flags)])
+        printed, err = capsys.readouterr()
+        assert (code, printed) == (2, "")
+        assert err == (f"error: no shard is committed yet in {str(job)!r}: its job is "
+                       f"running, or stopped before its first shard (a rerun resumes it)\n")
+    assert not (tmp_path / "p").exists() and not (tmp_path / "e").exists()
