@@ -218,23 +218,39 @@ class JobOutput:
                               f"<task>/part-NNNNN.parquet (pass the job's --output)")
 
     def _task_folder(self, entry: pafs.FileInfo) -> TaskFolder | None:
-        """The folder's task, from the `task` column of its first row; None when it holds no
-        record files (`*.parquet`; names starting with '.' or '_' are staging or reports)."""
+        """The folder's task, from the `task` column of its first row (in the first file that
+        has one: a shard may hold none), or when no file has a row from _job.json; None when
+        it holds no record files (`*.parquet`; names starting with '.' or '_' are staging or
+        reports)."""
         files = tuple(sorted(
             f.path for f in self.fs.get_file_info(pafs.FileSelector(entry.path))
             if f.type == pafs.FileType.File and f.base_name.endswith(".parquet")
             and not f.base_name.startswith((".", "_"))))
         if not files:
             return None
-        first = pads.dataset(files[0], format="parquet", filesystem=self.fs)
-        if "task" not in first.schema.names:
+        first: dict = {}
+        for path in files:
+            dataset = pads.dataset(path, format="parquet", filesystem=self.fs)
+            if "task" not in dataset.schema.names:
+                return None
+            columns = [c for c in ("task", *MODEL_COLUMNS) if c in dataset.schema.names]
+            rows = dataset.head(1, columns=columns).to_pylist()
+            if rows:
+                first = rows[0]
+                break
+        kind = first.get("task") or self._stored_kind(entry.base_name)
+        if not kind:
             return None
-        columns = [c for c in ("task", *MODEL_COLUMNS) if c in first.schema.names]
-        rows = first.head(1, columns=columns).to_pylist()
-        if not rows:
+        return TaskFolder(entry.base_name, kind, files, {c: first.get(c) for c in MODEL_COLUMNS})
+
+    def _stored_kind(self, name: str) -> str | None:
+        """The kind of task `name` in the identity _job.json holds; None without one."""
+        try:
+            with self.fs.open_input_stream(f"{self.path}/{MANIFEST}") as f:
+                manifest = json.loads(f.read())
+            return manifest["identity"]["tasks"][manifest["tasks"].index(name)]["task"]
+        except (FileNotFoundError, ValueError, LookupError, TypeError):
             return None
-        model = {c: rows[0].get(c) for c in MODEL_COLUMNS}
-        return TaskFolder(entry.base_name, rows[0]["task"], files, model)
 
     def pick(self, name: str | None) -> TaskFolder:
         """The task folder `name`, or with None the only one that holds boxes; ExportError

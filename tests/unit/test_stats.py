@@ -183,3 +183,21 @@ def test_labels_stay_bounded_and_the_undercount_is_printed(tmp_path, monkeypatch
     assert lines[-1] == (f"  too many labels to count exactly: each label's counts may be "
                          f"short by at most {short} boxes")
     assert f"  ... {boxes['labels'] - 1} more labels (--top 1)" in lines
+
+
+def test_a_task_whose_first_files_hold_no_row_is_read(tmp_path, capsys):
+    """A task's kind and model are its first row's: in a later file when the first ones are
+    empty, from _job.json's identity when every file is."""
+    root = tmp_path / "out"
+    animals = [_record("detect", "animals", id_, boxes) for id_, boxes in ANIMALS]
+    _write(root, "animals", [[], animals[:4], [], animals[4:]])
+    _write(root, "quiet", [[], []])
+    (root / "_job.json").write_text(json.dumps({
+        "tasks": ["animals", "quiet"], "identity": {"tasks": [{"task": "detect"},
+                                                              {"task": "caption"}]}}))
+    code, out, err = _stats(capsys, str(root))
+    assert code == 0, err
+    assert out == f"output: {root}\n" + TABLE.split("task: caption")[0] + (
+        "task: quiet (caption), model: None None\n"
+        "  rows: 0, error rows: 0\n"
+        "  text: 0 empty of 0 rows without error; length in characters: mean -, max 0\n")
