@@ -77,7 +77,7 @@ def run_track(options: TrackOptions) -> TrackSummary:
     identity = manifest["identity"]
     stored = identity["tasks"][k].get("track") or {}
     spec = _spec(folder, stored, options.settings)
-    _check_frames(job, folder)
+    _check_frames(job, folder, identity.get("input", {}).get("media", "image"))
 
     target = Target(options.out)
     target.check_empty(options.overwrite, job.uri)
@@ -144,15 +144,20 @@ def _spec(folder: TaskFolder, stored: dict, settings: dict) -> TrackingSpec:
                                                              "invalid track settings")) from None
 
 
-def _check_frames(job: JobOutput, folder: TaskFolder) -> None:
-    """The task labels video frames: some row without error has a frame_index."""
+def _check_frames(job: JobOutput, folder: TaskFolder, media: str) -> None:
+    """The task labels video frames: some row without error has a frame_index. media: the
+    job's input.media, which names what is wrong when every row is an error."""
     for path in folder.files:
         rows = pq.read_table(path, columns=["frame_index", "error"], filesystem=job.fs)
         labeled = rows.filter(pc.is_null(rows.column("error")))
-        if labeled.num_rows and labeled.column("frame_index").null_count < labeled.num_rows:
-            return
-        if labeled.num_rows:
+        if labeled.num_rows:  # the first rows without error say whether they are frames
+            if labeled.column("frame_index").null_count < labeled.num_rows:
+                return
             break
+    else:  # no row without error
+        if media == "video":
+            raise SpecError(f"task {folder.name!r} has no frame without an error (its rows are "
+                            f"error rows): there are no boxes to link into tracks")
     raise SpecError(f"task {folder.name!r} labels no video frames; tracks link the boxes of "
                     f"a video job's frames (labeler run --media video)")
 

@@ -11,7 +11,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 from test_export import _record
-from test_export_tracks import _job
+from test_export_tracks import VIDEO_A, _frames, _job
 
 from labeler.actors.predictor import OUTPUT_SCHEMA
 from labeler.cli import main
@@ -145,4 +145,17 @@ def test_a_folder_that_is_no_task_of_the_job_is_refused(untracked, tmp_path, cap
     assert (code, printed) == (2, "")
     assert err == (f"error: 'fused' is no task of the job that wrote {untracked!r} (its "
                    f"_job.json names detect): choose one of them with --task\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_video_job_whose_rows_are_all_errors_is_not_called_an_image_job(tmp_path, capsys):
+    sink = ShardedParquetSink(tmp_path / "job", {0: 1}, ["detect"], "fingerprint",
+                              identity=IDENTITY)  # input.media: video
+    sink.add(pa.Table.from_pylist(_frames("a.mp4", VIDEO_A, (64, 48), [
+        (0, "cannot read input: no such file")], 0, PARAMS), schema=OUTPUT_SCHEMA))
+    sink.finish({})
+    code, printed, err = _track(capsys, tmp_path / "job", "--out", tmp_path / "out")
+    assert (code, printed) == (2, "")
+    assert err == ("error: task 'detect' has no frame without an error (its rows are error "
+                   "rows): there are no boxes to link into tracks\n")
     assert not (tmp_path / "out").exists()
