@@ -72,8 +72,11 @@ def describe_differences(stored: dict | None, current: dict | None) -> str:
         reasons.append(f"inputs: {before:,} there, {now:,} now" if before != now else
                        f"inputs: other files, ids or prompts ({now:,} both times)")
     old_fields, new_fields = _flatten(stored), _flatten(current)
-    for key in sorted(old_fields.keys() | new_fields.keys()):
+    keys = old_fields.keys() | new_fields.keys()
+    for key in sorted(keys):
         before, now = old_fields.get(key, _DEFAULT), new_fields.get(key, _DEFAULT)
+        if {} in (before, now) and any(k.startswith(f"{key}.") for k in keys):
+            continue  # `track: {}` against `track: {max_missed: 5}`: set both times
         if before != now:
             reasons.append(f"{key}: {_shown(before)} there, {_shown(now)} now")
     return "; ".join(reasons) or "other inputs or task parameters"

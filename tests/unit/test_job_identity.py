@@ -109,6 +109,13 @@ def test_differences_name_nested_fields_and_inputs():
     assert describe_differences({"tasks": [{"task": "detect", "track": {}}]},
                                 {"tasks": [{"task": "detect"}]}) == (
         "tasks.0.track: {} there, the default now")
+    # Set both times, with its defaults once: only the field set is named.
+    tuned = {"tasks": [{"task": "detect", "track": {"max_missed": 5}}]}
+    defaults = {"tasks": [{"task": "detect", "track": {}}]}
+    assert describe_differences(tuned, defaults) == (
+        "tasks.0.track.max_missed: 5 there, the default now")
+    assert describe_differences(defaults, tuned) == (
+        "tasks.0.track.max_missed: the default there, 5 now")
 
 
 @pytest.mark.parametrize("content", [b"", b"{not json", b"[1, 2]", b"\xff\xfe"])
