@@ -216,7 +216,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_tiny_models(args: argparse.Namespace) -> int:
     from labeler.testing import FAMILIES, build_tiny_model
 
-    families = args.families.split(",") if args.families else list(FAMILIES)
+    families = _names(args.families) if args.families is not None else list(FAMILIES)
+    unknown = [family for family in families if family not in FAMILIES]
+    if unknown or not families:  # before any checkpoint is built
+        raise SpecError(f"--families {args.families!r}: "
+                        + (f"not a family: {', '.join(unknown)}; " if unknown else "")
+                        + f"give some of {', '.join(FAMILIES)}, comma-separated")
     for family in families:
         options = {"image_size": args.owlv2_image_size} if family == "owlv2" else {}
         path = build_tiny_model(family, Path(args.dir) / family, **options)

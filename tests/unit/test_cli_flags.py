@@ -4,7 +4,7 @@ bad ones refused by argparse (exit 2) naming the flag, before any Ray work."""
 
 import pytest
 
-from labeler.cli import _spec_from_args, build_parser, serve_overrides
+from labeler.cli import _spec_from_args, build_parser, main, serve_overrides
 from labeler.config import ClipSpec, SpecError, TrackingSpec
 from labeler.media.video import Sampling
 from labeler.serve.config import load_serve_spec
@@ -146,3 +146,12 @@ def test_query_box_flag(tmp_path, capsys):
     args.query_box = [4, 5, 70, 40]
     with pytest.raises(SpecError, match="is not a box inside the 64x48 query image"):
         _spec_from_args(args)
+
+
+def test_tiny_models_refuses_an_unknown_family_before_building_any(tmp_path, capsys):
+    code = main(["tiny-models", str(tmp_path / "models"), "--families", "owlv2,owlv3"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "error: --families 'owlv2,owlv3': not a family: owlv3; give some of owlv2, florence2, "
+        "blip2, qwen2_vl, ovis2, comma-separated\n")
+    assert not (tmp_path / "models").exists()
