@@ -151,14 +151,15 @@ def run_fuse(options: FuseOptions) -> FuseSummary:
     sources = task_sources(jobs, settings.tasks)
     try:
         settings.check_sources(len(sources))
-    except ValueError as err:
-        raise SpecError(f"invalid fuse settings:\n  {err}") from None
+    except ValueError as err:  # "field: message"
+        field, _, message = str(err).partition(": ")
+        raise SpecError(f"invalid fuse settings:\n  {_flag((field,))}: {message}") from None
     try:
         parts, frames = paired_sources(sources)
     except pa.ArrowInvalid as err:  # read before anything is written
         raise not_parquet(uris_of(jobs), err) from None
     if settings.track is not None and not frames:
-        raise SpecError("track: the tasks label no video frames; tracks link the boxes of a "
+        raise SpecError("--track: the tasks label no video frames; tracks link the boxes of a "
                         "video job's frames (labeler run --media video)")
 
     target = Target(options.out)
@@ -194,13 +195,13 @@ def task_sources(jobs: list[JobOutput], tasks: list[str]) -> list[Source]:
     if len(jobs) == 1:
         job = jobs[0]
         if len(tasks) < 2 or len(set(tasks)) != len(tasks):
-            raise SpecError(f"tasks: two or more distinct tasks of {job.uri!r} are compared "
+            raise SpecError(f"--tasks: fuse takes two or more distinct tasks of {job.uri!r} "
                             f"(--tasks a,b), or one task of each of several job outputs (got "
                             f"{', '.join(tasks) or 'none'})")
         picked = [(job, fusable_task(job.named(name))) for name in tasks]
     else:
         if tasks and len(tasks) != len(jobs):
-            raise SpecError(f"tasks: {len(tasks)} given for {len(jobs)} job outputs; give one "
+            raise SpecError(f"--tasks: {len(tasks)} given for {len(jobs)} job outputs; give one "
                             f"per output, in their order, or none (each output's only task "
                             f"with boxes)")
         picked = [(job, fusable_task(job.named(tasks[k]) if tasks else _only_box_task(job)))
@@ -245,14 +246,19 @@ def _write_part(part: str) -> PartCount:
 
 
 def _settings_error(err: ValidationError) -> SpecError:
-    """One line per problem, `field: message` (a check across fields, such as the weights
-    against the tasks, names its field at the start of its message)."""
+    """One line per problem, `--flag: message`."""
     lines = []
     for error in err.errors():
         message = error["msg"].removeprefix("Value error, ")
-        where = ".".join(str(part) for part in error["loc"])
-        lines.append(f"{where}: {message}" if where else message)
+        lines.append(f"{_flag(error['loc'])}: {message}" if error["loc"] else message)
     return SpecError("invalid fuse settings:\n  " + "\n  ".join(lines))
+
+
+def _flag(loc: tuple) -> str:
+    """The flag that gives a setting (a field's path): min_models -> --min-models, weights.1
+    -> --weights, track.max_missed -> --track-max-missed."""
+    names = loc[:2] if loc[0] == "track" else loc[:1]
+    return "--" + "-".join(map(str, names)).replace("_", "-")
 
 
 def paired_sources(sources: list[Source]) -> tuple[list[str], bool]:

@@ -133,15 +133,18 @@ def _manifest(job: JobOutput) -> dict:
 
 
 def _spec(folder: TaskFolder, stored: dict, settings: dict) -> TrackingSpec:
-    """The task's stored `track` with `settings` over it; SpecError naming a bad field."""
+    """The task's stored `track` with `settings` over it; SpecError naming a bad field (by
+    its flag when given)."""
     if folder.kind not in TRACKED_TASKS:
         raise SpecError(f"task {folder.name!r} is a {folder.kind} task; tracks link the boxes "
                         f"of {', '.join(TRACKED_TASKS)}")
     try:
         return TrackingSpec.model_validate({**stored, **settings})
     except ValidationError as err:
-        raise SpecError(format_validation_error(err).replace("invalid job spec",
-                                                             "invalid track settings")) from None
+        text = format_validation_error(err).replace("invalid job spec", "invalid track settings")
+        for name in settings:  # given as flags (the others are the stored ones)
+            text = text.replace(f"\n  {name}:", f"\n  --{name.replace('_', '-')}:")
+        raise SpecError(text) from None
 
 
 def _check_frames(job: JobOutput, folder: TaskFolder, media: str) -> None:

@@ -147,20 +147,21 @@ def _rewrite(path, transform) -> None:
 
 @pytest.mark.parametrize("case, args, message", [
     ("unknown task", ["--tasks", "owl_a,nope"], "no task folder 'nope'"),
-    ("no task", [], "tasks: two or more distinct tasks of"),
+    ("no task", [], "--tasks: fuse takes two or more distinct tasks of"),
     ("one task", ["--tasks", "owl_a"], "(--tasks a,b), or one task of each of several job "
                                        "outputs (got owl_a)"),
     ("a task twice", ["--tasks", "owl_a,owl_a"], "(got owl_a, owl_a)"),
     ("weights", ["--tasks", "owl_a,owl_b", "--weights", "2"],
-     "\n  weights: 1 given for 2 tasks; give one per task"),
+     "\n  --weights: 1 given for 2 tasks; give one per task"),
     ("zero weight", ["--tasks", "owl_a,owl_b", "--weights", "1,0"],
-     "weights.1: Input should be greater than 0"),
+     "\n  --weights: Input should be greater than 0"),
     ("min models", ["--tasks", "owl_a,owl_b", "--min-models", "3"],
-     "min_models: 3 is more than the 2 tasks fused"),
-    ("iou", ["--tasks", "owl_a,owl_b", "--iou", "1.5"], "iou: Input should be less than 1"),
-    ("name", ["--tasks", "owl_a,owl_b", "--name", "a/b"], "name: String should match pattern"),
+     "\n  --min-models: 3 is more than the 2 tasks fused"),
+    ("iou", ["--tasks", "owl_a,owl_b", "--iou", "1.5"], "\n  --iou: Input should be less than 1"),
+    ("name", ["--tasks", "owl_a,owl_b", "--name", "a/b"],
+     "\n  --name: String should match pattern"),
 ])
-def test_bad_settings_are_refused_naming_the_field_before_anything_is_written(
+def test_bad_settings_are_refused_naming_the_flag_before_anything_is_written(
         two_task_job, tmp_path, capsys, case, args, message):
     job, _ = two_task_job
     code, _, err = _fuse(capsys, job, *args, "--out", tmp_path / "out")
@@ -295,7 +296,7 @@ def test_track_is_refused_for_tasks_that_label_no_video_frames(two_task_job, tmp
                                                                capsys):
     code, _, err = _fuse(capsys, two_task_job[0], "--tasks", "owl_a,owl_b", "--track",
                          "--out", tmp_path / "out")
-    assert code == 2 and "track: the tasks label no video frames" in err
+    assert code == 2 and "--track: the tasks label no video frames" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -340,7 +341,7 @@ def test_tasks_of_separate_jobs_over_the_same_input_fuse_as_one_jobs_do(
 
     code, _, err = _fuse(capsys, job, tmp_path / "b", "--tasks", "owl_a",
                          "--out", tmp_path / "bad")
-    assert code == 2 and "tasks: 1 given for 2 job outputs; give one per output" in err
+    assert code == 2 and "--tasks: 1 given for 2 job outputs; give one per output" in err
     code, _, err = _fuse(capsys, job, tmp_path / "b", "--out", tmp_path / "bad")
     assert code == 2 and (f"{job!r} holds 2 tasks with boxes (owl_a, owl_b): name one task "
                           f"of each job output with --tasks") in err

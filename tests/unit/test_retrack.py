@@ -90,7 +90,10 @@ def test_bad_settings_and_outputs_are_refused_before_anything_is_written(untrack
                                                                          capsys):
     out = tmp_path / "out"
     code, _, err = _track(capsys, untracked, "--out", out, "--iou", "0")
-    assert code == 2 and "invalid track settings:\n  iou: Input should be greater than 0" in err
+    assert code == 2 and "invalid track settings:\n  --iou: Input should be greater than 0" in err
+    code, _, err = _track(capsys, untracked, "--out", out, "--max-missed", "-1")
+    assert code == 2 and ("invalid track settings:\n  --max-missed: Input should be greater "
+                          "than or equal to 0") in err
     code, _, err = _track(capsys, untracked, "--out", out, "--task", "nothing")
     assert code == 2 and "nothing" in err
     assert not out.exists()
