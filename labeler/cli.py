@@ -346,10 +346,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _scores(text: str) -> tuple[float, ...]:
     """'0.1,0.5' -> (0.1, 0.5) (the range is checked with the other stats options)."""
     try:
-        return tuple(float(s) for s in text.split(",") if s.strip())
+        scores = tuple(float(s) for s in text.split(",") if s.strip())
     except ValueError:
+        scores = ()
+    if not scores:
         raise argparse.ArgumentTypeError(f"{text!r}: comma-separated box scores, e.g. "
-                                         f"0.1,0.3,0.5,0.7") from None
+                                         f"0.1,0.3,0.5,0.7")
+    return scores
 
 
 def cmd_track(args: argparse.Namespace) -> int:

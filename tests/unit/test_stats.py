@@ -157,6 +157,12 @@ def test_bad_input_exits_2(job, tmp_path, capsys):
     assert code == 2 and err.startswith("error: --scores 0.5,1.5: box scores in [0, 1]")
     code, _, err = _stats(capsys, job, "--json", str(tmp_path / "no" / "such" / "f.json"))
     assert code == 2 and "--json" in err
+    for scores in (",", "", "0.5,high"):  # the value given is shown
+        with pytest.raises(SystemExit) as exit_:
+            _stats(capsys, job, "--scores", scores)
+        assert exit_.value.code == 2
+        assert (f"error: argument --scores: {scores!r}: comma-separated box scores, e.g. "
+                f"0.1,0.3,0.5,0.7\n") in capsys.readouterr().err
 
 
 def test_labels_stay_bounded_and_the_undercount_is_printed(tmp_path, monkeypatch, capsys):
