@@ -3,6 +3,8 @@ task over two files, a caption task, a task with too many labels), read by the r
 in batches of 3 rows -> the exact figures, printed and in the JSON file. No Ray."""
 
 import json
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -207,3 +209,13 @@ def test_a_task_whose_first_files_hold_no_row_is_read(tmp_path, capsys):
         "task: quiet (caption), model: None None\n"
         "  rows: 0, error rows: 0\n"
         "  text: 0 empty of 0 rows without error; length in characters: mean -, max 0\n")
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(job):
+    """labeler stats ... | head: the pipe closed before the table is written (or flushed at
+    exit) is no traceback."""
+    command = subprocess.Popen([sys.executable, "-m", "labeler.cli", "stats", job],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    command.stdout.close()  # before the command, still starting, writes anything
+    err = command.stderr.read().decode()
+    assert (command.wait(), err) == (1, "")
