@@ -72,8 +72,9 @@ class Target:
                 raise storage_error(self.uri, "empty", err) from None
 
     def location(self, relative: str) -> str:
-        """The URI (or local path) of `relative`."""
-        return f"{self.uri}/{relative}" if self.s3 else os.path.join(self.path, relative)
+        """The URI (or local path) of `relative`, under --out as given (as the other commands
+        print their output)."""
+        return f"{self.uri}/{relative}"
 
     def _parent(self, full: str) -> None:
         if not self.s3:  # S3 has no folders; a "folder" object would only add a request

@@ -127,13 +127,17 @@ def _export(capsys, *args):
     return code, captured.out, captured.err
 
 
-def test_coco_boxes_categories_and_skipped_error_rows(job, tmp_path, capsys):
+def test_coco_boxes_categories_and_skipped_error_rows(job, tmp_path, capsys, monkeypatch):
     code, out, _ = _export(capsys, job["path"], "--format", "coco", "--out", tmp_path / "coco",
                            "--task", "detect")
     assert code == 0
     assert f"skipped 1 error rows\n  x1: {ERROR}\n" in out
     assert "categories: 5\n" in out and "images: 5, boxes: 6\n" in out
     assert f"output: {tmp_path / 'coco' / 'annotations.json'}" in out
+    monkeypatch.chdir(tmp_path)  # a relative --out is printed as given (docs/export.md)
+    code, out, _ = _export(capsys, job["path"], "--format", "coco", "--out", "coco-out",
+                           "--task", "detect")
+    assert code == 0 and "output: coco-out/annotations.json\n" in out
     coco = json.loads((tmp_path / "coco" / "annotations.json").read_text())
 
     # Categories: the spec's labels in order (owl with no box too), then the others sorted;
