@@ -83,7 +83,7 @@ class ImageName:
     @classmethod
     def of(cls, row_id: str) -> "ImageName":
         parts = [p for p in row_id.split("/") if p not in ("", ".", "..")]
-        if not parts:
+        if not parts or "\0" in row_id:  # a NUL: no file system takes it (ArrowInvalid)
             raise ImageCopyError(f"the id {row_id!r} gives no file name")
         folders = [f"{p}_" if p == _RESERVED_FOLDER else p for p in parts[:-1]]
         suffix = PurePosixPath(parts[-1]).suffix

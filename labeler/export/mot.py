@@ -2,6 +2,7 @@
 task's boxes (a job run with `track`), one sequence folder per video:
 
     <out>/<video id>/gt/gt.txt      a line per tracked box: frame,track,x,y,w,h,1,class,1
+                                    (the id's empty, `.` and `..` parts dropped: sequence_name)
     <out>/<video id>/gt/labels.txt  the class names, one a line; class ids count from 1
     <out>/<video id>/seqinfo.ini    name, frameRate, seqLength, imWidth, imHeight (TrackEval)
     <out>/seqmap.txt                `name`, then each sequence (TrackEval's SEQMAP_FILE)
@@ -26,7 +27,7 @@ import math
 from collections.abc import Iterable
 
 from labeler.export.categories import Categories
-from labeler.export.rows import Row, TrackCount, videos_of
+from labeler.export.rows import ExportError, Row, TrackCount, videos_of
 from labeler.export.target import Target
 
 SEQMAP_FILE = "seqmap.txt"
@@ -95,19 +96,34 @@ def seqinfo(frames: list[Row]) -> str:
     return "[Sequence]\n" + "".join(f"{k}={v}\n" for k, v in fields.items() if v is not None)
 
 
+def sequence_name(video_id: str) -> str:
+    """A video's sequence folder, relative to the output: its id as a relative path, with
+    empty, `.` and `..` parts dropped (as images are named, labeler.export.images), so that
+    an id from a manifest or a tar (`../../x`, `/etc/x`) cannot write outside the output.
+    ExportError for an id that gives no folder or holds a NUL."""
+    parts = [p for p in video_id.split("/") if p not in ("", ".", "..")]
+    if not parts or "\0" in video_id:
+        raise ExportError(f"the video id {video_id!r} gives no sequence folder name")
+    return "/".join(parts)
+
+
 def write_mot(rows: Iterable[Row], categories: Categories, target: Target,
               interpolate: bool = False) -> TrackCount:
     """Write a sequence folder per video of `rows` (video frame rows, in job output order),
     then seqmap.txt; interpolate: see gt_lines."""
-    count, names = TrackCount(), []
+    count, names, taken = TrackCount(), [], set()
     labels = "".join(f"{name}\n" for name in categories.names).encode()
     for frames in videos_of(rows):
-        name = frames[0].id
+        name = sequence_name(frames[0].id)
+        if name in taken:
+            raise ExportError(f"videos {frames[0].id!r} and another before it share the "
+                              f"sequence folder {name!r}")
         text, untracked, interpolated = gt_lines(frames, categories, interpolate)
         target.write(f"{name}/gt/gt.txt", text.encode())
         target.write(f"{name}/gt/labels.txt", labels)
         target.write(f"{name}/seqinfo.ini", seqinfo(frames).encode())
         names.append(name)
+        taken.add(name)
         count.sequences += 1
         count.frames += len(frames)
         count.boxes += text.count("\n")

@@ -12,6 +12,7 @@ image is oriented once, as the phone shows it.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from dataclasses import dataclass
@@ -32,6 +33,19 @@ _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b
 # Our own limit (InputSpec.max_pixels) replaces Pillow's global one, which would warn or
 # raise with a less useful message and cannot differ between jobs in one process.
 Image.MAX_IMAGE_PIXELS = None
+
+# Pillow formats never opened: EPS is PostScript, a program that Pillow renders by running
+# Ghostscript on it (a subprocess, wherever `gs` is installed), on bytes from any input or
+# HTTP caller.
+_REFUSED_FORMATS = frozenset({"EPS"})
+
+
+@functools.cache
+def _readable_formats() -> tuple[str, ...]:
+    """Every format Pillow (and pillow-heif) opens, less _REFUSED_FORMATS."""
+    Image.init()
+    return tuple(f for f in Image.OPEN if f not in _REFUSED_FORMATS)
+
 
 # EXIF orientations 5-8 swap width and height.
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
@@ -67,7 +81,7 @@ def decode_image(data: bytes, max_pixels: int, decode_min_side: int | None = Non
     if not data:
         raise MediaError("empty file (0 bytes)")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=_readable_formats())
     except UnidentifiedImageError:
         if not HEIF_READABLE and data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
             raise MediaError("a HEIC / HEIF image, and pillow-heif, which reads them, is not "

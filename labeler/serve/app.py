@@ -157,6 +157,28 @@ def _fills_label_config(task: str, config) -> bool:
                     and task in WHOLE_IMAGE_TEXT_TASKS))
 
 
+# Labels one request may ask for, and characters in one of its texts (a label, prompt or
+# caption). A model encodes all of a request's queries at once and scores every box against
+# each (OWLv2: a (patches x queries) matrix per image), and a generative model attends over
+# all of a prompt's tokens: 10^5 labels or a prompt of megabytes, well within the body limit,
+# would hold a replica for minutes or run it out of memory, for every caller.
+MAX_REQUEST_LABELS = 1000
+MAX_REQUEST_TEXT_CHARS = 10_000
+
+
+def _check_request_size(params: Params) -> None:
+    """422 for a request's labels or texts past the limits above."""
+    if params.labels is not None and len(params.labels) > MAX_REQUEST_LABELS:
+        raise ApiError(422, f"labels: {len(params.labels)} labels, over the limit of "
+                            f"{MAX_REQUEST_LABELS} per request")
+    texts = [("labels", label) for label in params.labels or ()]
+    texts += [(name, getattr(params, name)) for name in ("prompt", "caption")]
+    for name, text in texts:
+        if text is not None and len(text) > MAX_REQUEST_TEXT_CHARS:
+            raise ApiError(422, f"{name}: a text of {len(text)} characters, over the limit "
+                                f"of {MAX_REQUEST_TEXT_CHARS}")
+
+
 def _ls_task_kind(config) -> str | None:
     """The task whose records fill a Label Studio config: boxes for a RectangleLabels or a
     VideoRectangle, OCR for a Polygon or a per-region TextArea, a caption for a TextArea
@@ -304,6 +326,7 @@ class Ingress:
 
     def _item_params(self, served: ServedModel, params: Params) -> dict:
         """Per-request parameters checked as a job spec would be (422 naming the field)."""
+        _check_request_size(params)
         try:
             variant_spec(served, params.labels, params.threshold, params.prompt)
         except ValidationError as err:
@@ -839,7 +862,7 @@ class Ingress:
         body = await read_body(request, limits.max_body_bytes, limits.body_idle_timeout_s)
         try:
             parsed = json.loads(body or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
             raise ApiError(400, f"malformed JSON body: {err}") from None
         if not isinstance(parsed, dict):
             raise ApiError(422, "the JSON body must be an object")

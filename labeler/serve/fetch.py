@@ -2,12 +2,17 @@
 machine or network (SSRF).
 
 Rules, in order:
-- only `https://` and `s3://`; never `file://`, `http://` or anything else (403);
+- only `https://` and `s3://` (that exact spelling: storage tells S3 from a local path by
+  it); never `file://`, `http://` or anything else (403);
 - https hosts must be listed in `uri.allowed_hosts`, s3 buckets in `uri.allowed_s3_buckets`
-  (403); the s3 endpoint is the operator's (AWS_ENDPOINT_URL), never the caller's;
+  (403); the s3 endpoint is the operator's (AWS_ENDPOINT_URL), never the caller's; an s3
+  key with an empty, `.` or `..` segment is refused (403): the S3 client resolves
+  `s3://allowed/../other/key` to bucket `other` before it sends the request;
 - every address the host resolves to must be a public one: loopback, private, link-local
   (cloud metadata at 169.254.169.254), shared, reserved, multicast and unspecified
-  addresses are refused (403), IPv4-mapped IPv6 included;
+  addresses are refused (403), and so are IPv6 addresses that carry an IPv4 one to a
+  translator or tunnel (IPv4-mapped and -compatible, NAT64, 6to4, SIIT): a NAT64 gateway
+  connects `64:ff9b::a00:1` to 10.0.0.1;
 - the connection goes to the address that was checked, with the host name kept for TLS
   (SNI and certificate), so a second DNS answer cannot swap in an internal address;
 - redirects are not followed (422); the body is cut off past `max_bytes` (413).
@@ -23,7 +28,7 @@ import ipaddress
 import os
 import socket
 import ssl
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pyarrow.fs as pafs
 
@@ -32,12 +37,20 @@ from labeler.serve.errors import ApiError
 from labeler.storage import filesystem_for
 
 
+# IPv6 prefixes whose addresses stand for an IPv4 address that a translator, a tunnel or the
+# host's own stack reaches: NAT64 (RFC 6052, RFC 8215), 6to4, IPv4-compatible, SIIT. Python
+# counts several of them as global, whatever IPv4 address they carry.
+IPV4_CARRYING_PREFIXES = tuple(ipaddress.ip_network(n) for n in (
+    "64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "::/96", "::ffff:0:0:0/96"))
+
+
 def check_address(address: str) -> None:
     """403 unless `address` (an IP literal) is a public unicast address."""
     ip = ipaddress.ip_address(address.split("%")[0])  # drop an IPv6 zone id
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if not ip.is_global or ip.is_multicast:
+    if (not ip.is_global or ip.is_multicast
+            or (ip.version == 6 and any(ip in net for net in IPV4_CARRYING_PREFIXES))):
         raise ApiError(403, f"uri refused: {address} is not a public address "
                             f"(loopback, private, link-local and reserved addresses are never fetched)")
 
@@ -76,11 +89,22 @@ def check_uri(uri: str, policy: UriSpec) -> tuple[str, str, int]:
         raise ApiError(422, f"malformed uri: {err}") from None
     scheme = parts.scheme.lower()
     if scheme == "s3":
+        if not uri.startswith("s3://"):
+            # The storage layer tells S3 from local paths by this exact prefix: `S3://b/..`
+            # would be read as a local path (../../etc/passwd) on this machine.
+            raise ApiError(422, "malformed uri: write the scheme in lower case: s3://")
         if not parts.netloc or not parts.path.strip("/"):
             raise ApiError(422, "malformed uri: expected s3://bucket/key")
         if parts.netloc not in policy.allowed_s3_buckets:
             raise ApiError(403, f"uri refused: bucket {parts.netloc!r} is not in the server's "
                                 f"allowed_s3_buckets")
+        # The whole key as the S3 client gets it (storage.filesystem_for: everything after
+        # the bucket, query and fragment included). The client resolves `.` and `..` before
+        # sending, so `s3://allowed/../other/key` would read bucket `other`.
+        key = uri[len("s3://") + len(parts.netloc) + 1:]
+        if any(segment in ("", ".", "..") for segment in key.split("/")):
+            raise ApiError(403, "uri refused: an s3 key with an empty, '.' or '..' segment "
+                                "may leave its bucket")
         return scheme, parts.netloc, 0
     if scheme != "https":
         raise ApiError(403, f"uri refused: scheme {scheme + '://' if scheme else '(none)'} is "
@@ -106,7 +130,10 @@ def fetch_uri(uri: str, policy: UriSpec, max_bytes: int, kind: str = "image") ->
         target += "?" + parts.query
     conn = _PinnedHTTPSConnection(host, address, port, policy.fetch_timeout_s)
     try:
-        conn.request("GET", target, headers={"Host": parts.netloc, "Accept": f"{kind}/*"})
+        # The host checked, never the netloc: it may hold userinfo (`user:password@`).
+        host_header = (f"[{host}]" if ":" in host else host) + (
+            f":{port}" if port != 443 else "")
+        conn.request("GET", target, headers={"Host": host_header, "Accept": f"{kind}/*"})
         response = conn.getresponse()
         if 300 <= response.status < 400:
             raise ApiError(422, f"uri answered a redirect (HTTP {response.status}); "
@@ -142,7 +169,7 @@ def fetch_label_studio_file(path: str, policy: UriSpec, max_bytes: int,
     operator's, never the caller's: only the path comes from the task, and only these
     paths (422 otherwise, or without a configured Label Studio)."""
     base = label_studio_url(policy)
-    if not path.startswith(LABEL_STUDIO_FILE_PATHS):
+    if not path.startswith(LABEL_STUDIO_FILE_PATHS) or _leaves_folder(path):
         raise ApiError(422, f"{path[:100]!r} is a path inside Label Studio that is not one of "
                             f"its files ({', '.join(LABEL_STUDIO_FILE_PATHS)})")
     if base is None:
@@ -175,6 +202,15 @@ def fetch_label_studio_file(path: str, policy: UriSpec, max_bytes: int,
     if len(data) > max_bytes:
         raise ApiError(413, f"{kind} at {path[:100]!r} is larger than {max_bytes} bytes")
     return data
+
+
+def _leaves_folder(path: str) -> bool:
+    """Whether a Label Studio file path could name something outside its folder: a `.` or
+    `..` segment (also percent-encoded) or a backslash before the query, which Label Studio
+    or a proxy in front of it may resolve to another of its endpoints (the request carries
+    the operator's API token)."""
+    route = unquote(path.partition("?")[0])
+    return "\\" in route or any(segment in (".", "..") for segment in route.split("/"))
 
 
 def _fetch_s3(uri: str, max_bytes: int, kind: str) -> bytes:

@@ -141,7 +141,7 @@ def _form_labels(values: list) -> list[str] | None:
         if text.startswith("["):
             try:
                 return json.loads(text)
-            except json.JSONDecodeError as err:
+            except (json.JSONDecodeError, RecursionError) as err:
                 raise ApiError(422, f"labels: not a valid JSON list: {err}") from None
         return [label.strip() for label in text.split(",") if label.strip()]
     return texts
@@ -178,7 +178,7 @@ async def parse_request(request: Request, model: type[BaseModel], max_bytes: int
             elif key in _JSON_FORM_FIELDS:
                 try:
                     fields[key] = json.loads(values[0])
-                except json.JSONDecodeError as err:
+                except (json.JSONDecodeError, RecursionError) as err:
                     raise ApiError(422, f"{key}: not valid JSON: {err}") from None
             else:
                 fields[key] = values[0]
@@ -188,7 +188,7 @@ async def parse_request(request: Request, model: type[BaseModel], max_bytes: int
                                 f"or a multipart form with the file in field `{file_field}`")
         try:
             fields = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
             raise ApiError(400, f"malformed JSON body: {err}") from None
         if not isinstance(fields, dict):
             raise ApiError(422, "the JSON body must be an object")

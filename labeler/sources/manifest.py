@@ -144,7 +144,7 @@ def _jsonl_rows(uri: str) -> tuple[list[dict], list[tuple[int, int]], str | None
                 continue
             try:
                 row = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
                 raise storage_error(uri, f"parse line {number} of the manifest", err) from None
             if not isinstance(row, dict):
                 raise storage_error(uri, f"parse line {number} of the manifest",

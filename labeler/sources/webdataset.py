@@ -142,7 +142,7 @@ def _metadata(data: bytes, ext: str, uri: str, name: str) -> dict:
         return {"caption": text.strip()}
     try:
         fields = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # nested past the parser's depth
         log.warning("%s: %s is not valid JSON; its fields are skipped", uri, name)
         return {}
     return fields if isinstance(fields, dict) else {"json": fields}

@@ -233,3 +233,22 @@ def test_mot_interpolate_fills_the_frames_between_a_tracks_boxes(tracked_job, tm
     code, _, err = _export(capsys, tracked_job, "--format", "coco", "--out", tmp_path / "c",
                            "--interpolate")
     assert code == 2 and "--interpolate applies to --format mot" in err
+
+
+def test_mot_sequence_folders_stay_inside_the_output(tmp_path, capsys):
+    """A video id is data (a manifest's `id` column, a tar member's name): `../` in it must
+    not put a sequence folder outside --out (it wrote <out>/../../escaped.mp4/gt/gt.txt)."""
+    root = tmp_path / "a" / "b" / "job"
+    rows = _frames("../../../escaped.mp4", VIDEO_A, (64, 48),
+                   [(0, [("car", 0.9, 0, 0, 10, 10)]), (10, [("car", 0.9, 1, 0, 11, 10)])], 0)
+    sink = ShardedParquetSink(root, {0: 1}, ["detect"], "fingerprint",
+                              finalize={"detect": lambda r: add_track_ids(r, TRACK)})
+    sink.add(pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA))
+    sink.finish({"rows": len(rows)})
+    out = tmp_path / "a" / "b" / "mot"
+    code, _, _ = _export(capsys, root, "--format", "mot", "--out", out)
+    assert code == 0
+    escaped = list(tmp_path.rglob("escaped.mp4"))
+    assert escaped and all(out in folder.parents for folder in escaped)
+    assert (out / "escaped.mp4/gt/gt.txt").read_text().startswith("1,1,0,0,10,10,")
+    assert (out / "seqmap.txt").read_text() == "name\nescaped.mp4\n"

@@ -95,3 +95,9 @@ def test_an_untrusted_certificate_is_refused(tls_server, monkeypatch):
     with pytest.raises(ApiError) as err:
         fetch.fetch_uri(f"https://{HOST}:{tls_server[0]}/a.jpg?v=2", POLICY, 1000)
     assert err.value.status == 422 and "CERTIFICATE_VERIFY_FAILED" in str(err.value)
+
+
+def test_the_host_header_is_the_checked_host_without_userinfo(trusted):
+    """The Host header was the URI's netloc: `user:password@host:port`, credentials and all,
+    sent to the server (which answered 404 here, its Host not HOST)."""
+    assert fetch.fetch_uri(f"https://user:pw@{HOST}:{trusted}/a.jpg?v=2", POLICY, 1000) == BODY

@@ -187,3 +187,22 @@ def test_without_pillow_heif_a_heic_says_what_to_install(tmp_path):
     assert done.stdout.splitlines() == [
         "40", "a HEIC / HEIF image, and pillow-heif, which reads them, is not installed: "
               "pip install pillow-heif"]
+
+
+def test_postscript_is_never_opened(monkeypatch):
+    """Pillow opens EPS and renders it by running Ghostscript (`gs`) on the bytes: a
+    PostScript program from any input or HTTP caller. It is refused like any non-image, and
+    no subprocess starts."""
+    import subprocess
+
+    from labeler.media.image import MediaError, decode_image
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("a subprocess was started")
+
+    monkeypatch.setattr(subprocess, "check_call", no_subprocess)
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    eps = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"
+           b"0 0 moveto 10 10 lineto stroke\nshowpage\n")
+    with pytest.raises(MediaError, match="not a recognised image format"):
+        decode_image(eps, 1_000_000)

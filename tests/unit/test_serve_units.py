@@ -157,6 +157,13 @@ POLICY = UriSpec(allowed_hosts=["img.example.org"], allowed_s3_buckets=["pics"])
     ("s3://secrets/key", 403, "bucket 'secrets'"),
     ("s3://pics/", 422, "expected s3://bucket/key"),
     ("https:///a.jpg", 422, "no host"),
+    # storage reads anything not spelled `s3://` as a local path: /etc/passwd here
+    ("S3://pics/../../../../../../../../etc/passwd", 422, "in lower case: s3://"),
+    # the S3 client resolves `..` before sending: bucket `secrets`, key `key`
+    ("s3://pics/../secrets/key", 403, "'..' segment may leave its bucket"),
+    ("s3://pics/a/./../../secrets/key", 403, "'..' segment may leave its bucket"),
+    ("s3://pics//key", 403, "empty, '.' or '..' segment"),
+    ("s3://pics/a.jpg?x=/../../secrets/key", 403, "'..' segment"),
 ])
 def test_uri_refusals(uri, status, message):
     with pytest.raises(ApiError) as err:
@@ -172,7 +179,12 @@ def test_allowed_uris():
 @pytest.mark.parametrize("address", ["127.0.0.1", "127.8.9.10", "10.0.0.5", "172.16.3.4",
                                      "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
                                      "::1", "fe80::1%eth0", "fc00::1", "::ffff:10.0.0.1",
-                                     "224.0.0.1", "255.255.255.255"])
+                                     "224.0.0.1", "255.255.255.255",
+                                     # IPv4 carried in IPv6, reached through a translator
+                                     # or tunnel: NAT64, 6to4, IPv4-compatible, SIIT
+                                     "64:ff9b::a00:1", "64:ff9b::a9fe:a9fe",
+                                     "64:ff9b:1::a00:1", "2002:a9fe:a9fe::1",
+                                     "::127.0.0.1", "::ffff:0:7f00:1"])
 def test_non_public_addresses_are_refused(address):
     with pytest.raises(ApiError, match="is not a public address"):
         check_address(address)
@@ -656,3 +668,83 @@ def test_a_replica_that_died_is_a_503_and_any_fault_a_json_500():
     response = asyncio.run(_unexpected_error(None, KeyError("x")))
     assert response.status_code == 500
     assert json.loads(response.body) == {"error": "internal server error: KeyError"}
+
+
+def test_an_s3_uri_never_reads_a_local_file(tmp_path, monkeypatch):
+    """`S3://` (not the exact `s3://` storage recognises) was read as a local path relative
+    to the working directory: `S3://pics/../../etc/passwd` returned /etc/passwd."""
+    from labeler.serve.fetch import fetch_uri
+
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"local bytes")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for uri in ("S3://pics/../../secret.png", "S3://pics/../../../" + str(secret)[1:]):
+        with pytest.raises(ApiError) as err:
+            fetch_uri(uri, POLICY, 10_000)
+        assert err.value.status == 422 and "lower case" in err.value.message
+
+
+def test_label_studio_paths_cannot_leave_its_file_folders(monkeypatch):
+    """A task's path is checked before any request: `..` (plain or percent-encoded) would
+    send the operator's Label Studio token to another of its endpoints."""
+    from labeler.serve.fetch import fetch_label_studio_file
+
+    policy = UriSpec(label_studio_url="http://127.0.0.1:9")  # nothing listens: no request
+    for path in ("/data/upload/../../api/users", "/data/upload/%2e%2e/%2E%2E/api/users",
+                 "/data/local-files/../../api/projects?d=a.jpg", "/data/upload/..\\..\\api"):
+        with pytest.raises(ApiError, match="is not one of its files") as err:
+            fetch_label_studio_file(path, policy, 10_000)
+        assert err.value.status == 422
+    with pytest.raises(ApiError, match="cannot fetch"):  # a file path: fetched
+        fetch_label_studio_file("/data/local-files/?d=../x/a.jpg", policy, 10_000)
+
+
+def test_a_requests_labels_and_texts_are_limited():
+    """10^5 labels (about a megabyte of JSON) were encoded at once by the model replica."""
+    from labeler.serve.app import MAX_REQUEST_LABELS, MAX_REQUEST_TEXT_CHARS, _check_request_size
+    from labeler.serve.inputs import Params
+
+    _check_request_size(Params(labels=[f"l{i}" for i in range(MAX_REQUEST_LABELS)]))
+    for params, message in (
+            (Params(labels=[f"l{i}" for i in range(MAX_REQUEST_LABELS + 1)]), "labels: 1001"),
+            (Params(labels=["x" * (MAX_REQUEST_TEXT_CHARS + 1)]), "labels: a text of"),
+            (Params(prompt="x" * (MAX_REQUEST_TEXT_CHARS + 1)), "prompt: a text of"),
+            (Params(caption="x" * (MAX_REQUEST_TEXT_CHARS + 1)), "caption: a text of")):
+        with pytest.raises(ApiError, match=message) as err:
+            _check_request_size(params)
+        assert err.value.status == 422
+
+
+def test_json_nested_past_the_parsers_depth_is_a_malformed_body():
+    """json.loads raises RecursionError (no JSONDecodeError) for deep nesting: it was an
+    unhandled error (500), and a job's manifest or tar .json with it stopped the job."""
+    from starlette.requests import Request
+
+    from labeler.serve.inputs import parse_request
+
+    body = b'{"labels": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    sent = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return sent.pop(0)
+
+    request = Request({"type": "http", "method": "POST", "path": "/v1/detect",
+                       "headers": [(b"content-type", b"application/json")]}, receive)
+    with pytest.raises(ApiError, match="malformed JSON body") as err:
+        asyncio.run(parse_request(request, ImageRequest, 10**7, 5.0))
+    assert err.value.status == 400
+
+
+def test_a_manifest_nested_past_the_parsers_depth_is_a_storage_error(tmp_path):
+    from labeler.sources.manifest import manifest_samples
+    from labeler.sources.webdataset import _metadata
+    from labeler.storage import StorageError
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes(b'{"path": "a.jpg", "deep": ' + deep + b"}\n")
+    with pytest.raises(StorageError, match="parse line 1 of the manifest"):
+        manifest_samples(str(manifest))
+    assert _metadata(deep, "json", "s.tar", "k.json") == {}  # skipped, as invalid JSON is
