@@ -88,7 +88,9 @@ def video_prediction(frames: list[Row], version: str, frame_rate: float,
                 tracks.setdefault(box.track_id, []).append((row, box))
     video = frames[0].video or {}
     fps, duration = video.get("fps"), video.get("duration_s")
-    counts = {"framesCount": round(duration * fps)} if fps and duration else {}
+    # framesCount at the rate the keyframes are numbered at (the project's Video frameRate,
+    # which /predict honours), so that the last keyframe lies within the video's frames.
+    counts = {"framesCount": round(duration * frame_rate)} if fps and duration else {}
     counts.update({"duration": duration} if duration else {})
     regions, scores = [], []
     for track_id in sorted(tracks):

@@ -252,3 +252,21 @@ def test_mot_sequence_folders_stay_inside_the_output(tmp_path, capsys):
     assert escaped and all(out in folder.parents for folder in escaped)
     assert (out / "escaped.mp4/gt/gt.txt").read_text().startswith("1,1,0,0,10,10,")
     assert (out / "seqmap.txt").read_text() == "name\nescaped.mp4\n"
+
+
+def test_label_studio_frames_count_is_at_the_rate_the_keyframes_are_numbered_at():
+    """A Video tag playing the video at another rate than its container's (frameRate="25"
+    in the project, as /predict honours): framesCount counts frames at that rate too, so the
+    last keyframe lies inside the video, not past framesCount."""
+    from labeler.export.label_studio_video import video_prediction
+    from labeler.export.rows import Box, Row
+
+    video = {"width": 64, "height": 48, "duration_s": 3.0, "fps": 10.0, "codec": "h264"}
+    frames = [Row("v", "v.mp4", 64, 48, (Box("car", 0.9, 0, 0, 10, 10, 1),), index, index / 10,
+                  video) for index in (0, 10, 29)]
+    at_25, _, _ = video_prediction(frames, "m", 25.0)
+    (region,) = at_25["result"]
+    assert [k["frame"] for k in region["value"]["sequence"]] == [1, 26, 73]
+    assert region["value"]["framesCount"] == 75  # 3 s at 25 frames a second
+    at_own, _, _ = video_prediction(frames, "m", 10.0)  # the export's rate: unchanged
+    assert at_own["result"][0]["value"]["framesCount"] == 30
