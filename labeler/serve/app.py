@@ -848,9 +848,15 @@ class Ingress:
                                       params)
         except ApiError as err:
             raise ApiError(err.status, f"tasks.{i}: {err.message}", err.headers) from None
-        if video.error:
+        # A video damaged part way: predicted from the frames before the damage, as the
+        # export of a job's rows is (the whole request failed, its other tasks too).
+        frames = video.records[:-1] if video.error else video.records
+        if not frames:
             raise ApiError(422, f"tasks.{i}: video cannot be used: {video.error}")
-        failed = next((r for r in video.records if r["error"]), None)
+        if video.error:
+            log.warning("tasks.%d: %s; predicted from the %d frames before it", i,
+                        video.error, len(frames))
+        failed = next((r for r in frames if r["error"]), None)
         if failed is not None:
             raise ApiError(500, f"tasks.{i}: frame {failed['frame_index']}: {failed['error']}")
         version = model_version(served.model.family, served.model.source,

@@ -291,6 +291,19 @@ def test_label_studio_video_task_gets_the_exports_prediction(url, http, videos, 
             assert x["enabled"] == y["enabled"]
             for key in ("x", "y", "width", "height"):
                 assert x[key] == pytest.approx(y[key], abs=1e-3)
+    # A video damaged part way gets the export's prediction from the frames before the
+    # damage, beside a healthy task (the whole request was a 422).
+    cut = "data:video/mp4;base64," + base64.b64encode(
+        videos["files"]["e_truncated.mp4"]).decode()
+    answer = http.post(f"{url}/predict", timeout=120, json={
+        "label_config": config, "tasks": [{"data": {"movie": data_url, "fps": 10}},
+                                          {"data": {"movie": cut, "fps": 10}}]})
+    assert answer.status_code == 200, answer.text
+    got = answer.json()["results"][1]
+    want = batch["label_studio"]["e_truncated.mp4"]["predictions"][0]
+    assert got["result"] and [[k["frame"] for k in r["value"]["sequence"]]
+                              for r in got["result"]] == [
+        [k["frame"] for k in r["value"]["sequence"]] for r in want["result"]]
     # At the config's own frame rate, frames are numbered at it: time 0.2 s is frame 6 at 25.
     fixed = config.replace('frameRate="$fps"', 'frameRate="25"')
     answer = http.post(f"{url}/predict", timeout=120, json={
