@@ -51,8 +51,17 @@ class LabelConfig:
     video_rectangle: str | None = None
 
 
+# Characters of a label_config taken (real ones are a few KB): /setup keeps 256 projects'
+# configs, which at a body's 20 MiB each would be 5 GiB of ingress memory.
+MAX_LABEL_CONFIG_CHARS = 1 << 20
+
+
 def parse_label_config(xml: str) -> LabelConfig:
-    """Label Studio's <View> XML -> LabelConfig. ValueError for XML that does not parse."""
+    """Label Studio's <View> XML -> LabelConfig. ValueError for XML that does not parse or
+    is over MAX_LABEL_CONFIG_CHARS."""
+    if len(xml) > MAX_LABEL_CONFIG_CHARS:
+        raise ValueError(f"label_config: {len(xml)} characters, over the limit of "
+                         f"{MAX_LABEL_CONFIG_CHARS}")
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as err:

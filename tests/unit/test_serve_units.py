@@ -360,6 +360,10 @@ def test_label_studio_video_frame_rate(attribute, data, probed, rate):
 def test_label_config_errors():
     with pytest.raises(ValueError, match="label_config is not valid XML"):
         parse_label_config("<View><Image")
+    big = '<View><Image name="i" value="$i"/>' + " " * (1 << 20) + "</View>"  # kept by /setup
+    with pytest.raises(ValueError, match=r"label_config: 1048617 characters, over the limit "
+                                         r"of 1048576"):
+        parse_label_config(big)
 
 
 def test_cvat_shapes():
