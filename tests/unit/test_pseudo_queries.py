@@ -124,7 +124,8 @@ def test_same_caption_same_queries_in_every_process():
                            check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
             for seed in ("1", "2", "3")}
     assert len(runs) == 1
-    assert runs.pop().startswith("['small', 'red', 'car', 'parked', 'next', 'old', 'tree', 'a small'")
+    assert runs.pop().startswith("['small', 'red', 'car', 'parked', 'next', 'old', 'tree', "
+                                 "'a small'")
 
 
 def test_a_huge_caption_is_cut_quickly():

@@ -72,7 +72,8 @@ def test_an_untracked_job_gets_tracks_without_labeling_again(untracked, tmp_path
     assert manifest["fingerprint"] == fingerprint(manifest["identity"])
     success = json.loads((out / "_SUCCESS").read_text())
     assert success["tracks"] == {"detect": 3} and Path(success["output"]) == out.resolve()
-    assert success["tasks"] == [f"{line}; track {json.dumps(spec.model_dump(exclude_defaults=True))}"]
+    tracked = json.dumps(spec.model_dump(exclude_defaults=True))
+    assert success["tasks"] == [f"{line}; track {tracked}"]
     assert not (out / "notes").exists()  # no part of the job: not copied
 
     # Tracked again from the tracked copy: its stored settings stay, those given change.
