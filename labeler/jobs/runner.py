@@ -115,12 +115,24 @@ class JobSummary:
                f"batch {self.first_result_s:.1f}s, wall {self.wall_s:.1f}s)"]
               if self.rows else []),  # nothing was left to label: no rate to give
             *self._whole_input_estimate(),
-            *(f"  error x{n}: {reason}" for reason, n in sorted(self.error_reasons.items())[:10]),
+            *self._error_lines(),
             *(f"tracks: {n} in task {task}'s videos labeled in this run"
               for task, n in self.tracks.items()),
             *(line for report in self.reports.values() for line in report_lines(report)),
             f"output: {self.output}",
         ]
+
+    def _error_lines(self, shown: int = 10) -> list[str]:
+        """The `shown` most frequent error reasons, most frequent first, and one line for
+        the rest: an error storm (thousands of truncated files, each reason naming its own
+        byte count) must neither hide its commonest reason nor print thousands of lines."""
+        ranked = sorted(self.error_reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+        lines = [f"  error x{n}: {reason}" for reason, n in ranked[:shown]]
+        rest = ranked[shown:]
+        if rest:
+            lines.append(f"  ... and {sum(n for _, n in rest)} errors of {len(rest)} other "
+                         f"reasons (every reason: error_reasons in {self.output}/_SUCCESS)")
+        return lines
 
     def _whole_input_estimate(self) -> list[str]:
         """After a subset run with a steady rate: how long every listed input would take at

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,9 @@ def _readable_formats() -> tuple[str, ...]:
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
 
 
+_BYTES_NOT_PROCESSED = re.compile(r" \(\d+ bytes not processed\)")
+
+
 class MediaError(ValueError):
     """Bytes that cannot become an image; the message is the reason stored in the error row."""
 
@@ -75,7 +79,7 @@ def decode_image(data: bytes, max_pixels: int, decode_min_side: int | None = Non
     """Decode encoded image bytes.
 
     max_pixels: images with more pixels than this raise MediaError.
-    decode_min_side: if set, JPEGs are decoded at a reduced scale whose long side is still
+    decode_min_side: if set, images are decoded at a reduced scale whose long side is still
         >= this many pixels (the stored width/height stay the full size).
     """
     if not data:
@@ -91,6 +95,7 @@ def decode_image(data: bytes, max_pixels: int, decode_min_side: int | None = Non
         raise MediaError(f"unreadable image header: {str(err).strip()}") from None
 
     raw_w, raw_h = img.size
+    raw_format = img.format
     if raw_w * raw_h > max_pixels:
         raise MediaError(
             f"image has {raw_w}x{raw_h} = {raw_w * raw_h} pixels, over the limit of {max_pixels}"
@@ -108,11 +113,22 @@ def decode_image(data: bytes, max_pixels: int, decode_min_side: int | None = Non
         if orientation != 1:  # exif_transpose copies even an upright image (0.5 ms at 720p)
             img = ImageOps.exif_transpose(img)
         img = _to_rgb(img)
+        if decode_min_side and raw_format not in ("JPEG", "MPO"):
+            # Formats Pillow cannot draft (PNG, WebP, TIFF, HEIC...) decode whole; shrink them
+            # at once by the largest whole factor that keeps decode_min_side, as a JPEG's
+            # draft does, so that no later stage (a processor's float copies) works on every
+            # pixel of a 50-megapixel PNG.
+            factor = max(img.size) // decode_min_side
+            if factor >= 2:
+                img = img.reduce(factor)
         pixels = np.asarray(img)
     except MediaError:
         raise
     except Exception as err:  # noqa: BLE001 - truncated data surfaces as OSError, SyntaxError...
-        raise MediaError(f"corrupt image data: {str(err).strip()}") from None
+        # Pillow's "image file is truncated (N bytes not processed)": the count differs from
+        # file to file, which would make every truncated file a reason of its own.
+        reason = _BYTES_NOT_PROCESSED.sub("", str(err).strip())
+        raise MediaError(f"corrupt image data: {reason}") from None
     return DecodedImage(pixels=pixels, width=width, height=height)
 
 

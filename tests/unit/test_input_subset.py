@@ -181,3 +181,17 @@ def test_a_subset_runs_summary_estimates_the_whole_input_at_its_steady_rate():
                              steady_images_per_s=3.0),
                   JobSummary(output="o", inputs=5, rows=5, steady_images_per_s=3.0)):
         assert not any("at this rate" in line for line in quiet.lines())
+
+
+def test_summary_lists_the_most_frequent_error_reasons_first_and_counts_the_rest():
+    """An error storm of many reasons: the commonest shows first (it was alphabetical, and
+    1,000 unreadable files hid behind ten rarer reasons), at most ten, then one line."""
+    from labeler.jobs.runner import JobSummary
+
+    reasons = {f"corrupt image data: reason {k:03d}": 2 for k in range(200)}
+    reasons["not a recognised image format"] = 1000
+    summary = JobSummary(output="o", inputs=1400, rows=1400, errors=1400, error_reasons=reasons)
+    lines = [line for line in summary.lines() if line.startswith("  ")]
+    assert lines[0] == "  error x1000: not a recognised image format"
+    assert len(lines) == 11
+    assert lines[-1].startswith("  ... and 382 errors of 191 other reasons")
