@@ -55,6 +55,10 @@ _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
 _BYTES_NOT_PROCESSED = re.compile(r" \(\d+ bytes not processed\)")
 
 
+# The shortest side decode_min_side's reduction of a non-JPEG leaves.
+REDUCED_SHORT_SIDE = 32
+
+
 class MediaError(ValueError):
     """Bytes that cannot become an image; the message is the reason stored in the error row."""
 
@@ -118,7 +122,9 @@ def decode_image(data: bytes, max_pixels: int, decode_min_side: int | None = Non
             # at once by the largest whole factor that keeps decode_min_side, as a JPEG's
             # draft does, so that no later stage (a processor's float copies) works on every
             # pixel of a 50-megapixel PNG.
-            factor = max(img.size) // decode_min_side
+            # A strip keeps REDUCED_SHORT_SIDE across (a 20000x20 one is not reduced to
+            # nothing; the tasks' own refusals judge it at its size).
+            factor = min(max(img.size) // decode_min_side, min(img.size) // REDUCED_SHORT_SIDE)
             if factor >= 2:
                 img = img.reduce(factor)
         pixels = np.asarray(img)
