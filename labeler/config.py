@@ -678,9 +678,10 @@ class InputSpec(_Strict):
 
 
 def decode_side_for_tasks(decode_min_side: int | None, tasks: list[TaskSpec]) -> int | None:
-    """The long side JPEGs are decoded at no less than: decode_min_side for the whole image,
-    times the largest tiling magnification, so that a tile, too, keeps decode_min_side pixels
-    across its image's long side. None (full-size decode) stays None."""
+    """The long side images are decoded (reduced) at no less than: decode_min_side for the
+    whole image, times the largest tiling magnification, so that a tile, too, keeps
+    decode_min_side pixels across its image's long side. None (full-size decode) stays
+    None."""
     if decode_min_side is None:
         return None
     factor = max((t.tiles.magnification for t in tasks if t.tiles is not None), default=1.0)
