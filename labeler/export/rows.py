@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 
 from labeler.config import SpecError
 from labeler.pseudo.filtering import reason_kind
+from labeler.sinks.parquet import MANIFEST_FILE, SUCCESS_FILE
 from labeler.storage import filesystem_for, storage_error
 
 # Task kinds whose rows carry boxes (`detections`); every other kind gives text.
@@ -38,8 +39,6 @@ READ_BATCH_ROWS = 1024
 # Distinct error reasons counted one by one; further ones are counted together, so reasons
 # that name a path each (`cannot read input: ...`) cannot grow the tally without bound.
 ERROR_REASONS_KEPT = 100
-# What a job writes first (labeler.sinks.parquet), its identity, before any shard.
-MANIFEST = "_job.json"
 # The category of boxes with an empty label (Florence-2 `<REGION_PROPOSAL>`: class-agnostic).
 UNNAMED_LABEL = "object"
 
@@ -201,7 +200,8 @@ class JobOutput:
                 raise ExportError(f"no job output at {self.uri!r}: expected a folder or s3:// "
                                   f"prefix holding <task>/part-NNNNN.parquet")
             entries = self.fs.get_file_info(pafs.FileSelector(self.path))
-            self.finished = self.fs.get_file_info(f"{self.path}/_SUCCESS").type == pafs.FileType.File
+            self.finished = (self.fs.get_file_info(f"{self.path}/{SUCCESS_FILE}").type
+                             == pafs.FileType.File)
             self.tasks = [folder for entry in sorted(entries, key=lambda e: e.path)
                           if entry.type == pafs.FileType.Directory
                           and not entry.base_name.startswith((".", "_"))
@@ -210,7 +210,7 @@ class JobOutput:
             raise storage_error(self.uri, "read the job output", err) from None
         except pa.ArrowInvalid as err:
             raise not_parquet(self.uri, err) from None
-        if not self.tasks and any(entry.base_name == MANIFEST for entry in entries):
+        if not self.tasks and any(entry.base_name == MANIFEST_FILE for entry in entries):
             raise ExportError(f"no shard is committed yet in {self.uri!r}: its job is running, "
                               f"or stopped before its first shard (a rerun resumes it)")
         if not self.tasks:
@@ -245,12 +245,21 @@ class JobOutput:
 
     def _stored_kind(self, name: str) -> str | None:
         """The kind of task `name` in the identity _job.json holds; None without one."""
+        manifest = self.manifest()
         try:
-            with self.fs.open_input_stream(f"{self.path}/{MANIFEST}") as f:
-                manifest = json.loads(f.read())
             return manifest["identity"]["tasks"][manifest["tasks"].index(name)]["task"]
-        except (FileNotFoundError, ValueError, LookupError, TypeError):
+        except (ValueError, LookupError, TypeError):
             return None
+
+    def manifest(self) -> dict | None:
+        """What _job.json holds (the job's tasks and identity, labeler.sinks.parquet); None
+        when there is none or it is not a JSON object."""
+        try:
+            with self.fs.open_input_stream(f"{self.path}/{MANIFEST_FILE}") as f:
+                manifest = json.loads(f.read())
+        except (FileNotFoundError, ValueError):
+            return None
+        return manifest if isinstance(manifest, dict) else None
 
     def pick(self, name: str | None) -> TaskFolder:
         """The task folder `name`, or with None the only one that holds boxes; ExportError

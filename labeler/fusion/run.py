@@ -41,10 +41,10 @@ from labeler.fusion.records import (FUSED_KINDS, FusionSpec, RecordFuser, distin
                                     fused_kind)
 from labeler.fusion.wbf import FusionCount
 from labeler.schemas.record import RECORD_SCHEMA
+from labeler.sinks.parquet import SUCCESS_FILE
 from labeler.storage import storage_error
 from labeler.tracking import add_track_ids, count_tracks
 
-SUCCESS = "_SUCCESS"
 # What tells an input's rows apart in a task: the input, and a video row's frame or clip.
 KEY_COLUMNS = ("id", "frame_index", "clip_start_s")
 # The columns of each task's rows that fusing reads and replaces (the first task's row is the
@@ -179,7 +179,7 @@ def run_fuse(options: FuseOptions) -> FuseSummary:
     summary = FuseSummary(settings, [source.name for source in sources], len(parts), done,
                           target.uri, finished)
     if finished:
-        with target.final(SUCCESS) as out:
+        with target.final(SUCCESS_FILE) as out:
             out.write(json.dumps(summary.report(), indent=2).encode())
     return summary
 

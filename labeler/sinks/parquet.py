@@ -44,6 +44,10 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+# The files beside the task folders: the job's identity, written first, and its summary,
+# written last (the job finished).
+MANIFEST_FILE, SUCCESS_FILE = "_job.json", "_SUCCESS"
+
 from labeler.config import SpecError
 from labeler.schemas import RECORD_SCHEMA
 from labeler.storage import filesystem_for, is_s3, storage_error
@@ -200,8 +204,8 @@ class ShardedParquetSink:
             self._existing = set() if overwrite and dry_run else self._list()
             self._check_or_write_manifest(fingerprint, identity, legacy_fingerprint,
                                           write=not dry_run)
-            if f"{self.path}/_SUCCESS" in self._existing and not dry_run:
-                self.fs.delete_file(f"{self.path}/_SUCCESS")
+            if f"{self.path}/{SUCCESS_FILE}" in self._existing and not dry_run:
+                self.fs.delete_file(f"{self.path}/{SUCCESS_FILE}")
         except OSError as err:
             raise storage_error(self.uri, "write the output to", err) from None
         self._buffers: dict[tuple[str, int], list[pa.Table]] = defaultdict(list)
@@ -252,7 +256,7 @@ class ShardedParquetSink:
     def _check_or_write_manifest(self, fingerprint: str, identity: dict | None,
                                  legacy_fingerprint: Callable[[], str] | None,
                                  write: bool = True) -> None:
-        manifest = f"{self.path}/_job.json"
+        manifest = f"{self.path}/{MANIFEST_FILE}"
         if manifest in self._existing:
             with self.fs.open_input_stream(manifest) as f:
                 stored = _json_object(f.read())
@@ -434,7 +438,7 @@ class ShardedParquetSink:
         if self._buffers or self.pending_shards():
             raise RuntimeError(f"job ended with uncommitted shards: "
                                f"{sorted(self._buffers) or sorted(self.pending_shards())}")
-        self._put(f"{self.path}/_SUCCESS", json.dumps(summary, indent=2).encode())
+        self._put(f"{self.path}/{SUCCESS_FILE}", json.dumps(summary, indent=2).encode())
 
 
 def _split_by_shard(metadata: pa.Table | None) -> dict[int, pa.Table]:

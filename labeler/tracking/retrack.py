@@ -30,10 +30,10 @@ from labeler.config import TRACKED_TASKS, SpecError, TrackingSpec, format_valida
 from labeler.export.rows import JobOutput, TaskFolder
 from labeler.export.target import Target
 from labeler.jobs.identity import fingerprint
+from labeler.sinks.parquet import MANIFEST_FILE, SUCCESS_FILE
 from labeler.storage import storage_error
 from labeler.tracking.rows import add_track_ids, count_tracks, with_track_parameters
 
-MANIFEST, SUCCESS = "_job.json", "_SUCCESS"
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,8 @@ def run_track(options: TrackOptions) -> TrackSummary:
     manifest = _manifest(job)
     if folder.name not in manifest["tasks"]:  # a folder put there, a fused task say
         raise SpecError(f"{folder.name!r} is no task of the job that wrote {job.uri!r} (its "
-                        f"{MANIFEST} names {', '.join(manifest['tasks'])}): choose one of them "
-                        f"with --task")
+                        f"{MANIFEST_FILE} names {', '.join(manifest['tasks'])}): choose one of "
+                        f"them with --task")
     k = manifest["tasks"].index(folder.name)
     identity = manifest["identity"]
     stored = identity["tasks"][k].get("track") or {}
@@ -95,15 +95,15 @@ def run_track(options: TrackOptions) -> TrackSummary:
                     target.write(relative, f.read())
         identity["tasks"][k]["track"] = spec.model_dump(exclude_defaults=True)
         manifest["fingerprint"] = fingerprint(identity)
-        target.write(MANIFEST, json.dumps(manifest, indent=2).encode())
+        target.write(MANIFEST_FILE, json.dumps(manifest, indent=2).encode())
         if job.finished:
-            with job.fs.open_input_stream(f"{job.path}/{SUCCESS}") as f:
+            with job.fs.open_input_stream(f"{job.path}/{SUCCESS_FILE}") as f:
                 summary = json.loads(f.read())
             summary["tracks"] = {**(summary.get("tracks") or {}), folder.name: tracks}
             summary["output"] = target.uri  # this copy, not the job output it came from
             summary["tasks"] = [_with_tracking(line, folder.name, spec)
                                 for line in summary.get("tasks") or []]
-            with target.final(SUCCESS) as out:
+            with target.final(SUCCESS_FILE) as out:
                 out.write(json.dumps(summary, indent=2).encode())
     except OSError as err:
         raise storage_error(job.uri, "copy the job output", err) from None
@@ -119,16 +119,16 @@ def _with_tracking(line: str, task: str, spec: TrackingSpec) -> str:
 
 
 def _manifest(job: JobOutput) -> dict:
-    path = f"{job.path}/{MANIFEST}"
     try:
-        with job.fs.open_input_stream(path) as f:
-            manifest = json.loads(f.read())
-    except (OSError, ValueError):
-        raise SpecError(f"{job.uri!r} holds no readable {MANIFEST}, so it is not a labeler "
-                        f"job output as written") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("identity"), dict):
-        raise SpecError(f"{job.uri!r} was written by an older labeler (its {MANIFEST} holds "
-                        f"no job identity): run the job again with --track")
+        manifest = job.manifest()
+    except OSError:
+        manifest = None
+    if manifest is None:
+        raise SpecError(f"{job.uri!r} holds no readable {MANIFEST_FILE}, so it is not a "
+                        f"labeler job output as written")
+    if not isinstance(manifest.get("identity"), dict):
+        raise SpecError(f"{job.uri!r} was written by an older labeler (its {MANIFEST_FILE} "
+                        f"holds no job identity): run the job again with --track")
     return manifest
 
 
