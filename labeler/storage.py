@@ -105,6 +105,17 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+def comparable_path(uri: str) -> str:
+    """A location as two are compared (path_within): an S3 URI without its trailing '/', a
+    local path absolute with its links and '..' resolved."""
+    return uri.rstrip("/") if is_s3(uri) else os.path.realpath(uri).rstrip("/") or "/"
+
+
+def path_within(path: str, folder: str) -> bool:
+    """Whether comparable `path` is `folder` or lies below it."""
+    return (path + "/").startswith(folder.rstrip("/") + "/")
+
+
 def redact(text: str) -> str:
     """`text` with the values of the credential variables replaced by '***'."""
     for name in SECRET_ENV_VARS:

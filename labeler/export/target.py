@@ -11,7 +11,6 @@ interrupted export.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -19,7 +18,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from labeler.export.rows import ExportError
-from labeler.storage import filesystem_for, is_s3, storage_error
+from labeler.storage import (comparable_path, filesystem_for, is_s3, path_within,
+                             storage_error)
 
 
 class Target:
@@ -44,8 +44,8 @@ class Target:
         """Refuse the job output itself or a folder inside it: what is written there would
         read as part of the job (a task folder to its readers, files `labeler track` copies),
         and --overwrite would delete the job's files."""
-        out, job = _compared(self.uri), _compared(job_uri)
-        if is_s3(job_uri) == self.s3 and _within(out, job):
+        out, job = comparable_path(self.uri), comparable_path(job_uri)
+        if is_s3(job_uri) == self.s3 and path_within(out, job):
             where = "is" if out == job else "is inside"
             raise ExportError(f"--out {self.uri!r} {where} the job output {job_uri!r}: choose "
                               f"a folder outside it")
@@ -59,7 +59,8 @@ class Target:
         if not overwrite:
             raise ExportError(f"--out {self.uri!r} is not empty; pass --overwrite to replace "
                               f"its contents or choose another folder")
-        if is_s3(job_uri) == self.s3 and _within(_compared(job_uri), _compared(self.uri)):
+        if is_s3(job_uri) == self.s3 and path_within(comparable_path(job_uri),
+                                                     comparable_path(self.uri)):
             raise ExportError(f"--out {self.uri!r} holds the job output {job_uri!r}; "
                               f"--overwrite would delete it: choose another folder")
 
@@ -115,13 +116,3 @@ class Target:
         except OSError as err:
             raise storage_error(self.uri, f"write {relative} to", err) from None
 
-
-def _compared(uri: str) -> str:
-    """The path of `uri` as locations are compared: a local one with its links resolved."""
-    _, path = filesystem_for(uri)
-    return path.rstrip("/") if is_s3(uri) else os.path.realpath(path)
-
-
-def _within(path: str, folder: str) -> bool:
-    """`path` is `folder` or below it."""
-    return (path + "/").startswith(folder.rstrip("/") + "/")

@@ -36,7 +36,8 @@ from labeler.pseudo.report import pseudo_label_report, report_lines, write_repor
 from labeler.sinks.parquet import MissingParts, ShardedParquetSink
 from labeler.sources import plan_source
 from labeler.sources.files import names_one_file
-from labeler.storage import check_model_sources, is_s3, worker_env
+from labeler.storage import (check_model_sources, comparable_path, is_s3, path_within,
+                             worker_env)
 
 log = logging.getLogger(__name__)
 
@@ -302,25 +303,23 @@ def check_input_apart_from_output(input_path: str, output_path: str) -> None:
     (manifests, a recursive glob's matches) as inputs."""
     if is_s3(input_path) != is_s3(output_path):
         return
-    listed, output = _comparable(input_path), _comparable(output_path)
+    listed, output = _comparable(input_path), comparable_path(output_path)
     is_file = names_one_file(input_path)
-    if listed == output or (listed + "/").startswith(output + "/"):
+    if path_within(listed, output):
         raise SpecError(f"output.path: {output_path!r} holds the input {input_path!r}; "
                         f"--overwrite would delete it: write the output elsewhere")
-    if not is_file and (output + "/").startswith(listed + "/"):
+    if not is_file and path_within(output, listed):
         raise SpecError(f"output.path: {output_path!r} lies inside the input {input_path!r}; "
                         f"a later run would list its files as inputs: write the output "
                         f"outside it")
 
 
 def _comparable(path: str) -> str:
-    """A path as compared: S3 without the trailing '/'; local resolved (links, '..'), and a
-    glob cut to the folder before its first wildcard."""
-    if is_s3(path):
-        return path.rstrip("/")
-    if glob.has_magic(path):
+    """An input path as compared (labeler.storage.comparable_path), a local glob cut to the
+    folder before its first wildcard."""
+    if not is_s3(path) and glob.has_magic(path):
         path = os.path.dirname(re.split(r"[*?\[]", path, maxsplit=1)[0] + "x")
-    return os.path.realpath(path).rstrip("/") or "/"
+    return comparable_path(path)
 
 
 def _local_gpus(spec: JobSpec) -> float:
