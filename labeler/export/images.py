@@ -72,6 +72,15 @@ class ImageCopyError(Exception):
     """A row whose image cannot be exported; the message is the reason."""
 
 
+def relative_parts(row_id: str) -> list[str] | None:
+    """An id (a manifest's or a tar's: user data) as the parts of a path relative to an
+    export's output: its empty, `.` and `..` parts dropped, so `../../x` or `/etc/x` cannot
+    write outside it; None when nothing is left or it holds a NUL (no file system takes
+    one)."""
+    parts = [p for p in row_id.split("/") if p not in ("", ".", "..")]
+    return parts if parts and "\0" not in row_id else None
+
+
 @dataclass(frozen=True)
 class ImageName:
     """key: the id as a relative path without its image suffix; suffix: that suffix as the
@@ -82,8 +91,8 @@ class ImageName:
 
     @classmethod
     def of(cls, row_id: str) -> "ImageName":
-        parts = [p for p in row_id.split("/") if p not in ("", ".", "..")]
-        if not parts or "\0" in row_id:  # a NUL: no file system takes it (ArrowInvalid)
+        parts = relative_parts(row_id)
+        if parts is None:
             raise ImageCopyError(f"the id {row_id!r} gives no file name")
         folders = [f"{p}_" if p == _RESERVED_FOLDER else p for p in parts[:-1]]
         suffix = PurePosixPath(parts[-1]).suffix

@@ -27,6 +27,7 @@ import math
 from collections.abc import Iterable
 
 from labeler.export.categories import Categories
+from labeler.export.images import relative_parts
 from labeler.export.rows import ExportError, Row, TrackCount, videos_of
 from labeler.export.target import Target
 
@@ -97,12 +98,11 @@ def seqinfo(frames: list[Row]) -> str:
 
 
 def sequence_name(video_id: str) -> str:
-    """A video's sequence folder, relative to the output: its id as a relative path, with
-    empty, `.` and `..` parts dropped (as images are named, labeler.export.images), so that
-    an id from a manifest or a tar (`../../x`, `/etc/x`) cannot write outside the output.
-    ExportError for an id that gives no folder or holds a NUL."""
-    parts = [p for p in video_id.split("/") if p not in ("", ".", "..")]
-    if not parts or "\0" in video_id:
+    """A video's sequence folder, relative to the output: its id as a relative path that
+    stays inside it (labeler.export.images.relative_parts, as images are named).
+    ExportError for an id that gives no folder."""
+    parts = relative_parts(video_id)
+    if parts is None:
         raise ExportError(f"the video id {video_id!r} gives no sequence folder name")
     return "/".join(parts)
 
