@@ -154,3 +154,16 @@ def test_a_manifest_without_images_or_uris_names_both_options(tmp_path):
     with pytest.raises(StorageError, match=r"no URI column \(one of uri, .*\) and no image bytes "
                                            r"\(Parquet: one of image, .*; JSONL: image_base64\)"):
         plan_source(str(tmp_path / "m.parquet"), 4)
+
+
+def test_a_manifest_nested_past_the_parsers_depth_is_a_storage_error(tmp_path):
+    from labeler.sources.manifest import manifest_samples
+    from labeler.sources.webdataset import _metadata
+    from labeler.storage import StorageError
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes(b'{"path": "a.jpg", "deep": ' + deep + b"}\n")
+    with pytest.raises(StorageError, match="parse line 1 of the manifest"):
+        manifest_samples(str(manifest))
+    assert _metadata(deep, "json", "s.tar", "k.json") == {}  # skipped, as invalid JSON is

@@ -739,16 +739,3 @@ def test_json_nested_past_the_parsers_depth_is_a_malformed_body():
     with pytest.raises(ApiError, match="malformed JSON body") as err:
         asyncio.run(parse_request(request, ImageRequest, 10**7, 5.0))
     assert err.value.status == 400
-
-
-def test_a_manifest_nested_past_the_parsers_depth_is_a_storage_error(tmp_path):
-    from labeler.sources.manifest import manifest_samples
-    from labeler.sources.webdataset import _metadata
-    from labeler.storage import StorageError
-
-    deep = b"[" * 100_000 + b"]" * 100_000
-    manifest = tmp_path / "m.jsonl"
-    manifest.write_bytes(b'{"path": "a.jpg", "deep": ' + deep + b"}\n")
-    with pytest.raises(StorageError, match="parse line 1 of the manifest"):
-        manifest_samples(str(manifest))
-    assert _metadata(deep, "json", "s.tar", "k.json") == {}  # skipped, as invalid JSON is
