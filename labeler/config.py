@@ -639,7 +639,8 @@ class InputSpec(_Strict):
     # Decompression-bomb guard: images with more pixels are refused with an error row.
     max_pixels: int = Field(100_000_000, ge=1)
     # JPEGs are decoded at the largest power-of-two reduction (Pillow's draft mode) whose
-    # long side stays >= this many pixels; null decodes at full size. 1008 is the largest
+    # long side stays >= this many pixels, other formats decoded whole then reduced by the
+    # largest whole factor that keeps it (labeler.media.image); null: full size. 1008 is the largest
     # model input (OWLv2 L/14), so the model sees no less detail than it can use. A job
     # with tiled tasks decodes larger (decode_side_for_tasks), so each tile keeps it.
     decode_min_side: int | None = Field(1008, ge=1)
