@@ -99,8 +99,9 @@ _ERROR_DOC = {status: {"model": ErrorBody, "description": meaning} for status, m
     (408, "the body stalled"), (413, "body, image or video over the server's limits"),
     (415, "unsupported content type"), (422, "invalid request, or an image or video that "
                                               "cannot be used"),
+    (502, "a uri's server (https, S3, Label Studio) failed or refused the connection"),
     (503, "the model's queue is full (Retry-After)"),
-    (504, "the model did not answer in time"))}
+    (504, "the model, or a uri's server, did not answer in time"))}
 
 api = FastAPI(
     title="labeler online API",

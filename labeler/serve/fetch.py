@@ -17,6 +17,11 @@ Rules, in order:
   (SNI and certificate), so a second DNS answer cannot swap in an internal address;
 - redirects are not followed (422); the body is cut off past `max_bytes` (413).
 
+A fetch that fails is the caller's to mend (422: the URI names nothing, a 4xx from its
+server, a certificate that does not verify) or not (502: its server answered 5xx, refused or
+dropped the connection, or S3 failed; 504: it did not answer within fetch_timeout_s), so a
+client retries the 5xx ones and not the others.
+
 Files inside Label Studio (a task's `/data/upload/...`) come from the operator's Label
 Studio only (fetch_label_studio_file): its address is configured, never the caller's.
 """
@@ -60,7 +65,9 @@ def resolve_public(host: str, port: int) -> str:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as err:
-        raise ApiError(422, f"uri host {host!r} does not resolve: {err.strerror}") from None
+        # EAI_AGAIN: the name server failed, not the name.
+        raise ApiError(502 if err.errno == socket.EAI_AGAIN else 422,
+                       f"uri host {host!r} does not resolve: {err.strerror}") from None
     addresses = [info[4][0] for info in infos]
     for address in addresses:
         check_address(address)
@@ -139,10 +146,12 @@ def fetch_uri(uri: str, policy: UriSpec, max_bytes: int, kind: str = "image") ->
             raise ApiError(422, f"uri answered a redirect (HTTP {response.status}); "
                                 f"redirects are not followed, give the final URI")
         if response.status != 200:
-            raise ApiError(422, f"uri answered HTTP {response.status} {response.reason}")
+            raise ApiError(_status_for_answer(response.status),
+                           f"uri answered HTTP {response.status} {response.reason}")
         data = response.read(max_bytes + 1)
     except (OSError, http.client.HTTPException) as err:
-        raise ApiError(422, f"cannot fetch uri: {type(err).__name__}: {err}") from None
+        raise ApiError(_status_for_failure(err),
+                       f"cannot fetch uri: {type(err).__name__}: {err}") from None
     finally:
         conn.close()
     if len(data) > max_bytes:
@@ -189,19 +198,40 @@ def fetch_label_studio_file(path: str, policy: UriSpec, max_bytes: int,
         conn.request("GET", path, headers=headers)
         response = conn.getresponse()
         if response.status != 200:
-            raise ApiError(422, f"Label Studio answered HTTP {response.status} "
+            # 401/403: the operator's token is wrong, not the task (502).
+            status = 502 if response.status in (401, 403) else _status_for_answer(
+                response.status)
+            raise ApiError(status, f"Label Studio answered HTTP {response.status} "
                                 f"{response.reason} for {path[:100]!r}"
                                 + (f" (is {LABEL_STUDIO_KEY_ENV} a valid token?)"
                                    if response.status in (401, 403) else ""))
         data = response.read(max_bytes + 1)
     except (OSError, http.client.HTTPException) as err:
-        raise ApiError(422, f"cannot fetch {path[:100]!r} from Label Studio at {base}: "
+        raise ApiError(_status_for_failure(err),
+                       f"cannot fetch {path[:100]!r} from Label Studio at {base}: "
                             f"{type(err).__name__}: {err}") from None
     finally:
         conn.close()
     if len(data) > max_bytes:
         raise ApiError(413, f"{kind} at {path[:100]!r} is larger than {max_bytes} bytes")
     return data
+
+
+def _status_for_answer(status: int) -> int:
+    """The status for a fetched server's non-200 answer: its 5xx are its own failure (502),
+    its 4xx say the URI names nothing usable (422)."""
+    return 502 if status >= 500 else 422
+
+
+def _status_for_failure(err: Exception) -> int:
+    """The status for a fetch that got no answer: 504 for a timeout, 422 for a certificate
+    that does not verify (retrying will not change it), 502 for any other failure of the
+    connection (refused, reset, a malformed answer)."""
+    if isinstance(err, TimeoutError):
+        return 504
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return 422
+    return 502
 
 
 def _leaves_folder(path: str) -> bool:
@@ -224,5 +254,5 @@ def _fetch_s3(uri: str, max_bytes: int, kind: str) -> bytes:
                                 f"{max_bytes}")
         with fs.open_input_stream(path) as f:
             return f.read()
-    except OSError as err:
-        raise ApiError(422, f"cannot fetch uri: {err}") from None
+    except OSError as err:  # the store's failure (unreachable, denied, throttled)
+        raise ApiError(502, f"cannot fetch uri: {err}") from None

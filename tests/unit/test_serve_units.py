@@ -646,7 +646,7 @@ def test_openapi_documents_the_error_body_the_server_sends():
     assert "HTTPValidationError" not in spec["components"]["schemas"]
     for path in ("/v1/detect", "/v1/caption", "/v1/annotate", "/v1/video", "/predict"):
         responses = spec["paths"][path]["post"]["responses"]
-        for status in ("400", "413", "422", "503"):
+        for status in ("400", "413", "422", "502", "503"):
             schema = responses[status]["content"]["application/json"]["schema"]
             assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (path, status)
 
@@ -739,3 +739,55 @@ def test_json_nested_past_the_parsers_depth_is_a_malformed_body():
     with pytest.raises(ApiError, match="malformed JSON body") as err:
         asyncio.run(parse_request(request, ImageRequest, 10**7, 5.0))
     assert err.value.status == 400
+
+
+def test_label_studio_fetch_failures_say_whose_they_are(monkeypatch):
+    """A file Label Studio lacks is the task's fault (422); a refused token, Label Studio's
+    own error or no Label Studio at all is the server's side (502), which a client retries."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from labeler.serve.fetch import fetch_label_studio_file
+
+    class Files(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_error({"/data/upload/1/a.jpg": 404, "/data/upload/1/b.jpg": 401}.get(
+                self.path, 500))
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        policy = UriSpec(label_studio_url=f"http://127.0.0.1:{server.server_port}")
+        for path, status, says in (("/data/upload/1/a.jpg", 422, "HTTP 404"),
+                                   ("/data/upload/1/b.jpg", 502, "a valid token"),
+                                   ("/data/upload/1/c.jpg", 502, "HTTP 500")):
+            with pytest.raises(ApiError, match=says) as err:
+                fetch_label_studio_file(path, policy, 10_000)
+            assert err.value.status == status, (path, err.value.message)
+    finally:
+        server.shutdown()
+    with pytest.raises(ApiError, match="ConnectionRefusedError") as err:
+        fetch_label_studio_file("/data/upload/1/a.jpg",
+                                UriSpec(label_studio_url="http://127.0.0.1:9"), 10_000)
+    assert err.value.status == 502
+
+
+def test_an_s3_store_that_cannot_be_reached_is_a_502(monkeypatch):
+    """The bucket is the operator's (allowed_s3_buckets, AWS_ENDPOINT_URL): its failure is
+    not the caller's to mend."""
+    import socket
+
+    from labeler.serve.fetch import fetch_uri
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    with pytest.raises(ApiError, match="cannot fetch uri") as err:
+        fetch_uri("s3://photos/a.jpg", UriSpec(allowed_s3_buckets=["photos"]), 10_000)
+    assert err.value.status == 502
