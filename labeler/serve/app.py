@@ -57,7 +57,7 @@ from labeler.serve.auth import is_authorized
 from labeler.serve.config import ServedModel, ServeSpec
 from labeler.serve.errors import ApiError
 from labeler.serve.fetch import (LABEL_STUDIO_KEY_ENV, LABEL_STUDIO_URL_ENV, check_uri,
-                                 fetch_label_studio_file, fetch_uri)
+                                 fetch_label_studio_file, fetch_uri, s3_object_size)
 from labeler.serve.formats import (cvat_shapes, drawn_rectangles, label_studio_prediction,
                                    model_version, parse_label_config, percent_to_pixels)
 from labeler.serve.inputs import (AnnotateRequest, ExampleBox, ImageRequest, Params,
@@ -602,8 +602,12 @@ class Ingress:
         """What a video request's `uri` gives video_rows: an s3:// URI as it is, read by
         range as a job reads it (never held whole past VIDEO_READ_WHOLE_BYTES, so
         max_video_bytes does not apply), an https one's bytes, fetched under
-        max_video_bytes. 403 / 422 for a URI the server may not fetch."""
+        max_video_bytes. 403 / 422 for a URI the server may not fetch, 502 / 504 when its
+        server fails."""
         if check_uri(uri, self.spec.uri)[0] == "s3":
+            # Asked first, so that a store that fails is a 502, not a video that cannot
+            # be used (422).
+            await asyncio.to_thread(s3_object_size, uri)
             return uri
         return await asyncio.to_thread(fetch_uri, uri, self.spec.uri,
                                        self.spec.limits.max_video_bytes, "video")

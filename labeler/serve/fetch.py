@@ -243,16 +243,26 @@ def _leaves_folder(path: str) -> bool:
     return "\\" in route or any(segment in (".", "..") for segment in route.split("/"))
 
 
-def _fetch_s3(uri: str, max_bytes: int, kind: str) -> bytes:
+def s3_object_size(uri: str) -> int | None:
+    """The size in bytes of the object at an (already checked) s3:// uri: 422 when there
+    is none, 502 when the store fails (unreachable, denied, throttled)."""
     fs, path = filesystem_for(uri)
     try:
         info = fs.get_file_info(path)
-        if info.type != pafs.FileType.File:
-            raise ApiError(422, f"no object at {uri}")
-        if info.size is not None and info.size > max_bytes:
-            raise ApiError(413, f"{kind} at uri has {info.size} bytes, over the limit of "
-                                f"{max_bytes}")
+    except OSError as err:
+        raise ApiError(502, f"cannot fetch uri: {err}") from None
+    if info.type != pafs.FileType.File:
+        raise ApiError(422, f"no object at {uri}")
+    return info.size
+
+
+def _fetch_s3(uri: str, max_bytes: int, kind: str) -> bytes:
+    size = s3_object_size(uri)
+    if size is not None and size > max_bytes:
+        raise ApiError(413, f"{kind} at uri has {size} bytes, over the limit of {max_bytes}")
+    fs, path = filesystem_for(uri)
+    try:
         with fs.open_input_stream(path) as f:
             return f.read()
-    except OSError as err:  # the store's failure (unreachable, denied, throttled)
+    except OSError as err:
         raise ApiError(502, f"cannot fetch uri: {err}") from None
