@@ -704,6 +704,19 @@ class OutputSpec(_Strict):
         return self
 
 
+def _options_off_when_unset(*specs: type[BaseModel]) -> frozenset[str]:
+    """The names of the specs' option groups that are off unless set (`track`, `tiles`,
+    `clip`, `subset`: a model or None, None by default)."""
+    return frozenset(
+        name for spec in specs for name, field in spec.model_fields.items()
+        if field.default is None
+        and any(isinstance(arg, type) and issubclass(arg, BaseModel)
+                for arg in get_args(field.annotation)))
+
+
+OPTIONS_OFF_WHEN_UNSET = _options_off_when_unset(TaskSpec, InputSpec)
+
+
 class RaySpec(_Strict):
     address: str | None = Field(None, description="None starts a local Ray; 'auto' joins a cluster")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (default: all)")

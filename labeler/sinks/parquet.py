@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 # written last (the job finished).
 MANIFEST_FILE, SUCCESS_FILE = "_job.json", "_SUCCESS"
 
-from labeler.config import SpecError
+from labeler.config import OPTIONS_OFF_WHEN_UNSET, SpecError
 from labeler.schemas import RECORD_SCHEMA
 from labeler.storage import filesystem_for, is_s3, storage_error
 
@@ -77,13 +77,48 @@ def describe_differences(stored: dict | None, current: dict | None) -> str:
                        f"inputs: other files, ids or prompts ({now:,} both times)")
     old_fields, new_fields = _flatten(stored), _flatten(current)
     keys = old_fields.keys() | new_fields.keys()
+    named_off = set()
     for key in sorted(keys):
+        off = _option_off_on_one_side(key, old_fields, new_fields)
+        if off is not None:
+            if off not in named_off:  # once for the option, not for each of its fields
+                named_off.add(off)
+                before, now = _subtree(stored, off), _subtree(current, off)
+                reasons.append(f"{off}: {_shown_option(before)} there, "
+                               f"{_shown_option(now)} now")
+            continue
         before, now = old_fields.get(key, _DEFAULT), new_fields.get(key, _DEFAULT)
         if {} in (before, now) and any(k.startswith(f"{key}.") for k in keys):
             continue  # `track: {}` against `track: {max_missed: 5}`: set both times
         if before != now:
             reasons.append(f"{key}: {_shown(before)} there, {_shown(now)} now")
     return "; ".join(reasons) or "other inputs or task parameters"
+
+
+def _option_off_on_one_side(key: str, *sides: dict[str, object]) -> str | None:
+    """The option (an OPTIONS_OFF_WHEN_UNSET name, as "tasks.0.track") holding flattened
+    `key` that one side leaves out altogether (off there: `track.max_missed` left out is not
+    at its default but tracking not done); None for any other key."""
+    parts = key.split(".")
+    for end in range(1, len(parts) + 1):
+        if parts[end - 1] in OPTIONS_OFF_WHEN_UNSET:
+            option = ".".join(parts[:end])
+            present = [any(k == option or k.startswith(f"{option}.") for k in side)
+                       for side in sides]
+            return option if present.count(True) == 1 else None
+    return None
+
+
+def _subtree(tree, dotted: str):
+    """The value at a dotted path of a nested identity ("tasks.0.track"); _DEFAULT if absent."""
+    for part in dotted.split("."):
+        if isinstance(tree, list) and part.isdigit() and int(part) < len(tree):
+            tree = tree[int(part)]
+        elif isinstance(tree, dict) and part in tree:
+            tree = tree[part]
+        else:
+            return _DEFAULT
+    return tree
 
 
 def _json_object(data: bytes) -> dict | None:
@@ -100,6 +135,12 @@ _DEFAULT = object()  # a field left out of an identity: at its default
 
 def _shown(value) -> str:
     return "the default" if value is _DEFAULT else repr(value)
+
+
+def _shown_option(value) -> str:
+    if value is _DEFAULT:
+        return "off"
+    return "on, with its defaults" if value == {} else f"on, {value!r}"
 
 
 def _flatten(tree, prefix: str = "") -> dict[str, object]:

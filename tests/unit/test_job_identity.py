@@ -108,7 +108,17 @@ def test_differences_name_nested_fields_and_inputs():
     # An option turned on with its defaults is named too.
     assert describe_differences({"tasks": [{"task": "detect", "track": {}}]},
                                 {"tasks": [{"task": "detect"}]}) == (
-        "tasks.0.track: {} there, the default now")
+        "tasks.0.track: on, with its defaults there, off now")
+    # An option left out is off, not at its defaults: once, for the whole option (it was
+    # "tasks.0.track.iou: 0.2 there, the default now; tasks.0.track.max_missed: ...").
+    tracked = {"input": {"subset": {"fraction": 0.1}},
+               "tasks": [{"task": "detect", "track": {"max_missed": 5, "iou": 0.2}}]}
+    assert describe_differences(tracked, {"input": {}, "tasks": [{"task": "detect"}]}) == (
+        "input.subset: on, {'fraction': 0.1} there, off now; "
+        "tasks.0.track: on, {'max_missed': 5, 'iou': 0.2} there, off now")
+    assert describe_differences({"tasks": [{"task": "detect"}]}, tracked) == (
+        "input.subset: off there, on, {'fraction': 0.1} now; "
+        "tasks.0.track: off there, on, {'max_missed': 5, 'iou': 0.2} now")
     # Set both times, with its defaults once: only the field set is named.
     tuned = {"tasks": [{"task": "detect", "track": {"max_missed": 5}}]}
     defaults = {"tasks": [{"task": "detect", "track": {}}]}
