@@ -50,7 +50,7 @@ from labeler.export.rows import BOX_TASKS
 from labeler.fusion.records import (FUSED_KINDS, FusionSpec, RecordFuser, distinct_names,
                                     fused_kind)
 from labeler.fusion.wbf import FusionCount
-from labeler.media.image import MediaError, decode_image
+from labeler.media.image import MediaError, decode_image, header_pixels
 from labeler.models.base import Example, ExampleImage
 from labeler.schemas import Record
 from labeler.serve.auth import is_authorized
@@ -63,7 +63,7 @@ from labeler.serve.formats import (cvat_shapes, drawn_rectangles, label_studio_p
 from labeler.serve.inputs import (AnnotateRequest, ExampleBox, ImageRequest, Params,
                                   VideoRequest, bytes_or_uri, check_example_boxes, decode_base64,
                                   image_bytes_or_uri, parse_request)
-from labeler.serve.limits import RETRY_AFTER_S, call_with_limits, read_body
+from labeler.serve.limits import RETRY_AFTER_S, PixelBudget, call_with_limits, read_body
 from labeler.serve.model import Item, ModelServer
 from labeler.serve.variants import variant_spec
 from labeler.serve.video import (LabeledVideo, label_studio_video_prediction, label_video,
@@ -290,6 +290,7 @@ class Ingress:
         self.label_configs: dict[str, str] = {}
         self.ready_models: dict[str, dict] = {}  # each model's first answer to `ready`
         self.videos_running = 0
+        self.decoding = PixelBudget(self.spec.limits.max_decoding_pixels)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -374,20 +375,24 @@ class Ingress:
         limits = self.spec.limits
         if data is None:
             data = await asyncio.to_thread(fetch_uri, uri, self.spec.uri, limits.max_body_bytes)
-        start = time.perf_counter()
-        try:
-            decoded = await asyncio.to_thread(decode_image, data, limits.max_pixels,
-                                              decode_side_for_tasks(limits.decode_min_side,
-                                                                    served))
-        except MediaError as err:
-            raise ApiError(422, f"image cannot be used: {err}") from None
+        pixels = header_pixels(data) or 0
+        # An image over max_pixels is refused from its header: it need not wait its turn.
+        async with self.decoding.hold(pixels if pixels <= limits.max_pixels else 0):
+            start = time.perf_counter()
+            try:
+                decoded = await asyncio.to_thread(decode_image, data, limits.max_pixels,
+                                                  decode_side_for_tasks(limits.decode_min_side,
+                                                                        served))
+            except MediaError as err:
+                raise ApiError(422, f"image cannot be used: {err}") from None
+            decode_ms = (time.perf_counter() - start) * 1000.0
         height, width = decoded.pixels.shape[:2]
         for model in served:  # before the image reaches a replica that cannot take it
             refusal = registry.input_refusal(model, width, height, limits.max_pixels)
             if refusal is not None:
                 raise ApiError(422, f"image cannot be used by model {model.served_name!r}: "
                                     f"{refusal}")
-        return decoded, (time.perf_counter() - start) * 1000.0
+        return decoded, decode_ms
 
     async def _drawn_on(self, params: dict, request: Params, served: ServedModel, decoded,
                         where: str = "") -> dict:

@@ -177,6 +177,10 @@ class LimitsSpec(_Strict):
     body_idle_timeout_s: float = Field(30.0, gt=0)
     # 50 megapixels: larger than any camera image people label, far below a decompression bomb.
     max_pixels: int = Field(50_000_000, ge=1)
+    # Pixels an ingress replica decodes at once (its images' width x height, from their
+    # headers); more wait their turn. 200 megapixels: 16 camera images of 12 MP at once, or
+    # 4 at max_pixels, ~3 GB of decoding memory at most.
+    max_decoding_pixels: int = Field(200_000_000, ge=1)
     # As in a job (InputSpec.decode_min_side), so both decode an image to the same pixels.
     decode_min_side: int | None = Field(1008, ge=1)
     # Video requests (/v1/video, Label Studio video tasks). 512 MiB: 9 minutes of 1080p H.264

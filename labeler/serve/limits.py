@@ -9,6 +9,8 @@ caller when to retry instead of letting requests pile up.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from contextlib import asynccontextmanager
 
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
@@ -69,3 +71,47 @@ async def call_with_limits(response, timeout_s: float, model: str):
         raise ApiError(503, f"model {model!r}: the replica answering stopped "
                             f"({type(err).__name__}); Serve restarts it, retry in "
                             f"{RETRY_AFTER_S} s", {"Retry-After": str(RETRY_AFTER_S)}) from None
+
+
+class PixelBudget:
+    """At most `budget` image pixels being decoded at once (one ingress replica's): decoding
+    holds several bytes a pixel (a 49-megapixel PNG peaked at 750 MB), and the thread pool
+    runs cores + 4 decodes at once. A decode over the budget waits its turn, first come
+    first served, instead of failing; one image over the whole budget waits for it all."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.in_use = 0
+        self._waiting: deque[tuple[int, asyncio.Future]] = deque()
+
+    @asynccontextmanager
+    async def hold(self, pixels: int):
+        pixels = min(pixels, self.budget)
+        await self._acquire(pixels)
+        try:
+            yield
+        finally:
+            self.in_use -= pixels
+            self._grant()
+
+    async def _acquire(self, pixels: int) -> None:
+        if not self._waiting and self.in_use + pixels <= self.budget:
+            self.in_use += pixels
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append((pixels, turn))
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # granted as it was cancelled
+                self.in_use -= pixels
+            else:
+                self._waiting.remove((pixels, turn))
+            self._grant()
+            raise
+
+    def _grant(self) -> None:
+        while self._waiting and self.in_use + self._waiting[0][0] <= self.budget:
+            pixels, turn = self._waiting.popleft()
+            self.in_use += pixels
+            turn.set_result(None)

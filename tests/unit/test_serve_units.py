@@ -791,3 +791,94 @@ def test_an_s3_store_that_cannot_be_reached_is_a_502(monkeypatch):
     with pytest.raises(ApiError, match="cannot fetch uri") as err:
         fetch_uri("s3://photos/a.jpg", UriSpec(allowed_s3_buckets=["photos"]), 10_000)
     assert err.value.status == 502
+
+
+def test_a_pixel_budget_lets_decodes_in_first_come_first_served():
+    """Decodes over the budget wait; a large image is not passed over by small ones that
+    would fit beside the decodes running; a cancelled wait gives its turn on."""
+    from labeler.serve.limits import PixelBudget
+
+    async def scenario():
+        budget, order = PixelBudget(100), []
+
+        async def decode(name: str, pixels: int, seconds: float):
+            async with budget.hold(pixels):
+                order.append((name, budget.in_use))
+                await asyncio.sleep(seconds)
+
+        first = asyncio.create_task(decode("a", 60, 0.05))
+        await asyncio.sleep(0)
+        large = asyncio.create_task(decode("large", 80, 0))  # waits for a
+        await asyncio.sleep(0)
+        small = asyncio.create_task(decode("small", 20, 0))  # fits now, yet waits its turn
+        await asyncio.sleep(0)
+        gone = asyncio.create_task(decode("gone", 100, 0))
+        await asyncio.sleep(0)
+        gone.cancel()
+        huge = asyncio.create_task(decode("huge", 10_000, 0))  # over the budget: alone
+        await asyncio.gather(first, large, small, huge)
+        assert gone.cancelled()
+        return order, budget.in_use
+
+    import asyncio
+
+    order, left = asyncio.run(scenario())
+    # small (20) fitted beside a (60), yet went in with large, after it.
+    assert order == [("a", 60), ("large", 100), ("small", 100), ("huge", 100)]
+    assert left == 0
+
+
+def test_the_ingress_decodes_no_more_pixels_at_once_than_its_budget(monkeypatch):
+    """cores + 4 threads decoded at once whatever the images' sizes (a 49-megapixel PNG
+    takes 750 MB while it decodes): the ingress holds each image's pixels, read from its
+    header, while it decodes."""
+    import asyncio
+    import io
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    import numpy as np
+    from PIL import Image
+
+    import labeler.serve.app as app
+    from labeler.serve.config import LimitsSpec, ServeSpec
+    from labeler.serve.limits import PixelBudget
+
+    def png(width: int, height: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(buf, "PNG")
+        return buf.getvalue()
+
+    running, peak, lock = [0], [0], threading.Lock()
+    real_decode = app.decode_image
+
+    def counted_decode(*args):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.1)  # long enough that decodes let in together overlap
+        try:
+            return real_decode(*args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    # Serve's ingress decorator rebuilt the class's functions with globals of their own.
+    monkeypatch.setitem(app.Ingress._image.__globals__, "decode_image", counted_decode)
+    spec = ServeSpec(models=[{"task": "caption", "model": {"family": "blip2", "source": "x"}}],
+                     limits=LimitsSpec(max_decoding_pixels=2 * 640 * 480))
+    served = spec.models
+
+    async def decode_all(images: list[bytes]):
+        ingress = SimpleNamespace(spec=spec, decoding=PixelBudget(
+            spec.limits.max_decoding_pixels))
+        return await asyncio.gather(*(app.Ingress._image(ingress, data, None, served)
+                                      for data in images))
+
+    results = asyncio.run(decode_all([png(640, 480)] * 6))
+    assert peak[0] == 2 and len(results) == 6
+    assert all(d.width == 640 for d, _ in results)
+    peak[0] = 0
+    asyncio.run(decode_all([png(64, 48)] * 6))  # small images: all at once
+    assert peak[0] == 6
