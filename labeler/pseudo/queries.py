@@ -9,9 +9,10 @@ Steps:
    letters, digits and combining marks (so Devanagari or Arabic words with vowel signs stay
    whole); an apostrophe between two word characters stays inside the word ("dog's",
    "don't"; the typographic ’ becomes '); everything else (spaces, punctuation, hyphens,
-   underscores, symbols, emoji) separates words. Han, hiragana and katakana, written
-   without spaces, give one word per character, so a Chinese or Japanese caption yields
-   n-grams of characters instead of one query holding the whole sentence.
+   underscores, symbols, emoji) separates words. Han, hiragana and katakana (and the
+   iteration mark 々 of 人々), written without spaces, give one word per character, so a
+   Chinese or Japanese caption yields n-grams of characters instead of one query holding
+   the whole sentence.
 2. N-grams: every run of 1..max_ngram consecutive words, joined by one space (nothing
    between two han / kana characters, which are written without one).
 3. Filter: an n-gram made only of stop words, generic words (jpg, stock, image, ...) and
@@ -41,6 +42,8 @@ GENERIC_WORDS_FILE = DATA / "generic_words.txt"
 _APOSTROPHES = ("'", "\u2019")  # ASCII and the typographic right single quote
 # Scripts written without spaces between words: each character is one word.
 _UNSPACED_RANGES = (
+    (0x3005, 0x3007),  # 々 (repeats the han before it: 人々, 時々), 〆, 〇
+    (0x303B, 0x303C),  # 〻 (the vertical 々), 〼
     (0x3040, 0x30FF),  # hiragana, katakana
     (0x3400, 0x4DBF),  # CJK unified ideographs extension A
     (0x4E00, 0x9FFF),  # CJK unified ideographs

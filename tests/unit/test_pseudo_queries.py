@@ -114,6 +114,14 @@ def test_han_and_kana_are_one_word_a_character_joined_without_spaces():
     assert caption_words("ネコとイヌ") == ["ネ", "コ", "と", "イ", "ヌ"]
 
 
+def test_the_iteration_mark_is_written_without_spaces_like_the_han_it_repeats():
+    # 々 repeats the character before it (人々 'people', 時々 'sometimes'): no space inside
+    assert caption_words("人々が") == ["人", "々", "が"]
+    assert queries("人々が公園", max_ngram=2) == [
+        "人", "々", "が", "公", "園", "人々", "々が", "が公", "公園"]
+    assert queries("時々 cats", max_ngram=3)[-1] == "時々 cats"
+
+
 def test_same_caption_same_queries_in_every_process():
     """Queries (and their order) must not depend on Python's per-process string hashing: a
     resumed or re-run job on another worker asks the same."""
