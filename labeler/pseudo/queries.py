@@ -8,11 +8,12 @@ Steps:
    and lowercased, then split into words by `caption_words`: a word is a run of Unicode
    letters, digits and combining marks (so Devanagari or Arabic words with vowel signs stay
    whole); an apostrophe between two word characters stays inside the word ("dog's",
-   "don't"; the typographic ’ becomes '); everything else (spaces, punctuation, hyphens,
-   underscores, symbols, emoji) separates words. Han, hiragana and katakana (and the
-   iteration mark 々 of 人々), written without spaces, give one word per character, so a
-   Chinese or Japanese caption yields n-grams of characters instead of one query holding
-   the whole sentence.
+   "don't"; the typographic ’ becomes '), as does a zero-width (non-)joiner (Persian,
+   Indic scripts); soft hyphens, word joiners and zero-width no-break spaces are invisible
+   and dropped; everything else (spaces, punctuation, hyphens, underscores, symbols, emoji)
+   separates words. Han, hiragana and katakana (and the iteration mark 々 of 人々), written
+   without spaces, give one word per character, so a Chinese or Japanese caption yields
+   n-grams of characters instead of one query holding the whole sentence.
 2. N-grams: every run of 1..max_ngram consecutive words, joined by one space (nothing
    between two han / kana characters, which are written without one).
 3. Filter: an n-gram made only of stop words, generic words (jpg, stock, image, ...) and
@@ -40,6 +41,12 @@ STOP_WORDS_FILE = DATA / "stop_words.txt"
 GENERIC_WORDS_FILE = DATA / "generic_words.txt"
 
 _APOSTROPHES = ("'", "\u2019")  # ASCII and the typographic right single quote
+# Invisible, and no word break: the soft hyphen (a hyphenation hint, "Haus\u00adtür" reads
+# "Haustür"), the word joiner and the zero-width no-break space. Dropped from the caption.
+_INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u2060\ufeff"))
+# Zero-width non-joiner and joiner: part of a word's spelling in Persian and Indic scripts
+# ("می\u200cخواهم"), kept between two of its characters.
+_JOINERS = ("\u200c", "\u200d")
 # Scripts written without spaces between words: each character is one word.
 _UNSPACED_RANGES = (
     (0x3005, 0x3007),  # 々 (repeats the han before it: 人々, 時々), 〆, 〇
@@ -88,7 +95,7 @@ def caption_words(caption: str) -> list[str]:
 
     "The dog’s ball, a café-bar!" -> ["the", "dog's", "ball", "a", "café", "bar"].
     """
-    text = unicodedata.normalize("NFKC", caption).lower()
+    text = unicodedata.normalize("NFKC", caption).lower().translate(_INVISIBLE)
     words: list[str] = []
     current: list[str] = []
     for i, char in enumerate(text):
@@ -100,9 +107,9 @@ def caption_words(caption: str) -> list[str]:
                 words.append(char)
             else:
                 current.append(char)
-        elif (char in _APOSTROPHES and current and i + 1 < len(text)
+        elif ((char in _APOSTROPHES or char in _JOINERS) and current and i + 1 < len(text)
               and _is_word_char(text[i + 1]) and not _is_unspaced(text[i + 1])):
-            current.append("'")
+            current.append("'" if char in _APOSTROPHES else char)
         elif current:
             words.append("".join(current))
             current = []

@@ -105,6 +105,16 @@ def test_unicode_letters_digits_and_marks():
     assert caption_words("cafe\u0301") == ["café"]
 
 
+def test_invisible_characters_do_not_split_a_word():
+    # soft hyphens (hyphenation hints in web text), a word joiner, a stray BOM
+    assert caption_words("Haus\u00adtür mit Tür\u00ad griff") == ["haustür", "mit", "tür", "griff"]
+    assert caption_words("\ufeffdog\u2060house") == ["doghouse"]
+    assert queries("red dog\u00adhouse") == ["red", "doghouse", "red doghouse"]
+    # zero-width non-joiner / joiner: part of the word's spelling, kept inside it
+    assert caption_words("می\u200cخواهم \u200cگربه\u200c") == ["می\u200cخواهم", "گربه"]
+    assert caption_words("कर्\u200dता") == ["कर्\u200dता"]
+
+
 def test_han_and_kana_are_one_word_a_character_joined_without_spaces():
     assert caption_words("一只猫 on a sofa") == ["一", "只", "猫", "on", "a", "sofa"]
     assert queries("只猫 on a 狗", max_ngram=5)[-1] == "只猫 on a 狗"
