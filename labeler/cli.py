@@ -182,7 +182,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     video.add_argument("--clip-seconds", type=float, help="clip length for video-caption/-ask")
     video.add_argument("--clip-fps", type=float, help="frames per second inside a clip (1)")
     pseudo = p.add_argument_group("pseudo-label (OWL-ST)")
-    pseudo.add_argument("--box-threshold", type=float, help="drop boxes under this (0.1)")
+    pseudo.add_argument("--box-threshold", type=float,
+                        help="keep boxes scoring above this (0.1)")
     pseudo.add_argument("--image-threshold", type=float,
                         help="keep an image when its best box reaches this (0.3)")
     pseudo.add_argument("--caption-column", help="input column of captions (caption)")
