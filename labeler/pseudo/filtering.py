@@ -26,7 +26,10 @@ def image_verdict(best: float | None, image_threshold: float,
         return False, f"{NO_BOX}: no box scores above the box threshold {box_threshold:g}"
     # In float32, as scores are computed and stored: a box stored as 0.29 passes 0.29.
     if np.float32(best) < np.float32(image_threshold):
-        return False, f"{BELOW_THRESHOLD}: best box {best:.3f} < {image_threshold:g}"
+        shown = f"{best:.3f}"
+        if float(shown) >= image_threshold:  # rounded, it would read "0.300 < 0.3"
+            shown = str(np.float32(best))  # the shortest digits telling it apart
+        return False, f"{BELOW_THRESHOLD}: best box {shown} < {image_threshold:g}"
     return True, None
 
 

@@ -71,6 +71,10 @@ def test_image_verdict():
     assert image_verdict(None, 0.3, 0.1) == (
         False, "no box: no box scores above the box threshold 0.1")
     assert image_verdict(None, 0.0, 0.1)[0] is False  # no box, nothing to keep
+    # just under: as many digits as it takes not to read "0.300 < 0.3"
+    assert image_verdict(0.29999998, 0.3, 0.1) == (
+        False, "below image threshold: best box 0.29999998 < 0.3")
+    assert image_verdict(0.2996, 0.3, 0.1)[1].endswith("best box 0.2996 < 0.3")
 
 
 def test_reasons_have_a_kind():
