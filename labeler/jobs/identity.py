@@ -1,8 +1,10 @@
 """What makes two runs the same job, so that a rerun resumes only its own output.
 
 A job's identity is what shapes its rows: the input options, each task's fields except how
-it runs (its resources and model.compile, which give the same rows), and a digest of the
-inputs (each one's id, URI and own prompt). It is stored in
+it runs (its resources and model.compile, which give the same rows), a digest of the
+inputs (each one's id, URI and own prompt), and digests of what the tasks read besides
+(`contents`: the files a task names, by their bytes, not only their paths, and the captions
+pseudo-label tasks build their queries from). It is stored in
 the output's `_job.json` beside its fingerprint (a SHA-256 of it); a rerun resumes when
 the fingerprints are equal and is refused otherwise, naming each field that differs.
 
@@ -16,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 
-from labeler.config import JobSpec
+from labeler.config import JobSpec, TaskSpec
 from labeler.jobs.examples import EXAMPLES_COLUMN, examples_text
 from labeler.sources import InputItem
+from labeler.storage import read_bytes, storage_error
 
 # Bumped when the identity's layout changes in a way that old outputs cannot match.
 IDENTITY_VERSION = 2
@@ -46,9 +49,11 @@ def input_identities(items: list[InputItem]) -> list:
     return identities
 
 
-def job_identity(spec: JobSpec, inputs: list) -> dict:
-    """The identity of a job (JSON-ready); inputs: input_identities() of its inputs."""
-    return {
+def job_identity(spec: JobSpec, inputs: list, contents: dict | None = None) -> dict:
+    """The identity of a job (JSON-ready); inputs: input_identities() of its inputs;
+    contents: content_digests() of the job (left out when empty, so that a job that reads
+    no such thing has the identity it had before they were added)."""
+    identity = {
         "version": IDENTITY_VERSION,
         "input": {**spec.input.model_dump(exclude={"path"}, exclude_defaults=True),
                   "files_per_shard": spec.input.effective_files_per_shard},
@@ -56,6 +61,45 @@ def job_identity(spec: JobSpec, inputs: list) -> dict:
                   for t in spec.tasks],
         "inputs": {"count": len(inputs), "sha256": _sha256(inputs)},
     }
+    if contents:
+        identity["contents"] = contents
+    return identity
+
+
+def content_digests(spec: JobSpec, items: list[InputItem]) -> dict[str, str]:
+    """{what: SHA-256} of what shapes the rows besides the spec's fields and the inputs'
+    ids, URIs and prompts: each file a task names (query_image, a pseudo-label vocabulary or
+    generic-words file), so that an edited file is not resumed as the same job, and the
+    captions each pseudo-label task builds its queries from (already read by planning).
+    Keys name the spec field ("tasks.0.pseudo_label.vocabulary_file") or
+    "tasks.<k>.captions". StorageError for a file that cannot be read."""
+    digests = {}
+    for k, task in enumerate(spec.tasks):
+        for field, path in _task_files(task):
+            try:
+                digests[f"tasks.{k}.{field}"] = hashlib.sha256(read_bytes(path)).hexdigest()
+            except OSError as err:
+                raise storage_error(path, f"read tasks.{k}.{field}", err) from None
+        options = task.pseudo_label
+        if task.task == "pseudo-label" and options.use_captions and not options.caption_from:
+            column = options.caption_column
+            digests[f"tasks.{k}.captions"] = _sha256(
+                [[i.id, _text(i.metadata.get(column))] for i in items])
+    return digests
+
+
+def _task_files(task: TaskSpec) -> list[tuple[str, str]]:
+    """(field, path) of each file the task names."""
+    files = [("query_image", task.query_image)]
+    if task.task == "pseudo-label":
+        files += [("pseudo_label.vocabulary_file", task.pseudo_label.vocabulary_file),
+                  ("pseudo_label.generic_words_file", task.pseudo_label.generic_words_file)]
+    return [(field, path) for field, path in files if path]
+
+
+def _text(value) -> str | None:
+    """A caption as the model gets it (str() of a non-string), None for none."""
+    return value if value is None or isinstance(value, str) else str(value)
 
 
 def fingerprint(identity: dict) -> str:

@@ -29,8 +29,8 @@ import pyarrow.compute as pc
 
 from labeler.config import JobSpec, SpecError, TaskSpec
 from labeler.jobs.examples import EXAMPLES_COLUMN, examples_text
-from labeler.jobs.identity import (fingerprint, input_identities, job_identity,
-                                   legacy_fingerprint)
+from labeler.jobs.identity import (content_digests, fingerprint, input_identities,
+                                   job_identity, legacy_fingerprint)
 from labeler.pseudo.report import COLUMNS as REPORT_COLUMNS
 from labeler.pseudo.report import pseudo_label_report, report_lines, write_report
 from labeler.sinks.parquet import MissingParts, ShardedParquetSink
@@ -386,7 +386,7 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
     if metadata is not None:
         metadata = metadata.append_column("shard", pa.array([i.shard for i in items], pa.int64()))
     inputs = input_identities(items)
-    identity = job_identity(spec, inputs)
+    identity = job_identity(spec, inputs, content_digests(spec, items))
     tracks: dict[str, int] = {}  # task -> tracks linked in this run (filled at commits)
     sink = ShardedParquetSink(spec.output.path, expected, task_names, fingerprint(identity),
                               spec.output.overwrite, metadata=metadata,

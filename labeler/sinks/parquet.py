@@ -75,6 +75,11 @@ def describe_differences(stored: dict | None, current: dict | None) -> str:
         before, now = old_inputs.get("count"), new_inputs.get("count")
         reasons.append(f"inputs: {before:,} there, {now:,} now" if before != now else
                        f"inputs: other files, ids or prompts ({now:,} both times)")
+    old_contents, new_contents = stored.pop("contents", {}), current.pop("contents", {})
+    for key in sorted(old_contents.keys() & new_contents.keys()):
+        if old_contents[key] != new_contents[key]:
+            reasons.append(f"{key}: other contents" if not key.endswith(".captions") else
+                           f"{key}: other captions")
     old_fields, new_fields = _flatten(stored), _flatten(current)
     keys = old_fields.keys() | new_fields.keys()
     named_off = set()
@@ -119,6 +124,16 @@ def _subtree(tree, dotted: str):
         else:
             return _DEFAULT
     return tree
+
+
+def _same_but_contents(stored: dict | None, current: dict | None) -> bool:
+    """Whether a stored identity written before identities held `contents` (the digests of
+    the files and captions a job reads) is the current one but for them: the same job, by
+    all an older labeler could tell."""
+    if not isinstance(stored, dict) or "contents" in stored or not current:
+        return False
+    return stored == json.loads(json.dumps({k: v for k, v in current.items()
+                                            if k != "contents"}))
 
 
 def _json_object(data: bytes) -> dict | None:
@@ -311,13 +326,13 @@ class ShardedParquetSink:
                 return
             legacy = ("identity" not in stored and legacy_fingerprint is not None
                       and previous == legacy_fingerprint())
-            if not legacy:
+            if not legacy and not _same_but_contents(stored.get("identity"), identity):
                 raise OutputConflict(
                     f"output {self.uri!r} holds results of a different job "
                     f"({describe_differences(stored.get('identity'), identity)}); pass "
                     f"--overwrite to replace them or choose another output")
             # The same job, written by an older labeler: store today's identity, so that
-            # the next rerun compares field by field.
+            # the next rerun compares field by field (and contents).
         elif self._existing:
             raise OutputConflict(
                 f"output {self.uri!r} is not empty and was not written by labeler; "

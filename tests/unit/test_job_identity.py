@@ -5,7 +5,8 @@ import json
 import pytest
 
 from labeler.config import JobSpec, load_job_spec
-from labeler.jobs.identity import fingerprint, input_identities, job_identity, legacy_fingerprint
+from labeler.jobs.identity import (content_digests, fingerprint, input_identities, job_identity,
+                                   legacy_fingerprint)
 from labeler.sinks.parquet import OutputConflict, ShardedParquetSink, describe_differences
 from labeler.sources import plan_source
 
@@ -28,7 +29,7 @@ def _sink(spec, **kw) -> ShardedParquetSink:
     """The output's sink as labeler run opens it (labeler.jobs.runner.run_job)."""
     plan = plan_source(spec.input.path, spec.input.effective_files_per_shard, spec.input.media)
     inputs = input_identities(plan.items)
-    identity = job_identity(spec, inputs)
+    identity = job_identity(spec, inputs, content_digests(spec, plan.items))
     return ShardedParquetSink(spec.output.path, {0: len(plan.items)}, ["detect"],
                               fingerprint(identity), identity=identity,
                               legacy_fingerprint=lambda: legacy_fingerprint(spec, inputs), **kw)
@@ -155,3 +156,56 @@ def test_the_legacy_fingerprint_is_the_one_older_labelers_wrote():
     spec["tasks"][0]["nms"] = "none"
     spec["input"]["sampling"]["min_change"] = 0.03
     assert legacy_fingerprint(JobSpec.model_validate(spec), inputs) != written_then
+
+
+def _pseudo_label_spec(images, tmp_path) -> JobSpec:
+    return JobSpec.model_validate({
+        "input": {"path": str(images)}, "output": {"path": str(tmp_path / "out")},
+        "tasks": [{"task": "pseudo-label", "model": {
+            "family": "owlv2", "source": "google/owlv2-base-patch16-ensemble"},
+            "pseudo_label": {"vocabulary_file": str(tmp_path / "names.txt")}}]})
+
+
+def test_edited_captions_or_task_files_are_another_job(images, tmp_path):
+    """A vocabulary file edited (or a caption, a query image) between runs gave the same
+    identity (only the file's path was part of it): the rerun resumed with the old rows."""
+    (tmp_path / "names.txt").write_text("cat\ndog\n")
+    for k in range(3):
+        (images / f"sample_{k:03d}.txt").write_text(f"a cat on a mat {k}")
+    spec = _pseudo_label_spec(images, tmp_path)
+    assert _sink(spec).pending_shards() == {0}
+    assert _sink(spec).pending_shards() == {0}  # unchanged: resumes
+    stored = json.loads((tmp_path / "out" / "_job.json").read_text())["identity"]
+    assert sorted(stored["contents"]) == ["tasks.0.captions",
+                                          "tasks.0.pseudo_label.vocabulary_file"]
+
+    (tmp_path / "names.txt").write_text("cat\nbird\n")
+    with pytest.raises(OutputConflict, match=r"\(tasks.0.pseudo_label.vocabulary_file: other "
+                                             r"contents\)"):
+        _sink(spec)
+    (tmp_path / "names.txt").write_text("cat\ndog\n")
+    (images / "sample_001.txt").write_text("a dog on a mat")
+    with pytest.raises(OutputConflict, match=r"\(tasks.0.captions: other captions\)"):
+        _sink(spec)
+
+
+def test_an_output_written_before_contents_were_hashed_resumes(images, tmp_path):
+    """_job.json whose identity holds no `contents` (an older labeler): the same job when
+    all else is the same, and it learns the digests, so the next rerun checks them."""
+    (tmp_path / "names.txt").write_text("cat\n")
+    spec = _pseudo_label_spec(images, tmp_path)
+    plan = plan_source(spec.input.path, spec.input.effective_files_per_shard, "image")
+    older = job_identity(spec, input_identities(plan.items))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_job.json").write_text(json.dumps({
+        "fingerprint": fingerprint(older), "identity": older, "tasks": ["pseudo-label"],
+        "shards": 1}))
+    assert _sink(spec).pending_shards() == {0}
+    assert "contents" in json.loads((out / "_job.json").read_text())["identity"]
+    (tmp_path / "names.txt").write_text("dog\n")
+    with pytest.raises(OutputConflict, match="vocabulary_file: other contents"):
+        _sink(spec)
+    # Without contents to hash, the identity is what it was.
+    plain = _spec(images, tmp_path)
+    assert content_digests(plain, plan.items) == {}
