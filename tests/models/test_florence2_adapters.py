@@ -39,6 +39,7 @@ from labeler.models.florence2_parsing import (
     parse_labelled_boxes,
     parse_ocr_regions,
     parse_region_proposals,
+    parse_text,
 )
 from labeler.testing.samples import synthetic_image
 
@@ -242,6 +243,42 @@ def test_parsers_give_the_documented_post_processing_on_canned_answers(documente
     else:
         got = [(d["label"], [d["x0"], d["y0"], d["x1"], d["y1"]]) for d in parsed.detections]
         assert got == expected_detections(want)
+
+
+# Pieces of random answers: location tokens, labels (spaces, a line break, non-ASCII), the
+# markers the documented parsing removes or splits on, and cut-off location tokens.
+_PIECES = ["car", " a red car ", "café", "猫", "a\nb", "  ", "x y", "<s>", "</s>", "<pad>",
+           "<poly>", "</poly>", "<sep>", "<and>", "<loc_", "<loc_12", "<od>", "<ground>"]
+
+
+def test_parsers_give_the_documented_post_processing_on_random_answers(documented):
+    """Seeded random well- and ill-formed answers (bins 0..999, where the documented boxes are
+    ours): every task token's parser gives the documented boxes, quads, labels and text."""
+    processor, _ = documented
+    rng = np.random.default_rng(0)
+    parsers = {**PARSERS, "<OCR>": parse_text, "<CAPTION>": parse_text}
+    for _ in range(2000):
+        # A piece is 1 or 4 location tokens (a box, half an OCR quad) or one of _PIECES.
+        pieces = ["".join(f"<loc_{b}>" for b in rng.integers(1000, size=rng.choice([1, 4])))
+                  if rng.random() < 0.55 else str(rng.choice(_PIECES))
+                  for _ in range(rng.integers(12))]
+        text = "".join(pieces)
+        token = str(rng.choice(list(parsers)))
+        size = (int(rng.choice([1, 7, 123, 4032])), int(rng.choice([1, 9, 77, 3024])))
+        want = processor.post_process_generation(text, task=token, image_size=size)[token]
+        parsed = parsers[token](text, size, [TokenSpan(0, len(text), -0.5)], ParseConfig())
+        if isinstance(want, str):
+            assert parsed.text == want, text
+        elif "quad_boxes" in want:
+            assert [r["text"] for r in parsed.ocr_regions] == want["labels"], text
+            assert [[r[k] for k in QUAD] for r in parsed.ocr_regions] == want["quad_boxes"], text
+        elif want.get("polygons"):
+            polygons = [(label, p) for label, ps in
+                        zip(want["polygons_labels"], want["polygons"]) for p in ps if len(p) >= 6]
+            assert [(d["label"], d["polygon"]) for d in parsed.detections] == polygons, text
+        else:
+            got = [(d["label"], [d["x0"], d["y0"], d["x1"], d["y1"]]) for d in parsed.detections]
+            assert got == expected_detections(want), text
 
 
 def test_dequantize_equals_the_processor_for_every_bin(documented):
