@@ -7,10 +7,11 @@ and a class. A tracker box may match an object of its class whose box it overlap
 `iou` (0.5, MOTChallenge's).
 
 - CLEAR, frame by frame: the pairs are assigned to maximise first the pairs that continue
-  the previous frame's matches, then the total IoU (scipy's linear_sum_assignment on
-  IoU + 1000 for a continued pair). A match is a true positive; an object matched to
-  another tracker id than at its last match is an ID switch. MOTA = 1 - (FN + FP + IDSW) /
-  objects; MOTP = mean IoU of the matches.
+  the previous frame's matches (a frame without objects or without tracker boxes is passed
+  over: the matches before it are continued, as TrackEval does), then the total IoU
+  (scipy's linear_sum_assignment on IoU + 1000 for a continued pair). A match is a true
+  positive; an object matched to another tracker id than at its last match is an ID
+  switch. MOTA = 1 - (FN + FP + IDSW) / objects; MOTP = mean IoU of the matches.
 - Identity, over the whole video: each object track is paired with at most one tracker
   track, maximising the frames in which the two match (IoU >= iou); IDTP is that many,
   IDF1 = 2 IDTP / (objects + tracker boxes).
@@ -103,7 +104,9 @@ def score_video(frames: list[FrameTracks], iou: float = 0.5) -> TrackScores:
     """CLEAR and identity counts of one video's labeled frames, in time order."""
     scores = TrackScores()
     last_match: dict[int, int] = {}  # object id -> tracker id at its last match
-    previous: dict[int, int] = {}  # object id -> tracker id matched in the previous frame
+    # object id -> tracker id matched in the previous frame that had objects and boxes (TrackEval
+    # passes over a frame without either: it leaves the matches to continue as they were)
+    previous: dict[int, int] = {}
     pair_frames: dict[tuple[int, int], int] = {}  # (object, tracker id) -> frames matching
     object_ids, tracker_ids = set(), set()
     for frame in frames:
@@ -112,6 +115,8 @@ def score_video(frames: list[FrameTracks], iou: float = 0.5) -> TrackScores:
         scores.boxes += len(frame.ids)
         object_ids.update(frame.truth_ids.tolist())
         tracker_ids.update(frame.ids.tolist())
+        if not len(frame.truth_ids) or not len(frame.ids):
+            continue
         for g, t in zip(*np.nonzero(similarity)):
             key = (int(frame.truth_ids[g]), int(frame.ids[t]))
             pair_frames[key] = pair_frames.get(key, 0) + 1

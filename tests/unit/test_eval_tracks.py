@@ -74,6 +74,20 @@ def test_a_continued_match_is_kept_over_a_better_overlap():
     assert s.motp == pytest.approx((1 + 80 / 120) / 2)
 
 
+@pytest.mark.parametrize("between", [
+    _frame([_obj(7, 0)], []),  # the object missed: no tracker box
+    _frame([], [_obj(1, 0)]),  # no object: a false box
+])
+def test_a_frame_without_objects_or_boxes_does_not_end_the_match_to_continue(between):
+    # TrackEval passes over such a frame: tracker 1 still continues object 7 in the frame
+    # after, over tracker 2's better overlap (counted by TrackEval 1.3.0: IDSW 0, 2 matches).
+    frames = [_frame([_obj(7, 0)], [_obj(1, 0)]), between,
+              _frame([_obj(7, 0)], [_obj(1, 2), _obj(2, 0)])]
+    s = score_video(frames)
+    assert (s.matches, s.id_switches) == (2, 0)
+    assert s.motp == pytest.approx((1 + 80 / 120) / 2)
+
+
 def _write_truth(root, video, lines, labels=None):
     folder = root / video / "gt"
     folder.mkdir(parents=True)
