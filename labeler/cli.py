@@ -623,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     truth = ev.add_mutually_exclusive_group(required=True)
     truth.add_argument("--coco", help="ground truth: a COCO detection JSON file (local or s3://)")
     truth.add_argument("--yolo", help="ground truth: a YOLO dataset folder, data.yaml and "
-                       "labels/ (local or s3://)")
+                       "labels/ or <split>/labels/ (local or s3://)")
     truth.add_argument("--mot", help="ground truth of a tracked video task: a folder of "
                        "MOTChallenge sequences, <video id>/gt/gt.txt (local or s3://): MOTA, "
                        "IDF1 per video")

@@ -2,17 +2,21 @@
 
 A YOLO detection dataset (what Ultralytics trains on, Roboflow exports and `labeler export
 --format yolo` writes): `DIR/data.yaml` names the classes (`names: [cat, dog]` or `{0: cat,
-1: dog}`), and `DIR/labels/**/<stem>.txt` holds one line per box, `class cx cy w h`, each
-in [0, 1] of the image's width or height. An image's file is its label file's path under
-`labels/` without `.txt`; a row matches it when its id, less its image suffix, is that path
+1: dog}`), and each `<stem>.txt` in a `labels` folder holds one line per box, `class cx cy
+w h`, each in [0, 1] of the image's width or height. Ultralytics finds an image's labels by
+putting `labels` for the last `images` folder of its path, so the folders are `DIR/labels/`
+(`labels/train/`, ...; labeler's and CVAT's exports) or `DIR/<split>/labels/` (Roboflow's:
+`train/labels/`, `valid/labels/`). An image's file is its label file's path under DIR less
+that `labels` folder and `.txt` (`labels/train/cat.txt` and `train/labels/cat.txt` are both
+`train/cat`); a row matches it when its id, less its image suffix, is that path
 (`train/cat` is row `train/cat.jpg`), else by a base name unique on both sides.
 
 YOLO stores no image sizes: the boxes become pixels with the width and height of the
 matched row (the oriented image, which labeler's boxes refer to), so a size mismatch
 cannot be seen here, as it can with COCO. Each label file is an image of the ground truth,
-an empty one an image without objects; so is each image under `DIR/images/` without a label
-file (Ultralytics' and Roboflow's background images: no file, no objects), named by its path
-under `images/` less its suffix.
+an empty one an image without objects; so is each image in an `images` folder without a
+label file (Ultralytics' and Roboflow's background images: no file, no objects), named alike
+by its path less that `images` folder and its suffix.
 """
 
 from __future__ import annotations
@@ -44,25 +48,26 @@ def load_yolo_ground_truth(uri: str) -> GroundTruth:
     where = f"--yolo {uri!r}"
     try:
         names = _names(fs, root, where)
-        selector = pafs.FileSelector(f"{root}/{LABELS_FOLDER}", recursive=True,
-                                     allow_not_found=True)
-        files = sorted(f.path for f in fs.get_file_info(selector)
-                       if f.type == pafs.FileType.File and f.path.endswith(".txt"))
-        prefix = f"{root}/{LABELS_FOLDER}/"
-        keys = [path[len(prefix):].removesuffix(".txt") for path in files]
-        backgrounds = _background_images(fs, root, set(keys))
+        selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
+        prefix = f"{root}/"
+        paths = sorted(f.path[len(prefix):] for f in fs.get_file_info(selector)
+                       if f.type == pafs.FileType.File)
+        files = [(key.removesuffix(".txt"), path) for path in paths if path.endswith(".txt")
+                 and (key := _without_folder(path, LABELS_FOLDER)) is not None]
+        backgrounds = _background_images(paths, {key for key, _ in files})
         if not files and not backgrounds:
-            raise EvalError(f"{where}: no label files under {LABELS_FOLDER}/ (a YOLO dataset "
-                            f"holds {LABELS_FOLDER}/<image stem>.txt beside data.yaml)")
+            raise EvalError(f"{where}: no label files in a {LABELS_FOLDER}/ folder (a YOLO "
+                            f"dataset holds {LABELS_FOLDER}/<image stem>.txt or <split>/"
+                            f"{LABELS_FOLDER}/<image stem>.txt beside data.yaml)")
         images, annotations = {}, []
-        for image_id, (key, path) in enumerate(zip(keys, files), start=1):
+        for image_id, (key, path) in enumerate(files, start=1):
             images[image_id] = {"id": image_id, "file_name": key}
-            with fs.open_input_stream(path) as f:
+            with fs.open_input_stream(prefix + path) as f:
                 text = f.read().decode("utf-8", errors="replace")
             for line_no, line in enumerate(text.splitlines(), start=1):
                 if line.strip():
                     annotations.append(_box(line, names, image_id, len(annotations) + 1,
-                                            f"{where}: {LABELS_FOLDER}/{key}.txt line {line_no}"))
+                                            f"{where}: {path} line {line_no}"))
         for image_id, key in enumerate(backgrounds, start=len(images) + 1):
             images[image_id] = {"id": image_id, "file_name": key}
     except OSError as err:
@@ -74,17 +79,28 @@ def load_yolo_ground_truth(uri: str) -> GroundTruth:
                        flag="--yolo", normalized=True)
 
 
-def _background_images(fs: pafs.FileSystem, root: str, label_keys: set[str]) -> list[str]:
-    """The images under `root`/images/ that no label file names (by its path less its
-    suffix, or whole), as their paths under images/ less the suffix, sorted."""
-    selector = pafs.FileSelector(f"{root}/{IMAGES_FOLDER}", recursive=True, allow_not_found=True)
-    prefix = f"{root}/{IMAGES_FOLDER}/"
+def _without_folder(path: str, folder: str) -> str | None:
+    """`path` (under the dataset folder) less its last parent folder named `folder`
+    (Ultralytics' rule: labels/train/x.txt and train/labels/x.txt are train/x.txt); None
+    when no parent folder is so named."""
+    parts = path.split("/")
+    parents = parts[:-1]
+    if folder not in parents:
+        return None
+    k = len(parents) - 1 - parents[::-1].index(folder)
+    return "/".join(parts[:k] + parts[k + 1:])
+
+
+def _background_images(paths: list[str], label_keys: set[str]) -> list[str]:
+    """Of `paths` (the files under the dataset folder), the images in an images folder that
+    no label file names (by their key less the suffix, or whole), as those keys, sorted."""
     found = []
-    for info in fs.get_file_info(selector):
-        name = info.path[len(prefix):]
+    for path in paths:
+        name = _without_folder(path, IMAGES_FOLDER)
+        if name is None:
+            continue
         stem, suffix = posixpath.splitext(name)
-        if (info.type == pafs.FileType.File and suffix.lower() in IMAGE_EXTENSIONS
-                and stem not in label_keys and name not in label_keys):
+        if suffix.lower() in IMAGE_EXTENSIONS and stem not in label_keys and name not in label_keys:
             found.append(stem)
     return sorted(set(found))  # a.jpg and a.png are one image to Ultralytics' labels
 

@@ -389,7 +389,7 @@ def test_yolo_ground_truth_gives_the_coco_figures(tmp_path, capsys):
                                                        "is not in data.yaml's names (0..3)"),
     ({"labels": {"photos/a": "0 0.1 0.1 0.2 0.2 0.3 0.3\n"}}, "(a box, not a polygon)"),
     ({"labels": {"photos/a": "0 50 50 20 20\n"}}, "cx cy w h must be in [0, 1]"),
-    ({"labels": {}}, "no label files under labels/"),
+    ({"labels": {}}, "no label files in a labels/ folder"),
 ])
 def test_bad_yolo_ground_truth_is_named(tmp_path, change, message):
     with pytest.raises(EvalError, match=re.escape(message)):
@@ -506,3 +506,32 @@ def test_yolo_images_without_a_label_file_are_background_images(tmp_path):
     assert figures["images"] == {"ground_truth": 1, "evaluated": 1, "without_row": 0,
                                  "other_size": 0, "other_size_examples": []}
     assert figures["categories"][0]["ground_truth"] == 0
+
+
+def test_yolo_splits_as_roboflow_lays_them_out_give_the_same_figures(tmp_path):
+    """Roboflow's YOLO export: data.yaml beside train/labels/, valid/labels/ (and images/),
+    not one labels/ folder; a label file's name drops its labels folder (train/labels/x.txt
+    is train/x) and images in an images folder without one are background images."""
+    truth = Path(_yolo(tmp_path))
+    (truth / "images" / "z.jpg").parent.mkdir()
+    (truth / "images" / "z.jpg").write_bytes(b"")
+    rows = {**ROWS, "z.jpg": (100, 100, [("cat", 0.92, 0, 0, 10, 10)])}
+    flat = run_eval(EvalOptions(_output(tmp_path, rows=rows), yolo=str(truth))).figures
+    roboflow = tmp_path / "roboflow"
+    (roboflow / "valid" / "images").mkdir(parents=True)
+    (roboflow / "data.yaml").write_text((truth / "data.yaml").read_text())
+    (roboflow / "README.roboflow.txt").write_text("Exported via roboflow.com\n")
+    for label in (truth / "labels").rglob("*.txt"):
+        split = "train" if label.parent.name == "photos" else "valid"
+        moved = roboflow / split / "labels" / label.relative_to(truth / "labels")
+        moved.parent.mkdir(parents=True, exist_ok=True)
+        moved.write_text(label.read_text())
+    (roboflow / "valid" / "images" / "z.jpg").write_bytes(b"")
+    split = run_eval(EvalOptions(_output(tmp_path / "r", rows=rows), yolo=str(roboflow))).figures
+    assert split["images"] == flat["images"]
+    assert split["images"]["ground_truth"] == 5  # a, b, c, d and the background image z
+    assert split["categories"] == flat["categories"]
+    assert sorted(w["file_name"] for w in split["worst"]) == \
+        sorted("valid/z" if w["file_name"] == "z" else
+               f"train/{w['file_name']}" if "/" in w["file_name"] else f"valid/{w['file_name']}"
+               for w in flat["worst"])
