@@ -175,7 +175,9 @@ class RankedCurve:
         # equal scores is a place to cut.
         cut = np.append(self.scores[1:] != self.scores[:-1], True)
         precision, recall = tp / kept, tp / self.ground_truth
-        f1 = np.where(tp > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+        # F1 = 2PR / (P + R) = 2 TP / (kept + ground truth): one division, so cuts of equal
+        # F1 give equal floats and the tie goes to the highest (2PR / (P + R) rounds apart).
+        f1 = 2 * tp / (kept + self.ground_truth)
         f1 = np.where(cut, f1, -1.0)
         best = int(np.argmax(f1))  # first maximum: the highest threshold
         below = float(self.scores[best + 1]) if best + 1 < len(self.scores) else None

@@ -256,6 +256,19 @@ def test_best_threshold_cuts_only_between_different_scores():
     assert curve.best_f1()["next_score"] == 0.2
 
 
+def test_best_threshold_of_equal_f1s_is_the_highest():
+    """Keeping the 5 boxes scoring 1 (1 right) or all 16 (2 right) of 6 to find: F1 2/11
+    both, though 2PR / (P + R) rounds the second 1 ulp higher; the highest threshold keeps
+    fewer boxes for the same F1."""
+    scores = np.concatenate([np.ones(5), np.linspace(0.9, 0.25, 11)])
+    tp = np.zeros(16, dtype=bool)
+    tp[[0, 15]] = True
+    best = RankedCurve(scores, tp, 6).best_f1()
+    assert best["best_threshold"] == 1.0 and best["next_score"] == 0.9
+    assert (best["best_f1"], best["best_precision"], best["best_recall"]) == (2 / 11, 1 / 5,
+                                                                               1 / 6)
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"images": "x"}, "`images` is missing or not a list"),
     ({"images": [{"id": 1}]}, "images[0].file_name is missing or not a string"),
