@@ -152,6 +152,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                         "the others are postprocessed (default: 2 for OWLv2 with a GPU, "
                         "else 1)")
     p.add_argument("--max-pixels", type=int, help="refuse images with more pixels")
+    p.add_argument("--decode-min-side", type=int, metavar="PIXELS",
+                   help="decode images reduced, their long side no shorter than this (default "
+                        "1008; whole for Qwen2-VL and Ovis2 tasks unless given)")
     p.add_argument("--subset", type=_subset_size, metavar="N|P%|F",
                    help="label a reproducible random subset only: N inputs, P percent or a "
                         "fraction F of them (a trial run; a larger one holds the smaller)")

@@ -640,9 +640,11 @@ class InputSpec(_Strict):
     max_pixels: int = Field(100_000_000, ge=1)
     # JPEGs are decoded at the largest power-of-two reduction (Pillow's draft mode) whose
     # long side stays >= this many pixels, other formats decoded whole then reduced by the
-    # largest whole factor that keeps it (labeler.media.image); null: full size. 1008 is the largest
-    # model input (OWLv2 L/14), so the model sees no less detail than it can use. A job
-    # with tiled tasks decodes larger (decode_side_for_tasks), so each tile keeps it.
+    # largest whole factor that keeps it (labeler.media.image); null: full size. 1008 is the
+    # largest fixed model input (OWLv2 L/14), so the model sees no less detail than it can
+    # use. A job with tiled tasks decodes larger, so each tile keeps it, and one with a
+    # Qwen2-VL or Ovis2 task (dynamic resolution) at full size unless this is set
+    # (decode_side_for_tasks).
     decode_min_side: int | None = Field(1008, ge=1)
     files_per_shard: int | None = Field(
         None, ge=1, description="inputs per output Parquet file (default: 256 images, 4 videos)")
@@ -678,12 +680,17 @@ class InputSpec(_Strict):
         return 4 if self.media == "video" else 256
 
 
-def decode_side_for_tasks(decode_min_side: int | None, tasks: list[TaskSpec]) -> int | None:
+def decode_side_for_tasks(decode_min_side: int | None, tasks: list[TaskSpec],
+                          explicit: bool = False) -> int | None:
     """The long side images are decoded (reduced) at no less than: decode_min_side for the
     whole image, times the largest tiling magnification, so that a tile, too, keeps
-    decode_min_side pixels across its image's long side. None (full-size decode) stays
-    None."""
+    decode_min_side pixels across its image's long side. None: full size, as asked
+    (decode_min_side None) or, unless decode_min_side was set (`explicit`), for tasks of
+    registry.FULL_RESOLUTION_FAMILIES, whose processors use every pixel."""
     if decode_min_side is None:
+        return None
+    if not explicit and any(t.model.family in registry.FULL_RESOLUTION_FAMILIES
+                            for t in tasks):
         return None
     factor = max((t.tiles.magnification for t in tasks if t.tiles is not None), default=1.0)
     return math.ceil(decode_min_side * factor)
@@ -832,6 +839,7 @@ PARTIAL_FLAGS = {"box_threshold": _PSEUDO_LABEL, "image_threshold": _PSEUDO_LABE
 JOB_FLAGS = {"input": ("input", "path"), "output": ("output", "path"),
              "overwrite": ("output", "overwrite"), "retry_errors": ("output", "retry_errors"),
              "max_pixels": ("input", "max_pixels"),
+             "decode_min_side": ("input", "decode_min_side"),
              "subset": ("input", "subset"), "subset_seed": ("input", "subset", "seed"),
              "ray_address": ("ray", "address"), "media": ("input", "media"),
              "sample_fps": ("input", "sampling", "fps"),

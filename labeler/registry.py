@@ -24,6 +24,11 @@ GENERATIVE_FAMILIES = ("florence2", "blip2", "qwen2_vl", "ovis2")
 # (Florence-2 large 49 GiB, base 25, Qwen2-VL 10 at 448 px). BLIP-2 and Ovis2, unmeasured,
 # take 32. A batch too large for a smaller GPU runs in halves (labeler.models.fitting).
 GPU_BATCH_INPUTS = {"owlv2": 64, "florence2": 128, "qwen2_vl": 128, "blip2": 32, "ovis2": 32}
+# Families whose processors size each image from its own pixels (dynamic resolution):
+# Qwen2-VL keeps an image's size up to max_pixels (12.8 MP in its checkpoints), Ovis2 picks
+# its tile grid from it. Decoding such an image reduced (InputSpec.decode_min_side) would
+# change what the model sees, so by default they get every pixel.
+FULL_RESOLUTION_FAMILIES = ("qwen2_vl", "ovis2")
 
 # (task, family) -> "module:Class". Adding a family is one module and one line here.
 ADAPTERS: dict[tuple[str, str], str] = {

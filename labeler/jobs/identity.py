@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from labeler.config import JobSpec, TaskSpec
+from labeler.config import JobSpec, TaskSpec, decode_side_for_tasks
 from labeler.jobs.examples import EXAMPLES_COLUMN, examples_text
 from labeler.sources import InputItem
 from labeler.storage import read_bytes, storage_error
@@ -56,6 +56,7 @@ def job_identity(spec: JobSpec, inputs: list, contents: dict | None = None) -> d
     identity = {
         "version": IDENTITY_VERSION,
         "input": {**spec.input.model_dump(exclude={"path"}, exclude_defaults=True),
+                  **_full_size_decode(spec),
                   "files_per_shard": spec.input.effective_files_per_shard},
         "tasks": [t.model_dump(exclude=HOW_A_TASK_RUNS, exclude_defaults=True)
                   for t in spec.tasks],
@@ -64,6 +65,18 @@ def job_identity(spec: JobSpec, inputs: list, contents: dict | None = None) -> d
     if contents:
         identity["contents"] = contents
     return identity
+
+
+def _full_size_decode(spec: JobSpec) -> dict:
+    """{"decode_min_side": None} for an image job that decodes at full size although its
+    decode_min_side is left at the default (a Qwen2-VL or Ovis2 task: decode_side_for_tasks),
+    which older labelers decoded reduced: their outputs are not resumed with other pixels."""
+    images = spec.input
+    if (images.media == "image" and images.decode_min_side is not None
+            and "decode_min_side" not in images.model_fields_set
+            and decode_side_for_tasks(images.decode_min_side, spec.tasks) is None):
+        return {"decode_min_side": None}
+    return {}
 
 
 def content_digests(spec: JobSpec, items: list[InputItem]) -> dict[str, str]:

@@ -20,6 +20,8 @@ DECODE_BATCH = 16
 # ~955 MiB for 16 OWLv2 inputs at 960 px as float32 (12 MB each, plus the decoded images
 # and Arrow's copies of the output batch).
 DECODE_TASK_MEMORY = 1024 * 1024**2
+# Rows per decode task are divided by this when images decode at full size.
+FULL_SIZE_BLOCK_DIVISOR = 4
 
 
 def run_image_job(spec: JobSpec, progress: bool = True) -> JobSummary:
@@ -49,15 +51,20 @@ def decoded_images(spec: JobSpec, todo: list[dict], rows_per_block: int = DECODE
 
     from labeler.jobs.stages import decode_batch
 
+    decode_side = decode_side_for_tasks(spec.input.decode_min_side, spec.tasks,
+                                        "decode_min_side" in spec.input.model_fields_set)
     rows_per_block = max(1, rows_per_block // canvases_per_image(spec.tasks))
+    if decode_side is None:
+        # Whole images: a 12 MP one is 36 MB decoded, ~12x a reduced one, and a decode task
+        # should stay near DECODE_TASK_MEMORY.
+        rows_per_block = max(1, rows_per_block // FULL_SIZE_BLOCK_DIVISOR)
     ds = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / rows_per_block)))
     # One block (<= rows_per_block rows) per task, as planned: a batch size would make Ray Data
     # bundle blocks until it is reached (two blocks of 12 for 16), and a model task that
     # keeps dying loses its whole input bundle (see runner.MODEL_BATCH_ATTEMPTS).
     return ds.map_batches(decode_batch, batch_size=None,
                           fn_kwargs={"max_pixels": spec.input.max_pixels,
-                                     "decode_min_side": decode_side_for_tasks(
-                                         spec.input.decode_min_side, spec.tasks),
+                                     "decode_min_side": decode_side,
                                      "tasks": list(spec.tasks)},
                           num_cpus=1,
                           # What a task holds: a batch of decoded images. Declaring it also

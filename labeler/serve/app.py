@@ -380,9 +380,9 @@ class Ingress:
         async with self.decoding.hold(pixels if pixels <= limits.max_pixels else 0):
             start = time.perf_counter()
             try:
-                decoded = await asyncio.to_thread(decode_image, data, limits.max_pixels,
-                                                  decode_side_for_tasks(limits.decode_min_side,
-                                                                        served))
+                side = decode_side_for_tasks(limits.decode_min_side, served,
+                                             "decode_min_side" in limits.model_fields_set)
+                decoded = await asyncio.to_thread(decode_image, data, limits.max_pixels, side)
             except MediaError as err:
                 raise ApiError(422, f"image cannot be used: {err}") from None
             decode_ms = (time.perf_counter() - start) * 1000.0
@@ -920,4 +920,6 @@ def build_app(spec: ServeSpec, tokens: list[str]):
         # The ingress only parses, decodes and waits: many requests at once cost it little,
         # and the models' own queues are the limit that answers 503.
         max_ongoing_requests=1000)
-    return ingress.bind(spec.model_dump_json(), tokens, handles)
+    # Unset fields stay unset in the replica: limits.decode_min_side left out decodes a
+    # Qwen2-VL / Ovis2 model's images whole (decode_side_for_tasks), set does not.
+    return ingress.bind(spec.model_dump_json(exclude_unset=True), tokens, handles)

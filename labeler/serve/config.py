@@ -181,7 +181,8 @@ class LimitsSpec(_Strict):
     # headers); more wait their turn. 200 megapixels: 16 camera images of 12 MP at once, or
     # 4 at max_pixels, ~3 GB of decoding memory at most.
     max_decoding_pixels: int = Field(200_000_000, ge=1)
-    # As in a job (InputSpec.decode_min_side), so both decode an image to the same pixels.
+    # As in a job (InputSpec.decode_min_side, set or not), so both decode an image to the
+    # same pixels.
     decode_min_side: int | None = Field(1008, ge=1)
     # Video requests (/v1/video, Label Studio video tasks). 512 MiB: 9 minutes of 1080p H.264
     # at 8 Mbit/s; the ingress holds an uploaded or https video in memory while its frames

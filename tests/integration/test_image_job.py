@@ -423,3 +423,30 @@ def test_input_fields_named_like_record_or_routing_columns_are_carried_apart(
     rows = pads.dataset(tmp_path / "out_wds", format="parquet").to_table().to_pylist()
     assert sorted((r["id"], r["input_id"], r["src"]) for r in rows) == [
         ("s.tar/0000", "orig0", 0), ("s.tar/0001", "orig1", 1)]
+
+
+def test_qwen2_vl_and_ovis2_tasks_get_whole_images(ray_local, tmp_path):
+    """Their processors size each image from its own pixels (dynamic resolution): the
+    decode stage hands them a 2400x1600 JPEG whole, where a Florence-2 job (a fixed 768 px
+    input) gets it reduced to 1200x800, and a Qwen2-VL job that sets decode_min_side gets what it set."""
+    from labeler.jobs.images import decoded_images
+    from labeler.sources import plan_source
+    from labeler.testing.samples import synthetic_image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    synthetic_image(2400, 1600, seed=3).save(folder / "photo.jpg", quality=90)
+
+    def decoded_shape(**flags) -> tuple:
+        spec = load_job_spec(None, input=str(folder), output=str(tmp_path / "out"), **flags)
+        todo = [item.row(False) for item in plan_source(str(folder), 256).items]
+        (row,) = decoded_images(spec, todo).take_all()
+        assert row["error"] == ""
+        return row["image"].shape
+
+    for family in ("qwen2_vl", "ovis2"):
+        assert decoded_shape(task="caption", family=family, model="some/model") == (1600, 2400, 3)
+    assert decoded_shape(task="caption", family="qwen2_vl", model="some/model",
+                         decode_min_side=1008) == (800, 1200, 3)
+    assert decoded_shape(task="caption", family="florence2", model="some/model") == (
+        800, 1200, 3)

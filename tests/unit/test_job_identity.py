@@ -209,3 +209,29 @@ def test_an_output_written_before_contents_were_hashed_resumes(images, tmp_path)
     # Without contents to hash, the identity is what it was.
     plain = _spec(images, tmp_path)
     assert content_digests(plain, plan.items) == {}
+
+
+def test_dynamic_resolution_tasks_decode_whole_images_unless_told(images, tmp_path):
+    """Qwen2-VL keeps an image's own size up to 12.8 MP and Ovis2 picks its tile grid from
+    it: decoded at 1008 px (the default reduction, sized for the fixed-input models), a 12 MP
+    photo gave Qwen2-VL 972 visual tokens instead of the documented usage's 15,552."""
+    from labeler.config import TaskSpec, decode_side_for_tasks
+
+    def task(family: str, task: str = "caption") -> TaskSpec:
+        return TaskSpec(task=task, model={"family": family, "source": "some/model"},
+                        **({"labels": ["cat"]} if family == "owlv2" else {}))
+
+    owlv2, florence2, qwen, ovis = (task("owlv2", "detect"), task("florence2"),
+                                    task("qwen2_vl"), task("ovis2"))
+    assert decode_side_for_tasks(1008, [owlv2, florence2]) == 1008
+    assert decode_side_for_tasks(1008, [qwen]) is None
+    assert decode_side_for_tasks(1008, [owlv2, ovis]) is None  # one decode serves both
+    assert decode_side_for_tasks(1008, [qwen], explicit=True) == 1008
+    # Outputs of older labelers decoded them reduced: not resumed with other pixels.
+    default = load_job_spec(None, input=str(images), output=str(tmp_path / "out"),
+                            task="caption", family="qwen2_vl", model="some/model")
+    told = load_job_spec(None, input=str(images), output=str(tmp_path / "out"),
+                         task="caption", family="qwen2_vl", model="some/model",
+                         decode_min_side=1008)
+    assert job_identity(default, [])["input"]["decode_min_side"] is None
+    assert "decode_min_side" not in job_identity(told, [])["input"]

@@ -882,3 +882,34 @@ def test_the_ingress_decodes_no_more_pixels_at_once_than_its_budget(monkeypatch)
     peak[0] = 0
     asyncio.run(decode_all([png(64, 48)] * 6))  # small images: all at once
     assert peak[0] == 6
+
+
+def test_the_ingress_decodes_whole_images_for_dynamic_resolution_models():
+    """As a job does (decode_side_for_tasks): a Qwen2-VL model gets a 2400x1600 JPEG whole,
+    a Florence-2 one reduced to 1200x800, and limits.decode_min_side, when set, rules; the
+    replica gets the spec with unset fields unset, so it tells the two apart."""
+    import asyncio
+    import io
+    from types import SimpleNamespace
+
+    import labeler.serve.app as app
+    from labeler.serve.config import ServeSpec
+    from labeler.serve.limits import PixelBudget
+    from labeler.testing.samples import synthetic_image
+
+    buf = io.BytesIO()
+    synthetic_image(2400, 1600, seed=3).save(buf, "JPEG", quality=90)
+
+    def decoded_shape(family: str, **limits) -> tuple:
+        spec = ServeSpec(models=[{"task": "caption", "model": {"family": family,
+                                                               "source": "x"}}],
+                         **({"limits": limits} if limits else {}))
+        spec = ServeSpec.model_validate_json(spec.model_dump_json(exclude_unset=True))
+        ingress = SimpleNamespace(spec=spec, decoding=PixelBudget(10**9))
+        decoded, _ = asyncio.run(app.Ingress._image(ingress, buf.getvalue(), None,
+                                                    spec.models))
+        return decoded.pixels.shape
+
+    assert decoded_shape("qwen2_vl") == decoded_shape("ovis2") == (1600, 2400, 3)
+    assert decoded_shape("florence2") == (800, 1200, 3)
+    assert decoded_shape("qwen2_vl", decode_min_side=1008) == (800, 1200, 3)
