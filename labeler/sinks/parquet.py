@@ -305,7 +305,18 @@ class ShardedParquetSink:
 
     def _delete_all(self) -> None:
         if not self.s3:
-            shutil.rmtree(self.path, ignore_errors=True)
+            # What the folder holds, not the folder itself: an output that is a link to a
+            # folder (rmtree refuses links, and ignore_errors hid it) is emptied too.
+            if not os.path.isdir(self.path):
+                return
+            for entry in os.scandir(self.path):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    try:
+                        os.unlink(entry.path)
+                    except OSError:
+                        pass  # left in place: the output then reads as not empty
         else:
             self.fs.delete_dir_contents(self.path, missing_dir_ok=True)
 

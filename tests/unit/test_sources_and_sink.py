@@ -76,6 +76,24 @@ def test_rerun_skips_committed_shards_and_refuses_other_jobs(tmp_path):
     assert fresh.pending_shards() == {0, 1}
 
 
+def test_overwrite_empties_an_output_that_is_a_link_to_a_folder(tmp_path):
+    """--overwrite on an output reached through a symlink (a /data/labels link, say) starts
+    afresh too: the same job's committed shards are labeled again (the model's weights
+    changed, say), and another job's output is replaced rather than refused."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "out").symlink_to(tmp_path / "real")
+    sink = ShardedParquetSink(tmp_path / "out", {0: 1, 1: 1}, ["detect"], "fp")
+    sink.add(_rows(["a"], 0))
+    fresh = ShardedParquetSink(tmp_path / "out", {0: 1, 1: 1}, ["detect"], "fp",
+                               overwrite=True)
+    assert fresh.pending_shards() == {0, 1}
+    assert not (tmp_path / "real/detect/part-00000.parquet").exists()
+    other = ShardedParquetSink(tmp_path / "out", {0: 1}, ["detect"], "other-fp",
+                               overwrite=True)
+    assert other.pending_shards() == {0}
+    assert (tmp_path / "out").is_symlink()
+
+
 def test_a_foreign_non_empty_folder_is_not_overwritten(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "precious.txt").write_text("keep me")
