@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -369,8 +370,15 @@ class ShardedParquetSink:
             return
         folder, _, name = path.rpartition("/")
         self.fs.create_dir(folder, recursive=True)
-        staging = f"{folder}/.{name}.tmp"
-        write(staging)
+        # A name of this write's own: a second run writing the same output at once (the
+        # same job started twice) must neither truncate this file nor rename it away.
+        staging = f"{folder}/.{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            write(staging)
+        except BaseException:
+            if os.path.exists(staging):  # named by this write alone: no later one reuses it
+                os.unlink(staging)
+            raise
         self.fs.move(staging, path)  # rename: atomic, readers see the whole file or none
 
     def _read_shard(self, task_name: str, shard: int, columns: list[str] | None = None) -> pa.Table:

@@ -94,6 +94,22 @@ def test_overwrite_empties_an_output_that_is_a_link_to_a_folder(tmp_path):
     assert (tmp_path / "out").is_symlink()
 
 
+def test_a_second_run_writing_the_same_output_at_once_keeps_its_staged_file(tmp_path):
+    """The same job started twice on one local output: each commit stages its shard under a
+    dot-name of its own, so neither truncates the file the other is writing nor renames it
+    away (which failed the other run with 'Failed renaming ... No such file')."""
+    sink = ShardedParquetSink(tmp_path / "out", {0: 1}, ["detect"], "fp")
+    (tmp_path / "out/detect").mkdir()
+    other = tmp_path / "out/detect/.part-00000.parquet.tmp"  # the other run, mid-write
+    other.write_bytes(b"half a shard")
+    sink.add(_rows(["a"], 0))
+    assert other.read_bytes() == b"half a shard"
+    assert pq.read_table(tmp_path / "out/detect/part-00000.parquet").column("id").to_pylist() \
+        == ["a"]
+    staged = sorted(p.name for p in (tmp_path / "out/detect").iterdir())
+    assert staged == [".part-00000.parquet.tmp", "part-00000.parquet"]
+
+
 def test_a_foreign_non_empty_folder_is_not_overwritten(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "precious.txt").write_text("keep me")
