@@ -81,6 +81,15 @@ def describe_differences(stored: dict | None, current: dict | None) -> str:
         if old_contents[key] != new_contents[key]:
             reasons.append(f"{key}: other contents" if not key.endswith(".captions") else
                            f"{key}: other captions")
+    old_tasks, new_tasks = stored.get("tasks"), current.get("tasks")
+    if isinstance(old_tasks, list) and isinstance(new_tasks, list) \
+            and len(old_tasks) != len(new_tasks):
+        # A task added or removed has no fields "at the default" on the other side: say so,
+        # and compare the fields of the tasks both have.
+        reasons.append(f"tasks: {len(old_tasks)} there ({_task_names(old_tasks)}), "
+                       f"{len(new_tasks)} now ({_task_names(new_tasks)})")
+        common = min(len(old_tasks), len(new_tasks))
+        stored["tasks"], current["tasks"] = old_tasks[:common], new_tasks[:common]
     old_fields, new_fields = _flatten(stored), _flatten(current)
     keys = old_fields.keys() | new_fields.keys()
     named_off = set()
@@ -135,6 +144,10 @@ def _same_but_contents(stored: dict | None, current: dict | None) -> bool:
         return False
     return stored == json.loads(json.dumps({k: v for k, v in current.items()
                                             if k != "contents"}))
+def _task_names(tasks: list) -> str:
+    """The output names of an identity's tasks, as a job names their folders."""
+    return ", ".join(str(t.get("name") or t.get("task")) if isinstance(t, dict) else "?"
+                     for t in tasks)
 
 
 def _json_object(data: bytes) -> dict | None:

@@ -129,6 +129,19 @@ def test_differences_name_nested_fields_and_inputs():
         "tasks.0.track.max_missed: the default there, 5 now")
 
 
+def test_a_task_added_or_removed_is_named_as_such_not_as_fields_at_their_default():
+    """A second task is not a task whose fields were at their defaults there."""
+    one = {"tasks": [{"task": "detect", "labels": ["cat"]}]}
+    two = {"tasks": [{"task": "detect", "labels": ["cat"]},
+                     {"task": "caption", "name": "captions", "model": {"family": "florence2"}}]}
+    assert describe_differences(one, two) == "tasks: 1 there (detect), 2 now (detect, captions)"
+    assert describe_differences(two, one) == "tasks: 2 there (detect, captions), 1 now (detect)"
+    changed = {"tasks": [{"task": "detect", "labels": ["dog"]}, two["tasks"][1]]}
+    assert describe_differences(one, changed) == (
+        "tasks: 1 there (detect), 2 now (detect, captions); "
+        "tasks.0.labels: ['cat'] there, ['dog'] now")
+
+
 @pytest.mark.parametrize("content", [b"", b"{not json", b"[1, 2]", b"\xff\xfe"])
 def test_an_unreadable_job_manifest_is_refused_by_name(images, tmp_path, content):
     out = tmp_path / "out"
