@@ -11,6 +11,7 @@ interrupted export.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -67,8 +68,11 @@ class Target:
     def clear(self) -> None:
         """Delete everything under the location (check_empty allowed it)."""
         if not self.empty:
+            # A local --out that is a link to a folder: pyarrow empties nothing through the
+            # link, and says nothing; the folder it points to is emptied.
+            path = self.path if self.s3 else os.path.realpath(self.path)
             try:
-                self.fs.delete_dir_contents(self.path, missing_dir_ok=True)
+                self.fs.delete_dir_contents(path, missing_dir_ok=True)
             except OSError as err:
                 raise storage_error(self.uri, "empty", err) from None
 

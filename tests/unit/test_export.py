@@ -505,6 +505,24 @@ def test_overwrite_never_empties_a_folder_inside_the_job_output(tmp_path, capsys
         "--overwrite")[2]
 
 
+def test_overwrite_empties_an_out_that_is_a_link_to_a_folder(tmp_path, capsys):
+    """pyarrow emptied nothing through the link, and said nothing: an earlier export's files
+    stayed beside the new one."""
+    (tmp_path / "a.jpg").write_bytes(_encode((8, 8), "JPEG", None, 0))
+    path = _write_job(tmp_path / "out", [_record("a.jpg", str(tmp_path / "a.jpg"), "detect",
+                                                 "detect", {"labels": ["x"]}, (8, 8), [])],
+                      ["detect"], 1)
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    (folder / "stale.json").write_text("{}")
+    (tmp_path / "latest").symlink_to(folder, target_is_directory=True)
+    code, _, err = _export(capsys, path, "--format", "coco", "--out", tmp_path / "latest",
+                           "--overwrite")
+    assert code == 0, err
+    assert (folder / "annotations.json").is_file() and not (folder / "stale.json").exists()
+    assert (tmp_path / "latest").is_symlink()
+
+
 @pytest.mark.parametrize("command, flags", [("export", ["--format", "coco", "--task", "a"]),
                                             ("fuse", ["--tasks", "a,b"])])
 def test_an_out_inside_the_job_output_is_refused_before_anything_is_written(
