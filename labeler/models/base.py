@@ -261,8 +261,10 @@ class Adapter(ABC):
         return None
 
     def prompt_for(self, image: ImageInput) -> str | None:
-        """The row's prompt, else the spec's, else the adapter's default."""
-        return image.prompt or self.spec.prompt or self.default_prompt
+        """The row's prompt (unless blank: a manifest cell of spaces is no prompt), else the
+        spec's, else the adapter's default."""
+        own = image.prompt if image.prompt and image.prompt.strip() else None
+        return own or self.spec.prompt or self.default_prompt
 
     def parameters(self) -> dict:
         """The parameters that shape this adapter's output, stored with every row."""

@@ -112,6 +112,17 @@ def test_ask_row_questions_replace_the_spec_question(model_dir, reference_model,
         assert got == {"text": reference_text(reference_model, image, wrapped), "prompt": wrapped}
 
 
+def test_a_blank_row_prompt_is_no_prompt(model_dir, reference_model, images):
+    """A manifest cell of spaces was used as given: a caption continued a prefix of spaces,
+    a question became "Question:  Answer:". It is no prompt, as Florence-2 reads it."""
+    blank = rows(images[:2], ["   ", "\t"])
+    caption = make_adapter(_spec(model_dir, "caption"))(blank)
+    assert caption == make_adapter(_spec(model_dir, "caption"))(rows(images[:2]))
+    assert [got["prompt"] for got in caption] == [None, None]
+    asked = make_adapter(_spec(model_dir, "ask", prompt=QUESTION))(blank)
+    assert [got["prompt"] for got in asked] == [as_question(QUESTION)] * 2
+
+
 def test_max_new_tokens_is_respected(model_dir, reference_model, images):
     adapter = make_adapter(_spec(model_dir, "ask", prompt=QUESTION,
                                  generation={"max_new_tokens": 3}))
