@@ -338,38 +338,52 @@ def _parquet_cell(manifest: str, row: int, column: str) -> bytes | None:
 def resolve_model_source(source: str, cache_dir: Path | None = None) -> str:
     """What to hand to `from_pretrained`: the source itself, or for s3:// a local copy.
 
-    Concurrent actors on one node wait on a file lock, so the copy is made once; the copy is
-    written to a temporary folder, its sizes checked, then renamed into place atomically.
+    The copy is keyed by the source and by its listing (each object's key, size and
+    modification time), so a model uploaded again under the same prefix is copied again,
+    and the earlier copies of that source are then deleted (a process that loaded one keeps
+    its open files). Concurrent actors on one node wait on a file lock, so each copy is made
+    once; it is written to a temporary folder, its sizes checked, then renamed into place
+    atomically.
     """
     if not is_s3(source):
         return source
     cache_dir = cache_dir or default_cache()
-    key = hashlib.sha256(source.rstrip("/").encode()).hexdigest()[:16]
-    target = cache_dir / "models" / key
+    fs, prefix = filesystem_for(source)
+    prefix = prefix.rstrip("/")
+    infos = sorted((i for i in fs.get_file_info(pafs.FileSelector(prefix, recursive=True))
+                    if i.type == pafs.FileType.File), key=lambda i: i.path)
+    if not infos:
+        raise FileNotFoundError(f"no files under {source}")
+    source_key = hashlib.sha256(source.rstrip("/").encode()).hexdigest()[:16]
+    listing = "\n".join(f"{i.path}\t{i.size}\t{i.mtime_ns}" for i in infos)
+    folder = cache_dir / "models" / source_key
+    target = folder / hashlib.sha256(listing.encode()).hexdigest()[:16]
     if target.is_dir():
         return str(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{key}.lock", "w") as lock:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if target.is_dir():  # another actor finished the copy while we waited
             return str(target)
-        fs, prefix = filesystem_for(source)
-        infos = [i for i in fs.get_file_info(pafs.FileSelector(prefix.rstrip("/"), recursive=True))
-                 if i.type == pafs.FileType.File]
-        if not infos:
-            raise FileNotFoundError(f"no files under {source}")
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}-"))
+        staging = Path(tempfile.mkdtemp(dir=folder, prefix=".copy-"))
         try:
-            pafs.copy_files(prefix.rstrip("/"), str(staging), source_filesystem=fs,
+            pafs.copy_files(prefix, str(staging), source_filesystem=fs,
                             destination_filesystem=pafs.LocalFileSystem())
             for info in infos:
-                local = staging / os.path.relpath(info.path, prefix.rstrip("/"))
+                local = staging / os.path.relpath(info.path, prefix)
                 if local.stat().st_size != info.size:
                     raise OSError(f"incomplete copy of {info.path}: "
                                   f"{local.stat().st_size} of {info.size} bytes")
             os.replace(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        for earlier in folder.iterdir():  # copies of the model as it was uploaded before
+            if earlier == target or earlier.name.startswith("."):
+                continue
+            if earlier.is_dir():
+                shutil.rmtree(earlier, ignore_errors=True)
+            else:  # a file of a copy made by labeler before copies were versioned
+                earlier.unlink(missing_ok=True)
     return str(target)
 
 

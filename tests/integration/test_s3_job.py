@@ -239,3 +239,12 @@ def test_model_from_s3_is_downloaded_once_for_concurrent_callers(s3_env, s3_buck
     assert AutoConfig.from_pretrained(local).model_type == "owlv2"
     assert resolve_model_source(f"s3://{s3_bucket}/m/owlv2", tmp_path / "cache") == str(local)
     assert len(copies) == 1  # cached: no second download
+    # Uploaded again under the same prefix (a retrained model): copied again, not the
+    # node's old copy for ever; the old copy is deleted.
+    config = json.loads((Path(tiny_owlv2) / "config.json").read_text())
+    config["labeler_note"] = "retrained"
+    s3_env.client().put_object(Bucket=s3_bucket, Key="m/owlv2/config.json",
+                               Body=json.dumps(config).encode())
+    again = Path(resolve_model_source(f"s3://{s3_bucket}/m/owlv2", tmp_path / "cache"))
+    assert again != local and len(copies) == 2 and not local.exists()
+    assert json.loads((again / "config.json").read_text())["labeler_note"] == "retrained"
