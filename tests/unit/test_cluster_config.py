@@ -155,3 +155,28 @@ def test_the_image_the_manifests_run_is_built_on_their_ray_version():
         assert (ROOT / copied).exists() and copied in dockerfile
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv/" in ignored and ".git/" in ignored
+
+
+def test_readme_grants_ray_head_role_the_workers_profiles():
+    """Workers launched with an instance profile need the head's role to hold iam:PassRole
+    for it, which Ray's default head role (AmazonEC2FullAccess, AmazonS3FullAccess) lacks:
+    the README's one-time IAM commands create each worker profile and grant exactly that
+    to the role Ray names, else EC2 refuses every worker launch."""
+    import re
+
+    from ray.autoscaler._private.aws.config import DEFAULT_RAY_IAM_ROLE
+
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    head = config["available_node_types"][config["head_node_type"]]["node_config"]
+    assert "IamInstanceProfile" not in head  # Ray's default role, the one granted below
+    profiles = {t["node_config"]["IamInstanceProfile"]["Name"]
+                for t in config["available_node_types"].values()
+                if "IamInstanceProfile" in t["node_config"]}
+    assert profiles
+    readme = (ROOT / "README.md").read_text()
+    grant = re.search(r"aws iam put-role-policy --role-name (\S+) .*?\}\]\}'", readme, re.S)
+    assert grant and grant.group(1) == DEFAULT_RAY_IAM_ROLE
+    assert '"Action": "iam:PassRole"' in grant.group(0)
+    for name in profiles:
+        assert f":role/{name}\"" in grant.group(0), name
+        assert f"--instance-profile-name {name}" in readme, name
