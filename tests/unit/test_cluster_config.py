@@ -86,6 +86,10 @@ def test_kuberay_rayservice_serves_the_labeler_application(monkeypatch):
     spec = service["spec"]
     assert isinstance(spec["serveConfigV2"], str)  # KubeRay takes the Serve config as text
     serve_config = yaml.safe_load(spec["serveConfigV2"])
+    # Ray's own Serve config schema, which the dashboard checks KubeRay's config against.
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(serve_config)
     assert serve_config["http_options"]["port"] == 8000  # KubeRay's serve service port
     (app,) = serve_config["applications"]
     assert app["name"] and app["route_prefix"] == "/"
@@ -151,6 +155,10 @@ def test_the_image_the_manifests_run_is_built_on_their_ray_version():
     setup = (ROOT / "scripts" / "setup.sh").read_text()
     torch_pins = re.search(r'TORCH_SPEC=\$\{LABELER_TORCH:-"([^"]+)"\}', setup).group(1).split()
     assert all(f'"{pin}"' in dockerfile for pin in torch_pins)
+    # The Ray cluster launcher's nodes install the same torch build.
+    launcher = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    setup_commands = " ".join(launcher["setup_commands"])
+    assert all(f'"{pin}"' in setup_commands for pin in torch_pins)
     for copied in ("pyproject.toml", "README.md", "labeler"):
         assert (ROOT / copied).exists() and copied in dockerfile
     ignored = (ROOT / ".dockerignore").read_text().split()
