@@ -188,3 +188,24 @@ def test_readme_grants_ray_head_role_the_workers_profiles():
     for name in profiles:
         assert f":role/{name}\"" in grant.group(0), name
         assert f"--instance-profile-name {name}" in readme, name
+
+
+# vCPUs and NVIDIA GPUs of the EC2 instance types cluster.yaml uses or suggests (AWS's
+# instance type pages); a node type's `resources` overrides what Ray would detect.
+EC2_CPUS_GPUS = {"m6i.2xlarge": (8, 0), "c6i.4xlarge": (16, 0), "g5.2xlarge": (8, 1),
+                 "p4d.24xlarge": (96, 8), "p5.48xlarge": (192, 8)}
+
+
+def test_worker_resources_are_those_of_their_instance_type():
+    """Ray schedules on a node type's declared `resources` (they override what it detects
+    from the instance type): a GPU type switched to p4d.24xlarge with {GPU: 1} left in place
+    would run one of its 8 GPUs. The head declares CPU 0 on purpose (no model or decode work)."""
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    for name, node in config["available_node_types"].items():
+        instance = node["node_config"]["InstanceType"]
+        assert instance in EC2_CPUS_GPUS, f"{name}: add {instance}'s vCPUs and GPUs to the table"
+        if name == config["head_node_type"]:
+            continue
+        cpus, gpus = EC2_CPUS_GPUS[instance]
+        resources = node["resources"]
+        assert (resources.get("CPU"), resources.get("GPU", 0)) == (cpus, gpus), name
