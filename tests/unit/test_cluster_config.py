@@ -159,6 +159,8 @@ def test_the_image_the_manifests_run_is_built_on_their_ray_version():
     launcher = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     setup_commands = " ".join(launcher["setup_commands"])
     assert all(f'"{pin}"' in setup_commands for pin in torch_pins)
+    # ... and the Ray the tests ran against, on every node alike.
+    assert f'"ray[data,serve]=={ray.__version__}"' in setup_commands
     for copied in ("pyproject.toml", "README.md", "labeler"):
         assert (ROOT / copied).exists() and copied in dockerfile
     ignored = (ROOT / ".dockerignore").read_text().split()
