@@ -28,8 +28,11 @@ def list_files(path: str) -> tuple[str, list[str]]:
     bucket, credentials refused, endpoint not answering) raises StorageError; a prefix with
     no objects is an empty listing. A local folder's links are followed, each folder once
     (a link to a folder above would list its files again and again), and a link to nothing
-    is listed (its input becomes an error row). SpecError for a local file name that is not
-    UTF-8 (it could be no id)."""
+    is listed (its input becomes an error row). Hidden files and folders (a name starting
+    with `.`: macOS's `._photo.jpg` and `.DS_Store`, `.thumbnails/`, `.git/`) are not listed
+    under a folder or prefix, as a glob's `*` does not match them (and as Hugging Face
+    datasets and webdataset skip them). SpecError for a local file name that is not UTF-8
+    (it could be no id)."""
     if not is_s3(path) and glob.has_magic(path):
         root = os.path.abspath(path.split("*")[0].split("?")[0].split("[")[0])
         root = root if os.path.isdir(root) else os.path.dirname(root)
@@ -52,7 +55,8 @@ def list_files(path: str) -> tuple[str, list[str]]:
         infos = []
     except OSError as err:
         raise storage_error(path, "list", err) from None
-    files = [scheme + i.path for i in infos if i.type == pafs.FileType.File]
+    files = [scheme + i.path for i in infos if i.type == pafs.FileType.File
+             and not _hidden(i.path[len(root):])]
     if is_s3(path) and not files:
         # A single object named by the URI itself.
         try:
@@ -86,11 +90,18 @@ def _walk(root: str) -> list[str]:
         seen.add(real)
         with os.scandir(folder) as entries:
             for entry in entries:
+                if entry.name.startswith("."):  # hidden (list_files)
+                    continue
                 if entry.is_dir():  # follows links
                     folders.append(entry.path)
                 elif entry.is_file() or entry.is_symlink():  # a link to nothing too
                     files.append(entry.path)
     return files
+
+
+def _hidden(relative: str) -> bool:
+    """Whether a path below the listed root has a hidden part (a name starting with `.`)."""
+    return any(part.startswith(".") for part in relative.split("/") if part)
 
 
 def _dangling(path: str) -> bool:

@@ -76,7 +76,9 @@ def tar_samples(uri: str, tar_id: str,
         with fs.open_input_stream(path, buffer_size=READ_BUFFER) as stream:
             with tarfile.open(fileobj=stream, mode="r|") as tar:
                 for last in tar:
-                    if not last.isfile():
+                    # Hidden members (macOS tar's `._key.jpg` beside each file) are no
+                    # part of a sample, as webdataset's own reader skips them.
+                    if not last.isfile() or posixpath.basename(last.name).startswith("."):
                         continue
                     key, ext = sample_key(last.name)
                     if ("." + ext.rsplit(".", 1)[-1]) in extensions:

@@ -62,3 +62,12 @@ def test_bytes_manifests_and_a_broken_tar_in_s3(s3_bucket, s3_env):
         ("00000.tar/<unreadable from byte 1536>",
          f"error: the tar s3://{s3_bucket}/wds/00000.tar is unreadable from byte 1536 on (a member "
          f"header is corrupt): the samples stored after that point are lost")]
+
+
+def test_hidden_objects_under_a_prefix_are_not_inputs(s3_bucket, s3_env):
+    """As under a local folder: `._a.jpg` (macOS) and a `.cache/` prefix are not inputs."""
+    client = s3_env.client()
+    for key in ("hidden/a.jpg", "hidden/._a.jpg", "hidden/.cache/b.jpg", "hidden/sub/c.jpg"):
+        client.put_object(Bucket=s3_bucket, Key=key, Body=b"x")
+    plan = plan_source(f"s3://{s3_bucket}/hidden", files_per_shard=8)
+    assert [i.id for i in plan.items] == ["a.jpg", "sub/c.jpg"]

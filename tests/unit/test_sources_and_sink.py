@@ -27,6 +27,25 @@ def test_folder_listing_is_recursive_sorted_and_sharded(tmp_path):
     assert [i.id for i in globbed] == ["sub/c.webp"]
 
 
+def test_hidden_files_and_folders_are_not_inputs(tmp_path):
+    """macOS writes `._photo.jpg` beside each file on a foreign disk (and its tar puts them
+    in archives): each was an input and an error row ("not a recognised image format"), a
+    tar's all under the id `shard.tar/`. Skipped, as a glob's `*`, Hugging Face datasets
+    and webdataset skip hidden names."""
+    from labeler.sources import plan_source
+
+    for name in ["a.jpg", "._a.jpg", ".DS_Store", ".thumbnails/t.jpg", "sub/.hidden/b.jpg",
+                 "sub/c.jpg", "sub/._c.jpg"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    _tar(tmp_path / "s.tar", {"k1.jpg": b"JPEG-1", "._k1.jpg": b"\0\5\x16\7",
+                              "d/._k2.jpg": b"\0", "d/k2.jpg": b"JPEG-2"})
+    assert [i.id for i in plan_source(str(tmp_path), files_per_shard=8).items] == [
+        "a.jpg", "s.tar/k1", "s.tar/d/k2", "sub/c.jpg"]  # a tar's members in tar order
+    # A hidden folder named as the input itself is listed.
+    assert [i.id for i in plan_inputs(str(tmp_path / "sub" / ".hidden"), 8)] == ["b.jpg"]
+
+
 def _rows(ids, shard, task="detect", part=0, last=True):
     return pa.Table.from_pylist([
         {"id": i, "uri": f"/in/{i}", "task": "detect", "task_name": task, "model": "m",
