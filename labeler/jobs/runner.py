@@ -508,8 +508,11 @@ def lost_input_rows(spec: JobSpec, todo: list[dict], sink: ShardedParquetSink,
         where = "on frames of this video, each alone"
     else:
         where = "on this input alone"
+    # Ray Data drops a block whose decode task failed the same way (a worker that died,
+    # a runtime environment that could not be set up): the sink cannot tell which stage
+    # lost it, so the reason names both.
     reason = (f"not labeled: the model worker died {MODEL_BATCH_ATTEMPTS} times {where} "
-              f"(out of memory, or a crash in native code)")
+              f"(out of memory, or a crash in native code; or the task decoding it failed)")
     missing = missing_inputs(spec, todo, sink)
     records = []
     for task in spec.tasks:

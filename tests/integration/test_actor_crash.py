@@ -37,7 +37,7 @@ def test_a_batch_that_kills_its_actor_becomes_error_rows(tiny_owlv2, tmp_path):
     assert lost == {poison}  # its decode block's other inputs were relabeled
     assert rows[poison]["error"] == (
         f"not labeled: the model worker died {MODEL_BATCH_ATTEMPTS} times on this input alone "
-        "(out of memory, or a crash in native code)")
+        "(out of memory, or a crash in native code; or the task decoding it failed)")
     assert rows[poison]["detections"] is None
     assert all(rows[i]["detections"] is not None for i in set(rows) - lost)
     assert "errors: 1" in run.stdout and (out / "_SUCCESS").exists()
@@ -70,6 +70,7 @@ def test_a_video_frame_that_kills_its_actor_costs_that_frame_only(tiny_owlv2, tm
     (error,) = [r for r in rows if r["error"] is not None]
     assert error["id"] == "v.mp4" and error["error"] == (
         f"not labeled: the model worker died {MODEL_BATCH_ATTEMPTS} times on frames of this "
-        "video, each alone (out of memory, or a crash in native code)")
+        "video, each alone (out of memory, or a crash in native code; or the task decoding it "
+        "failed)")
     assert "errors: 1" in run.stdout and (out / "_SUCCESS").exists()
     assert "one per batch to find the frame that kills the worker" in run.stderr
