@@ -568,6 +568,8 @@ class Ingress:
         track = video_track(served, req.track)
         clip = video_clip(served, req.clip, req.sampling is not None, self.spec.video_clip)
         data, uri = bytes_or_uri(req.video, req.uri, upload, "video")
+        # Decoded: the base64 text (4/3 of the video) is not held while the video is labeled.
+        req = req.model_copy(update={"video": None})
         source = uri or (f"upload:{filename}" if upload is not None else "base64")
         sampling = (req.sampling or self.spec.video_sampling).sampling()
         with self._video_slot():

@@ -195,6 +195,10 @@ async def parse_request(request: Request, model: type[BaseModel], max_bytes: int
     else:
         raise ApiError(415, f"unsupported content type {content_type!r}; send application/json "
                             f"or multipart/form-data")
+    # Parsed: the raw body (cached on the request for Starlette's form parser) is not held
+    # while the request is served, a video's worth of memory per request.
+    del body
+    request._body = b""
     try:
         parsed = model.model_validate(fields)
     except ValidationError as err:
@@ -235,9 +239,13 @@ def decode_base64(text: str, field: str = "image") -> bytes:
         if not header.endswith(";base64"):
             raise ApiError(422, f"{field}: a data: URL must be base64-encoded "
                                 f"(data:...;base64,...)")
-    text = "".join(text.split())
+    # Each rewrite copies the text (a video's is hundreds of MB): only when needed.
+    if any(space in text for space in " \n\r\t"):
+        text = "".join(text.split())
+    if "-" in text or "_" in text:  # the URL-safe alphabet
+        text = text.replace("-", "+").replace("_", "/")
     try:
-        return base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as err:
         raise ApiError(422, f"{field} is not valid base64: {err}") from None
 
