@@ -159,8 +159,10 @@ def test_the_image_the_manifests_run_is_built_on_their_ray_version():
     launcher = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     setup_commands = " ".join(launcher["setup_commands"])
     assert all(f'"{pin}"' in setup_commands for pin in torch_pins)
-    # ... and the Ray the tests ran against, on every node alike.
+    # ... and the Ray the tests ran against, on every node alike, on the image's Python.
     assert f'"ray[data,serve]=={ray.__version__}"' in setup_commands
+    python = f"{base.group(2)}.{base.group(3)}"
+    assert f"uv venv --seed --python {python} ~/venv" in setup_commands, python
     for copied in ("pyproject.toml", "README.md", "labeler"):
         assert (ROOT / copied).exists() and copied in dockerfile
     ignored = (ROOT / ".dockerignore").read_text().split()
