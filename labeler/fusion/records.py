@@ -13,7 +13,9 @@ A fused record is the first source's record with:
                     boxes as the consensus)
     warnings        each source's, as `name: warning`
     parameters      JSON {"fuse": the settings, "labels": the sources' labels (renamed, in
-                    order), "sources": {name: that source's parameters}, "track"?}
+                    order, each once case and spaces aside: as the first source lists it),
+                    "sources": {name: that source's parameters}, "track"?}; a fused box is
+                    labeled as these labels spell it, whichever source found it
     prompt, text, ocr_regions, timings, kept, filter_reason, model_revision: null
 """
 
@@ -105,7 +107,9 @@ class RecordFuser:
         self.constants = {"task": kind, "task_name": task_name, "model": "+".join(names),
                           "model_family": MODEL_FAMILY, **dict.fromkeys(EMPTIED)}
         self._recorded = spec.recorded(names)
-        self._parameters: dict[tuple, str] = {}  # the sources' parameters -> the fused ones
+        # The sources' parameters -> the fused ones and their labels' spellings (label_key ->
+        # label).
+        self._parameters: dict[tuple, tuple[str, dict[str, str]]] = {}
         self._rename_keys = {label_key(label): label for label in spec.rename}
 
     def fields(self, records: list[dict], count: FusionCount) -> dict:
@@ -115,14 +119,16 @@ class RecordFuser:
         pairs = list(zip(self.names, records, strict=True))
         errors = [f"{name}: {r['error']}" for name, r in pairs if r["error"]]
         warnings = [f"{name}: {w}" for name, r in pairs for w in r["warnings"] or []]
-        fused = {"warnings": warnings or None, "parameters": self._parameters_of(records),
+        parameters, spellings = self._parameters_of(records)
+        fused = {"warnings": warnings or None, "parameters": parameters,
                  "error": "; ".join(errors) or None, "detections": None}
         if not errors:
             per_source = [r["detections"] or [] for r in records]
             if self.spec.rename:  # a copy of each box only when a label is renamed
                 per_source = [[self._renamed(d, count) for d in boxes] for boxes in per_source]
             fused["detections"] = fuse_boxes(per_source, records[0]["width"],
-                                             records[0]["height"], self.rule, count)
+                                             records[0]["height"], self.rule, count,
+                                             spellings=spellings)
         return fused
 
     def _renamed(self, box: dict, count: FusionCount) -> dict:
@@ -134,24 +140,27 @@ class RecordFuser:
         count.renamed[entry] = count.renamed.get(entry, 0) + 1
         return {**box, "label": self.spec.rename[entry]}
 
-    def _parameters_of(self, records: list[dict]) -> str:
-        """The fused `parameters` JSON (module docstring); one string per distinct sources'
-        parameters, which are the same for most of a job's rows."""
+    def _parameters_of(self, records: list[dict]) -> tuple[str, dict[str, str]]:
+        """The fused `parameters` JSON (module docstring) and its labels' spellings
+        (label_key -> label); one pair per distinct sources' parameters, which are the same
+        for most of a job's rows."""
         key = tuple(r["parameters"] for r in records)
         if key not in self._parameters:
             if len(self._parameters) >= PARAMETERS_KEPT:  # rows' own examples: each differs
                 self._parameters.clear()
             sources = {name: json.loads(p) if p else None for name, p in zip(self.names, key)}
-            labels: list[str] = []
+            spellings: dict[str, str] = {}  # label_key -> the first source's spelling
             for params in sources.values():
                 listed = params.get("labels") if isinstance(params, dict) else None
                 for label in listed if isinstance(listed, list) else []:
+                    if not isinstance(label, str):
+                        continue
                     entry = self._rename_keys.get(label_key(label))
                     renamed = label if entry is None else self.spec.rename[entry]
-                    if renamed not in labels:
-                        labels.append(renamed)
-            parameters = {"fuse": self._recorded, "labels": labels, "sources": sources}
+                    spellings.setdefault(label_key(renamed), renamed)
+            parameters = {"fuse": self._recorded, "labels": list(spellings.values()),
+                          "sources": sources}
             if self.track is not None:  # as a tracked job's rows record it
                 parameters["track"] = self.track.model_dump(mode="json")
-            self._parameters[key] = json.dumps(parameters)
+            self._parameters[key] = (json.dumps(parameters), spellings)
         return self._parameters[key]

@@ -10,7 +10,8 @@ weighted means do not depend on the scale):
        image, their corners put in order (x0 <= x1, y0 <= y1), those left with no area
        dropped, and their scores multiplied by the model's weight;
     2. per label (labels compared as labeler.schemas.labels.label_key compares them: `Dog`
-       and `dog` are one label, written as the first model's spelling), boxes in order
+       and `dog` are one label, written as `spellings` gives it, else as the first model's
+       box spells it), boxes in order
        of weighted score, highest first, each joins the cluster
        whose fused box it overlaps most, when that IoU is over `iou`, or starts a new one;
        a cluster's fused box is the mean of its boxes' corners weighted by their scores,
@@ -78,19 +79,21 @@ _Member = tuple[float, float, int, float, float, float, float]
 def fuse_boxes(per_model: Sequence[Sequence[dict]], width: float | None,
                height: float | None,
                rule: FusionRule, count: FusionCount | None = None,
-               support: bool = False) -> list[dict]:
+               support: bool = False, spellings: dict[str, str] | None = None) -> list[dict]:
     """One image's boxes, per model ({label, score, x0, y0, x1, y1} dicts, pixels), fused
     (module docstring) into {label, score, x0, y0, x1, y1} dicts, highest score first.
     width, height: the image's size in pixels, which boxes are clipped to (None: not
     known, no clipping on that side). support: each
-    fused box also has `models`, the sorted indices of the models whose boxes it fuses."""
+    fused box also has `models`, the sorted indices of the models whose boxes it fuses.
+    spellings: label_key -> the label a fused box of that key is written as (the models'
+    label lists); a label not in it is written as its first box, in model order, spells it."""
     count = count if count is not None else FusionCount()
     width = float("inf") if width is None else width
     height = float("inf") if height is None else height
     if not count.boxes_in:
         count.boxes_in = [0] * len(per_model)
     by_label: dict[str, list[_Member]] = {}  # label_key -> boxes
-    spelling: dict[str, str] = {}  # label_key -> the label as first seen
+    spelling = dict(spellings or {})  # label_key -> the label as listed, or as first seen
     keys: dict[str, str] = {}  # label -> label_key
     for model, (boxes, weight) in enumerate(zip(per_model, rule.weights, strict=True)):
         count.boxes_in[model] += len(boxes)

@@ -72,3 +72,17 @@ def test_renames_match_case_and_spaces_aside_and_count_the_boxes_they_renamed():
     total.add(count)
     total.add(count)
     assert total.renamed == {"A  Person": 2}
+
+
+def test_a_label_is_spelled_as_the_first_task_lists_it_in_every_image():
+    """Task a lists `Dog`, task b `dog`: a dog only b found is written `Dog` too, as in the
+    images both found it, and `labels` lists it once, so an export has one category."""
+    fuser = RecordFuser(["a", "b"], FusionSpec(), "detect", "f")
+    a, b = '{"labels": ["Dog", "cat"]}', '{"labels": ["dog", "Cat ", "owl"]}'
+    both = fuser.fields([_record([_box("Dog", 0.9)], a), _record([_box("dog", 0.8)], b)],
+                        FusionCount())
+    only_b = fuser.fields([_record([], a), _record([_box("dog", 0.8), _box("Cat ", 0.7, 100)], b)],
+                          FusionCount())
+    assert [d["label"] for d in both["detections"]] == ["Dog"]
+    assert [d["label"] for d in only_b["detections"]] == ["Dog", "cat"]
+    assert json.loads(only_b["parameters"])["labels"] == ["Dog", "cat", "owl"]
