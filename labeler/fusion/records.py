@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
+import numpy as np
 from pydantic import Field
 
 from labeler.config import TrackingSpec, _Strict
@@ -131,6 +132,17 @@ class RecordFuser:
                                              spellings=spellings)
         return fused
 
+    def record(self, records: list[dict], count: FusionCount) -> dict:
+        """The fused record of one input's records (the online API's), as `labeler fuse`
+        writes its row: the sources' boxes fused as a job's part files hold them, scores and
+        corners in float32 (RECORD_SCHEMA), and the fused boxes in float32 too. Fusing the
+        unrounded numbers would differ in the last digits, and where an IoU lies at the
+        threshold (Florence-2's boxes on its grid of bins), in which boxes fuse."""
+        stored = [{**r, "detections": _float32_boxes(r["detections"])} for r in records]
+        fields = self.fields(stored, count)
+        fields["detections"] = _float32_boxes(fields["detections"])
+        return {**records[0], **self.constants, **fields}
+
     def _renamed(self, box: dict, count: FusionCount) -> dict:
         """`box`, or a copy under its new label when a `rename` entry names its label
         (label_key: case and spaces aside), counted under that entry."""
@@ -164,3 +176,15 @@ class RecordFuser:
                 parameters["track"] = self.track.model_dump(mode="json")
             self._parameters[key] = (json.dumps(parameters), spellings)
         return self._parameters[key]
+
+
+_BOX_NUMBERS = ("score", "x0", "y0", "x1", "y1")
+
+
+def _float32_boxes(boxes: list[dict] | None) -> list[dict] | None:
+    """Copies of `boxes` with score and corners rounded to float32, as Parquet holds them."""
+    if not boxes:
+        return boxes
+    numbers = np.array([[box[k] for k in _BOX_NUMBERS] for box in boxes],
+                       dtype=np.float32).tolist()
+    return [{**box, **dict(zip(_BOX_NUMBERS, row))} for box, row in zip(boxes, numbers)]

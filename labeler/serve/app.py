@@ -528,8 +528,7 @@ class Ingress:
         status = 500 if any(r["error"] for r in records) else 200
         body = {"records": records}
         if fuser is not None:
-            body["fused"] = {**records[0], **fuser.constants,
-                             **fuser.fields(records, FusionCount())}
+            body["fused"] = fuser.record(records, FusionCount())
         return JSONResponse(body, status_code=status)
 
     @api.post("/v1/video", responses=_ERROR_DOC,

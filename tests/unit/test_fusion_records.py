@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow.parquet as pq
 import pytest
 
 from labeler.fusion import FusionCount, FusionRule, FusionSpec, RecordFuser, fuse_boxes
@@ -86,3 +87,32 @@ def test_a_label_is_spelled_as_the_first_task_lists_it_in_every_image():
     assert [d["label"] for d in both["detections"]] == ["Dog"]
     assert [d["label"] for d in only_b["detections"]] == ["Dog", "cat"]
     assert json.loads(only_b["parameters"])["labels"] == ["Dog", "cat", "owl"]
+
+
+def test_the_online_fused_record_has_the_boxes_labeler_fuse_writes(tmp_path):
+    """The online API fuses the models' unrounded records; `labeler fuse` the float32 numbers
+    of their part files. Florence-2's corners, (bin + 0.5) * 640 / 1000 here, put IoUs at
+    the threshold, where the last digits decide whether two boxes fuse: the online record
+    must fuse what the batch reads."""
+    from test_export import _record, _write_job
+
+    from labeler.cli import main
+
+    boxes = {"a": [("cat", 0.5003932098579195, 435.52, 158.64, 621.12, 389.04),
+                   ("cat", 0.6001683956152247, 403.52, 77.04, 614.72, 461.04)],
+             "b": [("cat", 0.8002282911211752, 345.92, 374.64, 525.12, 446.64)]}
+    records = [_record("1.jpg", "/in/1.jpg", "detect", name, {"labels": ["cat"]}, (640, 480),
+                       boxes[name], error=None, warnings=None) for name in ("a", "b")]
+    job = _write_job(tmp_path / "job", records, ["a", "b"], 1)
+    assert main(["fuse", job, "--tasks", "a,b", "--iou", "0.5", "--out",
+                 str(tmp_path / "fused")]) == 0
+    written = pq.read_table(tmp_path / "fused" / "fused" / "part-00000.parquet").to_pylist()
+
+    online = RecordFuser(["a", "b"], FusionSpec(iou=0.5), "detect", "fused").record(
+        records, FusionCount())
+    keys = ("label", "score", "x0", "y0", "x1", "y1")
+    assert len(written) == 1 and len(written[0]["detections"]) == 3
+    assert [[d[k] for k in keys] for d in online["detections"]] == [
+        [d[k] for k in keys] for d in written[0]["detections"]]
+    assert (online["id"], online["model"], online["parameters"]) == (
+        "1.jpg", "a+b", written[0]["parameters"])
