@@ -158,3 +158,15 @@ def test_labels_differing_only_in_case_or_spaces_are_one_label_in_the_first_spel
     assert [(d["label"], round(d["score"], 6)) for d in fused] == [
         ("Dog", round((0.8 + 0.6) / 2 * 2 / 3, 6)),
         ("Traffic  light", round((0.5 + 0.7) / 2 * 2 / 3, 6))]
+
+
+def test_boxes_of_equal_score_are_taken_in_task_order():
+    """Three boxes of one score, where the order decides the clusters: task a's box first
+    starts a cluster that c joins (IoU 7/13 with either), b's overlaps a's by 1/4 only."""
+    a, b, c = (_box("cat", 0.5, 0, 0, 10, 10), _box("cat", 0.5, 6, 0, 16, 10),
+               _box("cat", 0.5, 3, 0, 13, 10))
+    fused = fuse_boxes([[a], [b, c]], 640, 480, FusionRule(weights=(1, 1), iou=0.4))
+    assert sorted((d["x0"], d["x1"]) for d in fused) == [(1.5, 11.5), (6, 16)]
+    # Taken c, b, a instead, b would join c's cluster and a be left alone.
+    reversed_ = fuse_boxes([[c, b], [a]], 640, 480, FusionRule(weights=(1, 1), iou=0.4))
+    assert sorted((d["x0"], d["x1"]) for d in reversed_) == [(0, 10), (4.5, 14.5)]
