@@ -176,7 +176,9 @@ def _weighted_box(cluster: list[_Member], conf_type: ConfType) -> list[float]:
 
 
 def _score(cluster: list[_Member], conf: float, rule: FusionRule) -> float:
-    """The cluster's final score in [0, 1] (module docstring, rule 3)."""
+    """The cluster's final score (module docstring, rule 3): in [0, 1] but for "avg" with
+    weights that differ, where several boxes of a heavier model in one cluster can pass 1,
+    as in ensemble_boxes."""
     if rule.conf_type == "max":
         return conf / max(rule.weights)
     return conf * min(len(rule.weights), len(cluster)) / sum(rule.weights)

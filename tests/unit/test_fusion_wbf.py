@@ -170,3 +170,12 @@ def test_boxes_of_equal_score_are_taken_in_task_order():
     # Taken c, b, a instead, b would join c's cluster and a be left alone.
     reversed_ = fuse_boxes([[c, b], [a]], 640, 480, FusionRule(weights=(1, 1), iou=0.4))
     assert sorted((d["x0"], d["x1"]) for d in reversed_) == [(0, 10), (4.5, 14.5)]
+
+
+def test_an_avg_score_passes_one_as_the_references_does_when_weights_differ():
+    """Documented in docs/fuse.md: two boxes of the task weighted 3 in one cluster score
+    (2.7 + 2.7) / 2 * min(2 tasks, 2 boxes) / 4 = 1.35."""
+    a = [_box("cat", 0.9, 0, 0, 100, 100), _box("cat", 0.9, 5, 0, 105, 100)]
+    rule = FusionRule(weights=(3.0, 1.0))
+    assert [d["score"] for d in fuse_boxes([a, []], 640, 480, rule)] == pytest.approx([1.35])
+    assert _reference([a, []], 640, 480, rule)[0][1] == pytest.approx(1.35)
