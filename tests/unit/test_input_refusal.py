@@ -18,6 +18,7 @@ from labeler.config import TaskSpec
 from labeler.jobs.stages import decode_batch
 from labeler.registry import input_refusal
 from labeler.serve.app import Ingress
+from labeler.serve.limits import PixelBudget
 from labeler.serve.config import ServeSpec
 from labeler.serve.errors import ApiError
 
@@ -66,8 +67,8 @@ def test_a_job_row_of_an_image_a_task_cannot_take_is_an_error_row(tmp_path, tiny
 
 def test_the_api_answers_422_naming_the_model_before_a_replica_sees_the_image(tmp_path):
     # No Serve: the ingress's decoding and checks alone, on a stand-in holding its spec.
-    ingress = SimpleNamespace(spec=ServeSpec.model_validate({"models": [{**OWLV2,
-                                                                         "name": "owl"}]}))
+    spec = ServeSpec.model_validate({"models": [{**OWLV2, "name": "owl"}]})
+    ingress = SimpleNamespace(spec=spec, decoding=PixelBudget(spec.limits.max_decoding_pixels))
     strip = open(_png(tmp_path / "strip.png", 20000, 20), "rb").read()
     with pytest.raises(ApiError) as err:
         asyncio.run(Ingress._image(ingress, strip, None, ingress.spec.models))
