@@ -9,6 +9,8 @@ from labeler.schemas.record import (
     VideoMeta,
     Timings,
     arrow_schema,
+    as_stored,
 )
 
-__all__ = ["RECORD_SCHEMA", "SCHEMA_VERSION", "Detection", "OcrRegion", "Record", "Timings", "VideoMeta", "arrow_schema"]
+__all__ = ["RECORD_SCHEMA", "SCHEMA_VERSION", "Detection", "OcrRegion", "Record", "Timings", "VideoMeta", "arrow_schema",
+           "as_stored"]

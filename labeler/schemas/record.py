@@ -143,3 +143,16 @@ def arrow_schema(model: type[BaseModel]) -> pa.Schema:
 
 
 RECORD_SCHEMA = arrow_schema(Record)
+
+
+def as_stored(record: dict) -> dict:
+    """`record` with its boxes and OCR regions as a Parquet row reads them back: scores and
+    coordinates rounded to float32 (a score 0.87345123291 reads back 0.8734512329101562),
+    every field of each present (None when absent). The online API answers with it, so a
+    served record and a batch row of the same image carry the same numbers."""
+    stored = dict(record)
+    for name in ("detections", "ocr_regions"):
+        if stored.get(name):
+            item_type = RECORD_SCHEMA.field(name).type.value_type
+            stored[name] = pa.array(stored[name], type=item_type).to_pylist()
+    return stored

@@ -31,6 +31,7 @@ from labeler.models.base import Adapter, Example, ExampleImage, ImageInput
 from labeler.models.fitting import MemoryFit
 from labeler.serve.config import ServedModel
 from labeler.serve.variants import AdapterVariants
+from labeler.schemas import as_stored
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +143,12 @@ class ModelServer:
 
     def _record(self, adapter: Adapter, item: Item, result: dict, error: str | None,
                 timings: dict) -> dict:
-        """The record a batch job would write for this image (same fields, same values)."""
+        """The record a batch job would write for this image (same fields, same values:
+        boxes in float32, as_stored)."""
         spec = adapter.spec
         parameters = adapter.parameters_json(  # with this request's queries, if it drew them
             item.examples, item.example_image.key if item.example_image is not None else None)
-        return {
+        return as_stored({
             "id": item.id, "uri": item.uri, "width": item.width or None,
             "height": item.height or None,
             "task": spec.task, "task_name": spec.output_name,
@@ -154,4 +156,4 @@ class ModelServer:
             "model_revision": adapter.revision, "parameters": parameters,
             **result, "error": error,
             "timings": {"decode_ms": item.decode_ms, **timings},
-        }
+        })

@@ -236,6 +236,11 @@ def test_response_equals_the_batch_job_row(url, http, image_files, batch_rows):
                         "model_revision", "parameters", "prompt", "error", "text", "ocr_regions"):
                 assert record[key] == row[key], key
             _same_detections(record["detections"], row["detections"])
+            # Numbers as a Parquet row holds them (float32), every field of a box present.
+            assert [sorted(d) for d in record["detections"]] == [
+                sorted(d) for d in row["detections"]]
+            assert all(float(np.float32(d[key])) == d[key] for d in record["detections"]
+                       for key in ("score", "x0", "y0", "x1", "y1"))
     assert (batch_rows["rotated.jpg"]["width"], batch_rows["rotated.jpg"]["height"]) == (120, 160)
     # The box options shaped the rows: max_detections bound some, the ontology named none
     # "automobile".

@@ -37,3 +37,26 @@ def test_a_record_round_trips_through_arrow():
     table = pa.Table.from_pylist([record.model_dump()], schema=RECORD_SCHEMA)
     back = Record.model_validate(table.to_pylist()[0])
     assert back == record
+
+
+def test_as_stored_gives_the_numbers_a_parquet_row_reads_back(tmp_path):
+    """The online API answers with as_stored records: the same numbers (float32) and fields
+    as the batch job's Parquet row of the same result."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from labeler.schemas import RECORD_SCHEMA, as_stored
+
+    record = {"id": "a", "uri": "a.jpg", "task": "detect", "task_name": "detect",
+              "model": "m", "model_family": "owlv2", "parameters": "{}", "detections": [
+        {"label": "cat", "score": 0.87345123291, "x0": 1.123456789, "y0": 2.5, "x1": 300.1,
+         "y1": 4000.0001}],
+        "ocr_regions": [{"text": "A", "x0": 0.1, "y0": 0.2, "x1": 1.3, "y1": 0.2, "x2": 1.3,
+                         "y2": 2.7, "x3": 0.1, "y3": 2.7}]}
+    pq.write_table(pa.Table.from_pylist([record], schema=RECORD_SCHEMA), tmp_path / "r.parquet")
+    (row,) = pq.read_table(tmp_path / "r.parquet").to_pylist()
+    stored = as_stored(record)
+    assert stored["detections"] == row["detections"]
+    assert stored["ocr_regions"] == row["ocr_regions"]
+    assert stored["detections"][0]["score"] != record["detections"][0]["score"]
+    assert stored["id"] == "a" and "frame_index" not in stored  # other fields as they were
