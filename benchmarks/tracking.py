@@ -107,14 +107,15 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=3600, help="labeled frames a video")
     parser.add_argument("--objects", type=int, default=20)
     parser.add_argument("--speeds", default="5,20,40", help="px an object moves a frame")
-    parser.add_argument("--buffers", default="0.5", help="track.buffer values to compare")
+    parser.add_argument("--buffers", default="0.5",
+                        help="track.buffer values to compare; none: no buffered round")
     args = parser.parse_args()
     print(f"command: {shlex.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}")
     print(f"{args.frames} labeled frames, {args.objects} objects of 40-120 px, "
           f"{MISS_RATE:.0%} missed, {FALSE} false boxes a frame")
     hours = args.frames / 3600
-    cases = [(float(speed), float(buffer)) for speed in args.speeds.split(",")
-             for buffer in args.buffers.split(",")]
+    cases = [(float(speed), None if buffer == "none" else float(buffer))
+             for speed in args.speeds.split(",") for buffer in args.buffers.split(",")]
     for speed, buffer in cases:
         spec = TrackingSpec(new_track_score=0.5, buffer=buffer)
         boxes, scores, labels, starts, truth = scene(args.frames, args.objects, speed)
@@ -126,7 +127,8 @@ def main() -> int:
         t0 = time.perf_counter()
         add_track_ids(table, spec)
         shard_s = time.perf_counter() - t0
-        print(f"speed {speed:g} px/frame, buffer {buffer:g}: link "
+        shown = "none" if buffer is None else f"{buffer:g}"
+        print(f"speed {speed:g} px/frame, buffer {shown}: link "
               f"{link_s * 1000 / hours:.0f} ms per video hour "
               f"at 1 fps ({len(boxes) / link_s:,.0f} boxes/s); shard "
               f"{shard_s * 1000 / (4 * hours):.0f} ms per video hour; tracks per object "
