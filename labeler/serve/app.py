@@ -379,10 +379,19 @@ class Ingress:
         # An image over max_pixels is refused from its header: it need not wait its turn.
         async with self.decoding.hold(pixels if pixels <= limits.max_pixels else 0):
             start = time.perf_counter()
+            side = decode_side_for_tasks(limits.decode_min_side, served,
+                                         "decode_min_side" in limits.model_fields_set)
+            decoding = asyncio.ensure_future(
+                asyncio.to_thread(decode_image, data, limits.max_pixels, side))
             try:
-                side = decode_side_for_tasks(limits.decode_min_side, served,
-                                             "decode_min_side" in limits.model_fields_set)
-                decoded = await asyncio.to_thread(decode_image, data, limits.max_pixels, side)
+                decoded = await asyncio.shield(decoding)
+            except asyncio.CancelledError:
+                # A client that went away: its thread decodes on, and its pixels stay
+                # counted until it ends (or dropped requests would decode over the budget).
+                await asyncio.wait([decoding])
+                if not decoding.cancelled():
+                    decoding.exception()  # retrieved: no "never retrieved" warning
+                raise
             except MediaError as err:
                 raise ApiError(422, f"image cannot be used: {err}") from None
             decode_ms = (time.perf_counter() - start) * 1000.0

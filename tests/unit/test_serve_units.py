@@ -883,6 +883,20 @@ def test_the_ingress_decodes_no_more_pixels_at_once_than_its_budget(monkeypatch)
     asyncio.run(decode_all([png(64, 48)] * 6))  # small images: all at once
     assert peak[0] == 6
 
+    async def one_dropped(images: list[bytes]):
+        """The first request's client goes away while its image decodes."""
+        ingress = SimpleNamespace(spec=spec, decoding=PixelBudget(
+            spec.limits.max_decoding_pixels))
+        first = asyncio.ensure_future(app.Ingress._image(ingress, images[0], None, served))
+        await asyncio.sleep(0.03)
+        first.cancel()
+        return await asyncio.gather(*(app.Ingress._image(ingress, data, None, served)
+                                      for data in images[1:]))
+
+    peak[0] = 0
+    assert len(asyncio.run(one_dropped([png(1280, 480)] * 3))) == 2
+    assert peak[0] == 1  # the dropped request's decode still held its pixels
+
 
 def test_the_ingress_decodes_whole_images_for_dynamic_resolution_models():
     """As a job does (decode_side_for_tasks): a Qwen2-VL model gets a 2400x1600 JPEG whole,
