@@ -252,6 +252,42 @@ def test_a_text_file_beside_an_image_is_its_caption(tmp_path):
         plan_source(str(tmp_path), files_per_shard=10)
 
 
+def _batch(rows):
+    """A record table of (id, task name, shard, width) rows."""
+    return pa.Table.from_pylist([
+        {"id": id_, "uri": f"/in/{id_}", "width": width, "task": "detect", "task_name": task,
+         "model": "m", "model_family": "owlv2", "parameters": "{}", "shard": shard,
+         "part_index": 0, "last_part": True} for id_, task, shard, width in rows
+    ], schema=OUTPUT_SCHEMA)
+
+
+def test_each_row_of_a_batch_lands_in_its_tasks_shard_with_its_own_values(tmp_path):
+    """A batch may hold rows of several shards and tasks: in runs (a batch that crosses a
+    shard boundary; a several-task job's rows, task by task) or interleaved. Every file
+    gets exactly its rows, each with its own fields (width tells them apart)."""
+    sink = ShardedParquetSink(tmp_path / "out", {0: 3, 1: 3, 2: 3}, ["a", "b"], "fp")
+    sink.add(_batch([("i0", "a", 0, 100), ("i1", "a", 0, 101), ("i2", "a", 1, 102),  # runs
+                     ("i3", "b", 0, 103), ("i4", "b", 1, 104), ("i5", "b", 1, 105),
+                     ("j6", "a", 2, 106), ("j7", "b", 2, 107),  # interleaved
+                     ("j8", "a", 2, 108), ("j9", "b", 2, 109)]))
+    assert sink.pending_shards() == {0, 1, 2}  # a row of each (task, shard) is still to come
+    sink.add(_batch([("z0", "b", 0, 1), ("y0", "b", 0, 2), ("z0", "a", 0, 3),
+                     ("z1", "a", 1, 4), ("y1", "b", 1, 5), ("y2", "a", 1, 6),
+                     ("y3", "a", 2, 7), ("y4", "b", 2, 8)]))
+    assert sink.pending_shards() == set()
+
+    def written(task, shard):
+        rows = pq.read_table(tmp_path / f"out/{task}/part-{shard:05d}.parquet")
+        return list(zip(rows.column("id").to_pylist(), rows.column("width").to_pylist()))
+
+    assert written("a", 0) == [("i0", 100), ("i1", 101), ("z0", 3)]
+    assert written("a", 1) == [("i2", 102), ("y2", 6), ("z1", 4)]
+    assert written("a", 2) == [("j6", 106), ("j8", 108), ("y3", 7)]
+    assert written("b", 0) == [("i3", 103), ("y0", 2), ("z0", 1)]
+    assert written("b", 1) == [("i4", 104), ("i5", 105), ("y1", 5)]
+    assert written("b", 2) == [("j7", 107), ("j9", 109), ("y4", 8)]
+
+
 def test_inputs_that_never_arrived_become_the_error_rows_given_for_them(tmp_path):
     """A batch lost with its actor (crash, out of memory) leaves its inputs missing; the job
     hands the sink one error row per such input, and the shard commits with every input."""
