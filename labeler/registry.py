@@ -29,6 +29,11 @@ GPU_BATCH_INPUTS = {"owlv2": 64, "florence2": 128, "qwen2_vl": 128, "blip2": 32,
 # its tile grid from it. Decoding such an image reduced (InputSpec.decode_min_side) would
 # change what the model sees, so by default they get every pixel.
 FULL_RESOLUTION_FAMILIES = ("qwen2_vl", "ovis2")
+# The `model_type` in the config.json of each family's checkpoints (what its transformers
+# class loads): a checkpoint of one family given to another fails only on the workers, deep
+# in transformers, so the job's check compares them first.
+MODEL_TYPES = {"owlv2": "owlv2", "florence2": "florence2", "blip2": "blip-2",
+               "qwen2_vl": "qwen2_vl", "ovis2": "ovis2"}
 
 # (task, family) -> "module:Class". Adding a family is one module and one line here.
 ADAPTERS: dict[tuple[str, str], str] = {

@@ -387,19 +387,24 @@ def resolve_model_source(source: str, cache_dir: Path | None = None) -> str:
     return str(target)
 
 
-def model_source_problem(source: str, revision: str | None = None) -> str | None:
+def model_source_problem(source: str, revision: str | None = None,
+                         family: str | None = None) -> str | None:
     """Why `source` cannot be loaded as a model, found without loading it, or None: a local
     folder that does not exist or holds no config.json, an s3:// prefix without one, a hub
-    id not in the hub cache when HF_HUB_OFFLINE is set. A hub id online is not looked up
-    (that is the workers' download). Sources that look like paths (`/`, `./`, `~`, more than
-    one `/`) are paths; `org/name` is a hub id unless such a folder exists."""
+    id not in the hub cache when HF_HUB_OFFLINE is set, or (given `family`) a config.json
+    whose model_type is another family's. A hub id online is not looked up (that is the
+    workers' download). Sources that look like paths (`/`, `./`, `~`, more than one `/`)
+    are paths; `org/name` is a hub id unless such a folder exists."""
     if is_s3(source):
         fs, prefix = filesystem_for(source.rstrip("/"))
         try:
             found = fs.get_file_info(f"{prefix}/config.json").type == pafs.FileType.File
+            config = read_bytes(f"{source.rstrip('/')}/config.json") if found else None
         except OSError as err:
             raise storage_error(source, "read the model", err) from None
-        return None if found else f"{source} holds no config.json (a model folder's)"
+        if config is None:
+            return f"{source} holds no config.json (a model folder's)"
+        return _family_problem(source, config, family)
     path = os.path.expanduser(source)
     looks_like_a_path = source.startswith(("/", "./", "../", "~")) or source.count("/") > 1
     if os.path.exists(path) or looks_like_a_path:
@@ -407,7 +412,7 @@ def model_source_problem(source: str, revision: str | None = None) -> str | None
             return f"no such model folder {source!r}"
         if not os.path.isfile(os.path.join(path, "config.json")):
             return f"{source!r} holds no config.json (a model folder's)"
-        return None
+        return _family_problem(source, Path(path, "config.json").read_bytes(), family)
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.constants import is_offline_mode
 
@@ -421,7 +426,26 @@ def model_source_problem(source: str, revision: str | None = None) -> str | None
     if not isinstance(cached, str):
         return (f"hub model {source!r} is not in the hub cache, and HF_HUB_OFFLINE is set "
                 f"(download it first, or give a local folder)")
-    return None
+    return _family_problem(source, Path(cached).read_bytes(), family)
+
+
+def _family_problem(source: str, config: bytes, family: str | None) -> str | None:
+    """Why a checkpoint whose config.json is `config` is not one of `family`'s, or None: its
+    model_type is another family's (a model_type of no family is left to transformers)."""
+    from labeler.registry import MODEL_TYPES
+
+    try:
+        model_type = json.loads(config).get("model_type")
+    except (ValueError, AttributeError):
+        return f"{source!r}: its config.json is not a JSON object"
+    if family is None or model_type == MODEL_TYPES.get(family):
+        return None
+    others = [name for name, kind in MODEL_TYPES.items() if kind == model_type]
+    if not others:
+        return None
+    return (f"{source!r} holds a model of family {others[0]} (model_type {model_type!r}), "
+            f"not {family}: give model.family {others[0]} (--family {others[0]}), or a "
+            f"{family} model")
 
 
 def check_model_sources(tasks, field: str) -> None:
@@ -429,7 +453,8 @@ def check_model_sources(tasks, field: str) -> None:
     without loading it (model_source_problem): otherwise every actor would fail to
     start, and every row would become an error row blaming a dead worker."""
     for k, task in enumerate(tasks):
-        problem = model_source_problem(task.model.source, task.model.revision)
+        problem = model_source_problem(task.model.source, task.model.revision,
+                                       task.model.family)
         if problem is not None:
             raise SpecError(f"{field}.{k}.model.source: {problem}")
 

@@ -42,6 +42,29 @@ def test_a_job_with_a_model_that_cannot_load_is_refused_before_any_work(tmp_path
         assert not (tmp_path / "out").exists()  # nothing written, Ray never started
 
 
+def test_a_model_of_another_family_is_refused_naming_its_family(tmp_path):
+    """An OWLv2 checkpoint given as a Florence-2 model failed on every worker, after Ray
+    started, with hundreds of lines of transformers' config validation and exit 1."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"not decoded before the check")
+    model = tmp_path / "owlv2"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "owlv2"}')
+    assert model_source_problem(str(model), family="owlv2") is None
+    assert model_source_problem(str(model)) is None  # no family: not compared
+    spec = load_job_spec(None, input=str(tmp_path / "images"), output=str(tmp_path / "out"),
+                         task="detect", family="florence2", labels=["cat"], model=str(model))
+    with pytest.raises(SpecError, match=re.escape(
+            f"tasks.0.model.source: {str(model)!r} holds a model of family owlv2 (model_type "
+            f"'owlv2'), not florence2: give model.family owlv2 (--family owlv2), or a "
+            f"florence2 model")):
+        run_job(spec, progress=False, dry_run=True)
+    assert not (tmp_path / "out").exists()
+    # A model_type of no family is transformers' to judge (an OWL-ViT for OWLv2, say).
+    (model / "config.json").write_text('{"model_type": "owlvit"}')
+    assert model_source_problem(str(model), family="owlv2") is None
+
+
 @pytest.mark.parametrize("input_path, output_path, says", [
     ("data", "data", "holds the input"),
     ("data/images", "data", "holds the input"),
