@@ -34,7 +34,7 @@ from labeler.jobs.identity import (content_digests, fingerprint, input_identitie
 from labeler.pseudo.report import COLUMNS as REPORT_COLUMNS
 from labeler.pseudo.report import pseudo_label_report, report_lines, write_report
 from labeler.sinks.parquet import MissingParts, ShardedParquetSink
-from labeler.sources import plan_source
+from labeler.sources import no_inputs_hint, plan_source
 from labeler.sources.files import names_one_file
 from labeler.storage import (check_model_sources, comparable_path, is_s3, path_within,
                              worker_env)
@@ -368,6 +368,7 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
     items = plan.items
     if not items:
         raise SpecError(f"input.path: no {media} files found under {spec.input.path!r}"
+                        f"{no_inputs_hint(spec.input.path, media)}"
                         if not plan.listed else
                         f"input.subset: chose none of the {plan.listed} inputs under "
                         f"{spec.input.path!r}; give a larger count or fraction")

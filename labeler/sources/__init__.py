@@ -13,6 +13,7 @@ member is. With media "video" the same holds for video files and video members
 from __future__ import annotations
 
 import glob
+import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 
@@ -76,6 +77,30 @@ def plan_source(path: str, files_per_shard: int, media: str = "image",
     plan = _check(assign_shards, entries, path, files_per_shard)
     plan.listed = listed
     return plan
+
+
+def no_inputs_hint(path: str, media: str = "image") -> str:
+    """What `path` holds instead of inputs of `media`, and what to do, for the error of a
+    listing with none: the other media's files (a folder of videos without --media video),
+    the kinds of files it does hold, or a local folder's hidden files, which are skipped."""
+    try:
+        _, files = list_files(path)
+    except SpecError:
+        return ""
+    other, flag = (("image", "leave out --media video (input.media: image)") if media == "video"
+                   else ("video", "add --media video (input.media: video)"))
+    others = (select_images if media == "video" else select_videos)(path, files)
+    if others:
+        return f"; it holds {len(others)} {other} file(s): {flag}"
+    wanted = ", ".join(IMAGE_EXTENSIONS if media == "image" else VIDEO_EXTENSIONS)
+    if files:
+        kinds = sorted({posixpath.splitext(f)[1].lower() or "no extension" for f in files})
+        return (f"; it holds {len(files)} other file(s) ({', '.join(kinds[:8])}), "
+                f"and {media}s are files ending in {wanted}")
+    if not is_s3(path) and os.path.isdir(path) and any(
+            name.startswith(".") for name in os.listdir(path)):
+        return "; names starting with '.' (hidden files and folders) are skipped"
+    return ""
 
 
 def _names_files(path: str) -> bool:

@@ -65,6 +65,33 @@ def test_a_model_of_another_family_is_refused_naming_its_family(tmp_path):
     assert model_source_problem(str(model), family="owlv2") is None
 
 
+@pytest.mark.parametrize("files, media, says", [
+    (["a.mp4", "b.MOV"], "image",
+     "no image files found under {in!r}; it holds 2 video file(s): add --media video "
+     "(input.media: video)"),
+    (["a.jpg"], "video",
+     "no video files found under {in!r}; it holds 1 image file(s): leave out --media video "
+     "(input.media: image)"),
+    (["notes.txt", "README"], "image",
+     "no image files found under {in!r}; it holds 2 other file(s) (.txt, no extension), "
+     "and images are files ending in .jpg"),
+    ([".a.jpg"], "image",
+     "no image files found under {in!r}; names starting with '.' (hidden files and "
+     "folders) are skipped"),
+])
+def test_an_input_without_inputs_says_what_it_holds(tmp_path, files, media, says):
+    """A folder of videos run without --media video said only 'no image files found'."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in files:
+        (folder / name).write_bytes(b"x")
+    spec = load_job_spec(None, input=str(folder), output=str(tmp_path / "out"), media=media,
+                         task="detect", family="owlv2", labels=["cat"], model=str(tmp_path))
+    with pytest.raises(SpecError, match="^" + re.escape(
+            "input.path: " + says.replace("{in!r}", repr(str(folder))))):
+        run_job(spec, progress=False, dry_run=True)
+
+
 @pytest.mark.parametrize("input_path, output_path, says", [
     ("data", "data", "holds the input"),
     ("data/images", "data", "holds the input"),
