@@ -925,19 +925,44 @@ def _flag_tasks(raw: dict) -> list[dict]:
     return [task for task in tasks if isinstance(task, dict)]
 
 
-def format_validation_error(err: ValidationError, model: type[BaseModel] | None = None) -> str:
+def format_validation_error(err: ValidationError, model: type[BaseModel] | None = None,
+                            flags: bool = False) -> str:
     """One line per problem: `field.path: message`, or the message alone when it is about
     the whole (a check across fields, whose message names them). model: the class that was
     validated; an unknown field is then answered with the likeliest one meant, or the
-    valid ones."""
+    valid ones. flags: a required field left out is answered with the command-line flag
+    that gives it (a spec of `labeler run` or `labeler serve`, not an HTTP request)."""
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden" and model is not None:
             msg = _unknown_field(str(e["loc"][-1]), _fields_at(model, e["loc"][:-1])) or msg
+        elif e["type"] == "missing" and flags:
+            msg += _missing_flag(e["loc"])
         lines.append(f"{where}: {msg}" if where else msg)
     return "invalid job spec:\n  " + "\n  ".join(lines)
+
+
+# A required field left out -> the flags that give it (`labeler run` and `labeler serve`,
+# whose models take the task flags): a job given by flags names no spec field.
+_WHOLE_FLAGS = {("input",): "give --input, or input: in a spec file",
+                ("output",): "give --output, or output: in a spec file",
+                ("tasks",): "give --task, --family and --model, or tasks: in a spec file",
+                ("tasks", "model"): "--family and --model",
+                ("models",): "give --task, --family and --model, or models: in a config file",
+                ("models", "model"): "--family and --model"}
+
+
+def _missing_flag(loc: tuple) -> str:
+    """' (--model)': the flag that sets the missing field at `loc`, or ''."""
+    path = tuple(str(p) for p in loc if not isinstance(p, int))
+    if path in _WHOLE_FLAGS:
+        return f" ({_WHOLE_FLAGS[path]})"
+    flags = [flag for flag, where in JOB_FLAGS.items() if where == path]
+    if path[:1] in (("tasks",), ("models",)):
+        flags += [flag for flag, where in TASK_FLAGS.items() if where == path[1:]]
+    return f" (--{flags[0].replace('_', '-')})" if flags else ""
 
 
 def _fields_at(model: type[BaseModel], path: tuple) -> list[str] | None:
@@ -991,4 +1016,4 @@ def load_job_spec(path: str | Path | None = None, **overrides: Any) -> JobSpec:
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as err:
-        raise SpecError(format_validation_error(err, JobSpec)) from None
+        raise SpecError(format_validation_error(err, JobSpec, flags=True)) from None

@@ -291,5 +291,5 @@ def load_serve_spec(path: str | Path | None = None, **overrides: Any) -> ServeSp
     try:
         return ServeSpec.model_validate(raw)
     except ValidationError as err:
-        raise SpecError(format_validation_error(err, ServeSpec).replace(
+        raise SpecError(format_validation_error(err, ServeSpec, flags=True).replace(
             "invalid job spec", "invalid serve config")) from None

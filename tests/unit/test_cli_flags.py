@@ -155,3 +155,26 @@ def test_tiny_models_refuses_an_unknown_family_before_building_any(tmp_path, cap
         "error: --families 'owlv2,owlv3': not a family: owlv3; give some of owlv2, florence2, "
         "blip2, qwen2_vl, ovis2, comma-separated\n")
     assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize(("argv", "lines"), [
+    (["run"], ["input: Field required (give --input, or input: in a spec file)",
+               "tasks: Field required (give --task, --family and --model, or tasks: in a "
+               "spec file)",
+               "output: Field required (give --output, or output: in a spec file)"]),
+    (["run", "--input", "in", "--output", "out", "--task", "detect", "--family", "owlv2"],
+     ["tasks.0.model.source: Field required (--model)"]),
+    (["run", "--input", "in", "--output", "out", "--model", "m", "--family", "owlv2"],
+     ["tasks.0.task: Field required (--task)"]),
+    (["serve"], ["models: Field required (give --task, --family and --model, or models: in "
+                 "a config file)"]),
+    (["serve", "--task", "detect", "--model", "m"],
+     ["models.0.model.family: Field required (--family)"]),
+])
+def test_a_required_field_left_out_names_its_flag(argv, lines, capsys):
+    """A job given by flags alone said 'tasks.0.model.source: Field required', a field of a
+    spec file the user never wrote, instead of the flag to add."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    for line in lines:
+        assert f"\n  {line}\n" in err + "\n", err
