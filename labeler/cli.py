@@ -4,6 +4,7 @@ demo, tiny-models."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
@@ -648,10 +649,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse_unknown(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
+    """Exit 2 with the subcommand's usage, naming each unknown argument and the flag of
+    that subcommand most like it (--lables: --labels), as argparse does not."""
+    sub = next(a for a in parser._actions
+               if isinstance(a, argparse._SubParsersAction)).choices[command]
+    known = [flag for action in sub._actions for flag in action.option_strings
+             if flag.startswith("--")]
+    named = []
+    for arg in unknown:
+        close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1, cutoff=0.6) \
+            if arg.startswith("--") else []
+        named.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
+    sub.error(f"unrecognized arguments: {' '.join(named)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _refuse_unknown(parser, args.command, unknown)
     try:
         code = args.func(args)
         sys.stdout.flush()  # into a pipe: what is left is written here, not at exit

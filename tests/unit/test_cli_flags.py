@@ -178,3 +178,21 @@ def test_a_required_field_left_out_names_its_flag(argv, lines, capsys):
     err = capsys.readouterr().err
     for line in lines:
         assert f"\n  {line}\n" in err + "\n", err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["run", "--input", "in", "--lables", "cat,dog"],
+     "labeler run: error: unrecognized arguments: --lables (did you mean --labels?)"),
+    (["run", "--treshold=0.2"],
+     "labeler run: error: unrecognized arguments: --treshold=0.2 (did you mean --threshold?)"),
+    (["export", "job", "--format", "coco", "--out", "x", "--min-socre", "0.3"],
+     "labeler export: error: unrecognized arguments: --min-socre (did you mean --min-score?)"),
+    (["stats", "job", "--xyzzy"], "labeler stats: error: unrecognized arguments: --xyzzy\n"),
+])
+def test_a_mistyped_flag_exits_2_naming_the_flag_meant(argv, message, capsys):
+    """`labeler run --lables cat` said only 'labeler: error: unrecognized arguments:
+    --lables' under the usage of `labeler`, not of `labeler run`."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
