@@ -212,8 +212,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from labeler.jobs.runner import run_job
 
     spec = _spec_from_args(args)  # SpecError before any Ray work
-    summary = run_job(spec, progress=not args.no_progress,  # images or videos: input.media
-                      dry_run=args.dry_run)
+    try:
+        summary = run_job(spec, progress=not args.no_progress,  # images or videos: input.media
+                          dry_run=args.dry_run)
+    except KeyboardInterrupt:
+        # Committed shards are whole files (written under a dot-name, then renamed), so a
+        # rerun of the same command resumes after them.
+        again = ("run it again without --overwrite (output.overwrite), which would start "
+                 "afresh," if spec.output.overwrite else "run the same command again")
+        print(f"\ninterrupted: the shards already committed to {spec.output.path} are kept; "
+              f"{again} to label the rest", file=sys.stderr)
+        return 130
     print("\n".join(summary.lines()))
     return 0
 
@@ -678,6 +687,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: no traceback, the shell's code for it
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader stopped reading (labeler stats ... | head): quietly, as CLI tools do.
         # What Python would flush at exit goes nowhere, or it would fail again there.

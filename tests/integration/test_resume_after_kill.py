@@ -73,3 +73,42 @@ def test_a_killed_job_resumes_with_every_input_exactly_once(tmp_path, tiny_owlv2
         path = out / "detect" / name
         assert (path.stat().st_mtime_ns, path.read_bytes()) == (mtime, data)
     assert (out / "_SUCCESS").exists()
+
+
+def test_ctrl_c_stops_a_job_saying_how_to_resume(tmp_path, tiny_owlv2):
+    """Ctrl-C (SIGINT to the driver) ended the job with a KeyboardInterrupt traceback from
+    inside Ray Data's iterator and exit 1, not a word of the committed shards."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(IMAGES):
+        synthetic_image(64, 48, seed=i).save(images / f"img_{i:03d}.png")
+    out = tmp_path / "out"
+    command = _command(images, out, tiny_owlv2, tmp_path / "job.yaml")
+    # SIGINT as a terminal sends it: handled by Python's default (KeyboardInterrupt) even
+    # where the tests run in the background, which would leave it ignored.
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        while len(_committed(out)) < KILL_AFTER_SHARDS:
+            assert first.poll() is None, first.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no shard committed in time"
+            time.sleep(0.01)
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=60)
+    finally:
+        try:
+            os.killpg(first.pid, signal.SIGKILL)  # Ray processes left behind, if any
+        except ProcessLookupError:
+            pass
+    assert first.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert (f"interrupted: the shards already committed to {out} are kept; run the same "
+            f"command again to label the rest") in err
+    committed = len(_committed(out))
+    assert KILL_AFTER_SHARDS <= committed < IMAGES // PER_SHARD
+    again = subprocess.run([*command, "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (f"resuming: {committed} of {IMAGES // PER_SHARD} shards committed"
+            in again.stdout), again.stdout
