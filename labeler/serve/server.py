@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import time
 
 from labeler.config import SpecError
@@ -31,9 +33,26 @@ def start(spec: ServeSpec) -> tuple[str, list[str]]:
     # have no GPU node yet: its autoscaler adds them as replicas ask.
     if ray_started_here():
         check_local_gpus(spec, ray.cluster_resources().get("GPU", 0))
+        # No Serve of a joined cluster listens there: what holds the port is another
+        # program, and Serve's proxy would fail to bind it, in tracebacks, after a minute.
+        check_port_free(host, spec.port)
     serve.start(http_options={"host": host, "port": spec.port})
     serve.run(build_app(spec, tokens), name=APP_NAME, route_prefix="/")
     return f"http://{host}:{spec.port}", [notice] if notice else []
+
+
+def check_port_free(host: str, port: int) -> None:
+    """SpecError when this process cannot listen on host:port, as Serve's proxy binds it
+    (no SO_REUSEADDR): the port is taken, reserved, or the host is not this machine's."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            why = ("another program listens there (an earlier labeler serve?); pass a free "
+                   "--port, or stop it" if err.errno == errno.EADDRINUSE else
+                   f"{err.strerror}; pass another --port or --host")
+            raise SpecError(f"port: cannot listen on {host}:{port}: {why}") from None
 
 
 def check_local_gpus(spec: ServeSpec, gpus: float) -> None:

@@ -93,3 +93,25 @@ def test_serve_refuses_a_model_that_cannot_load_before_starting_ray(tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"models.0.model.source: no such model folder {str(missing)!r}" in result.stderr
     assert "Traceback" not in result.stderr and "Started a local Ray" not in result.stderr
+
+
+def test_serve_refuses_a_port_another_program_holds(tiny_owlv2):
+    """Serve's proxy failed to bind it after a minute of retries, in a hundred lines of
+    tracebacks, exit 1: refused once the local Ray is up, exit 2, naming the port."""
+    import socket
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "labeler.cli", "serve", "--family", "owlv2", "--model",
+             tiny_owlv2, "--task", "detect", "--labels", "cat",
+             "--host", "127.0.0.1", "--port", str(port)],
+            capture_output=True, text=True, env={**env, "RAY_AUTH_MODE": "disabled"},
+            timeout=READY_WITHIN_S)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert (f"error: port: cannot listen on 127.0.0.1:{port}: another program listens there "
+            f"(an earlier labeler serve?); pass a free --port, or stop it") in result.stderr
+    assert "Traceback" not in result.stderr
