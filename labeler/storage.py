@@ -391,10 +391,11 @@ def model_source_problem(source: str, revision: str | None = None,
                          family: str | None = None) -> str | None:
     """Why `source` cannot be loaded as a model, found without loading it, or None: a local
     folder that does not exist or holds no config.json, an s3:// prefix without one, a hub
-    id not in the hub cache when HF_HUB_OFFLINE is set, or (given `family`) a config.json
-    whose model_type is another family's. A hub id online is not looked up (that is the
-    workers' download). Sources that look like paths (`/`, `./`, `~`, more than one `/`)
-    are paths; `org/name` is a hub id unless such a folder exists."""
+    id not in the hub cache when HF_HUB_OFFLINE is set or that the hub does not serve
+    (_hub_problem), or (given `family`) a config.json whose model_type is another family's.
+    A hub model is not downloaded here (that is the workers' work). Sources that look like
+    paths (`/`, `./`, `~`, more than one `/`) are paths; `org/name` is a hub id unless such
+    a folder exists."""
     if is_s3(source):
         fs, prefix = filesystem_for(source.rstrip("/"))
         try:
@@ -416,17 +417,53 @@ def model_source_problem(source: str, revision: str | None = None,
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.constants import is_offline_mode
 
-    if not is_offline_mode():
-        return None
-
     try:
         cached = try_to_load_from_cache(source, "config.json", revision=revision)
     except ValueError as err:  # not a valid repository id
         return f"{source!r} is neither a folder nor a hub id ({err})"
-    if not isinstance(cached, str):
+    if isinstance(cached, str):
+        return _family_problem(source, Path(cached).read_bytes(), family)
+    if is_offline_mode():
         return (f"hub model {source!r} is not in the hub cache, and HF_HUB_OFFLINE is set "
                 f"(download it first, or give a local folder)")
-    return _family_problem(source, Path(cached).read_bytes(), family)
+    return _hub_problem(source, revision)
+
+
+# Seconds the driver waits for the hub to answer whether a model it must download exists.
+HUB_CHECK_TIMEOUT_S = 10
+
+
+def _hub_problem(source: str, revision: str | None) -> str | None:
+    """Why the workers could not download hub model `source`, asked of the hub once (one
+    HEAD of its config.json, no retries), or None: the hub cannot be reached (a machine
+    without internet, where each worker retried each file for minutes), or has no such
+    model, revision or file. A hub answering otherwise (5xx, throttling) is left to the
+    workers' retries."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
+                                        HTTPError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    url = hf_hub_url(source, "config.json", revision=revision, endpoint=constants.ENDPOINT)
+    try:
+        get_hf_file_metadata(url, timeout=HUB_CHECK_TIMEOUT_S)
+    except GatedRepoError:
+        return (f"hub model {source!r} is gated: accept its terms on its page of "
+                f"{constants.ENDPOINT} and set HF_TOKEN")
+    except RepositoryNotFoundError:
+        return (f"no hub model {source!r} on {constants.ENDPOINT} (a typo? a private one "
+                f"needs HF_TOKEN)")
+    except RevisionNotFoundError:
+        return f"hub model {source!r} has no revision {revision!r}"
+    except EntryNotFoundError:
+        return f"hub model {source!r} holds no config.json (a model's)"
+    except HfHubHTTPError:
+        return None
+    except HTTPError as err:  # no answer at all
+        return (f"hub model {source!r} is not in the hub cache, and {constants.ENDPOINT} "
+                f"cannot be reached ({err}); download it where there is a network and set "
+                f"HF_HUB_OFFLINE=1, or give a local folder")
+    return None
 
 
 def _family_problem(source: str, config: bytes, family: str | None) -> str | None:

@@ -4,7 +4,13 @@ an error row blaming a dead worker, exit 0, the cause only in Ray's logs); an ou
 holds the input, or lies inside the folder it lists, is refused (--overwrite deleted the
 inputs)."""
 
+import http.server
+import os
 import re
+import socket
+import subprocess
+import sys
+import threading
 
 import pytest
 
@@ -90,6 +96,49 @@ def test_an_input_without_inputs_says_what_it_holds(tmp_path, files, media, says
     with pytest.raises(SpecError, match="^" + re.escape(
             "input.path: " + says.replace("{in!r}", repr(str(folder))))):
         run_job(spec, progress=False, dry_run=True)
+
+
+class _Hub(http.server.BaseHTTPRequestHandler):
+    """A hub that has no model: what huggingface.co answers for a mistyped id."""
+
+    def do_HEAD(self):  # noqa: N802 (http.server's name)
+        self.send_response(404)
+        self.send_header("X-Error-Code", "RepoNotFound")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_hub_model_the_hub_cannot_serve_is_refused_before_any_work(tmp_path):
+    """Online (HF_HUB_OFFLINE unset) on a machine without internet, or with a mistyped hub
+    id, every worker retried the download for minutes, Ray started, nothing said why."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"not decoded before the check")
+    hub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+    command = [sys.executable, "-m", "labeler.cli", "run", "--input", str(tmp_path / "images"),
+               "--output", str(tmp_path / "out"), "--task", "detect", "--family", "owlv2",
+               "--labels", "cat", "--model", "google/owlv2-base-patch16-ensembl", "--dry-run"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(tmp_path / "hub-cache")}
+    try:
+        cases = [(hub.server_address[1], "no hub model 'google/owlv2-base-patch16-ensembl' on "
+                  "http://127.0.0.1:{port} (a typo? a private one needs HF_TOKEN)"),
+                 (closed.getsockname()[1], "hub model 'google/owlv2-base-patch16-ensembl' is "
+                  "not in the hub cache, and http://127.0.0.1:{port} cannot be reached (")]
+        for port, says in cases:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                                    env={**env, "HF_ENDPOINT": f"http://127.0.0.1:{port}"})
+            assert result.returncode == 2, result.stderr[-3000:]
+            assert f"error: tasks.0.model.source: {says.format(port=port)}" in result.stderr
+            assert "Traceback" not in result.stderr
+            assert not (tmp_path / "out").exists()  # before Ray, before the output
+    finally:
+        hub.shutdown()
+        closed.close()
 
 
 @pytest.mark.parametrize("input_path, output_path, says", [
