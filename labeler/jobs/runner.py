@@ -363,6 +363,9 @@ def run_job(spec: JobSpec, progress: bool = True, dry_run: bool = False) -> JobS
     started = time.perf_counter()
     media = spec.input.media
     check_input_apart_from_output(spec.input.path, spec.output.path)
+    if not is_s3(spec.output.path) and os.path.isfile(spec.output.path):
+        raise SpecError(f"output.path: {spec.output.path!r} is a file; give a folder (made if "
+                        f"missing) or an s3:// prefix")
     plan = plan_source(spec.input.path, spec.input.effective_files_per_shard, media,
                        subset=spec.input.subset)
     items = plan.items

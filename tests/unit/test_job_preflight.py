@@ -141,6 +141,22 @@ def test_a_hub_model_the_hub_cannot_serve_is_refused_before_any_work(tmp_path):
         closed.close()
 
 
+def test_an_output_that_is_a_file_is_refused_naming_the_field(tmp_path):
+    """It said 'cannot write the output to ...: [Errno 20] Cannot list directory ...
+    Detail: [errno 20] Not a directory', pyarrow's words."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"not decoded before the check")
+    (tmp_path / "labels.parquet").write_bytes(b"a file")
+    spec = load_job_spec(None, input=str(tmp_path / "images"),
+                         output=str(tmp_path / "labels.parquet"), task="detect",
+                         family="owlv2", labels=["cat"], model=str(tmp_path))
+    with pytest.raises(SpecError, match="^" + re.escape(
+            f"output.path: {str(tmp_path / 'labels.parquet')!r} is a file; give a folder "
+            f"(made if missing) or an s3:// prefix") + "$"):
+        run_job(spec, progress=False, dry_run=True)
+    assert (tmp_path / "labels.parquet").read_bytes() == b"a file"
+
+
 @pytest.mark.parametrize("input_path, output_path, says", [
     ("data", "data", "holds the input"),
     ("data/images", "data", "holds the input"),
