@@ -1000,6 +1000,15 @@ def _unknown_field(name: str, valid: list[str] | None) -> str | None:
     return f"unknown field; valid fields here: {', '.join(valid)}"
 
 
+def yaml_error_text(err: yaml.YAMLError, path: str | Path) -> str:
+    """PyYAML's message about the file at `path`, which it calls "<unicode string>", and
+    what to do about a tab, which YAML refuses as indentation."""
+    text = str(err).replace('"<unicode string>"', repr(str(path)))
+    if "found character '\\t'" in text:
+        text += "\n(YAML indents with spaces, not tabs: replace the tabs with spaces)"
+    return text
+
+
 def load_job_spec(path: str | Path | None = None, **overrides: Any) -> JobSpec:
     """Read an optional YAML spec, apply CLI overrides, validate. Raises SpecError."""
     raw: dict = {}
@@ -1009,7 +1018,8 @@ def load_job_spec(path: str | Path | None = None, **overrides: Any) -> JobSpec:
         except FileNotFoundError:
             raise SpecError(f"spec file {str(path)!r} does not exist") from None
         except yaml.YAMLError as err:
-            raise SpecError(f"spec file {str(path)!r} is not valid YAML: {err}") from None
+            raise SpecError(f"spec file {str(path)!r} is not valid YAML: "
+                            f"{yaml_error_text(err, path)}") from None
         if not isinstance(raw, dict):
             raise SpecError(f"spec file {str(path)!r} must hold a mapping at the top level")
     raw = merge_overrides(raw, overrides)

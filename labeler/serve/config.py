@@ -36,7 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from labeler import registry
 from labeler.config import (TRACKED_TASKS, ClipSpec, SamplingSpec, SpecError, TaskSpec,
-                            TrackingSpec, format_validation_error, merge_overrides)
+                            TrackingSpec, format_validation_error, merge_overrides,
+                            yaml_error_text)
 
 
 class _Strict(BaseModel):
@@ -261,7 +262,8 @@ def load_serve_spec(path: str | Path | None = None, **overrides: Any) -> ServeSp
         except FileNotFoundError:
             raise SpecError(f"serve config {str(path)!r} does not exist") from None
         except yaml.YAMLError as err:
-            raise SpecError(f"serve config {str(path)!r} is not valid YAML: {err}") from None
+            raise SpecError(f"serve config {str(path)!r} is not valid YAML: "
+                            f"{yaml_error_text(err, path)}") from None
         if not isinstance(raw, dict):
             raise SpecError(f"serve config {str(path)!r} must hold a mapping at the top level")
     raw = dict(raw)

@@ -196,3 +196,15 @@ def test_a_mistyped_flag_exits_2_naming_the_flag_meant(argv, message, capsys):
         main(argv)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_spec_indented_with_tabs_says_so_naming_the_file(tmp_path, capsys):
+    """PyYAML's 'found character '\\t' that cannot start any token in "<unicode string>"'
+    named neither the file nor the fix."""
+    spec = tmp_path / "job.yaml"
+    spec.write_text("input:\n\tpath: images\n")
+    assert main(["run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert f"in {str(spec)!r}, line 2, column 1:" in err
+    assert err.rstrip().endswith(
+        "(YAML indents with spaces, not tabs: replace the tabs with spaces)")
