@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -144,6 +143,8 @@ def _same_but_contents(stored: dict | None, current: dict | None) -> bool:
         return False
     return stored == json.loads(json.dumps({k: v for k, v in current.items()
                                             if k != "contents"}))
+
+
 def _task_names(tasks: list) -> str:
     """The output names of an identity's tasks, as a job names their folders."""
     return ", ".join(str(t.get("name") or t.get("task")) if isinstance(t, dict) else "?"
@@ -318,21 +319,10 @@ class ShardedParquetSink:
         return {i.path for i in infos if i.type == pafs.FileType.File}
 
     def _delete_all(self) -> None:
-        if not self.s3:
-            # What the folder holds, not the folder itself: an output that is a link to a
-            # folder (rmtree refuses links, and ignore_errors hid it) is emptied too.
-            if not os.path.isdir(self.path):
-                return
-            for entry in os.scandir(self.path):
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    try:
-                        os.unlink(entry.path)
-                    except OSError:
-                        pass  # left in place: the output then reads as not empty
-        else:
-            self.fs.delete_dir_contents(self.path, missing_dir_ok=True)
+        # Through a link to a folder too (as export's Target.clear): what the folder it
+        # points to holds, not the link.
+        path = self.path if self.s3 else os.path.realpath(self.path)
+        self.fs.delete_dir_contents(path, missing_dir_ok=True)
 
     def _check_or_write_manifest(self, fingerprint: str, identity: dict | None,
                                  legacy_fingerprint: Callable[[], str] | None,
