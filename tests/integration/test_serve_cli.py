@@ -69,13 +69,7 @@ def test_serve_refuses_replicas_asking_for_more_gpus_than_the_machine_has(tiny_o
     import torch
 
     gpus = torch.cuda.device_count()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    result = subprocess.run(
-        [sys.executable, "-m", "labeler.cli", "serve", "--family", "owlv2", "--model",
-         tiny_owlv2, "--task", "detect", "--labels", "cat", "--host", "127.0.0.1",
-         "--port", str(free_port()), "--num-gpus", str(gpus + 1)],
-        capture_output=True, text=True, env={**env, "RAY_AUTH_MODE": "disabled"},
-        timeout=READY_WITHIN_S)
+    result = _serve_on_own_ray(tiny_owlv2, free_port(), "--num-gpus", str(gpus + 1))
     assert result.returncode == 2, result.stderr[-3000:]
     assert (f"models.0.resources.num_gpus: a replica needs {gpus + 1} GPU, but this "
             f"machine's Ray has") in result.stderr
@@ -95,22 +89,28 @@ def test_serve_refuses_a_model_that_cannot_load_before_starting_ray(tmp_path):
     assert "Traceback" not in result.stderr and "Started a local Ray" not in result.stderr
 
 
+def _serve_on_own_ray(model: str, port: int, *flags: str) -> subprocess.CompletedProcess:
+    """`labeler serve` of a tiny OWLv2 detect model on 127.0.0.1:port, starting a Ray of its
+    own (RAY_ADDRESS unset), run to its exit."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run(
+        [sys.executable, "-m", "labeler.cli", "serve", "--family", "owlv2", "--model", model,
+         "--task", "detect", "--labels", "cat", "--host", "127.0.0.1", "--port", str(port),
+         *flags],
+        capture_output=True, text=True, env={**env, "RAY_AUTH_MODE": "disabled"},
+        timeout=READY_WITHIN_S)
+
+
 def test_serve_refuses_a_port_another_program_holds(tiny_owlv2):
     """Serve's proxy failed to bind it after a minute of retries, in a hundred lines of
     tracebacks, exit 1: refused once the local Ray is up, exit 2, naming the port."""
     import socket
 
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", port))
         holder.listen()
-        result = subprocess.run(
-            [sys.executable, "-m", "labeler.cli", "serve", "--family", "owlv2", "--model",
-             tiny_owlv2, "--task", "detect", "--labels", "cat",
-             "--host", "127.0.0.1", "--port", str(port)],
-            capture_output=True, text=True, env={**env, "RAY_AUTH_MODE": "disabled"},
-            timeout=READY_WITHIN_S)
+        result = _serve_on_own_ray(tiny_owlv2, port)
     assert result.returncode == 2, result.stderr[-3000:]
     assert (f"error: port: cannot listen on 127.0.0.1:{port}: another program listens there "
             f"(an earlier labeler serve?); pass a free --port, or stop it") in result.stderr
