@@ -203,6 +203,12 @@ def test_image_sources():
     assert decode_base64(text) == raw
     assert decode_base64("data:image/png;base64," + text) == raw
     assert decode_base64(base64.urlsafe_b64encode(b"\xfb\xff").decode()) == b"\xfb\xff"
+    wrapped = base64.encodebytes(raw * 40).decode()  # MIME: a line break every 76 characters
+    assert "\n" in wrapped and decode_base64(wrapped) == raw * 40
+    for bad in ("ab$d", "abc"):  # a character outside both alphabets; cut short
+        with pytest.raises(ApiError, match="image is not valid base64") as err:
+            decode_base64(bad)
+        assert err.value.status == 422
     with pytest.raises(ApiError, match="must be base64-encoded"):
         decode_base64("data:image/png,rawbytes")
     assert image_bytes_or_uri(ImageRequest(image=text), None) == (raw, None)
